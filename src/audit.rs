@@ -1,0 +1,166 @@
+//! The audit log: every state change writes one record in the same transaction as the change
+//! (invariant 6). Records are hash-chained: each hash covers the previous hash and the record, so an
+//! edited, inserted or deleted row breaks the chain at that point, and `latchkey audit verify` names it.
+
+use crate::store::{self, StoreError};
+use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
+use sqlx::Row;
+
+/// Append one record. The head row is updated first, which serialises writers on both databases (a
+/// row lock on PostgreSQL, the write lock on SQLite), so the chain never forks.
+pub async fn append(
+    conn: &mut AnyConnection,
+    at: i64,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    details: &serde_json::Value,
+) -> Result<i64, StoreError> {
+    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut *conn)
+        .await?;
+    let seq: i64 = head.try_get("seq")?;
+    let prev: String = head.try_get("hash")?;
+    let details = details.to_string();
+    let hash = record_hash(&prev, seq, at, actor, action, subject, &details);
+    sqlx::query(
+        "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(seq)
+    .bind(at)
+    .bind(actor)
+    .bind(action)
+    .bind(subject)
+    .bind(&details)
+    .bind(&prev)
+    .bind(&hash)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind(&hash)
+        .execute(&mut *conn)
+        .await?;
+    Ok(seq)
+}
+
+fn record_hash(
+    prev: &str,
+    seq: i64,
+    at: i64,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    details: &str,
+) -> String {
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    for part in [
+        &seq.to_string(),
+        &at.to_string(),
+        actor,
+        action,
+        subject,
+        details,
+    ] {
+        h.update([0u8]);
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Intact { records: i64 },
+    Broken { seq: i64, reason: String },
+}
+
+/// Walk the chain from the start. Streams rows, so a long log needs no memory.
+pub async fn verify(store: &store::Store) -> Result<Verdict, StoreError> {
+    use futures::TryStreamExt;
+    let mut rows = sqlx::query("SELECT * FROM audit_log ORDER BY seq").fetch(store.pool());
+    let mut prev = "0".repeat(64);
+    let mut expected_seq = 1i64;
+    while let Some(r) = rows.try_next().await? {
+        let seq: i64 = r.try_get("seq")?;
+        if seq != expected_seq {
+            return Ok(Verdict::Broken {
+                seq: expected_seq,
+                reason: format!("record {expected_seq} is missing (next is {seq})"),
+            });
+        }
+        let stored_prev: String = r.try_get("prev_hash")?;
+        if stored_prev != prev {
+            return Ok(Verdict::Broken {
+                seq,
+                reason: "previous-hash link does not match the record before it".into(),
+            });
+        }
+        let at: i64 = r.try_get("at")?;
+        let actor: String = r.try_get("actor")?;
+        let action: String = r.try_get("action")?;
+        let subject: String = r.try_get("subject")?;
+        let details: String = r.try_get("details")?;
+        let hash: String = r.try_get("hash")?;
+        if record_hash(&prev, seq, at, &actor, &action, &subject, &details) != hash {
+            return Ok(Verdict::Broken {
+                seq,
+                reason: "content does not match its hash (edited after it was written)".into(),
+            });
+        }
+        prev = hash;
+        expected_seq += 1;
+    }
+    drop(rows);
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_one(store.pool())
+        .await?;
+    let head_seq: i64 = head.try_get("seq")?;
+    if head_seq != expected_seq - 1 {
+        return Ok(Verdict::Broken {
+            seq: expected_seq,
+            reason: format!(
+                "log ends at {} but {head_seq} records were written (tail deleted)",
+                expected_seq - 1
+            ),
+        });
+    }
+    Ok(Verdict::Intact {
+        records: expected_seq - 1,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub details: String,
+}
+
+pub async fn records_about(
+    store: &store::Store,
+    subject: &str,
+    limit: i64,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM audit_log WHERE subject = $1 ORDER BY seq DESC LIMIT $2")
+        .bind(subject)
+        .bind(limit)
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AuditRecord {
+                seq: r.try_get("seq")?,
+                at: r.try_get("at")?,
+                actor: r.try_get("actor")?,
+                action: r.try_get("action")?,
+                subject: r.try_get("subject")?,
+                details: r.try_get("details")?,
+            })
+        })
+        .collect()
+}

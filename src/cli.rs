@@ -1,0 +1,469 @@
+//! The `latchkey` command line.
+
+use crate::app::App;
+use crate::audit::{self, Verdict};
+use crate::clock::{self, from_micros};
+use crate::config::{Config, ConfigInput, process_env};
+use crate::model::Action;
+use crate::plan::Change;
+use crate::sim;
+use crate::store;
+use crate::telemetry;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Keeps physical access in step with who works here, and measures every revocation"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Daemon configuration file.
+    #[arg(
+        long,
+        short,
+        env = "LATCHKEY_CONFIG",
+        default_value = "config/demo.toml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole flow on the embedded default: simulator, SQLite, sample HR feeds.
+    Demo {
+        /// Keep the demo's database here instead of a temporary directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// Run the daemon until Ctrl-C / SIGTERM (in-flight work drains first).
+    Run(ConfigArg),
+    /// Validate configuration, mappings, templates and connector profiles.
+    Check(ConfigArg),
+    /// Show what would be issued and revoked now, applying nothing.
+    Plan(ConfigArg),
+    /// Apply each HR source's pending feed once, deliver the resulting commands, and exit.
+    Apply(ConfigArg),
+    /// Outbox, dead letters, quarantined records and held changes.
+    Status(ConfigArg),
+    /// What a person holds, at which vendor, from which template.
+    Access {
+        person: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Who holds a target (lock, group).
+    WhoHas {
+        target: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Approve held changes (a mass disappearance from a feed).
+    Approve {
+        /// Held change ids (see `latchkey status`).
+        ids: Vec<i64>,
+        #[arg(long)]
+        all: bool,
+        /// Who approves: recorded in the audit log.
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        reject: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Reports.
+    Report {
+        #[command(subcommand)]
+        report: Report,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        audit: AuditCmd,
+    },
+    /// Run a vendor simulator on its own.
+    Sim {
+        vendor: String,
+        #[arg(long, default_value_t = 8701)]
+        port: u16,
+        #[arg(long, default_value = "nuki-sim-token")]
+        token: String,
+    },
+    /// Benchmarks (figures against the physical floor).
+    Bench(crate::cli::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Report {
+    /// Revocation (and issue) latency per connector and stage.
+    Latency(ConfigArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check the hash chain; names the first broken record.
+    Verify(ConfigArg),
+}
+
+fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(&ConfigInput::from_file(
+        &arg.config,
+        process_env(),
+    )?)?)
+}
+
+async fn open(arg: &ConfigArg) -> anyhow::Result<App> {
+    App::open(load(arg)?, clock::system()).await
+}
+
+fn ts(us: i64) -> String {
+    from_micros(us)
+        .format("%Y-%m-%d %H:%M:%S%.3f UTC")
+        .to_string()
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Demo { keep } => demo::run(keep).await,
+        Command::Run(c) => {
+            let app = open(&c).await?;
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutting down: finishing in-flight commands");
+                let _ = tx.send(true);
+            });
+            tracing::info!(config = %c.config.display(), "latchkey running");
+            app.run(rx).await?;
+            Ok(0)
+        }
+        Command::Check(c) => {
+            let config = load(&c)?;
+            let names: Vec<String> = config.connectors.keys().cloned().collect();
+            let policy =
+                crate::policy::Policy::load(&config.resolve(&config.policy.templates), &names)?;
+            for (name, src) in &config.sources.hr {
+                crate::sources::hr::load_mapping(&config.resolve(&src.mapping))
+                    .with_context(|| format!("source hr.{name}"))?;
+            }
+            let connectors = crate::connectors::check_profiles(&config)?;
+            println!("{}: ok", c.config.display());
+            println!(
+                "  sources:    {}",
+                config
+                    .sources
+                    .hr
+                    .keys()
+                    .map(|k| format!("hr.{k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!("  templates:  {}", policy.template_names().join(", "));
+            println!("  connectors: {}", connectors.join(", "));
+            Ok(0)
+        }
+        Command::Plan(c) => {
+            let app = open(&c).await?;
+            let changes = app.engine.dry_run().await?;
+            if changes.is_empty() {
+                println!("nothing to issue or revoke");
+            }
+            for (key, ch) in &changes {
+                match ch {
+                    Change::Issue(d) => println!(
+                        "issue   {key:<10} {}:{} (template {})",
+                        d.connector, d.target, d.template
+                    ),
+                    Change::Revoke(g) => println!(
+                        "revoke  {key:<10} {}:{} (template {})",
+                        g.connector, g.target, g.template
+                    ),
+                }
+            }
+            Ok(0)
+        }
+        Command::Apply(c) => {
+            let app = open(&c).await?;
+            let (tx, rx) = watch::channel(false);
+            let dispatcher = tokio::spawn(app.dispatcher().run(rx));
+            for name in app.engine.config.sources.hr.keys() {
+                for r in app.engine.run_hr_source(name).await? {
+                    println!("{}", describe_feed(&r));
+                }
+            }
+            app.engine.tick().await?;
+            wait_for_outbox(&app, None).await?;
+            let _ = tx.send(true);
+            dispatcher.await?;
+            Ok(0)
+        }
+        Command::Status(c) => {
+            let app = open(&c).await?;
+            print!("{}", status_text(&app).await?);
+            Ok(0)
+        }
+        Command::Access { person, config } => {
+            let app = open(&config).await?;
+            let mut conn = app.store().pool().acquire().await?;
+            let Some(ident) = store::get_identity(&mut conn, &person).await? else {
+                println!("{person}: no such identity");
+                return Ok(1);
+            };
+            println!(
+                "{} ({}) {} since {}",
+                ident.key,
+                ident.attr("name").unwrap_or("-"),
+                ident.lifecycle,
+                ts(ident.lifecycle_since)
+            );
+            for g in store::grants_of(&mut conn, &person).await? {
+                println!(
+                    "  {:<8} {:<22} desired {:<7} observed {:<7} template {:<28} approved by {}",
+                    g.connector,
+                    g.target,
+                    g.desired,
+                    g.observed,
+                    g.template,
+                    app.engine.policy.approver_of(&g.template).unwrap_or("-")
+                );
+            }
+            Ok(0)
+        }
+        Command::WhoHas { target, config } => {
+            let app = open(&config).await?;
+            let grants = store::grants_on_target(app.store().pool(), &target).await?;
+            let held: Vec<_> = grants.iter().filter(|g| g.observed == "present").collect();
+            println!("{target}: {} people hold it", held.len());
+            for g in held {
+                println!(
+                    "  {:<10} via {:<8} template {} (desired {})",
+                    g.identity_key, g.connector, g.template, g.desired
+                );
+            }
+            Ok(0)
+        }
+        Command::Approve {
+            ids,
+            all,
+            by,
+            reject,
+            config,
+        } => {
+            let app = open(&config).await?;
+            let ids: Vec<i64> = if all {
+                store::held_changes(app.store().pool())
+                    .await?
+                    .iter()
+                    .map(|h| h.id)
+                    .collect()
+            } else {
+                ids
+            };
+            if ids.is_empty() {
+                println!("nothing to approve");
+            }
+            for id in ids {
+                let a = app.engine.decide(id, !reject, &by).await?;
+                println!(
+                    "{} held change {id}: {} revokes enqueued",
+                    if reject { "rejected" } else { "approved" },
+                    a.revokes
+                );
+            }
+            Ok(0)
+        }
+        Command::Report {
+            report: Report::Latency(c),
+        } => {
+            let app = open(&c).await?;
+            for action in [Action::Revoke, Action::Issue] {
+                let r = telemetry::latency_report(app.store(), action).await?;
+                println!(
+                    "{}",
+                    telemetry::render_table(
+                        &format!("{action} latency (trigger -> vendor confirmed)"),
+                        &r
+                    )
+                );
+            }
+            Ok(0)
+        }
+        Command::Audit {
+            audit: AuditCmd::Verify(c),
+        } => {
+            let app = open(&c).await?;
+            match audit::verify(app.store()).await? {
+                Verdict::Intact { records } => {
+                    println!("audit log intact: {records} records");
+                    Ok(0)
+                }
+                Verdict::Broken { seq, reason } => {
+                    println!("audit log BROKEN at record {seq}: {reason}");
+                    Ok(2)
+                }
+            }
+        }
+        Command::Sim {
+            vendor,
+            port,
+            token,
+        } => {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+            let server = sim::start(&vendor, listener, token).await?;
+            println!(
+                "{vendor} simulator on {} (state: {}/_sim/stats); Ctrl-C stops it",
+                server.base_url(),
+                server.base_url()
+            );
+            shutdown_signal().await;
+            server.shutdown().await;
+            Ok(0)
+        }
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+pub fn describe_feed(r: &crate::engine::FeedReport) -> String {
+    if r.skipped_same_file {
+        return format!("{}: unchanged since last applied ({} rows)", r.file, r.rows);
+    }
+    format!(
+        "{}: {} rows, {} unchanged, {} joiners, {} movers, {} leavers, {} rehires, {} other, {} quarantined, {} held -> {} issues, {} revokes",
+        r.file,
+        r.rows,
+        r.unchanged,
+        r.joiners,
+        r.movers,
+        r.leavers,
+        r.rehires,
+        r.other_changes,
+        r.quarantined,
+        r.held,
+        r.issues,
+        r.revokes
+    )
+}
+
+/// Wait until the outbox is empty (or only holds commands waiting far in the future), showing progress.
+pub async fn wait_for_outbox(
+    app: &App,
+    bar: Option<&indicatif::ProgressBar>,
+) -> anyhow::Result<()> {
+    loop {
+        let open = store::open_commands(app.store().pool()).await?;
+        if let Some(b) = bar {
+            let total = b.length().unwrap_or(0);
+            b.set_position(total.saturating_sub(open as u64));
+        }
+        if open == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn status_text(app: &App) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let pool = app.store().pool();
+    let mut out = String::new();
+    let mut by_status: BTreeMap<String, i64> = BTreeMap::new();
+    writeln!(out, "outbox (connector / status / action: count)")?;
+    for (connector, status, action, n) in store::command_counts(pool).await? {
+        writeln!(out, "  {connector:<8} {status:<11} {action:<7} {n}")?;
+        *by_status.entry(status).or_default() += n;
+    }
+    let dead = store::commands_where_status(pool, "dead", 50).await?;
+    writeln!(
+        out,
+        "dead letters: {}",
+        by_status.get("dead").copied().unwrap_or(0)
+    )?;
+    for c in &dead {
+        writeln!(
+            out,
+            "  #{} {} {} {}:{} after {} attempts: {}",
+            c.id,
+            c.action,
+            c.identity_key,
+            c.connector,
+            c.target,
+            c.attempts,
+            c.last_error.as_deref().unwrap_or("-")
+        )?;
+    }
+    let q = store::list_quarantine(pool, 50).await?;
+    writeln!(out, "quarantined records: {}", q.len())?;
+    for r in &q {
+        writeln!(
+            out,
+            "  {} {} record {} field {}: {}",
+            r.source,
+            r.location,
+            r.record_key.as_deref().unwrap_or("-"),
+            r.field,
+            r.reason
+        )?;
+    }
+    let held = store::held_changes(pool).await?;
+    writeln!(out, "held for approval: {}", held.len())?;
+    for h in held.iter().take(20) {
+        writeln!(
+            out,
+            "  #{} {} {} {}: {}",
+            h.id, h.source, h.key, h.kind, h.reason
+        )?;
+    }
+    if held.len() > 20 {
+        writeln!(
+            out,
+            "  ... approve with `latchkey approve --all --by NAME` or by id"
+        )?;
+    }
+    Ok(out)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The repository's folder (where `config/` is), for commands run from elsewhere.
+pub fn repo_path(rel: &str) -> PathBuf {
+    let here = Path::new(rel);
+    if here.exists() {
+        return here.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+pub mod bench;
+pub mod demo;

@@ -1,0 +1,174 @@
+//! Connectors: the last step before the vendor. Each one makes issue and revoke idempotent at its
+//! vendor (find before create; "already exists" and "already gone" are success) and can read back
+//! what the vendor holds, which is how a grant is confirmed.
+//!
+//! Most vendors are a declarative profile in `connectors/` driven by [`http::HttpConnector`]; a
+//! built-in connector exists only where a profile cannot express the job.
+
+pub mod http;
+pub mod profile;
+
+use crate::config::{Config, ConfigError};
+use crate::model::{Action, PersonRef, Window};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Everything a connector needs to act on one grant.
+#[derive(Debug, Clone)]
+pub struct GrantRequest {
+    pub person: PersonRef,
+    /// The vendor's id for the person, when latchkey already knows it.
+    pub person_ref: Option<String>,
+    /// The vendor's id for the target (lock, group), after the connector's target map.
+    pub target: String,
+    /// The vendor's id for the grant, when latchkey already knows it.
+    pub grant_ref: Option<String>,
+    pub credential: String,
+    pub window: Option<Window>,
+    pub valid_until: Option<DateTime<Utc>>,
+    pub timezone: chrono_tz::Tz,
+}
+
+/// What the vendor said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The vendor shows the desired state.
+    Confirmed {
+        person_ref: Option<String>,
+        grant_ref: Option<String>,
+    },
+    /// The vendor accepted the change but does not show it yet (asynchronous vendors): read back later.
+    Pending {
+        person_ref: Option<String>,
+        grant_ref: Option<String>,
+    },
+}
+
+impl Outcome {
+    pub fn refs(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Outcome::Confirmed {
+                person_ref,
+                grant_ref,
+            }
+            | Outcome::Pending {
+                person_ref,
+                grant_ref,
+            } => (person_ref.as_deref(), grant_ref.as_deref()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectorError {
+    /// Over the vendor's limit: wait (at least `retry_after` when the vendor said so) and try again.
+    #[error("{vendor}: rate limited (HTTP {status}){}", retry_after.map(|d| format!(", retry after {}s", d.as_secs_f64())).unwrap_or_default())]
+    RateLimited {
+        vendor: String,
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// Worth retrying: 5xx, 423 busy, timeouts, connection errors.
+    #[error("{vendor}: {message}")]
+    Transient {
+        vendor: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying will not help (bad request, bad credentials, a broken profile): dead-letter it.
+    #[error("{vendor}: {message}")]
+    Permanent { vendor: String, message: String },
+}
+
+/// How the dispatcher retries a connector's commands.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub max: Duration,
+    /// How long an asynchronous vendor may take to show a change before it is issued again.
+    pub confirm_deadline: Duration,
+    /// First read-back interval for a pending confirmation (doubles up to `max`).
+    pub confirm_recheck: Duration,
+}
+
+#[async_trait::async_trait]
+pub trait Connector: Send + Sync + std::fmt::Debug {
+    fn name(&self) -> &str;
+    fn retry_policy(&self) -> RetryPolicy;
+    /// Requests per second the connector will not exceed (for reports and benchmarks).
+    fn rate_limit(&self) -> (u32, u32);
+    async fn issue(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError>;
+    async fn revoke(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError>;
+    /// Read back whether the vendor now shows the result of `action`.
+    async fn confirm(&self, req: &GrantRequest, action: Action) -> Result<Outcome, ConnectorError>;
+}
+
+pub type Connectors = BTreeMap<String, Arc<dyn Connector>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("connector `{connector}`: {message}")]
+    Connector { connector: String, message: String },
+}
+
+/// Build every configured connector. Secrets are resolved here, so a missing one fails at start-up.
+pub fn build_all(config: &Config) -> Result<Connectors, BuildError> {
+    let mut out: Connectors = BTreeMap::new();
+    for (name, cc) in &config.connectors {
+        let profile = profile::Profile::load(&config.resolve(&cc.profile))?;
+        let mut secrets = BTreeMap::new();
+        for needed in profile.secret_names() {
+            let Some(r) = cc.secrets.get(&needed) else {
+                return Err(BuildError::Connector {
+                    connector: name.clone(),
+                    message: format!(
+                        "profile {} needs secret `{needed}`: add connectors.{name}.secrets.{needed} = {{ env = \"...\" }}",
+                        cc.profile.display()
+                    ),
+                });
+            };
+            secrets.insert(
+                needed.clone(),
+                config.secret(&format!("connectors.{name}.secrets.{needed}"), r)?,
+            );
+        }
+        let connector =
+            http::HttpConnector::new(name, profile, cc, secrets).map_err(|message| {
+                BuildError::Connector {
+                    connector: name.clone(),
+                    message,
+                }
+            })?;
+        out.insert(name.clone(), Arc::new(connector));
+    }
+    Ok(out)
+}
+
+/// Check every profile without resolving secrets (for `latchkey check`).
+pub fn check_profiles(config: &Config) -> Result<Vec<String>, BuildError> {
+    let mut names = Vec::new();
+    for (name, cc) in &config.connectors {
+        let profile = profile::Profile::load(&config.resolve(&cc.profile))?;
+        for needed in profile.secret_names() {
+            if !cc.secrets.contains_key(&needed) {
+                return Err(BuildError::Connector {
+                    connector: name.clone(),
+                    message: format!(
+                        "profile needs secret `{needed}`: add connectors.{name}.secrets.{needed}"
+                    ),
+                });
+            }
+        }
+        http::HttpConnector::compile(&profile).map_err(|message| BuildError::Connector {
+            connector: name.clone(),
+            message,
+        })?;
+        names.push(format!("{name} ({})", profile.vendor));
+    }
+    Ok(names)
+}

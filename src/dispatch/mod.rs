@@ -1,0 +1,392 @@
+//! The dispatcher: per-connector lanes that take commands from the outbox and carry them to the
+//! vendor.
+//!
+//! Each lane runs `concurrency` workers. A worker claims one command at a time, revokes first
+//! (invariant 3), under a lease, so a crashed worker's command is taken again when the lease runs out.
+//! Connectors are idempotent, so a command delivered twice has one effect (invariant 2). Failures are
+//! retried with jittered exponential backoff, obeying the vendor's Retry-After; a command that keeps
+//! failing ends in the dead letter, shown by `latchkey status`.
+
+use crate::audit;
+use crate::clock::{SharedClock, from_micros, to_micros};
+use crate::config::Config;
+use crate::connectors::{Connector, ConnectorError, Connectors, GrantRequest, Outcome};
+use crate::model::{Action, PersonRef, Window};
+use crate::store::{self, CommandRow, CommandUpdate, Store, StoreError};
+use backon::BackoffBuilder;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    store: Store,
+    clock: SharedClock,
+    config: Arc<Config>,
+    connectors: Connectors,
+    owner: String,
+    wake: Arc<Notify>,
+}
+
+/// Longest a worker sleeps between looks at the outbox when nothing wakes it (another process may
+/// have enqueued work).
+const IDLE_POLL: Duration = Duration::from_millis(250);
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        config: Arc<Config>,
+        connectors: Connectors,
+        wake: Arc<Notify>,
+    ) -> Self {
+        let owner = format!("{}-{}", config.instance, std::process::id());
+        Self {
+            store,
+            clock,
+            config,
+            connectors,
+            owner,
+            wake,
+        }
+    }
+
+    /// Run every lane until `shutdown` turns true; in-flight commands finish first.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut workers = JoinSet::new();
+        for (name, connector) in &self.connectors {
+            let concurrency = self
+                .config
+                .connectors
+                .get(name)
+                .map_or(1, |c| c.concurrency.max(1));
+            for worker in 0..concurrency {
+                let this = self.clone();
+                let connector = connector.clone();
+                let shutdown = shutdown.clone();
+                workers.spawn(async move { this.worker(connector, worker, shutdown).await });
+            }
+        }
+        while workers.join_next().await.is_some() {}
+    }
+
+    async fn worker(
+        &self,
+        connector: Arc<dyn Connector>,
+        worker: usize,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let owner = format!("{}/{}/{worker}", self.owner, connector.name());
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.step(&connector, &owner).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(connector = connector.name(), error = %e, "outbox unavailable; retrying")
+                }
+            }
+            let sleep = match store::next_due(self.store.pool(), connector.name()).await {
+                Ok(Some(due)) => {
+                    let wait = due - to_micros(self.clock.now());
+                    Duration::from_micros(wait.clamp(0, IDLE_POLL.as_micros() as i64) as u64)
+                }
+                _ => IDLE_POLL,
+            };
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Claim and carry out one command. Returns whether there was one.
+    pub async fn step(
+        &self,
+        connector: &Arc<dyn Connector>,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        let now = to_micros(self.clock.now());
+        let lease = (self.config.engine.lease_seconds as i64) * 1_000_000;
+        let Some(cmd) = self
+            .store
+            .claim_next(connector.name(), owner, now, now + lease)
+            .await?
+        else {
+            return Ok(false);
+        };
+        self.process(connector.as_ref(), owner, cmd).await?;
+        Ok(true)
+    }
+
+    async fn process(
+        &self,
+        connector: &dyn Connector,
+        owner: &str,
+        cmd: CommandRow,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let grant = store::grant(&mut conn, &cmd.identity_key, &cmd.connector, &cmd.target).await?;
+        // Only the latest decision about a grant is carried out: an older command was overtaken by a
+        // newer one (a rehire after a leave, a leave after a join) and must not undo it.
+        let Some(grant) = grant.filter(|g| g.generation == cmd.generation) else {
+            drop(conn);
+            return self
+                .finish(
+                    owner,
+                    &cmd,
+                    "superseded",
+                    None,
+                    Some("overtaken by a newer decision".into()),
+                    None,
+                )
+                .await;
+        };
+        let identity = store::get_identity(&mut conn, &cmd.identity_key).await?;
+        let person_ref = store::vendor_person(&mut conn, &cmd.connector, &cmd.identity_key).await?;
+        drop(conn);
+        let attrs = identity
+            .as_ref()
+            .map(|i| i.attrs.clone())
+            .unwrap_or_default();
+        let text = |k: &str| {
+            attrs
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let req = GrantRequest {
+            person: PersonRef {
+                key: cmd.identity_key.clone(),
+                name: text("name"),
+                email: text("email"),
+                attrs: attrs
+                    .iter()
+                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                    .collect(),
+            },
+            person_ref,
+            target: cmd.target.clone(),
+            grant_ref: grant.vendor_ref.clone(),
+            credential: grant.credential.clone(),
+            window: grant
+                .window
+                .as_deref()
+                .and_then(|w| serde_json::from_str::<Window>(w).ok()),
+            valid_until: grant.valid_until.map(from_micros),
+            timezone: self
+                .config
+                .timezone_of(identity.as_ref().and_then(|i| i.site.as_deref())),
+        };
+        let confirming = cmd.dispatched_at.is_some();
+        let result = match (confirming, cmd.action) {
+            (true, action) => connector.confirm(&req, action).await,
+            (false, Action::Issue) => connector.issue(&req).await,
+            (false, Action::Revoke) => connector.revoke(&req).await,
+        };
+        let now = to_micros(self.clock.now());
+        let policy = connector.retry_policy();
+        match result {
+            Ok(outcome @ Outcome::Confirmed { .. }) => {
+                self.finish(owner, &cmd, "done", Some(now), None, Some(&outcome))
+                    .await
+            }
+            Ok(outcome @ Outcome::Pending { .. }) => {
+                let deadline = cmd
+                    .confirm_deadline
+                    .unwrap_or(now + policy.confirm_deadline.as_micros() as i64);
+                let mut tx = self.store.begin_write().await?;
+                if confirming && now >= deadline {
+                    // The vendor never showed the change: do it again (idempotent, so safe).
+                    store::reissue(
+                        &mut tx,
+                        owner,
+                        cmd.id,
+                        now,
+                        "not confirmed by the vendor before the deadline",
+                    )
+                    .await?;
+                    audit::append(
+                        &mut tx,
+                        now,
+                        "dispatcher",
+                        "command.reissued",
+                        &cmd.identity_key,
+                        &serde_json::json!({"command": cmd.id}),
+                    )
+                    .await?;
+                } else {
+                    let checks = if confirming {
+                        (now - cmd.dispatched_at.unwrap_or(now))
+                            / policy.confirm_recheck.as_micros().max(1) as i64
+                    } else {
+                        0
+                    };
+                    let delay = policy
+                        .confirm_recheck
+                        .saturating_mul(1 << checks.clamp(0, 6))
+                        .min(policy.max);
+                    self.record_refs(&mut tx, &cmd, &outcome).await?;
+                    store::update_claimed(
+                        &mut tx,
+                        owner,
+                        &CommandUpdate {
+                            id: cmd.id,
+                            status: "confirming".into(),
+                            next_attempt_at: now + delay.as_micros() as i64,
+                            dispatched_at: Some(now),
+                            confirmed_at: None,
+                            confirm_deadline: Some(deadline),
+                            last_error: Some("accepted by the vendor, not visible yet".into()),
+                            refund_attempt: false,
+                        },
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+            Err(e) => self.failed(owner, &cmd, connector, e, now).await,
+        }
+    }
+
+    async fn record_refs(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        cmd: &CommandRow,
+        outcome: &Outcome,
+    ) -> Result<(), StoreError> {
+        let (person_ref, _) = outcome.refs();
+        if let Some(p) = person_ref {
+            store::put_vendor_person(conn, &cmd.connector, &cmd.identity_key, p).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        owner: &str,
+        cmd: &CommandRow,
+        status: &str,
+        confirmed_at: Option<i64>,
+        error: Option<String>,
+        outcome: Option<&Outcome>,
+    ) -> Result<(), StoreError> {
+        let now = to_micros(self.clock.now());
+        let mut tx = self.store.begin_write().await?;
+        let moved = store::update_claimed(
+            &mut tx,
+            owner,
+            &CommandUpdate {
+                id: cmd.id,
+                status: status.into(),
+                next_attempt_at: now,
+                dispatched_at: confirmed_at,
+                confirmed_at,
+                confirm_deadline: None,
+                last_error: error.clone(),
+                refund_attempt: false,
+            },
+        )
+        .await?;
+        if !moved {
+            // The lease ran out and another worker took the command: it will finish it.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        if let Some(o) = outcome {
+            self.record_refs(&mut tx, cmd, o).await?;
+            let observed = match cmd.action {
+                Action::Issue => "present",
+                Action::Revoke => "absent",
+            };
+            let grant_ref = match cmd.action {
+                Action::Issue => o.refs().1,
+                Action::Revoke => None,
+            };
+            store::observe_grant(&mut tx, cmd, observed, grant_ref, now).await?;
+        }
+        let end_to_end_ms = confirmed_at.map(|c| (c - cmd.trigger_at) as f64 / 1000.0);
+        audit::append(
+            &mut tx,
+            now,
+            "dispatcher",
+            &format!("command.{status}"),
+            &cmd.identity_key,
+            &serde_json::json!({
+                "command": cmd.id, "action": cmd.action, "connector": cmd.connector, "target": cmd.target,
+                "attempts": cmd.attempts, "error": error, "end_to_end_ms": end_to_end_ms,
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        if status == "done" && cmd.action == Action::Revoke {
+            tracing::debug!(
+                connector = %cmd.connector, identity = %cmd.identity_key, target = %cmd.target,
+                end_to_end_ms = end_to_end_ms.unwrap_or_default(), "revocation confirmed"
+            );
+        }
+        Ok(())
+    }
+
+    async fn failed(
+        &self,
+        owner: &str,
+        cmd: &CommandRow,
+        connector: &dyn Connector,
+        err: ConnectorError,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let policy = connector.retry_policy();
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(policy.initial)
+            .with_max_delay(policy.max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .nth((cmd.attempts.max(1) - 1) as usize)
+            .unwrap_or(policy.max);
+        let (retry_after, rate_limited, permanent) = match &err {
+            ConnectorError::RateLimited { retry_after, .. } => (*retry_after, true, false),
+            ConnectorError::Transient { retry_after, .. } => (*retry_after, false, false),
+            ConnectorError::Permanent { .. } => (None, false, true),
+        };
+        // Being told to slow down is not the command's fault: it does not use up an attempt.
+        let exhausted = !rate_limited && cmd.attempts >= i64::from(policy.max_attempts);
+        if permanent || exhausted {
+            tracing::warn!(connector = %cmd.connector, command = cmd.id, error = %err, "command dead-lettered");
+            return self
+                .finish(owner, cmd, "dead", None, Some(err.to_string()), None)
+                .await;
+        }
+        let delay = retry_after.map_or(backoff, |r| r.max(backoff.min(r)));
+        let mut tx = self.store.begin_write().await?;
+        store::update_claimed(
+            &mut tx,
+            owner,
+            &CommandUpdate {
+                id: cmd.id,
+                status: if cmd.dispatched_at.is_some() {
+                    "confirming"
+                } else {
+                    "pending"
+                }
+                .into(),
+                next_attempt_at: now + delay.as_micros() as i64,
+                dispatched_at: None,
+                confirmed_at: None,
+                confirm_deadline: None,
+                last_error: Some(err.to_string()),
+                refund_attempt: rate_limited,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,627 @@
+//! The engine drives source changes through identity, policy and plan, one transaction per batch of
+//! people, and advances a source's checkpoint only once everything the change caused is durable.
+
+use crate::audit;
+use crate::clock::{SharedClock, from_micros, to_micros};
+use crate::config::Config;
+use crate::identity::{self, Derived, SourceView};
+use crate::model::{Lifecycle, PersonRecord, Quarantined};
+use crate::plan::{self, Applied, Cause};
+use crate::policy::{Policy, PolicyError};
+use crate::sources::hr::{self, HrError, HrMapping};
+use crate::store::{self, IdentityRow, SourceRecordRow, Store, StoreError};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Hr(#[from] HrError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("source `{0}` is not configured")]
+    UnknownSource(String),
+    #[error("held change {0} does not exist or was already decided")]
+    NoSuchHeld(i64),
+}
+
+/// What one feed did, for the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedReport {
+    pub source: String,
+    pub file: String,
+    pub rows: usize,
+    pub unchanged: usize,
+    pub joiners: usize,
+    pub movers: usize,
+    pub leavers: usize,
+    pub rehires: usize,
+    pub other_changes: usize,
+    pub quarantined: usize,
+    pub held: usize,
+    pub issues: u64,
+    pub revokes: u64,
+    pub skipped_same_file: bool,
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    pub store: Store,
+    pub clock: SharedClock,
+    pub config: Arc<Config>,
+    pub policy: Arc<Policy>,
+    /// Woken whenever commands were enqueued, so the dispatcher starts at once.
+    pub outbox_notify: Arc<Notify>,
+    mappings: BTreeMap<String, HrMapping>,
+}
+
+const BATCH: usize = 100;
+
+fn record_hash(r: &PersonRecord) -> String {
+    // The location (file and line) changes from feed to feed without the person changing.
+    let mut r = r.clone();
+    r.location.clear();
+    let json = serde_json::to_string(&r).unwrap_or_default();
+    hex::encode(Sha256::digest(json.as_bytes()))
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        config: Arc<Config>,
+        policy: Arc<Policy>,
+    ) -> Result<Self, EngineError> {
+        let mut mappings = BTreeMap::new();
+        for (name, src) in &config.sources.hr {
+            mappings.insert(
+                name.clone(),
+                hr::load_mapping(&config.resolve(&src.mapping))?,
+            );
+        }
+        Ok(Self {
+            store,
+            clock,
+            config,
+            policy,
+            outbox_notify: Arc::new(Notify::new()),
+            mappings,
+        })
+    }
+
+    fn tz_of(&self) -> impl Fn(Option<&str>) -> chrono_tz::Tz + '_ {
+        |site| self.config.timezone_of(site)
+    }
+
+    /// Every file an HR source has that was not applied yet: the one file when it changed, or the
+    /// drop directory's files after the last one applied.
+    pub async fn pending_hr_files(&self, source: &str) -> Result<Vec<PathBuf>, EngineError> {
+        let cfg = self
+            .config
+            .sources
+            .hr
+            .get(source)
+            .ok_or_else(|| EngineError::UnknownSource(source.to_string()))?;
+        if let Some(p) = &cfg.path {
+            return Ok(vec![self.config.resolve(p)]);
+        }
+        let Some(dir) = &cfg.drop_dir else {
+            return Ok(vec![]);
+        };
+        let dir = self.config.resolve(dir);
+        let last = store::checkpoint(self.store.pool(), source).await?;
+        let last_name = last
+            .as_deref()
+            .and_then(|c| c.split_once('@').map(|(n, _)| n.to_string()));
+        let files = hr::feed_files(&dir).map_err(|source| HrError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(files
+            .into_iter()
+            .filter(|f| {
+                let name = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                last_name.as_ref().is_none_or(|l| &name > l)
+            })
+            .collect())
+    }
+
+    /// Apply every pending file of an HR source.
+    pub async fn run_hr_source(&self, source: &str) -> Result<Vec<FeedReport>, EngineError> {
+        let mut out = Vec::new();
+        for f in self.pending_hr_files(source).await? {
+            out.push(self.apply_hr_file(source, &f).await?);
+        }
+        Ok(out)
+    }
+
+    /// Apply one full HR snapshot.
+    pub async fn apply_hr_file(
+        &self,
+        source: &str,
+        path: &Path,
+    ) -> Result<FeedReport, EngineError> {
+        let mapping = self
+            .mappings
+            .get(source)
+            .ok_or_else(|| EngineError::UnknownSource(source.to_string()))?;
+        let bytes = std::fs::read(path).map_err(|e| HrError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let feed = hr::parse_feed(source, &file_name, &bytes, mapping)?;
+        let checkpoint_value = format!("{file_name}@{}", feed.digest);
+        let mut report = FeedReport {
+            source: source.to_string(),
+            file: path.display().to_string(),
+            rows: feed.rows,
+            ..Default::default()
+        };
+        if store::checkpoint(self.store.pool(), source)
+            .await?
+            .as_deref()
+            == Some(checkpoint_value.as_str())
+        {
+            report.skipped_same_file = true;
+            report.unchanged = feed.records.len();
+            return Ok(report);
+        }
+        let threshold = self
+            .config
+            .sources
+            .hr
+            .get(source)
+            .and_then(|s| s.mass_change_threshold)
+            .unwrap_or(self.config.engine.mass_change_threshold);
+        self.apply_snapshot(
+            source,
+            &feed.digest,
+            feed.records,
+            feed.quarantined,
+            threshold,
+            &checkpoint_value,
+            &mut report,
+        )
+        .await?;
+        Ok(report)
+    }
+
+    /// The source-independent part of applying a full snapshot of a source's people.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply_snapshot(
+        &self,
+        source: &str,
+        batch_id: &str,
+        records: Vec<PersonRecord>,
+        quarantined: Vec<Quarantined>,
+        mass_threshold: f64,
+        checkpoint_value: &str,
+        report: &mut FeedReport,
+    ) -> Result<(), EngineError> {
+        let known: BTreeMap<String, (String, bool)> =
+            store::source_hashes(self.store.pool(), source)
+                .await?
+                .into_iter()
+                .map(|(k, h, gone)| (k, (h, gone)))
+                .collect();
+        let in_feed: BTreeSet<String> = records
+            .iter()
+            .map(|r| r.key.clone())
+            .chain(quarantined.iter().filter_map(|q| q.record_key.clone()))
+            .collect();
+        // Quarantine first, in its own transaction: nothing is lost even if the rest fails.
+        {
+            let now = to_micros(self.clock.now());
+            let mut tx = self.store.begin_write().await?;
+            for q in &quarantined {
+                if store::quarantine(&mut tx, q, batch_id, now).await? {
+                    audit::append(
+                        &mut tx,
+                        now,
+                        &format!("source:{source}"),
+                        "record.quarantined",
+                        q.record_key.as_deref().unwrap_or("-"),
+                        &serde_json::json!({"location": q.location, "field": q.field, "reason": q.reason}),
+                    )
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            report.quarantined = quarantined.len();
+        }
+        let changed: Vec<PersonRecord> = records
+            .into_iter()
+            .filter(|r| match known.get(&r.key) {
+                Some((h, gone)) => *gone || *h != record_hash(r),
+                None => true,
+            })
+            .collect();
+        report.unchanged =
+            in_feed.len() - changed.len() - report.quarantined.min(in_feed.len() - changed.len());
+        for chunk in changed.chunks(BATCH) {
+            let now = self.clock.now();
+            let mut tx = self.store.begin_write().await?;
+            for r in chunk {
+                let hash = record_hash(r);
+                let prior = known.get(&r.key);
+                let first_seen = match prior {
+                    None => to_micros(now),
+                    Some(_) => store::source_records_of(&mut tx, &r.key)
+                        .await?
+                        .into_iter()
+                        .find(|s| s.source == source)
+                        .map_or(to_micros(now), |s| s.first_seen_at),
+                };
+                store::put_source_record(
+                    &mut tx,
+                    &SourceRecordRow {
+                        source: source.to_string(),
+                        key: r.key.clone(),
+                        hash,
+                        record: serde_json::to_string(r).unwrap_or_default(),
+                        first_seen_at: first_seen,
+                        seen_at: to_micros(now),
+                        disappeared_at: None,
+                    },
+                )
+                .await?;
+                store::release_held_for(&mut tx, source, &r.key, to_micros(now)).await?;
+                let (kind, applied) = self
+                    .reevaluate(&mut tx, &r.key, &format!("source:{source}"), now)
+                    .await?;
+                tally(report, &kind, applied);
+            }
+            tx.commit().await?;
+            self.outbox_notify.notify_waiters();
+        }
+        // People who vanished from a full feed: leavers, unless so many vanish at once that the file
+        // is more likely truncated than the company halved (invariant 4).
+        let vanished: Vec<&String> = known
+            .iter()
+            .filter(|(k, (_, gone))| !gone && !in_feed.contains(*k))
+            .map(|(k, _)| k)
+            .collect();
+        let present = known.values().filter(|(_, gone)| !gone).count();
+        let now = self.clock.now();
+        let mut tx = self.store.begin_write().await?;
+        if !vanished.is_empty() && vanished.len() as f64 > mass_threshold * present as f64 {
+            let reason = format!(
+                "{} of {present} people ({:.1} %) vanished from one feed, above the {:.0} % threshold",
+                vanished.len(),
+                100.0 * vanished.len() as f64 / present.max(1) as f64,
+                100.0 * mass_threshold
+            );
+            for k in &vanished {
+                if store::hold(&mut tx, source, k, "disappearance", &reason, to_micros(now)).await?
+                {
+                    report.held += 1;
+                }
+            }
+            audit::append(
+                &mut tx,
+                to_micros(now),
+                &format!("source:{source}"),
+                "feed.mass_change_held",
+                source,
+                &serde_json::json!({"held": vanished.len(), "reason": reason}),
+            )
+            .await?;
+        } else {
+            for k in &vanished {
+                let applied = self
+                    .apply_disappearance(&mut tx, source, k, now, &format!("source:{source}"))
+                    .await?;
+                tally(report, "leaver", applied);
+            }
+        }
+        store::set_checkpoint(&mut tx, source, checkpoint_value, to_micros(now)).await?;
+        tx.commit().await?;
+        self.outbox_notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn apply_disappearance(
+        &self,
+        conn: &mut AnyConnection,
+        source: &str,
+        key: &str,
+        now: DateTime<Utc>,
+        actor: &str,
+    ) -> Result<Applied, EngineError> {
+        let Some(mut rec) = store::source_records_of(conn, key)
+            .await?
+            .into_iter()
+            .find(|s| s.source == source)
+        else {
+            return Ok(Applied::default());
+        };
+        rec.disappeared_at = Some(to_micros(now));
+        store::put_source_record(conn, &rec).await?;
+        Ok(self.reevaluate(conn, key, actor, now).await?.1)
+    }
+
+    /// Approve (apply) or reject a held change.
+    pub async fn decide(&self, id: i64, approve: bool, by: &str) -> Result<Applied, EngineError> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin_write().await?;
+        let held = store::held_change(&mut tx, id)
+            .await?
+            .filter(|h| h.status == "held")
+            .ok_or(EngineError::NoSuchHeld(id))?;
+        let status = if approve { "approved" } else { "rejected" };
+        store::decide_held(&mut tx, id, status, by, to_micros(now)).await?;
+        audit::append(
+            &mut tx,
+            to_micros(now),
+            by,
+            &format!("held.{status}"),
+            &held.key,
+            &serde_json::json!({"held": id, "source": held.source, "kind": held.kind}),
+        )
+        .await?;
+        let applied = if approve {
+            self.apply_disappearance(&mut tx, &held.source, &held.key, now, by)
+                .await?
+        } else {
+            Applied::default()
+        };
+        tx.commit().await?;
+        self.outbox_notify.notify_waiters();
+        Ok(applied)
+    }
+
+    /// Re-derive one identity from its source records and plan what follows. Returns the kind of
+    /// change (joiner, mover, leaver, rehire, ...) and the commands enqueued.
+    pub async fn reevaluate(
+        &self,
+        conn: &mut AnyConnection,
+        key: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(String, Applied), EngineError> {
+        let rows = store::source_records_of(conn, key).await?;
+        let views: Vec<SourceView> = rows
+            .iter()
+            .filter_map(|s| {
+                let record: PersonRecord = serde_json::from_str(&s.record).ok()?;
+                Some(SourceView {
+                    record,
+                    observed_at: from_micros(s.seen_at),
+                    disappeared_at: s.disappeared_at.map(from_micros),
+                })
+            })
+            .collect();
+        let Some(mut derived) = identity::derive(&views, now, self.tz_of()) else {
+            return Ok(("none".into(), Applied::default()));
+        };
+        for v in &views {
+            if let Some(d) = v.record.contract_end {
+                derived
+                    .attrs
+                    .entry("contract_end".into())
+                    .or_insert_with(|| d.to_string());
+            }
+        }
+        let before = store::get_identity(conn, key).await?;
+        let kind = change_kind(before.as_ref(), &derived);
+        let now_us = to_micros(now);
+        let row = IdentityRow {
+            key: key.to_string(),
+            lifecycle: derived.lifecycle,
+            lifecycle_since: match &before {
+                Some(b) if b.lifecycle == derived.lifecycle => b.lifecycle_since,
+                _ => to_micros(derived.effective_at),
+            },
+            attrs: derived
+                .attrs
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+            site: derived.site.clone(),
+            next_change_at: derived.next_change_at.map(to_micros),
+            updated_at: now_us,
+        };
+        if before.as_ref()
+            != Some(&IdentityRow {
+                updated_at: before.as_ref().map_or(0, |b| b.updated_at),
+                ..row.clone()
+            })
+        {
+            store::put_identity(conn, &row).await?;
+            audit::append(
+                conn,
+                now_us,
+                actor,
+                "identity.changed",
+                key,
+                &serde_json::json!({
+                    "change": kind,
+                    "lifecycle_from": before.as_ref().map(|b| b.lifecycle),
+                    "lifecycle_to": derived.lifecycle,
+                    "effective_at": derived.effective_at,
+                    "next_change_at": derived.next_change_at,
+                }),
+            )
+            .await?;
+        }
+        let applied = self
+            .plan_identity(conn, key, &derived, &kind, actor, now)
+            .await?;
+        Ok((kind, applied))
+    }
+
+    async fn plan_identity(
+        &self,
+        conn: &mut AnyConnection,
+        key: &str,
+        derived: &Derived,
+        kind: &str,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Applied, EngineError> {
+        let tz = self.config.timezone_of(derived.site.as_deref());
+        let desired = match self
+            .policy
+            .desired(key, derived.lifecycle, &derived.attrs, tz, now)
+        {
+            Ok(d) => d,
+            Err(e) => {
+                // A template that cannot be evaluated must not revoke anything: keep the ledger as it
+                // is and report the person.
+                tracing::error!(identity = key, error = %e, "policy evaluation failed; grants left unchanged");
+                store::quarantine(
+                    conn,
+                    &Quarantined {
+                        source: "policy".into(),
+                        location: key.to_string(),
+                        record_key: Some(key.to_string()),
+                        field: "template".into(),
+                        reason: e.to_string(),
+                        raw: String::new(),
+                    },
+                    &to_micros(now).to_string(),
+                    to_micros(now),
+                )
+                .await?;
+                return Ok(Applied::default());
+            }
+        };
+        let ledger = store::grants_of(conn, key).await?;
+        let changes = plan::diff(&desired, &ledger);
+        if changes.is_empty() {
+            return Ok(Applied::default());
+        }
+        let trigger_at = match derived.lifecycle {
+            Lifecycle::Terminated | Lifecycle::Suspended | Lifecycle::Active => {
+                derived.trigger_at().min(now)
+            }
+            Lifecycle::PreHire => now,
+        };
+        // Attribute changes (movers) have no effective date: they trigger when seen.
+        let trigger_at = if kind == "mover" || kind == "reconcile" {
+            now
+        } else {
+            trigger_at
+        };
+        let cause = Cause {
+            kind: kind.to_string(),
+            trigger_at,
+            detected_at: now,
+            actor: actor.to_string(),
+        };
+        let policy = self.policy.clone();
+        Ok(plan::apply(
+            conn,
+            key,
+            &changes,
+            &ledger,
+            &cause,
+            |t| policy.approver_of(t).map(str::to_string),
+            now,
+        )
+        .await?)
+    }
+
+    /// Effective-dated work whose time has come: hires, terminations, contract ends.
+    pub async fn tick(&self) -> Result<Applied, EngineError> {
+        let mut total = Applied::default();
+        loop {
+            let now = self.clock.now();
+            let due =
+                store::identities_due(self.store.pool(), to_micros(now), BATCH as i64).await?;
+            if due.is_empty() {
+                break;
+            }
+            let mut tx = self.store.begin_write().await?;
+            for key in &due {
+                let (_, a) = self.reevaluate(&mut tx, key, "schedule", now).await?;
+                total.issues += a.issues;
+                total.revokes += a.revokes;
+            }
+            tx.commit().await?;
+            self.outbox_notify.notify_waiters();
+        }
+        Ok(total)
+    }
+
+    /// What every identity would get issued and revoked now, without writing anything.
+    pub async fn dry_run(&self) -> Result<Vec<(String, plan::Change)>, EngineError> {
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(StoreError::from)?;
+        for ident in store::list_identities(self.store.pool()).await? {
+            let attrs: BTreeMap<String, String> = ident
+                .attrs
+                .iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect();
+            let tz = self.config.timezone_of(ident.site.as_deref());
+            let desired = self
+                .policy
+                .desired(&ident.key, ident.lifecycle, &attrs, tz, now)?;
+            let ledger = store::grants_of(&mut conn, &ident.key).await?;
+            for c in plan::diff(&desired, &ledger) {
+                out.push((ident.key.clone(), c));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn change_kind(before: Option<&IdentityRow>, after: &Derived) -> String {
+    let Some(b) = before else {
+        return match after.lifecycle {
+            Lifecycle::Terminated => "leaver",
+            _ => "joiner",
+        }
+        .into();
+    };
+    match (b.lifecycle, after.lifecycle) {
+        (Lifecycle::Terminated, Lifecycle::Active | Lifecycle::PreHire) => "rehire",
+        (x, y) if x != y && y == Lifecycle::Terminated => "leaver",
+        (Lifecycle::PreHire, Lifecycle::Active) => "joiner",
+        (x, y) if x != y => "lifecycle",
+        _ => {
+            let same = b.attrs.len() == after.attrs.len()
+                && after
+                    .attrs
+                    .iter()
+                    .all(|(k, v)| b.attr(k) == Some(v.as_str()));
+            if same { "reconcile" } else { "mover" }
+        }
+    }
+    .into()
+}
+
+fn tally(report: &mut FeedReport, kind: &str, a: Applied) {
+    match kind {
+        "joiner" => report.joiners += 1,
+        "mover" => report.movers += 1,
+        "leaver" => report.leavers += 1,
+        "rehire" => report.rehires += 1,
+        _ => report.other_changes += 1,
+    }
+    report.issues += a.issues;
+    report.revokes += a.revokes;
+}

@@ -1,0 +1,296 @@
+//! Identities: one person, correlated across sources by the configured key, with a lifecycle derived
+//! from every source's latest view of them.
+//!
+//! Dates in HR feeds are calendar dates in the person's site time zone: a hire date grants from
+//! 00:00 local on that day; a termination or contract-end date is the last day worked, so access ends
+//! at 00:00 local on the day after. A date still in the future becomes `next_change_at`, a timer kept
+//! in the store, so it fires at its instant even across restarts.
+
+use crate::model::{Lifecycle, PersonRecord, RecordStatus};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use std::collections::BTreeMap;
+
+/// One source's latest view of a person, as stored.
+#[derive(Debug, Clone)]
+pub struct SourceView {
+    pub record: PersonRecord,
+    /// When this version of the record was first stored: the moment latchkey observed what it says.
+    pub observed_at: DateTime<Utc>,
+    /// Set when the person vanished from a full feed and that disappearance was accepted.
+    pub disappeared_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Derived {
+    pub lifecycle: Lifecycle,
+    /// When the current lifecycle took effect (effective date, or when latchkey learnt of it).
+    pub effective_at: DateTime<Utc>,
+    /// The time the change was first observed, if later than `effective_at` (for latency: the
+    /// trigger is the later of the two).
+    pub observed_at: DateTime<Utc>,
+    /// The next effective-dated change, if any.
+    pub next_change_at: Option<DateTime<Utc>>,
+    pub site: Option<String>,
+    pub attrs: BTreeMap<String, String>,
+}
+
+impl Derived {
+    /// The trigger time of the change to the current lifecycle (DESIGN.md invariant 7).
+    pub fn trigger_at(&self) -> DateTime<Utc> {
+        self.effective_at.max(self.observed_at)
+    }
+}
+
+/// 00:00 local time on `date` in `tz`, as an instant. On a DST gap the first valid instant is used.
+pub fn start_of_day(date: NaiveDate, tz: Tz) -> DateTime<Utc> {
+    let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+    match tz.from_local_datetime(&midnight) {
+        chrono::LocalResult::Single(t) => t.with_timezone(&Utc),
+        chrono::LocalResult::Ambiguous(earliest, _) => earliest.with_timezone(&Utc),
+        chrono::LocalResult::None => {
+            // Midnight does not exist that day (a DST jump at 00:00): take 01:00.
+            let one = date.and_hms_opt(1, 0, 0).unwrap_or_default();
+            tz.from_local_datetime(&one)
+                .earliest()
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_else(|| Utc.from_utc_datetime(&midnight))
+        }
+    }
+}
+
+/// The end of a last working day: 00:00 local on the next day.
+pub fn end_of_day(date: NaiveDate, tz: Tz) -> DateTime<Utc> {
+    start_of_day(date.succ_opt().unwrap_or(date), tz)
+}
+
+struct ViewState {
+    lifecycle: Lifecycle,
+    effective_at: DateTime<Utc>,
+    observed_at: DateTime<Utc>,
+    next_change_at: Option<DateTime<Utc>>,
+}
+
+fn view_state(v: &SourceView, now: DateTime<Utc>, tz: Tz) -> ViewState {
+    let r = &v.record;
+    let observed = v.observed_at;
+    if let Some(gone) = v.disappeared_at {
+        return ViewState {
+            lifecycle: Lifecycle::Terminated,
+            effective_at: gone,
+            observed_at: gone,
+            next_change_at: None,
+        };
+    }
+    let hire_at = r.hire_date.map(|d| start_of_day(d, tz));
+    // A termination dated before the latest hire belongs to an earlier employment (a rehire).
+    let term_at = r
+        .termination_date
+        .map(|d| end_of_day(d, tz))
+        .filter(|t| hire_at.is_none_or(|h| h < *t));
+    let explicit_term = r.status == Some(RecordStatus::Terminated);
+    let mut next = Vec::new();
+    let terminated_at = match (explicit_term, term_at) {
+        (_, Some(t)) if t <= now => Some(t),
+        (_, Some(t)) => {
+            next.push(t);
+            None
+        }
+        // Terminated with no date: effective when observed.
+        (true, None) => Some(observed),
+        (false, None) => None,
+    };
+    if let Some(t) = terminated_at {
+        return ViewState {
+            lifecycle: Lifecycle::Terminated,
+            effective_at: t,
+            observed_at: observed,
+            next_change_at: None,
+        };
+    }
+    if let Some(h) = hire_at
+        && h > now
+    {
+        next.push(h);
+        return ViewState {
+            lifecycle: Lifecycle::PreHire,
+            effective_at: observed,
+            observed_at: observed,
+            next_change_at: next.into_iter().min(),
+        };
+    }
+    let (lifecycle, effective_at) = match r.status {
+        Some(RecordStatus::Suspended) => (Lifecycle::Suspended, observed),
+        _ => (
+            Lifecycle::Active,
+            hire_at.map_or(observed, |h| h.max(observed)),
+        ),
+    };
+    // A contract end is a grant validity, handled by policy; it still needs a timer here so the
+    // identity is looked at again when it passes.
+    if let Some(end) = r.contract_end.map(|d| end_of_day(d, tz))
+        && end > now
+    {
+        next.push(end);
+    }
+    ViewState {
+        lifecycle,
+        effective_at,
+        observed_at: observed,
+        next_change_at: next.into_iter().min(),
+    }
+}
+
+/// Combine every source's view. Leaver wins (invariant 4): any source that says terminated makes the
+/// person terminated; then suspended; then pre-hire; else active.
+pub fn derive(
+    views: &[SourceView],
+    now: DateTime<Utc>,
+    tz_of: impl Fn(Option<&str>) -> Tz,
+) -> Option<Derived> {
+    let first = views.first()?;
+    let site = views.iter().find_map(|v| v.record.site.clone());
+    let tz = tz_of(site.as_deref());
+    let mut attrs = BTreeMap::new();
+    // Later sources fill gaps; the first source (ordered by name) is authoritative for attributes.
+    for v in views.iter().rev() {
+        attrs.extend(v.record.attrs.clone());
+    }
+    let states: Vec<ViewState> = views.iter().map(|v| view_state(v, now, tz)).collect();
+    let rank = |l: Lifecycle| match l {
+        Lifecycle::Terminated => 0,
+        Lifecycle::Suspended => 1,
+        Lifecycle::PreHire => 2,
+        Lifecycle::Active => 3,
+    };
+    let winner = states
+        .iter()
+        .min_by_key(|s| (rank(s.lifecycle), s.effective_at))
+        .map(|s| (s.lifecycle, s.effective_at, s.observed_at))
+        .unwrap_or((Lifecycle::Active, first.observed_at, first.observed_at));
+    let next_change_at = if winner.0 == Lifecycle::Terminated {
+        None
+    } else {
+        states.iter().filter_map(|s| s.next_change_at).min()
+    };
+    Some(Derived {
+        lifecycle: winner.0,
+        effective_at: winner.1,
+        observed_at: winner.2,
+        next_change_at,
+        site,
+        attrs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(status: Option<RecordStatus>, hire: Option<&str>, term: Option<&str>) -> PersonRecord {
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        PersonRecord {
+            source: "hr".into(),
+            key: "E1".into(),
+            location: "f.csv:2".into(),
+            status,
+            hire_date: hire.map(d),
+            termination_date: term.map(d),
+            contract_end: None,
+            site: Some("berlin".into()),
+            attrs: BTreeMap::new(),
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn view(r: PersonRecord, observed: &str) -> SourceView {
+        SourceView {
+            record: r,
+            observed_at: at(observed),
+            disappeared_at: None,
+        }
+    }
+
+    const BERLIN: fn(Option<&str>) -> Tz = |_| chrono_tz::Europe::Berlin;
+
+    #[test]
+    fn future_termination_is_a_timer_at_local_midnight_after_the_last_day() {
+        let v = view(
+            rec(
+                Some(RecordStatus::Active),
+                Some("2020-01-01"),
+                Some("2026-11-30"),
+            ),
+            "2026-11-25T10:00:00Z",
+        );
+        let d = derive(&[v.clone()], at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
+        assert_eq!(d.lifecycle, Lifecycle::Active);
+        // 2026-12-01 00:00 in Berlin (CET, +01:00)
+        assert_eq!(d.next_change_at, Some(at("2026-11-30T23:00:00Z")));
+        let later = derive(&[v], at("2026-11-30T23:00:00Z"), BERLIN).unwrap();
+        assert_eq!(later.lifecycle, Lifecycle::Terminated);
+        assert_eq!(later.trigger_at(), at("2026-11-30T23:00:00Z"));
+    }
+
+    #[test]
+    fn past_termination_triggers_when_observed() {
+        let v = view(
+            rec(
+                Some(RecordStatus::Terminated),
+                Some("2020-01-01"),
+                Some("2026-11-01"),
+            ),
+            "2026-11-25T10:00:00Z",
+        );
+        let d = derive(&[v], at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
+        assert_eq!(d.lifecycle, Lifecycle::Terminated);
+        assert_eq!(d.trigger_at(), at("2026-11-25T10:00:00Z"));
+    }
+
+    #[test]
+    fn rehire_after_termination_is_active() {
+        let v = view(
+            rec(
+                Some(RecordStatus::Active),
+                Some("2026-11-20"),
+                Some("2025-03-31"),
+            ),
+            "2026-11-25T10:00:00Z",
+        );
+        assert_eq!(
+            derive(&[v], at("2026-11-25T10:00:00Z"), BERLIN)
+                .unwrap()
+                .lifecycle,
+            Lifecycle::Active
+        );
+    }
+
+    #[test]
+    fn future_hire_is_pre_hire_until_local_midnight() {
+        let v = view(
+            rec(Some(RecordStatus::Active), Some("2026-12-01"), None),
+            "2026-11-25T10:00:00Z",
+        );
+        let d = derive(&[v], at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
+        assert_eq!(d.lifecycle, Lifecycle::PreHire);
+        assert_eq!(d.next_change_at, Some(at("2026-11-30T23:00:00Z")));
+    }
+
+    #[test]
+    fn leaver_wins_across_sources() {
+        let active = view(
+            rec(Some(RecordStatus::Active), Some("2020-01-01"), None),
+            "2026-11-25T10:00:00Z",
+        );
+        let mut gone = view(
+            rec(Some(RecordStatus::Terminated), None, None),
+            "2026-11-25T11:00:00Z",
+        );
+        gone.record.source = "ldap".into();
+        let d = derive(&[active, gone], at("2026-11-25T12:00:00Z"), BERLIN).unwrap();
+        assert_eq!(d.lifecycle, Lifecycle::Terminated);
+    }
+}

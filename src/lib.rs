@@ -1,0 +1,24 @@
+//! latchkey: keeps physical access (smart locks, access groups, key cabinets, mechanical keys) in step
+//! with who works here, and measures how long every revocation took.
+//!
+//! Modules follow the flow: sources -> identity -> policy -> plan -> store (outbox) -> dispatch ->
+//! connectors -> vendor, with audit and telemetry alongside. See DESIGN.md in the shared notes.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::todo)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod connectors;
+pub mod dispatch;
+pub mod engine;
+pub mod identity;
+pub mod model;
+pub mod plan;
+pub mod policy;
+pub mod sim;
+pub mod sources;
+pub mod store;
+pub mod telemetry;

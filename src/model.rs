@@ -1,0 +1,159 @@
+//! The normalized vocabulary every stage of the flow speaks: people as sources see them, identities,
+//! desired grants and the commands that move a vendor towards them.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Where a person is in their working life, as latchkey has concluded from all sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    PreHire,
+    Active,
+    Suspended,
+    Terminated,
+}
+
+impl Lifecycle {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::PreHire => "pre_hire",
+            Lifecycle::Active => "active",
+            Lifecycle::Suspended => "suspended",
+            Lifecycle::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pre_hire" => Lifecycle::PreHire,
+            "active" => Lifecycle::Active,
+            "suspended" => Lifecycle::Suspended,
+            "terminated" => Lifecycle::Terminated,
+            _ => return None,
+        })
+    }
+
+    /// Only an active person is entitled to physical access.
+    pub fn entitled(self) -> bool {
+        self == Lifecycle::Active
+    }
+}
+
+impl fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a source row says explicitly about employment, after the mapping's value table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordStatus {
+    Active,
+    Suspended,
+    Terminated,
+}
+
+/// One source's view of one person at one moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonRecord {
+    /// The configured source name (`hr`, `ldap-corp`, ...).
+    pub source: String,
+    /// The correlation key (employee id).
+    pub key: String,
+    /// Where this record came from, for messages: `hr-2026-11-25.csv:17`.
+    pub location: String,
+    pub status: Option<RecordStatus>,
+    pub hire_date: Option<NaiveDate>,
+    pub termination_date: Option<NaiveDate>,
+    pub contract_end: Option<NaiveDate>,
+    /// Site name, which selects the time zone dates are read in.
+    pub site: Option<String>,
+    /// Every mapped attribute (name, email, department, role, employment_type, ...), for templates.
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// A record that could not be used, kept with enough context for a person to fix it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub source: String,
+    /// `file:line` (HR), DN (LDAP), resource id (SCIM).
+    pub location: String,
+    pub record_key: Option<String>,
+    pub field: String,
+    pub reason: String,
+    pub raw: String,
+}
+
+/// A weekly time window a grant is valid in, in the site's local time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    /// ISO weekdays 1 = Monday .. 7 = Sunday.
+    pub weekdays: Vec<u8>,
+    /// Minutes after local midnight.
+    pub from_minute: u16,
+    pub until_minute: u16,
+}
+
+/// A grant the policy says a person should hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredGrant {
+    pub connector: String,
+    pub target: String,
+    /// app | fob | keypad | card | mobile | wallet | physical_key
+    pub credential: String,
+    /// The template that caused it.
+    pub template: String,
+    pub window: Option<Window>,
+    pub valid_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Issue,
+    Revoke,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Issue => "issue",
+            Action::Revoke => "revoke",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "issue" => Some(Action::Issue),
+            "revoke" => Some(Action::Revoke),
+            _ => None,
+        }
+    }
+
+    /// Lower runs first: a revoke never waits behind issues (invariant 3).
+    pub fn priority(self) -> i64 {
+        match self {
+            Action::Revoke => 0,
+            Action::Issue => 10,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The person as a connector needs to see them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonRef {
+    pub key: String,
+    pub name: String,
+    pub email: String,
+    pub attrs: BTreeMap<String, String>,
+}

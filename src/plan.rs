@@ -1,0 +1,255 @@
+//! Plan: desired grants against the grant ledger give issue and revoke commands.
+//!
+//! [`diff`] is pure (it is what `latchkey plan` prints); [`apply`] writes the ledger rows, the
+//! commands and their audit records on the caller's transaction, so a change and everything it causes
+//! become durable together (invariants 1 and 6).
+
+use crate::audit;
+use crate::clock::to_micros;
+use crate::model::{Action, DesiredGrant};
+use crate::store::{self, GrantRow, NewCommand, StoreError};
+use chrono::{DateTime, Utc};
+use sqlx::AnyConnection;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Issue(DesiredGrant),
+    Revoke(GrantRow),
+}
+
+impl Change {
+    pub fn action(&self) -> Action {
+        match self {
+            Change::Issue(_) => Action::Issue,
+            Change::Revoke(_) => Action::Revoke,
+        }
+    }
+
+    pub fn connector(&self) -> &str {
+        match self {
+            Change::Issue(d) => &d.connector,
+            Change::Revoke(g) => &g.connector,
+        }
+    }
+
+    pub fn target(&self) -> &str {
+        match self {
+            Change::Issue(d) => &d.target,
+            Change::Revoke(g) => &g.target,
+        }
+    }
+}
+
+/// What must change for `ledger` (one identity's rows) to match `desired`.
+pub fn diff(desired: &[DesiredGrant], ledger: &[GrantRow]) -> Vec<Change> {
+    let wanted = |c: &str, t: &str| desired.iter().any(|d| d.connector == c && d.target == t);
+    let mut out: Vec<Change> = ledger
+        .iter()
+        .filter(|g| g.desired == "present" && !wanted(&g.connector, &g.target))
+        .cloned()
+        .map(Change::Revoke)
+        .collect();
+    for d in desired {
+        let held = ledger
+            .iter()
+            .any(|g| g.connector == d.connector && g.target == d.target && g.desired == "present");
+        if !held {
+            out.push(Change::Issue(d.clone()));
+        }
+    }
+    out
+}
+
+/// Why a change happened, and the times latency is measured from.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    /// joiner | mover | leaver | rehire | expiry | approval | reconcile
+    pub kind: String,
+    /// The original trigger: the effective time of the change, or when it was first observed if later.
+    pub trigger_at: DateTime<Utc>,
+    /// When latchkey saw it.
+    pub detected_at: DateTime<Utc>,
+    pub actor: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub issues: u64,
+    pub revokes: u64,
+}
+
+pub async fn apply(
+    conn: &mut AnyConnection,
+    identity_key: &str,
+    changes: &[Change],
+    ledger: &[GrantRow],
+    cause: &Cause,
+    approver: impl Fn(&str) -> Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Applied, StoreError> {
+    let now_us = to_micros(now);
+    let mut applied = Applied::default();
+    for change in changes {
+        let existing = ledger
+            .iter()
+            .find(|g| g.connector == change.connector() && g.target == change.target());
+        let generation = existing.map_or(0, |g| g.generation) + 1;
+        let mut trigger_at = cause.trigger_at;
+        let enqueue = match change {
+            Change::Issue(d) => {
+                store::put_grant(
+                    conn,
+                    &GrantRow {
+                        identity_key: identity_key.to_string(),
+                        connector: d.connector.clone(),
+                        target: d.target.clone(),
+                        desired: "present".into(),
+                        observed: existing
+                            .map_or_else(|| "absent".to_string(), |g| g.observed.clone()),
+                        generation,
+                        vendor_ref: existing.and_then(|g| g.vendor_ref.clone()),
+                        template: d.template.clone(),
+                        credential: d.credential.clone(),
+                        window: d
+                            .window
+                            .as_ref()
+                            .and_then(|w| serde_json::to_string(w).ok()),
+                        valid_until: d.valid_until.map(to_micros),
+                        updated_at: now_us,
+                    },
+                )
+                .await?;
+                audit::append(
+                    conn,
+                    now_us,
+                    &cause.actor,
+                    "grant.desired",
+                    identity_key,
+                    &serde_json::json!({
+                        "connector": d.connector, "target": d.target, "credential": d.credential,
+                        "template": d.template, "template_approved_by": approver(&d.template),
+                        "valid_until": d.valid_until, "cause": cause.kind, "generation": generation,
+                    }),
+                )
+                .await?;
+                true
+            }
+            Change::Revoke(g) => {
+                let (_, attempted) =
+                    store::supersede_issues(conn, &g.connector, identity_key, &g.target, now_us)
+                        .await?;
+                // An issue that never left the outbox left nothing at the vendor to take back.
+                let must_revoke = attempted > 0 || g.observed != "absent";
+                if let Some(until) = g.valid_until
+                    && until <= now_us
+                    && cause.kind != "leaver"
+                {
+                    trigger_at = crate::clock::from_micros(until).max(cause.trigger_at.min(now));
+                }
+                store::put_grant(
+                    conn,
+                    &GrantRow {
+                        desired: "absent".into(),
+                        generation,
+                        updated_at: now_us,
+                        ..g.clone()
+                    },
+                )
+                .await?;
+                audit::append(
+                    conn,
+                    now_us,
+                    &cause.actor,
+                    "grant.undesired",
+                    identity_key,
+                    &serde_json::json!({
+                        "connector": g.connector, "target": g.target, "template": g.template,
+                        "cause": cause.kind, "generation": generation, "vendor_contacted": must_revoke,
+                    }),
+                )
+                .await?;
+                must_revoke
+            }
+        };
+        if !enqueue {
+            continue;
+        }
+        let cmd = NewCommand {
+            connector: change.connector().to_string(),
+            action: change.action(),
+            identity_key: identity_key.to_string(),
+            target: change.target().to_string(),
+            generation,
+            cause: cause.kind.clone(),
+            trigger_at: to_micros(trigger_at.min(cause.detected_at)),
+            detected_at: to_micros(cause.detected_at),
+        };
+        if let Some(id) = store::enqueue(conn, &cmd, now_us).await? {
+            audit::append(
+                conn,
+                now_us,
+                &cause.actor,
+                "command.enqueued",
+                identity_key,
+                &serde_json::json!({
+                    "command": id, "action": cmd.action, "connector": cmd.connector, "target": cmd.target,
+                    "idempotency_key": cmd.idem_key(), "cause": cmd.cause,
+                }),
+            )
+            .await?;
+            match change.action() {
+                Action::Issue => applied.issues += 1,
+                Action::Revoke => applied.revokes += 1,
+            }
+        }
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(t: &str) -> DesiredGrant {
+        DesiredGrant {
+            connector: "nuki".into(),
+            target: t.into(),
+            credential: "app".into(),
+            template: "x".into(),
+            window: None,
+            valid_until: None,
+        }
+    }
+
+    fn held(t: &str, desired: &str) -> GrantRow {
+        GrantRow {
+            identity_key: "E1".into(),
+            connector: "nuki".into(),
+            target: t.into(),
+            desired: desired.into(),
+            observed: "present".into(),
+            generation: 1,
+            vendor_ref: None,
+            template: "x".into(),
+            credential: "app".into(),
+            window: None,
+            valid_until: None,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn mover_revokes_old_and_issues_new_and_a_repeat_does_nothing() {
+        let changes = diff(&[desired("b")], &[held("a", "present")]);
+        assert_eq!(changes.len(), 2);
+        assert!(matches!(&changes[0], Change::Revoke(g) if g.target == "a"));
+        assert!(matches!(&changes[1], Change::Issue(d) if d.target == "b"));
+        assert!(
+            diff(
+                &[desired("b")],
+                &[held("a", "absent"), held("b", "present")]
+            )
+            .is_empty()
+        );
+    }
+}

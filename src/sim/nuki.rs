@@ -1,0 +1,1266 @@
+//! Nuki Web API simulator: account users and per-lock authorizations, with
+//! the vendor's quirks (vendor-apis.md Nuki) reproduced so a connector's
+//! handling of them can be tested.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::sim::{CommonOptions, Faults, SimServer, Vendor, json_error, serve};
+
+/// vendor-apis.md Nuki: 200 app users and 200 keypad codes per lock.
+const MAX_APP_AUTHS_PER_LOCK: usize = 200;
+const MAX_KEYPAD_CODES_PER_LOCK: usize = 200;
+const MAX_NAME_CHARS: usize = 32;
+const DEFAULT_USER_LIMIT: usize = 100;
+const FIRST_ACCOUNT_USER_ID: i64 = 1001;
+
+const TYPE_APP: u8 = 0;
+const TYPE_FOB: u8 = 2;
+const TYPE_KEYPAD: u8 = 13;
+
+#[derive(Debug, Clone)]
+pub struct NukiOptions {
+    /// Expected bearer token.
+    pub token: String,
+    /// Time for a change to reach a lock (vendor-apis.md Nuki: asynchronous
+    /// sync). A created auth is not listed until it passes; a deleted one
+    /// stays listed, with an `operationId`, until it passes.
+    pub sync_delay: Duration,
+    /// Per-lock sync delay overriding `sync_delay`: a lock that is offline
+    /// and syncs late.
+    pub offline_locks: HashMap<i64, Duration>,
+    /// Answer 423 to mutations on a lock while a change on it is still syncing.
+    pub locked_while_pending: bool,
+    /// Let a second auth for the same (lock, accountUserId) be created instead
+    /// of 409, and count it, so tests can prove the client's own
+    /// find-before-create is what prevents duplicates.
+    pub allow_duplicates: bool,
+    /// Treat any smartlock id as existing; otherwise only `locks` exist.
+    pub auto_create_locks: bool,
+    pub locks: Vec<i64>,
+    /// Abuse protection: more requests than this in a rolling second get 429
+    /// without Retry-After.
+    pub rate_limit_per_sec: Option<u32>,
+    pub faults: Faults,
+    /// How long a response chosen by `Faults::timeout_rate` is held.
+    pub timeout_hold: Duration,
+}
+
+impl Default for NukiOptions {
+    fn default() -> Self {
+        Self {
+            token: "nuki-sim-token".to_owned(),
+            sync_delay: Duration::ZERO,
+            offline_locks: HashMap::new(),
+            locked_while_pending: true,
+            allow_duplicates: false,
+            auto_create_locks: true,
+            locks: Vec::new(),
+            rate_limit_per_sec: None,
+            faults: Faults::none(),
+            timeout_hold: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An account user as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserSnapshot {
+    pub account_user_id: i64,
+    pub email: String,
+    pub name: String,
+    pub language: String,
+}
+
+/// An auth as stored, whether or not list responses show it yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuthSnapshot {
+    pub id: String,
+    pub smartlock_id: i64,
+    pub account_user_id: Option<i64>,
+    pub name: String,
+    pub auth_type: u8,
+    pub enabled: bool,
+    pub remote_allowed: bool,
+    pub code: Option<u32>,
+    pub allowed_week_days: Option<u8>,
+    pub allowed_from_time: Option<u16>,
+    pub allowed_until_time: Option<u16>,
+    pub allowed_from_date: Option<String>,
+    pub allowed_until_date: Option<String>,
+    /// Deleted, but still listed until the lock syncs.
+    pub pending_delete: bool,
+    /// Whether list responses currently include it.
+    pub visible: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Auth {
+    id: String,
+    smartlock_id: i64,
+    account_user_id: Option<i64>,
+    auth_type: u8,
+    name: String,
+    enabled: bool,
+    remote_allowed: bool,
+    code: Option<u32>,
+    allowed_from_date: Option<String>,
+    allowed_until_date: Option<String>,
+    allowed_week_days: Option<u8>,
+    allowed_from_time: Option<u16>,
+    allowed_until_time: Option<u16>,
+    visible_at: Instant,
+    /// Set by DELETE; the auth is purged once this passes.
+    gone_at: Option<Instant>,
+    /// Operation still syncing to the lock, and when it completes.
+    operation: Option<(String, Instant)>,
+}
+
+impl Auth {
+    fn deleted(&self) -> bool {
+        self.gone_at.is_some()
+    }
+
+    fn visible(&self, now: Instant) -> bool {
+        now >= self.visible_at && self.gone_at.is_none_or(|g| now < g)
+    }
+
+    fn to_json(&self, now: Instant) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "smartlockId": self.smartlock_id,
+            "accountUserId": self.account_user_id,
+            "type": self.auth_type,
+            "name": self.name,
+            "enabled": self.enabled,
+            "remoteAllowed": self.remote_allowed,
+            "allowedFromDate": self.allowed_from_date,
+            "allowedUntilDate": self.allowed_until_date,
+            "allowedWeekDays": self.allowed_week_days,
+            "allowedFromTime": self.allowed_from_time,
+            "allowedUntilTime": self.allowed_until_time,
+        });
+        if let Some(obj) = v.as_object_mut() {
+            if let Some(code) = self.code {
+                obj.insert("code".into(), json!(code));
+            }
+            if let Some((op, until)) = &self.operation
+                && now < *until
+            {
+                obj.insert("operationId".into(), json!(op));
+            }
+        }
+        v
+    }
+
+    fn snapshot(&self, now: Instant) -> AuthSnapshot {
+        AuthSnapshot {
+            id: self.id.clone(),
+            smartlock_id: self.smartlock_id,
+            account_user_id: self.account_user_id,
+            name: self.name.clone(),
+            auth_type: self.auth_type,
+            enabled: self.enabled,
+            remote_allowed: self.remote_allowed,
+            code: self.code,
+            allowed_week_days: self.allowed_week_days,
+            allowed_from_time: self.allowed_from_time,
+            allowed_until_time: self.allowed_until_time,
+            allowed_from_date: self.allowed_from_date.clone(),
+            allowed_until_date: self.allowed_until_date.clone(),
+            pending_delete: self.deleted(),
+            visible: self.visible(now),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct NukiState {
+    users: BTreeMap<i64, UserSnapshot>,
+    next_user_id: i64,
+    /// Known locks and until when a change on each is still syncing.
+    locks: BTreeMap<i64, Option<Instant>>,
+    auths: Vec<Auth>,
+    next_auth: u64,
+    next_operation: u64,
+    duplicates_created: u64,
+}
+
+impl NukiState {
+    fn purge(&mut self, now: Instant) {
+        self.auths.retain(|a| a.gone_at.is_none_or(|g| now < g));
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Auth> {
+        self.auths.iter().filter(|a| !a.deleted())
+    }
+}
+
+/// Nuki simulator state; reach it through [`SimServer::nuki`].
+#[derive(Debug)]
+pub struct NukiSim {
+    sync_delay: Duration,
+    offline_locks: HashMap<i64, Duration>,
+    locked_while_pending: bool,
+    allow_duplicates: bool,
+    auto_create_locks: bool,
+    state: Mutex<NukiState>,
+}
+
+/// A rejected request: status plus `detailMessage`.
+struct Reject(StatusCode, String);
+
+impl Reject {
+    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        Self(status, msg.into())
+    }
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        json_error(self.0, &self.1)
+    }
+}
+
+type Answer = Result<Response, Reject>;
+
+fn bad_request(msg: impl Into<String>) -> Reject {
+    Reject::new(StatusCode::BAD_REQUEST, msg)
+}
+
+fn no_content() -> Answer {
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, Reject> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid body: {e}")))
+}
+
+fn parse_id(raw: &str) -> Result<i64, Reject> {
+    raw.parse()
+        .map_err(|_| Reject::new(StatusCode::NOT_FOUND, "not found"))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserBody {
+    email: Option<String>,
+    name: Option<String>,
+    language: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthBody {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    auth_type: Option<u8>,
+    account_user_id: Option<i64>,
+    code: Option<u32>,
+    enabled: Option<bool>,
+    remote_allowed: Option<bool>,
+    allowed_from_date: Option<String>,
+    allowed_until_date: Option<String>,
+    allowed_week_days: Option<u8>,
+    allowed_from_time: Option<u16>,
+    allowed_until_time: Option<u16>,
+}
+
+impl AuthBody {
+    fn validate(&self) -> Result<(), Reject> {
+        if let Some(name) = &self.name
+            && name.chars().count() > MAX_NAME_CHARS
+        {
+            return Err(bad_request(format!(
+                "name longer than {MAX_NAME_CHARS} characters"
+            )));
+        }
+        if self.allowed_week_days.is_some_and(|d| d > 127) {
+            return Err(bad_request("allowedWeekDays out of range"));
+        }
+        let minutes_ok = |m: Option<u16>| m.is_none_or(|m| m <= 1440);
+        if !minutes_ok(self.allowed_from_time) || !minutes_ok(self.allowed_until_time) {
+            return Err(bad_request("allowed time out of range"));
+        }
+        if let Some(code) = self.code {
+            // vendor-apis.md Nuki: PIN is 6 digits, no 0, not starting "12".
+            let s = code.to_string();
+            if s.len() != 6 || s.contains('0') || s.starts_with("12") {
+                return Err(bad_request("invalid keypad code"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NukiSim {
+    fn new(opts: &NukiOptions) -> Self {
+        let state = NukiState {
+            next_user_id: FIRST_ACCOUNT_USER_ID,
+            locks: opts.locks.iter().map(|&l| (l, None)).collect(),
+            ..NukiState::default()
+        };
+        Self {
+            sync_delay: opts.sync_delay,
+            offline_locks: opts.offline_locks.clone(),
+            locked_while_pending: opts.locked_while_pending,
+            allow_duplicates: opts.allow_duplicates,
+            auto_create_locks: opts.auto_create_locks,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Locks the state with expired deletions already purged.
+    fn state(&self, now: Instant) -> MutexGuard<'_, NukiState> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.purge(now);
+        st
+    }
+
+    fn delay(&self, lock: i64) -> Duration {
+        self.offline_locks
+            .get(&lock)
+            .copied()
+            .unwrap_or(self.sync_delay)
+    }
+
+    /// Every stored auth, including ones not yet (or no longer) listed.
+    pub fn auths(&self) -> Vec<AuthSnapshot> {
+        let now = Instant::now();
+        self.state(now)
+            .auths
+            .iter()
+            .map(|a| a.snapshot(now))
+            .collect()
+    }
+
+    pub fn users(&self) -> Vec<UserSnapshot> {
+        self.state(Instant::now()).users.values().cloned().collect()
+    }
+
+    /// A live (not deleted) auth exists for the pair, synced or not.
+    pub fn holds(&self, smartlock_id: i64, account_user_id: i64) -> bool {
+        self.state(Instant::now())
+            .live()
+            .any(|a| a.smartlock_id == smartlock_id && a.account_user_id == Some(account_user_id))
+    }
+
+    /// Number of (lock, accountUserId) pairs with more than one live auth.
+    pub fn duplicate_pairs(&self) -> usize {
+        let st = self.state(Instant::now());
+        let mut counts: BTreeMap<(i64, i64), usize> = BTreeMap::new();
+        for a in st.live() {
+            if let Some(user) = a.account_user_id {
+                *counts.entry((a.smartlock_id, user)).or_insert(0) += 1;
+            }
+        }
+        counts.values().filter(|&&n| n > 1).count()
+    }
+
+    /// Auths created although one for the same (lock, user) already existed.
+    pub fn duplicates_created(&self) -> u64 {
+        self.state(Instant::now()).duplicates_created
+    }
+
+    /// Stored auths that are not deleted, synced or not.
+    pub fn auths_live(&self) -> usize {
+        self.state(Instant::now()).live().count()
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.state(Instant::now()).users.len()
+    }
+
+    /// Ensures the lock exists (creating it when allowed) and is not busy.
+    fn lock_for_mutation(&self, st: &mut NukiState, lock: i64, now: Instant) -> Result<(), Reject> {
+        let pending = match st.locks.get(&lock) {
+            Some(p) => *p,
+            None if self.auto_create_locks => {
+                st.locks.insert(lock, None);
+                None
+            }
+            None => return Err(Reject::new(StatusCode::NOT_FOUND, "smartlock not found")),
+        };
+        self.check_not_busy(pending, now)
+    }
+
+    fn check_not_busy(&self, pending: Option<Instant>, now: Instant) -> Result<(), Reject> {
+        if self.locked_while_pending && pending.is_some_and(|until| now < until) {
+            // vendor-apis.md Nuki: 423 while an operation is pending.
+            return Err(Reject::new(
+                StatusCode::LOCKED,
+                "locked for another operation",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a change on a lock and returns the operation id and when the
+    /// lock will have synced it.
+    fn begin_operation(&self, st: &mut NukiState, lock: i64, now: Instant) -> (String, Instant) {
+        let until = now + self.delay(lock);
+        let entry = st.locks.entry(lock).or_insert(None);
+        *entry = Some(entry.map_or(until, |u| u.max(until)));
+        st.next_operation += 1;
+        (format!("0a{:022x}", st.next_operation), until)
+    }
+
+    fn mark_deleted(&self, st: &mut NukiState, index: usize, now: Instant) {
+        let lock = st.auths[index].smartlock_id;
+        let (op, until) = self.begin_operation(st, lock, now);
+        // vendor-apis.md Nuki: DELETE has returned 204 while the auth stayed listed.
+        let auth = &mut st.auths[index];
+        auth.gone_at = Some(until);
+        auth.operation = Some((op, until));
+    }
+
+    fn list_users(&self, q: &HashMap<String, String>) -> Answer {
+        let number = |key: &str, default: usize| -> Result<usize, Reject> {
+            q.get(key).map_or(Ok(default), |v| {
+                v.parse().map_err(|_| bad_request(format!("invalid {key}")))
+            })
+        };
+        let offset = number("offset", 0)?;
+        let limit = number("limit", DEFAULT_USER_LIMIT)?;
+        let email = q
+            .get("email")
+            .filter(|e| !e.is_empty())
+            .map(|e| e.to_lowercase());
+        let st = self.state(Instant::now());
+        let users: Vec<Value> = st
+            .users
+            .values()
+            .filter(|u| email.as_ref().is_none_or(|e| u.email.to_lowercase() == *e))
+            .skip(offset)
+            .take(limit)
+            .map(user_json)
+            .collect();
+        Ok(Json(users).into_response())
+    }
+
+    fn create_user(&self, body: &Bytes) -> Answer {
+        let b: UserBody = parse_json(body)?;
+        let email = b.email.unwrap_or_default().trim().to_owned();
+        if email.is_empty() {
+            return Err(bad_request("email is required"));
+        }
+        let mut st = self.state(Instant::now());
+        let lower = email.to_lowercase();
+        if st.users.values().any(|u| u.email.to_lowercase() == lower) {
+            return Err(Reject::new(
+                StatusCode::CONFLICT,
+                "an account user with this email already exists",
+            ));
+        }
+        let id = st.next_user_id;
+        st.next_user_id += 1;
+        let user = UserSnapshot {
+            account_user_id: id,
+            email,
+            name: b.name.unwrap_or_default(),
+            language: b.language.unwrap_or_else(|| "en".to_owned()),
+        };
+        let out = user_json(&user);
+        st.users.insert(id, user);
+        Ok(Json(out).into_response())
+    }
+
+    fn delete_user(&self, id: i64) -> Answer {
+        let now = Instant::now();
+        let mut st = self.state(now);
+        if !st.users.contains_key(&id) {
+            return Err(Reject::new(StatusCode::NOT_FOUND, "account user not found"));
+        }
+        let doomed: Vec<usize> = st
+            .auths
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !a.deleted() && a.account_user_id == Some(id))
+            .map(|(i, _)| i)
+            .collect();
+        // vendor-apis.md Nuki: user deletion may 423 too.
+        for &i in &doomed {
+            let pending = st.locks.get(&st.auths[i].smartlock_id).copied().flatten();
+            self.check_not_busy(pending, now)?;
+        }
+        st.users.remove(&id);
+        for i in doomed {
+            self.mark_deleted(&mut st, i, now);
+        }
+        st.purge(now);
+        no_content()
+    }
+
+    fn create_auth(&self, lock: i64, body: &Bytes) -> Answer {
+        let b: AuthBody = parse_json(body)?;
+        b.validate()?;
+        let name = b.name.clone().unwrap_or_default();
+        if name.trim().is_empty() {
+            return Err(bad_request("name is required"));
+        }
+        let auth_type = b.auth_type.unwrap_or(TYPE_APP);
+        if ![TYPE_APP, TYPE_FOB, TYPE_KEYPAD].contains(&auth_type) {
+            return Err(bad_request("unsupported type"));
+        }
+        if auth_type != TYPE_KEYPAD && b.account_user_id.is_none() {
+            return Err(bad_request("accountUserId is required"));
+        }
+        if auth_type == TYPE_KEYPAD && b.code.is_none() {
+            return Err(bad_request("code is required for keypad auths"));
+        }
+        let now = Instant::now();
+        let mut st = self.state(now);
+        self.lock_for_mutation(&mut st, lock, now)?;
+        if let Some(user) = b.account_user_id
+            && !st.users.contains_key(&user)
+        {
+            return Err(bad_request("unknown accountUserId"));
+        }
+        let on_lock = |t: u8| {
+            st.live()
+                .filter(|a| a.smartlock_id == lock && a.auth_type == t)
+                .count()
+        };
+        let full = match auth_type {
+            TYPE_APP => on_lock(TYPE_APP) >= MAX_APP_AUTHS_PER_LOCK,
+            TYPE_KEYPAD => on_lock(TYPE_KEYPAD) >= MAX_KEYPAD_CODES_PER_LOCK,
+            _ => false,
+        };
+        if full {
+            return Err(Reject::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "maximum number of authorizations reached",
+            ));
+        }
+        let duplicate = b.account_user_id.is_some_and(|user| {
+            st.live()
+                .any(|a| a.smartlock_id == lock && a.account_user_id == Some(user))
+        });
+        if duplicate && !self.allow_duplicates {
+            // vendor-apis.md Nuki: one auth per user per lock, repeat -> 409.
+            return Err(Reject::new(
+                StatusCode::CONFLICT,
+                "an authorization for this user already exists",
+            ));
+        }
+        if let Some(code) = b.code
+            && st
+                .live()
+                .any(|a| a.smartlock_id == lock && a.code == Some(code))
+        {
+            return Err(Reject::new(StatusCode::CONFLICT, "code already in use"));
+        }
+        let (op, until) = self.begin_operation(&mut st, lock, now);
+        st.next_auth += 1;
+        let id = format!("5f{:022x}", st.next_auth);
+        if duplicate {
+            st.duplicates_created += 1;
+        }
+        st.auths.push(Auth {
+            id,
+            smartlock_id: lock,
+            account_user_id: b.account_user_id,
+            auth_type,
+            name,
+            enabled: b.enabled.unwrap_or(true),
+            remote_allowed: b.remote_allowed.unwrap_or(false),
+            code: b.code,
+            allowed_from_date: b.allowed_from_date,
+            allowed_until_date: b.allowed_until_date,
+            allowed_week_days: b.allowed_week_days,
+            allowed_from_time: b.allowed_from_time,
+            allowed_until_time: b.allowed_until_time,
+            // vendor-apis.md Nuki: asynchronous; not listed until synced.
+            visible_at: until,
+            gone_at: None,
+            operation: Some((op, until)),
+        });
+        // vendor-apis.md Nuki: 204, empty body, no id.
+        no_content()
+    }
+
+    fn find_live(st: &NukiState, lock: i64, auth_id: &str) -> Result<usize, Reject> {
+        st.auths
+            .iter()
+            .position(|a| a.smartlock_id == lock && a.id == auth_id && !a.deleted())
+            .ok_or_else(|| Reject::new(StatusCode::NOT_FOUND, "authorization not found"))
+    }
+
+    fn update_auth(&self, lock: i64, auth_id: &str, body: &Bytes) -> Answer {
+        let b: AuthBody = parse_json(body)?;
+        b.validate()?;
+        let now = Instant::now();
+        let mut st = self.state(now);
+        let index = Self::find_live(&st, lock, auth_id)?;
+        self.lock_for_mutation(&mut st, lock, now)?;
+        if let Some(name) = &b.name
+            && name.trim().is_empty()
+        {
+            return Err(bad_request("name must not be empty"));
+        }
+        if let Some(code) = b.code
+            && st
+                .live()
+                .any(|a| a.smartlock_id == lock && a.code == Some(code) && a.id != auth_id)
+        {
+            return Err(Reject::new(StatusCode::CONFLICT, "code already in use"));
+        }
+        let (op, until) = self.begin_operation(&mut st, lock, now);
+        let a = &mut st.auths[index];
+        if let Some(name) = b.name {
+            a.name = name;
+        }
+        if let Some(enabled) = b.enabled {
+            a.enabled = enabled;
+        }
+        if let Some(remote) = b.remote_allowed {
+            a.remote_allowed = remote;
+        }
+        if b.code.is_some() {
+            a.code = b.code;
+        }
+        // vendor-apis.md Nuki: a partial body silently clears time
+        // restrictions, so absent fields overwrite rather than keep.
+        a.allowed_from_date = b.allowed_from_date;
+        a.allowed_until_date = b.allowed_until_date;
+        a.allowed_week_days = b.allowed_week_days;
+        a.allowed_from_time = b.allowed_from_time;
+        a.allowed_until_time = b.allowed_until_time;
+        a.operation = Some((op, until));
+        no_content()
+    }
+
+    fn delete_auth(&self, lock: i64, auth_id: &str) -> Answer {
+        let now = Instant::now();
+        let mut st = self.state(now);
+        let index = Self::find_live(&st, lock, auth_id)?;
+        self.lock_for_mutation(&mut st, lock, now)?;
+        self.mark_deleted(&mut st, index, now);
+        st.purge(now);
+        no_content()
+    }
+
+    /// Unknown or already deleted ids in the list are skipped, not an error.
+    fn bulk_delete(&self, body: &Bytes) -> Answer {
+        let ids: Vec<String> = parse_json(body)?;
+        let now = Instant::now();
+        let mut st = self.state(now);
+        let targets: Vec<usize> = st
+            .auths
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !a.deleted() && ids.contains(&a.id))
+            .map(|(i, _)| i)
+            .collect();
+        for &i in &targets {
+            let pending = st.locks.get(&st.auths[i].smartlock_id).copied().flatten();
+            self.check_not_busy(pending, now)?;
+        }
+        for i in targets {
+            self.mark_deleted(&mut st, i, now);
+        }
+        st.purge(now);
+        no_content()
+    }
+
+    fn list_lock_auths(&self, lock: i64) -> Answer {
+        let now = Instant::now();
+        let st = self.state(now);
+        if !self.auto_create_locks && !st.locks.contains_key(&lock) {
+            return Err(Reject::new(StatusCode::NOT_FOUND, "smartlock not found"));
+        }
+        let out: Vec<Value> = st
+            .auths
+            .iter()
+            .filter(|a| a.smartlock_id == lock && a.visible(now))
+            .map(|a| a.to_json(now))
+            .collect();
+        Ok(Json(out).into_response())
+    }
+
+    fn list_auths(&self, q: &HashMap<String, String>) -> Answer {
+        let user = q
+            .get("accountUserId")
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| bad_request("invalid accountUserId"))
+            })
+            .transpose()?;
+        let types = q
+            .get("types")
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().parse::<u8>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| bad_request("invalid types"))
+            })
+            .transpose()?;
+        let now = Instant::now();
+        let st = self.state(now);
+        let out: Vec<Value> = st
+            .auths
+            .iter()
+            .filter(|a| a.visible(now))
+            .filter(|a| user.is_none_or(|u| a.account_user_id == Some(u)))
+            .filter(|a| types.as_ref().is_none_or(|t| t.contains(&a.auth_type)))
+            .map(|a| a.to_json(now))
+            .collect();
+        Ok(Json(out).into_response())
+    }
+}
+
+fn user_json(u: &UserSnapshot) -> Value {
+    json!({
+        "accountUserId": u.account_user_id,
+        "email": u.email,
+        "name": u.name,
+        "language": u.language,
+    })
+}
+
+type Sim = State<Arc<NukiSim>>;
+type Params = Query<HashMap<String, String>>;
+
+async fn h_list_users(State(s): Sim, Query(q): Params) -> Answer {
+    s.list_users(&q)
+}
+
+async fn h_create_user(State(s): Sim, body: Bytes) -> Answer {
+    s.create_user(&body)
+}
+
+async fn h_delete_user(State(s): Sim, Path(id): Path<String>) -> Answer {
+    s.delete_user(parse_id(&id)?)
+}
+
+async fn h_create_auth(State(s): Sim, Path(lock): Path<String>, body: Bytes) -> Answer {
+    s.create_auth(parse_id(&lock)?, &body)
+}
+
+async fn h_list_lock_auths(State(s): Sim, Path(lock): Path<String>) -> Answer {
+    s.list_lock_auths(parse_id(&lock)?)
+}
+
+async fn h_update_auth(
+    State(s): Sim,
+    Path((lock, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Answer {
+    s.update_auth(parse_id(&lock)?, &id, &body)
+}
+
+async fn h_delete_auth(State(s): Sim, Path((lock, id)): Path<(String, String)>) -> Answer {
+    s.delete_auth(parse_id(&lock)?, &id)
+}
+
+async fn h_list_auths(State(s): Sim, Query(q): Params) -> Answer {
+    s.list_auths(&q)
+}
+
+async fn h_bulk_delete(State(s): Sim, body: Bytes) -> Answer {
+    s.bulk_delete(&body)
+}
+
+async fn h_admin_auths(State(s): Sim) -> Json<Vec<AuthSnapshot>> {
+    Json(s.auths())
+}
+
+fn routes(sim: Arc<NukiSim>) -> Router {
+    Router::new()
+        .route("/account/user", get(h_list_users).put(h_create_user))
+        .route("/account/user/{id}", delete(h_delete_user))
+        .route("/smartlock/auth", get(h_list_auths).delete(h_bulk_delete))
+        .route(
+            "/smartlock/{smartlock_id}/auth",
+            get(h_list_lock_auths).put(h_create_auth),
+        )
+        .route(
+            "/smartlock/{smartlock_id}/auth/{auth_id}",
+            post(h_update_auth).delete(h_delete_auth),
+        )
+        .route("/_sim/auths", get(h_admin_auths))
+        .with_state(sim)
+}
+
+/// Serves a Nuki Web API simulator on `listener`.
+pub async fn start_nuki(listener: TcpListener, opts: NukiOptions) -> std::io::Result<SimServer> {
+    let sim = Arc::new(NukiSim::new(&opts));
+    let common = CommonOptions {
+        token: opts.token,
+        rate_limit_per_sec: opts.rate_limit_per_sec,
+        faults: opts.faults,
+        timeout_hold: opts.timeout_hold,
+    };
+    serve(listener, common, Vendor::Nuki(sim.clone()), routes(sim)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::Client;
+
+    const TOKEN: &str = "nuki-test";
+
+    struct T {
+        s: SimServer,
+        c: Client,
+    }
+
+    impl T {
+        async fn new(opts: NukiOptions) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let s = start_nuki(
+                listener,
+                NukiOptions {
+                    token: TOKEN.into(),
+                    ..opts
+                },
+            )
+            .await
+            .unwrap();
+            Self {
+                s,
+                c: Client::new(),
+            }
+        }
+
+        fn url(&self, path: &str) -> String {
+            format!("{}{path}", self.s.base_url())
+        }
+
+        fn sim(&self) -> &NukiSim {
+            self.s.nuki().unwrap()
+        }
+
+        async fn send(
+            &self,
+            method: reqwest::Method,
+            path: &str,
+            body: Option<Value>,
+        ) -> (u16, String) {
+            let mut rb = self.c.request(method, self.url(path)).bearer_auth(TOKEN);
+            if let Some(b) = body {
+                rb = rb.json(&b);
+            }
+            let r = rb.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+
+        async fn user(&self, email: &str) -> i64 {
+            let (status, body) = self
+                .send(
+                    reqwest::Method::PUT,
+                    "/account/user",
+                    Some(json!({"email": email, "name": email, "language": "de"})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            v["accountUserId"].as_i64().unwrap()
+        }
+
+        async fn grant(&self, lock: i64, user: i64) -> (u16, String) {
+            self.send(
+                reqwest::Method::PUT,
+                &format!("/smartlock/{lock}/auth"),
+                Some(json!({"name": "Door", "type": 0, "accountUserId": user, "remoteAllowed": true})),
+            )
+            .await
+        }
+
+        async fn list(&self, lock: i64) -> Vec<Value> {
+            let (status, body) = self
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/smartlock/{lock}/auth"),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str(&body).unwrap()
+        }
+    }
+
+    fn delayed(ms: u64) -> NukiOptions {
+        NukiOptions {
+            sync_delay: Duration::from_millis(ms),
+            ..NukiOptions::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn users_create_list_filter_paginate_delete() {
+        let t = T::new(NukiOptions::default()).await;
+        assert_eq!(t.user("a@example.com").await, 1001);
+        assert_eq!(t.user("b@example.com").await, 1002);
+        assert_eq!(t.user("c@example.com").await, 1003);
+        let (status, _) = t
+            .send(
+                reqwest::Method::PUT,
+                "/account/user",
+                Some(json!({"email": "A@Example.com", "name": "again"})),
+            )
+            .await;
+        assert_eq!(status, 409);
+        let (status, _) = t
+            .send(
+                reqwest::Method::PUT,
+                "/account/user",
+                Some(json!({"name": "x"})),
+            )
+            .await;
+        assert_eq!(status, 400);
+
+        let (_, body) = t
+            .send(
+                reqwest::Method::GET,
+                "/account/user?email=B%40EXAMPLE.com",
+                None,
+            )
+            .await;
+        let v: Vec<Value> = serde_json::from_str(&body).unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0]["accountUserId"], 1002);
+        assert_eq!(v[0]["language"], "de");
+        let (_, body) = t
+            .send(reqwest::Method::GET, "/account/user?offset=1&limit=1", None)
+            .await;
+        let v: Vec<Value> = serde_json::from_str(&body).unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0]["email"], "b@example.com");
+
+        assert_eq!(t.grant(7, 1002).await.0, 204);
+        let (status, _) = t
+            .send(reqwest::Method::DELETE, "/account/user/1002", None)
+            .await;
+        assert_eq!(status, 204);
+        let (status, _) = t
+            .send(reqwest::Method::DELETE, "/account/user/1002", None)
+            .await;
+        assert_eq!(status, 404);
+        assert!(!t.sim().holds(7, 1002));
+        assert_eq!(t.sim().users().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn create_auth_is_204_with_empty_body_then_listed() {
+        let t = T::new(NukiOptions::default()).await;
+        let u = t.user("a@example.com").await;
+        let (status, body) = t.grant(42, u).await;
+        assert_eq!(status, 204);
+        assert!(body.is_empty());
+        let auths = t.list(42).await;
+        assert_eq!(auths.len(), 1);
+        let a = &auths[0];
+        let id = a["id"].as_str().unwrap();
+        assert_eq!(id.len(), 24);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a["smartlockId"], 42);
+        assert_eq!(a["accountUserId"], u);
+        assert_eq!(a["type"], 0);
+        assert_eq!(a["enabled"], true);
+        assert_eq!(a["remoteAllowed"], true);
+        assert!(a.get("operationId").is_none());
+        assert!(t.sim().holds(42, u));
+
+        let (_, body) = t
+            .send(
+                reqwest::Method::GET,
+                &format!("/smartlock/auth?accountUserId={u}&types=0,2,13"),
+                None,
+            )
+            .await;
+        let across: Vec<Value> = serde_json::from_str(&body).unwrap();
+        assert_eq!(across.len(), 1);
+        let (_, body) = t
+            .send(reqwest::Method::GET, "/smartlock/auth?types=13", None)
+            .await;
+        assert_eq!(body, "[]");
+    }
+
+    #[tokio::test]
+    async fn create_auth_validation() {
+        let t = T::new(NukiOptions {
+            auto_create_locks: false,
+            locks: vec![1],
+            ..NukiOptions::default()
+        })
+        .await;
+        let u = t.user("a@example.com").await;
+        let put = |lock: i64, body: Value| {
+            let t = &t;
+            async move {
+                t.send(
+                    reqwest::Method::PUT,
+                    &format!("/smartlock/{lock}/auth"),
+                    Some(body),
+                )
+                .await
+                .0
+            }
+        };
+        assert_eq!(put(2, json!({"name": "x", "accountUserId": u})).await, 404);
+        assert_eq!(
+            put(1, json!({"name": "x".repeat(33), "accountUserId": u})).await,
+            400
+        );
+        assert_eq!(put(1, json!({"name": "x", "type": 0})).await, 400);
+        assert_eq!(put(1, json!({"name": "x", "accountUserId": 9})).await, 400);
+        assert_eq!(
+            put(1, json!({"name": "pin", "type": 13, "code": 123456})).await,
+            400
+        );
+        assert_eq!(
+            put(1, json!({"name": "pin", "type": 13, "code": 345678})).await,
+            204
+        );
+        assert_eq!(
+            put(1, json!({"name": "pin2", "type": 13, "code": 345678})).await,
+            409
+        );
+        assert_eq!(
+            put(1, json!({"name": "x".repeat(32), "accountUserId": u})).await,
+            204
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicate_is_409() {
+        let t = T::new(NukiOptions::default()).await;
+        let u = t.user("a@example.com").await;
+        assert_eq!(t.grant(1, u).await.0, 204);
+        let (status, body) = t.grant(1, u).await;
+        assert_eq!(status, 409);
+        assert!(body.contains("detailMessage"));
+        // Another lock is a different pair.
+        assert_eq!(t.grant(2, u).await.0, 204);
+        assert_eq!(t.sim().duplicate_pairs(), 0);
+        assert_eq!(t.s.stats().duplicates_created, 0);
+    }
+
+    #[tokio::test]
+    async fn allow_duplicates_counts_duplicates() {
+        let t = T::new(NukiOptions {
+            allow_duplicates: true,
+            ..NukiOptions::default()
+        })
+        .await;
+        let u = t.user("a@example.com").await;
+        for _ in 0..3 {
+            assert_eq!(t.grant(1, u).await.0, 204);
+        }
+        assert_eq!(t.list(1).await.len(), 3);
+        assert_eq!(t.sim().duplicate_pairs(), 1);
+        let stats = t.s.stats();
+        assert_eq!(stats.duplicates_created, 2);
+        assert_eq!(stats.auths_live, 3);
+        assert_eq!(stats.users, 1);
+    }
+
+    #[tokio::test]
+    async fn capacity_is_402() {
+        let t = T::new(NukiOptions {
+            allow_duplicates: true,
+            ..NukiOptions::default()
+        })
+        .await;
+        let u = t.user("a@example.com").await;
+        for _ in 0..MAX_APP_AUTHS_PER_LOCK {
+            assert_eq!(t.grant(1, u).await.0, 204);
+        }
+        assert_eq!(t.grant(1, u).await.0, 402);
+    }
+
+    #[tokio::test]
+    async fn delete_is_204_then_gone() {
+        let t = T::new(NukiOptions::default()).await;
+        let u = t.user("a@example.com").await;
+        t.grant(1, u).await;
+        let id = t.list(1).await[0]["id"].as_str().unwrap().to_owned();
+        let path = format!("/smartlock/1/auth/{id}");
+        assert_eq!(t.send(reqwest::Method::DELETE, &path, None).await.0, 204);
+        assert!(t.list(1).await.is_empty());
+        assert!(!t.sim().holds(1, u));
+        assert_eq!(t.send(reqwest::Method::DELETE, &path, None).await.0, 404);
+        assert_eq!(
+            t.send(reqwest::Method::DELETE, "/smartlock/2/auth/ffff", None)
+                .await
+                .0,
+            404
+        );
+    }
+
+    #[tokio::test]
+    async fn bulk_delete() {
+        let t = T::new(NukiOptions::default()).await;
+        let a = t.user("a@example.com").await;
+        let b = t.user("b@example.com").await;
+        t.grant(1, a).await;
+        t.grant(2, b).await;
+        let ids: Vec<String> = t.sim().auths().into_iter().map(|a| a.id).collect();
+        let (status, _) = t
+            .send(
+                reqwest::Method::DELETE,
+                "/smartlock/auth",
+                Some(json!([ids[0], ids[1], "000000000000000000000000"])),
+            )
+            .await;
+        assert_eq!(status, 204);
+        assert!(t.sim().auths().is_empty());
+    }
+
+    #[tokio::test]
+    async fn sync_delay_hides_new_and_keeps_deleted_listed() {
+        let t = T::new(NukiOptions {
+            locked_while_pending: false,
+            ..delayed(300)
+        })
+        .await;
+        let u = t.user("a@example.com").await;
+        assert_eq!(t.grant(1, u).await.0, 204);
+        // Stored, but not listed until the lock has synced.
+        assert!(t.list(1).await.is_empty());
+        assert!(t.sim().holds(1, u));
+        assert!(!t.sim().auths()[0].visible);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let listed = t.list(1).await;
+        assert_eq!(listed.len(), 1);
+        let id = listed[0]["id"].as_str().unwrap().to_owned();
+
+        let path = format!("/smartlock/1/auth/{id}");
+        assert_eq!(t.send(reqwest::Method::DELETE, &path, None).await.0, 204);
+        let listed = t.list(1).await;
+        assert_eq!(listed.len(), 1, "deleted auth stays listed while syncing");
+        assert!(listed[0]["operationId"].is_string());
+        let snap = &t.sim().auths()[0];
+        assert!(snap.pending_delete && snap.visible);
+        assert!(!t.sim().holds(1, u));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(t.list(1).await.is_empty());
+        assert!(t.sim().auths().is_empty());
+    }
+
+    #[tokio::test]
+    async fn locked_while_pending_is_423() {
+        let t = T::new(delayed(300)).await;
+        let a = t.user("a@example.com").await;
+        let b = t.user("b@example.com").await;
+        assert_eq!(t.grant(1, a).await.0, 204);
+        let (status, body) = t.grant(1, b).await;
+        assert_eq!(status, 423);
+        assert!(body.contains("locked for another operation"));
+        // Other locks are unaffected.
+        assert_eq!(t.grant(2, b).await.0, 204);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert_eq!(t.grant(1, b).await.0, 204);
+    }
+
+    #[tokio::test]
+    async fn offline_lock_syncs_late() {
+        let t = T::new(NukiOptions {
+            offline_locks: HashMap::from([(9, Duration::from_millis(400))]),
+            ..NukiOptions::default()
+        })
+        .await;
+        let u = t.user("a@example.com").await;
+        t.grant(1, u).await;
+        t.grant(9, u).await;
+        assert_eq!(t.list(1).await.len(), 1);
+        assert!(t.list(9).await.is_empty());
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(t.list(9).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn partial_update_clears_time_window() {
+        let t = T::new(NukiOptions::default()).await;
+        let u = t.user("a@example.com").await;
+        let (status, _) = t
+            .send(
+                reqwest::Method::PUT,
+                "/smartlock/1/auth",
+                Some(json!({
+                    "name": "Office", "type": 0, "accountUserId": u,
+                    "allowedFromDate": "2025-01-01T00:00:00.000Z",
+                    "allowedUntilDate": "2025-12-31T00:00:00.000Z",
+                    "allowedWeekDays": 124, "allowedFromTime": 480, "allowedUntilTime": 1080
+                })),
+            )
+            .await;
+        assert_eq!(status, 204);
+        let a = &t.list(1).await[0];
+        assert_eq!(a["allowedWeekDays"], 124);
+        assert_eq!(a["allowedFromTime"], 480);
+        let id = a["id"].as_str().unwrap().to_owned();
+
+        let (status, body) = t
+            .send(
+                reqwest::Method::POST,
+                &format!("/smartlock/1/auth/{id}"),
+                Some(json!({"name": "Renamed"})),
+            )
+            .await;
+        assert_eq!(status, 204);
+        assert!(body.is_empty());
+        let a = &t.list(1).await[0];
+        assert_eq!(a["name"], "Renamed");
+        assert!(a["allowedWeekDays"].is_null());
+        assert!(a["allowedFromTime"].is_null());
+        assert!(a["allowedUntilTime"].is_null());
+        assert!(a["allowedFromDate"].is_null());
+        let snap = &t.sim().auths()[0];
+        assert_eq!(snap.allowed_week_days, None);
+        assert_eq!(snap.allowed_until_date, None);
+
+        let (status, _) = t
+            .send(
+                reqwest::Method::POST,
+                "/smartlock/1/auth/000000000000000000000000",
+                Some(json!({"name": "x"})),
+            )
+            .await;
+        assert_eq!(status, 404);
+    }
+
+    #[tokio::test]
+    async fn admin_auths_endpoint() {
+        let t = T::new(NukiOptions::default()).await;
+        let u = t.user("a@example.com").await;
+        t.grant(3, u).await;
+        let v: Vec<Value> =
+            t.c.get(t.url("/_sim/auths"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0]["smartlock_id"], 3);
+        assert_eq!(v[0]["visible"], true);
+    }
+
+    #[tokio::test]
+    async fn unknown_route_is_json_404() {
+        let t = T::new(NukiOptions::default()).await;
+        let (status, body) = t.send(reqwest::Method::GET, "/nope", None).await;
+        assert_eq!(status, 404);
+        assert!(body.contains("detailMessage"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Sources of joiner / mover / leaver changes. Each turns its input into [`crate::model::PersonRecord`]s
+//! and [`crate::model::Quarantined`] rows; the engine does the rest.
+
+pub mod hr;

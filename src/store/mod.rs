@@ -1,0 +1,967 @@
+//! Durable state: identities, source records and checkpoints, the grant ledger, the outbox of commands,
+//! the hash-chained audit log, quarantine and held changes.
+//!
+//! One interface, [`Store`], over two databases. The SQL below is written once in the dialect both
+//! SQLite and PostgreSQL accept (`$n` parameters, `ON CONFLICT`, `RETURNING`, BIGINT microsecond
+//! times); what differs between them (connection set-up, migrations, how a write transaction starts,
+//! how a worker claims a command without blocking others) lives in [`sqlite`] and [`postgres`].
+
+pub mod postgres;
+pub mod sqlite;
+
+use crate::model::{Action, Lifecycle};
+use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database url `{0}`: use sqlite:// or postgres://")]
+    UnsupportedUrl(String),
+    #[error("corrupt row in {table}: {message}")]
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connect by URL (`sqlite://path?mode=rwc`, `postgres://...`) and apply migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let options = AnyPoolOptions::new().max_connections(max_connections.max(1));
+        let pool = match backend {
+            Backend::Sqlite => sqlite::connect(options, url).await?,
+            Backend::Postgres => postgres::connect(options, url).await?,
+        };
+        let store = Self { pool, backend };
+        match backend {
+            Backend::Sqlite => sqlite::migrate(&store.pool).await?,
+            Backend::Postgres => postgres::migrate(&store.pool).await?,
+        }
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so a
+    /// read-then-write transaction cannot fail half-way with SQLITE_BUSY.
+    pub async fn begin_write(&self) -> Result<Tx> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Claim the next due command of a connector's lane: revokes first, then oldest first; never two
+    /// commands for the same grant at once; an expired lease is taken over.
+    pub async fn claim_next(
+        &self,
+        connector: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<CommandRow>> {
+        let mut tx = self.begin_write().await?;
+        let row = match self.backend {
+            Backend::Sqlite => {
+                sqlite::claim_next(&mut tx, connector, owner, now, lease_until).await?
+            }
+            Backend::Postgres => {
+                postgres::claim_next(&mut tx, connector, owner, now, lease_until).await?
+            }
+        };
+        let cmd = row.map(|r| CommandRow::from_row(&r)).transpose()?;
+        tx.commit().await?;
+        Ok(cmd)
+    }
+}
+
+/// Hide the password of a database URL in messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub(crate) fn corrupt(table: &'static str, message: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identities and source records
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityRow {
+    pub key: String,
+    pub lifecycle: Lifecycle,
+    pub lifecycle_since: i64,
+    pub attrs: serde_json::Map<String, serde_json::Value>,
+    pub site: Option<String>,
+    pub next_change_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl IdentityRow {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        let lifecycle: String = r.try_get("lifecycle")?;
+        let attrs: String = r.try_get("attrs")?;
+        Ok(Self {
+            key: r.try_get("key")?,
+            lifecycle: Lifecycle::parse(&lifecycle)
+                .ok_or_else(|| corrupt("identities", format!("lifecycle `{lifecycle}`")))?,
+            lifecycle_since: r.try_get("lifecycle_since")?,
+            attrs: serde_json::from_str(&attrs)
+                .map_err(|e| corrupt("identities", e.to_string()))?,
+            site: r.try_get("site")?,
+            next_change_at: r.try_get("next_change_at")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    }
+
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs.get(name).and_then(|v| v.as_str())
+    }
+}
+
+pub async fn get_identity(conn: &mut AnyConnection, key: &str) -> Result<Option<IdentityRow>> {
+    sqlx::query("SELECT * FROM identities WHERE key = $1")
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| IdentityRow::from_row(&r))
+        .transpose()
+}
+
+pub async fn put_identity(conn: &mut AnyConnection, i: &IdentityRow) -> Result<()> {
+    let attrs = serde_json::Value::Object(i.attrs.clone()).to_string();
+    sqlx::query(
+        "INSERT INTO identities (key, lifecycle, lifecycle_since, attrs, site, next_change_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (key) DO UPDATE SET lifecycle = excluded.lifecycle,
+           lifecycle_since = excluded.lifecycle_since, attrs = excluded.attrs, site = excluded.site,
+           next_change_at = excluded.next_change_at, updated_at = excluded.updated_at",
+    )
+    .bind(&i.key)
+    .bind(i.lifecycle.as_str())
+    .bind(i.lifecycle_since)
+    .bind(attrs)
+    .bind(&i.site)
+    .bind(i.next_change_at)
+    .bind(i.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Identities whose effective-dated change (hire, termination, grant expiry) has come.
+pub async fn identities_due(pool: &AnyPool, now: i64, limit: i64) -> Result<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT key FROM identities WHERE next_change_at IS NOT NULL AND next_change_at <= $1
+         ORDER BY next_change_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(|r| Ok(r.try_get("key")?)).collect()
+}
+
+pub async fn list_identities(pool: &AnyPool) -> Result<Vec<IdentityRow>> {
+    sqlx::query("SELECT * FROM identities ORDER BY key")
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(IdentityRow::from_row)
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRecordRow {
+    pub source: String,
+    pub key: String,
+    pub hash: String,
+    pub record: String,
+    pub first_seen_at: i64,
+    pub seen_at: i64,
+    pub disappeared_at: Option<i64>,
+}
+
+impl SourceRecordRow {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(Self {
+            source: r.try_get("source")?,
+            key: r.try_get("key")?,
+            hash: r.try_get("hash")?,
+            record: r.try_get("record")?,
+            first_seen_at: r.try_get("first_seen_at")?,
+            seen_at: r.try_get("seen_at")?,
+            disappeared_at: r.try_get("disappeared_at")?,
+        })
+    }
+}
+
+pub async fn source_records_of(
+    conn: &mut AnyConnection,
+    key: &str,
+) -> Result<Vec<SourceRecordRow>> {
+    sqlx::query("SELECT * FROM source_records WHERE key = $1 ORDER BY source")
+        .bind(key)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(SourceRecordRow::from_row)
+        .collect()
+}
+
+/// (key, hash, disappeared) of every record a source has given.
+pub async fn source_hashes(pool: &AnyPool, source: &str) -> Result<Vec<(String, String, bool)>> {
+    let rows =
+        sqlx::query("SELECT key, hash, disappeared_at FROM source_records WHERE source = $1")
+            .bind(source)
+            .fetch_all(pool)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            let gone: Option<i64> = r.try_get("disappeared_at")?;
+            Ok((r.try_get("key")?, r.try_get("hash")?, gone.is_some()))
+        })
+        .collect()
+}
+
+pub async fn put_source_record(conn: &mut AnyConnection, s: &SourceRecordRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO source_records (source, key, hash, record, first_seen_at, seen_at, disappeared_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (source, key) DO UPDATE SET hash = excluded.hash, record = excluded.record,
+           seen_at = excluded.seen_at, disappeared_at = excluded.disappeared_at",
+    )
+    .bind(&s.source)
+    .bind(&s.key)
+    .bind(&s.hash)
+    .bind(&s.record)
+    .bind(s.first_seen_at)
+    .bind(s.seen_at)
+    .bind(s.disappeared_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn checkpoint(pool: &AnyPool, source: &str) -> Result<Option<String>> {
+    let row = sqlx::query("SELECT checkpoint FROM source_checkpoints WHERE source = $1")
+        .bind(source)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| Ok(r.try_get("checkpoint")?)).transpose()
+}
+
+pub async fn set_checkpoint(
+    conn: &mut AnyConnection,
+    source: &str,
+    value: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO source_checkpoints (source, checkpoint, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (source) DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at",
+    )
+    .bind(source)
+    .bind(value)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quarantine and held changes
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantineRow {
+    pub id: i64,
+    pub source: String,
+    pub location: String,
+    pub record_key: Option<String>,
+    pub field: String,
+    pub reason: String,
+    pub created_at: i64,
+}
+
+/// Returns whether the row was new (a re-read of the same file does not report it twice).
+pub async fn quarantine(
+    conn: &mut AnyConnection,
+    q: &crate::model::Quarantined,
+    batch: &str,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "INSERT INTO quarantine (source, batch, location, record_key, field, reason, raw, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+    )
+    .bind(&q.source)
+    .bind(batch)
+    .bind(&q.location)
+    .bind(&q.record_key)
+    .bind(&q.field)
+    .bind(&q.reason)
+    .bind(&q.raw)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+pub async fn list_quarantine(pool: &AnyPool, limit: i64) -> Result<Vec<QuarantineRow>> {
+    let rows = sqlx::query(
+        "SELECT id, source, location, record_key, field, reason, created_at FROM quarantine
+         ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(QuarantineRow {
+                id: r.try_get("id")?,
+                source: r.try_get("source")?,
+                location: r.try_get("location")?,
+                record_key: r.try_get("record_key")?,
+                field: r.try_get("field")?,
+                reason: r.try_get("reason")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldRow {
+    pub id: i64,
+    pub source: String,
+    pub key: String,
+    pub kind: String,
+    pub reason: String,
+    pub status: String,
+    pub created_at: i64,
+}
+
+fn held_from_row(r: &AnyRow) -> Result<HeldRow> {
+    Ok(HeldRow {
+        id: r.try_get("id")?,
+        source: r.try_get("source")?,
+        key: r.try_get("key")?,
+        kind: r.try_get("kind")?,
+        reason: r.try_get("reason")?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+/// Hold a change for approval unless the same one is already held.
+pub async fn hold(
+    conn: &mut AnyConnection,
+    source: &str,
+    key: &str,
+    kind: &str,
+    reason: &str,
+    now: i64,
+) -> Result<bool> {
+    let exists = sqlx::query(
+        "SELECT id FROM held_changes WHERE status = 'held' AND source = $1 AND key = $2 AND kind = $3",
+    )
+    .bind(source)
+    .bind(key)
+    .bind(kind)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if exists.is_some() {
+        return Ok(false);
+    }
+    sqlx::query(
+        "INSERT INTO held_changes (source, key, kind, reason, status, created_at) VALUES ($1, $2, $3, $4, 'held', $5)",
+    )
+    .bind(source)
+    .bind(key)
+    .bind(kind)
+    .bind(reason)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(true)
+}
+
+pub async fn held_changes(pool: &AnyPool) -> Result<Vec<HeldRow>> {
+    sqlx::query("SELECT * FROM held_changes WHERE status = 'held' ORDER BY id")
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(held_from_row)
+        .collect()
+}
+
+pub async fn held_change(conn: &mut AnyConnection, id: i64) -> Result<Option<HeldRow>> {
+    sqlx::query("SELECT * FROM held_changes WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| held_from_row(&r))
+        .transpose()
+}
+
+pub async fn decide_held(
+    conn: &mut AnyConnection,
+    id: i64,
+    status: &str,
+    by: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE held_changes SET status = $1, decided_by = $2, decided_at = $3 WHERE id = $4",
+    )
+    .bind(status)
+    .bind(by)
+    .bind(now)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A person who reappears in a feed releases any disappearance held for them.
+pub async fn release_held_for(
+    conn: &mut AnyConnection,
+    source: &str,
+    key: &str,
+    now: i64,
+) -> Result<u64> {
+    let r = sqlx::query(
+        "UPDATE held_changes SET status = 'obsolete', decided_by = 'feed', decided_at = $1
+         WHERE status = 'held' AND source = $2 AND key = $3",
+    )
+    .bind(now)
+    .bind(source)
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grant ledger
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantRow {
+    pub identity_key: String,
+    pub connector: String,
+    pub target: String,
+    /// `present` or `absent`: what policy wants.
+    pub desired: String,
+    /// `present`, `absent` or `unknown`: what the vendor last confirmed.
+    pub observed: String,
+    pub generation: i64,
+    pub vendor_ref: Option<String>,
+    pub template: String,
+    pub credential: String,
+    pub window: Option<String>,
+    pub valid_until: Option<i64>,
+    pub updated_at: i64,
+}
+
+impl GrantRow {
+    fn from_row(r: &AnyRow) -> Result<Self> {
+        Ok(Self {
+            identity_key: r.try_get("identity_key")?,
+            connector: r.try_get("connector")?,
+            target: r.try_get("target")?,
+            desired: r.try_get("desired")?,
+            observed: r.try_get("observed")?,
+            generation: r.try_get("generation")?,
+            vendor_ref: r.try_get("vendor_ref")?,
+            template: r.try_get("template")?,
+            credential: r.try_get("credential")?,
+            window: r.try_get("time_window")?,
+            valid_until: r.try_get("valid_until")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    }
+}
+
+pub async fn grants_of(conn: &mut AnyConnection, identity_key: &str) -> Result<Vec<GrantRow>> {
+    sqlx::query("SELECT * FROM grants WHERE identity_key = $1 ORDER BY connector, target")
+        .bind(identity_key)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(GrantRow::from_row)
+        .collect()
+}
+
+pub async fn grant(
+    conn: &mut AnyConnection,
+    identity_key: &str,
+    connector: &str,
+    target: &str,
+) -> Result<Option<GrantRow>> {
+    sqlx::query("SELECT * FROM grants WHERE identity_key = $1 AND connector = $2 AND target = $3")
+        .bind(identity_key)
+        .bind(connector)
+        .bind(target)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| GrantRow::from_row(&r))
+        .transpose()
+}
+
+pub async fn grants_on_target(pool: &AnyPool, target: &str) -> Result<Vec<GrantRow>> {
+    sqlx::query("SELECT * FROM grants WHERE target = $1 ORDER BY connector, identity_key")
+        .bind(target)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(GrantRow::from_row)
+        .collect()
+}
+
+pub async fn all_grants(pool: &AnyPool) -> Result<Vec<GrantRow>> {
+    sqlx::query("SELECT * FROM grants ORDER BY connector, target, identity_key")
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(GrantRow::from_row)
+        .collect()
+}
+
+pub async fn put_grant(conn: &mut AnyConnection, g: &GrantRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO grants (identity_key, connector, target, desired, observed, generation, vendor_ref,
+           template, credential, time_window, valid_until, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (identity_key, connector, target) DO UPDATE SET desired = excluded.desired,
+           observed = excluded.observed, generation = excluded.generation, vendor_ref = excluded.vendor_ref,
+           template = excluded.template, credential = excluded.credential, time_window = excluded.time_window,
+           valid_until = excluded.valid_until, updated_at = excluded.updated_at",
+    )
+    .bind(&g.identity_key)
+    .bind(&g.connector)
+    .bind(&g.target)
+    .bind(&g.desired)
+    .bind(&g.observed)
+    .bind(g.generation)
+    .bind(&g.vendor_ref)
+    .bind(&g.template)
+    .bind(&g.credential)
+    .bind(&g.window)
+    .bind(g.valid_until)
+    .bind(g.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Record what the vendor confirmed, unless policy has moved on to a newer generation meanwhile.
+pub async fn observe_grant(
+    conn: &mut AnyConnection,
+    cmd: &CommandRow,
+    observed: &str,
+    vendor_ref: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE grants SET observed = $1, vendor_ref = COALESCE($2, vendor_ref), updated_at = $3
+         WHERE identity_key = $4 AND connector = $5 AND target = $6",
+    )
+    .bind(observed)
+    .bind(vendor_ref)
+    .bind(now)
+    .bind(&cmd.identity_key)
+    .bind(&cmd.connector)
+    .bind(&cmd.target)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn vendor_person(
+    conn: &mut AnyConnection,
+    connector: &str,
+    key: &str,
+) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT vendor_ref FROM vendor_people WHERE connector = $1 AND identity_key = $2",
+    )
+    .bind(connector)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| Ok(r.try_get("vendor_ref")?)).transpose()
+}
+
+pub async fn put_vendor_person(
+    conn: &mut AnyConnection,
+    connector: &str,
+    key: &str,
+    vref: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO vendor_people (connector, identity_key, vendor_ref) VALUES ($1, $2, $3)
+         ON CONFLICT (connector, identity_key) DO UPDATE SET vendor_ref = excluded.vendor_ref",
+    )
+    .bind(connector)
+    .bind(key)
+    .bind(vref)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbox
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRow {
+    pub id: i64,
+    pub idem_key: String,
+    pub connector: String,
+    pub action: Action,
+    pub identity_key: String,
+    pub target: String,
+    pub generation: i64,
+    pub priority: i64,
+    /// pending | inflight | confirming | done | dead | superseded
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub lease_owner: Option<String>,
+    pub cause: String,
+    pub trigger_at: i64,
+    pub detected_at: i64,
+    pub enqueued_at: i64,
+    pub first_attempt_at: Option<i64>,
+    pub dispatched_at: Option<i64>,
+    pub confirmed_at: Option<i64>,
+    pub confirm_deadline: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl CommandRow {
+    pub(crate) fn from_row(r: &AnyRow) -> Result<Self> {
+        let action: String = r.try_get("action")?;
+        Ok(Self {
+            id: r.try_get("id")?,
+            idem_key: r.try_get("idem_key")?,
+            connector: r.try_get("connector")?,
+            action: Action::parse(&action)
+                .ok_or_else(|| corrupt("commands", format!("action `{action}`")))?,
+            identity_key: r.try_get("identity_key")?,
+            target: r.try_get("target")?,
+            generation: r.try_get("generation")?,
+            priority: r.try_get("priority")?,
+            status: r.try_get("status")?,
+            attempts: r.try_get("attempts")?,
+            next_attempt_at: r.try_get("next_attempt_at")?,
+            lease_owner: r.try_get("lease_owner")?,
+            cause: r.try_get("cause")?,
+            trigger_at: r.try_get("trigger_at")?,
+            detected_at: r.try_get("detected_at")?,
+            enqueued_at: r.try_get("enqueued_at")?,
+            first_attempt_at: r.try_get("first_attempt_at")?,
+            dispatched_at: r.try_get("dispatched_at")?,
+            confirmed_at: r.try_get("confirmed_at")?,
+            confirm_deadline: r.try_get("confirm_deadline")?,
+            last_error: r.try_get("last_error")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewCommand {
+    pub connector: String,
+    pub action: Action,
+    pub identity_key: String,
+    pub target: String,
+    pub generation: i64,
+    pub cause: String,
+    pub trigger_at: i64,
+    pub detected_at: i64,
+}
+
+impl NewCommand {
+    /// Deterministic: the same decision always yields the same key, so a replayed change cannot
+    /// enqueue the same command twice.
+    pub fn idem_key(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            self.connector.as_str(),
+            self.identity_key.as_str(),
+            self.target.as_str(),
+            self.action.as_str(),
+            &self.generation.to_string(),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        hex::encode(&h.finalize()[..16])
+    }
+}
+
+/// Returns the new command's id, or None when the same command was already enqueued.
+pub async fn enqueue(conn: &mut AnyConnection, c: &NewCommand, now: i64) -> Result<Option<i64>> {
+    let row = sqlx::query(
+        "INSERT INTO commands (idem_key, connector, action, identity_key, target, generation, priority, status,
+           attempts, next_attempt_at, cause, trigger_at, detected_at, enqueued_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12)
+         ON CONFLICT (idem_key) DO NOTHING RETURNING id",
+    )
+    .bind(c.idem_key())
+    .bind(&c.connector)
+    .bind(c.action.as_str())
+    .bind(&c.identity_key)
+    .bind(&c.target)
+    .bind(c.generation)
+    .bind(c.action.priority())
+    .bind(now)
+    .bind(&c.cause)
+    .bind(c.trigger_at)
+    .bind(c.detected_at)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| Ok(r.try_get("id")?)).transpose()
+}
+
+/// Cancel issues for a grant that policy no longer wants. Returns how many had already reached the
+/// vendor (attempted at least once), since only those can have left something to revoke.
+pub async fn supersede_issues(
+    conn: &mut AnyConnection,
+    connector: &str,
+    identity_key: &str,
+    target: &str,
+    now: i64,
+) -> Result<(u64, i64)> {
+    let attempted: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM commands WHERE connector = $1 AND identity_key = $2 AND target = $3
+           AND action = 'issue' AND (attempts > 0 OR status NOT IN ('pending', 'superseded'))",
+    )
+    .bind(connector)
+    .bind(identity_key)
+    .bind(target)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get("n")?;
+    let r = sqlx::query(
+        "UPDATE commands SET status = 'superseded', last_error = 'superseded by a revoke', next_attempt_at = $1
+         WHERE connector = $2 AND identity_key = $3 AND target = $4 AND action = 'issue'
+           AND status IN ('pending', 'confirming')",
+    )
+    .bind(now)
+    .bind(connector)
+    .bind(identity_key)
+    .bind(target)
+    .execute(&mut *conn)
+    .await?;
+    Ok((r.rows_affected(), attempted))
+}
+
+pub async fn command(conn: &mut AnyConnection, id: i64) -> Result<Option<CommandRow>> {
+    sqlx::query("SELECT * FROM commands WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| CommandRow::from_row(&r))
+        .transpose()
+}
+
+/// Move a claimed command on, only if this worker still holds its lease.
+pub async fn update_claimed(
+    conn: &mut AnyConnection,
+    owner: &str,
+    u: &CommandUpdate,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE commands SET status = $1, next_attempt_at = $2, dispatched_at = COALESCE(dispatched_at, $3),
+           confirmed_at = $4, confirm_deadline = COALESCE($5, confirm_deadline), last_error = $6,
+           lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - $9
+         WHERE id = $7 AND lease_owner = $8 AND status = 'inflight'",
+    )
+    .bind(&u.status)
+    .bind(u.next_attempt_at)
+    .bind(u.dispatched_at)
+    .bind(u.confirmed_at)
+    .bind(u.confirm_deadline)
+    .bind(&u.last_error)
+    .bind(u.id)
+    .bind(owner)
+    .bind(i64::from(u.refund_attempt))
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CommandUpdate {
+    /// A rate-limited try gives its attempt back.
+    pub refund_attempt: bool,
+    pub id: i64,
+    pub status: String,
+    pub next_attempt_at: i64,
+    pub dispatched_at: Option<i64>,
+    pub confirmed_at: Option<i64>,
+    pub confirm_deadline: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// Put a deadline-missed confirmation back to pending so the grant is issued again.
+pub async fn reissue(
+    conn: &mut AnyConnection,
+    owner: &str,
+    id: i64,
+    now: i64,
+    why: &str,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE commands SET status = 'pending', next_attempt_at = $1, confirm_deadline = NULL,
+           dispatched_at = NULL, last_error = $2, lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = $3 AND lease_owner = $4 AND status = 'inflight'",
+    )
+    .bind(now)
+    .bind(why)
+    .bind(id)
+    .bind(owner)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The earliest time a command of this connector becomes due, for the lane to sleep until.
+pub async fn next_due(pool: &AnyPool, connector: &str) -> Result<Option<i64>> {
+    let row = sqlx::query(
+        "SELECT MIN(CASE WHEN status = 'inflight' THEN lease_expires_at ELSE next_attempt_at END) AS due
+         FROM commands WHERE connector = $1 AND status IN ('pending', 'confirming', 'inflight')",
+    )
+    .bind(connector)
+    .fetch_one(pool)
+    .await?;
+    Ok(row.try_get("due")?)
+}
+
+pub async fn commands_where_status(
+    pool: &AnyPool,
+    status: &str,
+    limit: i64,
+) -> Result<Vec<CommandRow>> {
+    sqlx::query("SELECT * FROM commands WHERE status = $1 ORDER BY id LIMIT $2")
+        .bind(status)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(CommandRow::from_row)
+        .collect()
+}
+
+pub async fn completed_commands(pool: &AnyPool) -> Result<Vec<CommandRow>> {
+    sqlx::query("SELECT * FROM commands WHERE status = 'done' ORDER BY id")
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(CommandRow::from_row)
+        .collect()
+}
+
+/// (connector, status, action, count) over the whole outbox.
+pub async fn command_counts(pool: &AnyPool) -> Result<Vec<(String, String, String, i64)>> {
+    let rows = sqlx::query(
+        "SELECT connector, status, action, COUNT(*) AS n FROM commands GROUP BY connector, status, action
+         ORDER BY connector, status, action",
+    )
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("connector")?,
+                r.try_get("status")?,
+                r.try_get("action")?,
+                r.try_get("n")?,
+            ))
+        })
+        .collect()
+}
+
+/// Commands not yet finished (pending, in flight or awaiting confirmation).
+pub async fn open_commands(pool: &AnyPool) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM commands WHERE status IN ('pending', 'inflight', 'confirming')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(row.try_get("n")?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scheduled jobs
+
+pub async fn last_run(pool: &AnyPool, job: &str) -> Result<Option<i64>> {
+    let row = sqlx::query("SELECT last_run_at FROM job_runs WHERE job = $1")
+        .bind(job)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| Ok(r.try_get("last_run_at")?)).transpose()
+}
+
+pub async fn set_last_run(conn: &mut AnyConnection, job: &str, at: i64) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO job_runs (job, last_run_at) VALUES ($1, $2)
+         ON CONFLICT (job) DO UPDATE SET last_run_at = excluded.last_run_at",
+    )
+    .bind(job)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

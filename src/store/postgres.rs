@@ -1,0 +1,48 @@
+//! PostgreSQL: for production and for several replicas sharing one outbox. Workers claim commands
+//! with `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other's rows.
+
+use super::{Result, Tx};
+use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
+
+pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPool> {
+    Ok(options.connect(url).await?)
+}
+
+pub(super) async fn migrate(pool: &AnyPool) -> Result<()> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+pub(super) async fn claim_next(
+    tx: &mut Tx,
+    connector: &str,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<Option<AnyRow>> {
+    Ok(sqlx::query(
+        "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
+           attempts = attempts + CASE WHEN dispatched_at IS NULL THEN 1 ELSE 0 END,
+           first_attempt_at = COALESCE(first_attempt_at, $3)
+         WHERE id = (
+           SELECT c.id FROM commands c
+           WHERE c.connector = $4
+             AND ((c.status IN ('pending', 'confirming') AND c.next_attempt_at <= $3)
+                  OR (c.status = 'inflight' AND c.lease_expires_at < $3))
+             AND NOT EXISTS (SELECT 1 FROM commands o
+                 WHERE o.connector = c.connector AND o.identity_key = c.identity_key AND o.target = c.target
+                   AND o.status = 'inflight' AND o.lease_expires_at >= $3 AND o.id <> c.id)
+           ORDER BY c.priority, c.id LIMIT 1
+           FOR UPDATE SKIP LOCKED)
+         RETURNING *",
+    )
+    .bind(owner)
+    .bind(lease_until)
+    .bind(now)
+    .bind(connector)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
