@@ -1,0 +1,259 @@
+//! Shared harness for the integration tests: a real store (SQLite file, or a fresh PostgreSQL
+//! database), the Nuki simulator over real HTTP, the repository's own mappings and profile, and a
+//! clock the test moves.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use chrono::{DateTime, Utc};
+use latchkey::app::App;
+use latchkey::clock::{ManualClock, SharedClock};
+use latchkey::config::{Config, ConfigInput};
+use latchkey::dispatch::Dispatcher;
+use latchkey::sim::{self, NukiOptions, SimServer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const TOKEN: &str = "test-token";
+pub const HEADER: &str = "employee_id,full_name,email,department,job_title,employment_type,site,status,hire_date,termination_date,contract_end,manager_id";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The databases every store test runs against: SQLite always; PostgreSQL when reachable, and
+/// required (a failure, not a skip) when LATCHKEY_TEST_REQUIRE_POSTGRES=1, as the test script sets.
+pub async fn backends(dir: &Path) -> Vec<(String, String)> {
+    let mut out = vec![(
+        "sqlite".to_string(),
+        format!("sqlite://{}", dir.join("state.db").display()),
+    )];
+    if let Some(url) = postgres_database().await {
+        out.push(("postgres".to_string(), url));
+    }
+    out
+}
+
+/// A fresh PostgreSQL database for one test.
+pub async fn postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let admin = std::env::var("LATCHKEY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let required = std::env::var("LATCHKEY_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+    sqlx::any::install_default_drivers();
+    let mut conn = match sqlx::AnyConnection::connect(&admin).await {
+        Ok(c) => c,
+        Err(e) => {
+            if required {
+                panic!("PostgreSQL required but unreachable at {admin}: {e}");
+            }
+            eprintln!("PostgreSQL unreachable at {admin} ({e}); running SQLite only");
+            return None;
+        }
+    };
+    let name = format!("lk_{}", uuid_like());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+fn uuid_like() -> String {
+    use rand::Rng;
+    let mut r = rand::rng();
+    (0..16)
+        .map(|_| format!("{:x}", r.random_range(0..16u8)))
+        .collect()
+}
+
+pub fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+/// One row of the sample feed's shape.
+pub fn row(
+    id: &str,
+    dept: &str,
+    role: &str,
+    kind: &str,
+    site: &str,
+    status: &str,
+    hire: &str,
+    term: &str,
+    end: &str,
+) -> String {
+    let name = format!("Person {id}");
+    let email = format!("{}@example.com", id.to_lowercase());
+    format!("{id},{name},{email},{dept},{role},{kind},{site},{status},{hire},{term},{end},")
+}
+
+pub fn employee(id: &str, dept: &str, site: &str) -> String {
+    row(
+        id,
+        dept,
+        "analyst",
+        "employee",
+        site,
+        "Active",
+        "2020-01-01",
+        "",
+        "",
+    )
+}
+
+pub struct Harness {
+    pub app: App,
+    pub clock: ManualClock,
+    pub sim: SimServer,
+    pub dir: PathBuf,
+    pub backend: String,
+    pub feed_no: usize,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn config_text(store_url: &str, sim_url: &str, rate: (u32, u32)) -> String {
+    let demo = std::fs::read_to_string(repo().join("config/demo.toml")).unwrap();
+    // The demo's targets and sites, with this test's store, simulator and rate limit.
+    let root = repo();
+    demo.replace(
+        "url = \"sqlite://latchkey-demo.db\"",
+        &format!("url = \"{store_url}\""),
+    )
+    .replace(
+        "base_url = \"http://127.0.0.1:8701\"",
+        &format!("base_url = \"{sim_url}\""),
+    )
+    .replace(
+        "rate_limit = { per_second = 200, burst = 20 }",
+        &format!(
+            "rate_limit = {{ per_second = {}, burst = {} }}",
+            rate.0, rate.1
+        ),
+    )
+    .replace("\"../mappings/", &format!("\"{}/mappings/", root.display()))
+    .replace(
+        "\"../connectors/",
+        &format!("\"{}/connectors/", root.display()),
+    )
+    .replace("path = \"sample/hr-initial.csv\"", "drop_dir = \"feeds\"")
+}
+
+pub fn env() -> BTreeMap<String, String> {
+    [("LATCHKEY_DEMO_NUKI_TOKEN".to_string(), TOKEN.to_string())].into()
+}
+
+impl Harness {
+    pub async fn new(backend: &str, store_url: &str, dir: &Path, opts: NukiOptions) -> Self {
+        Self::with_rate(backend, store_url, dir, opts, (1000, 50)).await
+    }
+
+    pub async fn with_rate(
+        backend: &str,
+        store_url: &str,
+        dir: &Path,
+        opts: NukiOptions,
+        rate: (u32, u32),
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = sim::start_nuki(
+            listener,
+            NukiOptions {
+                token: TOKEN.into(),
+                ..opts
+            },
+        )
+        .await
+        .unwrap();
+        let clock = ManualClock::new(t("2026-11-25T09:00:00Z"));
+        std::fs::create_dir_all(dir.join("feeds")).unwrap();
+        let path = dir.join("latchkey.toml");
+        std::fs::write(&path, config_text(store_url, &sim.base_url(), rate)).unwrap();
+        let config = Config::load(&ConfigInput::from_file(&path, env()).unwrap()).unwrap();
+        let shared: SharedClock = Arc::new(clock.clone());
+        let app = App::open(config, shared).await.unwrap();
+        Self {
+            app,
+            clock,
+            sim,
+            dir: dir.to_path_buf(),
+            backend: backend.to_string(),
+            feed_no: 0,
+            _tmp: None,
+        }
+    }
+
+    /// Write a feed file with these rows and apply it.
+    pub async fn feed(&mut self, rows: &[String]) -> latchkey::engine::FeedReport {
+        self.feed_no += 1;
+        let path = self
+            .dir
+            .join("feeds")
+            .join(format!("hr-{:04}.csv", self.feed_no));
+        std::fs::write(&path, format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
+        self.app.engine.apply_hr_file("hr", &path).await.unwrap()
+    }
+
+    pub fn dispatcher(&self) -> Dispatcher {
+        self.app.dispatcher()
+    }
+
+    /// Deliver every command, moving the clock past backoffs, until the outbox is empty.
+    pub async fn drain(&self) {
+        let d = self.dispatcher();
+        let connector = self.app.connectors.get("nuki").unwrap().clone();
+        for _ in 0..100_000 {
+            if d.step(&connector, "test-worker").await.unwrap() {
+                continue;
+            }
+            let pool = self.app.store().pool();
+            match latchkey::store::next_due(pool, "nuki").await.unwrap() {
+                None => return,
+                Some(due) => {
+                    let now = latchkey::clock::to_micros(self.clock.now_utc());
+                    if due > now {
+                        self.clock.set(latchkey::clock::from_micros(due));
+                    }
+                }
+            }
+        }
+        panic!("outbox did not drain");
+    }
+
+    pub fn lock(&self, target: &str) -> i64 {
+        let demo = std::fs::read_to_string(repo().join("config/demo.toml")).unwrap();
+        let line = demo
+            .lines()
+            .find(|l| l.starts_with(&format!("\"{target}\"")))
+            .unwrap();
+        line.split('"').nth(3).unwrap().parse().unwrap()
+    }
+
+    pub fn user_id(&self, key: &str) -> Option<i64> {
+        let email = format!("{}@example.com", key.to_lowercase());
+        self.sim
+            .nuki()
+            .unwrap()
+            .users()
+            .into_iter()
+            .find(|u| u.email == email)
+            .map(|u| u.account_user_id)
+    }
+
+    /// Does the simulator say this person holds this target now?
+    pub fn holds(&self, key: &str, target: &str) -> bool {
+        self.user_id(key)
+            .is_some_and(|u| self.sim.nuki().unwrap().holds(self.lock(target), u))
+    }
+}
+
+pub trait ClockExt {
+    fn now_utc(&self) -> DateTime<Utc>;
+}
+
+impl ClockExt for ManualClock {
+    fn now_utc(&self) -> DateTime<Utc> {
+        use latchkey::clock::Clock;
+        self.now()
+    }
+}
