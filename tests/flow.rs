@@ -214,3 +214,289 @@ async fn future_dated_termination_fires_at_its_instant_in_the_site_time_zone() {
         );
     });
 }
+
+#[tokio::test]
+async fn contractor_grants_end_at_the_contract_end_and_respect_working_hours() {
+    each_backend!(|h| {
+        // Contract's last day 2026-11-30 in Berlin: access ends 2026-12-01 00:00 CET = 2026-11-30 23:00 UTC.
+        h.feed(&[row(
+            "C1",
+            "operations",
+            "technician",
+            "contractor",
+            "berlin",
+            "Active",
+            "2026-01-01",
+            "",
+            "2026-11-30",
+        )])
+        .await;
+        h.drain().await;
+        assert!(h.holds("C1", "berlin-operations"));
+        let nuki = h.sim.nuki().unwrap();
+        let lock = h.lock("berlin-operations");
+        let auth = nuki
+            .auths()
+            .into_iter()
+            .find(|a| a.smartlock_id == lock)
+            .unwrap();
+        // Monday..Friday in Nuki's mask (Mon = 64 .. Sun = 1), 07:00-19:00 in minutes.
+        assert_eq!(auth.allowed_week_days, Some(124));
+        assert_eq!(
+            (auth.allowed_from_time, auth.allowed_until_time),
+            (Some(420), Some(1140))
+        );
+        assert!(
+            auth.allowed_until_date
+                .as_deref()
+                .unwrap()
+                .starts_with("2026-11-30T23:00:00")
+        );
+        h.clock.set(t("2026-11-30T23:00:00Z"));
+        assert_eq!(
+            h.app.engine.tick().await.unwrap().revokes,
+            2,
+            "door and plant room"
+        );
+        h.drain().await;
+        assert!(!h.holds("C1", "berlin-operations"));
+        assert!(!h.holds("C1", "berlin-plant-room"));
+    });
+}
+
+#[tokio::test]
+async fn bad_rows_are_quarantined_with_file_line_and_field_and_the_rest_lands() {
+    each_backend!(|h| {
+        let r = h
+            .feed(&[
+                employee("E1", "sales", "berlin"),
+                row(
+                    "E2",
+                    "sales",
+                    "analyst",
+                    "employee",
+                    "berlin",
+                    "Active",
+                    "2020-02-31",
+                    "",
+                    "",
+                ),
+                row(
+                    "E3",
+                    "sales",
+                    "analyst",
+                    "employee",
+                    "berlin",
+                    "Retired",
+                    "2020-01-01",
+                    "",
+                    "",
+                ),
+                row(
+                    "",
+                    "sales",
+                    "analyst",
+                    "employee",
+                    "berlin",
+                    "Active",
+                    "2020-01-01",
+                    "",
+                    "",
+                ),
+                employee("E5", "finance", "london"),
+            ])
+            .await;
+        assert_eq!((r.quarantined, r.joiners), (3, 2), "{r:?}");
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-sales") && h.holds("E5", "london-finance"));
+        let q = store::list_quarantine(h.app.store().pool(), 10)
+            .await
+            .unwrap();
+        let mut seen: Vec<(String, String)> = q
+            .iter()
+            .map(|q| (q.location.clone(), q.field.clone()))
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("hr-0001.csv:3".to_string(), "hire_date".to_string()),
+                ("hr-0001.csv:4".to_string(), "status".to_string()),
+                ("hr-0001.csv:5".to_string(), "employee_id".to_string()),
+            ]
+        );
+        let status = latchkey::cli::status_text(&h.app).await.unwrap();
+        assert!(
+            status.contains("hr-0001.csv:4") && status.contains("Retired"),
+            "{status}"
+        );
+        // A person whose row is bad stays as they were: not a disappearance.
+        let r = h
+            .feed(&[
+                employee("E1", "sales", "berlin"),
+                row(
+                    "E5", "finance", "analyst", "employee", "london", "Active", "bad", "", "",
+                ),
+            ])
+            .await;
+        assert_eq!((r.revokes, r.quarantined), (0, 1), "{r:?}");
+        h.drain().await;
+        assert!(h.holds("E5", "london-finance"));
+    });
+}
+
+#[tokio::test]
+async fn a_feed_that_loses_30_percent_is_held_but_explicit_terminations_flow() {
+    each_backend!(|h| {
+        let people: Vec<String> = (1..=20)
+            .map(|i| employee(&format!("E{i}"), "sales", "berlin"))
+            .collect();
+        h.feed(&people).await;
+        h.drain().await;
+        // Next feed: E1 explicitly terminated, E15..E20 (6 of 20 = 30 %) simply missing.
+        let mut next: Vec<String> = (2..=14)
+            .map(|i| employee(&format!("E{i}"), "sales", "berlin"))
+            .collect();
+        next.push(row(
+            "E1",
+            "sales",
+            "analyst",
+            "employee",
+            "berlin",
+            "Terminated",
+            "2020-01-01",
+            "2026-11-24",
+            "",
+        ));
+        let r = h.feed(&next).await;
+        assert_eq!((r.held, r.leavers, r.revokes), (6, 1, 1), "{r:?}");
+        h.drain().await;
+        assert!(
+            !h.holds("E1", "berlin-sales"),
+            "explicit termination revoked"
+        );
+        assert!(
+            (15..=20).all(|i| h.holds(&format!("E{i}"), "berlin-sales")),
+            "disappearances held"
+        );
+        let held = store::held_changes(h.app.store().pool()).await.unwrap();
+        assert_eq!(held.len(), 6);
+        // An approver releases them; the approval is audited with their name.
+        for c in &held {
+            h.app
+                .engine
+                .decide(c.id, true, "alice@example.com")
+                .await
+                .unwrap();
+        }
+        h.drain().await;
+        assert!((15..=20).all(|i| !h.holds(&format!("E{i}"), "berlin-sales")));
+        let records = audit::records_about(h.app.store(), "E15", 20)
+            .await
+            .unwrap();
+        assert!(
+            records
+                .iter()
+                .any(|r| r.action == "held.approved" && r.actor == "alice@example.com")
+        );
+    });
+}
+
+#[tokio::test]
+async fn an_edited_audit_row_is_found_by_verify() {
+    each_backend!(|h| {
+        h.feed(&[
+            employee("E1", "sales", "berlin"),
+            employee("E2", "sales", "berlin"),
+        ])
+        .await;
+        h.drain().await;
+        let Verdict::Intact { records } = audit::verify(h.app.store()).await.unwrap() else {
+            panic!("fresh log must verify")
+        };
+        assert!(records > 5);
+        sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
+            .execute(h.app.store().pool())
+            .await
+            .unwrap();
+        match audit::verify(h.app.store()).await.unwrap() {
+            Verdict::Broken { seq, .. } => assert_eq!(seq, 3),
+            v => panic!("tampering not found: {v:?}"),
+        }
+    });
+}
+
+#[tokio::test]
+async fn vendor_errors_are_retried_and_a_refused_command_is_dead_lettered() {
+    each_backend!(|h| {
+        h.sim.set_faults(latchkey::sim::Faults {
+            error_rate: 0.3,
+            ..Default::default()
+        });
+        let people: Vec<String> = (1..=10)
+            .map(|i| employee(&format!("E{i}"), "finance", "london"))
+            .collect();
+        h.feed(&people).await;
+        h.drain().await;
+        assert!(
+            (1..=10).all(|i| h.holds(&format!("E{i}"), "london-finance")),
+            "5xx retried to success"
+        );
+        assert_eq!(h.sim.nuki().unwrap().duplicate_pairs(), 0);
+    });
+}
+
+#[tokio::test]
+async fn a_refused_command_is_dead_lettered_and_shown_in_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        // The vendor knows only London's finance door: a grant on any other lock is refused (404).
+        let opts = NukiOptions {
+            auto_create_locks: false,
+            locks: vec![2004],
+            ..Default::default()
+        };
+        let h = Harness::new(&name, &url, &tmp.path().join(&name), opts).await;
+        let mut h = h;
+        h.feed(&[
+            employee("E1", "finance", "london"),
+            employee("E2", "sales", "berlin"),
+        ])
+        .await;
+        h.drain().await;
+        assert!(h.holds("E1", "london-finance"));
+        let dead = store::commands_where_status(h.app.store().pool(), "dead", 10)
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1, "{name}");
+        assert_eq!(dead[0].identity_key, "E2");
+        assert!(
+            dead[0].last_error.as_deref().unwrap().contains("404"),
+            "{:?}",
+            dead[0].last_error
+        );
+        let status = latchkey::cli::status_text(&h.app).await.unwrap();
+        assert!(status.contains("dead letters: 1"), "{status}");
+    }
+}
+
+#[test]
+fn shipped_configurations_pass_check_and_errors_name_file_line_key() {
+    use latchkey::config::{Config, ConfigInput};
+    for f in ["config/demo.toml", "config/production.toml"] {
+        let path = repo().join(f);
+        Config::load(&ConfigInput::from_file(&path, Default::default()).unwrap()).unwrap();
+    }
+    let bad = std::fs::read_to_string(repo().join("config/demo.toml"))
+        .unwrap()
+        .replace("mass_change_threshold = 0.2", "mass_change_treshold = 0.2");
+    let err = Config::load(&ConfigInput {
+        text: bad,
+        path: "config/demo.toml".into(),
+        env: Default::default(),
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("config/demo.toml:14:"), "{err}");
+    assert!(err.contains("mass_change_treshold"), "{err}");
+}

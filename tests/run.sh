@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine. Installs and starts what the tests need when it is
+# missing (PostgreSQL on 127.0.0.1:5432, user postgres, trust auth, database `test`), then runs every
+# test with PostgreSQL required: a store test that cannot reach it fails instead of being skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+pg_ready() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
+
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+    echo "== installing PostgreSQL"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  fi
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -1)
+  local hba="/etc/postgresql/$version/main/pg_hba.conf"
+  # The tests connect as postgres over TCP without a password, as on the project's machines.
+  if ! $SUDO grep -q "^host all postgres 127.0.0.1/32 trust" "$hba"; then
+    $SUDO sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+    $SUDO sed -i '1i host all postgres ::1/128 trust' "$hba"
+    if pg_ready; then $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main reload; fi
+  fi
+  if ! pg_ready; then
+    echo "== starting PostgreSQL $version"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  fi
+  for _ in $(seq 1 30); do pg_ready && break; sleep 1; done
+  pg_ready || { echo "PostgreSQL did not start" >&2; exit 1; }
+  if ! psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1; then
+    psql -h 127.0.0.1 -U postgres -c "CREATE DATABASE test" >/dev/null
+  fi
+}
+
+if ! pg_ready || ! psql -h 127.0.0.1 -U postgres -d test -tAc "SELECT 1" >/dev/null 2>&1; then
+  ensure_postgres
+fi
+
+export LATCHKEY_TEST_POSTGRES_URL="${LATCHKEY_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+export LATCHKEY_TEST_REQUIRE_POSTGRES=1
+echo "== cargo test (SQLite and PostgreSQL at $LATCHKEY_TEST_POSTGRES_URL)"
+cargo test --all-targets --locked -- --test-threads=2
