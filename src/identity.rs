@@ -226,7 +226,7 @@ mod tests {
             ),
             "2026-11-25T10:00:00Z",
         );
-        let d = derive(&[v.clone()], at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
+        let d = derive(std::slice::from_ref(&v), at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
         assert_eq!(d.lifecycle, Lifecycle::Active);
         // 2026-12-01 00:00 in Berlin (CET, +01:00)
         assert_eq!(d.next_change_at, Some(at("2026-11-30T23:00:00Z")));

@@ -360,7 +360,9 @@ window = { weekdays = [1, 2, 3, 4, 5], from = "07:00", until = "19:00" }
     #[test]
     fn conditions_select_grants_and_targets_render() {
         let p = Policy::parse(T, "t.toml", &["nuki".into()]).unwrap();
-        let now = Utc::now_for_tests();
+        let now = DateTime::parse_from_rfc3339("2026-11-25T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let d = p
             .desired(
                 "E1",

@@ -1,15 +1,544 @@
-//! `latchkey bench`: figures against the physical floor. Filled in below.
+//! `latchkey bench`: figures against the physical floor.
+//!
+//! Two measurements, each on its own SQLite store in a temporary directory and its own in-process Nuki
+//! simulator (real HTTP on loopback, no vendor-side limit, no sync delay), with the real wall clock:
+//!
+//! 1. Mass termination: N people hold one grant each; one feed terminates all of them. The wall time
+//!    from the feed apply to an empty outbox is set against the floor the connector's own rate limit
+//!    allows (N / R in commands, and requests / R in HTTP requests).
+//! 2. Single leaver, unloaded: one person at a time is terminated with nothing else queued; the time
+//!    from trigger to the vendor confirming the revoke is what a security team would be promised.
+
+use super::repo_path;
+use crate::app::App;
+use crate::clock;
+use crate::config::{Config, ConfigInput};
+use crate::engine::FeedReport;
+use crate::model::Action;
+use crate::sim::{self, LoggedRequest, NukiOptions, SimServer};
+use crate::store;
+use crate::telemetry;
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Revocations to drain.
+    /// Revocations to drain (people terminated by one feed).
     #[arg(long, default_value_t = 10_000)]
     pub revocations: usize,
-    /// Connector rate limit (requests per second).
+    /// Connector rate limit during the drain (requests per second).
     #[arg(long, default_value_t = 500)]
     pub rate: u32,
+    /// Connector burst during the drain; defaults to a tenth of the rate.
+    #[arg(long)]
+    pub burst: Option<u32>,
+    /// Commands in flight at once on the connector's lane (the demo configuration's value).
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Single leavers to time, one after another.
+    #[arg(long, default_value_t = 200)]
+    pub leavers: usize,
+    /// People in the single-leaver store (at least `--leavers`).
+    #[arg(long, default_value_t = 300)]
+    pub population: usize,
+    /// Keep the stores here instead of in a temporary directory.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
 }
 
-pub async fn run(_args: BenchArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("not implemented yet")
+/// The column layout of `mappings/hr.toml`, as the sample feeds have it.
+const HEADER: &str = "employee_id,full_name,email,department,job_title,employment_type,site,status,hire_date,termination_date,contract_end,manager_id";
+const SIM_TOKEN: &str = "nuki-bench-token";
+/// `LATCHKEY_BENCH_` variables are never read as configuration overrides, so this holds the secret.
+const TOKEN_VAR: &str = "LATCHKEY_BENCH_NUKI_TOKEN";
+/// Nuki allows 200 app authorisations per lock; a hundred people per lock keeps well inside that
+/// while each read-back still lists a realistically full lock.
+const PEOPLE_PER_LOCK: usize = 100;
+/// Issuing the grants is set-up, not the figure: a limit high enough not to be what it measures.
+const SETUP_RATE: (u32, u32) = (5_000, 500);
+/// An outbox whose open count does not move for this long is stuck, not slow.
+const STALL: Duration = Duration::from_secs(120);
+
+/// One store with its app and running dispatcher.
+struct Bed {
+    app: App,
+    stop: watch::Sender<bool>,
+    dispatcher: JoinHandle<()>,
+}
+
+impl Bed {
+    async fn open(
+        dir: &Path,
+        sim_url: &str,
+        rate: (u32, u32),
+        concurrency: usize,
+    ) -> anyhow::Result<Self> {
+        let path = dir.join("latchkey.toml");
+        std::fs::write(&path, config_text(dir, sim_url, rate, concurrency))?;
+        // Only the token: the process environment's overrides would make runs incomparable.
+        let env = BTreeMap::from([(TOKEN_VAR.to_string(), SIM_TOKEN.to_string())]);
+        let config = Config::load(&ConfigInput::from_file(&path, env)?)?;
+        let app = App::open(config, clock::system()).await?;
+        let (stop, rx) = watch::channel(false);
+        let dispatcher = tokio::spawn(app.dispatcher().run(rx));
+        Ok(Self {
+            app,
+            stop,
+            dispatcher,
+        })
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.dispatcher.await?;
+        self.app.store().pool().close().await;
+        Ok(())
+    }
+
+    /// Write a feed file and apply it.
+    async fn feed(&self, dir: &Path, name: &str, rows: &[String]) -> anyhow::Result<FeedReport> {
+        let path = dir.join("feeds").join(name);
+        let mut text = String::with_capacity(rows.len() * 96 + HEADER.len() + 1);
+        text.push_str(HEADER);
+        text.push('\n');
+        for r in rows {
+            text.push_str(r);
+            text.push('\n');
+        }
+        std::fs::write(&path, text)?;
+        let report = self.app.engine.apply_hr_file("hr", &path).await?;
+        if report.quarantined > 0 || report.held > 0 {
+            bail!(
+                "{name}: {} rows quarantined, {} changes held; the benchmark feed is wrong",
+                report.quarantined,
+                report.held
+            );
+        }
+        Ok(report)
+    }
+
+    /// Wait until the outbox is empty, polling every `poll`.
+    async fn drain(&self, poll: Duration, bar: Option<&ProgressBar>) -> anyhow::Result<()> {
+        let pool = self.app.store().pool();
+        let mut last = (i64::MAX, Instant::now());
+        loop {
+            let open = store::open_commands(pool).await?;
+            if let Some(b) = bar {
+                let total = b.length().unwrap_or(0);
+                b.set_position(total.saturating_sub(open as u64));
+            }
+            if open == 0 {
+                return Ok(());
+            }
+            if open != last.0 {
+                last = (open, Instant::now());
+            } else if last.1.elapsed() > STALL {
+                bail!(
+                    "outbox stuck at {open} open commands for {} s",
+                    STALL.as_secs()
+                );
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// (done, dead) commands of one action.
+    async fn outcome(&self, action: Action) -> anyhow::Result<(i64, i64)> {
+        let mut out = (0, 0);
+        for (_, status, a, n) in store::command_counts(self.app.store().pool()).await? {
+            if a != action.to_string() {
+                continue;
+            }
+            match status.as_str() {
+                "done" => out.0 += n,
+                "dead" => out.1 += n,
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn config_text(dir: &Path, sim_url: &str, rate: (u32, u32), concurrency: usize) -> String {
+    let db = format!("sqlite://{}", dir.join("latchkey.db").display());
+    let mapping = repo_path("mappings/hr.toml");
+    let profile = repo_path("connectors/nuki.toml");
+    format!(
+        r#"version = 1
+instance = "latchkey-bench"
+
+[store]
+url = {db}
+
+[engine]
+default_timezone = "UTC"
+
+[sources.hr.hr]
+mapping = {mapping}
+drop_dir = "feeds"
+
+[policy]
+templates = "templates.toml"
+
+[connectors.nuki]
+profile = {profile}
+base_url = {sim_url}
+concurrency = {concurrency}
+rate_limit = {{ per_second = {per_second}, burst = {burst} }}
+secrets = {{ token = {{ env = "{TOKEN_VAR}" }} }}
+"#,
+        db = toml_str(&db),
+        mapping = toml_str(&mapping.display().to_string()),
+        profile = toml_str(&profile.display().to_string()),
+        sim_url = toml_str(sim_url),
+        per_second = rate.0,
+        burst = rate.1,
+    )
+}
+
+/// One grant per person, spread over `locks` numeric lock ids (sent as is; the simulator creates them).
+fn templates_text(locks: usize) -> String {
+    format!(
+        r#"version = 1
+
+[[templates]]
+name = "bench-door"
+when = "true"
+approved_by = "facilities-security@example.com"
+[[templates.grants]]
+connector = "nuki"
+target = "{{{{ 5000 + (key[1:] | int) % {locks} }}}}"
+"#
+    )
+}
+
+fn person_row(key: &str, status: &str) -> String {
+    let email = key.to_lowercase();
+    format!(
+        "{key},Person {key},{email}@example.com,operations,analyst,employee,,{status},2020-01-01,,,"
+    )
+}
+
+fn prepare(dir: &Path, people: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("feeds"))?;
+    let locks = people.div_ceil(PEOPLE_PER_LOCK).max(1);
+    std::fs::write(dir.join("templates.toml"), templates_text(locks))?;
+    Ok(())
+}
+
+async fn start_sim() -> anyhow::Result<SimServer> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok(sim::start_nuki(
+        listener,
+        NukiOptions {
+            token: SIM_TOKEN.into(),
+            ..Default::default()
+        },
+    )
+    .await?)
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(len as u64);
+    b.set_style(
+        ProgressStyle::with_template(&format!("  {what} {{bar:40}} {{pos}}/{{len}} {{elapsed}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
+/// Most arrivals inside any rolling one-second window (the log is in arrival order).
+fn max_in_any_second(log: &[LoggedRequest]) -> usize {
+    let mut best = 0;
+    let mut lo = 0;
+    for (hi, r) in log.iter().enumerate() {
+        while r.at.saturating_sub(log[lo].at) >= Duration::from_secs(1) {
+            lo += 1;
+        }
+        best = best.max(hi - lo + 1);
+    }
+    best
+}
+
+fn by_method(log: &[LoggedRequest]) -> String {
+    let mut m: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in log {
+        *m.entry(r.method.as_str()).or_default() += 1;
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn by_status(log: &[LoggedRequest]) -> String {
+    let mut m: BTreeMap<u16, usize> = BTreeMap::new();
+    for r in log {
+        *m.entry(r.status).or_default() += 1;
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ms(s: f64) -> String {
+    format!("{:.1} ms", s * 1000.0)
+}
+
+struct DrainFigures {
+    wall: f64,
+    command_ratio: f64,
+    request_ratio: f64,
+    ok: bool,
+}
+
+async fn mass_termination(args: &BenchArgs, dir: &Path) -> anyhow::Result<DrainFigures> {
+    let n = args.revocations;
+    let rate = args.rate.max(1);
+    let burst = args.burst.unwrap_or(rate / 10).max(1);
+    println!("== 1. mass termination drain ==");
+    println!(
+        "  {n} people, one grant each, {} locks; connector concurrency {}",
+        n.div_ceil(PEOPLE_PER_LOCK).max(1),
+        args.concurrency
+    );
+    prepare(dir, n)?;
+    let server = start_sim().await?;
+    let keys: Vec<String> = (0..n).map(|i| format!("B{i:06}")).collect();
+
+    // Set-up: issue everyone's grant under a limit that is not the subject of the measurement.
+    let bed = Bed::open(dir, &server.base_url(), SETUP_RATE, args.concurrency).await?;
+    let rows: Vec<String> = keys.iter().map(|k| person_row(k, "Active")).collect();
+    let t = Instant::now();
+    let report = bed.feed(dir, "hr-0001.csv", &rows).await?;
+    let applied = t.elapsed();
+    let b = bar(report.issues as usize, "issuing   ");
+    bed.drain(Duration::from_millis(50), Some(&b)).await?;
+    b.finish_and_clear();
+    let setup = t.elapsed().as_secs_f64();
+    let (issued, dead) = bed.outcome(Action::Issue).await?;
+    let setup_requests = server.stats().requests;
+    println!(
+        "  set-up: {issued} grants issued ({dead} dead) in {setup:.2} s under {} req/s \
+         (feed apply {:.2} s; {setup_requests} requests, {:.0} req/s, {:.0} issues/s)",
+        SETUP_RATE.0,
+        applied.as_secs_f64(),
+        setup_requests as f64 / setup,
+        issued as f64 / setup
+    );
+    if issued != n as i64 || dead != 0 {
+        bail!("set-up did not issue every grant: {issued} of {n} issued, {dead} dead");
+    }
+    bed.close().await?;
+
+    // The measurement: the same store reopened with the rate limit under test.
+    let bed = Bed::open(dir, &server.base_url(), (rate, burst), args.concurrency).await?;
+    let seq0 = server.requests().len();
+    let rows: Vec<String> = keys.iter().map(|k| person_row(k, "Terminated")).collect();
+    let b = bar(n, "revoking  ");
+    let t = Instant::now();
+    let report = bed.feed(dir, "hr-0002.csv", &rows).await?;
+    let applied = t.elapsed().as_secs_f64();
+    b.set_length(report.revokes);
+    bed.drain(Duration::from_millis(20), Some(&b)).await?;
+    let wall = t.elapsed().as_secs_f64();
+    b.finish_and_clear();
+    let log: Vec<LoggedRequest> = server.requests().into_iter().skip(seq0).collect();
+    let (revoked, dead) = bed.outcome(Action::Revoke).await?;
+    let requests = log.len();
+    let floor = n as f64 / f64::from(rate);
+    let request_floor = requests as f64 / f64::from(rate);
+    let peak = max_in_any_second(&log);
+    let sent_for = log
+        .last()
+        .map_or(0.0, |l| l.at.saturating_sub(log[0].at).as_secs_f64());
+    println!(
+        "  feed: {} leavers -> {} revokes enqueued; feed apply took {applied:.2} s (the drain ran alongside)",
+        report.leavers, report.revokes
+    );
+    println!("  revocations confirmed       {revoked} ({dead} dead letters)");
+    println!("  rate limit R                {rate} req/s, burst {burst}");
+    println!("  wall time                   {wall:.2} s (feed apply -> outbox empty)");
+    println!("  floor in commands  N/R      {floor:.2} s");
+    println!(
+        "  ratio wall / (N/R)          {:.3}   (a revoke is more than one request: see below)",
+        wall / floor
+    );
+    println!(
+        "  HTTP requests in the drain  {requests} ({}), {:.2} per revocation",
+        by_method(&log),
+        requests as f64 / n.max(1) as f64
+    );
+    println!("  responses                   {}", by_status(&log));
+    println!("  floor in requests  req/R    {request_floor:.2} s");
+    println!(
+        "  ratio wall / (req/R)        {:.3}   (the limiter's own floor; 1.0 is the best possible)",
+        wall / request_floor
+    );
+    println!(
+        "  first to last request       {sent_for:.2} s, {:.0} req/s on average",
+        requests as f64 / sent_for.max(f64::EPSILON)
+    );
+    println!(
+        "  most requests in any second {peak} (limit R + burst = {})",
+        u64::from(rate) + u64::from(burst)
+    );
+    let stages = telemetry::latency_report(bed.app.store(), Action::Revoke).await?;
+    println!();
+    print!(
+        "{}",
+        telemetry::render_table("  revocation stages in the drain", &stages)
+    );
+    println!();
+    bed.close().await?;
+    server.shutdown().await;
+    Ok(DrainFigures {
+        wall,
+        command_ratio: wall / floor,
+        request_ratio: wall / request_floor,
+        ok: revoked == n as i64 && dead == 0 && peak as u64 <= u64::from(rate) + u64::from(burst),
+    })
+}
+
+struct LeaverFigures {
+    p50: f64,
+    p99: f64,
+    ok: bool,
+}
+
+async fn single_leaver(args: &BenchArgs, dir: &Path) -> anyhow::Result<LeaverFigures> {
+    let k = args.leavers.max(1);
+    let people = args.population.max(k);
+    println!("== 2. single leaver, nothing queued ==");
+    println!(
+        "  {people} people in their own store, {} locks; {k} leavers one at a time, each its own feed",
+        people.div_ceil(PEOPLE_PER_LOCK).max(1)
+    );
+    prepare(dir, people)?;
+    let server = start_sim().await?;
+    // The limit is set far above what one leaver needs, so it never delays a request.
+    let bed = Bed::open(dir, &server.base_url(), SETUP_RATE, args.concurrency).await?;
+    let keys: Vec<String> = (0..people).map(|i| format!("L{i:06}")).collect();
+    let mut rows: Vec<String> = keys.iter().map(|k| person_row(k, "Active")).collect();
+    let report = bed.feed(dir, "hr-00000.csv", &rows).await?;
+    bed.drain(Duration::from_millis(20), None).await?;
+    let (issued, _) = bed.outcome(Action::Issue).await?;
+    if issued != report.issues as i64 {
+        bail!(
+            "set-up did not issue every grant: {issued} of {}",
+            report.issues
+        );
+    }
+    let b = bar(k, "leavers   ");
+    // Client-side: from handing the feed to the engine until the outbox is empty again. This adds the
+    // feed's parse and diff (and the poll interval) to what the commands' own timestamps show.
+    let mut client = Vec::with_capacity(k);
+    for (i, key) in keys.iter().take(k).enumerate() {
+        rows[i] = person_row(key, "Terminated");
+        let t = Instant::now();
+        let r = bed
+            .feed(dir, &format!("hr-{:05}.csv", i + 1), &rows)
+            .await
+            .with_context(|| format!("leaver {key}"))?;
+        if r.revokes != 1 {
+            bail!("leaver {key}: {} revokes enqueued, expected 1", r.revokes);
+        }
+        // A short poll: it bounds only this loop's pace, not the figures, which come from the store.
+        bed.drain(Duration::from_millis(1), None).await?;
+        client.push(t.elapsed().as_secs_f64());
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    let (revoked, dead) = bed.outcome(Action::Revoke).await?;
+    let e2e: Vec<f64> = store::completed_commands(bed.app.store().pool())
+        .await?
+        .iter()
+        .filter(|c| c.action == Action::Revoke)
+        .filter_map(|c| telemetry::stages(c).map(|s| s[4]))
+        .collect();
+    let Some(s) = telemetry::summarize(e2e) else {
+        bail!("no revoke was confirmed");
+    };
+    let c = telemetry::summarize(client);
+    println!("  revocations confirmed       {revoked} ({dead} dead letters)");
+    println!(
+        "  trigger -> vendor confirmed p50 {}  p90 {}  p99 {}  max {}  (n = {})",
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.p99),
+        ms(s.max),
+        s.count
+    );
+    if let Some(c) = &c {
+        println!(
+            "  feed handed in -> outbox empty (client side, incl. parse/diff of {people} rows): \
+             p50 {}  p99 {}  max {}",
+            ms(c.p50),
+            ms(c.p99),
+            ms(c.max)
+        );
+    }
+    let stats = server.stats();
+    println!(
+        "  simulator: {} requests in all ({}), most in any second {}",
+        stats.requests,
+        stats
+            .by_status
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        stats.max_requests_in_any_second
+    );
+    let stages = telemetry::latency_report(bed.app.store(), Action::Revoke).await?;
+    println!();
+    print!(
+        "{}",
+        telemetry::render_table("  single-leaver revocation stages", &stages)
+    );
+    println!();
+    bed.close().await?;
+    server.shutdown().await;
+    Ok(LeaverFigures {
+        p50: s.p50,
+        p99: s.p99,
+        ok: revoked == k as i64 && dead == 0,
+    })
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
+    let tmp = tempfile::tempdir()?;
+    let root = args
+        .keep
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    println!(
+        "latchkey bench (SQLite in {}, in-process Nuki simulator over loopback HTTP, wall clock)",
+        root.display()
+    );
+    println!();
+    let drain = mass_termination(&args, &root.join("drain")).await?;
+    let leaver = single_leaver(&args, &root.join("leaver")).await?;
+    println!(
+        "summary: {} revocations at {} req/s drained in {:.2} s = {:.3} x N/R ({:.3} x requests/R); \
+         single leaver trigger -> confirmed p50 {} p99 {}",
+        args.revocations,
+        args.rate,
+        drain.wall,
+        drain.command_ratio,
+        drain.request_ratio,
+        ms(leaver.p50),
+        ms(leaver.p99)
+    );
+    Ok(if drain.ok && leaver.ok { 0 } else { 1 })
 }

@@ -72,6 +72,7 @@ pub fn t(s: &str) -> DateTime<Utc> {
 }
 
 /// One row of the sample feed's shape.
+#[allow(clippy::too_many_arguments)]
 pub fn row(
     id: &str,
     dept: &str,
