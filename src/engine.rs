@@ -5,7 +5,7 @@ use crate::audit;
 use crate::clock::{SharedClock, from_micros, to_micros};
 use crate::config::Config;
 use crate::identity::{self, Derived, SourceView};
-use crate::model::{Lifecycle, PersonRecord, Quarantined};
+use crate::model::{Lifecycle, PersonRecord, Quarantined, RecordStatus};
 use crate::plan::{self, Applied, Cause};
 use crate::policy::{Policy, PolicyError};
 use crate::sources::hr::{self, HrError, HrMapping};
@@ -64,7 +64,9 @@ pub struct Engine {
     mappings: BTreeMap<String, HrMapping>,
 }
 
-const BATCH: usize = 100;
+/// People per transaction: large enough to amortise commits, small enough that the first revokes
+/// of a big feed reach the dispatcher quickly.
+const BATCH: usize = 50;
 
 fn record_hash(r: &PersonRecord) -> String {
     // The location (file and line) changes from feed to feed without the person changing.
@@ -245,15 +247,20 @@ impl Engine {
             tx.commit().await?;
             report.quarantined = quarantined.len();
         }
-        let changed: Vec<PersonRecord> = records
+        let total = records.len();
+        let mut changed: Vec<PersonRecord> = records
             .into_iter()
             .filter(|r| match known.get(&r.key) {
                 Some((h, gone)) => *gone || *h != record_hash(r),
                 None => true,
             })
             .collect();
-        report.unchanged =
-            in_feed.len() - changed.len() - report.quarantined.min(in_feed.len() - changed.len());
+        report.unchanged = total - changed.len();
+        // Revocation first (invariant 3) starts here: people the feed says are leaving are applied in
+        // the first transactions, so their revokes reach the outbox before the joiners' issues.
+        changed.sort_by_key(|r| {
+            !(r.status == Some(RecordStatus::Terminated) || r.termination_date.is_some())
+        });
         for chunk in changed.chunks(BATCH) {
             let now = self.clock.now();
             let mut tx = self.store.begin_write().await?;
@@ -591,8 +598,9 @@ impl Engine {
 
 fn change_kind(before: Option<&IdentityRow>, after: &Derived) -> String {
     let Some(b) = before else {
+        // Someone first seen already gone was never given anything here.
         return match after.lifecycle {
-            Lifecycle::Terminated => "leaver",
+            Lifecycle::Terminated => "already_gone",
             _ => "joiner",
         }
         .into();

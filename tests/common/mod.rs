@@ -126,7 +126,7 @@ pub fn config_text(store_url: &str, sim_url: &str, rate: (u32, u32)) -> String {
         &format!("base_url = \"{sim_url}\""),
     )
     .replace(
-        "rate_limit = { per_second = 200, burst = 20 }",
+        "rate_limit = { per_second = 1000, burst = 50 }",
         &format!(
             "rate_limit = {{ per_second = {}, burst = {} }}",
             rate.0, rate.1
