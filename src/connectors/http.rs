@@ -14,7 +14,7 @@ use minijinja::Environment;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 use serde_json_path::JsonPath;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub struct HttpConnector {
     cooldown_until: Mutex<Option<Instant>>,
     targets: BTreeMap<String, String>,
     max_attempts: u32,
+    /// Vendor person ids learnt in this process, so a retry after a failed later step does not
+    /// look the person up again (the store keeps them too, once a command completes).
+    person_refs: Mutex<HashMap<String, String>>,
 }
 
 const OPS: [&str; 5] = [
@@ -195,6 +198,7 @@ impl HttpConnector {
             rate: (rl.per_second, rl.burst),
             cooldown_until: Mutex::new(None),
             targets: cc.targets.clone(),
+            person_refs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -405,6 +409,30 @@ impl HttpConnector {
         if let Some(r) = &req.person_ref {
             return Ok(Some(r.clone()));
         }
+        let cached = self
+            .person_refs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&req.person.key)
+            .cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let found = self.lookup_or_create_person(req, create).await?;
+        if let Some(r) = &found {
+            self.person_refs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(req.person.key.clone(), r.clone());
+        }
+        Ok(found)
+    }
+
+    async fn lookup_or_create_person(
+        &self,
+        req: &GrantRequest,
+        create: bool,
+    ) -> Result<Option<String>, ConnectorError> {
         let ctx = self.context(req, None, None);
         if let Some(id) = self.find_person(&ctx).await? {
             return Ok(Some(id));
