@@ -265,33 +265,7 @@ impl Engine {
             let now = self.clock.now();
             let mut tx = self.store.begin_write().await?;
             for r in chunk {
-                let hash = record_hash(r);
-                let prior = known.get(&r.key);
-                let first_seen = match prior {
-                    None => to_micros(now),
-                    Some(_) => store::source_records_of(&mut tx, &r.key)
-                        .await?
-                        .into_iter()
-                        .find(|s| s.source == source)
-                        .map_or(to_micros(now), |s| s.first_seen_at),
-                };
-                store::put_source_record(
-                    &mut tx,
-                    &SourceRecordRow {
-                        source: source.to_string(),
-                        key: r.key.clone(),
-                        hash,
-                        record: serde_json::to_string(r).unwrap_or_default(),
-                        first_seen_at: first_seen,
-                        seen_at: to_micros(now),
-                        disappeared_at: None,
-                    },
-                )
-                .await?;
-                store::release_held_for(&mut tx, source, &r.key, to_micros(now)).await?;
-                let (kind, applied) = self
-                    .reevaluate(&mut tx, &r.key, &format!("source:{source}"), now)
-                    .await?;
+                let (kind, applied) = self.apply_record_tx(&mut tx, r, now).await?;
                 tally(report, &kind, applied);
             }
             tx.commit().await?;
@@ -341,6 +315,62 @@ impl Engine {
         tx.commit().await?;
         self.outbox_notify.notify_waiters();
         Ok(())
+    }
+
+    /// Store one source's new view of one person and plan what follows, on the caller's
+    /// transaction: for sources that push single changes (SCIM, LDAP) and must answer only once the
+    /// change and the commands it causes are durable. Returns the kind of change and what was enqueued.
+    pub async fn apply_record_tx(
+        &self,
+        conn: &mut AnyConnection,
+        r: &PersonRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(String, Applied), EngineError> {
+        let existing = store::source_records_of(conn, &r.key)
+            .await?
+            .into_iter()
+            .find(|s| s.source == r.source);
+        let hash = record_hash(r);
+        if existing
+            .as_ref()
+            .is_some_and(|e| e.hash == hash && e.disappeared_at.is_none())
+        {
+            return Ok(("unchanged".into(), Applied::default()));
+        }
+        store::put_source_record(
+            conn,
+            &SourceRecordRow {
+                source: r.source.clone(),
+                key: r.key.clone(),
+                hash,
+                record: serde_json::to_string(r).unwrap_or_default(),
+                first_seen_at: existing.map_or(to_micros(now), |e| e.first_seen_at),
+                seen_at: to_micros(now),
+                disappeared_at: None,
+            },
+        )
+        .await?;
+        store::release_held_for(conn, &r.source, &r.key, to_micros(now)).await?;
+        self.reevaluate(conn, &r.key, &format!("source:{}", r.source), now)
+            .await
+    }
+
+    /// A source says this person is gone (deleted, moved out of scope): a leaver, on the caller's
+    /// transaction. Unlike a disappearance from a full feed, this is explicit and never held.
+    pub async fn remove_record_tx(
+        &self,
+        conn: &mut AnyConnection,
+        source: &str,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Applied, EngineError> {
+        self.apply_disappearance(conn, source, key, now, &format!("source:{source}"))
+            .await
+    }
+
+    /// Wake the dispatcher after the caller committed commands.
+    pub fn notify_outbox(&self) {
+        self.outbox_notify.notify_waiters();
     }
 
     async fn apply_disappearance(

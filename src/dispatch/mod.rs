@@ -82,6 +82,11 @@ impl Dispatcher {
             if *shutdown.borrow() {
                 return;
             }
+            // Register for a wake-up before looking at the outbox, so work enqueued between the
+            // look and the wait is not missed until the next poll.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             match self.step(&connector, &owner).await {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -97,7 +102,7 @@ impl Dispatcher {
                 _ => IDLE_POLL,
             };
             tokio::select! {
-                _ = self.wake.notified() => {}
+                _ = notified => {}
                 _ = tokio::time::sleep(sleep) => {}
                 _ = shutdown.changed() => {}
             }
