@@ -38,6 +38,13 @@ impl App {
         &self.engine.store
     }
 
+    /// Every HTTP route of the daemon.
+    pub fn router(&self) -> axum::Router {
+        crate::api::router(crate::api::ApiState {
+            engine: self.engine.clone(),
+        })
+    }
+
     pub fn dispatcher(&self) -> Dispatcher {
         Dispatcher::new(
             self.engine.store.clone(),
@@ -51,9 +58,28 @@ impl App {
     /// Run sources' schedules, effective-dated changes and the dispatcher until `shutdown`.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let dispatcher = tokio::spawn(self.dispatcher().run(shutdown.clone()));
+        let http = match &self.engine.config.http.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await?;
+                tracing::info!(listen = %listener.local_addr()?, "HTTP server listening");
+                let router = self.router();
+                let mut stop = shutdown.clone();
+                Some(tokio::spawn(crate::api::serve(
+                    listener,
+                    router,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )))
+            }
+            None => None,
+        };
         let result = self.schedule_loop(shutdown).await;
         // The dispatcher's workers finish the command in hand, then stop.
         dispatcher.await?;
+        if let Some(http) = http {
+            http.await??;
+        }
         result
     }
 

@@ -1,0 +1,54 @@
+//! The daemon's HTTP server: health, and the routes later stages attach (SCIM, metrics, admin).
+//!
+//! The entry point takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and the
+//! daemon drains open requests on SIGTERM.
+
+use crate::engine::Engine;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use std::future::Future;
+use std::sync::Arc;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub engine: Arc<Engine>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The process is up.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The store answers and its migrations are applied.
+async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {
+    match sqlx::query("SELECT COUNT(*) AS n FROM audit_head")
+        .fetch_one(state.engine.store.pool())
+        .await
+    {
+        Ok(_) => (StatusCode::OK, "ready\n".into()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}\n"),
+        ),
+    }
+}
