@@ -1,0 +1,186 @@
+//! The store's contract, one suite run against SQLite and PostgreSQL: the outbox's claim order,
+//! leases, idempotency keys and supersession, and effective-dated timers across a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use latchkey::model::Action;
+use latchkey::sim::NukiOptions;
+use latchkey::store::{self, NewCommand, Store};
+
+fn cmd(action: Action, key: &str, target: &str, generation: i64) -> NewCommand {
+    NewCommand {
+        connector: "nuki".into(),
+        action,
+        identity_key: key.into(),
+        target: target.into(),
+        generation,
+        cause: "test".into(),
+        trigger_at: 1,
+        detected_at: 1,
+    }
+}
+
+async fn enqueue(s: &Store, c: &NewCommand, now: i64) -> Option<i64> {
+    let mut tx = s.begin_write().await.unwrap();
+    let id = store::enqueue(&mut tx, c, now).await.unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+#[tokio::test]
+async fn outbox_claims_revokes_first_honours_leases_and_dedupes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let s = Store::connect(&url, 4).await.unwrap();
+        // Three issues, then a revoke: the revoke is claimed first, then the issues oldest first.
+        for i in 1..=3 {
+            enqueue(&s, &cmd(Action::Issue, &format!("E{i}"), "door", 1), 10)
+                .await
+                .unwrap();
+        }
+        let revoke = enqueue(&s, &cmd(Action::Revoke, "E9", "door", 2), 20)
+            .await
+            .unwrap();
+        // The same decision enqueued again is the same command.
+        assert!(
+            enqueue(&s, &cmd(Action::Revoke, "E9", "door", 2), 30)
+                .await
+                .is_none(),
+            "{name}"
+        );
+        let first = s
+            .claim_next("nuki", "w1", 100, 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.id, first.action), (revoke, Action::Revoke), "{name}");
+        assert_eq!(first.attempts, 1);
+        let second = s
+            .claim_next("nuki", "w2", 100, 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.identity_key, "E1", "{name}");
+        // Not due yet / other connector: nothing.
+        assert!(
+            s.claim_next("kisi", "w3", 100, 1_000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // A crashed worker's lease runs out: its command is taken over, with the attempt counted.
+        let third = s
+            .claim_next("nuki", "w3", 100, 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        let fourth = s
+            .claim_next("nuki", "w4", 100, 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (third.identity_key.as_str(), fourth.identity_key.as_str()),
+            ("E2", "E3")
+        );
+        assert!(
+            s.claim_next("nuki", "w5", 500, 1_500)
+                .await
+                .unwrap()
+                .is_none(),
+            "all leased"
+        );
+        let retaken = s
+            .claim_next("nuki", "w5", 1_001, 2_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((retaken.id, retaken.attempts), (revoke, 2), "{name}");
+        // The old owner can no longer move it on.
+        let mut tx = s.begin_write().await.unwrap();
+        let moved = store::update_claimed(
+            &mut tx,
+            "w1",
+            &store::CommandUpdate {
+                id: revoke,
+                status: "done".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            !moved,
+            "{name}: a worker that lost its lease must not complete the command"
+        );
+        tx.commit().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn two_commands_for_one_grant_never_run_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let s = Store::connect(&url, 4).await.unwrap();
+        enqueue(&s, &cmd(Action::Issue, "E1", "door", 1), 10)
+            .await
+            .unwrap();
+        enqueue(&s, &cmd(Action::Revoke, "E1", "door", 2), 11)
+            .await
+            .unwrap();
+        let a = s
+            .claim_next("nuki", "w1", 100, 1_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.action, Action::Revoke);
+        assert!(
+            s.claim_next("nuki", "w2", 100, 1_000)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: the issue for the same grant waits while the revoke is in flight"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_effective_dated_termination_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let dir = tmp.path().join(&name);
+        let mut h = Harness::new(&name, &url, &dir, NukiOptions::default()).await;
+        h.feed(&[row(
+            "E1",
+            "sales",
+            "analyst",
+            "employee",
+            "london",
+            "Active",
+            "2020-01-01",
+            "2026-11-30",
+            "",
+        )])
+        .await;
+        h.drain().await;
+        assert!(h.holds("E1", "london-sales"));
+        // The daemon stops; a new one opens the same store after the instant has passed.
+        let sim_url = h.sim.base_url();
+        drop(h.app);
+        let config_path = dir.join("latchkey.toml");
+        let config = latchkey::config::Config::load(
+            &latchkey::config::ConfigInput::from_file(&config_path, env()).unwrap(),
+        )
+        .unwrap();
+        assert!(config_text(&url, &sim_url, (1000, 50)).contains(&sim_url));
+        let clock = latchkey::clock::ManualClock::new(t("2026-12-01T00:00:00Z"));
+        let shared: latchkey::clock::SharedClock = std::sync::Arc::new(clock.clone());
+        h.app = latchkey::app::App::open(config, shared).await.unwrap();
+        h.clock = clock;
+        assert_eq!(h.app.engine.tick().await.unwrap().revokes, 1, "{name}");
+        h.drain().await;
+        assert!(!h.holds("E1", "london-sales"), "{name}");
+    }
+}
