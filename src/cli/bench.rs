@@ -79,7 +79,7 @@ impl Bed {
         concurrency: usize,
     ) -> anyhow::Result<Self> {
         let path = dir.join("latchkey.toml");
-        std::fs::write(&path, config_text(dir, sim_url, rate, concurrency))?;
+        std::fs::write(&path, config_text(dir, sim_url, rate, concurrency)?)?;
         // Only the token: the process environment's overrides would make runs incomparable.
         let env = BTreeMap::from([(TOKEN_VAR.to_string(), SIM_TOKEN.to_string())]);
         let config = Config::load(&ConfigInput::from_file(&path, env)?)?;
@@ -168,11 +168,17 @@ fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-fn config_text(dir: &Path, sim_url: &str, rate: (u32, u32), concurrency: usize) -> String {
+fn config_text(
+    dir: &Path,
+    sim_url: &str,
+    rate: (u32, u32),
+    concurrency: usize,
+) -> anyhow::Result<String> {
     let db = format!("sqlite://{}", dir.join("latchkey.db").display());
-    let mapping = repo_path("mappings/hr.toml");
-    let profile = repo_path("connectors/nuki.toml");
-    format!(
+    // Absolute: paths in the file are resolved against its own (temporary) folder.
+    let mapping = std::path::absolute(repo_path("mappings/hr.toml"))?;
+    let profile = std::path::absolute(repo_path("connectors/nuki.toml"))?;
+    Ok(format!(
         r#"version = 1
 instance = "latchkey-bench"
 
@@ -202,7 +208,7 @@ secrets = {{ token = {{ env = "{TOKEN_VAR}" }} }}
         sim_url = toml_str(sim_url),
         per_second = rate.0,
         burst = rate.1,
-    )
+    ))
 }
 
 /// One grant per person, spread over `locks` numeric lock ids (sent as is; the simulator creates them).

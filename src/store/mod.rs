@@ -38,12 +38,46 @@ pub enum Backend {
     Postgres,
 }
 
-pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+/// A write transaction. On SQLite it also holds the process's write gate (see [`Store::begin_write`]).
+/// It dereferences to the sqlx transaction, and through it to the connection.
+#[derive(Debug)]
+pub struct Tx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::Transaction<'static, sqlx::Any>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite has one writer at a time and its busy handler polls rather than queues, so writers of
+    /// this process (feed batches, dispatcher workers) take turns here first, in arrival order.
+    /// Without it a worker could wait out the busy timeout behind a long feed and strand its command
+    /// until the lease expires. Writers in other processes still meet SQLite's busy timeout.
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -62,7 +96,11 @@ impl Store {
             Backend::Sqlite => sqlite::connect(options, url).await?,
             Backend::Postgres => postgres::connect(options, url).await?,
         };
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            write_gate: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+        };
         match backend {
             Backend::Sqlite => sqlite::migrate(&store.pool).await?,
             Backend::Postgres => postgres::migrate(&store.pool).await?,
@@ -82,8 +120,17 @@ impl Store {
     /// read-then-write transaction cannot fail half-way with SQLITE_BUSY.
     pub async fn begin_write(&self) -> Result<Tx> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => {
+                let gate = self.write_gate.clone().lock_owned().await;
+                Tx {
+                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    _gate: Some(gate),
+                }
+            }
+            Backend::Postgres => Tx {
+                tx: self.pool.begin().await?,
+                _gate: None,
+            },
         })
     }
 
@@ -603,7 +650,8 @@ pub async fn put_grant(conn: &mut AnyConnection, g: &GrantRow) -> Result<()> {
     Ok(())
 }
 
-/// Record what the vendor confirmed, unless policy has moved on to a newer generation meanwhile.
+/// Record what the vendor confirmed. This is a fact about the vendor, kept even if policy has moved
+/// on meanwhile: the newer decision's own command reads it.
 pub async fn observe_grant(
     conn: &mut AnyConnection,
     cmd: &CommandRow,

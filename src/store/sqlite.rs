@@ -55,7 +55,8 @@ pub(super) async fn claim_next(
          WHERE id = (
            SELECT c.id FROM commands c
            WHERE c.connector = $4
-             AND ((c.status IN ('pending', 'confirming') AND c.next_attempt_at <= $3)
+             AND c.status IN ('pending', 'confirming', 'inflight')
+             AND ((c.status <> 'inflight' AND c.next_attempt_at <= $3)
                   OR (c.status = 'inflight' AND c.lease_expires_at < $3))
              AND NOT EXISTS (SELECT 1 FROM commands o
                  WHERE o.connector = c.connector AND o.identity_key = c.identity_key AND o.target = c.target
@@ -67,6 +68,6 @@ pub(super) async fn claim_next(
     .bind(lease_until)
     .bind(now)
     .bind(connector)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut ***tx)
     .await?)
 }
