@@ -31,6 +31,9 @@ impl App {
         let store = Store::connect(&config.store_url()?, config.store.max_connections).await?;
         let connectors = connectors::build_all(&config)?;
         let engine = Arc::new(Engine::new(store, clock, config, policy)?);
+        for c in connectors.values() {
+            c.attach_rate_wait_counters(engine.metrics.rate_limit_handles(c.name()));
+        }
         Ok(Self { engine, connectors })
     }
 
@@ -52,11 +55,14 @@ impl App {
             self.engine.config.clone(),
             self.connectors.clone(),
             self.engine.outbox_notify.clone(),
+            self.engine.metrics.clone(),
         )
     }
 
     /// Run sources' schedules, effective-dated changes and the dispatcher until `shutdown`.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        // LDAP sources follow their directories on their own tasks, reconnecting with backoff.
+        let ldap_sources = crate::sources::ldap::spawn_all(self.engine.clone(), shutdown.clone())?;
         let dispatcher = tokio::spawn(self.dispatcher().run(shutdown.clone()));
         let http = match &self.engine.config.http.listen {
             Some(addr) => {
@@ -75,6 +81,9 @@ impl App {
             None => None,
         };
         let result = self.schedule_loop(shutdown).await;
+        for source in ldap_sources {
+            source.await?;
+        }
         // The dispatcher's workers finish the command in hand, then stop.
         dispatcher.await?;
         if let Some(http) = http {

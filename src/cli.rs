@@ -103,12 +103,25 @@ pub enum Command {
     },
     /// Benchmarks (figures against the physical floor).
     Bench(crate::cli::bench::BenchArgs),
+    /// Take the configured canary through grant and revoke at a vendor, reading each back, and
+    /// report every stage's latency. Exits 1 when the vendor path is broken.
+    Drill {
+        #[arg(long)]
+        connector: String,
+        /// Target to grant and revoke (default: the connector's `drill_target`).
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Report {
     /// Revocation (and issue) latency per connector and stage.
     Latency(ConfigArg),
+    /// SLA attainment and error-budget use per connector.
+    Sla(ConfigArg),
 }
 
 #[derive(Debug, Subcommand)]
@@ -299,6 +312,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
             Ok(0)
+        }
+        Command::Report {
+            report: Report::Sla(c),
+        } => {
+            let app = open(&c).await?;
+            let now = crate::clock::to_micros(app.engine.clock.now());
+            let rows = telemetry::sla::report(app.store(), &app.engine.config, now).await?;
+            print!("{}", telemetry::sla::render(&rows));
+            Ok(i32::from(rows.iter().any(|r| r.breached())))
+        }
+        Command::Drill {
+            connector,
+            target,
+            config,
+        } => {
+            let app = open(&config).await?;
+            let c = app
+                .connectors
+                .get(&connector)
+                .with_context(|| format!("connector `{connector}` is not configured"))?;
+            let report = telemetry::drill::run(&app.engine, c, target.as_deref()).await?;
+            print!("{}", report.render());
+            Ok(if report.ok() { 0 } else { 1 })
         }
         Command::Audit {
             audit: AuditCmd::Verify(c),

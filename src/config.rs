@@ -93,6 +93,15 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub connectors: BTreeMap<String, ConnectorConfig>,
+    /// The SCIM 2.0 server identity providers push to (see `src/api/scim.rs`).
+    #[serde(default)]
+    pub scim: ScimConfig,
+    /// Default propagation SLA; a connector's `sla` overrides parts of it.
+    #[serde(default)]
+    pub sla: SlaConfig,
+    /// Revocation drills.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Where the file was read from: relative paths inside it are relative to its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -180,6 +189,89 @@ pub struct SiteConfig {
 pub struct SourcesConfig {
     #[serde(default)]
     pub hr: BTreeMap<String, HrSourceConfig>,
+    /// LDAP and Active Directory sources (see `crate::sources::ldap`).
+    #[serde(default)]
+    pub ldap: BTreeMap<String, LdapSourceConfig>,
+}
+
+/// How an LDAP source follows changes.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LdapDialect {
+    /// RFC 4533 content synchronisation (OpenLDAP syncprov, 389-ds).
+    #[default]
+    Rfc4533,
+    /// `uSNChanged` polling against one domain controller, deletions by full comparison.
+    ActiveDirectory,
+    /// `modifyTimestamp` polling plus periodic full comparison, for servers with neither.
+    Poll,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LdapScope {
+    Base,
+    One,
+    #[default]
+    Subtree,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapSourceConfig {
+    /// `ldap://host:389` or `ldaps://host:636`. For Active Directory, one pinned domain controller:
+    /// USNs are per DC.
+    pub url: String,
+    /// Simple bind; anonymous when absent.
+    pub bind_dn: Option<String>,
+    pub bind_password: Option<SecretRef>,
+    /// Upgrade an `ldap://` connection with StartTLS before binding.
+    #[serde(default)]
+    pub starttls: bool,
+    pub base: String,
+    #[serde(default)]
+    pub scope: LdapScope,
+    #[serde(default = "default_ldap_filter")]
+    pub filter: String,
+    #[serde(default)]
+    pub dialect: LdapDialect,
+    /// Attribute mapping (see `mappings/ldap.toml`).
+    pub mapping: PathBuf,
+    /// RFC 4533: keep the search open (refreshAndPersist). `false` polls with refreshOnly.
+    #[serde(default = "default_true")]
+    pub persist: bool,
+    /// Seconds between polls (refreshOnly, USN and timestamp polling).
+    #[serde(default = "default_ldap_poll")]
+    pub poll_seconds: u64,
+    /// Seconds between full comparisons (polling dialects): how deletions are found.
+    #[serde(default = "default_ldap_full")]
+    pub full_compare_seconds: u64,
+    #[serde(default = "default_page_size")]
+    pub page_size: i32,
+    /// Seconds to wait for the server on connect and on each request.
+    #[serde(default = "default_ldap_timeout")]
+    pub timeout_seconds: u64,
+    /// Overrides `engine.mass_change_threshold` for full comparisons of this directory.
+    pub mass_change_threshold: Option<f64>,
+}
+
+fn default_ldap_filter() -> String {
+    "(objectClass=person)".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_ldap_poll() -> u64 {
+    30
+}
+fn default_ldap_full() -> u64 {
+    3600
+}
+fn default_page_size() -> i32 {
+    500
+}
+fn default_ldap_timeout() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +319,67 @@ pub struct ConnectorConfig {
     /// Template target name -> vendor id (lock id, group id); a name absent here is sent as is.
     #[serde(default)]
     pub targets: BTreeMap<String, String>,
+    /// Overrides parts of the default `[sla]` for this vendor.
+    #[serde(default)]
+    pub sla: SlaOverride,
+    /// Target the revocation drill grants and revokes for the canary (see `[telemetry.drill]`).
+    pub drill_target: Option<String>,
+}
+
+/// "`objective` of revocations confirmed within `revoke_within_seconds`, over `window_days`".
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlaConfig {
+    #[serde(default = "default_sla_within")]
+    pub revoke_within_seconds: f64,
+    #[serde(default = "default_sla_objective")]
+    pub objective: f64,
+    #[serde(default = "default_sla_window")]
+    pub window_days: u32,
+}
+
+impl Default for SlaConfig {
+    fn default() -> Self {
+        Self {
+            revoke_within_seconds: default_sla_within(),
+            objective: default_sla_objective(),
+            window_days: default_sla_window(),
+        }
+    }
+}
+
+fn default_sla_within() -> f64 {
+    60.0
+}
+fn default_sla_objective() -> f64 {
+    0.99
+}
+fn default_sla_window() -> u32 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SlaOverride {
+    pub revoke_within_seconds: Option<f64>,
+    pub objective: Option<f64>,
+    pub window_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The canary identity revocation drills grant and revoke.
+    pub drill: Option<DrillConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// Identity key of the canary; it must not be a real person.
+    pub person: String,
+    pub name: String,
+    pub email: String,
 }
 
 fn default_concurrency() -> usize {
@@ -243,6 +396,73 @@ pub struct RateLimitConfig {
 
 fn default_burst() -> u32 {
     1
+}
+
+/// Which SCIM attribute carries the correlation key shared with HR and LDAP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum CorrelateBy {
+    #[default]
+    #[serde(rename = "externalId")]
+    ExternalId,
+    /// The Enterprise User extension's `employeeNumber`.
+    #[serde(rename = "employeeNumber")]
+    EmployeeNumber,
+    #[serde(rename = "userName")]
+    UserName,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScimConfig {
+    /// Default for every tenant that does not set its own.
+    #[serde(default)]
+    pub correlate_by: CorrelateBy,
+    /// Largest request body accepted; larger ones get 413 before they are read.
+    #[serde(default = "default_scim_body")]
+    pub max_body_bytes: usize,
+    /// A request still running after this long is answered 503 and its transaction rolled back.
+    #[serde(default = "default_scim_timeout")]
+    pub request_timeout_seconds: u64,
+    /// The externally visible base of the endpoint (`https://latchkey.example.com/scim/v2`) for
+    /// `meta.location`; when absent it is built from the request's Host header.
+    pub base_url: Option<String>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, ScimTenantConfig>,
+}
+
+impl Default for ScimConfig {
+    fn default() -> Self {
+        Self {
+            correlate_by: CorrelateBy::default(),
+            max_body_bytes: default_scim_body(),
+            request_timeout_seconds: default_scim_timeout(),
+            base_url: None,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_scim_body() -> usize {
+    1024 * 1024
+}
+fn default_scim_timeout() -> u64 {
+    30
+}
+
+/// One identity provider pushing to latchkey. Its bearer token is given either as its SHA-256
+/// (hex), or as a secret reference resolved and hashed at start; never in clear in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScimTenantConfig {
+    pub token_sha256: Option<String>,
+    pub token: Option<SecretRef>,
+    pub correlate_by: Option<CorrelateBy>,
+    /// Requests per second this tenant may make (over the burst); excess gets 429.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// When set, a user is in scope only while a member of one of these groups (by displayName):
+    /// removal from the last of them is a leaver.
+    #[serde(default)]
+    pub scope_groups: Vec<String>,
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -408,6 +628,27 @@ impl Config {
         if !(0.0..=1.0).contains(&self.engine.mass_change_threshold) {
             return Err(self.invalid("engine.mass_change_threshold", "must be between 0 and 1"));
         }
+        // An objective of 1 leaves no error budget, so burn rates would divide by zero.
+        let slas = std::iter::once((
+            "sla".to_string(),
+            self.sla.revoke_within_seconds,
+            self.sla.objective,
+        ))
+        .chain(self.connectors.iter().map(|(n, c)| {
+            (
+                format!("connectors.{n}.sla"),
+                c.sla.revoke_within_seconds.unwrap_or(1.0),
+                c.sla.objective.unwrap_or(0.5),
+            )
+        }));
+        for (key, within, objective) in slas {
+            if !(within > 0.0 && objective > 0.0 && objective < 1.0) {
+                return Err(self.invalid(
+                    &key,
+                    "revoke_within_seconds must be positive and objective between 0 and 1 (exclusive)",
+                ));
+            }
+        }
         for (name, site) in &self.sites {
             if site.timezone.parse::<chrono_tz::Tz>().is_err() {
                 return Err(self.invalid(
@@ -428,6 +669,65 @@ impl Config {
                     &format!("sources.hr.{name}.schedule"),
                     format!("`{}` is not a crontab line: {e}", hr.schedule),
                 ));
+            }
+        }
+        for (name, t) in &self.scim.tenants {
+            let key = format!("scim.tenants.{name}");
+            match (&t.token_sha256, &t.token) {
+                (Some(h), None) => {
+                    if h.len() != 64 || hex::decode(h).is_err() {
+                        return Err(self.invalid(
+                            &format!("{key}.token_sha256"),
+                            "must be 64 hex digits (the SHA-256 of the token)",
+                        ));
+                    }
+                }
+                // Resolved when the server starts (like every other secret), so a configuration
+                // can be checked where the secret is not present.
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(self.invalid(&key, "set exactly one of `token_sha256` and `token`"));
+                }
+            }
+            if let Some(rl) = t.rate_limit
+                && (rl.per_second == 0 || rl.burst == 0)
+            {
+                return Err(self.invalid(
+                    &format!("{key}.rate_limit"),
+                    "per_second and burst must be at least 1",
+                ));
+            }
+        }
+        if self.scim.max_body_bytes == 0 || self.scim.request_timeout_seconds == 0 {
+            return Err(self.invalid(
+                "scim",
+                "max_body_bytes and request_timeout_seconds must be at least 1",
+            ));
+        }
+        for (name, l) in &self.sources.ldap {
+            let key = format!("sources.ldap.{name}");
+            if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {
+                return Err(self.invalid(&key, "url must start with ldap:// or ldaps://"));
+            }
+            if l.starttls && l.url.starts_with("ldaps://") {
+                return Err(self.invalid(&key, "starttls needs an ldap:// url, not ldaps://"));
+            }
+            if l.bind_dn.is_some() != l.bind_password.is_some() {
+                return Err(self.invalid(
+                    &key,
+                    "set both `bind_dn` and `bind_password`, or neither (anonymous)",
+                ));
+            }
+            if l.page_size < 1 || l.poll_seconds == 0 || l.timeout_seconds == 0 {
+                return Err(self.invalid(
+                    &key,
+                    "page_size, poll_seconds and timeout_seconds must be at least 1",
+                ));
+            }
+            if l.mass_change_threshold
+                .is_some_and(|t| !(0.0..=1.0).contains(&t))
+            {
+                return Err(self.invalid(&key, "mass_change_threshold must be between 0 and 1"));
             }
         }
         for (name, c) in &self.connectors {
@@ -471,6 +771,28 @@ impl Config {
             .and_then(|s| s.timezone.parse().ok())
             .or_else(|| self.engine.default_timezone.parse().ok())
             .unwrap_or(chrono_tz::UTC)
+    }
+
+    /// Each SCIM tenant's token as a SHA-256: the configured hash, or the referenced secret hashed.
+    /// The token itself is not kept.
+    pub fn scim_token_sha256(&self, tenant: &str) -> Result<[u8; 32], ConfigError> {
+        use sha2::Digest;
+        let key = format!("scim.tenants.{tenant}");
+        let t = self
+            .scim
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| self.invalid(&key, "no such SCIM tenant"))?;
+        let hash: Vec<u8> = match (&t.token_sha256, &t.token) {
+            (Some(h), None) => hex::decode(h).unwrap_or_default(),
+            (None, Some(secret)) => {
+                sha2::Sha256::digest(self.secret(&format!("{key}.token"), secret)?.as_bytes())
+                    .to_vec()
+            }
+            _ => vec![],
+        };
+        <[u8; 32]>::try_from(hash)
+            .map_err(|_| self.invalid(&key, "set exactly one of `token_sha256` and `token`"))
     }
 
     pub fn secret(&self, name: &str, secret: &SecretRef) -> Result<String, ConfigError> {
@@ -563,6 +885,35 @@ templates = "t.toml"
     fn environment_cannot_add_unknown_keys() {
         let err = Config::load(&input(MINIMAL, &[("LATCHKEY_ENGINE__NOPE", "1")])).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn scim_tenants_need_exactly_one_hashed_or_referenced_token() {
+        let hash = "ab".repeat(32);
+        let ok = format!("{MINIMAL}\n[scim.tenants.okta]\ntoken_sha256 = \"{hash}\"\n");
+        let c = Config::load(&input(&ok, &[])).unwrap();
+        assert_eq!(c.scim_token_sha256("okta").unwrap(), [0xab; 32]);
+        let env = format!("{MINIMAL}\n[scim.tenants.e]\ntoken = {{ env = \"SCIM_T\" }}\n");
+        let c = Config::load(&input(&env, &[("SCIM_T", "abc")])).unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            c.scim_token_sha256("e").unwrap().to_vec(),
+            sha2::Sha256::digest(b"abc").to_vec()
+        );
+        let c = Config::load(&input(&env, &[])).unwrap();
+        assert!(
+            c.scim_token_sha256("e")
+                .unwrap_err()
+                .to_string()
+                .contains("SCIM_T")
+        );
+        for bad in [
+            format!("{MINIMAL}\n[scim.tenants.x]\ntoken_sha256 = \"abc\"\n"),
+            format!("{MINIMAL}\n[scim.tenants.x]\n"),
+            format!("{MINIMAL}\n[scim.tenants.x]\ntoken = \"in-clear\"\n"),
+        ] {
+            assert!(Config::load(&input(&bad, &[])).is_err(), "{bad}");
+        }
     }
 
     #[test]

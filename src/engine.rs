@@ -61,6 +61,8 @@ pub struct Engine {
     pub policy: Arc<Policy>,
     /// Woken whenever commands were enqueued, so the dispatcher starts at once.
     pub outbox_notify: Arc<Notify>,
+    /// Prometheus metrics of this process, shared with the dispatcher and the HTTP server.
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     mappings: BTreeMap<String, HrMapping>,
 }
 
@@ -90,12 +92,14 @@ impl Engine {
                 hr::load_mapping(&config.resolve(&src.mapping))?,
             );
         }
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(&config));
         Ok(Self {
             store,
             clock,
             config,
             policy,
             outbox_notify: Arc::new(Notify::new()),
+            metrics,
             mappings,
         })
     }
@@ -146,6 +150,8 @@ impl Engine {
         for f in self.pending_hr_files(source).await? {
             out.push(self.apply_hr_file(source, &f).await?);
         }
+        let now = to_micros(self.clock.now()) as f64 / 1e6;
+        self.metrics.source_succeeded(source, now);
         Ok(out)
     }
 

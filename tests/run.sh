@@ -2,6 +2,7 @@
 # Runs the whole test suite on a fresh machine. Installs and starts what the tests need when it is
 # missing (PostgreSQL on 127.0.0.1:5432, user postgres, trust auth, database `test`), then runs every
 # test with PostgreSQL required: a store test that cannot reach it fails instead of being skipped.
+# The same for slapd (slapd and ldap-utils are installed when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,7 +41,21 @@ if ! pg_ready || ! psql -h 127.0.0.1 -U postgres -d test -tAc "SELECT 1" >/dev/n
   ensure_postgres
 fi
 
+# OpenLDAP for tests/ldap.rs: the tests start their own slapd as a child process (a temp directory,
+# a free loopback port); only the binaries and modules are needed. Debian's package starts a system
+# slapd on port 389 where service scripts are allowed to run; the tests do not use it.
+ensure_slapd() {
+  if ! command -v slapd >/dev/null 2>&1 && [ ! -x /usr/sbin/slapd ]; then
+    echo "== installing slapd and ldap-utils"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq slapd ldap-utils >/dev/null
+    if command -v service >/dev/null 2>&1; then $SUDO service slapd stop >/dev/null 2>&1 || true; fi
+  fi
+}
+ensure_slapd
+
 export LATCHKEY_TEST_POSTGRES_URL="${LATCHKEY_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export LATCHKEY_TEST_REQUIRE_POSTGRES=1
+export LATCHKEY_TEST_REQUIRE_LDAP=1
 echo "== cargo test (SQLite and PostgreSQL at $LATCHKEY_TEST_POSTGRES_URL)"
 cargo test --all-targets --locked -- --test-threads=2

@@ -3,6 +3,9 @@
 //! The entry point takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and the
 //! daemon drains open requests on SIGTERM.
 
+pub mod metrics;
+pub mod scim;
+
 use crate::engine::Engine;
 use axum::Router;
 use axum::extract::State;
@@ -21,7 +24,9 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(state)
+        .route("/metrics", get(metrics::metrics))
+        .with_state(state.clone())
+        .merge(scim::router(state))
 }
 
 pub async fn serve(

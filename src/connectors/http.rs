@@ -45,6 +45,8 @@ pub struct HttpConnector {
     /// Vendor person ids learnt in this process, so a retry after a failed later step does not
     /// look the person up again (the store keeps them too, once a command completes).
     person_refs: Mutex<HashMap<String, String>>,
+    /// Waits for the rate budget (count, seconds), once the daemon's metrics are attached.
+    rate_waits: std::sync::OnceLock<super::RateWaitCounters>,
 }
 
 const OPS: [&str; 5] = [
@@ -199,6 +201,7 @@ impl HttpConnector {
             cooldown_until: Mutex::new(None),
             targets: cc.targets.clone(),
             person_refs: Mutex::new(HashMap::new()),
+            rate_waits: std::sync::OnceLock::new(),
         })
     }
 
@@ -251,17 +254,30 @@ impl HttpConnector {
     }
 
     async fn wait_for_budget(&self) {
+        let started = Instant::now();
+        let mut waited = false;
         loop {
             let until = *self
                 .cooldown_until
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
+                Some(t) if t > Instant::now() => {
+                    waited = true;
+                    tokio::time::sleep_until(t).await
+                }
                 _ => break,
             }
         }
-        self.limiter.until_ready().await;
+        // `check` takes a cell when one is free, exactly as `until_ready` would without waiting.
+        if self.limiter.check().is_err() {
+            waited = true;
+            self.limiter.until_ready().await;
+        }
+        if waited && let Some((count, seconds)) = self.rate_waits.get() {
+            count.inc();
+            seconds.inc_by(started.elapsed().as_secs_f64());
+        }
     }
 
     fn set_cooldown(&self, d: Duration) {
@@ -487,6 +503,10 @@ impl HttpConnector {
 impl Connector for HttpConnector {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn attach_rate_wait_counters(&self, counters: super::RateWaitCounters) {
+        let _ = self.rate_waits.set(counters);
     }
 
     fn retry_policy(&self) -> RetryPolicy {

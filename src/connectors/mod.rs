@@ -104,7 +104,15 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
     async fn revoke(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError>;
     /// Read back whether the vendor now shows the result of `action`.
     async fn confirm(&self, req: &GrantRequest, action: Action) -> Result<Outcome, ConnectorError>;
+    /// Counters the connector increments when a call waits for its rate budget (metrics).
+    fn attach_rate_wait_counters(&self, _counters: RateWaitCounters) {}
 }
+
+/// (waits, seconds waited): Prometheus counters shared with the daemon's registry.
+pub type RateWaitCounters = (
+    prometheus_client::metrics::counter::Counter,
+    prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+);
 
 pub type Connectors = BTreeMap<String, Arc<dyn Connector>>;
 

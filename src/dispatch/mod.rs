@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::connectors::{Connector, ConnectorError, Connectors, GrantRequest, Outcome};
 use crate::model::{Action, PersonRef, Window};
 use crate::store::{self, CommandRow, CommandUpdate, Store, StoreError};
+use crate::telemetry::metrics::{Finished, Metrics, Retry};
 use backon::BackoffBuilder;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub struct Dispatcher {
     connectors: Connectors,
     owner: String,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 /// Longest a worker sleeps between looks at the outbox when nothing wakes it (another process may
@@ -40,6 +42,7 @@ impl Dispatcher {
         config: Arc<Config>,
         connectors: Connectors,
         wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let owner = format!("{}-{}", config.instance, std::process::id());
         Self {
@@ -49,6 +52,7 @@ impl Dispatcher {
             connectors,
             owner,
             wake,
+            metrics,
         }
     }
 
@@ -254,6 +258,9 @@ impl Dispatcher {
                     .await?;
                 }
                 tx.commit().await?;
+                if confirming && now >= deadline {
+                    self.metrics.command_retried(&cmd, Retry::Reissued);
+                }
                 Ok(())
             }
             Err(e) => self.failed(owner, &cmd, connector, e, now).await,
@@ -330,6 +337,16 @@ impl Dispatcher {
         )
         .await?;
         tx.commit().await?;
+        if let Some(outcome) = Finished::parse(status) {
+            // The row as stored now: the same times the latency report reads back later.
+            let finished = CommandRow {
+                dispatched_at: cmd.dispatched_at.or(confirmed_at),
+                confirmed_at,
+                status: status.to_string(),
+                ..cmd.clone()
+            };
+            self.metrics.command_finished(&finished, outcome);
+        }
         if status == "done" && cmd.action == Action::Revoke {
             tracing::debug!(
                 connector = %cmd.connector, identity = %cmd.identity_key, target = %cmd.target,
@@ -392,6 +409,14 @@ impl Dispatcher {
         )
         .await?;
         tx.commit().await?;
+        self.metrics.command_retried(
+            cmd,
+            if rate_limited {
+                Retry::RateLimited
+            } else {
+                Retry::Transient
+            },
+        );
         Ok(())
     }
 }

@@ -2,3 +2,5 @@
 //! and [`crate::model::Quarantined`] rows; the engine does the rest.
 
 pub mod hr;
+pub mod ldap;
+pub mod scim;

@@ -1,6 +1,10 @@
 //! Latency measurement: every command carries its trigger, detection, enqueue, first attempt,
 //! dispatch and confirmation times; this module turns them into per-stage percentiles.
 
+pub mod drill;
+pub mod metrics;
+pub mod sla;
+
 use crate::model::Action;
 use crate::store::{self, CommandRow, Store, StoreError};
 use std::collections::BTreeMap;

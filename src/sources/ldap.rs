@@ -1,0 +1,1465 @@
+//! LDAP and Active Directory sources.
+//!
+//! Three dialects follow a directory's changes:
+//! - `rfc4533`: content synchronisation (OpenLDAP syncprov, 389-ds). refreshAndPersist keeps one search
+//!   open and applies every change as the server sends it; refreshOnly polls with the same cookie.
+//!   Present and delete phases are both handled, and `e-syncRefreshRequired` drops the cookie and
+//!   reloads in full.
+//! - `active_directory`: `uSNChanged` polling against one domain controller; deletions and moves out
+//!   of scope are found by a periodic full comparison (slapd has no Show Deleted control to test
+//!   against, and tombstones lose the mapped attributes anyway).
+//! - `poll`: `modifyTimestamp` polling plus the same periodic full comparison.
+//!
+//! Checkpoint discipline (DESIGN.md invariant 1): the sync cookie or watermark is written in the
+//! same transaction as the records and commands it covers, or (for a full load) after them. A
+//! crash replays from the older checkpoint; the engine's record hashes make the replay a no-op.
+
+use crate::audit;
+use crate::clock::to_micros;
+use crate::config::{ConfigError, LdapDialect, LdapScope, LdapSourceConfig, parse_toml};
+use crate::engine::{Engine, EngineError, FeedReport};
+use crate::model::{PersonRecord, Quarantined, RecordStatus};
+use crate::store::{self, StoreError};
+use backon::BackoffBuilder;
+use ldap3::adapters::{EntriesOnly, PagedResults};
+use ldap3::controls::{
+    EntryState, MakeCritical, RefreshMode, SyncDone, SyncInfo, SyncRequest, SyncState,
+    parse_syncinfo,
+};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, ResultEntry, Scope, SearchEntry};
+use serde::Deserialize;
+use sqlx::{AnyConnection, Row};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
+const SYNC_DONE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.3";
+/// RFC 4533 `e-syncRefreshRequired`: the cookie is too old, start again from nothing.
+const SYNC_REFRESH_REQUIRED: u32 = 4096;
+/// AD's userAccountControl ACCOUNTDISABLE bit.
+const UAC_ACCOUNTDISABLE: u64 = 0x2;
+/// Changes per transaction when a refresh or a poll brings many at once.
+const BATCH: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LdapSourceError {
+    #[error("LDAP source `{name}`: mapping {path}: {message}")]
+    Mapping {
+        name: String,
+        path: String,
+        message: String,
+    },
+    #[error("LDAP source `{name}`: {url}: {action}: {error}")]
+    Ldap {
+        name: String,
+        url: String,
+        action: String,
+        #[source]
+        error: Box<LdapError>,
+    },
+    #[error("LDAP source `{name}`: {url}: {action}: server answered {rc} {text}")]
+    Server {
+        name: String,
+        url: String,
+        action: String,
+        rc: u32,
+        text: String,
+    },
+    #[error("LDAP source `{name}`: {dn}: {message}")]
+    Protocol {
+        name: String,
+        dn: String,
+        message: String,
+    },
+    #[error("LDAP source `{name}`: {error}")]
+    Config {
+        name: String,
+        #[source]
+        error: ConfigError,
+    },
+    #[error("LDAP source `{name}`: {error}")]
+    Engine {
+        name: String,
+        #[source]
+        error: EngineError,
+    },
+    #[error("LDAP source `{name}` is not configured")]
+    Unknown { name: String },
+}
+
+type Result<T, E = LdapSourceError> = std::result::Result<T, E>;
+
+// ---------------------------------------------------------------------------------------------
+// Mapping
+
+/// How a directory entry becomes a person (see `mappings/ldap.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapMapping {
+    pub version: u32,
+    /// The correlation key attribute (employeeNumber, employeeID).
+    pub key: String,
+    /// identity attribute = LDAP attribute (first value is used).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// identity attribute = fixed value, for what the directory does not hold.
+    #[serde(default)]
+    pub constants: BTreeMap<String, String>,
+    /// Identity attributes whose values are lower-cased (templates compare exact strings).
+    #[serde(default)]
+    pub lowercase: Vec<String>,
+    #[serde(default)]
+    pub groups: Option<GroupMapping>,
+    #[serde(default)]
+    pub disabled: DisabledRules,
+    #[serde(default)]
+    pub required: Required,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMapping {
+    /// Multi-valued attribute on the person's entry that lists group DNs (memberOf).
+    pub attribute: String,
+    /// Group -> role, first match wins; a matching group overrides the role attribute.
+    #[serde(default)]
+    pub roles: Vec<GroupRole>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRole {
+    /// A group DN, or a group's common name.
+    pub group: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisabledRules {
+    /// Active Directory: userAccountControl bit 0x2 (ACCOUNTDISABLE).
+    #[serde(default)]
+    pub user_account_control: bool,
+    /// OpenLDAP ppolicy: pwdAccountLockedTime present.
+    #[serde(default)]
+    pub pwd_account_locked_time: bool,
+    /// 389-ds / Red Hat DS: nsAccountLock = TRUE.
+    #[serde(default)]
+    pub ns_account_lock: bool,
+    /// Any other attribute whose value (case-insensitive) means disabled.
+    #[serde(default)]
+    pub attribute: Option<AttributeValue>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Required {
+    #[serde(default)]
+    pub attributes: Vec<String>,
+}
+
+pub fn load_mapping(name: &str, path: &Path) -> Result<LdapMapping> {
+    let err = |message: String| LdapSourceError::Mapping {
+        name: name.to_string(),
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let m: LdapMapping =
+        parse_toml(&text, &path.display().to_string()).map_err(|e| err(e.to_string()))?;
+    if m.version != 1 {
+        return Err(err(format!("version {} is not supported", m.version)));
+    }
+    for r in &m.required.attributes {
+        if !m.attributes.contains_key(r) && !m.constants.contains_key(r) {
+            return Err(err(format!("required attribute `{r}` is not mapped")));
+        }
+    }
+    Ok(m)
+}
+
+/// An entry's attributes with lower-cased names: LDAP attribute names are case-insensitive and
+/// servers answer in their schema's spelling.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub dn: String,
+    pub attrs: HashMap<String, Vec<String>>,
+}
+
+impl Entry {
+    pub fn from_search(e: SearchEntry) -> Self {
+        Self {
+            dn: e.dn,
+            attrs: e
+                .attrs
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+        }
+    }
+
+    pub fn first(&self, attr: &str) -> Option<&str> {
+        self.attrs
+            .get(&attr.to_ascii_lowercase())
+            .and_then(|v| v.first())
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn all(&self, attr: &str) -> &[String] {
+        self.attrs
+            .get(&attr.to_ascii_lowercase())
+            .map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The common name of a group DN (`cn=Managers,ou=groups,...` -> `managers`), lower-cased.
+fn group_name(dn: &str) -> String {
+    let first = dn.split(',').next().unwrap_or(dn);
+    first
+        .split_once('=')
+        .map_or(first, |(_, v)| v)
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn normalise_dn(dn: &str) -> String {
+    dn.split(',')
+        .map(|p| p.trim().to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl LdapMapping {
+    /// Every attribute the source must ask the server for.
+    pub fn requested_attributes(&self, dialect: LdapDialect) -> Vec<String> {
+        let mut out: BTreeSet<String> = BTreeSet::new();
+        out.insert(self.key.clone());
+        out.extend(self.attributes.values().cloned());
+        if let Some(g) = &self.groups {
+            out.insert(g.attribute.clone());
+        }
+        if self.disabled.user_account_control {
+            out.insert("userAccountControl".into());
+        }
+        if self.disabled.pwd_account_locked_time {
+            out.insert("pwdAccountLockedTime".into());
+        }
+        if self.disabled.ns_account_lock {
+            out.insert("nsAccountLock".into());
+        }
+        if let Some(a) = &self.disabled.attribute {
+            out.insert(a.name.clone());
+        }
+        if let Some(w) = watermark_attribute(dialect) {
+            out.insert(w.into());
+        }
+        out.into_iter().collect()
+    }
+
+    /// One entry to one person, or the reason it cannot be used (with DN and attribute).
+    pub fn map_entry(
+        &self,
+        source: &str,
+        e: &Entry,
+    ) -> std::result::Result<PersonRecord, Box<Quarantined>> {
+        let q = |key: Option<&str>, field: &str, reason: String| {
+            Box::new(Quarantined {
+                source: source.to_string(),
+                location: e.dn.clone(),
+                record_key: key.map(str::to_string),
+                field: field.to_string(),
+                reason,
+                raw: raw_of(e),
+            })
+        };
+        let Some(key) = e.first(&self.key) else {
+            return Err(q(None, &self.key, "missing correlation key".to_string()));
+        };
+        let mut attrs = self.constants.clone();
+        for (ident, ldap_attr) in &self.attributes {
+            if let Some(v) = e.first(ldap_attr) {
+                attrs.insert(ident.clone(), v.to_string());
+            }
+        }
+        if let Some(g) = &self.groups {
+            let groups: BTreeSet<String> =
+                e.all(&g.attribute).iter().map(|d| group_name(d)).collect();
+            let dns: BTreeSet<String> = e
+                .all(&g.attribute)
+                .iter()
+                .map(|d| normalise_dn(d))
+                .collect();
+            if !groups.is_empty() {
+                attrs.insert(
+                    "groups".into(),
+                    groups.iter().cloned().collect::<Vec<_>>().join(","),
+                );
+            }
+            if let Some(r) = g.roles.iter().find(|r| {
+                let want = r.group.to_ascii_lowercase();
+                if want.contains('=') {
+                    dns.contains(&normalise_dn(&want))
+                } else {
+                    groups.contains(&want)
+                }
+            }) {
+                attrs.insert("role".into(), r.role.clone());
+            }
+        }
+        for l in &self.lowercase {
+            if let Some(v) = attrs.get_mut(l) {
+                *v = v.to_lowercase();
+            }
+        }
+        for r in &self.required.attributes {
+            if attrs.get(r).is_none_or(|v| v.is_empty()) {
+                let field = self.attributes.get(r).map_or(r.as_str(), String::as_str);
+                return Err(q(
+                    Some(key),
+                    field,
+                    format!("required attribute `{r}` is empty"),
+                ));
+            }
+        }
+        let mut disabled = false;
+        if self.disabled.user_account_control
+            && let Some(v) = e.first("userAccountControl")
+        {
+            // AD writes it as a signed 32-bit decimal; the flag bits are the same either way.
+            let n = v.parse::<i64>().map_err(|_| {
+                q(
+                    Some(key),
+                    "userAccountControl",
+                    format!("`{v}` is not an integer"),
+                )
+            })?;
+            disabled |= (n as u64) & UAC_ACCOUNTDISABLE != 0;
+        }
+        if self.disabled.pwd_account_locked_time && e.first("pwdAccountLockedTime").is_some() {
+            disabled = true;
+        }
+        if self.disabled.ns_account_lock
+            && e.first("nsAccountLock")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            disabled = true;
+        }
+        if let Some(a) = &self.disabled.attribute
+            && e.all(&a.name)
+                .iter()
+                .any(|v| v.trim().eq_ignore_ascii_case(&a.value))
+        {
+            disabled = true;
+        }
+        Ok(PersonRecord {
+            source: source.to_string(),
+            key: key.to_string(),
+            location: e.dn.clone(),
+            status: Some(if disabled {
+                RecordStatus::Terminated
+            } else {
+                RecordStatus::Active
+            }),
+            hire_date: None,
+            termination_date: None,
+            contract_end: None,
+            site: attrs.get("site").cloned(),
+            attrs,
+        })
+    }
+}
+
+fn raw_of(e: &Entry) -> String {
+    let mut keys: Vec<&String> = e.attrs.keys().collect();
+    keys.sort();
+    keys.iter()
+        .map(|k| format!("{k}: {}", e.attrs[*k].join("|")))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn watermark_attribute(d: LdapDialect) -> Option<&'static str> {
+    match d {
+        LdapDialect::Rfc4533 => None,
+        LdapDialect::ActiveDirectory => Some("uSNChanged"),
+        LdapDialect::Poll => Some("modifyTimestamp"),
+    }
+}
+
+/// Orders watermark values: USNs as numbers, generalized times as text (same width, so text order
+/// is time order).
+fn watermark_key(d: LdapDialect, v: &str) -> (u64, String) {
+    match d {
+        LdapDialect::ActiveDirectory => (v.trim().parse().unwrap_or(0), String::new()),
+        _ => (0, v.trim().to_string()),
+    }
+}
+
+fn uuid_string(b: &[u8]) -> String {
+    if b.len() != 16 {
+        return hex::encode(b);
+    }
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The source
+
+/// One configured directory, followed until shutdown.
+#[derive(Debug, Clone)]
+pub struct LdapSource {
+    engine: Arc<Engine>,
+    name: String,
+    cfg: LdapSourceConfig,
+    mapping: LdapMapping,
+    password: Option<String>,
+    attrs: Vec<String>,
+}
+
+/// Start every configured LDAP source; each task ends when `shutdown` turns true.
+pub fn spawn_all(
+    engine: Arc<Engine>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>> {
+    let mut out = Vec::new();
+    for name in engine.config.sources.ldap.keys() {
+        let src = LdapSource::from_config(engine.clone(), name)?;
+        out.push(tokio::spawn(supervise(src, shutdown.clone())));
+    }
+    Ok(out)
+}
+
+/// ldap3's BER parsers for entries and sync controls panic on malformed server data; a panic must
+/// not end the source for good, so the task is restarted (from its stored checkpoint).
+async fn supervise(src: LdapSource, shutdown: watch::Receiver<bool>) {
+    loop {
+        let task = tokio::spawn(src.clone().run(shutdown.clone()));
+        match task.await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(source = %src.name, error = %e, "LDAP source task failed; restarting");
+                if *shutdown.borrow() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// What a refresh (initial load, reconnect, refreshOnly poll) gathered before it is applied.
+#[derive(Debug, Default)]
+struct Refresh {
+    /// No cookie was sent: the refresh is the whole directory.
+    full: bool,
+    /// The server used the present phase: entries not mentioned are gone.
+    present_phase: bool,
+    cookie: Option<Vec<u8>>,
+    /// Entries sent in full (added or changed), with their UUID.
+    changed: Vec<(String, Entry)>,
+    present: HashSet<String>,
+    deleted: HashSet<String>,
+}
+
+enum SyncEnd {
+    /// refreshOnly finished: poll again later.
+    Polled,
+    /// The server wants a full reload.
+    RefreshRequired,
+}
+
+impl LdapSource {
+    pub fn from_config(engine: Arc<Engine>, name: &str) -> Result<Self> {
+        let cfg = engine
+            .config
+            .sources
+            .ldap
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LdapSourceError::Unknown {
+                name: name.to_string(),
+            })?;
+        let password = match &cfg.bind_password {
+            Some(s) => Some(
+                engine
+                    .config
+                    .secret(&format!("sources.ldap.{name}.bind_password"), s)
+                    .map_err(|error| LdapSourceError::Config {
+                        name: name.to_string(),
+                        error,
+                    })?,
+            ),
+            None => None,
+        };
+        let mapping = load_mapping(name, &engine.config.resolve(&cfg.mapping))?;
+        Ok(Self::new(engine, name, cfg, mapping, password))
+    }
+
+    pub fn new(
+        engine: Arc<Engine>,
+        name: &str,
+        cfg: LdapSourceConfig,
+        mapping: LdapMapping,
+        password: Option<String>,
+    ) -> Self {
+        let mut attrs = mapping.requested_attributes(cfg.dialect);
+        attrs.push("entryUUID".into());
+        Self {
+            engine,
+            name: name.to_string(),
+            cfg,
+            mapping,
+            password,
+            attrs,
+        }
+    }
+
+    fn ldap_err(&self, action: &str) -> impl FnOnce(LdapError) -> LdapSourceError + '_ {
+        let action = action.to_string();
+        move |error| LdapSourceError::Ldap {
+            name: self.name.clone(),
+            url: self.cfg.url.clone(),
+            action,
+            error: Box::new(error),
+        }
+    }
+
+    fn engine_err(&self) -> impl Fn(EngineError) -> LdapSourceError + '_ {
+        |error| LdapSourceError::Engine {
+            name: self.name.clone(),
+            error,
+        }
+    }
+
+    fn store_err(&self) -> impl Fn(StoreError) -> LdapSourceError + '_ {
+        |e| LdapSourceError::Engine {
+            name: self.name.clone(),
+            error: EngineError::Store(e),
+        }
+    }
+
+    fn db_err(&self) -> impl Fn(sqlx::Error) -> LdapSourceError + '_ {
+        |e| LdapSourceError::Engine {
+            name: self.name.clone(),
+            error: EngineError::Db(e),
+        }
+    }
+
+    fn scope(&self) -> Scope {
+        match self.cfg.scope {
+            LdapScope::Base => Scope::Base,
+            LdapScope::One => Scope::OneLevel,
+            LdapScope::Subtree => Scope::Subtree,
+        }
+    }
+
+    /// Follow the directory until shutdown, reconnecting with exponential backoff (reset after
+    /// every session that got as far as binding).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let builder = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(30))
+            .with_jitter()
+            .without_max_times();
+        let mut backoff = builder.build();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let mut bound = false;
+            let result = tokio::select! {
+                r = self.session(&mut bound) => r,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            if let Err(e) = result {
+                tracing::warn!(source = %self.name, error = %e, "LDAP session ended; reconnecting");
+            }
+            if bound {
+                backoff = builder.build();
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Ldap> {
+        let settings = LdapConnSettings::new()
+            .set_conn_timeout(Duration::from_secs(self.cfg.timeout_seconds))
+            .set_starttls(self.cfg.starttls);
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.cfg.url)
+            .await
+            .map_err(self.ldap_err("connect"))?;
+        ldap3::drive!(conn);
+        if let (Some(dn), Some(pw)) = (&self.cfg.bind_dn, &self.password) {
+            let res = ldap
+                .with_timeout(Duration::from_secs(self.cfg.timeout_seconds))
+                .simple_bind(dn, pw)
+                .await
+                .map_err(self.ldap_err("bind"))?;
+            if res.rc != 0 {
+                return Err(self.server_err(&format!("bind as {dn}"), res.rc, &res.text));
+            }
+        }
+        Ok(ldap)
+    }
+
+    fn server_err(&self, action: &str, rc: u32, text: &str) -> LdapSourceError {
+        LdapSourceError::Server {
+            name: self.name.clone(),
+            url: self.cfg.url.clone(),
+            action: action.to_string(),
+            rc,
+            text: text.to_string(),
+        }
+    }
+
+    /// One connection's life.
+    async fn session(&self, bound: &mut bool) -> Result<()> {
+        let mut ldap = self.connect().await?;
+        *bound = true;
+        tracing::info!(source = %self.name, url = %self.cfg.url, dialect = ?self.cfg.dialect, "LDAP source connected");
+        let r = match self.cfg.dialect {
+            LdapDialect::Rfc4533 => self.sync_session(&mut ldap).await,
+            LdapDialect::ActiveDirectory | LdapDialect::Poll => self.poll_session(&mut ldap).await,
+        };
+        let _ = ldap.unbind().await;
+        r
+    }
+
+    // --- RFC 4533 --------------------------------------------------------------------------
+
+    async fn cookie(&self) -> Result<Option<Vec<u8>>> {
+        let c = store::checkpoint(self.engine.store.pool(), &self.name)
+            .await
+            .map_err(self.store_err())?;
+        Ok(
+            c.and_then(|c| c.strip_prefix("rfc4533:").and_then(|h| hex::decode(h).ok()))
+                .filter(|c| !c.is_empty()),
+        )
+    }
+
+    /// Forget the cookie: the next sync search is a full refresh.
+    async fn clear_cookie(&self) -> Result<()> {
+        let mut tx = self
+            .engine
+            .store
+            .begin_write()
+            .await
+            .map_err(self.store_err())?;
+        let now = to_micros(self.engine.clock.now());
+        store::set_checkpoint(&mut tx, &self.name, "rfc4533:", now)
+            .await
+            .map_err(self.store_err())?;
+        tx.commit().await.map_err(self.db_err())?;
+        Ok(())
+    }
+
+    fn cookie_value(cookie: &[u8]) -> String {
+        format!("rfc4533:{}", hex::encode(cookie))
+    }
+
+    async fn sync_session(&self, ldap: &mut Ldap) -> Result<()> {
+        loop {
+            match self.sync_once(ldap).await? {
+                SyncEnd::RefreshRequired => {
+                    tracing::warn!(source = %self.name, "server asked for a full refresh (e-syncRefreshRequired)");
+                    self.clear_cookie().await?;
+                }
+                SyncEnd::Polled => {
+                    tokio::time::sleep(Duration::from_secs(self.cfg.poll_seconds)).await;
+                }
+            }
+        }
+    }
+
+    /// One sync search: a refresh, then (refreshAndPersist) changes as they happen until the
+    /// connection ends.
+    async fn sync_once(&self, ldap: &mut Ldap) -> Result<SyncEnd> {
+        let cookie = self.cookie().await?;
+        let mode = if self.cfg.persist {
+            RefreshMode::RefreshAndPersist
+        } else {
+            RefreshMode::RefreshOnly
+        };
+        let mut refresh = Refresh {
+            full: cookie.is_none(),
+            cookie: cookie.clone(),
+            ..Default::default()
+        };
+        let mut refreshing = true;
+        let mut stream = ldap
+            .with_controls(
+                SyncRequest {
+                    mode,
+                    cookie,
+                    reload_hint: false,
+                }
+                .critical(),
+            )
+            .streaming_search(&self.cfg.base, self.scope(), &self.cfg.filter, &self.attrs)
+            .await
+            .map_err(self.ldap_err("sync search"))?;
+        while let Some(re) = stream.next().await.map_err(self.ldap_err("sync search"))? {
+            if re.is_intermediate() {
+                let info = parse_syncinfo(re);
+                let done = match info {
+                    SyncInfo::NewCookie(c) => {
+                        if refreshing {
+                            refresh.cookie = Some(c);
+                        } else {
+                            self.persist_cookie(&c).await?;
+                        }
+                        false
+                    }
+                    SyncInfo::RefreshPresent {
+                        cookie,
+                        refresh_done,
+                    } => {
+                        refresh.present_phase = true;
+                        refresh.cookie = cookie.or(refresh.cookie.take());
+                        refresh_done
+                    }
+                    SyncInfo::RefreshDelete {
+                        cookie,
+                        refresh_done,
+                    } => {
+                        refresh.cookie = cookie.or(refresh.cookie.take());
+                        refresh_done
+                    }
+                    SyncInfo::SyncIdSet {
+                        cookie,
+                        refresh_deletes,
+                        sync_uuids,
+                    } => {
+                        let uuids = sync_uuids.iter().map(|u| uuid_string(u));
+                        if refreshing {
+                            refresh.cookie = cookie.or(refresh.cookie.take());
+                            if refresh_deletes {
+                                refresh.deleted.extend(uuids);
+                            } else {
+                                refresh.present.extend(uuids);
+                            }
+                        } else if refresh_deletes {
+                            let uuids: Vec<String> = uuids.collect();
+                            self.apply_deletes(&uuids, cookie.as_deref()).await?;
+                        }
+                        false
+                    }
+                };
+                if done && refreshing {
+                    refreshing = false;
+                    self.finish_refresh(std::mem::take(&mut refresh)).await?;
+                }
+                continue;
+            }
+            if re.is_ref() {
+                continue;
+            }
+            let (state, entry) = self.sync_entry(re)?;
+            let uuid = uuid_string(&state.entry_uuid);
+            if refreshing {
+                match state.state {
+                    EntryState::Present => {
+                        refresh.present.insert(uuid);
+                    }
+                    EntryState::Add | EntryState::Modify => refresh.changed.push((uuid, entry)),
+                    EntryState::Delete => {
+                        refresh.deleted.insert(uuid);
+                    }
+                }
+                if state.cookie.is_some() {
+                    refresh.cookie = state.cookie;
+                }
+            } else {
+                match state.state {
+                    EntryState::Present => {}
+                    EntryState::Add | EntryState::Modify => {
+                        self.apply_change(&uuid, &entry, state.cookie.as_deref())
+                            .await?;
+                    }
+                    EntryState::Delete => {
+                        self.apply_deletes(&[uuid], state.cookie.as_deref()).await?;
+                    }
+                }
+            }
+        }
+        let res = stream.finish().await;
+        match res.rc {
+            0 => {
+                if let Some(done) = res
+                    .ctrls
+                    .iter()
+                    .find(|c| c.1.ctype == SYNC_DONE_OID)
+                    .map(|c| c.1.parse::<SyncDone>())
+                {
+                    refresh.cookie = done.cookie.or(refresh.cookie.take());
+                    // refreshDeletes FALSE: the present phase was used (RFC 4533 3.3.2).
+                    if !done.refresh_deletes {
+                        refresh.present_phase = true;
+                    }
+                }
+                if refreshing {
+                    self.finish_refresh(refresh).await?;
+                }
+                if self.cfg.persist {
+                    // A persistent search should not end; treat it as a lost connection.
+                    return Err(self.server_err(
+                        "persistent sync search",
+                        0,
+                        "ended by the server",
+                    ));
+                }
+                Ok(SyncEnd::Polled)
+            }
+            SYNC_REFRESH_REQUIRED => Ok(SyncEnd::RefreshRequired),
+            rc => Err(self.server_err("sync search", rc, &res.text)),
+        }
+    }
+
+    fn sync_entry(&self, re: ResultEntry) -> Result<(SyncState, Entry)> {
+        let state =
+            re.1.iter()
+                .find(|c| c.1.ctype == SYNC_STATE_OID && c.1.val.is_some())
+                .map(|c| c.1.parse::<SyncState>());
+        let entry = Entry::from_search(SearchEntry::construct(re));
+        match state {
+            Some(s) => Ok((s, entry)),
+            None => Err(LdapSourceError::Protocol {
+                name: self.name.clone(),
+                dn: entry.dn,
+                message: "entry without a Sync State control".into(),
+            }),
+        }
+    }
+
+    async fn persist_cookie(&self, cookie: &[u8]) -> Result<()> {
+        let mut tx = self
+            .engine
+            .store
+            .begin_write()
+            .await
+            .map_err(self.store_err())?;
+        let now = to_micros(self.engine.clock.now());
+        store::set_checkpoint(&mut tx, &self.name, &Self::cookie_value(cookie), now)
+            .await
+            .map_err(self.store_err())?;
+        tx.commit().await.map_err(self.db_err())?;
+        Ok(())
+    }
+
+    /// One added or changed entry, its mapping row and the cookie, in one transaction.
+    async fn apply_change(&self, uuid: &str, entry: &Entry, cookie: Option<&[u8]>) -> Result<()> {
+        let now = self.engine.clock.now();
+        let mut tx = self
+            .engine
+            .store
+            .begin_write()
+            .await
+            .map_err(self.store_err())?;
+        self.change_tx(&mut tx, uuid, entry, now).await?;
+        if let Some(c) = cookie {
+            store::set_checkpoint(&mut tx, &self.name, &Self::cookie_value(c), to_micros(now))
+                .await
+                .map_err(self.store_err())?;
+        }
+        tx.commit().await.map_err(self.db_err())?;
+        self.engine.notify_outbox();
+        Ok(())
+    }
+
+    async fn change_tx(
+        &self,
+        conn: &mut AnyConnection,
+        uuid: &str,
+        entry: &Entry,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let previous = self.entry_key(conn, uuid).await?;
+        match self.mapping.map_entry(&self.name, entry) {
+            Ok(r) => {
+                // The correlation key itself changed: the old person left this source.
+                if let Some(Some(old)) = &previous
+                    && old != &r.key
+                {
+                    self.engine
+                        .remove_record_tx(conn, &self.name, old, now)
+                        .await
+                        .map_err(self.engine_err())?;
+                }
+                let (kind, applied) = self
+                    .engine
+                    .apply_record_tx(conn, &r, now)
+                    .await
+                    .map_err(self.engine_err())?;
+                tracing::info!(source = %self.name, dn = %entry.dn, key = %r.key, change = %kind,
+                    issues = applied.issues, revokes = applied.revokes, "LDAP change applied");
+                self.put_entry(conn, uuid, &entry.dn, Some(&r.key)).await?;
+            }
+            Err(q) => {
+                // A bad entry is reported, not acted on: what was known of the person stays.
+                self.quarantine_tx(conn, &q, now).await?;
+                let key = previous.flatten();
+                self.put_entry(conn, uuid, &entry.dn, key.as_deref())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn quarantine_tx(
+        &self,
+        conn: &mut AnyConnection,
+        q: &Quarantined,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let now = to_micros(now);
+        tracing::warn!(source = %self.name, dn = %q.location, attribute = %q.field, reason = %q.reason, "LDAP entry quarantined");
+        if store::quarantine(conn, q, &now.to_string(), now)
+            .await
+            .map_err(self.store_err())?
+        {
+            audit::append(
+                conn,
+                now,
+                &format!("source:{}", self.name),
+                "record.quarantined",
+                q.record_key.as_deref().unwrap_or("-"),
+                &serde_json::json!({"location": q.location, "field": q.field, "reason": q.reason}),
+            )
+            .await
+            .map_err(self.store_err())?;
+        }
+        Ok(())
+    }
+
+    /// Entries gone from the directory or from the configured scope: leavers, with the cookie.
+    async fn apply_deletes(&self, uuids: &[String], cookie: Option<&[u8]>) -> Result<()> {
+        let now = self.engine.clock.now();
+        let mut tx = self
+            .engine
+            .store
+            .begin_write()
+            .await
+            .map_err(self.store_err())?;
+        for uuid in uuids {
+            self.delete_tx(&mut tx, uuid, now).await?;
+        }
+        if let Some(c) = cookie {
+            store::set_checkpoint(&mut tx, &self.name, &Self::cookie_value(c), to_micros(now))
+                .await
+                .map_err(self.store_err())?;
+        }
+        tx.commit().await.map_err(self.db_err())?;
+        self.engine.notify_outbox();
+        Ok(())
+    }
+
+    async fn delete_tx(
+        &self,
+        conn: &mut AnyConnection,
+        uuid: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        if let Some(Some(key)) = self.entry_key(conn, uuid).await? {
+            let applied = self
+                .engine
+                .remove_record_tx(conn, &self.name, &key, now)
+                .await
+                .map_err(self.engine_err())?;
+            tracing::info!(source = %self.name, entry_uuid = %uuid, key = %key,
+                revokes = applied.revokes, "LDAP entry deleted or out of scope: leaver");
+        }
+        sqlx::query("DELETE FROM ldap_entries WHERE source = $1 AND entry_uuid = $2")
+            .bind(&self.name)
+            .bind(uuid)
+            .execute(&mut *conn)
+            .await
+            .map_err(self.db_err())?;
+        Ok(())
+    }
+
+    /// `None`: unknown entry; `Some(None)`: known, but never mapped to a person (quarantined).
+    async fn entry_key(
+        &self,
+        conn: &mut AnyConnection,
+        uuid: &str,
+    ) -> Result<Option<Option<String>>> {
+        let row = sqlx::query(
+            "SELECT record_key FROM ldap_entries WHERE source = $1 AND entry_uuid = $2",
+        )
+        .bind(&self.name)
+        .bind(uuid)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(self.db_err())?;
+        row.map(|r| r.try_get::<Option<String>, _>("record_key"))
+            .transpose()
+            .map_err(self.db_err())
+    }
+
+    async fn put_entry(
+        &self,
+        conn: &mut AnyConnection,
+        uuid: &str,
+        dn: &str,
+        key: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO ldap_entries (source, entry_uuid, dn, record_key) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (source, entry_uuid) DO UPDATE SET dn = excluded.dn, record_key = excluded.record_key",
+        )
+        .bind(&self.name)
+        .bind(uuid)
+        .bind(dn)
+        .bind(key)
+        .execute(&mut *conn)
+        .await
+        .map_err(self.db_err())?;
+        Ok(())
+    }
+
+    async fn all_entries(&self) -> Result<HashMap<String, Option<String>>> {
+        let rows = sqlx::query("SELECT entry_uuid, record_key FROM ldap_entries WHERE source = $1")
+            .bind(&self.name)
+            .fetch_all(self.engine.store.pool())
+            .await
+            .map_err(self.db_err())?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("entry_uuid")?, r.try_get("record_key")?)))
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(self.db_err())
+    }
+
+    /// Apply what a refresh gathered. A full refresh (no cookie, or the present phase) is a
+    /// snapshot: it goes through the engine's snapshot path, so an empty or truncated answer is
+    /// held for approval (invariant 4). Otherwise the changes and deletions are applied in
+    /// batches, the cookie with the last one.
+    async fn finish_refresh(&self, refresh: Refresh) -> Result<()> {
+        let cookie = refresh.cookie.clone().unwrap_or_default();
+        if refresh.full || refresh.present_phase {
+            return self.apply_full_refresh(refresh, &cookie).await;
+        }
+        let deleted: Vec<String> = refresh.deleted.iter().cloned().collect();
+        for chunk in deleted.chunks(BATCH) {
+            self.apply_deletes(chunk, None).await?;
+        }
+        for chunk in refresh.changed.chunks(BATCH) {
+            let now = self.engine.clock.now();
+            let mut tx = self
+                .engine
+                .store
+                .begin_write()
+                .await
+                .map_err(self.store_err())?;
+            for (uuid, e) in chunk {
+                self.change_tx(&mut tx, uuid, e, now).await?;
+            }
+            tx.commit().await.map_err(self.db_err())?;
+            self.engine.notify_outbox();
+        }
+        self.persist_cookie(&cookie).await?;
+        tracing::info!(source = %self.name, changed = refresh.changed.len(), deleted = deleted.len(), "LDAP refresh applied");
+        Ok(())
+    }
+
+    async fn apply_full_refresh(&self, refresh: Refresh, cookie: &[u8]) -> Result<()> {
+        let known = self.all_entries().await?;
+        let now = self.engine.clock.now();
+        let mut records = Vec::new();
+        let mut quarantined = Vec::new();
+        let mut seen: HashMap<String, (String, Option<String>)> = HashMap::new();
+        for (uuid, e) in &refresh.changed {
+            match self.mapping.map_entry(&self.name, e) {
+                Ok(r) => {
+                    seen.insert(uuid.clone(), (e.dn.clone(), Some(r.key.clone())));
+                    records.push(r);
+                }
+                Err(q) => {
+                    let key = known.get(uuid).cloned().flatten();
+                    seen.insert(uuid.clone(), (e.dn.clone(), key));
+                    quarantined.push(*q);
+                }
+            }
+        }
+        // Entries the server says are unchanged: their last stored view stands.
+        let mut conn = self
+            .engine
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(self.db_err())?;
+        for uuid in &refresh.present {
+            if seen.contains_key(uuid) {
+                continue;
+            }
+            match known.get(uuid) {
+                Some(Some(key)) => {
+                    let stored = store::source_records_of(&mut conn, key)
+                        .await
+                        .map_err(self.store_err())?
+                        .into_iter()
+                        .find(|s| s.source == self.name && s.disappeared_at.is_none());
+                    if let Some(r) =
+                        stored.and_then(|s| serde_json::from_str::<PersonRecord>(&s.record).ok())
+                    {
+                        records.push(r);
+                    }
+                }
+                Some(None) => {}
+                None => {
+                    // The server reports as present an entry never seen here: the map and the
+                    // cookie disagree. Drop the cookie so the next refresh is complete.
+                    drop(conn);
+                    self.clear_cookie().await?;
+                    return Err(LdapSourceError::Protocol {
+                        name: self.name.clone(),
+                        dn: format!("entryUUID={uuid}"),
+                        message: "unknown entry reported present; reloading in full".into(),
+                    });
+                }
+            }
+        }
+        drop(conn);
+        // Map rows first: a crash after this leaves a map that is a superset, which is harmless.
+        {
+            let mut tx = self
+                .engine
+                .store
+                .begin_write()
+                .await
+                .map_err(self.store_err())?;
+            for (uuid, (dn, key)) in &seen {
+                self.put_entry(&mut tx, uuid, dn, key.as_deref()).await?;
+            }
+            tx.commit().await.map_err(self.db_err())?;
+        }
+        let threshold = self
+            .cfg
+            .mass_change_threshold
+            .unwrap_or(self.engine.config.engine.mass_change_threshold);
+        let mut report = FeedReport {
+            source: self.name.clone(),
+            file: self.cfg.url.clone(),
+            rows: records.len() + quarantined.len(),
+            ..Default::default()
+        };
+        let batch = format!("refresh-{}", to_micros(now));
+        self.engine
+            .apply_snapshot(
+                &self.name,
+                &batch,
+                records,
+                quarantined,
+                threshold,
+                &Self::cookie_value(cookie),
+                &mut report,
+            )
+            .await
+            .map_err(self.engine_err())?;
+        // Forget entries that are gone.
+        let keep: HashSet<&String> = seen.keys().chain(refresh.present.iter()).collect();
+        let stale: Vec<&String> = known.keys().filter(|u| !keep.contains(u)).collect();
+        if !stale.is_empty() {
+            let mut tx = self
+                .engine
+                .store
+                .begin_write()
+                .await
+                .map_err(self.store_err())?;
+            let conn: &mut AnyConnection = &mut tx;
+            for uuid in stale {
+                sqlx::query("DELETE FROM ldap_entries WHERE source = $1 AND entry_uuid = $2")
+                    .bind(&self.name)
+                    .bind(uuid)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(self.db_err())?;
+            }
+            tx.commit().await.map_err(self.db_err())?;
+        }
+        log_report(&report);
+        Ok(())
+    }
+
+    // --- USN and timestamp polling -----------------------------------------------------------
+
+    async fn watermark(&self) -> Result<Option<String>> {
+        let c = store::checkpoint(self.engine.store.pool(), &self.name)
+            .await
+            .map_err(self.store_err())?;
+        Ok(
+            c.and_then(|c| c.split_once(':').map(|(_, v)| v.to_string()))
+                .filter(|v| !v.is_empty()),
+        )
+    }
+
+    fn watermark_value(&self, v: &str) -> String {
+        let prefix = match self.cfg.dialect {
+            LdapDialect::ActiveDirectory => "usn",
+            _ => "ts",
+        };
+        format!("{prefix}:{v}")
+    }
+
+    async fn poll_session(&self, ldap: &mut Ldap) -> Result<()> {
+        let mut last_full: Option<Instant> = None;
+        loop {
+            let wm = self.watermark().await?;
+            let full_due = last_full
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.full_compare_seconds));
+            if wm.is_none() || full_due {
+                self.full_compare(ldap, wm.as_deref()).await?;
+                last_full = Some(Instant::now());
+            } else if let Some(wm) = wm {
+                self.poll_changes(ldap, &wm).await?;
+            }
+            tokio::time::sleep(Duration::from_secs(self.cfg.poll_seconds)).await;
+        }
+    }
+
+    async fn paged_search(&self, ldap: &mut Ldap, filter: &str) -> Result<Vec<Entry>> {
+        let adapters: Vec<Box<dyn ldap3::adapters::Adapter<_, _>>> = vec![
+            Box::new(EntriesOnly::new()),
+            Box::new(PagedResults::new(self.cfg.page_size)),
+        ];
+        let mut stream = ldap
+            .with_timeout(Duration::from_secs(self.cfg.timeout_seconds))
+            .streaming_search_with(adapters, &self.cfg.base, self.scope(), filter, &self.attrs)
+            .await
+            .map_err(self.ldap_err("paged search"))?;
+        let mut out = Vec::new();
+        while let Some(re) = stream.next().await.map_err(self.ldap_err("paged search"))? {
+            out.push(Entry::from_search(SearchEntry::construct(re)));
+        }
+        let res = stream.finish().await;
+        if res.rc != 0 {
+            return Err(self.server_err(&format!("paged search {filter}"), res.rc, &res.text));
+        }
+        Ok(out)
+    }
+
+    fn max_watermark<'a>(&self, entries: impl Iterator<Item = &'a Entry>) -> Option<String> {
+        let attr = watermark_attribute(self.cfg.dialect)?;
+        entries
+            .filter_map(|e| e.first(attr).map(str::to_string))
+            .max_by_key(|v| watermark_key(self.cfg.dialect, v))
+    }
+
+    /// The whole directory compared with what latchkey knows: the initial load, and how polling
+    /// dialects find deletions and moves out of scope.
+    pub async fn full_compare(
+        &self,
+        ldap: &mut Ldap,
+        previous: Option<&str>,
+    ) -> Result<FeedReport> {
+        let entries = self.paged_search(ldap, &self.cfg.filter).await?;
+        let wm = self
+            .max_watermark(entries.iter())
+            .or_else(|| previous.map(str::to_string))
+            .unwrap_or_default();
+        let mut records = Vec::new();
+        let mut quarantined = Vec::new();
+        for e in &entries {
+            match self.mapping.map_entry(&self.name, e) {
+                Ok(r) => records.push(r),
+                Err(q) => quarantined.push(*q),
+            }
+        }
+        let threshold = self
+            .cfg
+            .mass_change_threshold
+            .unwrap_or(self.engine.config.engine.mass_change_threshold);
+        let mut report = FeedReport {
+            source: self.name.clone(),
+            file: self.cfg.url.clone(),
+            rows: entries.len(),
+            ..Default::default()
+        };
+        let batch = format!("full-{}", to_micros(self.engine.clock.now()));
+        self.engine
+            .apply_snapshot(
+                &self.name,
+                &batch,
+                records,
+                quarantined,
+                threshold,
+                &self.watermark_value(&wm),
+                &mut report,
+            )
+            .await
+            .map_err(self.engine_err())?;
+        log_report(&report);
+        Ok(report)
+    }
+
+    /// Entries changed since the watermark, applied in watermark order, the watermark advancing in
+    /// the same transaction as each batch. `>=` re-reads the last entry (a timestamp has
+    /// one-second resolution); the engine's record hash makes that a no-op.
+    async fn poll_changes(&self, ldap: &mut Ldap, wm: &str) -> Result<()> {
+        let Some(attr) = watermark_attribute(self.cfg.dialect) else {
+            return Ok(());
+        };
+        let filter = format!("(&{}({attr}>={}))", self.cfg.filter, ldap3::ldap_escape(wm));
+        let mut entries = self.paged_search(ldap, &filter).await?;
+        let dialect = self.cfg.dialect;
+        entries.sort_by_key(|e| watermark_key(dialect, e.first(attr).unwrap_or_default()));
+        for chunk in entries.chunks(BATCH) {
+            let now = self.engine.clock.now();
+            let mut tx = self
+                .engine
+                .store
+                .begin_write()
+                .await
+                .map_err(self.store_err())?;
+            for e in chunk {
+                match self.mapping.map_entry(&self.name, e) {
+                    Ok(r) => {
+                        let (kind, applied) = self
+                            .engine
+                            .apply_record_tx(&mut tx, &r, now)
+                            .await
+                            .map_err(self.engine_err())?;
+                        if kind != "unchanged" {
+                            tracing::info!(source = %self.name, dn = %e.dn, key = %r.key, change = %kind,
+                                issues = applied.issues, revokes = applied.revokes, "LDAP change applied");
+                        }
+                    }
+                    Err(q) => self.quarantine_tx(&mut tx, &q, now).await?,
+                }
+            }
+            if let Some(top) = self.max_watermark(chunk.iter()) {
+                store::set_checkpoint(
+                    &mut tx,
+                    &self.name,
+                    &self.watermark_value(&top),
+                    to_micros(now),
+                )
+                .await
+                .map_err(self.store_err())?;
+            }
+            tx.commit().await.map_err(self.db_err())?;
+            self.engine.notify_outbox();
+        }
+        Ok(())
+    }
+}
+
+fn log_report(r: &FeedReport) {
+    tracing::info!(
+        source = %r.source, server = %r.file, entries = r.rows, unchanged = r.unchanged, joiners = r.joiners,
+        movers = r.movers, leavers = r.leavers, rehires = r.rehires, quarantined = r.quarantined,
+        held = r.held, issues = r.issues, revokes = r.revokes, "LDAP full load applied"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn mapping() -> LdapMapping {
+        load_mapping(
+            "t",
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/ldap.toml"),
+        )
+        .unwrap()
+    }
+
+    fn entry(pairs: &[(&str, &str)]) -> Entry {
+        let mut e = Entry {
+            dn: "uid=a,ou=people,dc=example,dc=com".into(),
+            ..Default::default()
+        };
+        for (k, v) in pairs {
+            e.attrs
+                .entry(k.to_ascii_lowercase())
+                .or_default()
+                .push(v.to_string());
+        }
+        e
+    }
+
+    #[test]
+    fn maps_attributes_groups_and_disabled_flags() {
+        let m = mapping();
+        let base = [
+            ("employeeNumber", "E1"),
+            ("cn", "Alice"),
+            ("mail", "e1@example.com"),
+            ("departmentNumber", "Engineering"),
+            ("l", "Berlin"),
+            ("title", "analyst"),
+        ];
+        let r = m.map_entry("ldap", &entry(&base)).unwrap();
+        assert_eq!(r.key, "E1");
+        assert_eq!(r.attrs["department"], "engineering");
+        assert_eq!(r.site.as_deref(), Some("berlin"));
+        assert_eq!(r.status, Some(RecordStatus::Active));
+        let mut with_group = base.to_vec();
+        with_group.push(("memberOf", "cn=Managers,ou=groups,dc=example,dc=com"));
+        let r = m.map_entry("ldap", &entry(&with_group)).unwrap();
+        assert_eq!(r.attrs["role"], "manager");
+        assert_eq!(r.attrs["groups"], "managers");
+        for flag in [
+            ("nsAccountLock", "TRUE"),
+            ("pwdAccountLockedTime", "000001010000Z"),
+            ("userAccountControl", "514"),
+        ] {
+            let mut d = base.to_vec();
+            d.push(flag);
+            let r = m.map_entry("ldap", &entry(&d)).unwrap();
+            assert_eq!(r.status, Some(RecordStatus::Terminated), "{flag:?}");
+        }
+    }
+
+    #[test]
+    fn bad_entries_are_quarantined_with_dn_and_attribute() {
+        let m = mapping();
+        let q = m.map_entry("ldap", &entry(&[("cn", "x")])).unwrap_err();
+        assert_eq!(q.field, "employeeNumber");
+        assert_eq!(q.location, "uid=a,ou=people,dc=example,dc=com");
+        let q = m
+            .map_entry(
+                "ldap",
+                &entry(&[
+                    ("employeeNumber", "E1"),
+                    ("cn", "A"),
+                    ("mail", "a@x"),
+                    ("userAccountControl", "lots"),
+                ]),
+            )
+            .unwrap_err();
+        assert_eq!(q.field, "userAccountControl");
+        assert_eq!(q.record_key.as_deref(), Some("E1"));
+    }
+
+    #[test]
+    fn uuids_are_formatted_like_entry_uuid() {
+        let b: Vec<u8> = (0..16).collect();
+        assert_eq!(uuid_string(&b), "00010203-0405-0607-0809-0a0b0c0d0e0f");
+    }
+}

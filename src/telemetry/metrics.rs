@@ -1,0 +1,727 @@
+//! Prometheus metrics: what the dispatcher and the connectors observe as it happens (latency,
+//! outcomes, retries, rate-limit waits, SLA breaches), plus what only the store knows, read at scrape
+//! time (outbox depth and age per lane, dead letters, quarantine, held changes, source runs).
+//!
+//! Every label value is bounded: connector and source names come from the configuration, stages,
+//! actions, causes and outcomes are fixed sets. Person keys and targets never become labels; a
+//! person only shows up inside an exemplar's trace id, which is a hash.
+
+use crate::config::{Config, SlaConfig};
+use crate::model::Action;
+use crate::store::{CommandRow, Store, StoreError};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+
+/// Content type of the OpenMetrics exposition (with exemplars).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the classic Prometheus text exposition (no exemplars), for clients that do not
+/// ask for OpenMetrics (`curl`, `promtool check metrics`).
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// 50 ms to 1 h. 60 s (the default SLA) is a boundary, so the histogram alone can tell how many
+/// revocations met it.
+pub const LATENCY_BUCKETS: [f64; 15] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// Lanes of a connector's outbox: revocations go first (invariant 3), so each has its own depth.
+pub const LANES: [&str; 2] = ["revoke", "issue"];
+
+/// Every metric name latchkey exports (without the `_total`, `_bucket`, `_sum`, `_count` suffixes),
+/// so dashboards and rules can be checked against it.
+pub const METRIC_NAMES: &[&str] = &[
+    "latchkey_revocation_latency_seconds",
+    "latchkey_issue_latency_seconds",
+    "latchkey_commands",
+    "latchkey_command_retries",
+    "latchkey_rate_limit_waits",
+    "latchkey_rate_limit_wait_seconds",
+    "latchkey_circuit_breaker_open",
+    "latchkey_outbox_depth",
+    "latchkey_outbox_oldest_age_seconds",
+    "latchkey_dead_letters",
+    "latchkey_quarantined_records",
+    "latchkey_held_changes",
+    "latchkey_key_return_tasks",
+    "latchkey_sla_revocations",
+    "latchkey_sla_breaches",
+    "latchkey_sla_target_seconds",
+    "latchkey_sla_objective_ratio",
+    "latchkey_source_last_success_timestamp_seconds",
+    "latchkey_drill_runs",
+    "latchkey_drill_stage_seconds",
+    "latchkey_drill_last_success_timestamp_seconds",
+    "latchkey_build_info",
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    connector: String,
+    /// joiner | mover | leaver | rehire | expiry | approval | reconcile | schedule ...: the kind of
+    /// change, a fixed set (commands do not record which source reported the change).
+    cause: String,
+    stage: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabel {
+    pub trace_id: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    connector: String,
+    action: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    connector: String,
+    action: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabel {
+    connector: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabels {
+    connector: String,
+    lane: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrillLabels {
+    connector: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrillStageLabels {
+    connector: String,
+    stage: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+type Latency = Family<LatencyLabels, HistogramWithExemplars<TraceLabel>>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+type FloatCounter = Counter<f64, AtomicU64>;
+
+/// How a finished command ended, as the dispatcher recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    Done,
+    Dead,
+    Superseded,
+}
+
+impl Finished {
+    pub fn parse(status: &str) -> Option<Self> {
+        match status {
+            "done" => Some(Self::Done),
+            "dead" => Some(Self::Dead),
+            "superseded" => Some(Self::Superseded),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Dead => "dead",
+            Self::Superseded => "superseded",
+        }
+    }
+}
+
+/// Why a command goes round again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// 5xx, timeouts, connection errors.
+    Transient,
+    /// The vendor said slow down (429, or its own cooldown).
+    RateLimited,
+    /// An asynchronous vendor did not show the change before the deadline: issued again.
+    Reissued,
+}
+
+impl Retry {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::RateLimited => "rate_limited",
+            Self::Reissued => "confirm_deadline",
+        }
+    }
+}
+
+/// The SLA that applies to a connector: the default `[sla]` with the connector's overrides.
+pub fn sla_of(config: &Config, connector: &str) -> SlaConfig {
+    let mut sla = config.sla;
+    if let Some(o) = config.connectors.get(connector).map(|c| c.sla) {
+        sla.revoke_within_seconds = o.revoke_within_seconds.unwrap_or(sla.revoke_within_seconds);
+        sla.objective = o.objective.unwrap_or(sla.objective);
+        sla.window_days = o.window_days.unwrap_or(sla.window_days);
+    }
+    sla
+}
+
+/// One trace per identity change: every command a change caused shares the person, the moment it
+/// was detected and the kind of change, so they share this id. A hash, so the exemplar does not
+/// carry the person's key.
+pub fn trace_id(c: &CommandRow) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        "latchkey-trace",
+        c.identity_key.as_str(),
+        &c.detected_at.to_string(),
+        c.cause.as_str(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connector -> SLA, fixed at start-up.
+    slas: BTreeMap<String, SlaConfig>,
+    connectors: Vec<String>,
+    revocation_latency: Latency,
+    issue_latency: Latency,
+    commands: Family<CommandLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
+    rate_limit_waits: Family<ConnectorLabel, Counter>,
+    rate_limit_wait_seconds: Family<ConnectorLabel, FloatCounter>,
+    breaker_open: Family<ConnectorLabel, Gauge>,
+    outbox_depth: Family<LaneLabels, Gauge>,
+    outbox_oldest_age: Family<LaneLabels, FloatGauge>,
+    dead_letters: Family<LaneLabels, Gauge>,
+    quarantined: Family<SourceLabel, Gauge>,
+    held: Family<SourceLabel, Gauge>,
+    key_returns: Family<StateLabel, Gauge>,
+    sla_revocations: Family<ConnectorLabel, Counter>,
+    sla_breaches: Family<ConnectorLabel, Counter>,
+    sla_target: Family<ConnectorLabel, FloatGauge>,
+    sla_objective: Family<ConnectorLabel, FloatGauge>,
+    source_success: Family<SourceLabel, FloatGauge>,
+    drill_runs: Family<DrillLabels, Counter>,
+    drill_stage: Family<DrillStageLabels, FloatGauge>,
+    drill_success: Family<ConnectorLabel, FloatGauge>,
+}
+
+fn latency_family() -> Latency {
+    Family::new_with_constructor(|| HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter()))
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Self {
+        let mut registry = Registry::with_prefix("latchkey");
+        let m = Self {
+            registry: Registry::default(),
+            slas: config
+                .connectors
+                .keys()
+                .map(|n| (n.clone(), sla_of(config, n)))
+                .collect(),
+            connectors: config.connectors.keys().cloned().collect(),
+            revocation_latency: latency_family(),
+            issue_latency: latency_family(),
+            commands: Family::default(),
+            retries: Family::default(),
+            rate_limit_waits: Family::default(),
+            rate_limit_wait_seconds: Family::default(),
+            breaker_open: Family::default(),
+            outbox_depth: Family::default(),
+            outbox_oldest_age: Family::default(),
+            dead_letters: Family::default(),
+            quarantined: Family::default(),
+            held: Family::default(),
+            key_returns: Family::default(),
+            sla_revocations: Family::default(),
+            sla_breaches: Family::default(),
+            sla_target: Family::default(),
+            sla_objective: Family::default(),
+            source_success: Family::default(),
+            drill_runs: Family::default(),
+            drill_stage: Family::default(),
+            drill_success: Family::default(),
+        };
+        registry.register_with_unit(
+            "revocation_latency",
+            "Time from the trigger (termination, end of entitlement) to each stage of a revocation, per connector, cause and stage",
+            Unit::Seconds,
+            m.revocation_latency.clone(),
+        );
+        registry.register_with_unit(
+            "issue_latency",
+            "Time from the trigger (hire, move) to each stage of an issue, per connector, cause and stage",
+            Unit::Seconds,
+            m.issue_latency.clone(),
+        );
+        registry.register(
+            "commands",
+            "Commands finished, by connector, action and outcome (done, dead, superseded)",
+            m.commands.clone(),
+        );
+        registry.register(
+            "command_retries",
+            "Commands put back for another try, by reason",
+            m.retries.clone(),
+        );
+        registry.register(
+            "rate_limit_waits",
+            "Vendor calls that waited for the connector's rate budget or a vendor cooldown",
+            m.rate_limit_waits.clone(),
+        );
+        registry.register_with_unit(
+            "rate_limit_wait",
+            "Time vendor calls spent waiting for the rate budget or a vendor cooldown",
+            Unit::Seconds,
+            m.rate_limit_wait_seconds.clone(),
+        );
+        registry.register(
+            "circuit_breaker_open",
+            "1 while the connector's circuit breaker is open (calls to the vendor suspended)",
+            m.breaker_open.clone(),
+        );
+        registry.register(
+            "outbox_depth",
+            "Commands not finished (pending, in flight, awaiting confirmation), per connector lane",
+            m.outbox_depth.clone(),
+        );
+        registry.register_with_unit(
+            "outbox_oldest_age",
+            "Age of the oldest unfinished command since it was enqueued, per connector lane",
+            Unit::Seconds,
+            m.outbox_oldest_age.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Commands in the dead letter (gave up; need an operator), per connector lane",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "quarantined_records",
+            "Source records set aside as invalid, per source",
+            m.quarantined.clone(),
+        );
+        registry.register(
+            "held_changes",
+            "Changes held for approval (mass disappearance from a feed), per source",
+            m.held.clone(),
+        );
+        registry.register(
+            "key_return_tasks",
+            "Mechanical key return tasks, open and overdue",
+            m.key_returns.clone(),
+        );
+        registry.register(
+            "sla_revocations",
+            "Revocations that finished (confirmed or dead), counted against the connector's SLA",
+            m.sla_revocations.clone(),
+        );
+        registry.register(
+            "sla_breaches",
+            "Revocations confirmed later than the connector's SLA target, or never (dead)",
+            m.sla_breaches.clone(),
+        );
+        registry.register_with_unit(
+            "sla_target",
+            "The connector's SLA: a revocation must be confirmed within this time",
+            Unit::Seconds,
+            m.sla_target.clone(),
+        );
+        registry.register(
+            "sla_objective_ratio",
+            "The connector's SLA objective: share of revocations that must meet the target",
+            m.sla_objective.clone(),
+        );
+        registry.register_with_unit(
+            "source_last_success_timestamp",
+            "When a source last ran without error (Unix time)",
+            Unit::Seconds,
+            m.source_success.clone(),
+        );
+        registry.register(
+            "drill_runs",
+            "Revocation drills, by connector and result (ok, failed)",
+            m.drill_runs.clone(),
+        );
+        registry.register_with_unit(
+            "drill_stage",
+            "Each stage of the connector's last revocation drill",
+            Unit::Seconds,
+            m.drill_stage.clone(),
+        );
+        registry.register_with_unit(
+            "drill_last_success_timestamp",
+            "When the connector's last successful revocation drill ended (Unix time)",
+            Unit::Seconds,
+            m.drill_success.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The running latchkey version", build);
+        for (name, sla) in &m.slas {
+            let l = ConnectorLabel {
+                connector: name.clone(),
+            };
+            m.sla_target
+                .get_or_create(&l)
+                .set(sla.revoke_within_seconds);
+            m.sla_objective.get_or_create(&l).set(sla.objective);
+            // Present from the start, so rates and alerts have a series before the first event.
+            let _ = m.sla_revocations.get_or_create(&l);
+            let _ = m.sla_breaches.get_or_create(&l);
+            m.breaker_open.get_or_create(&l).set(0);
+            let _ = m.rate_limit_waits.get_or_create(&l);
+            let _ = m.rate_limit_wait_seconds.get_or_create(&l);
+            let name = name.clone();
+            for action in LANES {
+                for outcome in ["done", "dead", "superseded"] {
+                    let _ = m.commands.get_or_create(&CommandLabels {
+                        connector: name.clone(),
+                        action,
+                        outcome,
+                    });
+                }
+            }
+        }
+        for state in ["open", "overdue"] {
+            let _ = m.key_returns.get_or_create(&StateLabel { state });
+        }
+        Self { registry, ..m }
+    }
+
+    /// A command reached a final state. `cmd` is the row as it was finished (confirmation time set).
+    pub fn command_finished(&self, cmd: &CommandRow, outcome: Finished) {
+        let action = cmd.action.as_str();
+        self.commands
+            .get_or_create(&CommandLabels {
+                connector: cmd.connector.clone(),
+                action,
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        let latency = match cmd.action {
+            Action::Revoke => &self.revocation_latency,
+            Action::Issue => &self.issue_latency,
+        };
+        let stages = if outcome == Finished::Done {
+            super::stages(cmd)
+        } else {
+            None
+        };
+        if let Some(stages) = stages {
+            let trace = trace_id(cmd);
+            for (stage, v) in super::STAGES.iter().zip(stages) {
+                latency
+                    .get_or_create(&LatencyLabels {
+                        connector: cmd.connector.clone(),
+                        cause: cmd.cause.clone(),
+                        stage,
+                    })
+                    .observe(
+                        v,
+                        Some(TraceLabel {
+                            trace_id: trace.clone(),
+                        }),
+                        None,
+                    );
+            }
+        }
+        if cmd.action == Action::Revoke && outcome != Finished::Superseded {
+            let l = ConnectorLabel {
+                connector: cmd.connector.clone(),
+            };
+            self.sla_revocations.get_or_create(&l).inc();
+            let target = self
+                .slas
+                .get(&cmd.connector)
+                .map_or(f64::INFINITY, |s| s.revoke_within_seconds);
+            let breached = stages.is_none_or(|s| s[4] > target);
+            if breached {
+                self.sla_breaches.get_or_create(&l).inc();
+            }
+        }
+    }
+
+    /// A command goes round again.
+    pub fn command_retried(&self, cmd: &CommandRow, reason: Retry) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                connector: cmd.connector.clone(),
+                action: cmd.action.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counters a connector increments itself whenever a call waits for its rate budget.
+    pub fn rate_limit_handles(&self, connector: &str) -> (Counter, FloatCounter) {
+        let l = ConnectorLabel {
+            connector: connector.to_string(),
+        };
+        (
+            self.rate_limit_waits.get_or_create_owned(&l),
+            self.rate_limit_wait_seconds.get_or_create_owned(&l),
+        )
+    }
+
+    /// A source ran to the end without error (`at`: Unix seconds, from the engine's clock).
+    pub fn source_succeeded(&self, source: &str, at: f64) {
+        self.source_success
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .set(at);
+    }
+
+    /// A revocation drill ended. `stages`: (stage, seconds) for every stage that completed.
+    pub fn drill_finished(
+        &self,
+        connector: &str,
+        ok: bool,
+        stages: &[(&'static str, f64)],
+        at: f64,
+    ) {
+        self.drill_runs
+            .get_or_create(&DrillLabels {
+                connector: connector.to_string(),
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+        for (stage, v) in stages {
+            self.drill_stage
+                .get_or_create(&DrillStageLabels {
+                    connector: connector.to_string(),
+                    stage,
+                })
+                .set(*v);
+        }
+        if ok {
+            self.drill_success
+                .get_or_create(&ConnectorLabel {
+                    connector: connector.to_string(),
+                })
+                .set(at);
+        }
+    }
+
+    /// Read what only the store knows into the gauges. `now`: microseconds, from the engine's clock.
+    pub async fn collect(&self, store: &Store, now: i64) -> Result<(), StoreError> {
+        let pool = store.pool();
+        // Every configured lane is reported, so a lane that emptied shows 0 rather than its last value.
+        let mut depth: BTreeMap<(String, &'static str), (i64, Option<i64>, i64)> = BTreeMap::new();
+        for c in &self.connectors {
+            for lane in LANES {
+                depth.insert((c.clone(), lane), (0, None, 0));
+            }
+        }
+        let rows = sqlx::query(
+            "SELECT connector, action, status, COUNT(*) AS n, MIN(enqueued_at) AS oldest FROM commands
+             WHERE status IN ('pending', 'inflight', 'confirming', 'dead')
+             GROUP BY connector, action, status",
+        )
+        .fetch_all(pool)
+        .await?;
+        for r in rows {
+            let connector: String = r.try_get("connector")?;
+            let action: String = r.try_get("action")?;
+            let status: String = r.try_get("status")?;
+            let n: i64 = r.try_get("n")?;
+            let oldest: Option<i64> = r.try_get("oldest")?;
+            let Some(lane) = Action::parse(&action).map(|a| a.as_str()) else {
+                continue;
+            };
+            // Only configured connectors: a connector removed from the configuration would otherwise
+            // keep a series forever.
+            let Some(e) = depth.get_mut(&(connector, lane)) else {
+                continue;
+            };
+            if status == "dead" {
+                e.2 += n;
+            } else {
+                e.0 += n;
+                e.1 = match (e.1, oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        for ((connector, lane), (n, oldest, dead)) in depth {
+            let l = LaneLabels { connector, lane };
+            self.outbox_depth.get_or_create(&l).set(n);
+            self.outbox_oldest_age
+                .get_or_create(&l)
+                .set(oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1e6));
+            self.dead_letters.get_or_create(&l).set(dead);
+        }
+        for (sql, family) in [
+            (
+                "SELECT source, COUNT(*) AS n FROM quarantine GROUP BY source",
+                &self.quarantined,
+            ),
+            (
+                "SELECT source, COUNT(*) AS n FROM held_changes WHERE status = 'held' GROUP BY source",
+                &self.held,
+            ),
+        ] {
+            family.clear();
+            for r in sqlx::query(sql).fetch_all(pool).await? {
+                let source: String = r.try_get("source")?;
+                let n: i64 = r.try_get("n")?;
+                family.get_or_create(&SourceLabel { source }).set(n);
+            }
+        }
+        // After a restart no source has run in this process yet: its checkpoint's last move is the
+        // best known success, so a stalled source is not hidden by a restart.
+        for r in sqlx::query("SELECT source, updated_at FROM source_checkpoints")
+            .fetch_all(pool)
+            .await?
+        {
+            let source: String = r.try_get("source")?;
+            let at: i64 = r.try_get("updated_at")?;
+            let g = self.source_success.get_or_create(&SourceLabel { source });
+            if g.get() < at as f64 / 1e6 {
+                g.set(at as f64 / 1e6);
+            }
+        }
+        Ok(())
+    }
+
+    /// The OpenMetrics exposition, with exemplars.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            // Writing to a String cannot fail; an empty scrape is the safe answer if it ever did.
+            out.clear();
+        }
+        out
+    }
+
+    /// The classic Prometheus text exposition: the same samples without exemplars, units or EOF.
+    pub fn encode_prometheus(&self) -> String {
+        to_prometheus_text(&self.encode_openmetrics())
+    }
+}
+
+/// Convert OpenMetrics text to the Prometheus 0.0.4 text format. OpenMetrics names a counter family
+/// without `_total` and its samples with it; the older format wants the TYPE line to name the
+/// sample. Exemplars, `# UNIT` and `# EOF` have no place there.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::BTreeSet::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let fixed = if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let kind = if kind == "unknown" { "untyped" } else { kind };
+            if counters.contains(name) {
+                format!("# TYPE {name}_total {kind}")
+            } else {
+                format!("# TYPE {name} {kind}")
+            }
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                format!("# HELP {name}_total {help}")
+            } else {
+                line.to_string()
+            }
+        } else if line.starts_with('#') {
+            line.to_string()
+        } else {
+            // An exemplar follows ` # ` after the sample's value; a label value may hold anything,
+            // so look for it only after the label set closes.
+            let value_start = end_of_labels(line);
+            match line[value_start..].find(" # ") {
+                Some(i) => line[..value_start + i].to_string(),
+                None => line.to_string(),
+            }
+        };
+        out.push_str(&fixed);
+        out.push('\n');
+    }
+    out
+}
+
+/// Byte offset just past a sample's label set (`name{a="b"}`), or past its name when it has none.
+fn end_of_labels(line: &str) -> usize {
+    let name_end = line.find([' ', '{']).unwrap_or(line.len());
+    if !line[name_end..].starts_with('{') {
+        return name_end;
+    }
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, ch) in line.char_indices().skip_while(|(i, _)| *i <= name_end) {
+        match ch {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return i + 1,
+            _ => {}
+        }
+    }
+    line.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_drops_exemplars_and_names_counters_by_sample() {
+        let om = "# HELP a_seconds A.\n# TYPE a_seconds histogram\n# UNIT a_seconds seconds\n\
+                  a_seconds_bucket{le=\"1.0\",x=\"} # {\"} 1 # {trace_id=\"ab\"} 0.5\n\
+                  # HELP c C.\n# TYPE c counter\nc_total{x=\"y\"} 2\n# EOF\n";
+        let p = to_prometheus_text(om);
+        assert_eq!(
+            p,
+            "# HELP a_seconds A.\n# TYPE a_seconds histogram\n\
+             a_seconds_bucket{le=\"1.0\",x=\"} # {\"} 1\n\
+             # HELP c_total C.\n# TYPE c_total counter\nc_total{x=\"y\"} 2\n"
+        );
+    }
+}

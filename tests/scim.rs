@@ -1,0 +1,761 @@
+//! The SCIM 2.0 server over real HTTP, against every store backend: provider-shaped requests (Okta,
+//! Entra ID) in, joiners / movers / leavers out, checked at the Nuki simulator.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use latchkey::app::App;
+use latchkey::clock::{ManualClock, SharedClock};
+use latchkey::config::{Config, ConfigInput};
+use latchkey::sim::{self, NukiOptions, SimServer};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+const OKTA: &str = "okta-token-1";
+const ENTRA: &str = "entra-token-2";
+const SCOPED: &str = "scoped-token-3";
+const LIMITED: &str = "limited-token-4";
+const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+const PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+
+struct Scim {
+    app: App,
+    sim: SimServer,
+    clock: ManualClock,
+    base: String,
+    http: reqwest::Client,
+    backend: String,
+    _server: tokio::task::JoinHandle<()>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn sha(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+impl Scim {
+    async fn new(backend: &str, store_url: &str, dir: &Path) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = sim::start_nuki(
+            listener,
+            NukiOptions {
+                token: TOKEN.into(),
+                ..NukiOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        std::fs::create_dir_all(dir.join("feeds")).unwrap();
+        let text = format!(
+            "{}\n[scim.tenants.okta]\ntoken_sha256 = \"{}\"\n\
+             [scim.tenants.entra]\ntoken = {{ env = \"LATCHKEY_TEST_SCIM_ENTRA\" }}\n\
+             [scim.tenants.scoped]\ntoken_sha256 = \"{}\"\ncorrelate_by = \"userName\"\n\
+             scope_groups = [\"Door access\"]\n\
+             [scim.tenants.limited]\ntoken_sha256 = \"{}\"\n\
+             rate_limit = {{ per_second = 1, burst = 3 }}\n",
+            config_text(store_url, &sim.base_url(), (1000, 50)),
+            sha(OKTA),
+            sha(SCOPED),
+            sha(LIMITED),
+        );
+        let path = dir.join("latchkey.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut env = env();
+        env.insert("LATCHKEY_TEST_SCIM_ENTRA".into(), ENTRA.into());
+        let config = Config::load(&ConfigInput::from_file(&path, env).unwrap()).unwrap();
+        let clock = ManualClock::new(t("2026-11-25T09:00:00Z"));
+        let shared: SharedClock = Arc::new(clock.clone());
+        let app = App::open(config, shared).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/scim/v2", listener.local_addr().unwrap());
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let router = app.router();
+        let server = tokio::spawn(async move {
+            latchkey::api::serve(listener, router, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            app,
+            sim,
+            clock,
+            base,
+            http: reqwest::Client::new(),
+            backend: backend.into(),
+            _server: server,
+            _stop: stop,
+        }
+    }
+
+    async fn call(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/scim+json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| json!({ "text": text }))
+        };
+        (status, v)
+    }
+
+    async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            Some(token),
+            reqwest::Method::POST,
+            path,
+            Some(&body.to_string()),
+        )
+        .await
+    }
+
+    async fn put(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(
+            Some(token),
+            reqwest::Method::PUT,
+            path,
+            Some(&body.to_string()),
+        )
+        .await
+    }
+
+    async fn patch(&self, token: &str, path: &str, ops: Value) -> (StatusCode, Value) {
+        let body = json!({ "schemas": [PATCH], "Operations": ops });
+        self.call(
+            Some(token),
+            reqwest::Method::PATCH,
+            path,
+            Some(&body.to_string()),
+        )
+        .await
+    }
+
+    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.call(Some(token), reqwest::Method::GET, path, None)
+            .await
+    }
+
+    async fn delete(&self, token: &str, path: &str) -> StatusCode {
+        self.call(Some(token), reqwest::Method::DELETE, path, None)
+            .await
+            .0
+    }
+
+    async fn drain(&self) {
+        let d = self.app.dispatcher();
+        let connector = self.app.connectors.get("nuki").unwrap().clone();
+        for _ in 0..10_000 {
+            if d.step(&connector, "test-worker").await.unwrap() {
+                continue;
+            }
+            match latchkey::store::next_due(self.app.store().pool(), "nuki")
+                .await
+                .unwrap()
+            {
+                None => return,
+                Some(due) => {
+                    let now = latchkey::clock::to_micros(self.clock.now_utc());
+                    if due > now {
+                        self.clock.set(latchkey::clock::from_micros(due));
+                    }
+                }
+            }
+        }
+        panic!("outbox did not drain");
+    }
+
+    fn lock(&self, target: &str) -> i64 {
+        let demo = std::fs::read_to_string(repo().join("config/demo.toml")).unwrap();
+        let line = demo
+            .lines()
+            .find(|l| l.starts_with(&format!("\"{target}\"")))
+            .unwrap();
+        line.split('"').nth(3).unwrap().parse().unwrap()
+    }
+
+    fn holds(&self, key: &str, target: &str) -> bool {
+        let email = format!("{}@example.com", key.to_lowercase());
+        let nuki = self.sim.nuki().unwrap();
+        nuki.users()
+            .into_iter()
+            .find(|u| u.email == email)
+            .is_some_and(|u| nuki.holds(self.lock(target), u.account_user_id))
+    }
+
+    async fn count(&self, table: &str) -> i64 {
+        use sqlx::Row;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) AS n FROM {table}"
+        )))
+        .fetch_one(self.app.store().pool())
+        .await
+        .unwrap()
+        .try_get("n")
+        .unwrap()
+    }
+
+    async fn lifecycle(&self, key: &str) -> Option<String> {
+        let mut conn = self.app.store().pool().acquire().await.unwrap();
+        latchkey::store::get_identity(&mut conn, key)
+            .await
+            .unwrap()
+            .map(|i| i.lifecycle.as_str().to_string())
+    }
+}
+
+/// Run `body` once per backend, each in its own directory and database.
+macro_rules! each_backend {
+    (|$h:ident| $body:block) => {{
+        let tmp = tempfile::tempdir().unwrap();
+        for (name, url) in backends(tmp.path()).await {
+            let dir = tmp.path().join(&name);
+            let $h = Scim::new(&name, &url, &dir).await;
+            eprintln!("-- backend {name}");
+            $body
+        }
+    }};
+}
+
+/// An Okta-shaped user (Okta sends `externalId` and the enterprise extension when mapped).
+fn okta_user(key: &str, dept: &str, city: &str, active: bool) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENTERPRISE],
+        "userName": format!("{}@example.com", key.to_lowercase()),
+        "externalId": key,
+        "name": { "givenName": "Person", "familyName": key },
+        "emails": [{ "primary": true, "value": format!("{}@example.com", key.to_lowercase()), "type": "work" }],
+        "displayName": format!("Person {key}"),
+        "userType": "Employee",
+        "title": "Analyst",
+        "addresses": [{ "type": "work", "locality": city, "primary": true }],
+        "active": active,
+        ENTERPRISE: { "department": dept, "employeeNumber": key }
+    })
+}
+
+/// An Entra ID-shaped create: string booleans, capitalised names where Entra uses them.
+fn entra_user(key: &str, dept: &str, city: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ENTERPRISE],
+        "externalId": key,
+        "userName": format!("{}@example.com", key.to_lowercase()),
+        "active": "True",
+        "displayName": format!("Person {key}"),
+        "emails": [{ "primary": true, "type": "work", "value": format!("{}@example.com", key.to_lowercase()) }],
+        "addresses": [{ "type": "work", "locality": city, "primary": true }],
+        "userType": "Employee",
+        ENTERPRISE: { "department": dept, "manager": { "value": "M1" } }
+    })
+}
+
+#[tokio::test]
+async fn okta_create_deactivate_reactivate_put_and_delete_reach_the_doors() {
+    each_backend!(|h| {
+        let (st, u) = h
+            .post(
+                OKTA,
+                "/Users",
+                okta_user("E1", "Engineering", "Berlin", true),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{} {u}", h.backend);
+        let id = u["id"].as_str().unwrap().to_string();
+        assert_eq!(u["meta"]["resourceType"], "User");
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-engineering"), "{}", h.backend);
+        assert!(h.holds("E1", "berlin-lab"));
+
+        // Okta deactivates with a PATCH without path carrying an object.
+        let started = Instant::now();
+        let (st, u) = h
+            .patch(
+                OKTA,
+                &format!("/Users/{id}"),
+                json!([{ "op": "replace", "value": { "id": id, "active": false } }]),
+            )
+            .await;
+        let took = started.elapsed();
+        assert_eq!(st, StatusCode::OK, "{u}");
+        assert_eq!(u["active"], false);
+        // The answer comes only once the revoke is durable in the outbox.
+        assert_eq!(h.lifecycle("E1").await.as_deref(), Some("terminated"));
+        eprintln!(
+            "SCIM PATCH active=false answered in {took:?} ({})",
+            h.backend
+        );
+        h.drain().await;
+        assert!(!h.holds("E1", "berlin-engineering"));
+        assert!(!h.holds("E1", "berlin-lab"));
+
+        // Reactivation.
+        let (st, _) = h
+            .patch(
+                OKTA,
+                &format!("/Users/{id}"),
+                json!([{ "op": "replace", "value": { "active": true } }]),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-engineering"));
+
+        // Okta's PUT-to-deactivate: the whole user again, with active false.
+        let (st, u) = h
+            .put(
+                OKTA,
+                &format!("/Users/{id}"),
+                okta_user("E1", "Engineering", "Berlin", false),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{u}");
+        h.drain().await;
+        assert!(!h.holds("E1", "berlin-engineering"));
+
+        // Group push: create, member add, member removal by filter path.
+        let (st, u2) = h
+            .post(OKTA, "/Users", okta_user("E2", "Sales", "London", true))
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        let id2 = u2["id"].as_str().unwrap().to_string();
+        let (st, g) = h
+            .post(
+                OKTA,
+                "/Groups",
+                json!({"schemas":["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                       "displayName":"Door access","members":[]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{g}");
+        let gid = g["id"].as_str().unwrap().to_string();
+        let (st, _) = h
+            .patch(
+                OKTA,
+                &format!("/Groups/{gid}"),
+                json!([{ "op": "add", "path": "members", "value": [{ "value": id2, "display": "E2" }] }]),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        let (_, u2) = h.get(OKTA, &format!("/Users/{id2}")).await;
+        assert_eq!(u2["groups"][0]["display"], "Door access", "{u2}");
+        let (st, g) = h
+            .patch(
+                OKTA,
+                &format!("/Groups/{gid}"),
+                json!([{ "op": "remove", "path": format!("members[value eq \"{id2}\"]") }]),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(g.get("members").is_none(), "{g}");
+        h.drain().await;
+        assert!(h.holds("E2", "london-sales"));
+
+        // Delete: a leaver, and the resource is gone.
+        assert_eq!(
+            h.delete(OKTA, &format!("/Users/{id2}")).await,
+            StatusCode::NO_CONTENT
+        );
+        h.drain().await;
+        assert!(!h.holds("E2", "london-sales"));
+        assert_eq!(
+            h.get(OKTA, &format!("/Users/{id2}")).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(h.sim.nuki().unwrap().duplicate_pairs(), 0);
+    });
+}
+
+#[tokio::test]
+async fn entra_string_booleans_mover_soft_delete_then_delete() {
+    each_backend!(|h| {
+        let (st, u) = h
+            .post(ENTRA, "/Users", entra_user("E7", "Engineering", "Berlin"))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{u}");
+        assert_eq!(u["active"], true, "string boolean stored as boolean");
+        let id = u["id"].as_str().unwrap().to_string();
+        h.drain().await;
+        assert!(h.holds("E7", "berlin-engineering"), "{}", h.backend);
+
+        // Mover: Entra replaces the department with a capitalised op and a URN path.
+        let (st, u) = h
+            .patch(
+                ENTRA,
+                &format!("/Users/{id}"),
+                json!([
+                    { "op": "Replace", "path": format!("{ENTERPRISE}:department"), "value": "Sales" },
+                    { "op": "Add", "path": format!("{ENTERPRISE}:manager"), "value": "M2" },
+                    { "op": "Replace", "path": "emails[type eq \"work\"].value", "value": "e7@example.com" }
+                ]),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{u}");
+        assert_eq!(u[ENTERPRISE]["manager"]["value"], "M2");
+        h.drain().await;
+        assert!(!h.holds("E7", "berlin-engineering"));
+        assert!(!h.holds("E7", "berlin-lab"));
+        assert!(h.holds("E7", "berlin-sales"));
+
+        // Soft delete: "active":"False" as a string.
+        let (st, u) = h
+            .patch(
+                ENTRA,
+                &format!("/Users/{id}"),
+                json!([{ "op": "Replace", "path": "active", "value": "False" }]),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{u}");
+        assert_eq!(u["active"], false);
+        h.drain().await;
+        assert!(!h.holds("E7", "berlin-sales"));
+        // Entra looks the user up by filter before deleting.
+        let (st, l) = h
+            .get(ENTRA, "/Users?filter=userName%20eq%20%22E7@EXAMPLE.com%22")
+            .await;
+        assert_eq!((st, l["totalResults"].as_i64()), (StatusCode::OK, Some(1)));
+        let revokes = h.count("commands").await;
+        assert_eq!(
+            h.delete(ENTRA, &format!("/Users/{id}")).await,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(h.count("commands").await, revokes, "nothing left to revoke");
+        assert_eq!(
+            h.delete(ENTRA, &format!("/Users/{id}")).await,
+            StatusCode::NOT_FOUND
+        );
+    });
+}
+
+#[tokio::test]
+async fn removal_from_the_provisioned_group_is_a_leaver() {
+    each_backend!(|h| {
+        // This tenant correlates by userName, and only members of "Door access" are in scope.
+        let mut user = okta_user("E3", "Facilities", "London", true);
+        user["userName"] = json!("E3");
+        let (st, u) = h.post(SCOPED, "/Users", user).await;
+        assert_eq!(st, StatusCode::CREATED, "{u}");
+        let id = u["id"].as_str().unwrap().to_string();
+        h.drain().await;
+        assert!(!h.holds("E3", "london-facilities"), "not in scope yet");
+        let (st, g) = h
+            .post(
+                SCOPED,
+                "/Groups",
+                json!({"schemas":["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                       "displayName":"Door access","members":[{"value": id}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{g}");
+        let gid = g["id"].as_str().unwrap().to_string();
+        h.drain().await;
+        assert!(h.holds("E3", "london-facilities"), "{}", h.backend);
+        assert!(h.holds("E3", "london-plant-room"));
+        // Entra's member removal: path `members` with the ids as value.
+        let (st, _) = h
+            .patch(
+                SCOPED,
+                &format!("/Groups/{gid}"),
+                json!([{ "op": "Remove", "path": "members", "value": [{ "value": id }] }]),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        assert_eq!(h.lifecycle("E3").await.as_deref(), Some("terminated"));
+        h.drain().await;
+        assert!(!h.holds("E3", "london-facilities"));
+        assert!(!h.holds("E3", "london-plant-room"));
+    });
+}
+
+#[tokio::test]
+async fn hr_and_scim_correlate_and_the_leaver_wins() {
+    each_backend!(|h| {
+        // The HR feed knows E5 as an active engineer; Okta pushes the same person disabled.
+        let feed = h
+            .app
+            .engine
+            .config
+            .base_dir
+            .join("feeds")
+            .join("hr-0001.csv");
+        std::fs::write(
+            &feed,
+            format!("{HEADER}\n{}\n", employee("E5", "engineering", "berlin")),
+        )
+        .unwrap();
+        h.app.engine.apply_hr_file("hr", &feed).await.unwrap();
+        h.drain().await;
+        assert!(h.holds("E5", "berlin-engineering"), "{}", h.backend);
+        let (st, _) = h
+            .post(
+                OKTA,
+                "/Users",
+                okta_user("E5", "Engineering", "Berlin", false),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        h.drain().await;
+        assert!(!h.holds("E5", "berlin-engineering"), "leaver wins");
+    });
+}
+
+#[tokio::test]
+async fn tokens_tenants_and_bad_requests() {
+    each_backend!(|h| {
+        let (st, u) = h
+            .post(OKTA, "/Users", okta_user("E4", "Sales", "Berlin", true))
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        let id = u["id"].as_str().unwrap().to_string();
+        // 401 without a token and with a wrong one.
+        let (st, e) = h.call(None, reqwest::Method::GET, "/Users", None).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        assert_eq!(e["status"], "401");
+        let (st, _) = h.get("not-a-token", "/Users").await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+        // Another tenant's resource does not exist for this one.
+        let (st, _) = h.get(ENTRA, &format!("/Users/{id}")).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        let (_, l) = h.get(ENTRA, "/Users").await;
+        assert_eq!(l["totalResults"], 0);
+        assert_eq!(
+            h.delete(ENTRA, &format!("/Users/{id}")).await,
+            StatusCode::NOT_FOUND
+        );
+
+        let resources = h.count("scim_resources").await;
+        let commands = h.count("commands").await;
+        let audit = h.count("audit_log").await;
+        let bad = |st: StatusCode, e: &Value, t: &str| {
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+            assert_eq!(e["scimType"], t, "{e}");
+            assert_eq!(
+                e["schemas"][0],
+                "urn:ietf:params:scim:api:messages:2.0:Error"
+            );
+        };
+        let (st, e) = h
+            .call(
+                Some(OKTA),
+                reqwest::Method::POST,
+                "/Users",
+                Some("{\"userName\": \"x\""),
+            )
+            .await;
+        bad(st, &e, "invalidSyntax");
+        let mut unknown = okta_user("E9", "Sales", "Berlin", true);
+        unknown["departmnet"] = json!("Sales");
+        let (st, e) = h.post(OKTA, "/Users", unknown).await;
+        bad(st, &e, "invalidSyntax");
+        let (st, e) = h.get(OKTA, "/Users?filter=userName%20eq").await;
+        bad(st, &e, "invalidFilter");
+        let (st, e) = h.get(OKTA, "/Users?filter=shoeSize%20gt%2040").await;
+        bad(st, &e, "invalidFilter");
+        let (st, e) = h
+            .patch(
+                OKTA,
+                &format!("/Users/{id}"),
+                json!([{ "op": "replace", "path": "nope[", "value": 1 }]),
+            )
+            .await;
+        bad(st, &e, "invalidPath");
+        // A PATCH whose second operation fails leaves the first one unapplied.
+        let (st, e) = h
+            .patch(
+                OKTA,
+                &format!("/Users/{id}"),
+                json!([{ "op": "replace", "path": "active", "value": false },
+                       { "op": "replace", "path": "shoeSize", "value": 40 }]),
+            )
+            .await;
+        bad(st, &e, "invalidPath");
+        let (_, u) = h.get(OKTA, &format!("/Users/{id}")).await;
+        assert_eq!(u["active"], true);
+        let (st, e) = h
+            .post(OKTA, "/Users", okta_user("E4", "Sales", "Berlin", true))
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "{e}");
+        assert_eq!(e["scimType"], "uniqueness");
+        assert_eq!(
+            h.count("scim_resources").await,
+            resources,
+            "nothing half-written"
+        );
+        assert_eq!(h.count("commands").await, commands);
+        assert_eq!(h.count("audit_log").await, audit);
+    });
+}
+
+#[tokio::test]
+async fn filters_pages_projections_and_etags() {
+    each_backend!(|h| {
+        let mut ids = Vec::new();
+        for (i, dept) in ["Sales", "Engineering", "Sales", "Finance", "Sales"]
+            .iter()
+            .enumerate()
+        {
+            let mut u = okta_user(&format!("F{i}"), dept, "Berlin", i != 3);
+            u["emails"] = json!([
+                { "value": format!("f{i}@example.com"), "type": "work", "primary": true },
+                { "value": format!("f{i}@home.example"), "type": "home" }
+            ]);
+            let (st, u) = h.post(OKTA, "/Users", u).await;
+            assert_eq!(st, StatusCode::CREATED, "{u}");
+            ids.push(u["id"].as_str().unwrap().to_string());
+        }
+        let q = |f: &str| format!("/Users?filter={}", urlencode(f));
+        let total = |v: &Value| v["totalResults"].as_i64().unwrap();
+        let cases = [
+            (
+                r#"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department eq "sales""#,
+                3,
+            ),
+            (r#"userName sw "F1@""#, 1),
+            (r#"userName co "example" and not (active eq true)"#, 1),
+            (
+                r#"emails[type eq "home" and value ew "f2@home.example"]"#,
+                1,
+            ),
+            (r#"emails[type eq "work" and value ew "home.example"]"#, 0),
+            (r#"emails co "home.example""#, 5),
+            (r#"externalId eq "F0" or externalId eq "F4""#, 2),
+            (r#"title pr and meta.created pr"#, 5),
+            (r#"nickName pr"#, 0),
+            (r#"externalId ne "F0""#, 4),
+            (r#"meta.lastModified gt "2020-01-01T00:00:00Z""#, 5),
+        ];
+        for (f, n) in cases {
+            let (st, l) = h.get(OKTA, &q(f)).await;
+            assert_eq!(st, StatusCode::OK, "{f}: {l}");
+            assert_eq!(total(&l), n, "{f} ({})", h.backend);
+        }
+        // Pages.
+        let (_, l) = h
+            .get(
+                OKTA,
+                "/Users?startIndex=2&count=2&sortBy=externalId&sortOrder=descending",
+            )
+            .await;
+        assert_eq!((total(&l), l["itemsPerPage"].as_i64()), (5, Some(2)));
+        assert_eq!(l["startIndex"], 2);
+        assert_eq!(l["Resources"][0]["externalId"], "F3", "{l}");
+        // Projections.
+        let (_, l) = h.get(OKTA, "/Users?attributes=userName&count=1").await;
+        let r = &l["Resources"][0];
+        assert!(r.get("userName").is_some() && r.get("id").is_some());
+        assert!(
+            r.get("emails").is_none() && r.get("active").is_none(),
+            "{r}"
+        );
+        let (_, u) = h
+            .get(
+                OKTA,
+                &format!("/Users/{}?excludedAttributes=emails", ids[0]),
+            )
+            .await;
+        assert!(u.get("emails").is_none() && u.get("userName").is_some());
+        // POST .search.
+        let (st, l) = h
+            .post(
+                OKTA,
+                "/Users/.search",
+                json!({"schemas":["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                       "filter":"externalId eq \"F2\"","attributes":["externalId"]}),
+            )
+            .await;
+        assert_eq!((st, total(&l)), (StatusCode::OK, 1), "{l}");
+        // ETags: If-None-Match and a stale If-Match.
+        let resp = h
+            .http
+            .get(format!("{}/Users/{}", h.base, ids[0]))
+            .bearer_auth(OKTA)
+            .send()
+            .await
+            .unwrap();
+        let etag = resp.headers()["etag"].to_str().unwrap().to_string();
+        let resp = h
+            .http
+            .get(format!("{}/Users/{}", h.base, ids[0]))
+            .bearer_auth(OKTA)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+        let resp = h
+            .http
+            .patch(format!("{}/Users/{}", h.base, ids[0]))
+            .bearer_auth(OKTA)
+            .header("if-match", "W/\"999\"")
+            .body(json!({"schemas":[PATCH],"Operations":[{"op":"replace","path":"title","value":"x"}]}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
+        // Discovery.
+        for p in ["/ServiceProviderConfig", "/ResourceTypes", "/Schemas"] {
+            let (st, _) = h.get(OKTA, p).await;
+            assert_eq!(st, StatusCode::OK, "{p}");
+        }
+        h.clock.set(t("2026-11-25T10:00:00Z"));
+    });
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn rate_limit_and_body_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Scim::new(
+        "sqlite",
+        &format!("sqlite://{}/s.db", tmp.path().display()),
+        tmp.path(),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(h.get(LIMITED, "/Users").await.0);
+    }
+    assert_eq!(&statuses[..3], [StatusCode::OK; 3]);
+    assert!(
+        statuses[3..].contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    // Another tenant's budget is its own.
+    assert_eq!(h.get(OKTA, "/Users").await.0, StatusCode::OK);
+    let huge = format!("{{\"userName\":\"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let (st, _) = h
+        .call(Some(OKTA), reqwest::Method::POST, "/Users", Some(&huge))
+        .await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(h.count("scim_resources").await, 0);
+}
