@@ -171,18 +171,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 crate::sources::hr::load_mapping(&config.resolve(&src.mapping))
                     .with_context(|| format!("source hr.{name}"))?;
             }
+            for (name, src) in &config.sources.ldap {
+                crate::sources::ldap::load_mapping(name, &config.resolve(&src.mapping))
+                    .with_context(|| format!("source ldap.{name}"))?;
+            }
             let connectors = crate::connectors::check_profiles(&config)?;
+            let sources: Vec<String> = (config.sources.hr.keys().map(|k| format!("hr.{k}")))
+                .chain(config.sources.ldap.keys().map(|k| format!("ldap.{k}")))
+                .chain(config.scim.tenants.keys().map(|k| format!("scim.{k}")))
+                .collect();
             println!("{}: ok", c.config.display());
-            println!(
-                "  sources:    {}",
-                config
-                    .sources
-                    .hr
-                    .keys()
-                    .map(|k| format!("hr.{k}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            println!("  sources:    {}", sources.join(", "));
             println!("  templates:  {}", policy.template_names().join(", "));
             println!("  connectors: {}", connectors.join(", "));
             Ok(0)
