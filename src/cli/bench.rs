@@ -46,6 +46,15 @@ pub struct BenchArgs {
     /// People in the single-leaver store (at least `--leavers`).
     #[arg(long, default_value_t = 300)]
     pub population: usize,
+    /// SCIM deactivations to time (each user is created over SCIM first).
+    #[arg(long, default_value_t = 1000)]
+    pub scim_deactivations: usize,
+    /// Concurrent SCIM clients while creating the users (durable writes per second).
+    #[arg(long, default_value_t = 8)]
+    pub scim_clients: usize,
+    /// Which measurements to run.
+    #[arg(long, value_delimiter = ',', default_values_t = ["drain".to_string(), "leaver".to_string(), "scim".to_string()])]
+    pub sections: Vec<String>,
     /// Keep the stores here instead of in a temporary directory.
     #[arg(long)]
     pub keep: Option<PathBuf>,
@@ -56,6 +65,8 @@ const HEADER: &str = "employee_id,full_name,email,department,job_title,employmen
 const SIM_TOKEN: &str = "nuki-bench-token";
 /// `LATCHKEY_BENCH_` variables are never read as configuration overrides, so this holds the secret.
 const TOKEN_VAR: &str = "LATCHKEY_BENCH_NUKI_TOKEN";
+const SCIM_TOKEN: &str = "scim-bench-token";
+const SCIM_TOKEN_VAR: &str = "LATCHKEY_BENCH_SCIM_TOKEN";
 /// Nuki allows 200 app authorisations per lock; a hundred people per lock keeps well inside that
 /// while each read-back still lists a realistically full lock.
 const PEOPLE_PER_LOCK: usize = 100;
@@ -78,10 +89,24 @@ impl Bed {
         rate: (u32, u32),
         concurrency: usize,
     ) -> anyhow::Result<Self> {
+        Self::open_with(dir, sim_url, rate, concurrency, "").await
+    }
+
+    /// `extra` is appended to the configuration (the SCIM section).
+    async fn open_with(
+        dir: &Path,
+        sim_url: &str,
+        rate: (u32, u32),
+        concurrency: usize,
+        extra: &str,
+    ) -> anyhow::Result<Self> {
         let path = dir.join("latchkey.toml");
-        std::fs::write(&path, config_text(dir, sim_url, rate, concurrency)?)?;
-        // Only the token: the process environment's overrides would make runs incomparable.
-        let env = BTreeMap::from([(TOKEN_VAR.to_string(), SIM_TOKEN.to_string())]);
+        std::fs::write(&path, config_text(dir, sim_url, rate, concurrency, extra)?)?;
+        // Only the tokens: the process environment's overrides would make runs incomparable.
+        let env = BTreeMap::from([
+            (TOKEN_VAR.to_string(), SIM_TOKEN.to_string()),
+            (SCIM_TOKEN_VAR.to_string(), SCIM_TOKEN.to_string()),
+        ]);
         let config = Config::load(&ConfigInput::from_file(&path, env)?)?;
         let app = App::open(config, clock::system()).await?;
         let (stop, rx) = watch::channel(false);
@@ -173,6 +198,7 @@ fn config_text(
     sim_url: &str,
     rate: (u32, u32),
     concurrency: usize,
+    extra: &str,
 ) -> anyhow::Result<String> {
     let db = format!("sqlite://{}", dir.join("latchkey.db").display());
     // Absolute: paths in the file are resolved against its own (temporary) folder.
@@ -201,7 +227,7 @@ base_url = {sim_url}
 concurrency = {concurrency}
 rate_limit = {{ per_second = {per_second}, burst = {burst} }}
 secrets = {{ token = {{ env = "{TOKEN_VAR}" }} }}
-"#,
+{extra}"#,
         db = toml_str(&db),
         mapping = toml_str(&mapping.display().to_string()),
         profile = toml_str(&profile.display().to_string()),
@@ -522,6 +548,173 @@ async fn single_leaver(args: &BenchArgs, dir: &Path) -> anyhow::Result<LeaverFig
     })
 }
 
+struct ScimFigures {
+    p50: f64,
+    p99: f64,
+    writes_per_second: f64,
+    ok: bool,
+}
+
+/// A user as Okta pushes one; the key fits the benchmark template's lock spread.
+fn scim_user(key: &str) -> serde_json::Value {
+    let email = format!("{}@example.com", key.to_lowercase());
+    serde_json::json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": email,
+        "externalId": key,
+        "name": { "givenName": "Person", "familyName": key },
+        "emails": [{ "primary": true, "type": "work", "value": email }],
+        "displayName": format!("Person {key}"),
+        "active": true
+    })
+}
+
+async fn scim_deactivations(args: &BenchArgs, dir: &Path) -> anyhow::Result<ScimFigures> {
+    use futures::StreamExt;
+    let k = args.scim_deactivations.max(1);
+    println!("== 3. SCIM deactivations, nothing queued ==");
+    println!(
+        "  {k} users created over SCIM ({} clients at once), then deactivated one at a time with PATCH active=false",
+        args.scim_clients.max(1)
+    );
+    prepare(dir, k)?;
+    let server = start_sim().await?;
+    let extra = format!("\n[scim.tenants.bench]\ntoken = {{ env = \"{SCIM_TOKEN_VAR}\" }}\n");
+    let bed = Bed::open_with(
+        dir,
+        &server.base_url(),
+        SETUP_RATE,
+        args.concurrency,
+        &extra,
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}/scim/v2", listener.local_addr()?);
+    let (stop_http, mut stopped) = watch::channel(false);
+    let http = tokio::spawn(crate::api::serve(listener, bed.app.router(), async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    let client = reqwest::Client::new();
+
+    // Durable writes: every 201 is answered only after the user, the identity change, its commands
+    // and their audit records have committed.
+    let keys: Vec<String> = (0..k).map(|i| format!("S{i:06}")).collect();
+    let t = Instant::now();
+    let created: Vec<anyhow::Result<String>> = futures::stream::iter(keys.iter())
+        .map(|key| {
+            let client = client.clone();
+            let url = format!("{base}/Users");
+            async move {
+                let resp = client
+                    .post(url)
+                    .bearer_auth(SCIM_TOKEN)
+                    .json(&scim_user(key))
+                    .send()
+                    .await?;
+                if resp.status() != reqwest::StatusCode::CREATED {
+                    bail!("create {key}: HTTP {}", resp.status());
+                }
+                let body: serde_json::Value = resp.json().await?;
+                body["id"]
+                    .as_str()
+                    .map(str::to_string)
+                    .context("create answered without an id")
+            }
+        })
+        .buffer_unordered(args.scim_clients.max(1))
+        .collect()
+        .await;
+    let create_secs = t.elapsed().as_secs_f64();
+    let ids: Vec<String> = created.into_iter().collect::<anyhow::Result<_>>()?;
+    let writes_per_second = k as f64 / create_secs;
+    println!(
+        "  creates: {k} durable SCIM writes in {create_secs:.2} s = {writes_per_second:.0} writes/s (while the dispatcher issued their grants)"
+    );
+    bed.drain(Duration::from_millis(20), None).await?;
+
+    let b = bar(k, "deactivate");
+    let patch = serde_json::json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{ "op": "replace", "path": "active", "value": false }]
+    });
+    let mut answered = Vec::with_capacity(k);
+    for id in &ids {
+        let t = Instant::now();
+        let resp = client
+            .patch(format!("{base}/Users/{id}"))
+            .bearer_auth(SCIM_TOKEN)
+            .json(&patch)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("deactivate {id}: HTTP {}", resp.status());
+        }
+        answered.push(t.elapsed().as_secs_f64());
+        bed.drain(Duration::from_millis(1), None).await?;
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    let revokes: Vec<store::CommandRow> = store::completed_commands(bed.app.store().pool())
+        .await?
+        .into_iter()
+        .filter(|c| c.action == Action::Revoke)
+        .collect();
+    // Received (the change's trigger: SCIM changes take effect when they arrive) -> the worker takes
+    // the command and sends the first vendor request (a DELETE with the stored authorisation id).
+    let to_first_request: Vec<f64> = revokes
+        .iter()
+        .filter_map(|c| {
+            c.first_attempt_at
+                .map(|f| (f - c.trigger_at).max(0) as f64 / 1e6)
+        })
+        .collect();
+    let e2e: Vec<f64> = revokes
+        .iter()
+        .filter_map(|c| telemetry::stages(c).map(|s| s[4]))
+        .collect();
+    let Some(first) = telemetry::summarize(to_first_request) else {
+        bail!("no SCIM deactivation was revoked");
+    };
+    println!(
+        "  PATCH active=false received -> first vendor revoke request sent: p50 {}  p90 {}  p99 {}  max {}  (n = {})",
+        ms(first.p50),
+        ms(first.p90),
+        ms(first.p99),
+        ms(first.max),
+        first.count
+    );
+    if let Some(e) = telemetry::summarize(e2e) {
+        println!(
+            "  PATCH received -> vendor confirmed the revoke:          p50 {}  p90 {}  p99 {}  max {}",
+            ms(e.p50),
+            ms(e.p90),
+            ms(e.p99),
+            ms(e.max)
+        );
+    }
+    if let Some(a) = telemetry::summarize(answered.clone()) {
+        let total: f64 = answered.iter().sum();
+        println!(
+            "  PATCH answered (durable) client side: p50 {}  p99 {}; {:.0} sequential durable writes/s",
+            ms(a.p50),
+            ms(a.p99),
+            k as f64 / total
+        );
+    }
+    println!();
+    let _ = stop_http.send(true);
+    http.await??;
+    let ok = revokes.len() == k;
+    bed.close().await?;
+    server.shutdown().await;
+    Ok(ScimFigures {
+        p50: first.p50,
+        p99: first.p99,
+        writes_per_second,
+        ok,
+    })
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let tmp = tempfile::tempdir()?;
     let root = args
@@ -533,18 +726,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         root.display()
     );
     println!();
-    let drain = mass_termination(&args, &root.join("drain")).await?;
-    let leaver = single_leaver(&args, &root.join("leaver")).await?;
-    println!(
-        "summary: {} revocations at {} req/s drained in {:.2} s = {:.3} x N/R ({:.3} x requests/R); \
-         single leaver trigger -> confirmed p50 {} p99 {}",
-        args.revocations,
-        args.rate,
-        drain.wall,
-        drain.command_ratio,
-        drain.request_ratio,
-        ms(leaver.p50),
-        ms(leaver.p99)
-    );
-    Ok(if drain.ok && leaver.ok { 0 } else { 1 })
+    let wants = |s: &str| args.sections.iter().any(|x| x == s);
+    let mut ok = true;
+    if wants("drain") {
+        let drain = mass_termination(&args, &root.join("drain")).await?;
+        println!(
+            "summary: {} revocations at {} req/s drained in {:.2} s = {:.3} x N/R ({:.3} x requests/R)",
+            args.revocations, args.rate, drain.wall, drain.command_ratio, drain.request_ratio
+        );
+        ok &= drain.ok;
+    }
+    if wants("leaver") {
+        let leaver = single_leaver(&args, &root.join("leaver")).await?;
+        println!(
+            "summary: single leaver trigger -> vendor confirmed p50 {} p99 {}",
+            ms(leaver.p50),
+            ms(leaver.p99)
+        );
+        ok &= leaver.ok;
+    }
+    if wants("scim") {
+        let scim = scim_deactivations(&args, &root.join("scim")).await?;
+        println!(
+            "summary: SCIM PATCH active=false received -> first vendor revoke request p50 {} p99 {}; {:.0} durable SCIM writes/s",
+            ms(scim.p50),
+            ms(scim.p99),
+            scim.writes_per_second
+        );
+        ok &= scim.ok;
+    }
+    Ok(if ok { 0 } else { 1 })
 }
