@@ -17,6 +17,10 @@ use tokio::sync::watch;
 pub struct App {
     pub engine: Arc<Engine>,
     pub connectors: Connectors,
+    /// Circuit breakers, one per connector, kept across the dispatchers this process makes.
+    pub breakers: crate::dispatch::Breakers,
+    /// For overdue key alerts.
+    webhooks: reqwest::Client,
 }
 
 impl App {
@@ -33,8 +37,38 @@ impl App {
         let engine = Arc::new(Engine::new(store, clock, config, policy)?);
         for c in connectors.values() {
             c.attach_rate_wait_counters(engine.metrics.rate_limit_handles(c.name()));
+            c.attach_store(engine.store.clone(), engine.clock.clone());
         }
-        Ok(Self { engine, connectors })
+        let breakers = crate::dispatch::breakers_for(&engine.config, &connectors);
+        let webhooks = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            engine,
+            connectors,
+            breakers,
+            webhooks,
+        })
+    }
+
+    /// Compare every vendor's grants with the ledger once (see [`crate::drift`]).
+    pub async fn drift_check(&self) -> anyhow::Result<crate::drift::DriftReport> {
+        Ok(crate::drift::check(&self.engine, &self.connectors).await?)
+    }
+
+    /// Alert on mechanical key returns past their due time, and refresh the key-return gauges.
+    pub async fn check_overdue_keys(
+        &self,
+    ) -> anyhow::Result<crate::connectors::manual::OverdueReport> {
+        let now = to_micros(self.engine.clock.now());
+        Ok(crate::connectors::manual::check_overdue(
+            &self.engine.store,
+            &self.engine.config,
+            &self.engine.metrics,
+            &self.webhooks,
+            now,
+        )
+        .await?)
     }
 
     pub fn store(&self) -> &Store {
@@ -57,6 +91,7 @@ impl App {
             self.engine.outbox_notify.clone(),
             self.engine.metrics.clone(),
         )
+        .with_breakers(self.breakers.clone())
     }
 
     /// Run sources' schedules, effective-dated changes and the dispatcher until `shutdown`.
@@ -119,11 +154,42 @@ impl App {
             if let Err(e) = engine.tick().await {
                 tracing::error!(error = %e, "effective-dated changes not applied");
             }
+            if let Err(e) = self.scheduled_checks(now).await {
+                tracing::error!(error = %e, "drift or overdue key check failed");
+            }
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// The drift check on its schedule, and overdue key returns on every tick (one small query).
+    async fn scheduled_checks(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
+        self.check_overdue_keys().await?;
+        let Some(schedule) = &self.engine.config.drift.schedule else {
+            return Ok(());
+        };
+        let due = match store::last_run(self.engine.store.pool(), "drift").await? {
+            None => true,
+            Some(last) => schedule
+                .parse::<croner::Cron>()?
+                .find_next_occurrence(&crate::clock::from_micros(last), false)
+                .is_ok_and(|next| next <= now),
+        };
+        if due {
+            let report = self.drift_check().await?;
+            if !report.findings.is_empty() {
+                tracing::warn!(
+                    findings = report.findings.len(),
+                    "drift check found differences"
+                );
+            }
+            let mut tx = self.engine.store.begin_write().await?;
+            store::set_last_run(&mut tx, "drift", to_micros(now)).await?;
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     async fn schedule_due(

@@ -93,6 +93,14 @@ pub enum Command {
         #[command(subcommand)]
         audit: AuditCmd,
     },
+    /// Compare every vendor's grants with the ledger once and print what differs (orphans are
+    /// revoked and missing grants re-issued as `[drift]` says).
+    Drift(ConfigArg),
+    /// Mechanical keys: open tasks, hand-overs and returns.
+    Keys {
+        #[command(subcommand)]
+        keys: KeysCmd,
+    },
     /// Run a vendor simulator on its own.
     Sim {
         vendor: String,
@@ -116,6 +124,31 @@ pub enum Command {
     },
 }
 
+/// Mechanical key tasks (the built-in `manual` connector).
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Open hand-over and return tasks, overdue ones marked.
+    List(ConfigArg),
+    /// Record that a key was handed to its holder.
+    HandedOver {
+        task: i64,
+        /// Who handed it over: recorded in the audit log.
+        #[arg(long)]
+        by: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Record that a key was checked back in: this confirms the revocation.
+    Returned {
+        task: i64,
+        /// Who took it back: recorded in the audit log.
+        #[arg(long)]
+        by: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Report {
     /// Revocation (and issue) latency per connector and stage.
@@ -128,6 +161,18 @@ pub enum Report {
 pub enum AuditCmd {
     /// Check the hash chain; names the first broken record.
     Verify(ConfigArg),
+}
+
+impl Command {
+    /// The configuration file of a command that carries out changes (and so is worth tracing):
+    /// the binary reads its `[telemetry]` before the subscriber is installed.
+    pub fn traced_config(&self) -> Option<&Path> {
+        match self {
+            Command::Run(c) | Command::Apply(c) | Command::Drift(c) => Some(&c.config),
+            Command::Approve { config, .. } | Command::Drill { config, .. } => Some(&config.config),
+            _ => None,
+        }
+    }
 }
 
 fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
@@ -367,7 +412,74 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Drift(c) => {
+            let app = open(&c).await?;
+            let report = app.drift_check().await?;
+            print!("{}", report.render());
+            // Re-issues were enqueued: deliver them before exiting, as `apply` does.
+            if report.findings.iter().any(|f| f.action == "reissued") {
+                let (tx, rx) = watch::channel(false);
+                let dispatcher = tokio::spawn(app.dispatcher().run(rx));
+                wait_for_outbox(&app, None).await?;
+                let _ = tx.send(true);
+                dispatcher.await?;
+            }
+            Ok(i32::from(!report.findings.is_empty()))
+        }
+        Command::Keys { keys } => keys_command(keys).await,
     }
+}
+
+async fn keys_command(cmd: KeysCmd) -> anyhow::Result<i32> {
+    use crate::connectors::manual;
+    let (config, task, by, kind) = match cmd {
+        KeysCmd::List(c) => {
+            let app = open(&c).await?;
+            print!("{}", keys_text(&app).await?);
+            return Ok(0);
+        }
+        KeysCmd::HandedOver { task, by, config } => (config, task, by, manual::HAND_OVER),
+        KeysCmd::Returned { task, by, config } => (config, task, by, manual::RETURN),
+    };
+    let app = open(&config).await?;
+    let now = crate::clock::to_micros(app.engine.clock.now());
+    let t = manual::record(app.store(), Some(&app.engine.metrics), task, kind, &by, now).await?;
+    println!(
+        "task {} ({} of {} for {}) recorded done by {by} at {}",
+        t.id,
+        t.kind,
+        t.target,
+        t.identity_key,
+        ts(now)
+    );
+    Ok(0)
+}
+
+/// Open key tasks, for `latchkey keys list` and `latchkey status`.
+pub async fn keys_text(app: &App) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let now = crate::clock::to_micros(app.engine.clock.now());
+    let tasks = store::open_key_tasks(app.store().pool()).await?;
+    let mut out = String::new();
+    writeln!(out, "open key tasks: {}", tasks.len())?;
+    for t in &tasks {
+        let due = match t.due_at {
+            Some(d) if d <= now => format!("OVERDUE since {}", ts(d)),
+            Some(d) => format!("due {}", ts(d)),
+            None => "-".into(),
+        };
+        writeln!(
+            out,
+            "  #{:<5} {:<9} {:<10} {:<8} {:<22} created {} {due}",
+            t.id,
+            t.kind,
+            t.identity_key,
+            t.connector,
+            t.target,
+            ts(t.created_at)
+        )?;
+    }
+    Ok(out)
 }
 
 pub fn describe_feed(r: &crate::engine::FeedReport) -> String {
@@ -451,6 +563,34 @@ pub async fn status_text(app: &App) -> anyhow::Result<String> {
             r.reason
         )?;
     }
+    let breakers = store::breaker_states(pool).await?;
+    let open: Vec<_> = breakers.iter().filter(|b| b.1 != "closed").collect();
+    writeln!(out, "circuit breakers open: {}", open.len())?;
+    for (connector, state, since, error) in &breakers {
+        writeln!(
+            out,
+            "  {connector:<8} {state:<9} since {} {}",
+            ts(*since),
+            error.as_deref().unwrap_or("")
+        )?;
+    }
+    let drift = store::open_drift(pool).await?;
+    writeln!(out, "drift findings open: {}", drift.len())?;
+    for f in &drift {
+        writeln!(
+            out,
+            "  #{} {} {}:{} {} grant {} seen {} .. {}",
+            f.id,
+            f.kind,
+            f.connector,
+            f.target,
+            f.subject,
+            f.vendor_ref.as_deref().unwrap_or("-"),
+            ts(f.first_seen_at),
+            ts(f.last_seen_at)
+        )?;
+    }
+    out.push_str(&keys_text(app).await?);
     let held = store::held_changes(pool).await?;
     writeln!(out, "held for approval: {}", held.len())?;
     for h in held.iter().take(20) {

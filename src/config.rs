@@ -102,6 +102,9 @@ pub struct Config {
     /// Revocation drills.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Drift check against each vendor's grant list.
+    #[serde(default)]
+    pub drift: DriftConfig,
     /// Where the file was read from: relative paths inside it are relative to its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -304,7 +307,11 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorConfig {
-    /// Declarative vendor profile (see `connectors/`).
+    /// `http` (a declarative profile) or a built-in connector such as `manual` (mechanical keys).
+    #[serde(default)]
+    pub kind: ConnectorKind,
+    /// Declarative vendor profile (see `connectors/`); required for `kind = "http"`.
+    #[serde(default)]
     pub profile: PathBuf,
     /// Overrides the profile's base URL (a simulator, a regional endpoint).
     pub base_url: Option<String>,
@@ -324,6 +331,105 @@ pub struct ConnectorConfig {
     pub sla: SlaOverride,
     /// Target the revocation drill grants and revokes for the canary (see `[telemetry.drill]`).
     pub drill_target: Option<String>,
+    /// When to stop calling a vendor that keeps failing (see `dispatch::breaker`).
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Settings of the built-in `manual` connector (mechanical keys).
+    #[serde(default)]
+    pub manual: ManualConfig,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Breaker, drift and mechanical keys
+
+/// Which code drives a connector.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorKind {
+    /// A declarative HTTP profile run by the profile engine.
+    #[default]
+    Http,
+    /// Mechanical keys: hand-over and return tasks for people, no vendor API.
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive transient failures that open the breaker; 0 turns it off.
+    #[serde(default = "default_breaker_failures")]
+    pub failure_threshold: u32,
+    /// How long an open breaker waits before letting one probe command through.
+    #[serde(default = "default_breaker_cooldown")]
+    pub cooldown_seconds: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: default_breaker_failures(),
+            cooldown_seconds: default_breaker_cooldown(),
+        }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ManualConfig {
+    /// A key must be checked in within this many hours of the return task being created.
+    #[serde(default = "default_return_due_hours")]
+    pub return_due_hours: f64,
+    /// Receives a JSON POST for each overdue key return.
+    pub overdue_webhook: Option<String>,
+}
+
+impl Default for ManualConfig {
+    fn default() -> Self {
+        Self {
+            return_due_hours: default_return_due_hours(),
+            overdue_webhook: None,
+        }
+    }
+}
+
+fn default_return_due_hours() -> f64 {
+    24.0
+}
+
+/// The drift check: each vendor's grants against the ledger.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Standard 5-field crontab line; no scheduled check when absent (`latchkey drift` still runs one).
+    pub schedule: Option<String>,
+    /// How long an expected grant may be missing at the vendor before it is issued again: vendors
+    /// that sync to locks late must not cause a re-issue storm.
+    #[serde(default = "default_drift_tolerance")]
+    pub tolerance_seconds: u64,
+    /// Revoke grants the vendor holds that latchkey did not issue (otherwise only report them).
+    #[serde(default)]
+    pub revoke_orphans: bool,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            schedule: None,
+            tolerance_seconds: default_drift_tolerance(),
+            revoke_orphans: false,
+        }
+    }
+}
+
+fn default_drift_tolerance() -> u64 {
+    900
 }
 
 /// "`objective` of revocations confirmed within `revoke_within_seconds`, over `window_days`".
@@ -371,6 +477,32 @@ pub struct SlaOverride {
 pub struct TelemetryConfig {
     /// The canary identity revocation drills grant and revoke.
     pub drill: Option<DrillConfig>,
+    /// OpenTelemetry trace export; off when absent.
+    pub otlp: Option<OtlpConfig>,
+}
+
+/// Where traces go: an OTLP/HTTP collector.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's base URL, as in `OTEL_EXPORTER_OTLP_ENDPOINT` (`http://collector:4318`);
+    /// `/v1/traces` is appended unless the URL already ends with it.
+    pub endpoint: String,
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Request headers (an API key for a hosted collector); values are secret references, so they
+    /// come from the environment, never from the file.
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretRef>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -648,6 +780,29 @@ impl Config {
                     "revoke_within_seconds must be positive and objective between 0 and 1 (exclusive)",
                 ));
             }
+        }
+        for (name, c) in &self.connectors {
+            if c.kind == ConnectorKind::Http && c.profile.as_os_str().is_empty() {
+                return Err(self.invalid(
+                    &format!("connectors.{name}.profile"),
+                    "an HTTP connector needs a profile (or set `kind = \"manual\"`)",
+                ));
+            }
+            let due = c.manual.return_due_hours;
+            if !due.is_finite() || due <= 0.0 {
+                return Err(self.invalid(
+                    &format!("connectors.{name}.manual.return_due_hours"),
+                    "must be positive",
+                ));
+            }
+        }
+        if let Some(s) = &self.drift.schedule
+            && let Err(e) = s.parse::<croner::Cron>()
+        {
+            return Err(self.invalid(
+                "drift.schedule",
+                format!("`{s}` is not a crontab line: {e}"),
+            ));
         }
         for (name, site) in &self.sites {
             if site.timezone.parse::<chrono_tz::Tz>().is_err() {

@@ -326,6 +326,8 @@ impl Engine {
     /// Store one source's new view of one person and plan what follows, on the caller's
     /// transaction: for sources that push single changes (SCIM, LDAP) and must answer only once the
     /// change and the commands it causes are durable. Returns the kind of change and what was enqueued.
+    // A root span: one trace per identity change, not per feed or request (see telemetry::tracing).
+    #[tracing::instrument(name = "source.change", parent = None, skip_all, fields(source = %r.source, identity = %r.key))]
     pub async fn apply_record_tx(
         &self,
         conn: &mut AnyConnection,
@@ -379,6 +381,7 @@ impl Engine {
         self.outbox_notify.notify_waiters();
     }
 
+    #[tracing::instrument(name = "source.change", parent = None, skip_all, fields(source = %source, identity = %key, disappeared = true))]
     async fn apply_disappearance(
         &self,
         conn: &mut AnyConnection,
@@ -431,6 +434,7 @@ impl Engine {
 
     /// Re-derive one identity from its source records and plan what follows. Returns the kind of
     /// change (joiner, mover, leaver, rehire, ...) and the commands enqueued.
+    #[tracing::instrument(name = "identity.reevaluate", skip_all, fields(identity = %key, change = tracing::field::Empty))]
     pub async fn reevaluate(
         &self,
         conn: &mut AnyConnection,
@@ -463,6 +467,7 @@ impl Engine {
         }
         let before = store::get_identity(conn, key).await?;
         let kind = change_kind(before.as_ref(), &derived);
+        tracing::Span::current().record("change", kind.as_str());
         let now_us = to_micros(now);
         let row = IdentityRow {
             key: key.to_string(),
@@ -519,10 +524,10 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<Applied, EngineError> {
         let tz = self.config.timezone_of(derived.site.as_deref());
-        let desired = match self
-            .policy
-            .desired(key, derived.lifecycle, &derived.attrs, tz, now)
-        {
+        let desired = match tracing::info_span!("policy.evaluate", identity = %key).in_scope(|| {
+            self.policy
+                .desired(key, derived.lifecycle, &derived.attrs, tz, now)
+        }) {
             Ok(d) => d,
             Err(e) => {
                 // A template that cannot be evaluated must not revoke anything: keep the ledger as it
@@ -593,7 +598,12 @@ impl Engine {
             }
             let mut tx = self.store.begin_write().await?;
             for key in &due {
-                let (_, a) = self.reevaluate(&mut tx, key, "schedule", now).await?;
+                // Effective-dated work has no source span: each identity is its own trace.
+                let (_, a) = tracing::Instrument::instrument(
+                    self.reevaluate(&mut tx, key, "schedule", now),
+                    tracing::info_span!(parent: None, "schedule.change", identity = %key),
+                )
+                .await?;
                 total.issues += a.issues;
                 total.revokes += a.revokes;
             }

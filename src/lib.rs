@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod connectors;
 pub mod dispatch;
+pub mod drift;
 pub mod engine;
 pub mod identity;
 pub mod model;

@@ -72,12 +72,27 @@ pub struct Cause {
     pub actor: String,
 }
 
+impl Cause {
+    /// The source label of the commands this cause enqueues. Actors are `source:<name>` for source
+    /// changes (source names come from the configuration, so the set is bounded), `schedule` for
+    /// effective-dated work, and an approver's name for an approved held change: names are not a
+    /// bounded set, so every other actor counts as `approval`.
+    pub fn source_label(&self) -> String {
+        match self.actor.strip_prefix("source:") {
+            Some(source) => source.to_string(),
+            None if self.actor == "schedule" => "schedule".to_string(),
+            None => "approval".to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Applied {
     pub issues: u64,
     pub revokes: u64,
 }
 
+#[tracing::instrument(name = "plan.apply", skip_all, fields(identity = %identity_key, change = %cause.kind, changes = changes.len()))]
 pub async fn apply(
     conn: &mut AnyConnection,
     identity_key: &str,
@@ -183,6 +198,8 @@ pub async fn apply(
             cause: cause.kind.clone(),
             trigger_at: to_micros(trigger_at.min(cause.detected_at)),
             detected_at: to_micros(cause.detected_at),
+            source: cause.source_label(),
+            traceparent: crate::telemetry::tracing::current_traceparent(),
         };
         if let Some(id) = store::enqueue(conn, &cmd, now_us).await? {
             audit::append(
@@ -236,6 +253,21 @@ mod tests {
             valid_until: None,
             updated_at: 0,
         }
+    }
+
+    #[test]
+    fn source_labels_are_bounded() {
+        let cause = |actor: &str| Cause {
+            kind: "leaver".into(),
+            trigger_at: DateTime::<Utc>::UNIX_EPOCH,
+            detected_at: DateTime::<Utc>::UNIX_EPOCH,
+            actor: actor.into(),
+        };
+        assert_eq!(cause("source:hr").source_label(), "hr");
+        assert_eq!(cause("source:scim:okta").source_label(), "scim:okta");
+        assert_eq!(cause("source:ldap-corp").source_label(), "ldap-corp");
+        assert_eq!(cause("schedule").source_label(), "schedule");
+        assert_eq!(cause("Jane Approver").source_label(), "approval");
     }
 
     #[test]

@@ -177,6 +177,7 @@ async fn scrape_after_a_run_matches_the_outbox() {
                 |l| l.starts_with("latchkey_revocation_latency_seconds_bucket{")
                     && l.contains(r#"stage="end_to_end""#)
                     && l.contains(r#"cause="leaver""#)
+                    && l.contains(r#"source="hr""#)
                     && l.contains(r#" # {trace_id=""#)
             ),
             "no exemplar with a trace id on the revocation latency buckets\n{om}"

@@ -19,6 +19,8 @@ fn cmd(action: Action, key: &str, target: &str, generation: i64) -> NewCommand {
         cause: "test".into(),
         trigger_at: 1,
         detected_at: 1,
+        source: "hr".into(),
+        traceparent: None,
     }
 }
 

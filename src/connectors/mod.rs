@@ -6,6 +6,7 @@
 //! built-in connector exists only where a profile cannot express the job.
 
 pub mod http;
+pub mod manual;
 pub mod profile;
 
 use crate::config::{Config, ConfigError};
@@ -29,6 +30,27 @@ pub struct GrantRequest {
     pub window: Option<Window>,
     pub valid_until: Option<DateTime<Utc>>,
     pub timezone: chrono_tz::Tz,
+}
+
+impl GrantRequest {
+    /// A request about a target only, no person (listing and deleting for the drift check).
+    pub fn for_target(target: &str, grant_ref: Option<&str>) -> Self {
+        Self {
+            person: PersonRef {
+                key: String::new(),
+                name: String::new(),
+                email: String::new(),
+                attrs: BTreeMap::new(),
+            },
+            person_ref: None,
+            target: target.to_string(),
+            grant_ref: grant_ref.map(str::to_string),
+            credential: String::new(),
+            window: None,
+            valid_until: None,
+            timezone: chrono_tz::UTC,
+        }
+    }
 }
 
 /// What the vendor said.
@@ -106,6 +128,31 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
     async fn confirm(&self, req: &GrantRequest, action: Action) -> Result<Outcome, ConnectorError>;
     /// Counters the connector increments when a call waits for its rate budget (metrics).
     fn attach_rate_wait_counters(&self, _counters: RateWaitCounters) {}
+    /// Every grant the vendor holds on a target (latchkey's target name), for the drift check.
+    /// `people` are the vendor person ids latchkey knows; each grant is attributed to the one it
+    /// belongs to, if any. `None`: the connector cannot list.
+    async fn list_grants(
+        &self,
+        _target: &str,
+        _people: &[String],
+    ) -> Result<Option<Vec<VendorGrant>>, ConnectorError> {
+        Ok(None)
+    }
+    /// Delete one listed grant by its vendor id (an orphan the drift check found). `Ok(false)`: the
+    /// connector cannot.
+    async fn delete_listed(&self, _target: &str, _grant_ref: &str) -> Result<bool, ConnectorError> {
+        Ok(false)
+    }
+    /// The store and clock, for built-in connectors that keep their state in latchkey's database.
+    fn attach_store(&self, _store: crate::store::Store, _clock: crate::clock::SharedClock) {}
+}
+
+/// A grant as the vendor lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VendorGrant {
+    pub grant_ref: Option<String>,
+    /// The vendor's id of the person it belongs to, when it is one of the people asked about.
+    pub person_ref: Option<String>,
 }
 
 /// (waits, seconds waited): Prometheus counters shared with the daemon's registry.
@@ -128,6 +175,13 @@ pub enum BuildError {
 pub fn build_all(config: &Config) -> Result<Connectors, BuildError> {
     let mut out: Connectors = BTreeMap::new();
     for (name, cc) in &config.connectors {
+        if cc.kind == crate::config::ConnectorKind::Manual {
+            out.insert(
+                name.clone(),
+                Arc::new(manual::ManualConnector::new(name, &cc.manual)),
+            );
+            continue;
+        }
         let profile = profile::Profile::load(&config.resolve(&cc.profile))?;
         let mut secrets = BTreeMap::new();
         for needed in profile.secret_names() {
@@ -161,6 +215,10 @@ pub fn build_all(config: &Config) -> Result<Connectors, BuildError> {
 pub fn check_profiles(config: &Config) -> Result<Vec<String>, BuildError> {
     let mut names = Vec::new();
     for (name, cc) in &config.connectors {
+        if cc.kind == crate::config::ConnectorKind::Manual {
+            names.push(format!("{name} (manual keys)"));
+            continue;
+        }
         let profile = profile::Profile::load(&config.resolve(&cc.profile))?;
         for needed in profile.secret_names() {
             if !cc.secrets.contains_key(&needed) {

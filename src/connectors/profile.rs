@@ -41,8 +41,59 @@ pub enum AuthSpec {
         prefix: String,
         secret: String,
     },
+    /// OAuth2 client credentials: the token endpoint is called with HTTP Basic `client:secret`,
+    /// the token is cached and fetched again before the `expires_in` the vendor returned runs out
+    /// (and once on a 401). Static extra headers carry e.g. Brivo's `api-key`.
+    Oauth2ClientCredentials {
+        /// Absolute URL, or a path resolved against the origin of the base URL.
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        #[serde(default)]
+        scope: Option<String>,
+        /// Header name -> secret name, sent with every API call.
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// Header the token goes in, with its prefix.
+        #[serde(default = "default_auth_header")]
+        header: String,
+        #[serde(default = "default_bearer_prefix")]
+        prefix: String,
+        /// Fetch a new token this long before the old one expires.
+        #[serde(default = "default_refresh_margin")]
+        refresh_margin_secs: u64,
+    },
+    /// Log in for a session token: `POST path` with a body and headers rendered from the secrets
+    /// (`{{ secrets.NAME }}`), token read with a JSONPath, sent as `<header>: <prefix><token>`.
+    /// A 401 drops the token and logs in again once (tokens that cannot be refreshed).
+    Login {
+        path: String,
+        #[serde(default)]
+        body: Option<String>,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        /// JSONPath of the token in the login response.
+        token: String,
+        header: String,
+        #[serde(default)]
+        prefix: String,
+        /// Secret names the body and headers use.
+        secrets: Vec<String>,
+    },
     /// No authentication (a local test endpoint).
     None,
+}
+
+fn default_auth_header() -> String {
+    "Authorization".into()
+}
+
+fn default_bearer_prefix() -> String {
+    "Bearer ".into()
+}
+
+fn default_refresh_margin() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +134,34 @@ pub struct StatusSpec {
     pub retry: Vec<u16>,
     /// Over the vendor's limit: Retry-After is obeyed when present.
     pub rate_limited: Vec<u16>,
+    /// Rules over the whole response, tried first, in order: they classify answers a status
+    /// alone cannot (an error inside a 2xx body, a rate limit announced by a 403 body).
+    #[serde(default)]
+    pub rules: Vec<StatusRule>,
+}
+
+/// `when` is a minijinja expression over `status` (number), `body` (parsed JSON, or null) and
+/// `text` (the raw body).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRule {
+    pub when: String,
+    pub class: RuleClass,
+    /// JSONPath of the vendor's message, for the error text.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// For `rate_limited`: how long to hold every call when the vendor sends no Retry-After
+    /// (Verkada's documented 5 s cooldown).
+    #[serde(default)]
+    pub cooldown_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleClass {
+    RateLimited,
+    Retry,
+    Permanent,
 }
 
 impl Default for StatusSpec {
@@ -90,6 +169,7 @@ impl Default for StatusSpec {
         Self {
             retry: vec![408, 500, 502, 503, 504],
             rate_limited: vec![429],
+            rules: Vec::new(),
         }
     }
 }
@@ -159,6 +239,45 @@ pub struct Operation {
     /// Statuses meaning "already gone" (success for deletes).
     #[serde(default)]
     pub gone: Vec<u16>,
+    /// List operations: fetch every page.
+    #[serde(default)]
+    pub pagination: Option<Pagination>,
+    /// Grant writes whose body replaces a whole list (Openpath's group ids): the engine lists the
+    /// person's grants first and hands every listed item to the template as `listed`, so the
+    /// body can keep entries latchkey does not manage.
+    #[serde(default)]
+    pub replace_all: bool,
+}
+
+/// Offset-based paging. The query carries `offset_param` and `limit_param`; the engine stops at a
+/// short page, at the total (read with `total` from the body, or from a `start-end/count` header
+/// such as Kisi's `X-Collection-Range`), or after `max_pages`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pagination {
+    #[serde(default = "default_offset_param")]
+    pub offset_param: String,
+    #[serde(default = "default_limit_param")]
+    pub limit_param: String,
+    pub page_size: u32,
+    #[serde(default)]
+    pub total: Option<String>,
+    #[serde(default)]
+    pub range_header: Option<String>,
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u32,
+}
+
+fn default_offset_param() -> String {
+    "offset".into()
+}
+
+fn default_limit_param() -> String {
+    "limit".into()
+}
+
+fn default_max_pages() -> u32 {
+    100
 }
 
 impl Profile {
@@ -203,6 +322,18 @@ impl Profile {
     pub fn secret_names(&self) -> Vec<String> {
         match &self.auth {
             AuthSpec::Bearer { secret } | AuthSpec::Header { secret, .. } => vec![secret.clone()],
+            AuthSpec::Oauth2ClientCredentials {
+                client_id,
+                client_secret,
+                headers,
+                ..
+            } => {
+                let mut v = vec![client_id.clone(), client_secret.clone()];
+                v.extend(headers.values().cloned());
+                v.dedup();
+                v
+            }
+            AuthSpec::Login { secrets, .. } => secrets.clone(),
             AuthSpec::None => vec![],
         }
     }

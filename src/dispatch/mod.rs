@@ -7,6 +7,8 @@
 //! retried with jittered exponential backoff, obeying the vendor's Retry-After; a command that keeps
 //! failing ends in the dead letter, shown by `latchkey status`.
 
+pub mod breaker;
+
 use crate::audit;
 use crate::clock::{SharedClock, from_micros, to_micros};
 use crate::config::Config;
@@ -15,6 +17,8 @@ use crate::model::{Action, PersonRef, Window};
 use crate::store::{self, CommandRow, CommandUpdate, Store, StoreError};
 use crate::telemetry::metrics::{Finished, Metrics, Retry};
 use backon::BackoffBuilder;
+use breaker::{Admit, Breaker};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -29,6 +33,27 @@ pub struct Dispatcher {
     owner: String,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    breakers: Breakers,
+}
+
+/// One circuit breaker per connector, shared by its lane's workers (see [`breaker`]).
+pub type Breakers = Arc<BTreeMap<String, Arc<Breaker>>>;
+
+/// A breaker for every configured connector.
+pub fn breakers_for(config: &Config, connectors: &Connectors) -> Breakers {
+    Arc::new(
+        connectors
+            .keys()
+            .map(|name| {
+                let settings = config
+                    .connectors
+                    .get(name)
+                    .map(|c| c.breaker)
+                    .unwrap_or_default();
+                (name.clone(), Arc::new(Breaker::new(settings)))
+            })
+            .collect(),
+    )
 }
 
 /// Longest a worker sleeps between looks at the outbox when nothing wakes it (another process may
@@ -45,6 +70,7 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
     ) -> Self {
         let owner = format!("{}-{}", config.instance, std::process::id());
+        let breakers = breakers_for(&config, &connectors);
         Self {
             store,
             clock,
@@ -53,7 +79,18 @@ impl Dispatcher {
             owner,
             wake,
             metrics,
+            breakers,
         }
+    }
+
+    /// Share breakers with other dispatchers of this process, so their state outlives one of them.
+    pub fn with_breakers(mut self, breakers: Breakers) -> Self {
+        self.breakers = breakers;
+        self
+    }
+
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
     }
 
     /// Run every lane until `shutdown` turns true; in-flight commands finish first.
@@ -128,8 +165,112 @@ impl Dispatcher {
         else {
             return Ok(false);
         };
-        self.process(connector.as_ref(), owner, cmd).await?;
+        let probe = match self.breakers.get(connector.name()).map(|b| b.admit(now)) {
+            None | Some(Admit::Go) => false,
+            Some(Admit::Probe { transition }) => {
+                if transition {
+                    self.breaker_changed(connector.name(), breaker::State::HalfOpen, None)
+                        .await?;
+                }
+                true
+            }
+            Some(Admit::WaitUntil(until)) => {
+                self.defer(owner, &cmd, until).await?;
+                return Ok(true);
+            }
+        };
+        // The delivery joins the trace of the change that enqueued the command.
+        let span = crate::telemetry::tracing::command_span(&cmd);
+        tracing::Instrument::instrument(self.process(connector.as_ref(), owner, cmd, probe), span)
+            .await?;
         Ok(true)
+    }
+
+    /// Put a claimed command back untried while the connector's breaker is open: the attempt the
+    /// claim counted is given back, so an outage does not use up its retries.
+    async fn defer(&self, owner: &str, cmd: &CommandRow, until: i64) -> Result<(), StoreError> {
+        let mut tx = self.store.begin_write().await?;
+        store::update_claimed(
+            &mut tx,
+            owner,
+            &CommandUpdate {
+                id: cmd.id,
+                status: if cmd.dispatched_at.is_some() {
+                    "confirming"
+                } else {
+                    "pending"
+                }
+                .into(),
+                next_attempt_at: until,
+                dispatched_at: None,
+                confirmed_at: None,
+                confirm_deadline: None,
+                last_error: cmd.last_error.clone(),
+                // The claim counts an attempt only for a command not yet dispatched.
+                refund_attempt: cmd.dispatched_at.is_none(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record a breaker state change: audit, the `breaker_states` row `latchkey status` shows, and
+    /// the gauge.
+    async fn breaker_changed(
+        &self,
+        connector: &str,
+        state: breaker::State,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        let now = to_micros(self.clock.now());
+        let mut tx = self.store.begin_write().await?;
+        store::set_breaker_state(&mut tx, connector, state.as_str(), now, error.as_deref()).await?;
+        audit::append(
+            &mut tx,
+            now,
+            "dispatcher",
+            &format!("breaker.{}", state.as_str()),
+            connector,
+            &serde_json::json!({"connector": connector, "error": error}),
+        )
+        .await?;
+        tx.commit().await?;
+        self.metrics
+            .set_breaker_open(connector, state != breaker::State::Closed);
+        tracing::warn!(
+            connector,
+            state = state.as_str(),
+            error = error.as_deref().unwrap_or("-"),
+            "circuit breaker"
+        );
+        Ok(())
+    }
+
+    /// Tell the connector's breaker how the vendor call went.
+    async fn breaker_verdict(
+        &self,
+        connector: &str,
+        result: &Result<Outcome, ConnectorError>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let Some(b) = self.breakers.get(connector) else {
+            return Ok(());
+        };
+        let changed = match result {
+            // A 429 or a refused request still means the vendor is up and answering.
+            Ok(_) | Err(ConnectorError::RateLimited { .. }) => b.success(),
+            Err(ConnectorError::Transient { .. }) => b.failure(now),
+            Err(ConnectorError::Permanent { .. }) => {
+                b.release_probe();
+                None
+            }
+        };
+        if let Some(state) = changed {
+            let error = result.as_ref().err().map(ToString::to_string);
+            self.breaker_changed(connector, state, error).await?;
+        }
+        Ok(())
     }
 
     async fn process(
@@ -137,6 +278,7 @@ impl Dispatcher {
         connector: &dyn Connector,
         owner: &str,
         cmd: CommandRow,
+        probe: bool,
     ) -> Result<(), StoreError> {
         let mut conn = self.store.pool().acquire().await?;
         let grant = store::grant(&mut conn, &cmd.identity_key, &cmd.connector, &cmd.target).await?;
@@ -144,6 +286,10 @@ impl Dispatcher {
         // newer one (a rehire after a leave, a leave after a join) and must not undo it.
         let Some(grant) = grant.filter(|g| g.generation == cmd.generation) else {
             drop(conn);
+            if probe && let Some(b) = self.breakers.get(connector.name()) {
+                // No vendor call, no verdict: the next command probes instead.
+                b.release_probe();
+            }
             return self
                 .finish(
                     owner,
@@ -199,6 +345,7 @@ impl Dispatcher {
             (false, Action::Revoke) => connector.revoke(&req).await,
         };
         let now = to_micros(self.clock.now());
+        self.breaker_verdict(connector.name(), &result, now).await?;
         let policy = connector.retry_policy();
         match result {
             Ok(outcome @ Outcome::Confirmed { .. }) => {
@@ -263,7 +410,7 @@ impl Dispatcher {
                 }
                 Ok(())
             }
-            Err(e) => self.failed(owner, &cmd, connector, e, now).await,
+            Err(e) => self.failed(owner, &cmd, connector, e, now, probe).await,
         }
     }
 
@@ -363,6 +510,7 @@ impl Dispatcher {
         connector: &dyn Connector,
         err: ConnectorError,
         now: i64,
+        probe: bool,
     ) -> Result<(), StoreError> {
         let policy = connector.retry_policy();
         let backoff = backon::ExponentialBuilder::default()
@@ -379,7 +527,10 @@ impl Dispatcher {
             ConnectorError::Permanent { .. } => (None, false, true),
         };
         // Being told to slow down is not the command's fault: it does not use up an attempt.
-        let exhausted = !rate_limited && cmd.attempts >= i64::from(policy.max_attempts);
+        // Neither is a failed half-open probe: it tested the vendor for the breaker, and a vendor
+        // that is down must not use up the retries of the command that happened to probe it.
+        let refund = rate_limited || probe;
+        let exhausted = !refund && cmd.attempts >= i64::from(policy.max_attempts);
         if permanent || exhausted {
             tracing::warn!(connector = %cmd.connector, command = cmd.id, error = %err, "command dead-lettered");
             return self
@@ -404,7 +555,7 @@ impl Dispatcher {
                 confirmed_at: None,
                 confirm_deadline: None,
                 last_error: Some(err.to_string()),
-                refund_attempt: rate_limited,
+                refund_attempt: rate_limited || (probe && cmd.dispatched_at.is_none()),
             },
         )
         .await?;

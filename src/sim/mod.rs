@@ -7,7 +7,12 @@
 //! endpoints and the [`SimServer`] handle. Vendor behaviour (routes, state,
 //! quirks) lives beside it, one file per vendor.
 
+pub mod brivo;
+pub mod kisi;
 pub mod nuki;
+pub mod openpath;
+pub mod salto;
+pub mod verkada;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,7 +36,7 @@ use tokio::time::Instant;
 pub use nuki::{AuthSnapshot, NukiOptions, NukiSim, UserSnapshot, start_nuki};
 
 /// Vendors `start` knows by name.
-pub const KNOWN_VENDORS: &[&str] = &["nuki"];
+pub const KNOWN_VENDORS: &[&str] = &["nuki", "kisi", "verkada", "brivo", "openpath", "salto"];
 
 /// How long `shutdown` waits for in-flight connections before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -119,8 +124,21 @@ pub(crate) struct CommonOptions {
     pub timeout_hold: Duration,
 }
 
+/// A vendor's own front door: its auth scheme and, where it has one, its rate-limit answer.
+/// Returns the rejection, or None to let the request through to faults and the handler.
+pub(crate) type Gate = Arc<dyn Fn(&GateRequest<'_>) -> Option<Response> + Send + Sync>;
+
+pub(crate) struct GateRequest<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub headers: &'a header::HeaderMap,
+    /// Over the shared per-second limit (`rate_limit_per_sec`).
+    pub over_rate_limit: bool,
+}
+
 /// State the shared middleware and the handle both reach.
 struct Shared {
+    gate: Option<Gate>,
     started: Instant,
     token: String,
     rate_limit_per_sec: Option<u32>,
@@ -278,6 +296,18 @@ async fn guarded(
     req: Request,
     next: Next,
 ) -> Response {
+    if let Some(gate) = &shared.gate {
+        let g = GateRequest {
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+            over_rate_limit: rate_limited,
+        };
+        if let Some(rejected) = gate(&g) {
+            return rejected;
+        }
+        return faulted(shared, seq, req, next).await;
+    }
     let expected = format!("Bearer {}", shared.token);
     let authorized = req
         .headers()
@@ -291,6 +321,10 @@ async fn guarded(
         // protection, and no Retry-After comes with its 429.
         return json_error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
     }
+    faulted(shared, seq, req, next).await
+}
+
+async fn faulted(shared: &Shared, seq: u64, req: Request, next: Next) -> Response {
     let faults = shared.faults();
     if faults.outage {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable");
@@ -321,6 +355,18 @@ async fn guarded(
 #[derive(Clone)]
 enum Vendor {
     Nuki(Arc<NukiSim>),
+    Kisi(Arc<kisi::KisiSim>),
+    Verkada(Arc<verkada::VerkadaSim>),
+    Brivo(Arc<brivo::BrivoSim>),
+    Openpath(Arc<openpath::OpenpathSim>),
+    Salto(Arc<salto::SaltoSim>),
+}
+
+/// Counters every group-based simulator reports.
+pub(crate) trait GroupSim {
+    fn duplicates_created(&self) -> u64;
+    fn memberships(&self) -> usize;
+    fn user_count(&self) -> usize;
 }
 
 impl Vendor {
@@ -331,8 +377,19 @@ impl Vendor {
                 stats.auths_live = n.auths_live();
                 stats.users = n.user_count();
             }
+            Vendor::Kisi(v) => group_stats(v.as_ref(), stats),
+            Vendor::Verkada(v) => group_stats(v.as_ref(), stats),
+            Vendor::Brivo(v) => group_stats(v.as_ref(), stats),
+            Vendor::Openpath(v) => group_stats(v.as_ref(), stats),
+            Vendor::Salto(v) => group_stats(v.as_ref(), stats),
         }
     }
+}
+
+fn group_stats(v: &dyn GroupSim, stats: &mut SimStats) {
+    stats.duplicates_created = v.duplicates_created();
+    stats.auths_live = v.memberships();
+    stats.users = v.user_count();
 }
 
 #[derive(Clone)]
@@ -405,6 +462,42 @@ impl SimServer {
     pub fn nuki(&self) -> Option<&NukiSim> {
         match &self.vendor {
             Vendor::Nuki(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn kisi(&self) -> Option<&kisi::KisiSim> {
+        match &self.vendor {
+            Vendor::Kisi(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn verkada(&self) -> Option<&verkada::VerkadaSim> {
+        match &self.vendor {
+            Vendor::Verkada(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn brivo(&self) -> Option<&brivo::BrivoSim> {
+        match &self.vendor {
+            Vendor::Brivo(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn openpath(&self) -> Option<&openpath::OpenpathSim> {
+        match &self.vendor {
+            Vendor::Openpath(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn salto(&self) -> Option<&salto::SaltoSim> {
+        match &self.vendor {
+            Vendor::Salto(n) => Some(n),
+            _ => None,
         }
     }
 
@@ -435,9 +528,21 @@ async fn serve(
     vendor: Vendor,
     vendor_routes: Router,
 ) -> std::io::Result<SimServer> {
+    serve_gated(listener, common, vendor, vendor_routes, None).await
+}
+
+/// [`serve`] with the vendor's own auth and rate-limit answer in place of the bearer check.
+async fn serve_gated(
+    listener: TcpListener,
+    common: CommonOptions,
+    vendor: Vendor,
+    vendor_routes: Router,
+    gate: Option<Gate>,
+) -> std::io::Result<SimServer> {
     let addr = listener.local_addr()?;
     let (shutdown, _) = watch::channel(false);
     let shared = Arc::new(Shared {
+        gate,
         started: Instant::now(),
         token: common.token,
         rate_limit_per_sec: common.rate_limit_per_sec,
@@ -493,6 +598,46 @@ pub async fn start(
             NukiOptions {
                 token,
                 ..NukiOptions::default()
+            },
+        )
+        .await?),
+        "kisi" => Ok(kisi::start_kisi(
+            listener,
+            kisi::KisiOptions {
+                api_key: token,
+                ..Default::default()
+            },
+        )
+        .await?),
+        "verkada" => Ok(verkada::start_verkada(
+            listener,
+            verkada::VerkadaOptions {
+                api_key: token,
+                ..Default::default()
+            },
+        )
+        .await?),
+        "brivo" => Ok(brivo::start_brivo(
+            listener,
+            brivo::BrivoOptions {
+                api_key: token,
+                ..Default::default()
+            },
+        )
+        .await?),
+        "openpath" => Ok(openpath::start_openpath(
+            listener,
+            openpath::OpenpathOptions {
+                password: token,
+                ..Default::default()
+            },
+        )
+        .await?),
+        "salto" => Ok(salto::start_salto(
+            listener,
+            salto::SaltoOptions {
+                client_secret: token,
+                ..Default::default()
             },
         )
         .await?),

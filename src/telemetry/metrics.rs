@@ -4,7 +4,8 @@
 //!
 //! Every label value is bounded: connector and source names come from the configuration, stages,
 //! actions, causes and outcomes are fixed sets. Person keys and targets never become labels; a
-//! person only shows up inside an exemplar's trace id, which is a hash.
+//! person only shows up inside an exemplar's trace id, which is the change's random trace id or,
+//! when it was not traced, a hash.
 
 use crate::config::{Config, SlaConfig};
 use crate::model::Action;
@@ -67,8 +68,11 @@ pub const METRIC_NAMES: &[&str] = &[
 struct LatencyLabels {
     connector: String,
     /// joiner | mover | leaver | rehire | expiry | approval | reconcile | schedule ...: the kind of
-    /// change, a fixed set (commands do not record which source reported the change).
+    /// change, a fixed set.
     cause: String,
+    /// The configured source that reported the change (`hr`, `scim:okta`, `ldap-corp`), or
+    /// `schedule` / `approval`: bounded by the configuration.
+    source: String,
     stage: &'static str,
 }
 
@@ -110,6 +114,12 @@ struct SourceLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    connector: String,
+    kind: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -228,6 +238,7 @@ pub struct Metrics {
     quarantined: Family<SourceLabel, Gauge>,
     held: Family<SourceLabel, Gauge>,
     key_returns: Family<StateLabel, Gauge>,
+    drift_findings: Family<DriftLabels, Gauge>,
     sla_revocations: Family<ConnectorLabel, Counter>,
     sla_breaches: Family<ConnectorLabel, Counter>,
     sla_target: Family<ConnectorLabel, FloatGauge>,
@@ -266,6 +277,7 @@ impl Metrics {
             quarantined: Family::default(),
             held: Family::default(),
             key_returns: Family::default(),
+            drift_findings: Family::default(),
             sla_revocations: Family::default(),
             sla_breaches: Family::default(),
             sla_target: Family::default(),
@@ -277,13 +289,13 @@ impl Metrics {
         };
         registry.register_with_unit(
             "revocation_latency",
-            "Time from the trigger (termination, end of entitlement) to each stage of a revocation, per connector, cause and stage",
+            "Time from the trigger (termination, end of entitlement) to each stage of a revocation, per connector, source, cause and stage",
             Unit::Seconds,
             m.revocation_latency.clone(),
         );
         registry.register_with_unit(
             "issue_latency",
-            "Time from the trigger (hire, move) to each stage of an issue, per connector, cause and stage",
+            "Time from the trigger (hire, move) to each stage of an issue, per connector, source, cause and stage",
             Unit::Seconds,
             m.issue_latency.clone(),
         );
@@ -343,6 +355,11 @@ impl Metrics {
             "key_return_tasks",
             "Mechanical key return tasks, open and overdue",
             m.key_returns.clone(),
+        );
+        registry.register(
+            "drift_findings",
+            "Differences between a vendor and the ledger at the last drift check: orphan grants latchkey did not issue, expected grants missing",
+            m.drift_findings.clone(),
         );
         registry.register(
             "sla_revocations",
@@ -446,12 +463,18 @@ impl Metrics {
             None
         };
         if let Some(stages) = stages {
-            let trace = trace_id(cmd);
+            // The change's real trace when it was traced, so the exemplar links to it; else the hash.
+            let trace = cmd
+                .traceparent
+                .as_deref()
+                .and_then(super::tracing::trace_id_of)
+                .unwrap_or_else(|| trace_id(cmd));
             for (stage, v) in super::STAGES.iter().zip(stages) {
                 latency
                     .get_or_create(&LatencyLabels {
                         connector: cmd.connector.clone(),
                         cause: cmd.cause.clone(),
+                        source: cmd.source.clone(),
                         stage,
                     })
                     .observe(
@@ -488,6 +511,37 @@ impl Metrics {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// The connector's circuit breaker opened (or half-opened: calls still held back) or closed.
+    pub fn set_breaker_open(&self, connector: &str, open: bool) {
+        self.breaker_open
+            .get_or_create(&ConnectorLabel {
+                connector: connector.to_string(),
+            })
+            .set(i64::from(open));
+    }
+
+    /// Mechanical key return tasks still open, and how many of them are past their due time.
+    pub fn set_key_returns(&self, open: i64, overdue: i64) {
+        self.key_returns
+            .get_or_create(&StateLabel { state: "open" })
+            .set(open);
+        self.key_returns
+            .get_or_create(&StateLabel { state: "overdue" })
+            .set(overdue);
+    }
+
+    /// Findings of the connector's last drift check.
+    pub fn set_drift_findings(&self, connector: &str, orphans: i64, missing: i64) {
+        for (kind, n) in [("orphan", orphans), ("missing", missing)] {
+            self.drift_findings
+                .get_or_create(&DriftLabels {
+                    connector: connector.to_string(),
+                    kind,
+                })
+                .set(n);
+        }
     }
 
     /// Counters a connector increments itself whenever a call waits for its rate budget.

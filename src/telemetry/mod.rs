@@ -4,6 +4,7 @@
 pub mod drill;
 pub mod metrics;
 pub mod sla;
+pub mod tracing;
 
 use crate::model::Action;
 use crate::store::{self, CommandRow, Store, StoreError};

@@ -1,0 +1,321 @@
+//! Drift check: each vendor's grants against the ledger.
+//!
+//! Someone may change a vendor behind latchkey's back: add an authorisation in the vendor's app, or
+//! delete one. For every connector that can list its grants, on every target latchkey knows (the
+//! ledger's and the connector's target map), the check finds
+//! - orphans: grants the vendor holds that latchkey did not issue (the person has no ledger grant
+//!   there, or one latchkey revoked). Reported (audit, `latchkey status`, metric), and revoked when
+//!   `[drift] revoke_orphans = true`;
+//! - missing grants: the ledger says the vendor confirmed the grant, the vendor no longer lists it.
+//!   Issued again once it has been missing for `tolerance_seconds`, since a vendor that syncs to
+//!   locks late (vendor-apis.md, quirk 5) can briefly not list what it holds.
+
+use crate::audit;
+use crate::clock::to_micros;
+use crate::connectors::{Connector, Connectors};
+use crate::engine::Engine;
+use crate::model::Action;
+use crate::store::{self, GrantRow, NewCommand, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub connector: String,
+    pub target: String,
+    /// `orphan` | `missing`
+    pub kind: String,
+    /// Identity key when latchkey knows the person, else the vendor's person id, else `-`.
+    pub subject: String,
+    pub vendor_ref: Option<String>,
+    /// `revoked` | `reissued` | `reported` | `waiting` (missing, within the tolerance) | `failed`
+    pub action: String,
+}
+
+#[derive(Debug, Default)]
+pub struct DriftReport {
+    pub findings: Vec<Finding>,
+    /// Connectors whose vendor cannot list grants (not checked).
+    pub unsupported: Vec<String>,
+    /// (connector, target, error) of lists that failed.
+    pub errors: Vec<(String, String, String)>,
+}
+
+impl DriftReport {
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "drift findings: {}", self.findings.len());
+        for f in &self.findings {
+            let _ = writeln!(
+                out,
+                "  {:<8} {:<8} {:<22} {:<12} grant {:<10} -> {}",
+                f.kind,
+                f.connector,
+                f.target,
+                f.subject,
+                f.vendor_ref.as_deref().unwrap_or("-"),
+                f.action
+            );
+        }
+        for c in &self.unsupported {
+            let _ = writeln!(out, "  {c}: cannot list grants, not checked");
+        }
+        for (c, t, e) in &self.errors {
+            let _ = writeln!(out, "  {c} {t}: list failed: {e}");
+        }
+        out
+    }
+}
+
+/// Run the check once over every connector.
+pub async fn check(engine: &Engine, connectors: &Connectors) -> Result<DriftReport, StoreError> {
+    let mut report = DriftReport::default();
+    for (name, c) in connectors {
+        check_connector(engine, name, c, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn check_connector(
+    engine: &Engine,
+    name: &str,
+    c: &Arc<dyn Connector>,
+    report: &mut DriftReport,
+) -> Result<(), StoreError> {
+    let pool = engine.store.pool();
+    let policy = &engine.config.drift;
+    let now = to_micros(engine.clock.now());
+    let ledger: Vec<GrantRow> = store::all_grants(pool)
+        .await?
+        .into_iter()
+        .filter(|g| g.connector == name)
+        .collect();
+    let mut targets: BTreeSet<String> = ledger.iter().map(|g| g.target.clone()).collect();
+    if let Some(cc) = engine.config.connectors.get(name) {
+        targets.extend(cc.targets.keys().cloned());
+    }
+    let people = store::vendor_people_of(pool, name).await?;
+    let by_ref: BTreeMap<&str, &str> = people
+        .iter()
+        .map(|(k, r)| (r.as_str(), k.as_str()))
+        .collect();
+    let ref_of: BTreeMap<&str, &str> = people
+        .iter()
+        .map(|(k, r)| (k.as_str(), r.as_str()))
+        .collect();
+    let refs: Vec<String> = people.iter().map(|(_, r)| r.clone()).collect();
+    let (mut orphans, mut missing) = (0i64, 0i64);
+    for target in &targets {
+        let listed = match c.list_grants(target, &refs).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                report.unsupported.push(name.to_string());
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(connector = name, target, error = %e, "drift check: list failed");
+                report
+                    .errors
+                    .push((name.to_string(), target.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let on_target: BTreeMap<&str, &GrantRow> = ledger
+            .iter()
+            .filter(|g| &g.target == target)
+            .map(|g| (g.identity_key.as_str(), g))
+            .collect();
+        let mut seen: BTreeSet<i64> = BTreeSet::new();
+        let mut holders: BTreeSet<&str> = BTreeSet::new();
+        for v in &listed {
+            let owner = v.person_ref.as_deref().and_then(|r| by_ref.get(r).copied());
+            if let Some(o) = owner {
+                holders.insert(o);
+            }
+            // Latchkey's if the ledger wants it there, or a revoke of it is not confirmed yet.
+            let ours = owner
+                .and_then(|o| on_target.get(o))
+                .is_some_and(|g| g.desired == "present" || g.observed != "absent");
+            if ours {
+                continue;
+            }
+            orphans += 1;
+            let subject = owner
+                .map(str::to_string)
+                .or_else(|| v.person_ref.clone())
+                .unwrap_or_else(|| "-".into());
+            let mut tx = engine.store.begin_write().await?;
+            let f = store::see_drift(
+                &mut tx,
+                name,
+                target,
+                "orphan",
+                &subject,
+                v.grant_ref.as_deref(),
+                now,
+            )
+            .await?;
+            seen.insert(f.id);
+            if f.first_seen_at == now {
+                audit::append(
+                    &mut tx,
+                    now,
+                    "drift",
+                    "drift.orphan",
+                    &subject,
+                    &serde_json::json!({"connector": name, "target": target, "grant": v.grant_ref}),
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            let mut action = "reported".to_string();
+            if policy.revoke_orphans
+                && let Some(g) = &v.grant_ref
+            {
+                action = match c.delete_listed(target, g).await {
+                    Ok(true) => "revoked".into(),
+                    Ok(false) => "reported".into(),
+                    Err(e) => {
+                        tracing::warn!(connector = name, target, error = %e, "drift check: orphan not revoked");
+                        "failed".into()
+                    }
+                };
+                if action == "revoked" {
+                    let mut tx = engine.store.begin_write().await?;
+                    store::resolve_drift(&mut tx, f.id, "revoked", now).await?;
+                    audit::append(
+                        &mut tx,
+                        now,
+                        "drift",
+                        "drift.orphan_revoked",
+                        &subject,
+                        &serde_json::json!({"connector": name, "target": target, "grant": g}),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                }
+            }
+            report.findings.push(Finding {
+                connector: name.to_string(),
+                target: target.clone(),
+                kind: "orphan".into(),
+                subject,
+                vendor_ref: v.grant_ref.clone(),
+                action,
+            });
+        }
+        for (key, g) in &on_target {
+            // Only what the vendor confirmed and latchkey still wants; a person whose vendor id is
+            // unknown cannot be told apart in the list.
+            if g.desired != "present" || g.observed != "present" || holders.contains(key) {
+                continue;
+            }
+            if !ref_of.contains_key(key) || busy(engine, name, key, target).await? {
+                continue;
+            }
+            missing += 1;
+            let mut tx = engine.store.begin_write().await?;
+            let f = store::see_drift(&mut tx, name, target, "missing", key, None, now).await?;
+            seen.insert(f.id);
+            let due = f.first_seen_at + (policy.tolerance_seconds as i64) * 1_000_000;
+            let action = if now >= due {
+                let generation = g.generation + 1;
+                store::put_grant(
+                    &mut tx,
+                    &GrantRow {
+                        observed: "absent".into(),
+                        vendor_ref: None,
+                        generation,
+                        updated_at: now,
+                        ..(*g).clone()
+                    },
+                )
+                .await?;
+                let cmd = NewCommand {
+                    connector: name.to_string(),
+                    action: Action::Issue,
+                    identity_key: key.to_string(),
+                    target: target.clone(),
+                    generation,
+                    cause: "drift".into(),
+                    trigger_at: f.first_seen_at,
+                    detected_at: f.first_seen_at,
+                    source: "drift".into(),
+                    traceparent: None,
+                };
+                let id = store::enqueue(&mut tx, &cmd, now).await?;
+                store::resolve_drift(&mut tx, f.id, "reissued", now).await?;
+                audit::append(
+                    &mut tx,
+                    now,
+                    "drift",
+                    "drift.missing_reissued",
+                    key,
+                    &serde_json::json!({"connector": name, "target": target, "command": id,
+                        "missing_since": crate::clock::from_micros(f.first_seen_at)}),
+                )
+                .await?;
+                "reissued"
+            } else {
+                if f.first_seen_at == now {
+                    audit::append(
+                        &mut tx,
+                        now,
+                        "drift",
+                        "drift.missing",
+                        key,
+                        &serde_json::json!({"connector": name, "target": target}),
+                    )
+                    .await?;
+                }
+                "waiting"
+            };
+            tx.commit().await?;
+            report.findings.push(Finding {
+                connector: name.to_string(),
+                target: target.clone(),
+                kind: "missing".into(),
+                subject: key.to_string(),
+                vendor_ref: g.vendor_ref.clone(),
+                action: action.into(),
+            });
+        }
+        // Findings no longer seen went away by themselves (a late sync, a manual fix).
+        let stale: Vec<i64> = store::open_drift(pool)
+            .await?
+            .into_iter()
+            .filter(|f| f.connector == name && &f.target == target && !seen.contains(&f.id))
+            .map(|f| f.id)
+            .collect();
+        if !stale.is_empty() {
+            let mut tx = engine.store.begin_write().await?;
+            for id in stale {
+                store::resolve_drift(&mut tx, id, "cleared", now).await?;
+            }
+            tx.commit().await?;
+        }
+    }
+    engine.metrics.set_drift_findings(name, orphans, missing);
+    engine.notify_outbox();
+    Ok(())
+}
+
+/// A command for this grant is still on its way: the vendor may be about to change.
+async fn busy(
+    engine: &Engine,
+    connector: &str,
+    key: &str,
+    target: &str,
+) -> Result<bool, StoreError> {
+    let mut conn = engine.store.pool().acquire().await?;
+    for action in [Action::Issue, Action::Revoke] {
+        if store::open_command_for(&mut conn, connector, key, target, action)
+            .await?
+            .is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
