@@ -189,6 +189,22 @@ impl Dispatcher {
     /// Put a claimed command back untried while the connector's breaker is open: the attempt the
     /// claim counted is given back, so an outage does not use up its retries.
     async fn defer(&self, owner: &str, cmd: &CommandRow, until: i64) -> Result<(), StoreError> {
+        self.put_back(owner, cmd, until, cmd.last_error.clone(), true)
+            .await
+    }
+
+    /// Return a claimed command to the outbox to be tried again at `at`: a command the vendor had
+    /// already accepted goes back to waiting for confirmation, any other to pending. `refund` gives
+    /// back the attempt the claim counted (the claim counts one only for a command not yet
+    /// dispatched, so only such a command can get one back).
+    async fn put_back(
+        &self,
+        owner: &str,
+        cmd: &CommandRow,
+        at: i64,
+        last_error: Option<String>,
+        refund: bool,
+    ) -> Result<(), StoreError> {
         let mut tx = self.store.begin_write().await?;
         store::update_claimed(
             &mut tx,
@@ -201,13 +217,12 @@ impl Dispatcher {
                     "pending"
                 }
                 .into(),
-                next_attempt_at: until,
+                next_attempt_at: at,
                 dispatched_at: None,
                 confirmed_at: None,
                 confirm_deadline: None,
-                last_error: cmd.last_error.clone(),
-                // The claim counts an attempt only for a command not yet dispatched.
-                refund_attempt: cmd.dispatched_at.is_none(),
+                last_error,
+                refund_attempt: refund && cmd.dispatched_at.is_none(),
             },
         )
         .await?;
@@ -537,29 +552,16 @@ impl Dispatcher {
                 .finish(owner, cmd, "dead", None, Some(err.to_string()), None)
                 .await;
         }
-        let delay = retry_after.map_or(backoff, |r| r.max(backoff.min(r)));
-        let mut tx = self.store.begin_write().await?;
-        store::update_claimed(
-            &mut tx,
+        // A vendor that says when to come back is obeyed; otherwise the jittered backoff decides.
+        let delay = retry_after.unwrap_or(backoff);
+        self.put_back(
             owner,
-            &CommandUpdate {
-                id: cmd.id,
-                status: if cmd.dispatched_at.is_some() {
-                    "confirming"
-                } else {
-                    "pending"
-                }
-                .into(),
-                next_attempt_at: now + delay.as_micros() as i64,
-                dispatched_at: None,
-                confirmed_at: None,
-                confirm_deadline: None,
-                last_error: Some(err.to_string()),
-                refund_attempt: rate_limited || (probe && cmd.dispatched_at.is_none()),
-            },
+            cmd,
+            now + delay.as_micros() as i64,
+            Some(err.to_string()),
+            refund,
         )
         .await?;
-        tx.commit().await?;
         self.metrics.command_retried(
             cmd,
             if rate_limited {
