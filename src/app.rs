@@ -167,6 +167,13 @@ impl App {
     /// The drift check on its schedule, and overdue key returns on every tick (one small query).
     async fn scheduled_checks(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
         self.check_overdue_keys().await?;
+        for (connector, report) in self.run_due_drills(now).await? {
+            if report.ok() {
+                tracing::info!(connector = %connector, "scheduled revocation drill passed");
+            } else {
+                tracing::error!(connector = %connector, report = %report.render(), "scheduled revocation drill FAILED");
+            }
+        }
         let Some(schedule) = &self.engine.config.drift.schedule else {
             return Ok(());
         };
@@ -190,6 +197,49 @@ impl App {
             tx.commit().await?;
         }
         Ok(())
+    }
+
+    /// Revocation drills on `[telemetry.drill] schedule`: every connector with a `drill_target`,
+    /// when the schedule says a run is due (a run missed while stopped is caught up once).
+    pub async fn run_due_drills(
+        &self,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<(String, crate::telemetry::drill::DrillReport)>> {
+        let config = &self.engine.config;
+        let Some(schedule) = config
+            .telemetry
+            .drill
+            .as_ref()
+            .and_then(|d| d.schedule.as_ref())
+        else {
+            return Ok(Vec::new());
+        };
+        let due = match store::last_run(self.engine.store.pool(), "drill").await? {
+            None => true,
+            Some(last) => schedule
+                .parse::<croner::Cron>()?
+                .find_next_occurrence(&crate::clock::from_micros(last), false)
+                .is_ok_and(|next| next <= now),
+        };
+        if !due {
+            return Ok(Vec::new());
+        }
+        // Recorded first: a drill that hangs on a dead vendor must not be started again every tick.
+        let mut tx = self.engine.store.begin_write().await?;
+        store::set_last_run(&mut tx, "drill", to_micros(now)).await?;
+        tx.commit().await?;
+        let mut out = Vec::new();
+        for (name, cc) in &config.connectors {
+            if cc.drill_target.is_none() {
+                continue;
+            }
+            let Some(connector) = self.connectors.get(name) else {
+                continue;
+            };
+            let report = crate::telemetry::drill::run(&self.engine, connector, None).await?;
+            out.push((name.clone(), report));
+        }
+        Ok(out)
     }
 
     async fn schedule_due(

@@ -512,6 +512,9 @@ pub struct DrillConfig {
     pub person: String,
     pub name: String,
     pub email: String,
+    /// Standard 5-field crontab line: the daemon drills every connector that has a `drill_target`
+    /// on this schedule, so a broken vendor path alerts before a real leaver meets it.
+    pub schedule: Option<String>,
 }
 
 fn default_concurrency() -> usize {
@@ -734,6 +737,18 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(schedule) = self
+            .telemetry
+            .drill
+            .as_ref()
+            .and_then(|d| d.schedule.as_ref())
+            && let Err(e) = schedule.parse::<croner::Cron>()
+        {
+            return Err(self.invalid(
+                "telemetry.drill.schedule",
+                format!("`{schedule}` is not a crontab line: {e}"),
+            ));
+        }
         if self.version != CONFIG_VERSION {
             return Err(self.invalid(
                 "version",

@@ -270,7 +270,7 @@ async fn drill_app(h: &Harness) -> App {
             1,
         );
     let text = format!(
-        "{text}\n[telemetry.drill]\nperson = \"canary-drill\"\nname = \"Drill Canary\"\nemail = \"canary@example.invalid\"\n"
+        "{text}\n[telemetry.drill]\nperson = \"canary-drill\"\nname = \"Drill Canary\"\nemail = \"canary@example.invalid\"\nschedule = \"*/5 * * * *\"\n"
     );
     let path = h.dir.join("drill.toml");
     std::fs::write(&path, text).unwrap();
@@ -495,4 +495,32 @@ fn alert_rules_use_only_exported_metrics() {
         }
     }
     assert!(seen > 10);
+}
+
+#[tokio::test]
+async fn drills_run_on_their_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sqlite");
+    let url = format!("sqlite://{}", dir.join("state.db").display());
+    let h = Harness::new("sqlite", &url, &dir, NukiOptions::default()).await;
+    let app = drill_app(&h).await;
+    // First look: never run, so due now (a daemon started after a missed run catches it up).
+    let first = app.run_due_drills(h.clock.now_utc()).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].0, "nuki");
+    assert!(first[0].1.ok(), "{}", first[0].1.render());
+    // Not again until the schedule's next slot.
+    h.clock.advance(chrono::Duration::seconds(30));
+    assert!(
+        app.run_due_drills(h.clock.now_utc())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    h.clock.advance(chrono::Duration::minutes(5));
+    assert_eq!(
+        app.run_due_drills(h.clock.now_utc()).await.unwrap().len(),
+        1
+    );
+    assert!(!h.holds_email("canary@example.invalid", "berlin-lab"));
 }
