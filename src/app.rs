@@ -167,6 +167,7 @@ impl App {
     /// The drift check on its schedule, and overdue key returns on every tick (one small query).
     async fn scheduled_checks(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
         self.check_overdue_keys().await?;
+        crate::sources::cabinet_events::poll_all(&self.engine, &self.webhooks).await;
         for (connector, report) in self.run_due_drills(now).await? {
             if report.ok() {
                 tracing::info!(connector = %connector, "scheduled revocation drill passed");

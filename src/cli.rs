@@ -309,6 +309,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     g.identity_key, g.connector, g.template, g.desired
                 );
             }
+            let keys = store::cabinet_holders(app.store().pool(), &target).await?;
+            if !keys.is_empty() {
+                println!("{target}: {} cabinet keys out", keys.len());
+            }
+            for k in keys {
+                println!(
+                    "  {:<10} holds key {} (group {}) from {} since {}{}",
+                    k.identity_key,
+                    k.key_id,
+                    k.key_group.as_deref().unwrap_or("-"),
+                    k.connector,
+                    crate::clock::from_micros(k.taken_at).to_rfc3339(),
+                    if k.overdue_at.is_some() {
+                        ", OVERDUE"
+                    } else {
+                        ""
+                    }
+                );
+            }
             Ok(0)
         }
         Command::Approve {

@@ -72,7 +72,7 @@ async fn operator_commands_answer_from_the_store() {
         "{out}"
     );
 
-    // Berlin's lab is lock 1006 in demo.toml; E1 is the simulator's first account user.
+    // Berlin's lab is lock 1006 in tests/fixtures/nuki-only.toml; E1 is the simulator's first account user.
     assert!(
         server.nuki().unwrap().holds(1006, 1001),
         "E1 holds the lab at the vendor"

@@ -67,7 +67,7 @@ impl Person {
         )
     }
 
-    /// The doors mappings/templates.toml gives an analyst employee.
+    /// The doors the Nuki-only test templates give an analyst employee.
     fn doors(&self) -> BTreeSet<String> {
         let mut out = BTreeSet::from([format!("{}-{}", self.site, self.dept)]);
         if self.dept == "engineering" {
@@ -94,9 +94,9 @@ fn staff(prefix: &str, n: usize) -> Vec<Person> {
         .collect()
 }
 
-/// The smartlock id config/demo.toml maps a target to.
+/// The smartlock id the Nuki-only test configuration maps a target to.
 fn lock_of(target: &str) -> i64 {
-    let demo = std::fs::read_to_string(repo().join("config/demo.toml")).unwrap();
+    let demo = std::fs::read_to_string(fixture_config()).unwrap();
     let line = demo
         .lines()
         .find(|l| l.starts_with(&format!("\"{target}\"")))

@@ -66,7 +66,7 @@ async fn setup(dir: &Path, url: &str, extra: &str) -> Ctx {
     let templates = dir.join("templates.toml");
     std::fs::write(&templates, TEMPLATES).unwrap();
     let text = config_text(url, &sim.base_url(), (1000, 50)).replace(
-        &format!("\"{}/mappings/templates.toml\"", repo().display()),
+        &format!("\"{}\"", templates_path().display()),
         &format!("\"{}\"", templates.display()),
     );
     let text = format!(

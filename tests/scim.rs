@@ -187,7 +187,7 @@ impl Scim {
     }
 
     fn lock(&self, target: &str) -> i64 {
-        let demo = std::fs::read_to_string(repo().join("config/demo.toml")).unwrap();
+        let demo = std::fs::read_to_string(fixture_config()).unwrap();
         let line = demo
             .lines()
             .find(|l| l.starts_with(&format!("\"{target}\"")))

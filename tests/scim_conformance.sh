@@ -21,10 +21,10 @@ http_port="$(free_port)"
 token="conformance-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 
 sed -e "s|url = \"sqlite://latchkey-demo.db\"|url = \"sqlite://$tmp/state.db\"|" \
-    -e "s|\"\.\./|\"$repo/|g" \
-    -e "s|path = \"sample/hr-initial.csv\"|path = \"$repo/config/sample/hr-initial.csv\"|" \
+    -e "s|\"\.\./\.\./|\"$repo/|g" \
+    -e "s|\"nuki-only-templates.toml\"|\"$repo/tests/fixtures/nuki-only-templates.toml\"|" \
     -e "s|base_url = \"http://127.0.0.1:8701\"|base_url = \"http://127.0.0.1:$sim_port\"|" \
-    "$repo/config/demo.toml" | awk '/^\[/ { skip = ($0 ~ /^\[(scim|http)/) } !skip' > "$tmp/latchkey.toml"
+    "$repo/tests/fixtures/nuki-only.toml" | awk '/^\[/ { skip = ($0 ~ /^\[(scim|http)/) } !skip' > "$tmp/latchkey.toml"
 cat >> "$tmp/latchkey.toml" <<TOML
 
 [http]

@@ -8,6 +8,7 @@
 //! quirks) lives beside it, one file per vendor.
 
 pub mod brivo;
+pub mod cabinet;
 pub mod kisi;
 pub mod nuki;
 pub mod openpath;
@@ -36,7 +37,9 @@ use tokio::time::Instant;
 pub use nuki::{AuthSnapshot, NukiOptions, NukiSim, UserSnapshot, start_nuki};
 
 /// Vendors `start` knows by name.
-pub const KNOWN_VENDORS: &[&str] = &["nuki", "kisi", "verkada", "brivo", "openpath", "salto"];
+pub const KNOWN_VENDORS: &[&str] = &[
+    "nuki", "kisi", "verkada", "brivo", "openpath", "salto", "cabinet",
+];
 
 /// How long `shutdown` waits for in-flight connections before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -360,6 +363,7 @@ enum Vendor {
     Brivo(Arc<brivo::BrivoSim>),
     Openpath(Arc<openpath::OpenpathSim>),
     Salto(Arc<salto::SaltoSim>),
+    Cabinet(Arc<cabinet::CabinetSim>),
 }
 
 /// Counters every group-based simulator reports.
@@ -382,6 +386,7 @@ impl Vendor {
             Vendor::Brivo(v) => group_stats(v.as_ref(), stats),
             Vendor::Openpath(v) => group_stats(v.as_ref(), stats),
             Vendor::Salto(v) => group_stats(v.as_ref(), stats),
+            Vendor::Cabinet(v) => group_stats(v.as_ref(), stats),
         }
     }
 }
@@ -497,6 +502,13 @@ impl SimServer {
     pub fn salto(&self) -> Option<&salto::SaltoSim> {
         match &self.vendor {
             Vendor::Salto(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn cabinet(&self) -> Option<&cabinet::CabinetSim> {
+        match &self.vendor {
+            Vendor::Cabinet(n) => Some(n),
             _ => None,
         }
     }
@@ -637,6 +649,14 @@ pub async fn start(
             listener,
             salto::SaltoOptions {
                 client_secret: token,
+                ..Default::default()
+            },
+        )
+        .await?),
+        "cabinet" => Ok(cabinet::start_cabinet(
+            listener,
+            cabinet::CabinetOptions {
+                token,
                 ..Default::default()
             },
         )

@@ -53,6 +53,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "latchkey_quarantined_records",
     "latchkey_held_changes",
     "latchkey_key_return_tasks",
+    "latchkey_leaver_keys_held",
     "latchkey_sla_revocations",
     "latchkey_sla_breaches",
     "latchkey_sla_target_seconds",
@@ -238,6 +239,7 @@ pub struct Metrics {
     quarantined: Family<SourceLabel, Gauge>,
     held: Family<SourceLabel, Gauge>,
     key_returns: Family<StateLabel, Gauge>,
+    leaver_keys_held: Family<ConnectorLabel, Gauge>,
     drift_findings: Family<DriftLabels, Gauge>,
     sla_revocations: Family<ConnectorLabel, Counter>,
     sla_breaches: Family<ConnectorLabel, Counter>,
@@ -277,6 +279,7 @@ impl Metrics {
             quarantined: Family::default(),
             held: Family::default(),
             key_returns: Family::default(),
+            leaver_keys_held: Family::default(),
             drift_findings: Family::default(),
             sla_revocations: Family::default(),
             sla_breaches: Family::default(),
@@ -355,6 +358,11 @@ impl Metrics {
             "key_return_tasks",
             "Mechanical key return tasks, open and overdue",
             m.key_returns.clone(),
+        );
+        registry.register(
+            "leaver_keys_held",
+            "Cabinet keys held right now by people whose identity is terminated, per cabinet connector",
+            m.leaver_keys_held.clone(),
         );
         registry.register(
             "drift_findings",
@@ -530,6 +538,15 @@ impl Metrics {
         self.key_returns
             .get_or_create(&StateLabel { state: "overdue" })
             .set(overdue);
+    }
+
+    /// Cabinet keys a leaver still holds, at the cabinet's last event poll.
+    pub fn set_leaver_keys_held(&self, connector: &str, n: i64) {
+        self.leaver_keys_held
+            .get_or_create(&ConnectorLabel {
+                connector: connector.to_string(),
+            })
+            .set(n);
     }
 
     /// Findings of the connector's last drift check.

@@ -113,9 +113,20 @@ pub struct Harness {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// The Nuki-only configuration the tests build on (every site's doors on one Nuki account; the
+/// multi-vendor config/demo.toml is `latchkey demo`'s).
+pub fn fixture_config() -> PathBuf {
+    repo().join("tests/fixtures/nuki-only.toml")
+}
+
+/// The entitlement templates `fixture_config` names, as they appear in `config_text`.
+pub fn templates_path() -> PathBuf {
+    repo().join("tests/fixtures/nuki-only-templates.toml")
+}
+
 pub fn config_text(store_url: &str, sim_url: &str, rate: (u32, u32)) -> String {
-    let demo = std::fs::read_to_string(repo().join("config/demo.toml")).unwrap();
-    // The demo's targets and sites, with this test's store, simulator and rate limit.
+    let demo = std::fs::read_to_string(fixture_config()).unwrap();
+    // The fixture's targets and sites, with this test's store, simulator and rate limit.
     let root = repo();
     demo.replace(
         "url = \"sqlite://latchkey-demo.db\"",
@@ -132,12 +143,22 @@ pub fn config_text(store_url: &str, sim_url: &str, rate: (u32, u32)) -> String {
             rate.0, rate.1
         ),
     )
-    .replace("\"../mappings/", &format!("\"{}/mappings/", root.display()))
     .replace(
-        "\"../connectors/",
+        "\"nuki-only-templates.toml\"",
+        &format!("\"{}\"", templates_path().display()),
+    )
+    .replace(
+        "\"../../mappings/",
+        &format!("\"{}/mappings/", root.display()),
+    )
+    .replace(
+        "\"../../connectors/",
         &format!("\"{}/connectors/", root.display()),
     )
-    .replace("path = \"sample/hr-initial.csv\"", "drop_dir = \"feeds\"")
+    .replace(
+        "path = \"../../config/sample/hr-initial.csv\"",
+        "drop_dir = \"feeds\"",
+    )
 }
 
 pub fn env() -> BTreeMap<String, String> {
@@ -222,7 +243,7 @@ impl Harness {
     }
 
     pub fn lock(&self, target: &str) -> i64 {
-        let demo = std::fs::read_to_string(repo().join("config/demo.toml")).unwrap();
+        let demo = std::fs::read_to_string(fixture_config()).unwrap();
         let line = demo
             .lines()
             .find(|l| l.starts_with(&format!("\"{target}\"")))
