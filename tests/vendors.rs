@@ -856,3 +856,58 @@ async fn salto_keeps_the_site_user_id_of_two() {
     assert_eq!(out.refs().0, Some(users[0].id.as_str()));
     assert_ne!(users[0].id, users[0].user_id);
 }
+
+// ---- Vendors written only as a profile ----
+
+/// Every profile in `tests/fixtures/vendors/` runs the contract against the simulator its own
+/// `[simulator]` section describes: a vendor added as a file, with no Rust written for it.
+#[tokio::test]
+async fn a_profile_only_vendor_passes_the_contract() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vendors");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no fixture profiles in {}",
+        dir.display()
+    );
+    for file in files {
+        let mut p = Profile::load(&file).unwrap();
+        p.http.timeout_ms = 1000;
+        let spec = sim::generic::SimulatorSpec::from_profile(&p).unwrap();
+        let expect = spec
+            .contract
+            .clone()
+            .unwrap_or_else(|| panic!("{}: no [simulator.contract]", file.display()));
+        let token = "fixture-secret";
+        let sim = sim::generic::start_from_profile(&p, listener().await, token.into())
+            .await
+            .unwrap();
+        let names = p.secret_names();
+        let secrets: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), token)).collect();
+        let vendor: &'static str = Box::leak(p.vendor.clone().into_boxed_str());
+        let conn = connector(vendor, p, sim.base_url(), &secrets);
+        let case = Case {
+            vendor,
+            sim,
+            conn,
+            target: expect.target,
+            holds: |s, p, t| s.generic().unwrap().holds(t, p),
+            window: expect.window.map(|w| -> (ReadWindow, String) {
+                (|s, p, t| s.generic().unwrap().window(t, p), w)
+            }),
+        };
+        contract(&case).await;
+        let sent = case.sim.requests();
+        assert!(
+            sent.iter()
+                .all(|r| (r.status != 401 && r.status != 404) || r.method == "DELETE"),
+            "{vendor}: {sent:?}"
+        );
+        eprintln!("{vendor}: contract passed in {} requests", sent.len());
+    }
+}

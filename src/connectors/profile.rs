@@ -25,6 +25,10 @@ pub struct Profile {
     #[serde(default)]
     pub confirm: ConfirmSpec,
     pub operations: Operations,
+    /// How a profile-driven simulator serves this vendor (`sim::generic`); the connector
+    /// ignores it.
+    #[serde(default)]
+    pub simulator: Option<toml::Value>,
     #[serde(skip)]
     pub origin: String,
 }

@@ -9,6 +9,7 @@
 
 pub mod brivo;
 pub mod cabinet;
+pub mod generic;
 pub mod kisi;
 pub mod nuki;
 pub mod openpath;
@@ -50,6 +51,8 @@ pub enum SimError {
     UnknownVendor { name: String, known: String },
     #[error("simulator i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("simulator for profile {origin}: {message}")]
+    Profile { origin: String, message: String },
 }
 
 /// Injected failures, applied after the bearer-token check.
@@ -364,6 +367,7 @@ enum Vendor {
     Openpath(Arc<openpath::OpenpathSim>),
     Salto(Arc<salto::SaltoSim>),
     Cabinet(Arc<cabinet::CabinetSim>),
+    Generic(Arc<generic::GenericSim>),
 }
 
 /// Counters every group-based simulator reports.
@@ -387,6 +391,7 @@ impl Vendor {
             Vendor::Openpath(v) => group_stats(v.as_ref(), stats),
             Vendor::Salto(v) => group_stats(v.as_ref(), stats),
             Vendor::Cabinet(v) => group_stats(v.as_ref(), stats),
+            Vendor::Generic(v) => group_stats(v.as_ref(), stats),
         }
     }
 }
@@ -509,6 +514,14 @@ impl SimServer {
     pub fn cabinet(&self) -> Option<&cabinet::CabinetSim> {
         match &self.vendor {
             Vendor::Cabinet(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The simulator built from a profile's `[simulator]` section.
+    pub fn generic(&self) -> Option<&generic::GenericSim> {
+        match &self.vendor {
+            Vendor::Generic(n) => Some(n),
             _ => None,
         }
     }
