@@ -267,7 +267,7 @@ pub async fn list_identities(pool: &AnyPool) -> Result<Vec<IdentityRow>> {
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct SourceRecordRow {
     pub source: String,
     pub key: String,
@@ -279,16 +279,9 @@ pub struct SourceRecordRow {
 }
 
 impl SourceRecordRow {
+    /// Columns map to fields by name (`sqlx::FromRow`).
     fn from_row(r: &AnyRow) -> Result<Self> {
-        Ok(Self {
-            source: r.try_get("source")?,
-            key: r.try_get("key")?,
-            hash: r.try_get("hash")?,
-            record: r.try_get("record")?,
-            first_seen_at: r.try_get("first_seen_at")?,
-            seen_at: r.try_get("seen_at")?,
-            disappeared_at: r.try_get("disappeared_at")?,
-        })
+        Ok(<Self as sqlx::FromRow<AnyRow>>::from_row(r)?)
     }
 }
 
@@ -426,7 +419,7 @@ pub async fn list_quarantine(pool: &AnyPool, limit: i64) -> Result<Vec<Quarantin
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct HeldRow {
     pub id: i64,
     pub source: String,
@@ -438,15 +431,7 @@ pub struct HeldRow {
 }
 
 fn held_from_row(r: &AnyRow) -> Result<HeldRow> {
-    Ok(HeldRow {
-        id: r.try_get("id")?,
-        source: r.try_get("source")?,
-        key: r.try_get("key")?,
-        kind: r.try_get("kind")?,
-        reason: r.try_get("reason")?,
-        status: r.try_get("status")?,
-        created_at: r.try_get("created_at")?,
-    })
+    Ok(<HeldRow as sqlx::FromRow<AnyRow>>::from_row(r)?)
 }
 
 /// Hold a change for approval unless the same one is already held.
@@ -541,7 +526,7 @@ pub async fn release_held_for(
 // ---------------------------------------------------------------------------------------------
 // Grant ledger
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct GrantRow {
     pub identity_key: String,
     pub connector: String,
@@ -554,27 +539,16 @@ pub struct GrantRow {
     pub vendor_ref: Option<String>,
     pub template: String,
     pub credential: String,
+    #[sqlx(rename = "time_window")]
     pub window: Option<String>,
     pub valid_until: Option<i64>,
     pub updated_at: i64,
 }
 
 impl GrantRow {
+    /// Columns map to fields by name (`sqlx::FromRow`).
     fn from_row(r: &AnyRow) -> Result<Self> {
-        Ok(Self {
-            identity_key: r.try_get("identity_key")?,
-            connector: r.try_get("connector")?,
-            target: r.try_get("target")?,
-            desired: r.try_get("desired")?,
-            observed: r.try_get("observed")?,
-            generation: r.try_get("generation")?,
-            vendor_ref: r.try_get("vendor_ref")?,
-            template: r.try_get("template")?,
-            credential: r.try_get("credential")?,
-            window: r.try_get("time_window")?,
-            valid_until: r.try_get("valid_until")?,
-            updated_at: r.try_get("updated_at")?,
-        })
+        Ok(<Self as sqlx::FromRow<AnyRow>>::from_row(r)?)
     }
 }
 
@@ -1032,7 +1006,7 @@ pub async fn set_last_run(conn: &mut AnyConnection, job: &str, at: i64) -> Resul
 // Mechanical key tasks, breaker states and drift findings (migration 0005)
 
 /// A task for a person: hand a mechanical key over, or take it back.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct KeyTaskRow {
     pub id: i64,
     pub connector: String,
@@ -1050,20 +1024,9 @@ pub struct KeyTaskRow {
 }
 
 impl KeyTaskRow {
+    /// Columns map to fields by name (`sqlx::FromRow`).
     fn from_row(r: &AnyRow) -> Result<Self> {
-        Ok(Self {
-            id: r.try_get("id")?,
-            connector: r.try_get("connector")?,
-            identity_key: r.try_get("identity_key")?,
-            target: r.try_get("target")?,
-            kind: r.try_get("kind")?,
-            status: r.try_get("status")?,
-            created_at: r.try_get("created_at")?,
-            due_at: r.try_get("due_at")?,
-            done_at: r.try_get("done_at")?,
-            done_by: r.try_get("done_by")?,
-            overdue_alerted_at: r.try_get("overdue_alerted_at")?,
-        })
+        Ok(<Self as sqlx::FromRow<AnyRow>>::from_row(r)?)
     }
 }
 
@@ -1239,7 +1202,7 @@ pub async fn breaker_states(pool: &AnyPool) -> Result<Vec<(String, String, i64, 
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct DriftFindingRow {
     pub id: i64,
     pub connector: String,
@@ -1258,19 +1221,9 @@ pub struct DriftFindingRow {
 }
 
 impl DriftFindingRow {
+    /// Columns map to fields by name (`sqlx::FromRow`).
     fn from_row(r: &AnyRow) -> Result<Self> {
-        Ok(Self {
-            id: r.try_get("id")?,
-            connector: r.try_get("connector")?,
-            target: r.try_get("target")?,
-            kind: r.try_get("kind")?,
-            subject: r.try_get("subject")?,
-            vendor_ref: r.try_get("vendor_ref")?,
-            first_seen_at: r.try_get("first_seen_at")?,
-            last_seen_at: r.try_get("last_seen_at")?,
-            resolution: r.try_get("resolution")?,
-            resolved_at: r.try_get("resolved_at")?,
-        })
+        Ok(<Self as sqlx::FromRow<AnyRow>>::from_row(r)?)
     }
 }
 
@@ -1363,7 +1316,7 @@ pub async fn vendor_people_of(pool: &AnyPool, connector: &str) -> Result<Vec<(St
 // Electronic key cabinets: keys out right now (migration 0007)
 
 /// A cabinet key out of its cabinet, and who took it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct CabinetHoldingRow {
     pub id: i64,
     pub connector: String,
@@ -1378,17 +1331,9 @@ pub struct CabinetHoldingRow {
 }
 
 impl CabinetHoldingRow {
+    /// Columns map to fields by name (`sqlx::FromRow`).
     fn from_row(r: &AnyRow) -> Result<Self> {
-        Ok(Self {
-            id: r.try_get("id")?,
-            connector: r.try_get("connector")?,
-            key_id: r.try_get("key_id")?,
-            key_group: r.try_get("key_group")?,
-            identity_key: r.try_get("identity_key")?,
-            taken_at: r.try_get("taken_at")?,
-            overdue_at: r.try_get("overdue_at")?,
-            leaver_alerted_at: r.try_get("leaver_alerted_at")?,
-        })
+        Ok(<Self as sqlx::FromRow<AnyRow>>::from_row(r)?)
     }
 }
 
