@@ -72,9 +72,17 @@ async fn operator_commands_answer_from_the_store() {
         "{out}"
     );
 
-    // Berlin's lab is lock 1006 in tests/fixtures/nuki-only.toml; E1 is the simulator's first account user.
+    // Berlin's lab is lock 1006 in tests/fixtures/nuki-only.toml.
+    let e1 = server
+        .nuki()
+        .unwrap()
+        .users()
+        .into_iter()
+        .find(|u| u.email == "e1@example.com")
+        .map(|u| u.account_user_id)
+        .expect("E1 has an account at the vendor");
     assert!(
-        server.nuki().unwrap().holds(1006, 1001),
+        server.nuki().unwrap().holds(1006, e1),
         "E1 holds the lab at the vendor"
     );
     let (code, out) = latchkey(&config, &["access", "E1"]);
@@ -120,7 +128,7 @@ async fn operator_commands_answer_from_the_store() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("2 revokes"), "{out}");
     assert!(
-        !server.nuki().unwrap().holds(1006, 1001),
+        !server.nuki().unwrap().holds(1006, e1),
         "E1's lab access is gone at the vendor"
     );
 

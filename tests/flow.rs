@@ -79,66 +79,39 @@ async fn joiner_mover_leaver_rehire_reach_the_vendor() {
         assert!(h.holds("E1", "london-finance"));
 
         // Leaver E2 (explicit termination) and rehire E3.
-        let r = h
-            .feed(&[
-                employee("E1", "finance", "london"),
-                row(
-                    "E2",
-                    "sales",
-                    "analyst",
-                    "employee",
-                    "london",
-                    "Terminated",
-                    "2020-01-01",
-                    "2026-11-20",
-                    "",
-                ),
-                row(
-                    "E3",
-                    "finance",
-                    "analyst",
-                    "employee",
-                    "berlin",
-                    "Active",
-                    "2026-11-23",
-                    "2025-03-31",
-                    "",
-                ),
-            ])
-            .await;
+        let third = [
+            employee("E1", "finance", "london"),
+            row(
+                "E2",
+                "sales",
+                "analyst",
+                "employee",
+                "london",
+                "Terminated",
+                "2020-01-01",
+                "2026-11-20",
+                "",
+            ),
+            row(
+                "E3",
+                "finance",
+                "analyst",
+                "employee",
+                "berlin",
+                "Active",
+                "2026-11-23",
+                "2025-03-31",
+                "",
+            ),
+        ];
+        let r = h.feed(&third).await;
         assert_eq!((r.leavers, r.rehires), (1, 1), "{r:?}");
         h.drain().await;
         assert!(!h.holds("E2", "london-sales"));
         assert!(h.holds("E3", "berlin-finance"));
 
         // The same feed again issues nothing.
-        let again = h
-            .feed(&[
-                employee("E1", "finance", "london"),
-                row(
-                    "E2",
-                    "sales",
-                    "analyst",
-                    "employee",
-                    "london",
-                    "Terminated",
-                    "2020-01-01",
-                    "2026-11-20",
-                    "",
-                ),
-                row(
-                    "E3",
-                    "finance",
-                    "analyst",
-                    "employee",
-                    "berlin",
-                    "Active",
-                    "2026-11-23",
-                    "2025-03-31",
-                    "",
-                ),
-            ])
-            .await;
+        let again = h.feed(&third).await;
         assert_eq!((again.issues, again.revokes), (0, 0), "{again:?}");
         let before = h.sim.stats().requests;
         h.drain().await;

@@ -880,6 +880,17 @@ impl LdapSource {
             .await
             .map_err(self.store_err())?;
         self.change_tx(&mut tx, uuid, entry, now).await?;
+        self.commit_with_cookie(tx, cookie, now).await
+    }
+
+    /// Commit a change together with the sync cookie that covers it (invariant 1), then wake the
+    /// dispatcher.
+    async fn commit_with_cookie(
+        &self,
+        mut tx: store::Tx,
+        cookie: Option<&[u8]>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
         if let Some(c) = cookie {
             store::set_checkpoint(&mut tx, &self.name, &Self::cookie_value(c), to_micros(now))
                 .await
@@ -967,14 +978,7 @@ impl LdapSource {
         for uuid in uuids {
             self.delete_tx(&mut tx, uuid, now).await?;
         }
-        if let Some(c) = cookie {
-            store::set_checkpoint(&mut tx, &self.name, &Self::cookie_value(c), to_micros(now))
-                .await
-                .map_err(self.store_err())?;
-        }
-        tx.commit().await.map_err(self.db_err())?;
-        self.engine.notify_outbox();
-        Ok(())
+        self.commit_with_cookie(tx, cookie, now).await
     }
 
     async fn delete_tx(

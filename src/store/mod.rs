@@ -172,6 +172,11 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A row into a plain row type whose fields are named after its columns (`sqlx::FromRow`).
+fn read<T: for<'r> sqlx::FromRow<'r, AnyRow>>(r: &AnyRow) -> Result<T> {
+    Ok(T::from_row(r)?)
+}
+
 pub(crate) fn corrupt(table: &'static str, message: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         table,
@@ -278,13 +283,6 @@ pub struct SourceRecordRow {
     pub disappeared_at: Option<i64>,
 }
 
-impl SourceRecordRow {
-    /// Columns map to fields by name (`sqlx::FromRow`).
-    fn from_row(r: &AnyRow) -> Result<Self> {
-        Ok(<Self as sqlx::FromRow<AnyRow>>::from_row(r)?)
-    }
-}
-
 pub async fn source_records_of(
     conn: &mut AnyConnection,
     key: &str,
@@ -294,7 +292,7 @@ pub async fn source_records_of(
         .fetch_all(&mut *conn)
         .await?
         .iter()
-        .map(SourceRecordRow::from_row)
+        .map(read::<SourceRecordRow>)
         .collect()
 }
 
@@ -430,10 +428,6 @@ pub struct HeldRow {
     pub created_at: i64,
 }
 
-fn held_from_row(r: &AnyRow) -> Result<HeldRow> {
-    Ok(<HeldRow as sqlx::FromRow<AnyRow>>::from_row(r)?)
-}
-
 /// Hold a change for approval unless the same one is already held.
 pub async fn hold(
     conn: &mut AnyConnection,
@@ -472,7 +466,7 @@ pub async fn held_changes(pool: &AnyPool) -> Result<Vec<HeldRow>> {
         .fetch_all(pool)
         .await?
         .iter()
-        .map(held_from_row)
+        .map(read::<HeldRow>)
         .collect()
 }
 
@@ -481,7 +475,7 @@ pub async fn held_change(conn: &mut AnyConnection, id: i64) -> Result<Option<Hel
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
-        .map(|r| held_from_row(&r))
+        .map(|r| read::<HeldRow>(&r))
         .transpose()
 }
 
@@ -545,20 +539,13 @@ pub struct GrantRow {
     pub updated_at: i64,
 }
 
-impl GrantRow {
-    /// Columns map to fields by name (`sqlx::FromRow`).
-    fn from_row(r: &AnyRow) -> Result<Self> {
-        Ok(<Self as sqlx::FromRow<AnyRow>>::from_row(r)?)
-    }
-}
-
 pub async fn grants_of(conn: &mut AnyConnection, identity_key: &str) -> Result<Vec<GrantRow>> {
     sqlx::query("SELECT * FROM grants WHERE identity_key = $1 ORDER BY connector, target")
         .bind(identity_key)
         .fetch_all(&mut *conn)
         .await?
         .iter()
-        .map(GrantRow::from_row)
+        .map(read::<GrantRow>)
         .collect()
 }
 
@@ -574,7 +561,7 @@ pub async fn grant(
         .bind(target)
         .fetch_optional(&mut *conn)
         .await?
-        .map(|r| GrantRow::from_row(&r))
+        .map(|r| read::<GrantRow>(&r))
         .transpose()
 }
 
@@ -584,7 +571,7 @@ pub async fn grants_on_target(pool: &AnyPool, target: &str) -> Result<Vec<GrantR
         .fetch_all(pool)
         .await?
         .iter()
-        .map(GrantRow::from_row)
+        .map(read::<GrantRow>)
         .collect()
 }
 
@@ -593,7 +580,7 @@ pub async fn all_grants(pool: &AnyPool) -> Result<Vec<GrantRow>> {
         .fetch_all(pool)
         .await?
         .iter()
-        .map(GrantRow::from_row)
+        .map(read::<GrantRow>)
         .collect()
 }
 
@@ -1023,13 +1010,6 @@ pub struct KeyTaskRow {
     pub overdue_alerted_at: Option<i64>,
 }
 
-impl KeyTaskRow {
-    /// Columns map to fields by name (`sqlx::FromRow`).
-    fn from_row(r: &AnyRow) -> Result<Self> {
-        Ok(<Self as sqlx::FromRow<AnyRow>>::from_row(r)?)
-    }
-}
-
 /// The newest task of this kind for a grant, whatever its status.
 pub async fn latest_key_task(
     conn: &mut AnyConnection,
@@ -1048,7 +1028,7 @@ pub async fn latest_key_task(
     .bind(kind)
     .fetch_optional(&mut *conn)
     .await?
-    .map(|r| KeyTaskRow::from_row(&r))
+    .map(|r| read::<KeyTaskRow>(&r))
     .transpose()
 }
 
@@ -1081,7 +1061,7 @@ pub async fn key_task(conn: &mut AnyConnection, id: i64) -> Result<Option<KeyTas
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?
-        .map(|r| KeyTaskRow::from_row(&r))
+        .map(|r| read::<KeyTaskRow>(&r))
         .transpose()
 }
 
@@ -1110,7 +1090,7 @@ pub async fn open_key_tasks(pool: &AnyPool) -> Result<Vec<KeyTaskRow>> {
         .fetch_all(pool)
         .await?
         .iter()
-        .map(KeyTaskRow::from_row)
+        .map(read::<KeyTaskRow>)
         .collect()
 }
 
@@ -1220,13 +1200,6 @@ pub struct DriftFindingRow {
     pub resolved_at: Option<i64>,
 }
 
-impl DriftFindingRow {
-    /// Columns map to fields by name (`sqlx::FromRow`).
-    fn from_row(r: &AnyRow) -> Result<Self> {
-        Ok(<Self as sqlx::FromRow<AnyRow>>::from_row(r)?)
-    }
-}
-
 /// Record that a finding was seen now: the open row's `last_seen_at` moves, or a new row starts.
 pub async fn see_drift(
     conn: &mut AnyConnection,
@@ -1248,7 +1221,7 @@ pub async fn see_drift(
     .bind(vendor_ref)
     .fetch_optional(&mut *conn)
     .await?
-    .map(|r| DriftFindingRow::from_row(&r))
+    .map(|r| read::<DriftFindingRow>(&r))
     .transpose()?;
     if let Some(mut f) = existing {
         sqlx::query("UPDATE drift_findings SET last_seen_at = $1 WHERE id = $2")
@@ -1271,7 +1244,7 @@ pub async fn see_drift(
     .bind(now)
     .fetch_one(&mut *conn)
     .await?;
-    DriftFindingRow::from_row(&row)
+    read::<DriftFindingRow>(&row)
 }
 
 pub async fn resolve_drift(
@@ -1295,7 +1268,7 @@ pub async fn open_drift(pool: &AnyPool) -> Result<Vec<DriftFindingRow>> {
         .fetch_all(pool)
         .await?
         .iter()
-        .map(DriftFindingRow::from_row)
+        .map(read::<DriftFindingRow>)
         .collect()
 }
 
@@ -1328,13 +1301,6 @@ pub struct CabinetHoldingRow {
     pub overdue_at: Option<i64>,
     /// When the holder was first reported as a leaver still holding the key.
     pub leaver_alerted_at: Option<i64>,
-}
-
-impl CabinetHoldingRow {
-    /// Columns map to fields by name (`sqlx::FromRow`).
-    fn from_row(r: &AnyRow) -> Result<Self> {
-        Ok(<Self as sqlx::FromRow<AnyRow>>::from_row(r)?)
-    }
 }
 
 /// A key left the cabinet with this person; a holding of the same key is replaced (a missed return).
@@ -1405,7 +1371,7 @@ pub async fn cabinet_holders(pool: &AnyPool, target: &str) -> Result<Vec<Cabinet
     .fetch_all(pool)
     .await?
     .iter()
-    .map(CabinetHoldingRow::from_row)
+    .map(read::<CabinetHoldingRow>)
     .collect()
 }
 
@@ -1422,7 +1388,7 @@ pub async fn cabinet_leaver_holdings(
     .fetch_all(pool)
     .await?
     .iter()
-    .map(CabinetHoldingRow::from_row)
+    .map(read::<CabinetHoldingRow>)
     .collect()
 }
 
