@@ -178,10 +178,12 @@ async fn scrape_after_a_run_matches_the_outbox() {
                     && l.contains(r#"stage="end_to_end""#)
                     && l.contains(r#"cause="leaver""#)
                     && l.contains(r#"source="hr""#)
-                    && l.contains(r#" # {trace_id=""#)
             ),
-            "no exemplar with a trace id on the revocation latency buckets\n{om}"
+            "no revocation latency buckets\n{om}"
         );
+        // Nothing was traced here: an exemplar would name a trace no backend holds
+        // (tests/traces.rs checks the exemplar of a traced change).
+        assert!(!om.contains("trace_id="), "exemplar without a trace\n{om}");
         // The outbox drained: every lane at 0, nothing dead.
         assert_eq!(sum(&om, "latchkey_outbox_depth", &[]), 0.0);
         assert_eq!(sum(&om, "latchkey_dead_letters", &[]), 0.0);

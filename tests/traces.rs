@@ -132,6 +132,7 @@ async fn one_leaver_is_one_trace_from_source_to_vendor_call() {
         log_filter: "warn".into(),
         json: false,
         otlp: Some(otlp),
+        ..Default::default()
     })
     .unwrap();
 

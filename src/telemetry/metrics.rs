@@ -4,8 +4,8 @@
 //!
 //! Every label value is bounded: connector and source names come from the configuration, stages,
 //! actions, causes and outcomes are fixed sets. Person keys and targets never become labels; a
-//! person only shows up inside an exemplar's trace id, which is the change's random trace id or,
-//! when it was not traced, a hash.
+//! person only shows up inside an exemplar's trace id, which is the change's random trace id: a
+//! change that was not traced has no exemplar.
 
 use crate::config::{Config, SlaConfig};
 use crate::model::Action;
@@ -471,12 +471,12 @@ impl Metrics {
             None
         };
         if let Some(stages) = stages {
-            // The change's real trace when it was traced, so the exemplar links to it; else the hash.
+            // Only a change that was really traced gets an exemplar: an id no trace backend holds
+            // would link to nothing.
             let trace = cmd
                 .traceparent
                 .as_deref()
-                .and_then(super::tracing::trace_id_of)
-                .unwrap_or_else(|| trace_id(cmd));
+                .and_then(super::tracing::trace_id_of);
             for (stage, v) in super::STAGES.iter().zip(stages) {
                 latency
                     .get_or_create(&LatencyLabels {
@@ -487,9 +487,7 @@ impl Metrics {
                     })
                     .observe(
                         v,
-                        Some(TraceLabel {
-                            trace_id: trace.clone(),
-                        }),
+                        trace.clone().map(|trace_id| TraceLabel { trace_id }),
                         None,
                     );
             }

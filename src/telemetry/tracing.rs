@@ -1,5 +1,9 @@
 //! Logs and traces: the process-wide `tracing` subscriber, with OpenTelemetry export over OTLP when
-//! `[telemetry.otlp]` is configured.
+//! `[telemetry.otlp]` is configured, or as JSON lines on stdout (`OTEL_TRACES_EXPORTER=console`).
+//!
+//! Logs are for machines as much as for people: no colour unless stderr is a terminal (and
+//! `NO_COLOR` is unset), and, while a trace is recorded, every log line inside a span carries the
+//! span's `trace_id` and `span_id`, so a log search leads to the trace and back.
 //!
 //! One identity change is one trace. The engine plans a change in one task, inside a database
 //! transaction, and a dispatcher worker delivers its commands later, possibly in another process. So
@@ -17,12 +21,21 @@ use opentelemetry::KeyValue;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::sync::{Arc, OnceLock};
+use tracing::dispatcher::WeakDispatch;
+use tracing::{Dispatch, Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, JsonFields, Writer};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
@@ -97,6 +110,42 @@ pub struct Settings {
     /// JSON lines instead of human-readable text (`LATCHKEY_LOG_FORMAT=json`).
     pub json: bool,
     pub otlp: Option<OtlpExport>,
+    /// Colour escapes in the log output: only for a terminal (see [`colour_wanted`]).
+    pub ansi: bool,
+    /// Every finished span as one JSON line on stdout (`OTEL_TRACES_EXPORTER=console`): traces
+    /// without a collector.
+    pub console_traces: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            log_filter: DEFAULT_LOG_FILTER.to_string(),
+            json: false,
+            otlp: None,
+            ansi: false,
+            console_traces: false,
+        }
+    }
+}
+
+/// Colour only where a person reads it: stderr is a terminal and `NO_COLOR` (no-color.org) is
+/// unset or empty. Files, pipes and log collectors get plain text.
+pub fn colour_wanted(no_color: Option<&str>) -> bool {
+    use std::io::IsTerminal;
+    no_color.is_none_or(str::is_empty) && std::io::stderr().is_terminal()
+}
+
+/// Whether `OTEL_TRACES_EXPORTER` (the OpenTelemetry SDK variable) asks for the console exporter;
+/// `otlp` or unset leaves export to `[telemetry.otlp]`. Other values are refused by name.
+pub fn console_exporter(value: Option<&str>) -> Result<bool, String> {
+    match value.map(str::trim) {
+        None | Some("") | Some("otlp") | Some("none") => Ok(false),
+        Some("console") | Some("stdout") => Ok(true),
+        Some(other) => Err(format!(
+            "OTEL_TRACES_EXPORTER={other}: expected `console` (spans as JSON lines on stdout) or `otlp`"
+        )),
+    }
 }
 
 /// Keeps the trace exporter alive; dropping it (or [`TracingGuard::shutdown`]) flushes the spans
@@ -137,6 +186,17 @@ impl Drop for TracingGuard {
     }
 }
 
+fn resource(instance: &str) -> opentelemetry_sdk::Resource {
+    opentelemetry_sdk::Resource::builder()
+        .with_service_name("latchkey")
+        .with_attribute(KeyValue::new("service.instance.id", instance.to_string()))
+        .with_attribute(KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION").to_string(),
+        ))
+        .build()
+}
+
 fn provider(otlp: &OtlpExport) -> Result<SdkTracerProvider, TracingError> {
     let protocol = match otlp.protocol {
         OtlpProtocol::HttpProtobuf => opentelemetry_otlp::Protocol::HttpBinary,
@@ -154,18 +214,145 @@ fn provider(otlp: &OtlpExport) -> Result<SdkTracerProvider, TracingError> {
             endpoint: otlp.url.clone(),
             message: e.to_string(),
         })?;
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name("latchkey")
-        .with_attribute(KeyValue::new("service.instance.id", otlp.instance.clone()))
-        .with_attribute(KeyValue::new(
-            "service.version",
-            env!("CARGO_PKG_VERSION").to_string(),
-        ))
-        .build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_resource(resource)
+        .with_resource(resource(&otlp.instance))
         .build())
+}
+
+/// The console exporter: one JSON object per finished span on stdout, for `jq` or a log shipper.
+#[derive(Debug, Default)]
+struct ConsoleExporter {
+    instance: String,
+}
+
+impl ConsoleExporter {
+    fn line(&self, span: &SpanData) -> serde_json::Value {
+        let micros = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64)
+        };
+        let parent = (span.parent_span_id != opentelemetry::trace::SpanId::INVALID)
+            .then(|| span.parent_span_id.to_string());
+        let attributes: serde_json::Map<String, serde_json::Value> = span
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.to_string(), kv.value.to_string().into()))
+            .collect();
+        serde_json::json!({
+            "trace_id": span.span_context.trace_id().to_string(),
+            "span_id": span.span_context.span_id().to_string(),
+            "parent_span_id": parent,
+            "name": span.name,
+            "start_unix_micros": micros(span.start_time),
+            "end_unix_micros": micros(span.end_time),
+            "status": format!("{:?}", span.status),
+            "attributes": attributes,
+            "service.instance.id": self.instance,
+        })
+    }
+}
+
+impl SpanExporter for ConsoleExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let mut out = String::new();
+        for span in &batch {
+            out.push_str(&self.line(span).to_string());
+            out.push('\n');
+        }
+        // A closed stdout loses the spans, never the process.
+        let _ = std::io::stdout().lock().write_all(out.as_bytes());
+        Ok(())
+    }
+}
+
+fn console_provider(instance: &str) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_batch_exporter(ConsoleExporter {
+            instance: instance.to_string(),
+        })
+        .with_resource(resource(instance))
+        .build()
+}
+
+/// Where the formatter finds the subscriber it runs in (to read a span's OpenTelemetry context):
+/// filled when the subscriber is installed.
+#[derive(Debug, Clone, Default)]
+struct DispatchSlot(Arc<OnceLock<WeakDispatch>>);
+
+impl<S: Subscriber> Layer<S> for DispatchSlot {
+    fn on_register_dispatch(&self, subscriber: &Dispatch) {
+        let _ = self.0.set(subscriber.downgrade());
+    }
+}
+
+/// An event format that adds the trace and span ids of the innermost recorded span around the
+/// event to what `inner` writes: as fields of the JSON object, or as `trace_id=... span_id=...` at
+/// the end of a plain text line. Coloured lines (a person at a terminal) are left as they are.
+struct WithTraceIds<F> {
+    inner: F,
+    slot: DispatchSlot,
+}
+
+impl<F> WithTraceIds<F> {
+    fn ids<S, N>(&self, ctx: &FmtContext<'_, S, N>) -> Option<(String, String)>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        let dispatch = self.slot.0.get()?.upgrade()?;
+        for span in ctx.event_scope()? {
+            let Some(cx) = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch) else {
+                continue;
+            };
+            let sc = cx.span().span_context().clone();
+            if sc.is_valid() {
+                return Some((sc.trace_id().to_string(), sc.span_id().to_string()));
+            }
+        }
+        None
+    }
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = if writer.has_ansi_escapes() {
+            None
+        } else {
+            self.ids(ctx)
+        };
+        let Some((trace, span)) = ids else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        writer.write_str(&with_ids(line, &trace, &span))
+    }
+}
+
+/// `line` (one formatted event) with the ids added.
+fn with_ids(mut line: String, trace: &str, span: &str) -> String {
+    if line.starts_with('{') {
+        line.insert_str(
+            1,
+            &format!("\"trace_id\":\"{trace}\",\"span_id\":\"{span}\","),
+        );
+    } else {
+        let end = line.trim_end_matches('\n').len();
+        line.insert_str(end, &format!(" trace_id={trace} span_id={span}"));
+    }
+    line
 }
 
 /// Install the process-wide subscriber: logs to stderr (filtered by `log_filter`), and spans of
@@ -177,15 +364,43 @@ pub fn init(settings: &Settings) -> Result<TracingGuard, TracingError> {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new(DEFAULT_LOG_FILTER), Some(e.to_string())),
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![if settings.json {
-        fmt.json().with_filter(filter).boxed()
+    let slot = DispatchSlot::default();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(settings.ansi);
+    let log_layer = if settings.json {
+        fmt.fmt_fields(JsonFields::new())
+            .event_format(WithTraceIds {
+                inner: format::format().json(),
+                slot: slot.clone(),
+            })
+            .with_filter(filter)
+            .boxed()
     } else {
-        fmt.with_filter(filter).boxed()
-    }];
+        fmt.event_format(WithTraceIds {
+            inner: format::format().with_ansi(settings.ansi),
+            slot: slot.clone(),
+        })
+        .with_filter(filter)
+        .boxed()
+    };
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![
+        // Sees no span or event (so enables none): it only learns the dispatcher.
+        slot.with_filter(LevelFilter::OFF).boxed(),
+        log_layer,
+    ];
     let mut guard = TracingGuard::default();
-    if let Some(otlp) = &settings.otlp {
-        let provider = provider(otlp)?;
+    let provider = match (&settings.otlp, settings.console_traces) {
+        (_, true) => Some(console_provider(
+            settings
+                .otlp
+                .as_ref()
+                .map_or("latchkey", |o| o.instance.as_str()),
+        )),
+        (Some(otlp), false) => Some(provider(otlp)?),
+        (None, false) => None,
+    };
+    if let Some(provider) = provider {
         let tracer = provider.tracer("latchkey");
         layers.push(
             tracing_opentelemetry::layer()
