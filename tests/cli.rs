@@ -157,3 +157,194 @@ async fn operator_commands_answer_from_the_store() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("audit log intact"), "{out}");
 }
+
+/// Runs the binary with extra environment, its stderr into a file (as a log collector or
+/// `2> file` gets it): (exit code, stdout, the file's bytes).
+fn latchkey_to_file(
+    config: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> (i32, String, Vec<u8>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("LATCHKEY_DEMO_NUKI_TOKEN", TOKEN)
+        .env_remove("NO_COLOR")
+        .env_remove("LATCHKEY_LOG_FORMAT")
+        .envs(env.iter().copied())
+        .stderr(std::fs::File::create(log).unwrap())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        std::fs::read(log).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_output_suit_files_pipes_and_collectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = sim::start_nuki(
+        listener,
+        NukiOptions {
+            token: TOKEN.into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let store = format!("sqlite://{}", tmp.path().join("state.db").display());
+    std::fs::create_dir_all(tmp.path().join("feeds")).unwrap();
+    let config = tmp.path().join("latchkey.toml");
+    std::fs::write(&config, config_text(&store, &server.base_url(), (1000, 50))).unwrap();
+    let log = tmp.path().join("stderr.log");
+    let feed = |name: &str, rows: &[String]| {
+        std::fs::write(
+            tmp.path().join("feeds").join(name),
+            format!("{HEADER}\n{}\n", rows.join("\n")),
+        )
+        .unwrap();
+    };
+    let leaver = |key: &str, dept: &str| {
+        row(
+            key,
+            dept,
+            "engineer",
+            "employee",
+            "berlin",
+            "Terminated",
+            "2020-01-01",
+            "2026-11-01",
+            "",
+        )
+    };
+
+    // Two joiners with --quiet: errors only, whatever LATCHKEY_LOG says.
+    feed(
+        "hr-1.csv",
+        &[
+            employee("E1", "engineering", "berlin"),
+            employee("E2", "engineering", "berlin"),
+        ],
+    );
+    let (code, out, err) = latchkey_to_file(
+        &config,
+        &["apply", "--quiet"],
+        &[("LATCHKEY_LOG", "debug")],
+        &log,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+
+    // E1 leaves; text logs at debug into a file, with the console trace exporter on: no escape
+    // sequence anywhere, and the line logged inside the revocation's trace names that trace.
+    feed(
+        "hr-2.csv",
+        &[
+            leaver("E1", "engineering"),
+            employee("E2", "engineering", "berlin"),
+        ],
+    );
+    let (code, out, err) = latchkey_to_file(
+        &config,
+        &["apply", "-v"],
+        &[("OTEL_TRACES_EXPORTER", "console")],
+        &log,
+    );
+    assert_eq!(code, 0, "{out}");
+    let text = String::from_utf8(err).unwrap();
+    assert!(
+        !text.contains('\x1b'),
+        "escape sequences in a log file:\n{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("revocation confirmed"))
+        .unwrap_or_else(|| panic!("no revocation logged:\n{text}"));
+    let trace = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("trace_id="))
+        .unwrap_or_else(|| panic!("no trace id on a line inside the change: {line}"));
+    let spans: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["trace_id"] == trace && s["name"] == "vendor.call"),
+        "the logged trace {trace} is the exported trace with the vendor call:\n{out}"
+    );
+
+    // E2 leaves; JSON logs: every line inside a recorded span carries trace and span ids.
+    feed(
+        "hr-3.csv",
+        &[leaver("E1", "engineering"), leaver("E2", "engineering")],
+    );
+    let (code, out, err) = latchkey_to_file(
+        &config,
+        &["apply", "-v"],
+        &[
+            ("OTEL_TRACES_EXPORTER", "console"),
+            ("LATCHKEY_LOG_FORMAT", "json"),
+        ],
+        &log,
+    );
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(err)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let confirmed = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "revocation confirmed")
+        .unwrap_or_else(|| panic!("no revocation logged: {lines:?}"));
+    let (trace, span) = (
+        confirmed["trace_id"].as_str().unwrap(),
+        confirmed["span_id"].as_str().unwrap(),
+    );
+    assert!(
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|s| s["trace_id"] == trace && s["span_id"] == span),
+        "the log line's span {trace}/{span} is an exported span:\n{out}"
+    );
+    for l in lines.iter().filter(|l| l.get("span").is_some()) {
+        assert!(
+            l.get("trace_id").is_some(),
+            "a line inside a span without a trace id: {l}"
+        );
+    }
+    assert!(!server.nuki().unwrap().users().iter().any(|u| {
+        u.email == "e2@example.com" && server.nuki().unwrap().holds(1001, u.account_user_id)
+    }));
+
+    // A reader that went away (`latchkey status | head -1`): the command ends quietly, killed by
+    // SIGPIPE as `cat` would be, not with a panic.
+    for args in [&["status"][..], &["who-has", "berlin-engineering"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("LATCHKEY_DEMO_NUKI_TOKEN", TOKEN)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{args:?} on a closed pipe: {stderr}");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}",
+            out.status
+        );
+    }
+}

@@ -384,11 +384,7 @@ pub fn init(settings: &Settings) -> Result<TracingGuard, TracingError> {
         .with_filter(filter)
         .boxed()
     };
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![
-        // Sees no span or event (so enables none): it only learns the dispatcher.
-        slot.with_filter(LevelFilter::OFF).boxed(),
-        log_layer,
-    ];
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![log_layer];
     let mut guard = TracingGuard::default();
     let provider = match (&settings.otlp, settings.console_traces) {
         (_, true) => Some(console_provider(
@@ -412,6 +408,9 @@ pub fn init(settings: &Settings) -> Result<TracingGuard, TracingError> {
     }
     tracing_subscriber::registry()
         .with(layers)
+        // Outside the Vec, which does not pass the dispatcher on to its layers. It sees no span or
+        // event (so enables none): it only learns the dispatcher.
+        .with(slot.with_filter(LevelFilter::OFF))
         .try_init()
         .map_err(|e| TracingError::AlreadyInstalled(e.to_string()))?;
     if let Some(error) = bad_filter {
