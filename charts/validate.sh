@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Checks the Helm chart: alert rules (promtool check + unit tests), the dashboard JSON, the values
-# files against values.schema.json, and the rendered manifests with
-# kubernetes-validate (default values, and several replicas on PostgreSQL).
-# Installs promtool (Debian's prometheus package) and kubernetes-validate (PyPI) when missing; renders
-# with helm, or without it through Helm's Go SDK (helm-python-sdk).
+# files against values.schema.json, and the rendered manifests of every values file (the defaults,
+# each ci/*-values.yaml, and the repository's config/production.toml with its mappings and
+# connectors) with kubernetes-validate; then runs `latchkey check` on each rendered configuration,
+# laid out as the pod sees it: each ConfigMap key at its volumeMount's path, the container's
+# environment set (secret values replaced by placeholders).
+# Installs promtool (Debian's prometheus package) when missing, and the Python tools
+# (kubernetes-validate, helm-python-sdk) into the CI virtual environment (.ci/python-venv.sh);
+# renders with helm, or without it through Helm's Go SDK (helm-python-sdk). The latchkey binary is
+# $LATCHKEY_BIN, or built with cargo.
 set -euo pipefail
 cd "$(dirname "$0")/latchkey"
+. ../../.ci/python-venv.sh
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -17,9 +23,15 @@ if ! command -v promtool >/dev/null 2>&1; then
   # The package starts a Prometheus server where an init system runs; only the tool is wanted.
   $SUDO systemctl stop prometheus >/dev/null 2>&1 || true
 fi
-if ! command -v kubernetes-validate >/dev/null 2>&1; then
-  echo "== installing kubernetes-validate (PyPI)"
-  python3 -m pip install -q kubernetes-validate
+ensure_venv
+if ! command -v kubernetes-validate >/dev/null 2>&1 || ! python3 -c "import jsonschema, yaml" 2>/dev/null; then
+  echo "== installing kubernetes-validate (PyPI, into $LATCHKEY_VENV)"
+  venv_pip kubernetes-validate jsonschema pyyaml
+fi
+if [ -z "${LATCHKEY_BIN:-}" ]; then
+  echo "== building latchkey (for latchkey check)"
+  (cd ../.. && cargo build --quiet --locked --bin latchkey)
+  LATCHKEY_BIN="${CARGO_TARGET_DIR:-$(cd ../.. && pwd)/target}/debug/latchkey"
 fi
 
 echo "== promtool check rules"
@@ -85,8 +97,8 @@ PY
   fi
 }
 if ! command -v helm >/dev/null 2>&1 && ! python3 -c "import helm_python" 2>/dev/null; then
-  echo "== installing helm-python-sdk (PyPI: Helm's Go SDK, no binary needed)"
-  python3 -m pip install -q helm-python-sdk
+  echo "== installing helm-python-sdk (PyPI: Helm's Go SDK, no binary needed; into $LATCHKEY_VENV)"
+  venv_pip helm-python-sdk
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -103,7 +115,29 @@ for m in report["messages"]:
 sys.exit(1 if report["errors"] else 0)
 PY
 fi
-for values in "" ci/postgres-values.yaml; do
+# The repository's production configuration, as the chart would carry it: latchkey.toml without
+# what the chart writes, its mappings and connector profiles as files, its secrets from Secrets.
+python3 - ../../config/production.toml "$out/production-values.yaml" <<'PY'
+import glob, os, re, sys, yaml
+text = open(sys.argv[1]).read()
+values = yaml.safe_load(open("ci/postgres-values.yaml"))
+# Drop `version` and `instance`, and the [store] and [http] tables: the chart writes those.
+kept, skip = [], False
+for line in text.splitlines():
+    header = re.match(r"^\[([^\]]+)\]", line)
+    if header:
+        skip = header.group(1) in ("store", "http")
+    if skip or re.match(r"^(version|instance)\s*=", line):
+        continue
+    kept.append(line)
+values["config"] = "\n".join(kept) + "\n"
+values["mappings"] = {os.path.basename(f): open(f).read() for f in sorted(glob.glob("../../mappings/*.toml"))}
+values["connectors"] = {os.path.basename(f): open(f).read() for f in sorted(glob.glob("../../connectors/*.toml"))}
+names = sorted(set(re.findall(r'env = "([A-Z0-9_]+)"', values["config"])))
+values["secretEnv"] = [{"name": n, "secretName": "latchkey-secrets", "key": n.lower().replace("_", "-")} for n in names]
+yaml.safe_dump(values, open(sys.argv[2], "w"), sort_keys=False)
+PY
+for values in "" ci/postgres-values.yaml "$out/production-values.yaml"; do
   name=${values:-default}
   name=$(basename "$name" .yaml)
   echo "== helm template ($name) | kubernetes-validate"
@@ -124,5 +158,31 @@ for d in docs:
 PY
   kubernetes-validate --strict --quiet "$out/$name.yaml.core"
   if [ -f "$out/rules.yaml" ]; then promtool check rules "$out/rules.yaml"; rm "$out/rules.yaml"; fi
+  echo "== latchkey check ($name), with the files where the pod mounts them"
+  root="$out/$name.pod"
+  python3 - "$out/$name.yaml" "$root" "$LATCHKEY_BIN" <<'PY'
+import os, subprocess, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+root, binary = sys.argv[2], sys.argv[3]
+deploy = next(d for d in docs if d["kind"] == "Deployment")
+pod = deploy["spec"]["template"]["spec"]
+container = pod["containers"][0]
+maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+volumes = {v["name"]: v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+for m in container.get("volumeMounts", []):
+    if m["name"] in volumes:
+        path = root + m["mountPath"]
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").write(maps[volumes[m["name"]]][m["subPath"]])
+env = {"PATH": os.environ["PATH"]}
+for e in container.get("env", []):
+    # Secrets and the pod name are not known here: placeholders stand in for them.
+    env[e["name"]] = e.get("value", "validate-placeholder")
+logs = (env.get("LATCHKEY_LOG_FORMAT"), env.get("NO_COLOR"))
+assert logs == ("json", "1"), f"logs are not JSON without colour by default: {logs}"
+args = container["args"]
+config = root + args[args.index("--config") + 1]
+sys.exit(subprocess.run([binary, "check", "--config", config], env=env).returncode)
+PY
 done
 echo "== chart ok"

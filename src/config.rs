@@ -13,7 +13,7 @@ pub const CONFIG_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read: {}", io_reason(source))]
     Read {
         file: String,
         source: std::io::Error,
@@ -608,12 +608,120 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Parse TOML text into `T`, turning toml's error into one that names file, line and column.
+/// Parse TOML text into `T`, turning toml's error into one that names file, line and column, and
+/// the key with what it expects in words (`engine.lease_seconds`: expected a whole number).
 pub fn parse_toml<T: serde::de::DeserializeOwned>(
     text: &str,
     origin: &str,
 ) -> Result<T, ConfigError> {
-    toml::from_str(text).map_err(|e| toml_error(text, origin, &e))
+    deserialize_keyed(text).map_err(|e| e.into_config_error(text, origin))
+}
+
+/// An I/O error's text without the `(os error N)` that repeats it.
+pub fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// A deserialisation error with the dotted key it concerns.
+#[derive(Debug)]
+pub struct KeyedError {
+    /// `engine.lease_seconds`; None at the top level.
+    pub path: Option<String>,
+    /// The key that is not allowed, for an unknown-field error (`path` is then its table).
+    pub unknown: Option<String>,
+    pub message: String,
+    error: toml::de::Error,
+}
+
+impl KeyedError {
+    /// The full key the error is about: the unknown key itself, or the key whose value is wrong.
+    pub fn key(&self) -> Option<String> {
+        match (&self.path, &self.unknown) {
+            (Some(p), Some(u)) => Some(format!("{p}.{u}")),
+            (None, Some(u)) => Some(u.clone()),
+            (p, None) => p.clone(),
+        }
+    }
+
+    /// `` `key`: message ``, or the message alone at the top level.
+    pub fn describe(&self) -> String {
+        match &self.path {
+            Some(p) if self.unknown.is_none() => format!("`{p}`: {}", self.message),
+            Some(p) => format!("in `{p}`: {}", self.message),
+            None => self.message.clone(),
+        }
+    }
+
+    fn into_config_error(self, text: &str, origin: &str) -> ConfigError {
+        let (line, column) = self
+            .error
+            .span()
+            .map(|s| line_col(text, s.start))
+            .unwrap_or((0, 0));
+        ConfigError::Parse {
+            file: origin.to_string(),
+            line,
+            column,
+            message: self.describe(),
+        }
+    }
+}
+
+/// Deserialise TOML text, keeping the path of the key an error is about.
+pub fn deserialize_keyed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, KeyedError> {
+    let keyed = |error: toml::de::Error, path: Option<String>| {
+        let unknown = error
+            .message()
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+            .map(str::to_string);
+        // The path runs to the unknown key itself: keep its table.
+        let path = match (&unknown, path) {
+            (Some(u), Some(p)) if p == *u => None,
+            (Some(u), Some(p)) => Some(p.strip_suffix(&format!(".{u}")).unwrap_or(&p).to_string()),
+            (_, p) => p,
+        };
+        KeyedError {
+            path,
+            unknown,
+            message: in_words(error.message().trim()),
+            error,
+        }
+    };
+    let de = toml::de::Deserializer::parse(text).map_err(|e| keyed(e, None))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = (path != "." && !path.is_empty()).then_some(path);
+        keyed(e.into_inner(), path)
+    })
+}
+
+/// serde's "invalid type: string \"abc\", expected f64" as "expected a number, found string
+/// \"abc\"": the expected value in words instead of a Rust type name.
+fn in_words(message: &str) -> String {
+    let rest = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "));
+    let Some((found, expected)) = rest.and_then(|r| r.rsplit_once(", expected ")) else {
+        return message.to_string();
+    };
+    let expected = match expected {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => "a whole number (0 or more)",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a string" => "a string (in quotes)",
+        "a sequence" => "a list ([...])",
+        "a character" => "a single character",
+        "a map" => "a table",
+        e if e.starts_with("struct ") => "a table",
+        e => e,
+    };
+    format!("expected {expected}, found {found}")
 }
 
 pub fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
@@ -691,6 +799,38 @@ fn apply_env_overlay(
     Ok(())
 }
 
+/// An error in the configuration with the environment merged in: named by the variable that set the
+/// key when one did; else the file's own error, at its own line.
+fn overlay_error(input: &ConfigInput, origin: &str, merged: &str, e: KeyedError) -> ConfigError {
+    let key = e.key();
+    let var = input.env.keys().find(|var| {
+        !overlay_ignores(var)
+            && var.strip_prefix("LATCHKEY_").is_some_and(|rest| {
+                key.as_deref()
+                    == Some(
+                        rest.split("__")
+                            .collect::<Vec<_>>()
+                            .join(".")
+                            .to_ascii_lowercase(),
+                    )
+                    .as_deref()
+            })
+    });
+    if let Some(var) = var {
+        return ConfigError::Env {
+            var: var.clone(),
+            message: e.describe(),
+        };
+    }
+    match parse_toml::<Config>(&input.text, origin) {
+        Err(own) => own,
+        Ok(_) => e.into_config_error(
+            merged,
+            &format!("{origin} (with LATCHKEY_ environment overrides)"),
+        ),
+    }
+}
+
 impl Config {
     pub fn load(input: &ConfigInput) -> Result<Self, ConfigError> {
         let origin = input.path.display().to_string();
@@ -704,16 +844,15 @@ impl Config {
             .any(|k| k.starts_with("LATCHKEY_") && !overlay_ignores(k));
         apply_env_overlay(&mut table, &input.env)?;
         let mut config: Config = if had_overlay {
-            // Spans are lost once the environment is merged in: re-serialise so the error still has a line.
             let merged = toml::to_string(&table).map_err(|e| ConfigError::Invalid {
                 file: origin.clone(),
                 key: String::new(),
                 message: e.to_string(),
             })?;
-            parse_toml(
-                &merged,
-                &format!("{origin} (with LATCHKEY_ environment overrides)"),
-            )?
+            match deserialize_keyed(&merged) {
+                Ok(config) => config,
+                Err(e) => return Err(overlay_error(input, &origin, &merged, e)),
+            }
         } else {
             parse_toml(&input.text, &origin)?
         };
@@ -1055,6 +1194,51 @@ templates = "t.toml"
     fn environment_cannot_add_unknown_keys() {
         let err = Config::load(&input(MINIMAL, &[("LATCHKEY_ENGINE__NOPE", "1")])).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("environment variable LATCHKEY_ENGINE__NOPE: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_and_the_value_expected_in_words() {
+        let text = format!("{MINIMAL}\n[engine]\nlease_seconds = 1.5\n");
+        let err = Config::load(&input(&text, &[])).unwrap_err().to_string();
+        assert!(
+            err.contains("`engine.lease_seconds`: expected a whole number (0 or more), found floating point `1.5`"),
+            "{err}"
+        );
+        assert!(!err.contains("u64"), "{err}");
+        // Set from the environment: the variable is named, not a line of a merged file.
+        let err = Config::load(&input(
+            MINIMAL,
+            &[("LATCHKEY_ENGINE__MASS_CHANGE_THRESHOLD", "high")],
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "environment variable LATCHKEY_ENGINE__MASS_CHANGE_THRESHOLD: \
+             `engine.mass_change_threshold`: expected a number, found string \"high\""
+        );
+        // The file's own mistake, with an unrelated override set, is reported at the file's line.
+        let err = Config::load(&input(&text, &[("LATCHKEY_ENGINE__TICK_MILLIS", "50")]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("environment"), "{err}");
+        assert!(err.contains("lease_seconds"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_says_so_once() {
+        let err = ConfigInput::from_file(Path::new("/nonexistent/latchkey.toml"), BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/nonexistent/latchkey.toml: cannot read: No such file or directory"
+        );
     }
 
     #[test]
