@@ -634,7 +634,8 @@ pub struct KeyedError {
     /// The key that is not allowed, for an unknown-field error (`path` is then its table).
     pub unknown: Option<String>,
     pub message: String,
-    error: toml::de::Error,
+    /// Byte range in the text the error points at.
+    span: Option<std::ops::Range<usize>>,
 }
 
 impl KeyedError {
@@ -658,8 +659,8 @@ impl KeyedError {
 
     fn into_config_error(self, text: &str, origin: &str) -> ConfigError {
         let (line, column) = self
-            .error
-            .span()
+            .span
+            .as_ref()
             .map(|s| line_col(text, s.start))
             .unwrap_or((0, 0));
         ConfigError::Parse {
@@ -689,7 +690,7 @@ pub fn deserialize_keyed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T
             path,
             unknown,
             message: in_words(error.message().trim()),
-            error,
+            span: error.span(),
         }
     };
     let de = toml::de::Deserializer::parse(text).map_err(|e| keyed(e, None))?;

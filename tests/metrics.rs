@@ -181,6 +181,18 @@ async fn scrape_after_a_run_matches_the_outbox() {
             ),
             "no revocation latency buckets\n{om}"
         );
+        // The standard process metrics, unprefixed, as stock dashboards expect them.
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_open_fds",
+        ] {
+            assert!(
+                om.lines().any(|l| l.starts_with(&format!("{name} "))),
+                "no {name}\n{om}"
+            );
+        }
         // Nothing was traced here: an exemplar would name a trace no backend holds
         // (tests/traces.rs checks the exemplar of a traced change).
         assert!(!om.contains("trace_id="), "exemplar without a trace\n{om}");
@@ -365,10 +377,16 @@ impl HoldsEmail for Harness {
 /// Metric names a PromQL expression refers to: identifiers starting with `latchkey_` (exported)
 /// or `latchkey:` (recording rules).
 fn referenced_metrics(expr: &str) -> Vec<String> {
+    let mut out = prefixed_metrics(expr, "latchkey");
+    out.extend(prefixed_metrics(expr, "process_"));
+    out
+}
+
+fn prefixed_metrics(expr: &str, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
     let bytes = expr.as_bytes();
     let mut i = 0;
-    while let Some(pos) = expr[i..].find("latchkey") {
+    while let Some(pos) = expr[i..].find(prefix) {
         let start = i + pos;
         let prev_ok = start == 0
             || !(bytes[start - 1].is_ascii_alphanumeric()
@@ -381,7 +399,11 @@ fn referenced_metrics(expr: &str) -> Vec<String> {
             end += 1;
         }
         let name = &expr[start..end];
-        if prev_ok && (name.starts_with("latchkey_") || name.starts_with("latchkey:")) {
+        if prev_ok
+            && (name.starts_with("latchkey_")
+                || name.starts_with("latchkey:")
+                || name.starts_with("process_"))
+        {
             out.push(name.to_string());
         }
         i = end;
@@ -406,7 +428,9 @@ fn known_metric(name: &str) -> bool {
         .iter()
         .find_map(|s| name.strip_suffix(s))
         .unwrap_or(name);
-    METRIC_NAMES.contains(&base) || METRIC_NAMES.contains(&name)
+    METRIC_NAMES.contains(&base)
+        || METRIC_NAMES.contains(&name)
+        || latchkey::telemetry::process::METRIC_NAMES.contains(&base)
 }
 
 fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
@@ -480,6 +504,50 @@ fn dashboard_is_grafana_json_using_only_exported_metrics() {
             .any(|e| e.contains("latchkey_sla_target_seconds"))
     );
     assert!(exprs.iter().any(|e| e.contains("histogram_quantile(0.99")));
+    // It works on a Prometheus without latchkey's recording rules.
+    for e in &exprs {
+        assert!(!e.contains("latchkey:"), "needs a recording rule: {e}");
+    }
+    // Every alert has a panel showing what it watches: each raw metric of its expression is queried.
+    let rules =
+        std::fs::read_to_string(repo().join("charts/latchkey/files/latchkey-rules.yaml")).unwrap();
+    for (alert, expr) in alert_exprs(&rules) {
+        let raw: Vec<String> = referenced_metrics(&expr)
+            .into_iter()
+            .filter(|n| !n.starts_with("latchkey:"))
+            .collect();
+        for n in raw {
+            assert!(
+                exprs.iter().any(|e| e.contains(&n)),
+                "alert {alert} watches `{n}`, which no dashboard panel shows"
+            );
+        }
+    }
+}
+
+/// (alert name, expression) of every alerting rule.
+fn alert_exprs(rules: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut in_expr = false;
+    for line in rules.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix("- alert: ") {
+            out.push((name.to_string(), String::new()));
+            in_expr = false;
+        } else if t.starts_with("- record: ") {
+            in_expr = false;
+        } else if let Some(rest) = t.strip_prefix("expr:") {
+            in_expr = true;
+            if let Some(last) = out.last_mut() {
+                last.1.push_str(rest);
+            }
+        } else if t.ends_with(':') || t.starts_with("for:") || t.starts_with("labels:") {
+            in_expr = false;
+        } else if in_expr && let Some(last) = out.last_mut() {
+            last.1.push_str(t);
+        }
+    }
+    out
 }
 
 #[test]

@@ -641,10 +641,19 @@ impl LdapSource {
         let mut ldap = self.connect().await?;
         *bound = true;
         tracing::info!(source = %self.name, url = %self.cfg.url, dialect = ?self.cfg.dialect, "LDAP source connected");
+        // A persistent search reports nothing while the directory is quiet: the source is healthy
+        // while this session lives, which the staleness alert reads instead of its last change.
+        let persistent = self.cfg.persist && self.cfg.dialect == LdapDialect::Rfc4533;
+        if persistent {
+            self.engine.metrics.source_connection(&self.name, true);
+        }
         let r = match self.cfg.dialect {
             LdapDialect::Rfc4533 => self.sync_session(&mut ldap).await,
             LdapDialect::ActiveDirectory | LdapDialect::Poll => self.poll_session(&mut ldap).await,
         };
+        if persistent {
+            self.engine.metrics.source_connection(&self.name, false);
+        }
         let _ = ldap.unbind().await;
         r
     }

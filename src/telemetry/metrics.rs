@@ -54,11 +54,15 @@ pub const METRIC_NAMES: &[&str] = &[
     "latchkey_held_changes",
     "latchkey_key_return_tasks",
     "latchkey_leaver_keys_held",
+    "latchkey_drift_findings",
     "latchkey_sla_revocations",
     "latchkey_sla_breaches",
     "latchkey_sla_target_seconds",
     "latchkey_sla_objective_ratio",
     "latchkey_source_last_success_timestamp_seconds",
+    "latchkey_source_expected_interval_seconds",
+    "latchkey_source_connected",
+    "latchkey_held_changes_oldest_age_seconds",
     "latchkey_drill_runs",
     "latchkey_drill_stage_seconds",
     "latchkey_drill_last_success_timestamp_seconds",
@@ -246,6 +250,9 @@ pub struct Metrics {
     sla_target: Family<ConnectorLabel, FloatGauge>,
     sla_objective: Family<ConnectorLabel, FloatGauge>,
     source_success: Family<SourceLabel, FloatGauge>,
+    source_expected: Family<SourceLabel, FloatGauge>,
+    source_connected: Family<SourceLabel, Gauge>,
+    held_oldest_age: Family<SourceLabel, FloatGauge>,
     drill_runs: Family<DrillLabels, Counter>,
     drill_stage: Family<DrillStageLabels, FloatGauge>,
     drill_success: Family<ConnectorLabel, FloatGauge>,
@@ -257,7 +264,9 @@ fn latency_family() -> Latency {
 
 impl Metrics {
     pub fn new(config: &Config) -> Self {
-        let mut registry = Registry::with_prefix("latchkey");
+        // The root holds the standard unprefixed `process_*` metrics; latchkey's own are below it.
+        let mut root = Registry::default();
+        let registry = root.sub_registry_with_prefix("latchkey");
         let m = Self {
             registry: Registry::default(),
             slas: config
@@ -286,6 +295,9 @@ impl Metrics {
             sla_target: Family::default(),
             sla_objective: Family::default(),
             source_success: Family::default(),
+            source_expected: Family::default(),
+            source_connected: Family::default(),
+            held_oldest_age: Family::default(),
             drill_runs: Family::default(),
             drill_stage: Family::default(),
             drill_success: Family::default(),
@@ -396,6 +408,23 @@ impl Metrics {
             Unit::Seconds,
             m.source_success.clone(),
         );
+        registry.register_with_unit(
+            "source_expected_interval",
+            "How often a polled or scheduled source runs, from its own schedule: staleness is judged against it",
+            Unit::Seconds,
+            m.source_expected.clone(),
+        );
+        registry.register(
+            "source_connected",
+            "1 while a source that follows its directory over a persistent search is connected and answering",
+            m.source_connected.clone(),
+        );
+        registry.register_with_unit(
+            "held_changes_oldest_age",
+            "Age of the oldest change held for approval, per source (held changes block revocations)",
+            Unit::Seconds,
+            m.held_oldest_age.clone(),
+        );
         registry.register(
             "drill_runs",
             "Revocation drills, by connector and result (ok, failed)",
@@ -448,7 +477,16 @@ impl Metrics {
         for state in ["open", "overdue"] {
             let _ = m.key_returns.get_or_create(&StateLabel { state });
         }
-        Self { registry, ..m }
+        for (source, seconds) in expected_intervals(config) {
+            m.source_expected
+                .get_or_create(&SourceLabel { source })
+                .set(seconds);
+        }
+        root.register_collector(Box::new(super::process::ProcessCollector));
+        Self {
+            registry: root,
+            ..m
+        }
     }
 
     /// A command reached a final state. `cmd` is the row as it was finished (confirmation time set).
@@ -579,6 +617,15 @@ impl Metrics {
             .set(at);
     }
 
+    /// A source following its directory over a persistent search connected (or lost it).
+    pub fn source_connection(&self, source: &str, connected: bool) {
+        self.source_connected
+            .get_or_create(&SourceLabel {
+                source: source.to_string(),
+            })
+            .set(i64::from(connected));
+    }
+
     /// A revocation drill ended. `stages`: (stage, seconds) for every stage that completed.
     pub fn drill_finished(
         &self,
@@ -675,6 +722,19 @@ impl Metrics {
                 let n: i64 = r.try_get("n")?;
                 family.get_or_create(&SourceLabel { source }).set(n);
             }
+        }
+        self.held_oldest_age.clear();
+        for r in sqlx::query(
+            "SELECT source, MIN(created_at) AS oldest FROM held_changes WHERE status = 'held' GROUP BY source",
+        )
+        .fetch_all(pool)
+        .await?
+        {
+            let source: String = r.try_get("source")?;
+            let oldest: i64 = r.try_get("oldest")?;
+            self.held_oldest_age
+                .get_or_create(&SourceLabel { source })
+                .set((now - oldest).max(0) as f64 / 1e6);
         }
         // After a restart no source has run in this process yet: its checkpoint's last move is the
         // best known success, so a stalled source is not hidden by a restart.
@@ -776,9 +836,58 @@ fn end_of_labels(line: &str) -> usize {
     line.len()
 }
 
+/// Each scheduled or polled source's longest gap between runs, in seconds: an HR source's crontab
+/// line (a daily feed: a day), an LDAP source's poll interval. A persistent LDAP search has none: it
+/// is healthy while connected (`latchkey_source_connected`).
+pub fn expected_intervals(config: &Config) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for (name, hr) in &config.sources.hr {
+        if let Some(gap) = longest_gap(&hr.schedule) {
+            out.push((name.clone(), gap));
+        }
+    }
+    for (name, ldap) in &config.sources.ldap {
+        let persistent = ldap.persist && ldap.dialect == crate::config::LdapDialect::Rfc4533;
+        if !persistent {
+            out.push((name.clone(), ldap.poll_seconds as f64));
+        }
+    }
+    out
+}
+
+/// The longest gap between two runs of a crontab line over a fortnight from a fixed Monday (so
+/// weekly and weekday-only schedules are measured whole, and no clock is read).
+pub fn longest_gap(schedule: &str) -> Option<f64> {
+    use chrono::TimeZone;
+    let cron: croner::Cron = schedule.parse().ok()?;
+    let start = chrono::Utc.with_ymd_and_hms(2026, 1, 5, 0, 0, 0).single()?;
+    let end = start + chrono::Duration::days(14);
+    let mut prev: Option<chrono::DateTime<chrono::Utc>> = None;
+    let mut longest = 0i64;
+    for t in cron.iter_after(start) {
+        if let Some(p) = prev {
+            longest = longest.max((t - p).num_seconds());
+        }
+        if t > end {
+            break;
+        }
+        prev = Some(t);
+    }
+    (longest > 0).then_some(longest as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staleness_is_measured_from_each_schedule() {
+        assert_eq!(longest_gap("0 6 * * *"), Some(86_400.0));
+        assert_eq!(longest_gap("*/15 * * * *"), Some(900.0));
+        // Weekdays at 06:00: Friday to Monday is the longest wait.
+        assert_eq!(longest_gap("0 6 * * 1-5"), Some(3.0 * 86_400.0));
+        assert_eq!(longest_gap("not cron"), None);
+    }
 
     #[test]
     fn prometheus_text_drops_exemplars_and_names_counters_by_sample() {

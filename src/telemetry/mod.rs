@@ -3,6 +3,7 @@
 
 pub mod drill;
 pub mod metrics;
+pub mod process;
 pub mod sla;
 pub mod tracing;
 
