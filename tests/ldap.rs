@@ -333,6 +333,14 @@ async fn rfc4533_persist_joiner_group_lock_delete_move_reach_the_vendor() {
                 .any(|q| q.location == format!("uid=nokey,{PEOPLE}") && q.field == "employeeNumber"),
             "{q:?}"
         );
+        // The persistent search reports no runs while the directory is quiet: its health is the
+        // connection, which the staleness alert reads.
+        let om = h.app.engine.metrics.encode_openmetrics();
+        assert!(
+            om.lines()
+                .any(|l| l.starts_with("latchkey_source_connected{") && l.ends_with(" 1")),
+            "{om}"
+        );
 
         // Joiner.
         add_user(&mut ldap, "E4", "operations", "new-york").await;
