@@ -26,7 +26,7 @@ ensure_postgres() {
     echo "   'host all postgres 127.0.0.1/32 trust' and 'host all postgres ::1/128 trust'"
     echo "   (the user postgres connects from this machine without a password), then a reload."
     echo "   A copy of the file as it was: $hba.before-latchkey-tests"
-    $SUDO cp -n "$hba" "$hba.before-latchkey-tests"
+    [ -e "$hba.before-latchkey-tests" ] || $SUDO cp "$hba" "$hba.before-latchkey-tests"
     $SUDO sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
     $SUDO sed -i '1i host all postgres ::1/128 trust' "$hba"
     if pg_ready; then $SUDO pg_ctlcluster --skip-systemctl-redirect "$version" main reload; fi
