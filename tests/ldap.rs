@@ -618,6 +618,15 @@ async fn poll_fallback_without_syncprov_finds_changes_and_deletions() {
         h.holds("E4", "london-engineering") && !h.holds("E1", "london-sales")
     })
     .await;
+    // Each finished poll counts as a run, changes or not (the checkpoint only moves with changes,
+    // and it is not read here: no scrape collected it), so a quiet directory is not stale.
+    let om = h.app.engine.metrics.encode_openmetrics();
+    assert!(
+        om.lines()
+            .any(|l| l
+                .starts_with("latchkey_source_last_success_timestamp_seconds{source=\"corp\"}")),
+        "{om}"
+    );
     ldap.delete(&user_dn("E2"))
         .await
         .unwrap()
