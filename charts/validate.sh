@@ -137,30 +137,11 @@ names = sorted(set(re.findall(r'env = "([A-Z0-9_]+)"', values["config"])))
 values["secretEnv"] = [{"name": n, "secretName": "latchkey-secrets", "key": n.lower().replace("_", "-")} for n in names]
 yaml.safe_dump(values, open(sys.argv[2], "w"), sort_keys=False)
 PY
-for values in "" ci/postgres-values.yaml "$out/production-values.yaml"; do
-  name=${values:-default}
-  name=$(basename "$name" .yaml)
-  echo "== helm template ($name) | kubernetes-validate"
-  render "$values" "$out/$name.yaml"
-  # ServiceMonitor and PrometheusRule are CRDs kubernetes-validate has no schema for; the rules
-  # inside are checked by promtool below.
-  python3 - "$out/$name.yaml" "$out" <<'PY'
-import sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-core = [d for d in docs if d["apiVersion"] != "monitoring.coreos.com/v1"]
-kinds = sorted(d["kind"] for d in docs)
-print("   rendered:", ", ".join(kinds))
-assert "Deployment" in kinds and "Service" in kinds and "ConfigMap" in kinds, kinds
-yaml.safe_dump_all(core, open(sys.argv[1] + ".core", "w"))
-for d in docs:
-    if d["kind"] == "PrometheusRule":
-        yaml.safe_dump(d["spec"], open(sys.argv[2] + "/rules.yaml", "w"))
-PY
-  kubernetes-validate --strict --quiet "$out/$name.yaml.core"
-  if [ -f "$out/rules.yaml" ]; then promtool check rules "$out/rules.yaml"; rm "$out/rules.yaml"; fi
-  echo "== latchkey check ($name), with the files where the pod mounts them"
-  root="$out/$name.pod"
-  python3 - "$out/$name.yaml" "$root" "$LATCHKEY_BIN" <<'PY'
+# `latchkey check` on a rendered chart, as the pod would see it: each ConfigMap key written where the
+# Deployment mounts it, the container's environment set (secrets and the pod name as placeholders).
+# Absolute paths in a configuration would be read on this machine, not in the laid-out pod: chart
+# configurations use paths relative to the configuration file, as the shipped ones do.
+cat > "$out/podcheck.py" <<'PY'
 import os, subprocess, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 root, binary = sys.argv[2], sys.argv[3]
@@ -184,5 +165,43 @@ args = container["args"]
 config = root + args[args.index("--config") + 1]
 sys.exit(subprocess.run([binary, "check", "--config", config], env=env).returncode)
 PY
+for values in "" ci/postgres-values.yaml "$out/production-values.yaml"; do
+  name=${values:-default}
+  name=$(basename "$name" .yaml)
+  echo "== helm template ($name) | kubernetes-validate"
+  render "$values" "$out/$name.yaml"
+  # ServiceMonitor and PrometheusRule are CRDs kubernetes-validate has no schema for; the rules
+  # inside are checked by promtool below.
+  python3 - "$out/$name.yaml" "$out" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+core = [d for d in docs if d["apiVersion"] != "monitoring.coreos.com/v1"]
+kinds = sorted(d["kind"] for d in docs)
+print("   rendered:", ", ".join(kinds))
+assert "Deployment" in kinds and "Service" in kinds and "ConfigMap" in kinds, kinds
+yaml.safe_dump_all(core, open(sys.argv[1] + ".core", "w"))
+for d in docs:
+    if d["kind"] == "PrometheusRule":
+        yaml.safe_dump(d["spec"], open(sys.argv[2] + "/rules.yaml", "w"))
+PY
+  kubernetes-validate --strict --quiet "$out/$name.yaml.core"
+  if [ -f "$out/rules.yaml" ]; then promtool check rules "$out/rules.yaml"; rm "$out/rules.yaml"; fi
+  echo "== latchkey check ($name), with the files where the pod mounts them"
+  root="$out/$name.pod"
+  python3 "$out/podcheck.py" "$out/$name.yaml" "$root" "$LATCHKEY_BIN"
 done
+# The check is not a formality: a configuration whose paths miss the mounts is refused.
+echo "== latchkey check refuses a configuration whose paths miss the chart's mounts"
+python3 - "$out/misplaced-values.yaml" <<'PY'
+import sys, yaml
+values = yaml.safe_load(open("values.yaml"))
+values["config"] = values["config"].replace("../mappings/templates.toml", "/etc/latchkey/mappings/missing.toml")
+yaml.safe_dump({"config": values["config"]}, open(sys.argv[1], "w"))
+PY
+render "$out/misplaced-values.yaml" "$out/misplaced.yaml"
+if python3 "$out/podcheck.py" "$out/misplaced.yaml" "$out/misplaced.pod" "$LATCHKEY_BIN" 2>"$out/misplaced.err"; then
+  echo "latchkey check accepted a configuration naming a file the pod does not have" >&2
+  exit 1
+fi
+echo "   refused: $(cat "$out/misplaced.err")"
 echo "== chart ok"
