@@ -536,7 +536,14 @@ pub async fn wait_for_outbox(
     bar: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<()> {
     loop {
-        let open = store::open_commands(app.store().pool()).await?;
+        // A revocation stuck past its attempts retries for as long as it takes; `latchkey status`
+        // shows it, and the daemon carries it on, so a one-shot run does not wait for it.
+        let stuck: i64 = store::stuck_counts(app.store().pool())
+            .await?
+            .iter()
+            .map(|c| c.1)
+            .sum();
+        let open = store::open_commands(app.store().pool()).await? - stuck;
         if let Some(b) = bar {
             let total = b.length().unwrap_or(0);
             b.set_position(total.saturating_sub(open as u64));

@@ -731,6 +731,13 @@ mod fail_closed {
             leaver(&mut h, "L3").await;
             let d = dispatcher_with(&h, scripted(&h, Vec::new(), true));
             let lanes = h.app.lanes.clone();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let readyz = format!("http://{}/readyz", listener.local_addr().unwrap());
+            tokio::spawn(latchkey::api::serve(
+                listener,
+                h.app.router(),
+                std::future::pending(),
+            ));
             let (tx, rx) = tokio::sync::watch::channel(false);
             let run = tokio::spawn(d.run(rx));
             let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -744,9 +751,19 @@ mod fail_closed {
             }
             assert_eq!(lanes.get("nuki").unwrap().restarts, 1);
             assert_eq!(lanes.not_ready(), None);
+            let r = reqwest::get(&readyz).await.unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
             let _ = tx.send(true);
             run.await.unwrap();
             assert_eq!(command(&h, "L3").await.status, "done");
+            // Stopped: the lane has no live worker, and the process says so.
+            let r = reqwest::get(&readyz).await.unwrap();
+            assert_eq!(r.status(), 503);
+            let reason = r.text().await.unwrap();
+            assert!(
+                reason.contains("no live dispatcher worker on lane nuki"),
+                "{reason}"
+            );
         }
     }
 
