@@ -19,6 +19,8 @@ pub struct App {
     pub connectors: Connectors,
     /// Circuit breakers, one per connector, kept across the dispatchers this process makes.
     pub breakers: crate::dispatch::Breakers,
+    /// Live dispatcher workers per lane, for `/readyz`.
+    pub lanes: Arc<crate::dispatch::lanes::Lanes>,
     /// For overdue key alerts.
     webhooks: reqwest::Client,
 }
@@ -47,6 +49,7 @@ impl App {
             engine,
             connectors,
             breakers,
+            lanes: crate::dispatch::lanes::Lanes::new(),
             webhooks,
         })
     }
@@ -79,6 +82,7 @@ impl App {
     pub fn router(&self) -> axum::Router {
         crate::api::router(crate::api::ApiState {
             engine: self.engine.clone(),
+            lanes: Some(self.lanes.clone()),
         })
     }
 
@@ -92,6 +96,7 @@ impl App {
             self.engine.metrics.clone(),
         )
         .with_breakers(self.breakers.clone())
+        .with_lanes(self.lanes.clone())
     }
 
     /// Run sources' schedules, effective-dated changes and the dispatcher until `shutdown`.

@@ -11,7 +11,6 @@ use crate::store;
 use crate::telemetry;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -122,6 +121,8 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Put dead letters back in the queue (audited with your OS user): `--all` or ids.
+    Redrive(crate::cli::redrive::RedriveArgs),
 }
 
 /// Mechanical key tasks (the built-in `manual` connector).
@@ -170,6 +171,7 @@ impl Command {
         match self {
             Command::Run(c) | Command::Apply(c) | Command::Drift(c) => Some(&c.config),
             Command::Approve { config, .. } | Command::Drill { config, .. } => Some(&config.config),
+            Command::Redrive(args) => Some(&args.config.config),
             _ => None,
         }
     }
@@ -186,6 +188,11 @@ async fn open(arg: &ConfigArg) -> anyhow::Result<App> {
     App::open(load(arg)?, clock::system()).await
 }
 
+/// [`open`], for the command modules.
+pub(crate) async fn open_app(arg: &ConfigArg) -> anyhow::Result<App> {
+    open(arg).await
+}
+
 fn ts(us: i64) -> String {
     from_micros(us)
         .format("%Y-%m-%d %H:%M:%S%.3f UTC")
@@ -195,6 +202,7 @@ fn ts(us: i64) -> String {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Demo { keep } => demo::run(keep).await,
+        Command::Redrive(args) => redrive::run(args).await,
         Command::Run(c) => {
             let app = open(&c).await?;
             let (tx, rx) = watch::channel(false);
@@ -528,7 +536,14 @@ pub async fn wait_for_outbox(
     bar: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<()> {
     loop {
-        let open = store::open_commands(app.store().pool()).await?;
+        // A revocation stuck past its attempts retries for as long as it takes; `latchkey status`
+        // shows it, and the daemon carries it on, so a one-shot run does not wait for it.
+        let stuck: i64 = store::stuck_counts(app.store().pool())
+            .await?
+            .iter()
+            .map(|c| c.1)
+            .sum();
+        let open = store::open_commands(app.store().pool()).await? - stuck;
         if let Some(b) = bar {
             let total = b.length().unwrap_or(0);
             b.set_position(total.saturating_sub(open as u64));
@@ -540,22 +555,39 @@ pub async fn wait_for_outbox(
     }
 }
 
-pub async fn status_text(app: &App) -> anyhow::Result<String> {
+/// Revocations stuck retrying and dead letters, for the top of `latchkey status`.
+pub async fn stuck_and_dead_text(app: &App) -> anyhow::Result<String> {
     use std::fmt::Write;
     let pool = app.store().pool();
     let mut out = String::new();
-    let mut by_status: BTreeMap<String, i64> = BTreeMap::new();
-    writeln!(out, "outbox (connector / status / action: count)")?;
-    for (connector, status, action, n) in store::command_counts(pool).await? {
-        writeln!(out, "  {connector:<8} {status:<11} {action:<7} {n}")?;
-        *by_status.entry(status).or_default() += n;
-    }
-    let dead = store::commands_where_status(pool, "dead", 50).await?;
+    let stuck = store::stuck_revokes(pool, 50).await?;
+    let stuck_total: i64 = store::stuck_counts(pool).await?.iter().map(|c| c.1).sum();
     writeln!(
         out,
-        "dead letters: {}",
-        by_status.get("dead").copied().unwrap_or(0)
+        "revocations stuck (retrying past their attempts): {stuck_total}"
     )?;
+    for (c, since) in &stuck {
+        writeln!(
+            out,
+            "  #{} {} {}:{} stuck since {}, {} attempts, next try {}: {}",
+            c.id,
+            c.identity_key,
+            c.connector,
+            c.target,
+            ts(*since),
+            c.attempts,
+            ts(c.next_attempt_at),
+            c.last_error.as_deref().unwrap_or("-")
+        )?;
+    }
+    let dead = store::commands_where_status(pool, "dead", 50).await?;
+    let dead_total: i64 = store::command_counts(pool)
+        .await?
+        .iter()
+        .filter(|c| c.1 == "dead")
+        .map(|c| c.3)
+        .sum();
+    writeln!(out, "dead letters: {dead_total}")?;
     for c in &dead {
         writeln!(
             out,
@@ -568,6 +600,21 @@ pub async fn status_text(app: &App) -> anyhow::Result<String> {
             c.attempts,
             c.last_error.as_deref().unwrap_or("-")
         )?;
+    }
+    if dead_total > 0 {
+        writeln!(out, "  ... re-queue with `latchkey redrive --all` or by id")?;
+    }
+    Ok(out)
+}
+
+pub async fn status_text(app: &App) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let pool = app.store().pool();
+    // What may leave a leaver with access comes first.
+    let mut out = stuck_and_dead_text(app).await?;
+    writeln!(out, "outbox (connector / status / action: count)")?;
+    for (connector, status, action, n) in store::command_counts(pool).await? {
+        writeln!(out, "  {connector:<8} {status:<11} {action:<7} {n}")?;
     }
     let q = store::list_quarantine(pool, 50).await?;
     writeln!(out, "quarantined records: {}", q.len())?;
@@ -661,3 +708,4 @@ pub fn repo_path(rel: &str) -> PathBuf {
 
 pub mod bench;
 pub mod demo;
+pub mod redrive;

@@ -155,6 +155,10 @@ pub struct EngineConfig {
     /// How often scheduled work (effective-dated changes, expiries) is looked at.
     #[serde(default = "default_tick")]
     pub tick_millis: u64,
+    /// Longest wait between two tries of a command: caps the backoff, a vendor's Retry-After and
+    /// a revoke's retries once it used up its attempts (a revoke never dead-letters).
+    #[serde(default = "default_max_retry_delay")]
+    pub max_retry_delay_seconds: u64,
 }
 
 impl Default for EngineConfig {
@@ -164,8 +168,13 @@ impl Default for EngineConfig {
             mass_change_threshold: default_mass_share(),
             lease_seconds: default_lease(),
             tick_millis: default_tick(),
+            max_retry_delay_seconds: default_max_retry_delay(),
         }
     }
+}
+
+fn default_max_retry_delay() -> u64 {
+    300
 }
 
 fn default_tz() -> String {

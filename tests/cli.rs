@@ -348,3 +348,98 @@ async fn logs_and_output_suit_files_pipes_and_collectors() {
         );
     }
 }
+
+/// `latchkey redrive`: no selection is a usage error, an id that is not a dead letter fails with
+/// exit 1 and moves nothing, and a dead-lettered revoke re-queued by id is audited with the OS
+/// user and then carried out at the vendor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_requeues_dead_letters_audited_and_refuses_unknown_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let mut h =
+            Harness::new(&name, &url, &tmp.path().join(&name), NukiOptions::default()).await;
+        h.feed(&[employee("L1", "finance", "berlin")]).await;
+        h.drain().await;
+        assert!(h.holds("L1", "berlin-finance"));
+        let gone = row(
+            "L1",
+            "finance",
+            "analyst",
+            "employee",
+            "berlin",
+            "Terminated",
+            "2020-01-01",
+            "2025-06-30",
+            "",
+        );
+        h.feed(&[gone]).await;
+        let pool = h.app.store().pool().clone();
+        let id: i64 = sqlx::query_scalar("SELECT MAX(id) FROM commands WHERE action = 'revoke'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        // As an older version left it: dead after a 401 at its first attempt.
+        sqlx::query("UPDATE commands SET status = 'dead', attempts = 1 WHERE id = $1")
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let config = h.dir.join("latchkey.toml");
+        let redrive = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+                .arg("redrive")
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .env("LATCHKEY_DEMO_NUKI_TOKEN", TOKEN)
+                .env("LATCHKEY_LOG", "warn")
+                .env("USER", "ops-alice")
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            (out.status.code().unwrap_or(-1), text)
+        };
+        let status = || async {
+            let mut conn = pool.acquire().await.unwrap();
+            latchkey::store::command(&mut conn, id)
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        let (code, out) = redrive(&[]);
+        assert_eq!(code, 2, "{out}");
+        let (code, out) = redrive(&[&id.to_string(), "999999"]);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("#999999"), "{out}");
+        assert_eq!(
+            status().await.status,
+            "dead",
+            "{name}: nothing moves on an error"
+        );
+        let (code, out) = redrive(&["--connector", "nuki", &id.to_string()]);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("1 dead letters re-queued by ops-alice"),
+            "{out}"
+        );
+        let row = status().await;
+        assert_eq!(
+            (row.status.as_str(), row.attempts),
+            ("pending", 0),
+            "{name}"
+        );
+        let actor: String = sqlx::query_scalar(
+            "SELECT actor FROM audit_log WHERE action = 'command.redriven' ORDER BY seq DESC LIMIT 1",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(actor, "ops-alice");
+        h.drain().await;
+        assert!(!h.holds("L1", "berlin-finance"), "{name}");
+    }
+}

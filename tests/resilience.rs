@@ -470,3 +470,400 @@ async fn drift_only_reports_orphans_unless_policy_says_revoke() {
         1
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fail closed: a revoke never dies quietly, time stays bounded, workers and leases recover.
+
+mod fail_closed {
+    use super::*;
+    use latchkey::connectors::{
+        Connector, ConnectorError, Connectors, GrantRequest, Outcome, RetryPolicy,
+    };
+    use latchkey::dispatch::{Dispatcher, recovery};
+    use latchkey::model::Action;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    /// The real Nuki connector behind a script: the scripted errors come first (one per call),
+    /// then, if `panic_first`, one call panics, then every call reaches the vendor.
+    #[derive(Debug)]
+    struct Scripted {
+        inner: Arc<dyn Connector>,
+        errors: Mutex<VecDeque<ConnectorError>>,
+        panic_first: AtomicBool,
+    }
+
+    impl Scripted {
+        fn next(&self) -> Option<ConnectorError> {
+            if self.panic_first.swap(false, Ordering::SeqCst) {
+                panic!("injected worker panic");
+            }
+            self.errors.lock().unwrap().pop_front()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Connector for Scripted {
+        fn name(&self) -> &str {
+            self.inner.name()
+        }
+        fn retry_policy(&self) -> RetryPolicy {
+            self.inner.retry_policy()
+        }
+        fn rate_limit(&self) -> (u32, u32) {
+            self.inner.rate_limit()
+        }
+        async fn issue(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError> {
+            match self.next() {
+                Some(e) => Err(e),
+                None => self.inner.issue(req).await,
+            }
+        }
+        async fn revoke(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError> {
+            match self.next() {
+                Some(e) => Err(e),
+                None => self.inner.revoke(req).await,
+            }
+        }
+        async fn confirm(&self, req: &GrantRequest, a: Action) -> Result<Outcome, ConnectorError> {
+            match self.next() {
+                Some(e) => Err(e),
+                None => self.inner.confirm(req, a).await,
+            }
+        }
+    }
+
+    fn scripted(h: &Harness, errors: Vec<ConnectorError>, panic_first: bool) -> Arc<dyn Connector> {
+        Arc::new(Scripted {
+            inner: h.app.connectors.get("nuki").unwrap().clone(),
+            errors: Mutex::new(errors.into()),
+            panic_first: AtomicBool::new(panic_first),
+        })
+    }
+
+    fn dispatcher_with(h: &Harness, connector: Arc<dyn Connector>) -> Dispatcher {
+        let e = &h.app.engine;
+        let connectors: Connectors = [("nuki".to_string(), connector)].into();
+        Dispatcher::new(
+            e.store.clone(),
+            e.clock.clone(),
+            e.config.clone(),
+            connectors,
+            e.outbox_notify.clone(),
+            e.metrics.clone(),
+        )
+        .with_breakers(h.app.breakers.clone())
+        .with_lanes(h.app.lanes.clone())
+    }
+
+    fn terminated(key: &str) -> String {
+        row(
+            key,
+            "finance",
+            "analyst",
+            "employee",
+            "berlin",
+            "Terminated",
+            "2020-01-01",
+            "2025-06-30",
+            "",
+        )
+    }
+
+    async fn harnesses(tmp: &Path) -> Vec<Harness> {
+        let mut out = Vec::new();
+        for (name, url) in backends(tmp).await {
+            out.push(Harness::new(&name, &url, &tmp.join(&name), NukiOptions::default()).await);
+        }
+        out
+    }
+
+    /// A person holding berlin-finance at the simulator, then terminated (the revoke is queued).
+    async fn leaver(h: &mut Harness, key: &str) -> store::CommandRow {
+        h.feed(&[employee(key, "finance", "berlin")]).await;
+        h.drain().await;
+        assert!(h.holds(key, "berlin-finance"), "{}", h.backend);
+        h.feed(&[terminated(key)]).await;
+        command(h, key).await
+    }
+
+    async fn command(h: &Harness, key: &str) -> store::CommandRow {
+        let mut conn = h.app.store().pool().acquire().await.unwrap();
+        let id: i64 = sqlx::query_scalar::<_, i64>(
+            "SELECT MAX(id) FROM commands WHERE identity_key = $1 AND action = 'revoke'",
+        )
+        .bind(key)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        store::command(&mut conn, id).await.unwrap().unwrap()
+    }
+
+    /// Step `d` up to `n` times, moving the clock to the next due command when none is due.
+    async fn steps(h: &Harness, d: &Dispatcher, c: &Arc<dyn Connector>, n: usize) {
+        for _ in 0..n {
+            if d.step(c, "test-worker").await.unwrap() {
+                continue;
+            }
+            match store::next_due(h.app.store().pool(), "nuki").await.unwrap() {
+                None => return,
+                Some(due) => h
+                    .clock
+                    .set(from_micros(due.max(to_micros(h.clock.now_utc())))),
+            }
+        }
+    }
+
+    async fn exec(h: &Harness, sql: &str) {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(h.app.store().pool())
+            .await
+            .unwrap();
+    }
+
+    /// A token rotated at the vendor: every call answers 401 far past the profile's attempts. The
+    /// revoke never dead-letters, shows as stuck (status, metric), and completes once the token
+    /// is fixed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoke_refused_with_401_keeps_retrying_and_completes_once_the_token_is_fixed() {
+        let tmp = tempfile::tempdir().unwrap();
+        for mut h in harnesses(tmp.path()).await {
+            let cmd = leaver(&mut h, "L1").await;
+            let stale_env = [(
+                "LATCHKEY_DEMO_NUKI_TOKEN".to_string(),
+                "rotated-away".to_string(),
+            )]
+            .into();
+            let path = h.dir.join("latchkey.toml");
+            let config = Config::load(&ConfigInput::from_file(&path, stale_env).unwrap()).unwrap();
+            let stale = App::open(config, Arc::new(h.clock.clone())).await.unwrap();
+            let c = stale.connectors.get("nuki").unwrap().clone();
+            let max = c.retry_policy().max_attempts as usize;
+            let start = h.clock.now_utc();
+            steps(&h, &stale.dispatcher(), &c, max * 2 + 5).await;
+            let now = to_micros(h.clock.now_utc());
+            let row = command(&h, "L1").await;
+            assert_eq!(row.id, cmd.id);
+            assert_eq!(row.status, "pending", "{}: {row:?}", h.backend);
+            assert!(row.attempts > i64::from(c.retry_policy().max_attempts));
+            assert!(row.next_attempt_at <= now + 300_000_000, "{row:?}");
+            assert!(h.holds("L1", "berlin-finance"));
+            // Capped backoff: past its attempts the revoke was tried at least every 5 minutes.
+            let waited = (h.clock.now_utc() - start).num_seconds();
+            assert!(waited <= 300 * (max as i64 * 2 + 5), "{waited}");
+            let status = latchkey::cli::status_text(&h.app).await.unwrap();
+            assert!(
+                status.starts_with("revocations stuck (retrying past their attempts): 1\n"),
+                "{status}"
+            );
+            assert!(status.contains("dead letters: 0"), "{status}");
+            let m = &h.app.engine.metrics;
+            m.collect(h.app.store(), now).await.unwrap();
+            let text = stale.engine.metrics.encode_prometheus() + &m.encode_prometheus();
+            assert!(
+                text.contains("latchkey_revocations_stuck{connector=\"nuki\"} 1"),
+                "{text}"
+            );
+            assert!(
+                text.contains("latchkey_revoke_failures_total{connector=\"nuki\",class=\"auth\"}"),
+                "{text}"
+            );
+
+            // The token is fixed (this process has the right one): the revoke completes.
+            h.drain().await;
+            assert!(!h.holds("L1", "berlin-finance"), "{}", h.backend);
+            assert_eq!(command(&h, "L1").await.status, "done");
+            let status = latchkey::cli::status_text(&h.app).await.unwrap();
+            assert!(status.starts_with("revocations stuck (retrying past their attempts): 0\n"));
+        }
+    }
+
+    /// Retry-After of u64::MAX seconds, a day, and zero: no panic, never parked past the cap
+    /// (5 minutes by default), and the revoke completes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retry_after_of_any_size_is_capped_and_the_revoke_completes() {
+        let tmp = tempfile::tempdir().unwrap();
+        for mut h in harnesses(tmp.path()).await {
+            leaver(&mut h, "L2").await;
+            let v = || "nuki".to_string();
+            let errors = vec![
+                ConnectorError::RateLimited {
+                    vendor: v(),
+                    status: 429,
+                    retry_after: Some(Duration::from_secs(u64::MAX)),
+                },
+                ConnectorError::Transient {
+                    vendor: v(),
+                    message: "503".into(),
+                    retry_after: Some(Duration::from_secs(86_400)),
+                },
+                ConnectorError::Transient {
+                    vendor: v(),
+                    message: "503".into(),
+                    retry_after: Some(Duration::ZERO),
+                },
+            ];
+            let c = scripted(&h, errors, false);
+            let d = dispatcher_with(&h, c.clone());
+            for expect_at_most in [300_000_000, 300_000_000, 0] {
+                let now = to_micros(h.clock.now_utc());
+                assert!(d.step(&c, "test-worker").await.unwrap());
+                let row = command(&h, "L2").await;
+                assert_eq!(row.status, "pending", "{}", h.backend);
+                assert!(row.next_attempt_at >= now, "{row:?}");
+                assert!(row.next_attempt_at <= now + expect_at_most, "{row:?}");
+                h.clock.set(from_micros(row.next_attempt_at));
+            }
+            steps(&h, &d, &c, 20).await;
+            assert!(!h.holds("L2", "berlin-finance"), "{}", h.backend);
+            assert_eq!(command(&h, "L2").await.status, "done");
+        }
+    }
+
+    /// A worker panics on its first vendor call: it is restarted, its command released at once
+    /// (the manual clock never lets the lease run out), and the revoke completes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_panic_is_restarted_and_its_command_completes() {
+        let tmp = tempfile::tempdir().unwrap();
+        for mut h in harnesses(tmp.path()).await {
+            leaver(&mut h, "L3").await;
+            let d = dispatcher_with(&h, scripted(&h, Vec::new(), true));
+            let lanes = h.app.lanes.clone();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let readyz = format!("http://{}/readyz", listener.local_addr().unwrap());
+            tokio::spawn(latchkey::api::serve(
+                listener,
+                h.app.router(),
+                std::future::pending(),
+            ));
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let run = tokio::spawn(d.run(rx));
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while h.holds("L3", "berlin-finance") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{}: revoke stranded",
+                    h.backend
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(lanes.get("nuki").unwrap().restarts, 1);
+            assert_eq!(lanes.not_ready(), None);
+            let r = reqwest::get(&readyz).await.unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+            let _ = tx.send(true);
+            run.await.unwrap();
+            assert_eq!(command(&h, "L3").await.status, "done");
+            // Stopped: the lane has no live worker, and the process says so.
+            let r = reqwest::get(&readyz).await.unwrap();
+            assert_eq!(r.status(), 503);
+            let reason = r.text().await.unwrap();
+            assert!(
+                reason.contains("no live dispatcher worker on lane nuki"),
+                "{reason}"
+            );
+        }
+    }
+
+    /// After a crash: a command leased by this replica's dead previous run is released at once, a
+    /// retry time a day away is brought under the cap, and a breaker recorded open 40 minutes ago
+    /// is shown closed, as the metric says.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_up_releases_a_dead_runs_leases_clamps_retry_times_and_re_derives_breakers() {
+        let tmp = tempfile::tempdir().unwrap();
+        for mut h in harnesses(tmp.path()).await {
+            let cmd = leaver(&mut h, "L4").await;
+            h.feed(&[terminated("L4"), employee("J4", "finance", "berlin")])
+                .await;
+            let now = to_micros(h.clock.now_utc());
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            let dead_pid = child.id();
+            child.wait().unwrap();
+            let host = recovery::hostname().unwrap();
+            let instance = &h.app.engine.config.instance;
+            let owner = format!(
+                "{}/nuki/0",
+                recovery::incarnation(instance, dead_pid, &host)
+            );
+            let claimed = h
+                .app
+                .store()
+                .claim_next("nuki", &owner, now, now + 3_600_000_000)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(claimed.id, cmd.id);
+            exec(
+                &h,
+                &format!(
+                    "UPDATE commands SET next_attempt_at = {} WHERE identity_key = 'J4'",
+                    now + 86_400_000_000
+                ),
+            )
+            .await;
+            let mut tx = h.app.store().begin_write().await.unwrap();
+            store::set_breaker_state(
+                &mut tx,
+                "nuki",
+                "open",
+                now - 2_400_000_000,
+                Some("HTTP 503"),
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+
+            let d = h.dispatcher();
+            d.start_up().await;
+            let row = command(&h, "L4").await;
+            assert_eq!(
+                (row.status.as_str(), row.lease_owner),
+                ("pending", None),
+                "{}",
+                h.backend
+            );
+            let status = latchkey::cli::status_text(&h.app).await.unwrap();
+            assert!(status.contains("circuit breakers open: 0"), "{status}");
+            assert_eq!(h.app.breakers["nuki"].state(), State::Closed);
+            // Without moving the clock, the released revoke goes now.
+            let c = h.app.connectors.get("nuki").unwrap().clone();
+            for _ in 0..3 {
+                d.step(&c, "test-worker").await.unwrap();
+            }
+            assert!(!h.holds("L4", "berlin-finance"), "{}", h.backend);
+            // The joiner's issue is due within the cap, not in a day.
+            h.clock.advance(chrono::Duration::seconds(300));
+            for _ in 0..3 {
+                d.step(&c, "test-worker").await.unwrap();
+            }
+            assert!(h.holds("J4", "berlin-finance"), "{}", h.backend);
+        }
+    }
+
+    /// A revoke dead-lettered by an older version (a 401 at attempt 1) is re-driven by itself once
+    /// a command on its connector succeeds, audited.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_lettered_revoke_is_re_driven_when_the_connector_works() {
+        let tmp = tempfile::tempdir().unwrap();
+        for mut h in harnesses(tmp.path()).await {
+            let cmd = leaver(&mut h, "L5").await;
+            exec(&h, &format!("UPDATE commands SET status = 'dead', attempts = 1, last_error = 'HTTP 401' WHERE id = {}", cmd.id)).await;
+            let status = latchkey::cli::status_text(&h.app).await.unwrap();
+            assert!(status.contains("dead letters: 1"), "{status}");
+            h.feed(&[terminated("L5"), employee("J5", "finance", "berlin")])
+                .await;
+            h.drain().await;
+            assert!(h.holds("J5", "berlin-finance"));
+            assert!(!h.holds("L5", "berlin-finance"), "{}", h.backend);
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM audit_log WHERE action = 'command.redriven' AND actor = 'dispatcher'",
+            )
+            .fetch_one(h.app.store().pool())
+            .await
+            .unwrap();
+            assert_eq!(n, 1);
+        }
+    }
+}

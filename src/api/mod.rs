@@ -18,6 +18,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct ApiState {
     pub engine: Arc<Engine>,
+    /// Live dispatcher workers per lane; None where no dispatcher runs in this process.
+    pub lanes: Option<Arc<crate::dispatch::lanes::Lanes>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -44,8 +46,11 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// The store answers and its migrations are applied.
+/// The store answers and its migrations are applied, and every dispatcher lane has a live worker.
 async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {
+    if let Some(reason) = state.lanes.as_ref().and_then(|l| l.not_ready()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
+    }
     match sqlx::query("SELECT COUNT(*) AS n FROM audit_head")
         .fetch_one(state.engine.store.pool())
         .await

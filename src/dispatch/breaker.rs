@@ -45,6 +45,8 @@ struct Inner {
     open_until: i64,
     /// A probe is out: other commands wait for its verdict.
     probing: bool,
+    /// Some verdict or restored state has been recorded since start-up.
+    touched: bool,
 }
 
 #[derive(Debug)]
@@ -65,6 +67,7 @@ impl Breaker {
                 failures: 0,
                 open_until: 0,
                 probing: false,
+                touched: false,
             }),
         }
     }
@@ -101,6 +104,7 @@ impl Breaker {
         let mut s = self.lock();
         s.failures = 0;
         s.probing = false;
+        s.touched = true;
         if s.state == State::Closed {
             return None;
         }
@@ -112,6 +116,7 @@ impl Breaker {
     pub fn failure(&self, now: i64) -> Option<State> {
         let mut s = self.lock();
         s.probing = false;
+        s.touched = true;
         s.failures = s.failures.saturating_add(1);
         let trips = match s.state {
             State::HalfOpen => true,
@@ -124,8 +129,25 @@ impl Breaker {
             return None;
         }
         s.state = State::Open;
-        s.open_until = now + (self.config.cooldown_seconds as i64) * 1_000_000;
+        s.open_until = now.saturating_add(super::timing::secs_micros(self.config.cooldown_seconds));
         Some(State::Open)
+    }
+
+    /// At start-up: the breaker was open (recorded by a previous run) until `open_until`. Applies
+    /// only to a breaker that has seen nothing yet in this process; returns whether it did.
+    pub fn restore_open(&self, open_until: i64) -> bool {
+        let mut s = self.lock();
+        if s.touched {
+            return false;
+        }
+        s.touched = true;
+        s.state = State::Open;
+        s.open_until = open_until;
+        true
+    }
+
+    pub fn cooldown_micros(&self) -> i64 {
+        super::timing::secs_micros(self.config.cooldown_seconds)
     }
 
     /// A probe ended without a verdict (the command was superseded): let another one try.
@@ -168,6 +190,24 @@ mod tests {
         assert_eq!(b.admit(10_000_000), Admit::Probe { transition: true });
         assert_eq!(b.failure(10_000_000), Some(State::Open));
         assert_eq!(b.admit(15_000_000), Admit::WaitUntil(20_000_000));
+    }
+
+    #[test]
+    fn restored_only_before_any_verdict_and_a_huge_cooldown_saturates() {
+        let b = breaker();
+        assert!(b.restore_open(20_000_000));
+        assert_eq!(b.admit(15_000_000), Admit::WaitUntil(20_000_000));
+        assert!(!b.restore_open(99_000_000));
+        let b = breaker();
+        b.success();
+        assert!(!b.restore_open(20_000_000));
+        assert_eq!(b.state(), State::Closed);
+        let b = Breaker::new(BreakerConfig {
+            failure_threshold: 1,
+            cooldown_seconds: u64::MAX,
+        });
+        assert_eq!(b.failure(i64::MAX - 5), Some(State::Open));
+        assert_eq!(b.admit(0), Admit::WaitUntil(i64::MAX));
     }
 
     #[test]

@@ -4,10 +4,17 @@
 //! Each lane runs `concurrency` workers. A worker claims one command at a time, revokes first
 //! (invariant 3), under a lease, so a crashed worker's command is taken again when the lease runs out.
 //! Connectors are idempotent, so a command delivered twice has one effect (invariant 2). Failures are
-//! retried with jittered exponential backoff, obeying the vendor's Retry-After; a command that keeps
-//! failing ends in the dead letter, shown by `latchkey status`.
+//! retried with jittered exponential backoff, obeying the vendor's Retry-After up to a cap; an issue
+//! that keeps failing ends in the dead letter, shown by `latchkey status`. A revoke never does: past
+//! its attempts it is marked stuck and keeps retrying at the capped interval, loudly (metric, alert,
+//! the top of `latchkey status`), and a connector's recovery re-drives dead-lettered revokes left by
+//! older versions. A worker that panics is restarted and its command released at once.
 
 pub mod breaker;
+pub mod lanes;
+pub mod recovery;
+mod supervise;
+pub mod timing;
 
 use crate::audit;
 use crate::clock::{SharedClock, from_micros, to_micros};
@@ -16,13 +23,13 @@ use crate::connectors::{Connector, ConnectorError, Connectors, GrantRequest, Out
 use crate::model::{Action, PersonRef, Window};
 use crate::store::{self, CommandRow, CommandUpdate, Store, StoreError};
 use crate::telemetry::metrics::{Finished, Metrics, Retry};
-use backon::BackoffBuilder;
 use breaker::{Admit, Breaker};
+use lanes::Lanes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
 
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
@@ -34,6 +41,10 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     breakers: Breakers,
+    lanes: Arc<Lanes>,
+    /// Per connector: dead-lettered revokes may exist (an older version left them), to be re-driven
+    /// when the connector shows it works. Cleared after the first re-drive of this dispatcher.
+    dead_revokes_possible: Arc<BTreeMap<String, AtomicBool>>,
 }
 
 /// One circuit breaker per connector, shared by its lane's workers (see [`breaker`]).
@@ -69,8 +80,15 @@ impl Dispatcher {
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let owner = format!("{}-{}", config.instance, std::process::id());
+        let host = recovery::hostname().unwrap_or_else(|| "unknown-host".into());
+        let owner = recovery::incarnation(&config.instance, std::process::id(), &host);
         let breakers = breakers_for(&config, &connectors);
+        let dead_revokes_possible = Arc::new(
+            connectors
+                .keys()
+                .map(|n| (n.clone(), AtomicBool::new(true)))
+                .collect(),
+        );
         Self {
             store,
             clock,
@@ -80,7 +98,29 @@ impl Dispatcher {
             wake,
             metrics,
             breakers,
+            lanes: Lanes::new(),
+            dead_revokes_possible,
         }
+    }
+
+    /// Report lane liveness here (the HTTP server's `/readyz` reads it).
+    pub fn with_lanes(mut self, lanes: Arc<Lanes>) -> Self {
+        self.lanes = lanes;
+        self
+    }
+
+    pub fn lanes(&self) -> &Arc<Lanes> {
+        &self.lanes
+    }
+
+    /// The lease owner prefix of this process (`instance-pid@host`).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Longest wait between two tries of a command.
+    fn cap(&self) -> Duration {
+        Duration::from_secs(self.config.engine.max_retry_delay_seconds)
     }
 
     /// Share breakers with other dispatchers of this process, so their state outlives one of them.
@@ -94,22 +134,11 @@ impl Dispatcher {
     }
 
     /// Run every lane until `shutdown` turns true; in-flight commands finish first.
+    /// Start-up first re-derives what a previous run left (see [`Dispatcher::start_up`]); a
+    /// worker that panics is restarted (see `supervise`).
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
-        let mut workers = JoinSet::new();
-        for (name, connector) in &self.connectors {
-            let concurrency = self
-                .config
-                .connectors
-                .get(name)
-                .map_or(1, |c| c.concurrency.max(1));
-            for worker in 0..concurrency {
-                let this = self.clone();
-                let connector = connector.clone();
-                let shutdown = shutdown.clone();
-                workers.spawn(async move { this.worker(connector, worker, shutdown).await });
-            }
-        }
-        while workers.join_next().await.is_some() {}
+        self.start_up().await;
+        self.run_lanes(shutdown).await;
     }
 
     async fn worker(
@@ -157,10 +186,10 @@ impl Dispatcher {
         owner: &str,
     ) -> Result<bool, StoreError> {
         let now = to_micros(self.clock.now());
-        let lease = (self.config.engine.lease_seconds as i64) * 1_000_000;
+        let lease = timing::secs_micros(self.config.engine.lease_seconds);
         let Some(cmd) = self
             .store
-            .claim_next(connector.name(), owner, now, now + lease)
+            .claim_next(connector.name(), owner, now, now.saturating_add(lease))
             .await?
         else {
             return Ok(false);
@@ -205,29 +234,8 @@ impl Dispatcher {
         last_error: Option<String>,
         refund: bool,
     ) -> Result<(), StoreError> {
-        let mut tx = self.store.begin_write().await?;
-        store::update_claimed(
-            &mut tx,
-            owner,
-            &CommandUpdate {
-                id: cmd.id,
-                status: if cmd.dispatched_at.is_some() {
-                    "confirming"
-                } else {
-                    "pending"
-                }
-                .into(),
-                next_attempt_at: at,
-                dispatched_at: None,
-                confirmed_at: None,
-                confirm_deadline: None,
-                last_error,
-                refund_attempt: refund && cmd.dispatched_at.is_none(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.put_back_marked(owner, cmd, at, last_error, refund, false)
+            .await
     }
 
     /// Record a breaker state change: audit, the `breaker_states` row `latchkey status` shows, and
@@ -276,7 +284,7 @@ impl Dispatcher {
             // A 429 or a refused request still means the vendor is up and answering.
             Ok(_) | Err(ConnectorError::RateLimited { .. }) => b.success(),
             Err(ConnectorError::Transient { .. }) => b.failure(now),
-            Err(ConnectorError::Permanent { .. }) => {
+            Err(_) => {
                 b.release_probe();
                 None
             }
@@ -284,6 +292,57 @@ impl Dispatcher {
         if let Some(state) = changed {
             let error = result.as_ref().err().map(ToString::to_string);
             self.breaker_changed(connector, state, error).await?;
+            if state == breaker::State::Closed {
+                self.redrive_dead_revokes(connector, "the circuit breaker closed")
+                    .await?;
+            }
+        } else if result.is_ok() {
+            self.redrive_dead_revokes_once(connector).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-drive dead-lettered revokes of a connector that works again, audited.
+    async fn redrive_dead_revokes(&self, connector: &str, why: &str) -> Result<(), StoreError> {
+        if let Some(flag) = self.dead_revokes_possible.get(connector) {
+            flag.store(false, Ordering::Relaxed);
+        }
+        let now = to_micros(self.clock.now());
+        let reason = format!("{connector} recovered: {why}");
+        let selection = recovery::Selection::All {
+            connector: Some(connector),
+            action: Some(Action::Revoke.as_str()),
+        };
+        let moved =
+            match recovery::redrive(&self.store, now, "dispatcher", &reason, selection).await {
+                Ok(moved) => moved,
+                Err(recovery::RedriveError::Store(e)) => return Err(e),
+                Err(e) => {
+                    tracing::error!(connector, error = %e, "dead revokes not re-driven");
+                    return Ok(());
+                }
+            };
+        if !moved.is_empty() {
+            tracing::warn!(
+                connector,
+                revokes = moved.len(),
+                reason,
+                "dead-lettered revokes re-driven"
+            );
+            self.wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// The first success on a connector since start-up proves it works: re-drive once.
+    async fn redrive_dead_revokes_once(&self, connector: &str) -> Result<(), StoreError> {
+        let possible = self
+            .dead_revokes_possible
+            .get(connector)
+            .is_some_and(|f| f.load(Ordering::Relaxed));
+        if possible {
+            self.redrive_dead_revokes(connector, "a command succeeded")
+                .await?;
         }
         Ok(())
     }
@@ -401,7 +460,8 @@ impl Dispatcher {
                     let delay = policy
                         .confirm_recheck
                         .saturating_mul(1 << checks.clamp(0, 6))
-                        .min(policy.max);
+                        .min(policy.max)
+                        .min(self.cap());
                     self.record_refs(&mut tx, &cmd, &outcome).await?;
                     store::update_claimed(
                         &mut tx,
@@ -409,7 +469,7 @@ impl Dispatcher {
                         &CommandUpdate {
                             id: cmd.id,
                             status: "confirming".into(),
-                            next_attempt_at: now + delay.as_micros() as i64,
+                            next_attempt_at: timing::after(now, delay, self.cap()),
                             dispatched_at: Some(now),
                             confirmed_at: None,
                             confirm_deadline: Some(deadline),
@@ -528,40 +588,48 @@ impl Dispatcher {
         probe: bool,
     ) -> Result<(), StoreError> {
         let policy = connector.retry_policy();
-        let backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(policy.initial)
-            .with_max_delay(policy.max)
-            .with_jitter()
-            .without_max_times()
-            .build()
-            .nth((cmd.attempts.max(1) - 1) as usize)
-            .unwrap_or(policy.max);
-        let (retry_after, rate_limited, permanent) = match &err {
-            ConnectorError::RateLimited { retry_after, .. } => (*retry_after, true, false),
-            ConnectorError::Transient { retry_after, .. } => (*retry_after, false, false),
-            ConnectorError::Permanent { .. } => (None, false, true),
+        let cap = self.cap();
+        let class = error_class(&err);
+        let (retry_after, rate_limited) = match &err {
+            ConnectorError::RateLimited { retry_after, .. } => (*retry_after, true),
+            ConnectorError::Transient { retry_after, .. } => (*retry_after, false),
+            _ => (None, false),
         };
         // Being told to slow down is not the command's fault: it does not use up an attempt.
         // Neither is a failed half-open probe: it tested the vendor for the breaker, and a vendor
         // that is down must not use up the retries of the command that happened to probe it.
         let refund = rate_limited || probe;
         let exhausted = !refund && cmd.attempts >= i64::from(policy.max_attempts);
-        if permanent || exhausted {
+        let revoke = cmd.action == Action::Revoke;
+        if revoke {
+            self.metrics.revoke_failed(&cmd.connector, class);
+        }
+        if !revoke && (class == "permanent" || exhausted) {
             tracing::warn!(connector = %cmd.connector, command = cmd.id, error = %err, "command dead-lettered");
             return self
                 .finish(owner, cmd, "dead", None, Some(err.to_string()), None)
                 .await;
         }
-        // A vendor that says when to come back is obeyed; otherwise the jittered backoff decides.
-        let delay = retry_after.unwrap_or(backoff);
-        self.put_back(
+        // A revoke never dead-letters (a leaver must not keep access quietly): past its attempts,
+        // or on an error retrying may still heal (a token fixed, a profile corrected), it goes on
+        // at up to the cap, marked stuck so the metric, the alert and `latchkey status` show it.
+        let stuck = revoke && (exhausted || class == "permanent" || class == "auth");
+        let max = if stuck { cap } else { policy.max.min(cap) };
+        let backoff = timing::backoff(policy.initial.min(max), max, cmd.attempts);
+        // A vendor that says when to come back is obeyed, up to the cap.
+        let delay = retry_after.unwrap_or(backoff).min(cap);
+        self.put_back_marked(
             owner,
             cmd,
-            now + delay.as_micros() as i64,
+            timing::after(now, delay, cap),
             Some(err.to_string()),
             refund,
+            stuck,
         )
         .await?;
+        if stuck {
+            tracing::error!(connector = %cmd.connector, command = cmd.id, attempts = cmd.attempts, error = %err, "revocation stuck; retrying");
+        }
         self.metrics.command_retried(
             cmd,
             if rate_limited {
@@ -572,4 +640,61 @@ impl Dispatcher {
         );
         Ok(())
     }
+
+    /// [`Dispatcher::put_back`]; `stuck` also marks the command stuck, in the same transaction.
+    async fn put_back_marked(
+        &self,
+        owner: &str,
+        cmd: &CommandRow,
+        at: i64,
+        last_error: Option<String>,
+        refund: bool,
+        stuck: bool,
+    ) -> Result<(), StoreError> {
+        let now = to_micros(self.clock.now());
+        let mut tx = self.store.begin_write().await?;
+        let moved = store::update_claimed(
+            &mut tx,
+            owner,
+            &CommandUpdate {
+                id: cmd.id,
+                status: if cmd.dispatched_at.is_some() {
+                    "confirming"
+                } else {
+                    "pending"
+                }
+                .into(),
+                next_attempt_at: at,
+                dispatched_at: None,
+                confirmed_at: None,
+                confirm_deadline: None,
+                last_error,
+                refund_attempt: refund && cmd.dispatched_at.is_none(),
+            },
+        )
+        .await?;
+        if moved && stuck {
+            store::mark_stuck(&mut tx, cmd.id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The class of a connector error, as the revoke failure metric labels it.
+pub fn error_class(err: &ConnectorError) -> &'static str {
+    match err {
+        ConnectorError::RateLimited { .. } => "rate_limited",
+        ConnectorError::Transient { .. } => "transient",
+        ConnectorError::Permanent { message, .. } if is_auth_refusal(message) => "auth",
+        ConnectorError::Permanent { .. } => "permanent",
+        #[allow(unreachable_patterns)]
+        _ => "auth",
+    }
+}
+
+/// A permanent error that is the vendor refusing the credential (401/403): it heals when the
+/// credential is fixed.
+fn is_auth_refusal(message: &str) -> bool {
+    message.contains("HTTP 401") || message.contains("HTTP 403")
 }

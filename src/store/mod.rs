@@ -6,8 +6,11 @@
 //! times); what differs between them (connection set-up, migrations, how a write transaction starts,
 //! how a worker claims a command without blocking others) lives in [`sqlite`] and [`postgres`].
 
+pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
+
+pub use outbox::*;
 
 use crate::model::{Action, Lifecycle};
 use sha2::{Digest, Sha256};

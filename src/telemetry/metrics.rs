@@ -67,6 +67,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "latchkey_drill_stage_seconds",
     "latchkey_drill_last_success_timestamp_seconds",
     "latchkey_build_info",
+    "latchkey_revocations_stuck",
+    "latchkey_revoke_failures",
+    "latchkey_dispatcher_worker_restarts",
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,6 +101,13 @@ struct RetryLabels {
     connector: String,
     action: &'static str,
     reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    connector: String,
+    /// rate_limited | transient | auth | permanent: a fixed set.
+    class: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -256,6 +266,9 @@ pub struct Metrics {
     drill_runs: Family<DrillLabels, Counter>,
     drill_stage: Family<DrillStageLabels, FloatGauge>,
     drill_success: Family<ConnectorLabel, FloatGauge>,
+    revocations_stuck: Family<ConnectorLabel, Gauge>,
+    revoke_failures: Family<FailureLabels, Counter>,
+    worker_restarts: Family<ConnectorLabel, Counter>,
 }
 
 fn latency_family() -> Latency {
@@ -301,6 +314,9 @@ impl Metrics {
             drill_runs: Family::default(),
             drill_stage: Family::default(),
             drill_success: Family::default(),
+            revocations_stuck: Family::default(),
+            revoke_failures: Family::default(),
+            worker_restarts: Family::default(),
         };
         registry.register_with_unit(
             "revocation_latency",
@@ -449,6 +465,21 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "The running latchkey version", build);
+        registry.register(
+            "revocations_stuck",
+            "Revocations that used up their attempts and keep retrying at the capped interval (someone may still hold access), per connector",
+            m.revocations_stuck.clone(),
+        );
+        registry.register(
+            "revoke_failures",
+            "Failed revocation attempts, by connector and class of error (rate_limited, transient, auth, permanent)",
+            m.revoke_failures.clone(),
+        );
+        registry.register(
+            "dispatcher_worker_restarts",
+            "Dispatcher workers restarted after a panic, per connector lane",
+            m.worker_restarts.clone(),
+        );
         for (name, sla) in &m.slas {
             let l = ConnectorLabel {
                 connector: name.clone(),
@@ -461,6 +492,8 @@ impl Metrics {
             let _ = m.sla_revocations.get_or_create(&l);
             let _ = m.sla_breaches.get_or_create(&l);
             m.breaker_open.get_or_create(&l).set(0);
+            m.revocations_stuck.get_or_create(&l).set(0);
+            let _ = m.worker_restarts.get_or_create(&l);
             let _ = m.rate_limit_waits.get_or_create(&l);
             let _ = m.rate_limit_wait_seconds.get_or_create(&l);
             let name = name.clone();
@@ -564,6 +597,25 @@ impl Metrics {
                 connector: connector.to_string(),
             })
             .set(i64::from(open));
+    }
+
+    /// A revocation attempt failed with this class of error.
+    pub fn revoke_failed(&self, connector: &str, class: &'static str) {
+        self.revoke_failures
+            .get_or_create(&FailureLabels {
+                connector: connector.to_string(),
+                class,
+            })
+            .inc();
+    }
+
+    /// A dispatcher worker of this lane panicked and was restarted.
+    pub fn worker_restarted(&self, connector: &str) {
+        self.worker_restarts
+            .get_or_create(&ConnectorLabel {
+                connector: connector.to_string(),
+            })
+            .inc();
     }
 
     /// Mechanical key return tasks still open, and how many of them are past their due time.
@@ -735,6 +787,17 @@ impl Metrics {
             self.held_oldest_age
                 .get_or_create(&SourceLabel { source })
                 .set((now - oldest).max(0) as f64 / 1e6);
+        }
+        let stuck: BTreeMap<String, i64> = crate::store::stuck_counts(pool)
+            .await?
+            .into_iter()
+            .collect();
+        for c in &self.connectors {
+            self.revocations_stuck
+                .get_or_create(&ConnectorLabel {
+                    connector: c.clone(),
+                })
+                .set(stuck.get(c).copied().unwrap_or(0));
         }
         // After a restart no source has run in this process yet: its checkpoint's last move is the
         // best known success, so a stalled source is not hidden by a restart.
