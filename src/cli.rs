@@ -505,6 +505,9 @@ pub fn describe_feed(r: &crate::engine::FeedReport) -> String {
     if r.skipped_same_file {
         return format!("{}: unchanged since last applied ({} rows)", r.file, r.rows);
     }
+    if let Some(reason) = &r.rejected {
+        return format!("{}: set aside, not applied: {reason}", r.file);
+    }
     format!(
         "{}: {} rows, {} unchanged, {} joiners, {} movers, {} leavers, {} rehires, {} other, {} quarantined, {} held -> {} issues, {} revokes",
         r.file,

@@ -6,10 +6,12 @@
 //! times); what differs between them (connection set-up, migrations, how a write transaction starts,
 //! how a worker claims a command without blocking others) lives in [`sqlite`] and [`postgres`].
 
+mod absences;
 pub mod postgres;
 pub mod sqlite;
 
 use crate::model::{Action, Lifecycle};
+pub use absences::*;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 use sqlx::any::{AnyPoolOptions, AnyRow};
