@@ -211,6 +211,44 @@ mod tests {
     }
 
     #[test]
+    fn a_quote_inside_an_unquoted_cell_is_a_character() {
+        assert_eq!(cut(&format!("{HEADER}\nE1,27\" screen,a@x\n")), None);
+        assert_eq!(cut(&format!("{HEADER}\nE1,\"a,b\",a@x")), None);
+    }
+
+    fn source(complete: FileCompletion) -> HrSourceConfig {
+        HrSourceConfig {
+            mapping: PathBuf::from("hr.toml"),
+            path: None,
+            drop_dir: Some(PathBuf::from("feeds")),
+            schedule: "* * * * *".into(),
+            mass_change_threshold: None,
+            complete,
+            settle_seconds: 5,
+            rejected_dir: None,
+            absent_grace: AbsentGrace::default(),
+        }
+    }
+
+    #[test]
+    fn completion_by_settling_or_by_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("hr-1.csv");
+        std::fs::write(&f, "x").unwrap();
+        let written: DateTime<Utc> = std::fs::metadata(&f).unwrap().modified().unwrap().into();
+        let settle = source(FileCompletion::Settle);
+        let at = |s| written + chrono::Duration::seconds(s);
+        assert!(!is_complete(&f, &settle, at(4)).unwrap());
+        assert!(is_complete(&f, &settle, at(5)).unwrap());
+        // A clock behind the file system's never reads a file early.
+        assert!(!is_complete(&f, &settle, at(-60)).unwrap());
+        let marker = source(FileCompletion::DoneMarker);
+        assert!(!is_complete(&f, &marker, at(3600)).unwrap());
+        std::fs::write(done_marker(&f), "").unwrap();
+        assert!(is_complete(&f, &marker, at(0)).unwrap());
+    }
+
+    #[test]
     fn grace_needs_feeds_and_time() {
         let g = AbsentGrace {
             feeds: 2,
