@@ -176,6 +176,10 @@ impl Engine {
                 continue;
             }
             let bytes = std::fs::read(&f).map_err(io)?;
+            // The last file applied is listed again on every tick; unchanged, it is passed over quietly.
+            if cfg.drop_dir.is_some() && self.is_checkpoint(source, &f, &bytes).await? {
+                continue;
+            }
             if let Some(report) = self.skip_rejected(source, &f, &bytes).await? {
                 out.push(report);
                 continue;

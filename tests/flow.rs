@@ -689,12 +689,16 @@ async fn a_partial_upload_waits_until_complete_and_checkpoints_follow_content() 
         h.drain().await;
         assert!(!h.holds("E4", "berlin-sales"));
         // An identical file dropped again is skipped.
+        let before = store::checkpoint(h.app.store().pool(), "hr").await.unwrap();
+        let requests = h.sim.stats().requests;
         drop_file(&h, "hr-0002.csv", &csv(&rewritten), 60);
         let r = run_drop(&h).await;
-        assert!(
-            report_for(&r, "hr-0002.csv").unwrap().skipped_same_file,
-            "{r:?}"
-        );
+        assert!(report_for(&r, "hr-0002.csv").is_none(), "{r:?}");
+        h.drain().await;
+        assert_eq!(h.sim.stats().requests, requests, "no vendor call");
+        let after = store::checkpoint(h.app.store().pool(), "hr").await.unwrap();
+        assert_eq!(before, after);
+        assert!(after.unwrap().starts_with("hr-0002.csv@"));
     });
 }
 

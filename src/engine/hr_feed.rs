@@ -26,6 +26,20 @@ fn file_name(path: &Path) -> String {
 }
 
 impl Engine {
+    /// Is this file, by name and content, the one the source's checkpoint names?
+    pub(super) async fn is_checkpoint(
+        &self,
+        source: &str,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<bool, EngineError> {
+        let value = format!("{}@{}", file_name(path), hex::encode(Sha256::digest(bytes)));
+        Ok(store::checkpoint(self.store.pool(), source)
+            .await?
+            .as_deref()
+            == Some(value.as_str()))
+    }
+
     /// A file already set aside that is still in place (it could not be moved, or it is a
     /// source's single `path`): skipped until its content changes.
     pub(super) async fn skip_rejected(
