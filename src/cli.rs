@@ -508,7 +508,7 @@ pub fn describe_feed(r: &crate::engine::FeedReport) -> String {
     if let Some(reason) = &r.rejected {
         return format!("{}: set aside, not applied: {reason}", r.file);
     }
-    format!(
+    let mut out = format!(
         "{}: {} rows, {} unchanged, {} joiners, {} movers, {} leavers, {} rehires, {} other, {} quarantined, {} held -> {} issues, {} revokes",
         r.file,
         r.rows,
@@ -522,7 +522,20 @@ pub fn describe_feed(r: &crate::engine::FeedReport) -> String {
         r.held,
         r.issues,
         r.revokes
-    )
+    );
+    if r.absent > 0 {
+        out.push_str(&format!(
+            "; {} missing, within their absence grace",
+            r.absent
+        ));
+    }
+    if r.released > 0 {
+        out.push_str(&format!(
+            "; {} held changes released (back in the feed)",
+            r.released
+        ));
+    }
+    out
 }
 
 /// Wait until the outbox is empty (or only holds commands waiting far in the future), showing progress.

@@ -193,7 +193,10 @@ impl Engine {
             }
         }
         let now = to_micros(self.clock.now()) as f64 / 1e6;
-        self.metrics.source_succeeded(source, now);
+        // A source whose newest file was set aside has not delivered: let it look stalled.
+        if out.last().is_none_or(|r| r.rejected.is_none()) {
+            self.metrics.source_succeeded(source, now);
+        }
         Ok(out)
     }
 
