@@ -1194,6 +1194,45 @@ templates = "t.toml"
     }
 
     #[test]
+    fn store_urls_with_a_password_are_refused_without_repeating_it() {
+        for ok in [
+            "sqlite://x.db",
+            "sqlite:///var/lib/latchkey/state.db?mode=rwc",
+            "postgres://latchkey@db:5432/latchkey?sslmode=require",
+        ] {
+            assert!(!url_has_password(ok), "{ok}");
+        }
+        for bad in [
+            "postgres://latchkey:s3cr3t@db/latchkey",
+            "postgres://db/latchkey?user=l&password=s3cr3t",
+            "weird://u:s3cr3t@[bad",
+        ] {
+            assert!(url_has_password(bad), "{bad}");
+            let text = MINIMAL.replace("sqlite://x.db", bad);
+            let err = Config::load(&input(&text, &[])).unwrap_err().to_string();
+            assert!(
+                err.contains("url_secret") && !err.contains("s3cr3t"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_given_in_clear_is_never_repeated_in_the_error() {
+        let text = format!("{MINIMAL}\n[scim.tenants.okta]\ntoken = \"tok_live_XYZ\"\n");
+        let err = Config::load(&input(&text, &[])).unwrap_err().to_string();
+        assert!(!err.contains("tok_live_XYZ"), "{err}");
+        assert!(err.contains("secret reference"), "{err}");
+        let err = Config::load(&input(
+            MINIMAL,
+            &[("LATCHKEY_SCIM__TENANTS__OKTA__TOKEN", "tok_live_XYZ")],
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("tok_live_XYZ"), "{err}");
+    }
+
+    #[test]
     fn secrets_come_from_env_or_file_never_the_file_text() {
         let text = MINIMAL.replace(
             "[policy]",
