@@ -267,10 +267,15 @@ impl App {
 }
 
 pub fn log_report(r: &FeedReport) {
+    // A file set aside was logged as an error where it happened; it was not applied.
+    if r.rejected.is_some() {
+        return;
+    }
     tracing::info!(
         source = %r.source, file = %r.file, rows = r.rows, unchanged = r.unchanged, joiners = r.joiners,
         movers = r.movers, leavers = r.leavers, rehires = r.rehires, quarantined = r.quarantined,
         held = r.held, issues = r.issues, revokes = r.revokes, skipped = r.skipped_same_file,
+        absent = r.absent, released = r.released,
         "HR feed applied"
     );
 }

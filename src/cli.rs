@@ -513,7 +513,10 @@ pub fn describe_feed(r: &crate::engine::FeedReport) -> String {
     if r.skipped_same_file {
         return format!("{}: unchanged since last applied ({} rows)", r.file, r.rows);
     }
-    format!(
+    if let Some(reason) = &r.rejected {
+        return format!("{}: set aside, not applied: {reason}", r.file);
+    }
+    let mut out = format!(
         "{}: {} rows, {} unchanged, {} joiners, {} movers, {} leavers, {} rehires, {} other, {} quarantined, {} held -> {} issues, {} revokes",
         r.file,
         r.rows,
@@ -527,7 +530,20 @@ pub fn describe_feed(r: &crate::engine::FeedReport) -> String {
         r.held,
         r.issues,
         r.revokes
-    )
+    );
+    if r.absent > 0 {
+        out.push_str(&format!(
+            "; {} missing, within their absence grace",
+            r.absent
+        ));
+    }
+    if r.released > 0 {
+        out.push_str(&format!(
+            "; {} held changes released (back in the feed)",
+            r.released
+        ));
+    }
+    out
 }
 
 /// Wait until the outbox is empty (or only holds commands waiting far in the future), showing progress.

@@ -300,10 +300,60 @@ pub struct HrSourceConfig {
     pub schedule: String,
     /// Overrides `engine.mass_change_threshold` for this feed.
     pub mass_change_threshold: Option<f64>,
+    /// How a file is known to be completely written: `settle` (default) or `done-marker`.
+    #[serde(default)]
+    pub complete: FileCompletion,
+    /// For `complete = "settle"`: seconds a file must have gone unmodified before it is read.
+    #[serde(default = "default_settle_seconds")]
+    pub settle_seconds: u64,
+    /// Where files that cannot be read at all are moved; default `rejected/` beside the drop directory.
+    pub rejected_dir: Option<PathBuf>,
+    /// How long a person missing from the feed (without a termination) waits before being a leaver.
+    #[serde(default)]
+    pub absent_grace: AbsentGrace,
 }
 
 fn default_schedule() -> String {
     "*/15 * * * *".to_string()
+}
+
+fn default_settle_seconds() -> u64 {
+    5
+}
+
+/// How latchkey knows an HR file has been written completely.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileCompletion {
+    /// The file has not been modified for `settle_seconds`.
+    #[default]
+    Settle,
+    /// A marker `<name>.done` exists beside the file (written by the uploader after the file).
+    DoneMarker,
+}
+
+/// A person missing from a full feed becomes a leaver once missing from `feeds` consecutive feeds
+/// and for at least `hours` since the first feed that missed them. Explicit terminations never wait.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AbsentGrace {
+    #[serde(default = "default_absent_feeds")]
+    pub feeds: u32,
+    #[serde(default)]
+    pub hours: f64,
+}
+
+impl Default for AbsentGrace {
+    fn default() -> Self {
+        Self {
+            feeds: default_absent_feeds(),
+            hours: 0.0,
+        }
+    }
+}
+
+fn default_absent_feeds() -> u32 {
+    2
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -740,7 +790,50 @@ pub fn toml_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError 
         file: origin.to_string(),
         line,
         column,
-        message: e.message().trim().to_string(),
+        message: redact_secret_values(e.message().trim()),
+    }
+}
+
+/// serde names the value it could not use (`invalid type: string "nuki_live_...", expected struct
+/// SecretRef`): where a secret reference was expected, that value is the secret itself, so the
+/// message keeps only its type (the line and column still point at it).
+fn redact_secret_values(message: &str) -> String {
+    // Any value of the wrong type may be a secret given in the wrong place (`secrets = "..."`).
+    let echoes_value = message.starts_with("invalid type") || message.starts_with("invalid value");
+    if !(echoes_value || message.contains("SecretRef")) {
+        return message.to_string();
+    }
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..start]);
+        out.push_str("(value hidden)");
+        rest = match rest[start + 1..].rfind('"') {
+            // The value may itself hold quotes: hide up to the last one.
+            Some(end) => &rest[start + 1 + end + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out.replace(
+        "expected struct SecretRef",
+        "expected a secret reference such as { env = \"NAME\" } or { file = \"/path\" }, never the secret itself",
+    )
+}
+
+/// A database URL with a password in it (`postgres://user:pw@host/db`, or `?password=`).
+pub fn url_has_password(url: &str) -> bool {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            u.password().is_some_and(|p| !p.is_empty())
+                || u.query_pairs()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+        }
+        // Not a URL the parser understands: look for the `user:pw@` shape by hand.
+        Err(_) => url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .is_some_and(|(creds, _)| creds.contains(':')),
     }
 }
 
@@ -910,6 +1003,13 @@ impl Config {
         if self.store.url.is_none() == self.store.url_secret.is_none() {
             return Err(self.invalid("store", "set exactly one of `url` and `url_secret`"));
         }
+        if self.store.url.as_deref().is_some_and(url_has_password) {
+            return Err(self.invalid(
+                "store.url",
+                "the URL contains a password; move the URL to `url_secret = { env = \"...\" }` \
+                 (or `{ file = \"...\" }`) so it is not kept in clear",
+            ));
+        }
         if self
             .engine
             .default_timezone
@@ -987,6 +1087,13 @@ impl Config {
                 return Err(self.invalid(
                     &format!("sources.hr.{name}.schedule"),
                     format!("`{}` is not a crontab line: {e}", hr.schedule),
+                ));
+            }
+            let grace = hr.absent_grace;
+            if grace.feeds == 0 || !grace.hours.is_finite() || grace.hours < 0.0 {
+                return Err(self.invalid(
+                    &format!("sources.hr.{name}.absent_grace"),
+                    "feeds must be at least 1 and hours zero or more",
                 ));
             }
         }
@@ -1278,6 +1385,45 @@ templates = "t.toml"
         ] {
             assert!(Config::load(&input(&bad, &[])).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn store_urls_with_a_password_are_refused_without_repeating_it() {
+        for ok in [
+            "sqlite://x.db",
+            "sqlite:///var/lib/latchkey/state.db?mode=rwc",
+            "postgres://latchkey@db:5432/latchkey?sslmode=require",
+        ] {
+            assert!(!url_has_password(ok), "{ok}");
+        }
+        for bad in [
+            "postgres://latchkey:s3cr3t@db/latchkey",
+            "postgres://db/latchkey?user=l&password=s3cr3t",
+            "weird://u:s3cr3t@[bad",
+        ] {
+            assert!(url_has_password(bad), "{bad}");
+            let text = MINIMAL.replace("sqlite://x.db", bad);
+            let err = Config::load(&input(&text, &[])).unwrap_err().to_string();
+            assert!(
+                err.contains("url_secret") && !err.contains("s3cr3t"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_secret_given_in_clear_is_never_repeated_in_the_error() {
+        let text = format!("{MINIMAL}\n[scim.tenants.okta]\ntoken = \"tok_live_XYZ\"\n");
+        let err = Config::load(&input(&text, &[])).unwrap_err().to_string();
+        assert!(!err.contains("tok_live_XYZ"), "{err}");
+        assert!(err.contains("secret reference"), "{err}");
+        let err = Config::load(&input(
+            MINIMAL,
+            &[("LATCHKEY_SCIM__TENANTS__OKTA__TOKEN", "tok_live_XYZ")],
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("tok_live_XYZ"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crate::model::{Lifecycle, PersonRecord, Quarantined, RecordStatus};
 use crate::plan::{self, Applied, Cause};
 use crate::policy::{Policy, PolicyError};
 use crate::sources::hr::{self, HrError, HrMapping};
+use crate::sources::hr_drop;
 use crate::store::{self, IdentityRow, SourceRecordRow, Store, StoreError};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -17,6 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::Notify;
+
+mod hr_feed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -51,6 +54,12 @@ pub struct FeedReport {
     pub issues: u64,
     pub revokes: u64,
     pub skipped_same_file: bool,
+    /// People missing from this feed who are still within their absence grace (not leavers yet).
+    pub absent: usize,
+    /// Held disappearances released because the person is back in this feed.
+    pub released: usize,
+    /// The file could not be read at all and was set aside, for this reason.
+    pub rejected: Option<String>,
 }
 
 #[derive(Debug)]
@@ -127,7 +136,7 @@ impl Engine {
         let last = store::checkpoint(self.store.pool(), source).await?;
         let last_name = last
             .as_deref()
-            .and_then(|c| c.split_once('@').map(|(n, _)| n.to_string()));
+            .and_then(|c| c.rsplit_once('@').map(|(n, _)| n.to_string()));
         let files = hr::feed_files(&dir).map_err(|source| HrError::Io {
             path: dir.clone(),
             source,
@@ -139,19 +148,55 @@ impl Engine {
                     .file_name()
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_default();
-                last_name.as_ref().is_none_or(|l| &name > l)
+                // The last file applied is looked at again: the checkpoint holds its content
+                // hash, so the same name rewritten with new content is applied, and an unchanged
+                // file is skipped (see `apply_hr_file`).
+                last_name.as_ref().is_none_or(|l| &name >= l)
             })
             .collect())
     }
 
-    /// Apply every pending file of an HR source.
+    /// Apply every pending file of an HR source that is completely written. A file that cannot
+    /// be read at all is set aside and the files after it still flow; a file still being written
+    /// is left for a later tick and does not hold back a complete file after it.
     pub async fn run_hr_source(&self, source: &str) -> Result<Vec<FeedReport>, EngineError> {
+        let cfg = self
+            .config
+            .sources
+            .hr
+            .get(source)
+            .ok_or_else(|| EngineError::UnknownSource(source.to_string()))?;
         let mut out = Vec::new();
         for f in self.pending_hr_files(source).await? {
-            out.push(self.apply_hr_file(source, &f).await?);
+            let io = |e| HrError::Io {
+                path: f.clone(),
+                source: e,
+            };
+            if !hr_drop::is_complete(&f, cfg, self.clock.now()).map_err(io)? {
+                continue;
+            }
+            let bytes = std::fs::read(&f).map_err(io)?;
+            // The last file applied is listed again on every tick; unchanged, it is passed over quietly.
+            if cfg.drop_dir.is_some() && self.is_checkpoint(source, &f, &bytes).await? {
+                continue;
+            }
+            if let Some(report) = self.skip_rejected(source, &f, &bytes).await? {
+                out.push(report);
+                continue;
+            }
+            match self.apply_hr_bytes(source, &f, &bytes).await {
+                Ok(report) => out.push(report),
+                Err(EngineError::Hr(e)) if hr_drop::is_unreadable(&e) => {
+                    out.push(self.reject_hr_file(source, &f, &bytes, &e).await?);
+                }
+                Err(e) => return Err(e),
+            }
         }
         let now = to_micros(self.clock.now()) as f64 / 1e6;
-        self.metrics.source_succeeded(source, now);
+        // A source whose newest file was set aside has not delivered: let it look stalled.
+        if out.last().is_none_or(|r| r.rejected.is_none()) {
+            self.metrics.source_succeeded(source, now);
+        }
         Ok(out)
     }
 
@@ -161,19 +206,30 @@ impl Engine {
         source: &str,
         path: &Path,
     ) -> Result<FeedReport, EngineError> {
-        let mapping = self
-            .mappings
-            .get(source)
-            .ok_or_else(|| EngineError::UnknownSource(source.to_string()))?;
         let bytes = std::fs::read(path).map_err(|e| HrError::Io {
             path: path.to_path_buf(),
             source: e,
         })?;
+        self.apply_hr_bytes(source, path, &bytes).await
+    }
+
+    /// Apply one full HR snapshot read from `path`. A file cut short is refused whole.
+    async fn apply_hr_bytes(
+        &self,
+        source: &str,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<FeedReport, EngineError> {
+        let mapping = self
+            .mappings
+            .get(source)
+            .ok_or_else(|| EngineError::UnknownSource(source.to_string()))?;
         let file_name = path
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        let feed = hr::parse_feed(source, &file_name, &bytes, mapping)?;
+        let feed = hr::parse_feed(source, &file_name, bytes, mapping)?;
+        hr_drop::truncation(&file_name, bytes, mapping.delimiter)?;
         let checkpoint_value = format!("{file_name}@{}", feed.digest);
         let mut report = FeedReport {
             source: source.to_string(),
@@ -250,6 +306,10 @@ impl Engine {
                     .await?;
                 }
             }
+            // Holds are re-evaluated against every feed: a held disappearance whose person is
+            // back is released here, before anything else can act on it.
+            self.release_returned(&mut tx, source, &in_feed, now, report)
+                .await?;
             tx.commit().await?;
             report.quarantined = quarantined.len();
         }
@@ -310,12 +370,9 @@ impl Engine {
             )
             .await?;
         } else {
-            for k in &vanished {
-                let applied = self
-                    .apply_disappearance(&mut tx, source, k, now, &format!("source:{source}"))
-                    .await?;
-                tally(report, "leaver", applied);
-            }
+            // Absence is weaker than a termination: a leaver only once past the source's grace.
+            self.settle_vanished(&mut tx, source, &vanished, now, report)
+                .await?;
         }
         store::set_checkpoint(&mut tx, source, checkpoint_value, to_micros(now)).await?;
         tx.commit().await?;
@@ -422,6 +479,7 @@ impl Engine {
         )
         .await?;
         let applied = if approve {
+            store::clear_absence(&mut tx, &held.source, &held.key).await?;
             self.apply_disappearance(&mut tx, &held.source, &held.key, now, by)
                 .await?
         } else {

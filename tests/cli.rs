@@ -41,12 +41,14 @@ async fn operator_commands_answer_from_the_store() {
     std::fs::create_dir_all(tmp.path().join("feeds")).unwrap();
     let config = tmp.path().join("latchkey.toml");
     std::fs::write(&config, config_text(&store, &server.base_url(), (1000, 50))).unwrap();
+    // Written a minute ago, so it has settled (the drop directory reads only complete files).
     let feed = |name: &str, rows: &[String]| {
-        std::fs::write(
-            tmp.path().join("feeds").join(name),
-            format!("{HEADER}\n{}\n", rows.join("\n")),
-        )
-        .unwrap();
+        let path = tmp.path().join("feeds").join(name);
+        std::fs::write(&path, format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        let written = f.metadata().unwrap().modified().unwrap();
+        f.set_modified(written - std::time::Duration::from_secs(60))
+            .unwrap();
     };
 
     let (code, out) = latchkey(&config, &["check"]);
@@ -442,4 +444,86 @@ async fn redrive_requeues_dead_letters_audited_and_refuses_unknown_ids() {
         h.drain().await;
         assert!(!h.holds("L1", "berlin-finance"), "{name}");
     }
+}
+
+#[test]
+fn configuration_errors_never_show_a_secret_and_a_store_password_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", tmp.path().join("state.db").display());
+    let base = config_text(&store, "http://127.0.0.1:9", (1000, 50));
+    let check = |name: &str, text: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        latchkey(&path, &["check"])
+    };
+    let secret = "nuki_live_7Hq2xSECRETvalue";
+    // A literal where a secret reference belongs, in the file and through the environment overlay.
+    let literal = base.replace(
+        "secrets = { token = { env = \"LATCHKEY_DEMO_NUKI_TOKEN\" } }",
+        &format!("secrets = {{ token = \"{secret}\" }}"),
+    );
+    assert_ne!(literal, base);
+    let (code, out) = check("literal.toml", &literal);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains(secret) && !out.contains("7Hq2"), "{out}");
+    assert!(
+        out.contains("literal.toml:") && out.contains("secret reference"),
+        "{out}"
+    );
+    let whole = base.replace(
+        "secrets = { token = { env = \"LATCHKEY_DEMO_NUKI_TOKEN\" } }",
+        &format!("secrets = \"{secret}\""),
+    );
+    let (code, out) = check("whole.toml", &whole);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains(secret), "{out}");
+
+    // A database URL with a password is refused, without repeating the password.
+    let password = "hunter2-db-pass";
+    let pg = base.replace(
+        &format!("url = \"{store}\""),
+        &format!("url = \"postgres://latchkey:{password}@127.0.0.1:5432/latchkey\""),
+    );
+    let (code, out) = check("pg.toml", &pg);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("url_secret") && !out.contains(password),
+        "{out}"
+    );
+    let query = base.replace(
+        &format!("url = \"{store}\""),
+        &format!("url = \"postgres://latchkey@127.0.0.1/latchkey?password={password}\""),
+    );
+    let (code, out) = check("pgq.toml", &query);
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains(password), "{out}");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("state.db");
+    let store = latchkey::store::Store::connect(&format!("sqlite://{}", db.display()), 2)
+        .await
+        .unwrap();
+    // A write, so the WAL and its index exist while the pool is open.
+    let mut tx = store.begin_write().await.unwrap();
+    latchkey::store::set_checkpoint(&mut tx, "hr", "x@y", 1)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut seen = 0;
+    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        let path = tmp.path().join(name);
+        if name == "state.db" {
+            assert!(path.exists());
+        }
+        if let Ok(meta) = std::fs::metadata(&path) {
+            seen += 1;
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        }
+    }
+    assert_eq!(seen, 3, "the database, its WAL and its shared-memory index");
 }

@@ -487,3 +487,306 @@ fn shipped_configurations_pass_check_and_errors_name_file_line_key() {
     assert!(err.starts_with("config/demo.toml:14:"), "{err}");
     assert!(err.contains("mass_change_treshold"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The HR drop directory on a bad day: what the Nuki simulator finally holds.
+
+/// Put a file into the drop directory, last modified `age` seconds before the test clock's now.
+fn drop_file(h: &Harness, name: &str, bytes: &[u8], age: i64) -> std::path::PathBuf {
+    let path = h.dir.join("feeds").join(name);
+    std::fs::write(&path, bytes).unwrap();
+    touch(&path, h.clock.now_utc() - chrono::Duration::seconds(age));
+    path
+}
+
+fn touch(path: &std::path::Path, at: chrono::DateTime<chrono::Utc>) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::from(at)).unwrap();
+}
+
+fn csv(rows: &[String]) -> Vec<u8> {
+    format!("{HEADER}\n{}\n", rows.join("\n")).into_bytes()
+}
+
+fn terminated(id: &str) -> String {
+    row(
+        id,
+        "sales",
+        "analyst",
+        "employee",
+        "berlin",
+        "Terminated",
+        "2020-01-01",
+        "2026-11-24",
+        "",
+    )
+}
+
+fn sales(ids: &[&str]) -> Vec<String> {
+    ids.iter().map(|i| employee(i, "sales", "berlin")).collect()
+}
+
+async fn run_drop(h: &Harness) -> Vec<latchkey::engine::FeedReport> {
+    h.app.engine.run_hr_source("hr").await.unwrap()
+}
+
+fn report_for<'a>(
+    reports: &'a [latchkey::engine::FeedReport],
+    name: &str,
+) -> Option<&'a latchkey::engine::FeedReport> {
+    reports.iter().find(|r| r.file.ends_with(name))
+}
+
+/// Everyone E1..E6 in Berlin sales, applied from the drop directory.
+async fn six_in_sales(h: &Harness) {
+    drop_file(
+        h,
+        "hr-0001.csv",
+        &csv(&sales(&["E1", "E2", "E3", "E4", "E5", "E6"])),
+        60,
+    );
+    let r = run_drop(h).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].joiners, 6, "{r:?}");
+    h.drain().await;
+    assert!((1..=6).all(|i| h.holds(&format!("E{i}"), "berlin-sales")));
+}
+
+#[tokio::test]
+async fn unreadable_and_truncated_files_are_set_aside_and_the_next_files_termination_is_revoked() {
+    each_backend!(|h| {
+        six_in_sales(&h).await;
+        // An empty file, random bytes, then a good file terminating E1: all in one tick.
+        drop_file(&h, "hr-0002.csv", b"", 60);
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80)
+            .collect();
+        drop_file(&h, "hr-0003.csv", &noise, 60);
+        let mut next = sales(&["E2", "E3", "E4", "E5", "E6"]);
+        next.push(terminated("E1"));
+        drop_file(&h, "hr-0004.csv", &csv(&next), 60);
+        let r = run_drop(&h).await;
+        assert!(
+            report_for(&r, "hr-0002.csv").unwrap().rejected.is_some(),
+            "{r:?}"
+        );
+        assert!(
+            report_for(&r, "hr-0003.csv").unwrap().rejected.is_some(),
+            "{r:?}"
+        );
+        assert_eq!(report_for(&r, "hr-0004.csv").unwrap().leavers, 1, "{r:?}");
+        h.drain().await;
+        assert!(!h.holds("E1", "berlin-sales"), "{}: E1 revoked", h.backend);
+        assert!((2..=6).all(|i| h.holds(&format!("E{i}"), "berlin-sales")));
+        // Set aside beside the drop directory, each with its reason.
+        let rejected = h.dir.join("rejected");
+        for name in ["hr-0002.csv", "hr-0003.csv"] {
+            assert!(
+                !h.dir.join("feeds").join(name).exists(),
+                "{name} still in the drop directory"
+            );
+            assert!(rejected.join(name).is_file(), "{name} not in rejected/");
+            let reason =
+                std::fs::read_to_string(rejected.join(format!("{name}.reason.txt"))).unwrap();
+            assert!(reason.contains(name), "{reason}");
+        }
+        let status = latchkey::cli::status_text(&h.app).await.unwrap();
+        assert!(
+            status.contains("hr-0002.csv") && status.contains("empty feed"),
+            "{status}"
+        );
+        assert!(
+            status.contains("hr-0003.csv") && status.contains("UTF-8"),
+            "{status}"
+        );
+        let metrics = &h.app.engine.metrics;
+        metrics
+            .collect(h.app.store(), latchkey::clock::to_micros(h.clock.now_utc()))
+            .await
+            .unwrap();
+        let scrape = metrics.encode_prometheus();
+        assert!(
+            scrape.contains("latchkey_rejected_files{source=\"hr\"} 2"),
+            "{scrape}"
+        );
+
+        // A file whose last row was cut terminates E2 in its first lines: none of it is applied.
+        let mut cut =
+            String::from_utf8(csv(&[terminated("E2"), employee("E3", "sales", "berlin")])).unwrap();
+        cut.push_str("E4,Person E4,e4@exa");
+        drop_file(&h, "hr-0005.csv", cut.as_bytes(), 60);
+        let r = run_drop(&h).await;
+        let rejected_cut = report_for(&r, "hr-0005.csv").unwrap();
+        assert!(
+            rejected_cut
+                .rejected
+                .as_deref()
+                .unwrap()
+                .contains("truncated"),
+            "{r:?}"
+        );
+        h.drain().await;
+        assert!(
+            (2..=6).all(|i| h.holds(&format!("E{i}"), "berlin-sales")),
+            "nothing of a truncated file is applied"
+        );
+        // The complete file that follows is.
+        let mut fixed = sales(&["E3", "E4", "E5", "E6"]);
+        fixed.push(terminated("E1"));
+        fixed.push(terminated("E2"));
+        drop_file(&h, "hr-0006.csv", &csv(&fixed), 60);
+        let r = run_drop(&h).await;
+        assert_eq!(report_for(&r, "hr-0006.csv").unwrap().leavers, 1, "{r:?}");
+        h.drain().await;
+        assert!(!h.holds("E2", "berlin-sales"));
+        assert!((3..=6).all(|i| h.holds(&format!("E{i}"), "berlin-sales")));
+    });
+}
+
+#[tokio::test]
+async fn a_partial_upload_waits_until_complete_and_checkpoints_follow_content() {
+    each_backend!(|h| {
+        six_in_sales(&h).await;
+        // The first part of an upload: E5 and E6 are not written yet.
+        let first = csv(&sales(&["E1", "E2", "E3", "E4"]));
+        let path = drop_file(&h, "hr-0002.csv", &first, 0);
+        let r = run_drop(&h).await;
+        assert!(
+            report_for(&r, "hr-0002.csv").is_none(),
+            "read while written: {r:?}"
+        );
+        // The rest arrives two seconds later: still too fresh.
+        h.clock.advance(chrono::Duration::seconds(2));
+        let mut whole = first.clone();
+        whole.extend_from_slice(
+            format!(
+                "{}\n{}\n",
+                employee("E5", "sales", "berlin"),
+                terminated("E6")
+            )
+            .as_bytes(),
+        );
+        std::fs::write(&path, &whole).unwrap();
+        touch(&path, h.clock.now_utc());
+        let r = run_drop(&h).await;
+        assert!(report_for(&r, "hr-0002.csv").is_none(), "{r:?}");
+        // Quiet for the settle time: the whole file is read, with E6's termination at its end.
+        h.clock.advance(chrono::Duration::seconds(6));
+        let r = run_drop(&h).await;
+        let applied = report_for(&r, "hr-0002.csv").unwrap();
+        assert_eq!((applied.leavers, applied.absent), (1, 0), "{r:?}");
+        h.drain().await;
+        assert!(!h.holds("E6", "berlin-sales"));
+        assert!((1..=5).all(|i| h.holds(&format!("E{i}"), "berlin-sales")));
+
+        // The same name rewritten with new content is applied again.
+        let mut rewritten = sales(&["E1", "E2", "E3", "E5"]);
+        rewritten.push(terminated("E4"));
+        rewritten.push(terminated("E6"));
+        drop_file(&h, "hr-0002.csv", &csv(&rewritten), 60);
+        let r = run_drop(&h).await;
+        assert_eq!(report_for(&r, "hr-0002.csv").unwrap().leavers, 1, "{r:?}");
+        h.drain().await;
+        assert!(!h.holds("E4", "berlin-sales"));
+        // An identical file dropped again is skipped.
+        let before = store::checkpoint(h.app.store().pool(), "hr").await.unwrap();
+        let requests = h.sim.stats().requests;
+        drop_file(&h, "hr-0002.csv", &csv(&rewritten), 60);
+        let r = run_drop(&h).await;
+        assert!(report_for(&r, "hr-0002.csv").is_none(), "{r:?}");
+        h.drain().await;
+        assert_eq!(h.sim.stats().requests, requests, "no vendor call");
+        let after = store::checkpoint(h.app.store().pool(), "hr").await.unwrap();
+        assert_eq!(before, after);
+        assert!(after.unwrap().starts_with("hr-0002.csv@"));
+    });
+}
+
+#[tokio::test]
+async fn holds_from_a_header_only_file_are_released_by_the_full_feed_and_approving_one_revokes_no_one()
+ {
+    each_backend!(|h| {
+        six_in_sales(&h).await;
+        drop_file(&h, "hr-0002.csv", HEADER.as_bytes(), 60);
+        let r = run_drop(&h).await;
+        assert_eq!(report_for(&r, "hr-0002.csv").unwrap().held, 6, "{r:?}");
+        let stale = store::held_changes(h.app.store().pool()).await.unwrap();
+        assert_eq!(stale.len(), 6);
+        drop_file(
+            &h,
+            "hr-0003.csv",
+            &csv(&sales(&["E1", "E2", "E3", "E4", "E5", "E6"])),
+            60,
+        );
+        let r = run_drop(&h).await;
+        assert_eq!(report_for(&r, "hr-0003.csv").unwrap().released, 6, "{r:?}");
+        assert!(
+            store::held_changes(h.app.store().pool())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // An approver acting on the old list revokes no one.
+        for c in &stale {
+            assert!(
+                h.app
+                    .engine
+                    .decide(c.id, true, "alice@example.com")
+                    .await
+                    .is_err()
+            );
+        }
+        h.drain().await;
+        assert!((1..=6).all(|i| h.holds(&format!("E{i}"), "berlin-sales")));
+        let records = audit::records_about(h.app.store(), "E3", 50).await.unwrap();
+        assert!(
+            records.iter().any(|r| r.action == "held.released"),
+            "{records:?}"
+        );
+    });
+}
+
+#[tokio::test]
+async fn absence_becomes_a_leaver_only_after_the_grace() {
+    each_backend!(|h| {
+        let ids: Vec<String> = (1..=10).map(|i| format!("E{i}")).collect();
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let without = |gone: &[&str]| -> Vec<String> {
+            sales(
+                &all.iter()
+                    .copied()
+                    .filter(|i| !gone.contains(i))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        h.feed(&sales(&all)).await;
+        h.drain().await;
+        // E1 missing once: not a leaver yet.
+        let r = h.feed(&without(&["E1"])).await;
+        assert_eq!((r.absent, r.leavers, r.held), (1, 0, 0), "{r:?}");
+        h.drain().await;
+        assert!(
+            h.holds("E1", "berlin-sales"),
+            "one missing feed is not a leaver"
+        );
+        // E1 missing a second time: a leaver. E3 missing for the first time.
+        let r = h.feed(&without(&["E1", "E3"])).await;
+        assert_eq!((r.absent, r.leavers), (1, 1), "{r:?}");
+        h.drain().await;
+        assert!(!h.holds("E1", "berlin-sales"), "gone after the grace");
+        assert!(h.holds("E3", "berlin-sales"));
+        // E3 is back, then missing again: the count starts over.
+        h.feed(&without(&["E1"])).await;
+        let r = h.feed(&without(&["E1", "E3"])).await;
+        assert_eq!((r.absent, r.leavers), (1, 0), "{r:?}");
+        h.drain().await;
+        assert!(h.holds("E3", "berlin-sales"));
+        // An explicit termination never waits.
+        let mut next = without(&["E1", "E3", "E4"]);
+        next.push(terminated("E4"));
+        let r = h.feed(&next).await;
+        assert_eq!(r.leavers, 2, "E4 terminated, E3 past its grace: {r:?}");
+        h.drain().await;
+        assert!(!h.holds("E4", "berlin-sales") && !h.holds("E3", "berlin-sales"));
+    });
+}

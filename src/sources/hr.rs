@@ -60,6 +60,13 @@ pub enum HrError {
         line: u64,
         message: String,
     },
+    /// The file ends inside a row: it was cut (a partial upload, a full disk), so none of it is used.
+    #[error("{file}:{line}: truncated: {reason}")]
+    Truncated {
+        file: String,
+        line: usize,
+        reason: String,
+    },
 }
 
 /// A column the mapping needs that the feed's header does not have.

@@ -3,5 +3,6 @@
 
 pub mod cabinet_events;
 pub mod hr;
+pub mod hr_drop;
 pub mod ldap;
 pub mod scim;

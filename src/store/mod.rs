@@ -6,6 +6,7 @@
 //! times); what differs between them (connection set-up, migrations, how a write transaction starts,
 //! how a worker claims a command without blocking others) lives in [`sqlite`] and [`postgres`].
 
+mod absences;
 pub mod outbox;
 pub mod postgres;
 pub mod sqlite;
@@ -13,6 +14,7 @@ pub mod sqlite;
 pub use outbox::*;
 
 use crate::model::{Action, Lifecycle};
+pub use absences::*;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 use sqlx::any::{AnyPoolOptions, AnyRow};

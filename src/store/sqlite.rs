@@ -8,6 +8,7 @@ use sqlx::{AnyPool, Executor};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
 
 pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPool> {
+    create_private(url);
     // Create the file when it is missing: the demo and a first start need no set-up.
     let url = if url.contains("mode=") || url.contains(":memory:") {
         url.to_string()
@@ -33,6 +34,33 @@ pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPoo
         .connect(&url)
         .await?;
     Ok(pool)
+}
+
+/// The database holds names and e-mail addresses: create its file readable by the owner only.
+/// SQLite gives the `-wal` and `-shm` files it creates later the main file's permissions.
+fn create_private(url: &str) {
+    let Some(path) = file_of(url) else {
+        return;
+    };
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    // An existing file keeps its mode; a missing folder or a read-only location is left for
+    // SQLite to report as it always has.
+    let _ = open.open(&path);
+}
+
+/// The database file a `sqlite:` URL names, if it names one (not `:memory:`).
+fn file_of(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    Some(std::path::PathBuf::from(path))
 }
 
 pub(super) async fn migrate(pool: &AnyPool) -> Result<()> {

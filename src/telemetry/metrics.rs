@@ -70,6 +70,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "latchkey_revocations_stuck",
     "latchkey_revoke_failures",
     "latchkey_dispatcher_worker_restarts",
+    "latchkey_rejected_files",
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -252,6 +253,7 @@ pub struct Metrics {
     dead_letters: Family<LaneLabels, Gauge>,
     quarantined: Family<SourceLabel, Gauge>,
     held: Family<SourceLabel, Gauge>,
+    rejected_files: Family<SourceLabel, Gauge>,
     key_returns: Family<StateLabel, Gauge>,
     leaver_keys_held: Family<ConnectorLabel, Gauge>,
     drift_findings: Family<DriftLabels, Gauge>,
@@ -300,6 +302,7 @@ impl Metrics {
             dead_letters: Family::default(),
             quarantined: Family::default(),
             held: Family::default(),
+            rejected_files: Family::default(),
             key_returns: Family::default(),
             leaver_keys_held: Family::default(),
             drift_findings: Family::default(),
@@ -381,6 +384,11 @@ impl Metrics {
             "held_changes",
             "Changes held for approval (mass disappearance from a feed), per source",
             m.held.clone(),
+        );
+        registry.register(
+            "rejected_files",
+            "Source files set aside because they could not be read at all, per source",
+            m.rejected_files.clone(),
         );
         registry.register(
             "key_return_tasks",
@@ -766,6 +774,10 @@ impl Metrics {
             (
                 "SELECT source, COUNT(*) AS n FROM held_changes WHERE status = 'held' GROUP BY source",
                 &self.held,
+            ),
+            (
+                "SELECT source, COUNT(*) AS n FROM quarantine WHERE field = 'file' GROUP BY source",
+                &self.rejected_files,
             ),
         ] {
             family.clear();
