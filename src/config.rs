@@ -256,6 +256,14 @@ pub struct LdapSourceConfig {
     pub timeout_seconds: u64,
     /// Overrides `engine.mass_change_threshold` for full comparisons of this directory.
     pub mass_change_threshold: Option<f64>,
+    /// Explicit deletions within this many seconds count together against the mass-change
+    /// threshold; beyond it they are held for approval.
+    #[serde(default = "default_ldap_delete_window")]
+    pub mass_delete_window_seconds: u64,
+}
+
+fn default_ldap_delete_window() -> u64 {
+    300
 }
 
 fn default_ldap_filter() -> String {

@@ -53,16 +53,34 @@ struct Slapd {
 
 impl Slapd {
     fn start(dir: &Path, syncprov: bool) -> Self {
+        Self::start_with(dir, syncprov, false)
+    }
+
+    /// `memberof`: OpenLDAP's memberof overlay maintains `memberOf` (so the test schema's own
+    /// definition of it is left out).
+    fn start_with(dir: &Path, syncprov: bool, memberof: bool) -> Self {
         std::fs::create_dir_all(dir.join("db")).unwrap();
-        let schema = repo().join("tests/ldap/latchkey-test.schema");
-        let (module, overlay) = if syncprov {
+        let mut schema = repo().join("tests/ldap/latchkey-test.schema");
+        if memberof {
+            let text = std::fs::read_to_string(&schema).unwrap();
+            let start = text.find("attributetype ( 1.2.840.113556.1.2.102").unwrap();
+            let end = start + text[start..].find("\n\n").unwrap();
+            let text = format!("{}{}", &text[..start], &text[end..]).replace("$ memberOf ", "");
+            schema = dir.join("test-without-memberof.schema");
+            std::fs::write(&schema, text).unwrap();
+        }
+        let (mut module, mut overlay) = if syncprov {
             (
-                "moduleload syncprov",
-                "overlay syncprov\nsyncprov-checkpoint 10 1",
+                "moduleload syncprov".to_string(),
+                "overlay syncprov\nsyncprov-checkpoint 10 1".to_string(),
             )
         } else {
-            ("", "")
+            (String::new(), String::new())
         };
+        if memberof {
+            module.push_str("\nmoduleload memberof");
+            overlay.push_str("\noverlay memberof");
+        }
         let conf = format!(
             "include /etc/ldap/schema/core.schema\n\
              include /etc/ldap/schema/cosine.schema\n\
@@ -856,4 +874,338 @@ async fn daemon_runs_configured_ldap_sources_and_rejects_bad_ones() {
     }
     stop.send(true).unwrap();
     daemon.await.unwrap().unwrap();
+}
+
+async fn holds_nothing(h: &Harness, key: &str, doors: &[&str]) -> bool {
+    doors.iter().all(|d| !h.holds(key, d))
+}
+
+#[tokio::test]
+async fn disabled_without_mail_expired_and_dated_expiry_are_leavers_in_both_dialects() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    // OpenLDAP dialect, RFC 4533 persist.
+    let slapd = Slapd::start(&tmp.path().join("slapd"), true);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_user(&mut ldap, "E1", "engineering", "berlin").await;
+    add_user(&mut ldap, "E2", "sales", "london").await;
+    add_user(&mut ldap, "E3", "finance", "london").await;
+    let src = start_source(&h, &source_config(&slapd.url(), ""));
+    until(&h, "initial load", |h| {
+        h.holds("E1", "berlin-lab")
+            && h.holds("E2", "london-sales")
+            && h.holds("E3", "london-finance")
+    })
+    .await;
+    // Locked and mailbox removed in one modify; a termination status with the department gone.
+    modify(
+        &mut ldap,
+        "E1",
+        vec![
+            Mod::Add("nsAccountLock", vs(&["TRUE"])),
+            Mod::Delete("mail", HashSet::new()),
+        ],
+    )
+    .await;
+    modify(
+        &mut ldap,
+        "E2",
+        vec![
+            Mod::Replace("employeeType", vs(&["terminated"])),
+            Mod::Delete("mail", HashSet::new()),
+            Mod::Delete("departmentNumber", HashSet::new()),
+        ],
+    )
+    .await;
+    until(&h, "openldap leavers without mail revoked", |h| {
+        !h.holds("E1", "berlin-engineering")
+            && !h.holds("E1", "berlin-lab")
+            && !h.holds("E2", "london-sales")
+    })
+    .await;
+    // Enabled and without mail: quarantined, and what it had stays.
+    modify(&mut ldap, "E3", vec![Mod::Delete("mail", HashSet::new())]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !store::list_quarantine(h.app.store().pool(), 50)
+        .await
+        .unwrap()
+        .iter()
+        .any(|q| q.record_key.as_deref() == Some("E3") && q.field == "mail")
+    {
+        assert!(Instant::now() < deadline, "E3 not quarantined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.drain().await;
+    assert!(h.holds("E3", "london-finance"));
+    src.stop().await;
+
+    // AD dialect against its own slapd and store.
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("ad.db").display()),
+        &tmp.path().join("ad"),
+        NukiOptions::default(),
+    )
+    .await;
+    let slapd = Slapd::start(&tmp.path().join("slapd-ad"), false);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_ad_user(&mut ldap, "A1", "Engineering", "Berlin", "100").await;
+    add_ad_user(&mut ldap, "A2", "Sales", "London", "101").await;
+    add_ad_user(&mut ldap, "A3", "Finance", "Berlin", "102").await;
+    let mut cfg = source_config(
+        &slapd.url(),
+        "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = 3600\n\
+         filter = \"(objectClass=latchkeyDirectoryUser)\"\n",
+    );
+    cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
+    let src = start_source(&h, &cfg);
+    until(&h, "AD initial load", |h| {
+        h.holds("A1", "berlin-lab")
+            && h.holds("A2", "london-sales")
+            && h.holds("A3", "berlin-finance")
+    })
+    .await;
+    // 514 and no mail in the same modify.
+    modify(
+        &mut ldap,
+        "A1",
+        vec![
+            Mod::Replace("userAccountControl", vs(&["514"])),
+            Mod::Delete("mail", HashSet::new()),
+            Mod::Replace("uSNChanged", vs(&["110"])),
+        ],
+    )
+    .await;
+    // Expired on 2026-11-20 (FILETIME), still enabled.
+    modify(
+        &mut ldap,
+        "A2",
+        vec![
+            Mod::Replace("accountExpires", vs(&["134396064000000000"])),
+            Mod::Replace("uSNChanged", vs(&["111"])),
+        ],
+    )
+    .await;
+    // Expires 2026-11-26T00:00Z: a dated termination.
+    modify(
+        &mut ldap,
+        "A3",
+        vec![
+            Mod::Replace("accountExpires", vs(&["134401248000000000"])),
+            Mod::Replace("uSNChanged", vs(&["112"])),
+        ],
+    )
+    .await;
+    until(&h, "AD disabled-without-mail and expired revoked", |h| {
+        !h.holds("A1", "berlin-engineering")
+            && !h.holds("A1", "berlin-lab")
+            && !h.holds("A2", "london-sales")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store::checkpoint(h.app.store().pool(), "corp")
+        .await
+        .unwrap()
+        .as_deref()
+        != Some("usn:112")
+    {
+        assert!(Instant::now() < deadline, "A3's change not polled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.drain().await;
+    assert!(
+        h.holds("A3", "berlin-finance"),
+        "expiry in the future keeps access until then"
+    );
+    h.clock.set(t("2026-11-26T00:00:01Z"));
+    h.app.engine.tick().await.unwrap();
+    h.drain().await;
+    assert!(
+        holds_nothing(&h, "A3", &["berlin-finance"]).await,
+        "expired at its instant"
+    );
+    src.stop().await;
+}
+
+#[tokio::test]
+async fn rfc4533_mass_deletion_is_held_for_approval() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    let slapd = Slapd::start(&tmp.path().join("slapd"), true);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    let keys: Vec<String> = (1..=20).map(|i| format!("M{i:02}")).collect();
+    for k in &keys {
+        add_user(&mut ldap, k, "sales", "berlin").await;
+    }
+    let mut cfg = source_config(&slapd.url(), "");
+    cfg.mass_change_threshold = Some(0.2);
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| {
+        keys.iter().all(|k| h.holds(k, "berlin-sales"))
+    })
+    .await;
+    // 30 % deleted, one explicit delete after another (an OU removed by mistake).
+    let gone = &keys[..6];
+    for k in gone {
+        ldap.delete(&user_dn(k)).await.unwrap().success().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        h.drain().await;
+        let revoked = gone.iter().filter(|k| !h.holds(k, "berlin-sales")).count();
+        let held = store::held_changes(h.app.store().pool()).await.unwrap();
+        if revoked + held.len() == gone.len() {
+            assert!(
+                revoked <= 4,
+                "at most the threshold flows: {revoked} revoked"
+            );
+            assert!(held.len() >= 2, "{held:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deletions neither applied nor held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(keys[6..].iter().all(|k| h.holds(k, "berlin-sales")));
+    // Approval carries them out.
+    for held in store::held_changes(h.app.store().pool()).await.unwrap() {
+        h.app
+            .engine
+            .decide(held.id, true, "admin@example.com")
+            .await
+            .unwrap();
+    }
+    h.drain().await;
+    assert!(gone.iter().all(|k| !h.holds(k, "berlin-sales")));
+    assert!(keys[6..].iter().all(|k| h.holds(k, "berlin-sales")));
+    src.stop().await;
+}
+
+/// A groupOfNames under ou=groups (it must have a member: a placeholder keeps it valid).
+async fn add_group(ldap: &mut ldap3::Ldap, cn_rdn: &str, members: &[&str]) -> String {
+    let dn = format!("cn={cn_rdn},ou=groups,{SUFFIX}");
+    let mut m: Vec<&str> = members.to_vec();
+    m.push(ADMIN);
+    let cn = cn_rdn.replace("\\2C", ",");
+    add(
+        ldap,
+        &dn,
+        vec![
+            ("objectClass", vec!["groupOfNames"]),
+            ("cn", vec![&cn]),
+            ("member", m),
+        ],
+    )
+    .await;
+    dn
+}
+
+#[tokio::test]
+async fn rfc4533_group_entries_with_memberof_overlay_grant_and_revoke() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    // The real overlay maintains memberOf; syncprov does not send the person when it does.
+    let slapd = Slapd::start_with(&tmp.path().join("slapd"), true, true);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_user(&mut ldap, "E1", "sales", "berlin").await;
+    add_user(&mut ldap, "E2", "sales", "london").await;
+    // Roles by a group's name with an escaped comma and non-ASCII case, and by DN.
+    let text = std::fs::read_to_string(repo().join("mappings/ldap.toml"))
+        .unwrap()
+        .replace(
+            "attribute = \"memberOf\"",
+            &format!("attribute = \"memberOf\"\nbase = \"ou=groups,{SUFFIX}\""),
+        )
+        .replace(
+            "{ group = \"technicians\", role = \"technician\" },",
+            "{ group = \"technicians\", role = \"technician\" },\n  { group = \"Ødegård Lab, Oslo\", role = \"technician\" },",
+        );
+    let mapping = tmp.path().join("ldap-groups.toml");
+    std::fs::write(&mapping, text).unwrap();
+    let mut cfg = source_config(&slapd.url(), "");
+    cfg.mapping = mapping;
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| {
+        h.holds("E1", "berlin-sales") && h.holds("E2", "london-sales")
+    })
+    .await;
+    // Groups created while connected: membership arrives through the group entries.
+    let managers = add_group(&mut ldap, "Managers", &[&user_dn("E1")]).await;
+    let lab = add_group(
+        &mut ldap,
+        "ØDEGÅRD LAB\\2C OSLO",
+        &[&user_dn("E2").to_uppercase()],
+    )
+    .await;
+    until(&h, "group members get their doors", |h| {
+        h.holds("E1", "berlin-management") && h.holds("E2", "london-plant-room")
+    })
+    .await;
+    // The overlay did write memberOf on the person.
+    let (rs, _) = ldap
+        .search(
+            &user_dn("E1"),
+            ldap3::Scope::Base,
+            "(objectClass=*)",
+            vec!["memberOf"],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let e = ldap3::SearchEntry::construct(rs.into_iter().next().unwrap());
+    assert_eq!(e.attrs.get("memberOf").map(Vec::len), Some(1), "{e:?}");
+    // Removal from a group revokes the door.
+    ldap.modify(
+        &managers,
+        vec![Mod::Delete("member", vs(&[&user_dn("E1")]))],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    until(&h, "removed from managers", |h| {
+        !h.holds("E1", "berlin-management")
+    })
+    .await;
+    ldap.delete(&lab).await.unwrap().success().unwrap();
+    until(&h, "lab group deleted", |h| {
+        !h.holds("E2", "london-plant-room")
+    })
+    .await;
+    assert!(h.holds("E1", "berlin-sales") && h.holds("E2", "london-sales"));
+    src.stop().await;
 }

@@ -14,11 +14,19 @@
 //! same transaction as the records and commands it covers, or (for a full load) after them. A
 //! crash replays from the older checkpoint; the engine's record hashes make the replay a no-op.
 
+mod dn;
+mod group_source;
+mod groups;
+mod mapping;
+
+pub use groups::GroupIndex;
+pub use mapping::*;
+
 use crate::audit;
 use crate::clock::to_micros;
-use crate::config::{ConfigError, LdapDialect, LdapScope, LdapSourceConfig, parse_toml};
+use crate::config::{ConfigError, LdapDialect, LdapScope, LdapSourceConfig};
 use crate::engine::{Engine, EngineError, FeedReport};
-use crate::model::{PersonRecord, Quarantined, RecordStatus};
+use crate::model::{PersonRecord, Quarantined};
 use crate::store::{self, StoreError};
 use backon::BackoffBuilder;
 use ldap3::adapters::{EntriesOnly, PagedResults};
@@ -27,10 +35,8 @@ use ldap3::controls::{
     parse_syncinfo,
 };
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, ResultEntry, Scope, SearchEntry};
-use serde::Deserialize;
 use sqlx::{AnyConnection, Row};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::Path;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -40,8 +46,6 @@ const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
 const SYNC_DONE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.3";
 /// RFC 4533 `e-syncRefreshRequired`: the cookie is too old, start again from nothing.
 const SYNC_REFRESH_REQUIRED: u32 = 4096;
-/// AD's userAccountControl ACCOUNTDISABLE bit.
-const UAC_ACCOUNTDISABLE: u64 = 0x2;
 /// Changes per transaction when a refresh or a poll brings many at once.
 const BATCH: usize = 50;
 
@@ -93,304 +97,7 @@ pub enum LdapSourceError {
 
 type Result<T, E = LdapSourceError> = std::result::Result<T, E>;
 
-// ---------------------------------------------------------------------------------------------
-// Mapping
-
-/// How a directory entry becomes a person (see `mappings/ldap.toml`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LdapMapping {
-    pub version: u32,
-    /// The correlation key attribute (employeeNumber, employeeID).
-    pub key: String,
-    /// identity attribute = LDAP attribute (first value is used).
-    #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
-    /// identity attribute = fixed value, for what the directory does not hold.
-    #[serde(default)]
-    pub constants: BTreeMap<String, String>,
-    /// Identity attributes whose values are lower-cased (templates compare exact strings).
-    #[serde(default)]
-    pub lowercase: Vec<String>,
-    #[serde(default)]
-    pub groups: Option<GroupMapping>,
-    #[serde(default)]
-    pub disabled: DisabledRules,
-    #[serde(default)]
-    pub required: Required,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupMapping {
-    /// Multi-valued attribute on the person's entry that lists group DNs (memberOf).
-    pub attribute: String,
-    /// Group -> role, first match wins; a matching group overrides the role attribute.
-    #[serde(default)]
-    pub roles: Vec<GroupRole>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupRole {
-    /// A group DN, or a group's common name.
-    pub group: String,
-    pub role: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DisabledRules {
-    /// Active Directory: userAccountControl bit 0x2 (ACCOUNTDISABLE).
-    #[serde(default)]
-    pub user_account_control: bool,
-    /// OpenLDAP ppolicy: pwdAccountLockedTime present.
-    #[serde(default)]
-    pub pwd_account_locked_time: bool,
-    /// 389-ds / Red Hat DS: nsAccountLock = TRUE.
-    #[serde(default)]
-    pub ns_account_lock: bool,
-    /// Any other attribute whose value (case-insensitive) means disabled.
-    #[serde(default)]
-    pub attribute: Option<AttributeValue>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttributeValue {
-    pub name: String,
-    pub value: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Required {
-    #[serde(default)]
-    pub attributes: Vec<String>,
-}
-
-pub fn load_mapping(name: &str, path: &Path) -> Result<LdapMapping> {
-    let err = |message: String| LdapSourceError::Mapping {
-        name: name.to_string(),
-        path: path.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let m: LdapMapping =
-        parse_toml(&text, &path.display().to_string()).map_err(|e| err(e.to_string()))?;
-    if m.version != 1 {
-        return Err(err(format!("version {} is not supported", m.version)));
-    }
-    for r in &m.required.attributes {
-        if !m.attributes.contains_key(r) && !m.constants.contains_key(r) {
-            return Err(err(format!("required attribute `{r}` is not mapped")));
-        }
-    }
-    Ok(m)
-}
-
-/// An entry's attributes with lower-cased names: LDAP attribute names are case-insensitive and
-/// servers answer in their schema's spelling.
-#[derive(Debug, Clone, Default)]
-pub struct Entry {
-    pub dn: String,
-    pub attrs: HashMap<String, Vec<String>>,
-}
-
-impl Entry {
-    pub fn from_search(e: SearchEntry) -> Self {
-        Self {
-            dn: e.dn,
-            attrs: e
-                .attrs
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .collect(),
-        }
-    }
-
-    pub fn first(&self, attr: &str) -> Option<&str> {
-        self.attrs
-            .get(&attr.to_ascii_lowercase())
-            .and_then(|v| v.first())
-            .map(|s| s.trim())
-            .filter(|s| !s.is_empty())
-    }
-
-    pub fn all(&self, attr: &str) -> &[String] {
-        self.attrs
-            .get(&attr.to_ascii_lowercase())
-            .map_or(&[], Vec::as_slice)
-    }
-}
-
-/// The common name of a group DN (`cn=Managers,ou=groups,...` -> `managers`), lower-cased.
-fn group_name(dn: &str) -> String {
-    let first = dn.split(',').next().unwrap_or(dn);
-    first
-        .split_once('=')
-        .map_or(first, |(_, v)| v)
-        .trim()
-        .to_ascii_lowercase()
-}
-
-fn normalise_dn(dn: &str) -> String {
-    dn.split(',')
-        .map(|p| p.trim().to_ascii_lowercase())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-impl LdapMapping {
-    /// Every attribute the source must ask the server for.
-    pub fn requested_attributes(&self, dialect: LdapDialect) -> Vec<String> {
-        let mut out: BTreeSet<String> = BTreeSet::new();
-        out.insert(self.key.clone());
-        out.extend(self.attributes.values().cloned());
-        if let Some(g) = &self.groups {
-            out.insert(g.attribute.clone());
-        }
-        if self.disabled.user_account_control {
-            out.insert("userAccountControl".into());
-        }
-        if self.disabled.pwd_account_locked_time {
-            out.insert("pwdAccountLockedTime".into());
-        }
-        if self.disabled.ns_account_lock {
-            out.insert("nsAccountLock".into());
-        }
-        if let Some(a) = &self.disabled.attribute {
-            out.insert(a.name.clone());
-        }
-        if let Some(w) = watermark_attribute(dialect) {
-            out.insert(w.into());
-        }
-        out.into_iter().collect()
-    }
-
-    /// One entry to one person, or the reason it cannot be used (with DN and attribute).
-    pub fn map_entry(
-        &self,
-        source: &str,
-        e: &Entry,
-    ) -> std::result::Result<PersonRecord, Box<Quarantined>> {
-        let q = |key: Option<&str>, field: &str, reason: String| {
-            Box::new(Quarantined {
-                source: source.to_string(),
-                location: e.dn.clone(),
-                record_key: key.map(str::to_string),
-                field: field.to_string(),
-                reason,
-                raw: raw_of(e),
-            })
-        };
-        let Some(key) = e.first(&self.key) else {
-            return Err(q(None, &self.key, "missing correlation key".to_string()));
-        };
-        let mut attrs = self.constants.clone();
-        for (ident, ldap_attr) in &self.attributes {
-            if let Some(v) = e.first(ldap_attr) {
-                attrs.insert(ident.clone(), v.to_string());
-            }
-        }
-        if let Some(g) = &self.groups {
-            let groups: BTreeSet<String> =
-                e.all(&g.attribute).iter().map(|d| group_name(d)).collect();
-            let dns: BTreeSet<String> = e
-                .all(&g.attribute)
-                .iter()
-                .map(|d| normalise_dn(d))
-                .collect();
-            if !groups.is_empty() {
-                attrs.insert(
-                    "groups".into(),
-                    groups.iter().cloned().collect::<Vec<_>>().join(","),
-                );
-            }
-            if let Some(r) = g.roles.iter().find(|r| {
-                let want = r.group.to_ascii_lowercase();
-                if want.contains('=') {
-                    dns.contains(&normalise_dn(&want))
-                } else {
-                    groups.contains(&want)
-                }
-            }) {
-                attrs.insert("role".into(), r.role.clone());
-            }
-        }
-        for l in &self.lowercase {
-            if let Some(v) = attrs.get_mut(l) {
-                *v = v.to_lowercase();
-            }
-        }
-        for r in &self.required.attributes {
-            if attrs.get(r).is_none_or(|v| v.is_empty()) {
-                let field = self.attributes.get(r).map_or(r.as_str(), String::as_str);
-                return Err(q(
-                    Some(key),
-                    field,
-                    format!("required attribute `{r}` is empty"),
-                ));
-            }
-        }
-        let mut disabled = false;
-        if self.disabled.user_account_control
-            && let Some(v) = e.first("userAccountControl")
-        {
-            // AD writes it as a signed 32-bit decimal; the flag bits are the same either way.
-            let n = v.parse::<i64>().map_err(|_| {
-                q(
-                    Some(key),
-                    "userAccountControl",
-                    format!("`{v}` is not an integer"),
-                )
-            })?;
-            disabled |= (n as u64) & UAC_ACCOUNTDISABLE != 0;
-        }
-        if self.disabled.pwd_account_locked_time && e.first("pwdAccountLockedTime").is_some() {
-            disabled = true;
-        }
-        if self.disabled.ns_account_lock
-            && e.first("nsAccountLock")
-                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        {
-            disabled = true;
-        }
-        if let Some(a) = &self.disabled.attribute
-            && e.all(&a.name)
-                .iter()
-                .any(|v| v.trim().eq_ignore_ascii_case(&a.value))
-        {
-            disabled = true;
-        }
-        Ok(PersonRecord {
-            source: source.to_string(),
-            key: key.to_string(),
-            location: e.dn.clone(),
-            status: Some(if disabled {
-                RecordStatus::Terminated
-            } else {
-                RecordStatus::Active
-            }),
-            hire_date: None,
-            termination_date: None,
-            contract_end: None,
-            site: attrs.get("site").cloned(),
-            attrs,
-        })
-    }
-}
-
-fn raw_of(e: &Entry) -> String {
-    let mut keys: Vec<&String> = e.attrs.keys().collect();
-    keys.sort();
-    keys.iter()
-        .map(|k| format!("{k}: {}", e.attrs[*k].join("|")))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn watermark_attribute(d: LdapDialect) -> Option<&'static str> {
+pub(crate) fn watermark_attribute(d: LdapDialect) -> Option<&'static str> {
     match d {
         LdapDialect::Rfc4533 => None,
         LdapDialect::ActiveDirectory => Some("uSNChanged"),
@@ -407,7 +114,7 @@ fn watermark_key(d: LdapDialect, v: &str) -> (u64, String) {
     }
 }
 
-fn uuid_string(b: &[u8]) -> String {
+pub(crate) fn uuid_string(b: &[u8]) -> String {
     if b.len() != 16 {
         return hex::encode(b);
     }
@@ -425,6 +132,9 @@ fn uuid_string(b: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // The source
 
+/// When explicit deletions happened, how many, and whether they were applied (not held).
+type RecentDeletes = VecDeque<(chrono::DateTime<chrono::Utc>, usize, bool)>;
+
 /// One configured directory, followed until shutdown.
 #[derive(Debug, Clone)]
 pub struct LdapSource {
@@ -434,6 +144,10 @@ pub struct LdapSource {
     mapping: LdapMapping,
     password: Option<String>,
     attrs: Vec<String>,
+    /// Group entries followed under `groups.base`, shared by the source's tasks.
+    groups: Arc<std::sync::Mutex<GroupIndex>>,
+    /// Explicit deletions of the recent window, for the mass-deletion safeguard.
+    recent_deletes: Arc<std::sync::Mutex<RecentDeletes>>,
 }
 
 /// Start every configured LDAP source; each task ends when `shutdown` turns true.
@@ -531,7 +245,35 @@ impl LdapSource {
             mapping,
             password,
             attrs,
+            groups: Arc::default(),
+            recent_deletes: Arc::default(),
         }
+    }
+
+    fn is_leaver_entry(&self, e: &Entry) -> bool {
+        let config = self.engine.config.clone();
+        let tz_of = move |site: Option<&str>| config.timezone_of(site);
+        let ctx = MapContext {
+            now: self.engine.clock.now(),
+            dialect: self.cfg.dialect,
+            tz_of: &tz_of,
+            groups: None,
+        };
+        self.mapping.is_leaver_entry(e, &ctx)
+    }
+
+    /// Map one entry with the source's clock, time zones and known group entries.
+    fn map(&self, e: &Entry) -> std::result::Result<PersonRecord, Box<Quarantined>> {
+        let config = self.engine.config.clone();
+        let tz_of = move |site: Option<&str>| config.timezone_of(site);
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let ctx = MapContext {
+            now: self.engine.clock.now(),
+            dialect: self.cfg.dialect,
+            tz_of: &tz_of,
+            groups: Some(&groups),
+        };
+        self.mapping.map_entry(&self.name, e, &ctx)
     }
 
     fn ldap_err(&self, action: &str) -> impl FnOnce(LdapError) -> LdapSourceError + '_ {
@@ -641,8 +383,16 @@ impl LdapSource {
         let mut ldap = self.connect().await?;
         *bound = true;
         tracing::info!(source = %self.name, url = %self.cfg.url, dialect = ?self.cfg.dialect, "LDAP source connected");
+        // Groups first, so the people's first refresh already sees their memberships.
+        self.sync_groups(&mut ldap).await?;
         let r = match self.cfg.dialect {
-            LdapDialect::Rfc4533 => self.sync_session(&mut ldap).await,
+            LdapDialect::Rfc4533 => {
+                let watcher = ldap.clone();
+                tokio::select! {
+                    r = self.sync_session(&mut ldap) => r,
+                    r = self.watch_groups(watcher) => r,
+                }
+            }
             LdapDialect::ActiveDirectory | LdapDialect::Poll => self.poll_session(&mut ldap).await,
         };
         let _ = ldap.unbind().await;
@@ -909,7 +659,7 @@ impl LdapSource {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
         let previous = self.entry_key(conn, uuid).await?;
-        match self.mapping.map_entry(&self.name, entry) {
+        match self.map(entry) {
             Ok(r) => {
                 // The correlation key itself changed: the old person left this source.
                 if let Some(Some(old)) = &previous
@@ -930,9 +680,18 @@ impl LdapSource {
                 self.put_entry(conn, uuid, &entry.dn, Some(&r.key)).await?;
             }
             Err(q) => {
-                // A bad entry is reported, not acted on: what was known of the person stays.
+                // A bad entry is reported; what was known of the person stays, unless the entry
+                // says the account is disabled or expired: then the person it was is a leaver.
                 self.quarantine_tx(conn, &q, now).await?;
                 let key = previous.flatten();
+                if let Some(k) = &key
+                    && self.is_leaver_entry(entry)
+                {
+                    self.engine
+                        .remove_record_tx(conn, &self.name, k, now)
+                        .await
+                        .map_err(self.engine_err())?;
+                }
                 self.put_entry(conn, uuid, &entry.dn, key.as_deref())
                     .await?;
             }
@@ -975,10 +734,92 @@ impl LdapSource {
             .begin_write()
             .await
             .map_err(self.store_err())?;
+        let held = self.mass_delete_reason(uuids.len(), now).await?;
         for uuid in uuids {
-            self.delete_tx(&mut tx, uuid, now).await?;
+            match &held {
+                None => self.delete_tx(&mut tx, uuid, now).await?,
+                Some(reason) => self.hold_delete_tx(&mut tx, uuid, reason, now).await?,
+            }
+        }
+        if let Some(reason) = &held {
+            tracing::warn!(source = %self.name, deleted = uuids.len(), %reason, "LDAP deletions held for approval");
+            audit::append(
+                &mut tx,
+                to_micros(now),
+                &format!("source:{}", self.name),
+                "feed.mass_change_held",
+                &self.name,
+                &serde_json::json!({"held": uuids.len(), "reason": reason}),
+            )
+            .await
+            .map_err(self.store_err())?;
         }
         self.commit_with_cookie(tx, cookie, now).await
+    }
+
+    /// Explicit deletions are held like a snapshot's mass disappearance when, with those of the
+    /// recent window, they exceed the threshold fraction of the people this source knows: an OU
+    /// deleted by mistake arrives as thousands of ordinary deletes (DESIGN.md invariant 4).
+    async fn mass_delete_reason(
+        &self,
+        n: usize,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<String>> {
+        let population = self
+            .all_entries()
+            .await?
+            .values()
+            .filter(|k| k.is_some())
+            .count();
+        let threshold = self
+            .cfg
+            .mass_change_threshold
+            .unwrap_or(self.engine.config.engine.mass_change_threshold);
+        let window = chrono::Duration::seconds(self.cfg.mass_delete_window_seconds as i64);
+        let mut recent = self
+            .recent_deletes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while recent.front().is_some_and(|(t, _, _)| *t + window < now) {
+            recent.pop_front();
+        }
+        // Applied deletions already left the population: count them back in.
+        let applied: usize = recent.iter().filter(|r| r.2).map(|r| r.1).sum();
+        let population = population + applied;
+        let total = n + recent.iter().map(|r| r.1).sum::<usize>();
+        let hold = population > 0 && (total as f64) > threshold * population as f64;
+        recent.push_back((now, n, !hold));
+        if !hold {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{total} of {population} entries ({:.1} %) deleted or moved out of scope within {} s, above the {:.0} % threshold",
+            100.0 * total as f64 / population as f64,
+            self.cfg.mass_delete_window_seconds,
+            100.0 * threshold
+        )))
+    }
+
+    async fn hold_delete_tx(
+        &self,
+        conn: &mut AnyConnection,
+        uuid: &str,
+        reason: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        if let Some(Some(key)) = self.entry_key(conn, uuid).await? {
+            store::hold(
+                conn,
+                &self.name,
+                &key,
+                "disappearance",
+                reason,
+                to_micros(now),
+            )
+            .await
+            .map_err(self.store_err())?;
+        }
+        Ok(())
     }
 
     async fn delete_tx(
@@ -1067,8 +908,9 @@ impl LdapSource {
             return self.apply_full_refresh(refresh, &cookie).await;
         }
         let deleted: Vec<String> = refresh.deleted.iter().cloned().collect();
-        for chunk in deleted.chunks(BATCH) {
-            self.apply_deletes(chunk, None).await?;
+        // One call: the mass-deletion safeguard judges the whole set.
+        if !deleted.is_empty() {
+            self.apply_deletes(&deleted, None).await?;
         }
         for chunk in refresh.changed.chunks(BATCH) {
             let now = self.engine.clock.now();
@@ -1096,7 +938,7 @@ impl LdapSource {
         let mut quarantined = Vec::new();
         let mut seen: HashMap<String, (String, Option<String>)> = HashMap::new();
         for (uuid, e) in &refresh.changed {
-            match self.mapping.map_entry(&self.name, e) {
+            match self.map(e) {
                 Ok(r) => {
                     seen.insert(uuid.clone(), (e.dn.clone(), Some(r.key.clone())));
                     records.push(r);
@@ -1232,6 +1074,7 @@ impl LdapSource {
     async fn poll_session(&self, ldap: &mut Ldap) -> Result<()> {
         let mut last_full: Option<Instant> = None;
         loop {
+            self.sync_groups(ldap).await?;
             let wm = self.watermark().await?;
             let full_due = last_full
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(self.cfg.full_compare_seconds));
@@ -1288,7 +1131,7 @@ impl LdapSource {
         let mut records = Vec::new();
         let mut quarantined = Vec::new();
         for e in &entries {
-            match self.mapping.map_entry(&self.name, e) {
+            match self.map(e) {
                 Ok(r) => records.push(r),
                 Err(q) => quarantined.push(*q),
             }
@@ -1340,7 +1183,7 @@ impl LdapSource {
                 .await
                 .map_err(self.store_err())?;
             for e in chunk {
-                match self.mapping.map_entry(&self.name, e) {
+                match self.map(e) {
                     Ok(r) => {
                         let (kind, applied) = self
                             .engine
@@ -1378,92 +1221,4 @@ fn log_report(r: &FeedReport) {
         movers = r.movers, leavers = r.leavers, rehires = r.rehires, quarantined = r.quarantined,
         held = r.held, issues = r.issues, revokes = r.revokes, "LDAP full load applied"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn mapping() -> LdapMapping {
-        load_mapping(
-            "t",
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/ldap.toml"),
-        )
-        .unwrap()
-    }
-
-    fn entry(pairs: &[(&str, &str)]) -> Entry {
-        let mut e = Entry {
-            dn: "uid=a,ou=people,dc=example,dc=com".into(),
-            ..Default::default()
-        };
-        for (k, v) in pairs {
-            e.attrs
-                .entry(k.to_ascii_lowercase())
-                .or_default()
-                .push(v.to_string());
-        }
-        e
-    }
-
-    #[test]
-    fn maps_attributes_groups_and_disabled_flags() {
-        let m = mapping();
-        let base = [
-            ("employeeNumber", "E1"),
-            ("cn", "Alice"),
-            ("mail", "e1@example.com"),
-            ("departmentNumber", "Engineering"),
-            ("l", "Berlin"),
-            ("title", "analyst"),
-        ];
-        let r = m.map_entry("ldap", &entry(&base)).unwrap();
-        assert_eq!(r.key, "E1");
-        assert_eq!(r.attrs["department"], "engineering");
-        assert_eq!(r.site.as_deref(), Some("berlin"));
-        assert_eq!(r.status, Some(RecordStatus::Active));
-        let mut with_group = base.to_vec();
-        with_group.push(("memberOf", "cn=Managers,ou=groups,dc=example,dc=com"));
-        let r = m.map_entry("ldap", &entry(&with_group)).unwrap();
-        assert_eq!(r.attrs["role"], "manager");
-        assert_eq!(r.attrs["groups"], "managers");
-        for flag in [
-            ("nsAccountLock", "TRUE"),
-            ("pwdAccountLockedTime", "000001010000Z"),
-            ("userAccountControl", "514"),
-        ] {
-            let mut d = base.to_vec();
-            d.push(flag);
-            let r = m.map_entry("ldap", &entry(&d)).unwrap();
-            assert_eq!(r.status, Some(RecordStatus::Terminated), "{flag:?}");
-        }
-    }
-
-    #[test]
-    fn bad_entries_are_quarantined_with_dn_and_attribute() {
-        let m = mapping();
-        let q = m.map_entry("ldap", &entry(&[("cn", "x")])).unwrap_err();
-        assert_eq!(q.field, "employeeNumber");
-        assert_eq!(q.location, "uid=a,ou=people,dc=example,dc=com");
-        let q = m
-            .map_entry(
-                "ldap",
-                &entry(&[
-                    ("employeeNumber", "E1"),
-                    ("cn", "A"),
-                    ("mail", "a@x"),
-                    ("userAccountControl", "lots"),
-                ]),
-            )
-            .unwrap_err();
-        assert_eq!(q.field, "userAccountControl");
-        assert_eq!(q.record_key.as_deref(), Some("E1"));
-    }
-
-    #[test]
-    fn uuids_are_formatted_like_entry_uuid() {
-        let b: Vec<u8> = (0..16).collect();
-        assert_eq!(uuid_string(&b), "00010203-0405-0607-0809-0a0b0c0d0e0f");
-    }
 }
