@@ -1209,3 +1209,295 @@ async fn rfc4533_group_entries_with_memberof_overlay_grant_and_revoke() {
     assert!(h.holds("E1", "berlin-sales") && h.holds("E2", "london-sales"));
     src.stop().await;
 }
+
+#[allow(clippy::too_many_arguments)]
+async fn add_ad_entry(
+    ldap: &mut ldap3::Ldap,
+    uid: &str,
+    key: &str,
+    dept: &str,
+    site: &str,
+    uac: &str,
+    usn: &str,
+) {
+    let mail = format!("{uid}@example.com");
+    let cn = format!("Person {uid}");
+    add(
+        ldap,
+        &format!("uid={uid},{PEOPLE}"),
+        vec![
+            (
+                "objectClass",
+                vec!["inetOrgPerson", "latchkeyDirectoryUser"],
+            ),
+            ("uid", vec![uid]),
+            ("cn", vec![&cn]),
+            ("sn", vec![uid]),
+            ("displayName", vec![&cn]),
+            ("mail", vec![&mail]),
+            ("sAMAccountName", vec![uid]),
+            ("employeeID", vec![key]),
+            ("department", vec![dept]),
+            ("l", vec![site]),
+            ("userAccountControl", vec![uac]),
+            ("uSNChanged", vec![usn]),
+        ],
+    )
+    .await;
+}
+
+async fn modify_dn(ldap: &mut ldap3::Ldap, uid: &str, mods: Vec<Mod<&str>>) {
+    ldap.modify(&format!("uid={uid},{PEOPLE}"), mods)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+}
+
+async fn until_checkpoint(h: &Harness, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store::checkpoint(h.app.store().pool(), "corp")
+        .await
+        .unwrap()
+        .as_deref()
+        != Some(want)
+    {
+        assert!(Instant::now() < deadline, "checkpoint {want} not reached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.drain().await;
+}
+
+async fn issues_of(h: &Harness, key: &str) -> usize {
+    store::completed_commands(h.app.store().pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.identity_key == key && c.action == Action::Issue)
+        .count()
+}
+
+#[tokio::test]
+async fn active_directory_duplicate_keys_never_alternate() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    let slapd = Slapd::start(&tmp.path().join("slapd"), false);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_ad_entry(&mut ldap, "a1", "A1", "Engineering", "Berlin", "512", "100").await;
+    add_ad_entry(
+        &mut ldap,
+        "adm-a1",
+        "A1",
+        "Engineering",
+        "Berlin",
+        "512",
+        "101",
+    )
+    .await;
+    add_ad_entry(&mut ldap, "a2", "A2", "Sales", "London", "512", "102").await;
+    add_ad_entry(&mut ldap, "a2-old", "A2", "Finance", "London", "514", "103").await;
+    add_ad_entry(&mut ldap, "a3", "A3", "Sales", "Berlin", "512", "104").await;
+    add_ad_entry(&mut ldap, "a4", "A4", "Sales", "Berlin", "512", "105").await;
+    let text = |full: u64| {
+        format!(
+            "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = {full}\n\
+             filter = \"(objectClass=latchkeyDirectoryUser)\"\n"
+        )
+    };
+    let mut cfg = source_config(&slapd.url(), &text(3600));
+    cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| {
+        h.holds("A1", "berlin-lab")
+            && h.holds("A2", "london-sales")
+            && h.holds("A4", "berlin-sales")
+    })
+    .await;
+    assert!(
+        !h.holds("A2", "london-finance"),
+        "the stale duplicate gives nothing"
+    );
+    let q = store::list_quarantine(h.app.store().pool(), 50)
+        .await
+        .unwrap();
+    assert!(
+        q.iter().any(|q| q.location == format!("uid=adm-a1,{PEOPLE}") && q.reason.contains("duplicate")),
+        "{q:?}"
+    );
+    // The person leaves; a password reset on the admin duplicate does not re-hire.
+    modify_dn(
+        &mut ldap,
+        "a1",
+        vec![
+            Mod::Replace("userAccountControl", vs(&["514"])),
+            Mod::Replace("uSNChanged", vs(&["110"])),
+        ],
+    )
+    .await;
+    until(&h, "A1 leaves", |h| {
+        !h.holds("A1", "berlin-lab") && !h.holds("A1", "berlin-engineering")
+    })
+    .await;
+    modify_dn(
+        &mut ldap,
+        "adm-a1",
+        vec![
+            Mod::Replace("description", vs(&["password reset"])),
+            Mod::Replace("uSNChanged", vs(&["111"])),
+        ],
+    )
+    .await;
+    // Touching the stale disabled duplicate does not revoke the active person.
+    modify_dn(
+        &mut ldap,
+        "a2-old",
+        vec![
+            Mod::Replace("description", vs(&["touched"])),
+            Mod::Replace("uSNChanged", vs(&["112"])),
+        ],
+    )
+    .await;
+    until_checkpoint(&h, "usn:112").await;
+    assert!(!h.holds("A1", "berlin-lab") && !h.holds("A1", "berlin-engineering"));
+    assert!(h.holds("A2", "london-sales"));
+    src.stop().await;
+
+    // Full comparisons, one after another: deletions of A3 and then A4 show two have run.
+    let mut cfg = source_config(&slapd.url(), &text(1));
+    cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
+    let src = start_source(&h, &cfg);
+    for k in ["a3", "a4"] {
+        ldap.delete(&format!("uid={k},{PEOPLE}"))
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        let key = k.to_uppercase();
+        until(&h, "deletion found by a full comparison", |h| {
+            !h.holds(&key, "berlin-sales")
+        })
+        .await;
+    }
+    src.stop().await;
+    assert!(h.holds("A2", "london-sales"));
+    assert!(!h.holds("A1", "berlin-lab"));
+    // Nothing issued twice, nothing revoked from the active person.
+    assert_eq!(revokes_of(&h, "A2").await.len(), 0);
+    assert_eq!(issues_of(&h, "A2").await, 1);
+    assert_eq!(issues_of(&h, "A1").await, 2);
+    assert_eq!(revokes_of(&h, "A1").await.len(), 2);
+}
+
+/// An inetOrgPerson with its own uid carrying someone's employeeNumber.
+async fn add_copy(ldap: &mut ldap3::Ldap, uid: &str, key: &str, dept: &str, site: &str) {
+    let mail = format!("{uid}@example.com");
+    add(
+        ldap,
+        &format!("uid={uid},{PEOPLE}"),
+        vec![
+            (
+                "objectClass",
+                vec!["inetOrgPerson", "latchkeyDirectoryUser"],
+            ),
+            ("uid", vec![uid]),
+            ("cn", vec![uid]),
+            ("sn", vec![uid]),
+            ("mail", vec![&mail]),
+            ("employeeNumber", vec![key]),
+            ("departmentNumber", vec![dept]),
+            ("l", vec![site]),
+            ("employeeType", vec!["Employee"]),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rfc4533_duplicate_keys_admin_reset_and_stale_copy() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    let slapd = Slapd::start(&tmp.path().join("slapd"), true);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_user(&mut ldap, "E1", "sales", "berlin").await;
+    add_copy(&mut ldap, "adm-e1", "E1", "sales", "berlin").await;
+    add_user(&mut ldap, "E2", "finance", "london").await;
+    add_copy(&mut ldap, "e2-old", "E2", "finance", "london").await;
+    ldap.modify(
+        &format!("uid=e2-old,{PEOPLE}"),
+        vec![Mod::Add("nsAccountLock", vs(&["TRUE"]))],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    let src = start_source(&h, &source_config(&slapd.url(), ""));
+    until(&h, "initial load", |h| {
+        h.holds("E1", "berlin-sales") && h.holds("E2", "london-finance")
+    })
+    .await;
+    modify(
+        &mut ldap,
+        "E1",
+        vec![Mod::Add("nsAccountLock", vs(&["TRUE"]))],
+    )
+    .await;
+    until(&h, "E1 leaves", |h| !h.holds("E1", "berlin-sales")).await;
+    // A password reset on the admin copy, a touch and then a delete of the stale copy.
+    ldap.modify(
+        &format!("uid=adm-e1,{PEOPLE}"),
+        vec![Mod::Replace("userPassword", vs(&["new-secret"]))],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    ldap.modify(
+        &format!("uid=e2-old,{PEOPLE}"),
+        vec![Mod::Replace("description", vs(&["touched"]))],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    ldap.delete(&format!("uid=e2-old,{PEOPLE}"))
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    // Changes arrive in order: once this joiner is in, the ones before were applied.
+    add_user(&mut ldap, "E9", "sales", "london").await;
+    until(&h, "joiner after the duplicates' changes", |h| {
+        h.holds("E9", "london-sales")
+    })
+    .await;
+    assert!(
+        !h.holds("E1", "berlin-sales"),
+        "the admin copy re-hired a leaver"
+    );
+    assert!(
+        h.holds("E2", "london-finance"),
+        "the stale copy revoked the active person"
+    );
+    assert_eq!(revokes_of(&h, "E2").await.len(), 0);
+    src.stop().await;
+}

@@ -149,6 +149,9 @@ pub fn load_mapping(name: &str, path: &Path) -> Result<LdapMapping> {
     if m.version != 1 {
         return Err(err(format!("version {} is not supported", m.version)));
     }
+    if let Some(f) = &m.duplicates.primary_filter {
+        super::filter::parse(f).map_err(|e| err(format!("duplicates.primary_filter: {e}")))?;
+    }
     for r in &m.required.attributes {
         if !m.attributes.contains_key(r) && !m.constants.contains_key(r) {
             return Err(err(format!("required attribute `{r}` is not mapped")));
@@ -217,6 +220,16 @@ impl LdapMapping {
             out.insert(x.into());
         }
         out.extend(self.dates.values().cloned());
+        if let Some(f) = self
+            .duplicates
+            .primary_filter
+            .as_deref()
+            .and_then(|t| super::filter::parse(t).ok())
+        {
+            let mut attrs = Vec::new();
+            f.attributes(&mut attrs);
+            out.extend(attrs);
+        }
         if let Some(w) = watermark_attribute(dialect) {
             out.insert(w.into());
         }

@@ -15,6 +15,8 @@
 //! crash replays from the older checkpoint; the engine's record hashes make the replay a no-op.
 
 mod dn;
+mod duplicates;
+mod filter;
 mod group_source;
 mod groups;
 mod mapping;
@@ -148,6 +150,8 @@ pub struct LdapSource {
     groups: Arc<std::sync::Mutex<GroupIndex>>,
     /// Explicit deletions of the recent window, for the mass-deletion safeguard.
     recent_deletes: Arc<std::sync::Mutex<RecentDeletes>>,
+    /// The session's connection, for reading entries that share a key while a search runs.
+    lookup: Arc<std::sync::Mutex<Option<Ldap>>>,
 }
 
 /// Start every configured LDAP source; each task ends when `shutdown` turns true.
@@ -247,6 +251,7 @@ impl LdapSource {
             attrs,
             groups: Arc::default(),
             recent_deletes: Arc::default(),
+            lookup: Arc::default(),
         }
     }
 
@@ -383,6 +388,7 @@ impl LdapSource {
         let mut ldap = self.connect().await?;
         *bound = true;
         tracing::info!(source = %self.name, url = %self.cfg.url, dialect = ?self.cfg.dialect, "LDAP source connected");
+        *self.lookup.lock().unwrap_or_else(|p| p.into_inner()) = Some(ldap.clone());
         // Groups first, so the people's first refresh already sees their memberships.
         self.sync_groups(&mut ldap).await?;
         let r = match self.cfg.dialect {
@@ -395,6 +401,7 @@ impl LdapSource {
             }
             LdapDialect::ActiveDirectory | LdapDialect::Poll => self.poll_session(&mut ldap).await,
         };
+        *self.lookup.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let _ = ldap.unbind().await;
         r
     }
@@ -661,14 +668,26 @@ impl LdapSource {
         let previous = self.entry_key(conn, uuid).await?;
         match self.map(entry) {
             Ok(r) => {
-                // The correlation key itself changed: the old person left this source.
+                self.put_entry(conn, uuid, &entry.dn, Some(&r.key)).await?;
+                // The correlation key itself changed: the old person left this source, unless
+                // another entry still carries the old key.
                 if let Some(Some(old)) = &previous
                     && old != &r.key
+                    && !self.settle_key(conn, old, now).await?
                 {
                     self.engine
                         .remove_record_tx(conn, &self.name, old, now)
                         .await
                         .map_err(self.engine_err())?;
+                }
+                // Who the key is comes from every entry carrying it now, not from the entry that
+                // happened to change (duplicates; a change overtaken by a later one).
+                if self.lookup().is_some() {
+                    if !self.settle_key(conn, &r.key, now).await? {
+                        tracing::info!(source = %self.name, dn = %entry.dn, key = %r.key,
+                            "entry no longer carries this key; its next change or delete decides");
+                    }
+                    return Ok(());
                 }
                 let (kind, applied) = self
                     .engine
@@ -677,7 +696,6 @@ impl LdapSource {
                     .map_err(self.engine_err())?;
                 tracing::info!(source = %self.name, dn = %entry.dn, key = %r.key, change = %kind,
                     issues = applied.issues, revokes = applied.revokes, "LDAP change applied");
-                self.put_entry(conn, uuid, &entry.dn, Some(&r.key)).await?;
             }
             Err(q) => {
                 // A bad entry is reported; what was known of the person stays, unless the entry
@@ -686,6 +704,7 @@ impl LdapSource {
                 let key = previous.flatten();
                 if let Some(k) = &key
                     && self.is_leaver_entry(entry)
+                    && !self.settle_key(conn, k, now).await?
                 {
                     self.engine
                         .remove_record_tx(conn, &self.name, k, now)
@@ -828,7 +847,9 @@ impl LdapSource {
         uuid: &str,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
-        if let Some(Some(key)) = self.entry_key(conn, uuid).await? {
+        if let Some(Some(key)) = self.entry_key(conn, uuid).await?
+            && !self.settle_key(conn, &key, now).await?
+        {
             let applied = self
                 .engine
                 .remove_record_tx(conn, &self.name, &key, now)
@@ -937,7 +958,21 @@ impl LdapSource {
         let mut records = Vec::new();
         let mut quarantined = Vec::new();
         let mut seen: HashMap<String, (String, Option<String>)> = HashMap::new();
+        let (primaries, duplicates) = self
+            .mapping
+            .dedupe(&self.name, refresh.changed.iter().map(|(_, e)| e));
+        // By address: which of the changed entries are the ones to map.
+        let primaries: HashSet<usize> = primaries
+            .into_iter()
+            .map(|e| e as *const Entry as usize)
+            .collect();
+        quarantined.extend(duplicates);
         for (uuid, e) in &refresh.changed {
+            if !primaries.contains(&(e as *const Entry as usize)) {
+                let key = e.first(&self.mapping.key).map(str::to_string);
+                seen.insert(uuid.clone(), (e.dn.clone(), key));
+                continue;
+            }
             match self.map(e) {
                 Ok(r) => {
                     seen.insert(uuid.clone(), (e.dn.clone(), Some(r.key.clone())));
@@ -969,8 +1004,10 @@ impl LdapSource {
                         .map_err(self.store_err())?
                         .into_iter()
                         .find(|s| s.source == self.name && s.disappeared_at.is_none());
-                    if let Some(r) =
-                        stored.and_then(|s| serde_json::from_str::<PersonRecord>(&s.record).ok())
+                    // A key already given by a changed entry (a duplicate's primary) is not repeated.
+                    if let Some(r) = stored
+                        .and_then(|s| serde_json::from_str::<PersonRecord>(&s.record).ok())
+                        .filter(|r| !records.iter().any(|x: &PersonRecord| x.key == r.key))
                     {
                         records.push(r);
                     }
@@ -1129,8 +1166,8 @@ impl LdapSource {
             .or_else(|| previous.map(str::to_string))
             .unwrap_or_default();
         let mut records = Vec::new();
-        let mut quarantined = Vec::new();
-        for e in &entries {
+        let (entries_to_map, mut quarantined) = self.mapping.dedupe(&self.name, entries.iter());
+        for e in entries_to_map {
             match self.map(e) {
                 Ok(r) => records.push(r),
                 Err(q) => quarantined.push(*q),
@@ -1184,6 +1221,9 @@ impl LdapSource {
                 .map_err(self.store_err())?;
             for e in chunk {
                 match self.map(e) {
+                    Ok(r) if self.lookup().is_some() => {
+                        self.settle_key(&mut tx, &r.key, now).await?;
+                    }
                     Ok(r) => {
                         let (kind, applied) = self
                             .engine
