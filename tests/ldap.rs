@@ -1501,3 +1501,61 @@ async fn rfc4533_duplicate_keys_admin_reset_and_stale_copy() {
     assert_eq!(revokes_of(&h, "E2").await.len(), 0);
     src.stop().await;
 }
+
+#[tokio::test]
+async fn directory_change_time_is_the_trigger_so_detect_shows_polling_delay() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    // latchkey's clock runs 30 s behind the directory's changes (as a slow poll would).
+    // The wall clock the directory stamps its changes with.
+    let wall = latchkey::clock::system();
+    let started = wall.now();
+    h.clock.set(started + chrono::Duration::seconds(30));
+    let slapd = Slapd::start(&tmp.path().join("slapd"), false);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_ad_user(&mut ldap, "A1", "Sales", "London", "100").await;
+    let mut cfg = source_config(
+        &slapd.url(),
+        "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = 3600\n\
+         filter = \"(objectClass=latchkeyDirectoryUser)\"\n",
+    );
+    cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| h.holds("A1", "london-sales")).await;
+    let modified = wall.now();
+    modify(
+        &mut ldap,
+        "A1",
+        vec![
+            Mod::Replace("userAccountControl", vs(&["514"])),
+            Mod::Replace("uSNChanged", vs(&["110"])),
+        ],
+    )
+    .await;
+    until(&h, "A1 revoked", |h| !h.holds("A1", "london-sales")).await;
+    src.stop().await;
+    let c = store::completed_commands(h.app.store().pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.identity_key == "A1" && c.action == Action::Revoke)
+        .unwrap();
+    let trigger = latchkey::clock::from_micros(c.trigger_at);
+    // modifyTimestamp has one-second resolution.
+    assert!(
+        (trigger - modified).num_seconds().abs() <= 2,
+        "trigger {trigger} is not the directory's change time {modified}"
+    );
+    let detect = (c.detected_at - c.trigger_at) / 1_000_000;
+    assert!((20..=31).contains(&detect), "detect stage {detect} s");
+}

@@ -122,9 +122,10 @@ impl LdapSource {
         let primary = &entries[p];
         match self.map(primary) {
             Ok(r) => {
+                let changed_at = primary.changed_at().unwrap_or(now);
                 let (kind, applied) = self
                     .engine
-                    .apply_record_tx(conn, &r, now)
+                    .apply_record_changed_at_tx(conn, &r, now, changed_at)
                     .await
                     .map_err(self.engine_err())?;
                 tracing::info!(source = %self.name, dn = %primary.dn, key = %r.key, change = %kind,

@@ -188,6 +188,18 @@ impl Entry {
             .filter(|s| !s.is_empty())
     }
 
+    /// When the directory last changed the entry (AD `whenChanged`, else `modifyTimestamp`): the
+    /// trigger of a change read from it.
+    pub fn changed_at(&self) -> Option<DateTime<Utc>> {
+        ["whenChanged", "modifyTimestamp"]
+            .iter()
+            .filter_map(|a| self.first(a))
+            .find_map(|v| match parse_when(v) {
+                Ok(When::At(t)) => Some(t),
+                _ => None,
+            })
+    }
+
     pub fn all(&self, attr: &str) -> &[String] {
         self.attrs
             .get(&attr.to_ascii_lowercase())
@@ -229,6 +241,11 @@ impl LdapMapping {
             let mut attrs = Vec::new();
             f.attributes(&mut attrs);
             out.extend(attrs);
+        }
+        // Change times, for the trigger of each change (see `Entry::changed_at`).
+        out.insert("modifyTimestamp".into());
+        if dialect == LdapDialect::ActiveDirectory {
+            out.insert("whenChanged".into());
         }
         if let Some(w) = watermark_attribute(dialect) {
             out.insert(w.into());
