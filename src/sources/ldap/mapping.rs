@@ -170,14 +170,26 @@ pub struct Entry {
 
 impl Entry {
     pub fn from_search(e: SearchEntry) -> Self {
-        Self {
-            dn: e.dn,
-            attrs: e
-                .attrs
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                .collect(),
+        let mut attrs: HashMap<String, Vec<String>> = e
+            .attrs
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        // AD's objectGUID is binary: kept as its UUID spelling, the entry's identity.
+        for (k, v) in e.bin_attrs {
+            if k.eq_ignore_ascii_case("objectGUID") {
+                attrs.insert(
+                    "objectguid".into(),
+                    v.iter().map(|b| super::uuid_string(b)).collect(),
+                );
+            }
         }
+        Self { dn: e.dn, attrs }
+    }
+
+    /// The entry's identity across renames and key changes: entryUUID, else AD's objectGUID.
+    pub fn entry_id(&self) -> Option<&str> {
+        self.first("entryUUID").or_else(|| self.first("objectGUID"))
     }
 
     pub fn first(&self, attr: &str) -> Option<&str> {

@@ -242,6 +242,9 @@ impl LdapSource {
     ) -> Self {
         let mut attrs = mapping.requested_attributes(cfg.dialect);
         attrs.push("entryUUID".into());
+        if cfg.dialect == LdapDialect::ActiveDirectory {
+            attrs.push("objectGUID".into());
+        }
         Self {
             engine,
             name: name.to_string(),
@@ -669,10 +672,12 @@ impl LdapSource {
         match self.map(entry) {
             Ok(r) => {
                 self.put_entry(conn, uuid, &entry.dn, Some(&r.key)).await?;
-                // The correlation key itself changed: the old person left this source, unless
-                // another entry still carries the old key.
+                // The correlation key itself changed: the same person under a new key when no one
+                // else uses either; else the old person left this source, unless another entry
+                // still carries the old key.
                 if let Some(Some(old)) = &previous
                     && old != &r.key
+                    && !self.rekey(conn, old, &r.key, now).await?
                     && !self.settle_key(conn, old, now).await?
                 {
                     self.engine
@@ -865,6 +870,59 @@ impl LdapSource {
             .await
             .map_err(self.db_err())?;
         Ok(())
+    }
+
+    /// Move a person to a new correlation key when the entry's key changed and the old key was
+    /// only this entry's (see `store::rekey_identity`).
+    async fn rekey(
+        &self,
+        conn: &mut AnyConnection,
+        old: &str,
+        new: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool> {
+        if let Some(mut ldap) = self.lookup()
+            && !self.entries_with_key(&mut ldap, old).await?.is_empty()
+        {
+            return Ok(false);
+        }
+        let moved = store::rekey_identity(conn, &self.name, old, new)
+            .await
+            .map_err(self.store_err())?;
+        if moved {
+            tracing::info!(source = %self.name, from = %old, to = %new, "correlation key changed: same person, new key");
+            audit::append(
+                conn,
+                to_micros(now),
+                &format!("source:{}", self.name),
+                "identity.rekeyed",
+                new,
+                &serde_json::json!({"from": old, "to": new}),
+            )
+            .await
+            .map_err(self.store_err())?;
+        }
+        Ok(moved)
+    }
+
+    /// Remember which person an entry (by entryUUID / objectGUID) is, and treat a changed key
+    /// as a key change of the same person. For the polling dialects, which read entries whole.
+    async fn track_entry(
+        &self,
+        conn: &mut AnyConnection,
+        e: &Entry,
+        key: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let Some(id) = e.entry_id() else {
+            return Ok(());
+        };
+        if let Some(Some(old)) = self.entry_key(conn, id).await?
+            && old != key
+        {
+            self.rekey(conn, &old, key, now).await?;
+        }
+        self.put_entry(conn, id, &e.dn, Some(key)).await
     }
 
     /// `None`: unknown entry; `Some(None)`: known, but never mapped to a person (quarantined).
@@ -1183,6 +1241,7 @@ impl LdapSource {
             rows: entries.len(),
             ..Default::default()
         };
+        self.track_entries(&records, &entries).await?;
         let batch = format!("full-{}", to_micros(self.engine.clock.now()));
         self.engine
             .apply_snapshot(
@@ -1198,6 +1257,30 @@ impl LdapSource {
             .map_err(self.engine_err())?;
         log_report(&report);
         Ok(report)
+    }
+
+    /// Polling dialects: remember which entry is which person, so a later change of the key is
+    /// recognised as the same person.
+    async fn track_entries(&self, records: &[PersonRecord], entries: &[Entry]) -> Result<()> {
+        let by_dn: HashMap<&str, &str> = records
+            .iter()
+            .map(|r| (r.location.as_str(), r.key.as_str()))
+            .collect();
+        for chunk in entries.chunks(BATCH * 10) {
+            let mut tx = self
+                .engine
+                .store
+                .begin_write()
+                .await
+                .map_err(self.store_err())?;
+            for e in chunk {
+                if let (Some(id), Some(key)) = (e.entry_id(), by_dn.get(e.dn.as_str())) {
+                    self.put_entry(&mut tx, id, &e.dn, Some(key)).await?;
+                }
+            }
+            tx.commit().await.map_err(self.db_err())?;
+        }
+        Ok(())
     }
 
     /// Entries changed since the watermark, applied in watermark order, the watermark advancing in
@@ -1222,6 +1305,7 @@ impl LdapSource {
             for e in chunk {
                 match self.map(e) {
                     Ok(r) if self.lookup().is_some() => {
+                        self.track_entry(&mut tx, e, &r.key, now).await?;
                         self.settle_key(&mut tx, &r.key, now).await?;
                     }
                     Ok(r) => {
