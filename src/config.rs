@@ -260,6 +260,14 @@ pub struct LdapSourceConfig {
     /// threshold; beyond it they are held for approval.
     #[serde(default = "default_ldap_delete_window")]
     pub mass_delete_window_seconds: u64,
+    /// Explicit deletions and disables are never held while there are at most this many in the
+    /// window: one leaver in a small directory is not a mass change.
+    #[serde(default = "default_ldap_delete_min")]
+    pub mass_delete_min: usize,
+}
+
+fn default_ldap_delete_min() -> usize {
+    5
 }
 
 fn default_ldap_delete_window() -> u64 {

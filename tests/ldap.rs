@@ -1060,6 +1060,7 @@ async fn rfc4533_mass_deletion_is_held_for_approval() {
     }
     let mut cfg = source_config(&slapd.url(), "");
     cfg.mass_change_threshold = Some(0.2);
+    cfg.mass_delete_min = 2;
     let src = start_source(&h, &cfg);
     until(&h, "initial load", |h| {
         keys.iter().all(|k| h.holds(k, "berlin-sales"))
@@ -1101,6 +1102,46 @@ async fn rfc4533_mass_deletion_is_held_for_approval() {
     h.drain().await;
     assert!(gone.iter().all(|k| !h.holds(k, "berlin-sales")));
     assert!(keys[6..].iter().all(|k| h.holds(k, "berlin-sales")));
+
+    // Later (a new window), 5 of the 14 left are disabled at once: disables count the same way.
+    let now = h.clock.now_utc();
+    h.clock.set(now + chrono::Duration::seconds(3600));
+    let disabled = &keys[6..11];
+    for k in disabled {
+        modify(&mut ldap, k, vec![Mod::Add("nsAccountLock", vs(&["TRUE"]))]).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        h.drain().await;
+        let revoked = disabled
+            .iter()
+            .filter(|k| !h.holds(k, "berlin-sales"))
+            .count();
+        let held = store::held_changes(h.app.store().pool()).await.unwrap();
+        if revoked + held.len() == disabled.len() {
+            assert!(
+                revoked <= 3,
+                "at most the threshold flows: {revoked} revoked"
+            );
+            assert!(held.len() >= 2, "{held:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "disables neither applied nor held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for held in store::held_changes(h.app.store().pool()).await.unwrap() {
+        h.app
+            .engine
+            .decide(held.id, true, "admin@example.com")
+            .await
+            .unwrap();
+    }
+    h.drain().await;
+    assert!(disabled.iter().all(|k| !h.holds(k, "berlin-sales")));
+    assert!(keys[11..].iter().all(|k| h.holds(k, "berlin-sales")));
     src.stop().await;
 }
 

@@ -121,6 +121,7 @@ impl LdapSource {
         }
         let primary = &entries[p];
         match self.map(primary) {
+            Ok(r) if self.hold_disable(conn, &r, now).await? => {}
             Ok(r) => {
                 let changed_at = primary.changed_at().unwrap_or(now);
                 let (kind, applied) = self
@@ -142,6 +143,47 @@ impl LdapSource {
                 }
             }
         }
+        Ok(true)
+    }
+}
+
+impl LdapSource {
+    /// An explicit disable counts with deletions against the mass-change threshold: beyond it,
+    /// the leaver is held for approval instead of applied. Returns whether it was held.
+    async fn hold_disable(
+        &self,
+        conn: &mut AnyConnection,
+        r: &crate::model::PersonRecord,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool> {
+        use crate::model::RecordStatus;
+        if r.status != Some(RecordStatus::Terminated) {
+            return Ok(false);
+        }
+        let was_active = crate::store::source_records_of(conn, &r.key)
+            .await
+            .map_err(self.store_err())?
+            .into_iter()
+            .find(|s| s.source == self.name && s.disappeared_at.is_none())
+            .and_then(|s| serde_json::from_str::<crate::model::PersonRecord>(&s.record).ok())
+            .is_some_and(|old| old.status != Some(RecordStatus::Terminated));
+        if !was_active {
+            return Ok(false);
+        }
+        let Some(reason) = self.mass_delete_reason(1, false, now).await? else {
+            return Ok(false);
+        };
+        tracing::warn!(source = %self.name, key = %r.key, %reason, "LDAP disable held for approval");
+        crate::store::hold(
+            conn,
+            &self.name,
+            &r.key,
+            "disappearance",
+            &reason,
+            crate::clock::to_micros(now),
+        )
+        .await
+        .map_err(self.store_err())?;
         Ok(true)
     }
 }

@@ -134,7 +134,8 @@ pub(crate) fn uuid_string(b: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // The source
 
-/// When explicit deletions happened, how many, and whether they were applied (not held).
+/// When explicit deletions and disables happened, how many, and whether they left the
+/// population (deletions applied, not held).
 type RecentDeletes = VecDeque<(chrono::DateTime<chrono::Utc>, usize, bool)>;
 
 /// One configured directory, followed until shutdown.
@@ -758,7 +759,7 @@ impl LdapSource {
             .begin_write()
             .await
             .map_err(self.store_err())?;
-        let held = self.mass_delete_reason(uuids.len(), now).await?;
+        let held = self.mass_delete_reason(uuids.len(), true, now).await?;
         for uuid in uuids {
             match &held {
                 None => self.delete_tx(&mut tx, uuid, now).await?,
@@ -784,9 +785,11 @@ impl LdapSource {
     /// Explicit deletions are held like a snapshot's mass disappearance when, with those of the
     /// recent window, they exceed the threshold fraction of the people this source knows: an OU
     /// deleted by mistake arrives as thousands of ordinary deletes (DESIGN.md invariant 4).
+    /// `leaves`: applied, these entries leave the population (deletions do, disables do not).
     async fn mass_delete_reason(
         &self,
         n: usize,
+        leaves: bool,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<String>> {
         let population = self
@@ -811,13 +814,15 @@ impl LdapSource {
         let applied: usize = recent.iter().filter(|r| r.2).map(|r| r.1).sum();
         let population = population + applied;
         let total = n + recent.iter().map(|r| r.1).sum::<usize>();
-        let hold = population > 0 && (total as f64) > threshold * population as f64;
-        recent.push_back((now, n, !hold));
+        let hold = population > 0
+            && total > self.cfg.mass_delete_min
+            && (total as f64) > threshold * population as f64;
+        recent.push_back((now, n, leaves && !hold));
         if !hold {
             return Ok(None);
         }
         Ok(Some(format!(
-            "{total} of {population} entries ({:.1} %) deleted or moved out of scope within {} s, above the {:.0} % threshold",
+            "{total} of {population} entries ({:.1} %) deleted, disabled or moved out of scope within {} s, above the {:.0} % threshold",
             100.0 * total as f64 / population as f64,
             self.cfg.mass_delete_window_seconds,
             100.0 * threshold
