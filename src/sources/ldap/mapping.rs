@@ -311,52 +311,10 @@ impl LdapMapping {
                 false
             }
         };
-        let mut attrs = self.constants.clone();
-        for (ident, ldap_attr) in &self.attributes {
-            if let Some(v) = e.first(ldap_attr) {
-                attrs.insert(ident.clone(), v.to_string());
-            }
-        }
-        if let Some(g) = &self.groups {
-            g.apply(e, ctx.groups, &mut attrs);
-        }
-        for l in &self.lowercase {
-            if let Some(v) = attrs.get_mut(l) {
-                *v = v.to_lowercase();
-            }
-        }
+        let mut attrs = self.mapped_attributes(e, ctx.groups);
         let site = attrs.get("site").cloned();
         let tz = (ctx.tz_of)(site.as_deref());
-        let mut expires: Option<DateTime<Utc>> = None;
-        if let Some(attr) = self.expiry_attribute(ctx.dialect)
-            && let Some(raw) = e.first(attr)
-        {
-            match parse_when(raw) {
-                Ok(When::Never) => {}
-                Ok(When::At(t)) => expires = Some(t),
-                Ok(When::Date(d)) => expires = Some(identity::end_of_day(d, tz)),
-                Err(reason) => note(attr, format!("account expiry: {reason}")),
-            }
-        }
-        let mut dates: BTreeMap<&str, NaiveDate> = BTreeMap::new();
-        for (ident, ldap_attr) in &self.dates {
-            let Some(raw) = e.first(ldap_attr) else {
-                continue;
-            };
-            match parse_when(raw) {
-                Ok(When::Never) => {}
-                Ok(When::Date(d)) => {
-                    dates.insert(ident, d);
-                }
-                Ok(When::At(t)) => {
-                    dates.insert(ident, identity::last_day_before(t, tz));
-                    if ident == "termination_date" {
-                        expires = expires.min(Some(t)).or(Some(t));
-                    }
-                }
-                Err(reason) => note(ldap_attr, format!("{ident}: {reason}")),
-            }
-        }
+        let (expires, dates) = self.read_dates(e, ctx.dialect, tz, &mut note);
         let expired = expires.is_some_and(|t| t <= ctx.now);
         if let Some(t) = expires {
             attrs.insert(
@@ -395,6 +353,70 @@ impl LdapMapping {
             site,
             attrs,
         })
+    }
+
+    /// Constants, mapped attributes and group roles of an entry, lower-cased as configured.
+    fn mapped_attributes(
+        &self,
+        e: &Entry,
+        groups: Option<&GroupIndex>,
+    ) -> BTreeMap<String, String> {
+        let mut attrs = self.constants.clone();
+        for (ident, ldap_attr) in &self.attributes {
+            if let Some(v) = e.first(ldap_attr) {
+                attrs.insert(ident.clone(), v.to_string());
+            }
+        }
+        if let Some(g) = &self.groups {
+            g.apply(e, groups, &mut attrs);
+        }
+        for l in &self.lowercase {
+            if let Some(v) = attrs.get_mut(l) {
+                *v = v.to_lowercase();
+            }
+        }
+        attrs
+    }
+
+    /// The account expiry (an instant) and the mapped dates of an entry; problems go to `note`.
+    fn read_dates(
+        &self,
+        e: &Entry,
+        dialect: LdapDialect,
+        tz: Tz,
+        note: &mut dyn FnMut(&str, String),
+    ) -> (Option<DateTime<Utc>>, BTreeMap<&str, NaiveDate>) {
+        let mut expires: Option<DateTime<Utc>> = None;
+        if let Some(attr) = self.expiry_attribute(dialect)
+            && let Some(raw) = e.first(attr)
+        {
+            match parse_when(raw) {
+                Ok(When::Never) => {}
+                Ok(When::At(t)) => expires = Some(t),
+                Ok(When::Date(d)) => expires = Some(identity::end_of_day(d, tz)),
+                Err(reason) => note(attr, format!("account expiry: {reason}")),
+            }
+        }
+        let mut dates: BTreeMap<&str, NaiveDate> = BTreeMap::new();
+        for (ident, ldap_attr) in &self.dates {
+            let Some(raw) = e.first(ldap_attr) else {
+                continue;
+            };
+            match parse_when(raw) {
+                Ok(When::Never) => {}
+                Ok(When::Date(d)) => {
+                    dates.insert(ident, d);
+                }
+                Ok(When::At(t)) => {
+                    dates.insert(ident, identity::last_day_before(t, tz));
+                    if ident == "termination_date" {
+                        expires = expires.min(Some(t)).or(Some(t));
+                    }
+                }
+                Err(reason) => note(ldap_attr, format!("{ident}: {reason}")),
+            }
+        }
+        (expires, dates)
     }
 
     /// Whether the entry's account is disabled by any configured rule; a malformed flag is an
