@@ -1664,3 +1664,73 @@ async fn active_directory_changed_employee_id_is_the_same_person() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn rfc4533_mass_deletion_while_down_with_sessionlog_is_held() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    let mut slapd = Slapd::start(&tmp.path().join("slapd"), true);
+    // With a session log slapd answers a reconnect with explicit deletes, not a present phase.
+    let conf = tmp.path().join("slapd/slapd.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        text.replace(
+            "syncprov-checkpoint 10 1",
+            "syncprov-checkpoint 10 1\nsyncprov-sessionlog 1000",
+        ),
+    )
+    .unwrap();
+    slapd.stop();
+    slapd.spawn();
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    let keys: Vec<String> = (1..=20).map(|i| format!("S{i:02}")).collect();
+    for k in &keys {
+        add_user(&mut ldap, k, "sales", "london").await;
+    }
+    let mut cfg = source_config(&slapd.url(), "");
+    cfg.mass_change_threshold = Some(0.2);
+    cfg.mass_delete_min = 2;
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| {
+        keys.iter().all(|k| h.holds(k, "london-sales"))
+    })
+    .await;
+    // The cookie must cover the load before latchkey goes down.
+    add_user(&mut ldap, "S99", "sales", "london").await;
+    until(&h, "joiner", |h| h.holds("S99", "london-sales")).await;
+    src.stop().await;
+    for k in &keys[..6] {
+        ldap.delete(&user_dn(k)).await.unwrap().success().unwrap();
+    }
+    let src = start_source(&h, &cfg);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store::held_changes(h.app.store().pool())
+        .await
+        .unwrap()
+        .len()
+        < 6
+    {
+        assert!(
+            Instant::now() < deadline,
+            "deletions made while down were not held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    src.stop().await;
+    h.drain().await;
+    assert!(
+        keys.iter().all(|k| h.holds(k, "london-sales")),
+        "nobody revoked before approval"
+    );
+}
