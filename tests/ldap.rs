@@ -1734,3 +1734,65 @@ async fn rfc4533_mass_deletion_while_down_with_sessionlog_is_held() {
         "nobody revoked before approval"
     );
 }
+
+#[tokio::test]
+async fn active_directory_group_entries_are_read_every_poll() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    let slapd = Slapd::start(&tmp.path().join("slapd"), false);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_ad_user(&mut ldap, "A1", "Sales", "Berlin", "100").await;
+    let text = std::fs::read_to_string(repo().join("tests/ldap/ad-mapping.toml"))
+        .unwrap()
+        .replace(
+            "attribute = \"memberOf\"",
+            &format!("attribute = \"memberOf\"\nbase = \"ou=groups,{SUFFIX}\"\nnested = true"),
+        );
+    let mapping = tmp.path().join("ad-groups.toml");
+    std::fs::write(&mapping, text).unwrap();
+    let mut cfg = source_config(
+        &slapd.url(),
+        "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = 3600\n\
+         filter = \"(objectClass=latchkeyDirectoryUser)\"\n",
+    );
+    cfg.mapping = mapping;
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| h.holds("A1", "berlin-sales")).await;
+    // Managers (by DN in the mapping) contains a nested group that contains A1, spelled in
+    // another case: nothing changes on A1's own entry.
+    let leads = add_group(
+        &mut ldap,
+        "Site Leads\\2C Berlin",
+        &[&user_dn("A1").to_uppercase()],
+    )
+    .await;
+    add_group(&mut ldap, "Managers", &[&leads]).await;
+    until(&h, "nested group membership grants", |h| {
+        h.holds("A1", "berlin-management")
+    })
+    .await;
+    ldap.modify(
+        &leads,
+        vec![Mod::Delete("member", vs(&[&user_dn("A1").to_uppercase()]))],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    until(&h, "removal revokes", |h| {
+        !h.holds("A1", "berlin-management")
+    })
+    .await;
+    assert!(h.holds("A1", "berlin-sales"));
+    src.stop().await;
+}
