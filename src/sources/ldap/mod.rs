@@ -399,11 +399,9 @@ impl LdapSource {
                 }
                 // Who the key is comes from every entry carrying it now, not from the entry that
                 // happened to change (duplicates; a change overtaken by a later one).
-                if self.lookup().is_some() {
-                    if !self.settle_key(conn, &r.key, now).await? {
-                        tracing::info!(source = %self.name, dn = %entry.dn, key = %r.key,
-                            "entry no longer carries this key; its next change or delete decides");
-                    }
+                // When the server finds no entry with the key (overtaken by a later change, or a
+                // key attribute without an equality rule) the entry as sent is applied.
+                if self.settle_key(conn, &r.key, now).await? {
                     return Ok(());
                 }
                 let (kind, applied) = self

@@ -178,11 +178,11 @@ impl LdapSource {
                 .map_err(self.store_err())?;
             for e in chunk {
                 match self.map(e) {
-                    Ok(r) if self.lookup().is_some() => {
-                        self.track_entry(&mut tx, e, &r.key, now).await?;
-                        self.settle_key(&mut tx, &r.key, now).await?;
-                    }
                     Ok(r) => {
+                        self.track_entry(&mut tx, e, &r.key, now).await?;
+                        if self.settle_key(&mut tx, &r.key, now).await? {
+                            continue;
+                        }
                         let (kind, applied) = self
                             .engine
                             .apply_record_tx(&mut tx, &r, now)
