@@ -1607,62 +1607,60 @@ async fn active_directory_changed_employee_id_is_the_same_person() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let h = Harness::new(
-        "sqlite",
-        &format!("sqlite://{}", tmp.path().join("state.db").display()),
-        tmp.path(),
-        NukiOptions::default(),
-    )
-    .await;
-    let slapd = Slapd::start(&tmp.path().join("slapd"), false);
-    let mut ldap = slapd.admin().await;
-    seed(&mut ldap).await;
-    add_ad_user(&mut ldap, "A1", "Engineering", "Berlin", "100").await;
-    add_ad_user(&mut ldap, "A3", "Sales", "Berlin", "101").await;
-    add_ad_user(&mut ldap, "A4", "Sales", "Berlin", "102").await;
-    let mut cfg = source_config(
-        &slapd.url(),
-        "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = 2\n\
+    for (name, url) in backends(tmp.path()).await {
+        eprintln!("-- backend {name}");
+        let dir = tmp.path().join(&name);
+        let h = Harness::new(&name, &url, &dir, NukiOptions::default()).await;
+        let slapd = Slapd::start(&dir.join("slapd"), false);
+        let mut ldap = slapd.admin().await;
+        seed(&mut ldap).await;
+        add_ad_user(&mut ldap, "A1", "Engineering", "Berlin", "100").await;
+        add_ad_user(&mut ldap, "A3", "Sales", "Berlin", "101").await;
+        add_ad_user(&mut ldap, "A4", "Sales", "Berlin", "102").await;
+        let mut cfg = source_config(
+            &slapd.url(),
+            "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = 2\n\
          filter = \"(objectClass=latchkeyDirectoryUser)\"\n",
-    );
-    cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
-    let src = start_source(&h, &cfg);
-    until(&h, "initial load", |h| {
-        h.holds("A1", "berlin-lab") && h.holds("A1", "berlin-engineering")
-    })
-    .await;
-    // Same entry (entryUUID), same mailbox and vendor account, new employeeID.
-    modify(
-        &mut ldap,
-        "A1",
-        vec![
-            Mod::Replace("employeeID", vs(&["A9"])),
-            Mod::Replace("uSNChanged", vs(&["110"])),
-        ],
-    )
-    .await;
-    until_checkpoint(&h, "usn:110").await;
-    // Full comparisons run after it: the deletions of A3 and then A4 show they did.
-    for k in ["A3", "A4"] {
-        ldap.delete(&user_dn(k)).await.unwrap().success().unwrap();
-        until(&h, "deletion found by a full comparison", |h| {
-            !h.holds(k, "berlin-sales")
+        );
+        cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
+        let src = start_source(&h, &cfg);
+        until(&h, "initial load", |h| {
+            h.holds("A1", "berlin-lab") && h.holds("A1", "berlin-engineering")
         })
         .await;
+        // Same entry (entryUUID), same mailbox and vendor account, new employeeID.
+        modify(
+            &mut ldap,
+            "A1",
+            vec![
+                Mod::Replace("employeeID", vs(&["A9"])),
+                Mod::Replace("uSNChanged", vs(&["110"])),
+            ],
+        )
+        .await;
+        until_checkpoint(&h, "usn:110").await;
+        // Full comparisons run after it: the deletions of A3 and then A4 show they did.
+        for k in ["A3", "A4"] {
+            ldap.delete(&user_dn(k)).await.unwrap().success().unwrap();
+            until(&h, "deletion found by a full comparison", |h| {
+                !h.holds(k, "berlin-sales")
+            })
+            .await;
+        }
+        src.stop().await;
+        // The vendor account (a1@example.com) kept its doors; nothing revoked or issued again.
+        assert!(h.holds("A1", "berlin-lab") && h.holds("A1", "berlin-engineering"));
+        assert!(revokes_of(&h, "A1").await.is_empty() && revokes_of(&h, "A9").await.is_empty());
+        assert_eq!(issues_of(&h, "A1").await + issues_of(&h, "A9").await, 2);
+        let mut conn = h.app.store().pool().acquire().await.unwrap();
+        assert_eq!(store::grants_of(&mut conn, "A9").await.unwrap().len(), 2);
+        assert!(
+            store::get_identity(&mut conn, "A1")
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
-    src.stop().await;
-    // The vendor account (a1@example.com) kept its doors; nothing revoked or issued again.
-    assert!(h.holds("A1", "berlin-lab") && h.holds("A1", "berlin-engineering"));
-    assert!(revokes_of(&h, "A1").await.is_empty() && revokes_of(&h, "A9").await.is_empty());
-    assert_eq!(issues_of(&h, "A1").await + issues_of(&h, "A9").await, 2);
-    let mut conn = h.app.store().pool().acquire().await.unwrap();
-    assert_eq!(store::grants_of(&mut conn, "A9").await.unwrap().len(), 2);
-    assert!(
-        store::get_identity(&mut conn, "A1")
-            .await
-            .unwrap()
-            .is_none()
-    );
 }
 
 #[tokio::test]
