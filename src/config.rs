@@ -265,6 +265,22 @@ pub struct LdapSourceConfig {
     pub timeout_seconds: u64,
     /// Overrides `engine.mass_change_threshold` for full comparisons of this directory.
     pub mass_change_threshold: Option<f64>,
+    /// Explicit deletions within this many seconds count together against the mass-change
+    /// threshold; beyond it they are held for approval.
+    #[serde(default = "default_ldap_delete_window")]
+    pub mass_delete_window_seconds: u64,
+    /// Explicit deletions and disables are never held while there are at most this many in the
+    /// window: one leaver in a small directory is not a mass change.
+    #[serde(default = "default_ldap_delete_min")]
+    pub mass_delete_min: usize,
+}
+
+fn default_ldap_delete_min() -> usize {
+    5
+}
+
+fn default_ldap_delete_window() -> u64 {
+    300
 }
 
 fn default_ldap_filter() -> String {

@@ -420,6 +420,46 @@ impl Engine {
             .await
     }
 
+    /// `apply_record_tx` for a change the source itself timestamps (a directory entry's
+    /// `modifyTimestamp` / `whenChanged`): the record counts as observed then (never later than
+    /// `now`), so a leaver's trigger is the change and the `detect` stage shows the source's delay.
+    pub async fn apply_record_changed_at_tx(
+        &self,
+        conn: &mut AnyConnection,
+        r: &PersonRecord,
+        now: DateTime<Utc>,
+        changed_at: DateTime<Utc>,
+    ) -> Result<(String, Applied), EngineError> {
+        let existing = store::source_records_of(conn, &r.key)
+            .await?
+            .into_iter()
+            .find(|s| s.source == r.source);
+        let hash = record_hash(r);
+        if existing
+            .as_ref()
+            .is_some_and(|e| e.hash == hash && e.disappeared_at.is_none())
+        {
+            return Ok(("unchanged".into(), Applied::default()));
+        }
+        let seen_at = to_micros(changed_at.min(now));
+        store::put_source_record(
+            conn,
+            &SourceRecordRow {
+                source: r.source.clone(),
+                key: r.key.clone(),
+                hash,
+                record: serde_json::to_string(r).unwrap_or_default(),
+                first_seen_at: existing.map_or(seen_at, |e| e.first_seen_at),
+                seen_at,
+                disappeared_at: None,
+            },
+        )
+        .await?;
+        store::release_held_for(conn, &r.source, &r.key, to_micros(now)).await?;
+        self.reevaluate(conn, &r.key, &format!("source:{}", r.source), now)
+            .await
+    }
+
     /// A source says this person is gone (deleted, moved out of scope): a leaver, on the caller's
     /// transaction. Unlike a disappearance from a full feed, this is explicit and never held.
     pub async fn remove_record_tx(

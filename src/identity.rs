@@ -64,6 +64,111 @@ pub fn end_of_day(date: NaiveDate, tz: Tz) -> DateTime<Utc> {
     start_of_day(date.succ_opt().unwrap_or(date), tz)
 }
 
+/// An identity attribute carrying an exact instant (RFC 3339) at which access ends, such as a
+/// directory's account expiry: a termination effective then, finer than a last working day.
+pub const EXPIRES_AT: &str = "expires_at";
+
+/// A date value as sources write it: a calendar date, an exact instant, or "never".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Date(NaiveDate),
+    At(DateTime<Utc>),
+    Never,
+}
+
+/// 100 ns intervals between 1601-01-01 (Windows FILETIME epoch) and 1970-01-01.
+const FILETIME_UNIX_OFFSET: i64 = 116_444_736_000_000_000;
+
+/// Parse a date in any of the formats directories and HR exports use: `%Y-%m-%d`, ISO 8601 /
+/// RFC 3339 with time and zone, LDAP generalized time (`20261130120000Z`, fractions, offsets),
+/// Windows FILETIME (AD `accountExpires`; 0 and 0x7FFFFFFFFFFFFFFF mean never) and Unix epoch
+/// seconds. A bare 8-digit number is refused: it could be `%Y%m%d` or epoch seconds.
+pub fn parse_when(raw: &str) -> Result<When, String> {
+    let s = raw.trim();
+    let bad = || format!("unparseable date '{s}'");
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(When::Date(d));
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(When::At(t.with_timezone(&Utc)));
+    }
+    if let Some(t) = parse_generalized_time(s) {
+        return Ok(When::At(t));
+    }
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        let n: i64 = match s.parse() {
+            Ok(n) => n,
+            Err(_) => return Err(bad()),
+        };
+        return match s.len() {
+            _ if n == 0 || n == i64::MAX => Ok(When::Never),
+            9..=11 => DateTime::from_timestamp(n, 0).map(When::At).ok_or_else(bad),
+            15.. => {
+                let since_epoch = n - FILETIME_UNIX_OFFSET;
+                DateTime::from_timestamp(
+                    since_epoch.div_euclid(10_000_000),
+                    (since_epoch.rem_euclid(10_000_000) * 100) as u32,
+                )
+                .map(When::At)
+                .ok_or_else(bad)
+            }
+            _ => Err(format!(
+                "unparseable date '{s}': a bare number must be epoch seconds (9-11 digits) or a FILETIME"
+            )),
+        };
+    }
+    Err(bad())
+}
+
+/// LDAP generalized time: `YYYYMMDDHH[MM[SS]][(.|,)fraction](Z|+hhmm|-hhmm)`.
+fn parse_generalized_time(s: &str) -> Option<DateTime<Utc>> {
+    let (body, offset_secs) = if let Some(b) = s.strip_suffix('Z').or_else(|| s.strip_suffix('z')) {
+        (b, 0)
+    } else {
+        let i = s.rfind(['+', '-'])?;
+        let (b, off) = s.split_at(i);
+        if off.len() != 5 || !off[1..].bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let h: i64 = off[1..3].parse().ok()?;
+        let m: i64 = off[3..5].parse().ok()?;
+        let sign = if off.starts_with('-') { -1 } else { 1 };
+        (b, sign * (h * 3600 + m * 60))
+    };
+    let (digits, fraction) = match body.find(['.', ',']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    if !digits.bytes().all(|c| c.is_ascii_digit()) || ![10, 12, 14].contains(&digits.len()) {
+        return None;
+    }
+    let padded = format!("{digits:0<14}");
+    let naive = chrono::NaiveDateTime::parse_from_str(&padded, "%Y%m%d%H%M%S").ok()?;
+    let mut t = Utc.from_utc_datetime(&naive) - chrono::Duration::seconds(offset_secs);
+    if let Some(f) = fraction.filter(|f| !f.is_empty()) {
+        if !f.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        // A fraction of the last unit given (RFC 4517 3.3.13).
+        let unit: f64 = match digits.len() {
+            10 => 3600.0,
+            12 => 60.0,
+            _ => 1.0,
+        };
+        let frac: f64 = format!("0.{f}").parse().ok()?;
+        t += chrono::Duration::microseconds((frac * unit * 1e6) as i64);
+    }
+    Some(t)
+}
+
+/// The last working day an instant ends access after, in `tz`: the local date of the instant's
+/// previous second, so an expiry at local midnight ends the day before.
+pub fn last_day_before(t: DateTime<Utc>, tz: Tz) -> NaiveDate {
+    (t - chrono::Duration::seconds(1))
+        .with_timezone(&tz)
+        .date_naive()
+}
+
 struct ViewState {
     lifecycle: Lifecycle,
     effective_at: DateTime<Utc>,
@@ -84,10 +189,16 @@ fn view_state(v: &SourceView, now: DateTime<Utc>, tz: Tz) -> ViewState {
     }
     let hire_at = r.hire_date.map(|d| start_of_day(d, tz));
     // A termination dated before the latest hire belongs to an earlier employment (a rehire).
-    let term_at = r
-        .termination_date
-        .map(|d| end_of_day(d, tz))
-        .filter(|t| hire_at.is_none_or(|h| h < *t));
+    let expires_at = r
+        .attrs
+        .get(EXPIRES_AT)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let term_at = [r.termination_date.map(|d| end_of_day(d, tz)), expires_at]
+        .into_iter()
+        .flatten()
+        .filter(|t| hire_at.is_none_or(|h| h < *t))
+        .min();
     let explicit_term = r.status == Some(RecordStatus::Terminated);
     let mut next = Vec::new();
     let terminated_at = match (explicit_term, term_at) {
@@ -277,6 +388,53 @@ mod tests {
         let d = derive(&[v], at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
         assert_eq!(d.lifecycle, Lifecycle::PreHire);
         assert_eq!(d.next_change_at, Some(at("2026-11-30T23:00:00Z")));
+    }
+
+    #[test]
+    fn dates_in_every_directory_format() {
+        let at_ = |s: &str| When::At(at(s));
+        let d = |s: &str| When::Date(NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap());
+        for (raw, want) in [
+            ("2026-11-30", d("2026-11-30")),
+            ("2026-11-30T12:00:00+01:00", at_("2026-11-30T11:00:00Z")),
+            ("2026-11-30T12:00:00Z", at_("2026-11-30T12:00:00Z")),
+            ("20261130120000Z", at_("2026-11-30T12:00:00Z")),
+            ("20261130120000.0Z", at_("2026-11-30T12:00:00Z")),
+            ("20261130120000.5Z", at_("2026-11-30T12:00:00.5Z")),
+            ("20261130120000+0100", at_("2026-11-30T11:00:00Z")),
+            ("2026113012Z", at_("2026-11-30T12:00:00Z")),
+            // 2026-12-01 00:00 UTC as FILETIME
+            ("134405568000000000", at_("2026-12-01T00:00:00Z")),
+            ("0", When::Never),
+            ("9223372036854775807", When::Never),
+            ("1796083200", at_("2026-12-01T00:00:00Z")),
+        ] {
+            assert_eq!(parse_when(raw), Ok(want), "{raw}");
+        }
+        for bad in [
+            "20261130",
+            "30.11.2026",
+            "2026-13-01",
+            "",
+            "soon",
+            "20261130120000",
+        ] {
+            assert!(parse_when(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn expiry_instant_is_an_effective_dated_termination() {
+        let mut r = rec(Some(RecordStatus::Active), Some("2020-01-01"), None);
+        r.attrs
+            .insert(EXPIRES_AT.into(), "2026-11-26T16:30:00Z".into());
+        let v = view(r, "2026-11-25T10:00:00Z");
+        let d = derive(std::slice::from_ref(&v), at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
+        assert_eq!(d.lifecycle, Lifecycle::Active);
+        assert_eq!(d.next_change_at, Some(at("2026-11-26T16:30:00Z")));
+        let later = derive(&[v], at("2026-11-26T16:30:00Z"), BERLIN).unwrap();
+        assert_eq!(later.lifecycle, Lifecycle::Terminated);
+        assert_eq!(later.trigger_at(), at("2026-11-26T16:30:00Z"));
     }
 
     #[test]

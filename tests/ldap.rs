@@ -53,16 +53,34 @@ struct Slapd {
 
 impl Slapd {
     fn start(dir: &Path, syncprov: bool) -> Self {
+        Self::start_with(dir, syncprov, false)
+    }
+
+    /// `memberof`: OpenLDAP's memberof overlay maintains `memberOf` (so the test schema's own
+    /// definition of it is left out).
+    fn start_with(dir: &Path, syncprov: bool, memberof: bool) -> Self {
         std::fs::create_dir_all(dir.join("db")).unwrap();
-        let schema = repo().join("tests/ldap/latchkey-test.schema");
-        let (module, overlay) = if syncprov {
+        let mut schema = repo().join("tests/ldap/latchkey-test.schema");
+        if memberof {
+            let text = std::fs::read_to_string(&schema).unwrap();
+            let start = text.find("attributetype ( 1.2.840.113556.1.2.102").unwrap();
+            let end = start + text[start..].find("\n\n").unwrap();
+            let text = format!("{}{}", &text[..start], &text[end..]).replace("$ memberOf ", "");
+            schema = dir.join("test-without-memberof.schema");
+            std::fs::write(&schema, text).unwrap();
+        }
+        let (mut module, mut overlay) = if syncprov {
             (
-                "moduleload syncprov",
-                "overlay syncprov\nsyncprov-checkpoint 10 1",
+                "moduleload syncprov".to_string(),
+                "overlay syncprov\nsyncprov-checkpoint 10 1".to_string(),
             )
         } else {
-            ("", "")
+            (String::new(), String::new())
         };
+        if memberof {
+            module.push_str("\nmoduleload memberof");
+            overlay.push_str("\noverlay memberof");
+        }
         let conf = format!(
             "include /etc/ldap/schema/core.schema\n\
              include /etc/ldap/schema/cosine.schema\n\
@@ -873,4 +891,923 @@ async fn daemon_runs_configured_ldap_sources_and_rejects_bad_ones() {
     }
     stop.send(true).unwrap();
     daemon.await.unwrap().unwrap();
+}
+
+async fn holds_nothing(h: &Harness, key: &str, doors: &[&str]) -> bool {
+    doors.iter().all(|d| !h.holds(key, d))
+}
+
+#[tokio::test]
+async fn disabled_without_mail_expired_and_dated_expiry_are_leavers_in_both_dialects() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    // OpenLDAP dialect, RFC 4533 persist.
+    let slapd = Slapd::start(&tmp.path().join("slapd"), true);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_user(&mut ldap, "E1", "engineering", "berlin").await;
+    add_user(&mut ldap, "E2", "sales", "london").await;
+    add_user(&mut ldap, "E3", "finance", "london").await;
+    let src = start_source(&h, &source_config(&slapd.url(), ""));
+    until(&h, "initial load", |h| {
+        h.holds("E1", "berlin-lab")
+            && h.holds("E2", "london-sales")
+            && h.holds("E3", "london-finance")
+    })
+    .await;
+    // Locked and mailbox removed in one modify; a termination status with the department gone.
+    modify(
+        &mut ldap,
+        "E1",
+        vec![
+            Mod::Add("nsAccountLock", vs(&["TRUE"])),
+            Mod::Delete("mail", HashSet::new()),
+        ],
+    )
+    .await;
+    modify(
+        &mut ldap,
+        "E2",
+        vec![
+            Mod::Replace("employeeType", vs(&["terminated"])),
+            Mod::Delete("mail", HashSet::new()),
+            Mod::Delete("departmentNumber", HashSet::new()),
+        ],
+    )
+    .await;
+    until(&h, "openldap leavers without mail revoked", |h| {
+        !h.holds("E1", "berlin-engineering")
+            && !h.holds("E1", "berlin-lab")
+            && !h.holds("E2", "london-sales")
+    })
+    .await;
+    // Enabled and without mail: quarantined, and what it had stays.
+    modify(&mut ldap, "E3", vec![Mod::Delete("mail", HashSet::new())]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !store::list_quarantine(h.app.store().pool(), 50)
+        .await
+        .unwrap()
+        .iter()
+        .any(|q| q.record_key.as_deref() == Some("E3") && q.field == "mail")
+    {
+        assert!(Instant::now() < deadline, "E3 not quarantined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.drain().await;
+    assert!(h.holds("E3", "london-finance"));
+    src.stop().await;
+
+    // AD dialect against its own slapd and store.
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("ad.db").display()),
+        &tmp.path().join("ad"),
+        NukiOptions::default(),
+    )
+    .await;
+    let slapd = Slapd::start(&tmp.path().join("slapd-ad"), false);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_ad_user(&mut ldap, "A1", "Engineering", "Berlin", "100").await;
+    add_ad_user(&mut ldap, "A2", "Sales", "London", "101").await;
+    add_ad_user(&mut ldap, "A3", "Finance", "Berlin", "102").await;
+    let mut cfg = source_config(
+        &slapd.url(),
+        "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = 3600\n\
+         filter = \"(objectClass=latchkeyDirectoryUser)\"\n",
+    );
+    cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
+    let src = start_source(&h, &cfg);
+    until(&h, "AD initial load", |h| {
+        h.holds("A1", "berlin-lab")
+            && h.holds("A2", "london-sales")
+            && h.holds("A3", "berlin-finance")
+    })
+    .await;
+    // 514 and no mail in the same modify.
+    modify(
+        &mut ldap,
+        "A1",
+        vec![
+            Mod::Replace("userAccountControl", vs(&["514"])),
+            Mod::Delete("mail", HashSet::new()),
+            Mod::Replace("uSNChanged", vs(&["110"])),
+        ],
+    )
+    .await;
+    // Expired on 2026-11-20 (FILETIME), still enabled.
+    modify(
+        &mut ldap,
+        "A2",
+        vec![
+            Mod::Replace("accountExpires", vs(&["134396064000000000"])),
+            Mod::Replace("uSNChanged", vs(&["111"])),
+        ],
+    )
+    .await;
+    // Expires 2026-11-26T00:00Z: a dated termination.
+    modify(
+        &mut ldap,
+        "A3",
+        vec![
+            Mod::Replace("accountExpires", vs(&["134401248000000000"])),
+            Mod::Replace("uSNChanged", vs(&["112"])),
+        ],
+    )
+    .await;
+    until(&h, "AD disabled-without-mail and expired revoked", |h| {
+        !h.holds("A1", "berlin-engineering")
+            && !h.holds("A1", "berlin-lab")
+            && !h.holds("A2", "london-sales")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store::checkpoint(h.app.store().pool(), "corp")
+        .await
+        .unwrap()
+        .as_deref()
+        != Some("usn:112")
+    {
+        assert!(Instant::now() < deadline, "A3's change not polled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.drain().await;
+    assert!(
+        h.holds("A3", "berlin-finance"),
+        "expiry in the future keeps access until then"
+    );
+    h.clock.set(t("2026-11-26T00:00:01Z"));
+    h.app.engine.tick().await.unwrap();
+    h.drain().await;
+    assert!(
+        holds_nothing(&h, "A3", &["berlin-finance"]).await,
+        "expired at its instant"
+    );
+    src.stop().await;
+}
+
+#[tokio::test]
+async fn rfc4533_mass_deletion_is_held_for_approval() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    let slapd = Slapd::start(&tmp.path().join("slapd"), true);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    let keys: Vec<String> = (1..=20).map(|i| format!("M{i:02}")).collect();
+    for k in &keys {
+        add_user(&mut ldap, k, "sales", "berlin").await;
+    }
+    let mut cfg = source_config(&slapd.url(), "");
+    cfg.mass_change_threshold = Some(0.2);
+    cfg.mass_delete_min = 2;
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| {
+        keys.iter().all(|k| h.holds(k, "berlin-sales"))
+    })
+    .await;
+    // 30 % deleted, one explicit delete after another (an OU removed by mistake).
+    let gone = &keys[..6];
+    for k in gone {
+        ldap.delete(&user_dn(k)).await.unwrap().success().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        h.drain().await;
+        let revoked = gone.iter().filter(|k| !h.holds(k, "berlin-sales")).count();
+        let held = store::held_changes(h.app.store().pool()).await.unwrap();
+        if revoked + held.len() == gone.len() {
+            assert!(
+                revoked <= 4,
+                "at most the threshold flows: {revoked} revoked"
+            );
+            assert!(held.len() >= 2, "{held:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deletions neither applied nor held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(keys[6..].iter().all(|k| h.holds(k, "berlin-sales")));
+    // Approval carries them out.
+    for held in store::held_changes(h.app.store().pool()).await.unwrap() {
+        h.app
+            .engine
+            .decide(held.id, true, "admin@example.com")
+            .await
+            .unwrap();
+    }
+    h.drain().await;
+    assert!(gone.iter().all(|k| !h.holds(k, "berlin-sales")));
+    assert!(keys[6..].iter().all(|k| h.holds(k, "berlin-sales")));
+
+    // Later (a new window), 5 of the 14 left are disabled at once: disables count the same way.
+    let now = h.clock.now_utc();
+    h.clock.set(now + chrono::Duration::seconds(3600));
+    let disabled = &keys[6..11];
+    for k in disabled {
+        modify(&mut ldap, k, vec![Mod::Add("nsAccountLock", vs(&["TRUE"]))]).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        h.drain().await;
+        let revoked = disabled
+            .iter()
+            .filter(|k| !h.holds(k, "berlin-sales"))
+            .count();
+        let held = store::held_changes(h.app.store().pool()).await.unwrap();
+        if revoked + held.len() == disabled.len() {
+            assert!(
+                revoked <= 3,
+                "at most the threshold flows: {revoked} revoked"
+            );
+            assert!(held.len() >= 2, "{held:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "disables neither applied nor held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for held in store::held_changes(h.app.store().pool()).await.unwrap() {
+        h.app
+            .engine
+            .decide(held.id, true, "admin@example.com")
+            .await
+            .unwrap();
+    }
+    h.drain().await;
+    assert!(disabled.iter().all(|k| !h.holds(k, "berlin-sales")));
+    assert!(keys[11..].iter().all(|k| h.holds(k, "berlin-sales")));
+    src.stop().await;
+}
+
+/// A groupOfNames under ou=groups (it must have a member: a placeholder keeps it valid).
+async fn add_group(ldap: &mut ldap3::Ldap, cn_rdn: &str, members: &[&str]) -> String {
+    let dn = format!("cn={cn_rdn},ou=groups,{SUFFIX}");
+    let mut m: Vec<&str> = members.to_vec();
+    m.push(ADMIN);
+    let cn = cn_rdn.replace("\\2C", ",");
+    add(
+        ldap,
+        &dn,
+        vec![
+            ("objectClass", vec!["groupOfNames"]),
+            ("cn", vec![&cn]),
+            ("member", m),
+        ],
+    )
+    .await;
+    dn
+}
+
+#[tokio::test]
+async fn rfc4533_group_entries_with_memberof_overlay_grant_and_revoke() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    // The real overlay maintains memberOf; syncprov does not send the person when it does.
+    let slapd = Slapd::start_with(&tmp.path().join("slapd"), true, true);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_user(&mut ldap, "E1", "sales", "berlin").await;
+    add_user(&mut ldap, "E2", "sales", "london").await;
+    // Roles by a group's name with an escaped comma and non-ASCII case, and by DN.
+    let text = std::fs::read_to_string(repo().join("mappings/ldap.toml"))
+        .unwrap()
+        .replace(
+            "attribute = \"memberOf\"",
+            &format!("attribute = \"memberOf\"\nbase = \"ou=groups,{SUFFIX}\""),
+        )
+        .replace(
+            "{ group = \"technicians\", role = \"technician\" },",
+            "{ group = \"technicians\", role = \"technician\" },\n  { group = \"Ødegård Lab, Oslo\", role = \"technician\" },",
+        );
+    let mapping = tmp.path().join("ldap-groups.toml");
+    std::fs::write(&mapping, text).unwrap();
+    let mut cfg = source_config(&slapd.url(), "");
+    cfg.mapping = mapping;
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| {
+        h.holds("E1", "berlin-sales") && h.holds("E2", "london-sales")
+    })
+    .await;
+    // Groups created while connected: membership arrives through the group entries.
+    let managers = add_group(&mut ldap, "Managers", &[&user_dn("E1")]).await;
+    let lab = add_group(
+        &mut ldap,
+        "ØDEGÅRD LAB\\2C OSLO",
+        &[&user_dn("E2").to_uppercase()],
+    )
+    .await;
+    until(&h, "group members get their doors", |h| {
+        h.holds("E1", "berlin-management") && h.holds("E2", "london-plant-room")
+    })
+    .await;
+    // The overlay did write memberOf on the person.
+    let (rs, _) = ldap
+        .search(
+            &user_dn("E1"),
+            ldap3::Scope::Base,
+            "(objectClass=*)",
+            vec!["memberOf"],
+        )
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    let e = ldap3::SearchEntry::construct(rs.into_iter().next().unwrap());
+    assert_eq!(e.attrs.get("memberOf").map(Vec::len), Some(1), "{e:?}");
+    // Removal from a group revokes the door.
+    ldap.modify(
+        &managers,
+        vec![Mod::Delete("member", vs(&[&user_dn("E1")]))],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    until(&h, "removed from managers", |h| {
+        !h.holds("E1", "berlin-management")
+    })
+    .await;
+    ldap.delete(&lab).await.unwrap().success().unwrap();
+    until(&h, "lab group deleted", |h| {
+        !h.holds("E2", "london-plant-room")
+    })
+    .await;
+    assert!(h.holds("E1", "berlin-sales") && h.holds("E2", "london-sales"));
+    src.stop().await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn add_ad_entry(
+    ldap: &mut ldap3::Ldap,
+    uid: &str,
+    key: &str,
+    dept: &str,
+    site: &str,
+    uac: &str,
+    usn: &str,
+) {
+    let mail = format!("{uid}@example.com");
+    let cn = format!("Person {uid}");
+    add(
+        ldap,
+        &format!("uid={uid},{PEOPLE}"),
+        vec![
+            (
+                "objectClass",
+                vec!["inetOrgPerson", "latchkeyDirectoryUser"],
+            ),
+            ("uid", vec![uid]),
+            ("cn", vec![&cn]),
+            ("sn", vec![uid]),
+            ("displayName", vec![&cn]),
+            ("mail", vec![&mail]),
+            ("sAMAccountName", vec![uid]),
+            ("employeeID", vec![key]),
+            ("department", vec![dept]),
+            ("l", vec![site]),
+            ("userAccountControl", vec![uac]),
+            ("uSNChanged", vec![usn]),
+        ],
+    )
+    .await;
+}
+
+async fn modify_dn(ldap: &mut ldap3::Ldap, uid: &str, mods: Vec<Mod<&str>>) {
+    ldap.modify(&format!("uid={uid},{PEOPLE}"), mods)
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+}
+
+async fn until_checkpoint(h: &Harness, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store::checkpoint(h.app.store().pool(), "corp")
+        .await
+        .unwrap()
+        .as_deref()
+        != Some(want)
+    {
+        assert!(Instant::now() < deadline, "checkpoint {want} not reached");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.drain().await;
+}
+
+async fn issues_of(h: &Harness, key: &str) -> usize {
+    store::completed_commands(h.app.store().pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.identity_key == key && c.action == Action::Issue)
+        .count()
+}
+
+#[tokio::test]
+async fn active_directory_duplicate_keys_never_alternate() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    let slapd = Slapd::start(&tmp.path().join("slapd"), false);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_ad_entry(&mut ldap, "a1", "A1", "Engineering", "Berlin", "512", "100").await;
+    add_ad_entry(
+        &mut ldap,
+        "adm-a1",
+        "A1",
+        "Engineering",
+        "Berlin",
+        "512",
+        "101",
+    )
+    .await;
+    add_ad_entry(&mut ldap, "a2", "A2", "Sales", "London", "512", "102").await;
+    add_ad_entry(&mut ldap, "a2-old", "A2", "Finance", "London", "514", "103").await;
+    add_ad_entry(&mut ldap, "a3", "A3", "Sales", "Berlin", "512", "104").await;
+    add_ad_entry(&mut ldap, "a4", "A4", "Sales", "Berlin", "512", "105").await;
+    let text = |full: u64| {
+        format!(
+            "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = {full}\n\
+             filter = \"(objectClass=latchkeyDirectoryUser)\"\n"
+        )
+    };
+    let mut cfg = source_config(&slapd.url(), &text(3600));
+    cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| {
+        h.holds("A1", "berlin-lab")
+            && h.holds("A2", "london-sales")
+            && h.holds("A4", "berlin-sales")
+    })
+    .await;
+    assert!(
+        !h.holds("A2", "london-finance"),
+        "the stale duplicate gives nothing"
+    );
+    let q = store::list_quarantine(h.app.store().pool(), 50)
+        .await
+        .unwrap();
+    assert!(
+        q.iter().any(|q| q.location == format!("uid=adm-a1,{PEOPLE}") && q.reason.contains("duplicate")),
+        "{q:?}"
+    );
+    // The person leaves; a password reset on the admin duplicate does not re-hire.
+    modify_dn(
+        &mut ldap,
+        "a1",
+        vec![
+            Mod::Replace("userAccountControl", vs(&["514"])),
+            Mod::Replace("uSNChanged", vs(&["110"])),
+        ],
+    )
+    .await;
+    until(&h, "A1 leaves", |h| {
+        !h.holds("A1", "berlin-lab") && !h.holds("A1", "berlin-engineering")
+    })
+    .await;
+    modify_dn(
+        &mut ldap,
+        "adm-a1",
+        vec![
+            Mod::Replace("description", vs(&["password reset"])),
+            Mod::Replace("uSNChanged", vs(&["111"])),
+        ],
+    )
+    .await;
+    // Touching the stale disabled duplicate does not revoke the active person.
+    modify_dn(
+        &mut ldap,
+        "a2-old",
+        vec![
+            Mod::Replace("description", vs(&["touched"])),
+            Mod::Replace("uSNChanged", vs(&["112"])),
+        ],
+    )
+    .await;
+    until_checkpoint(&h, "usn:112").await;
+    assert!(!h.holds("A1", "berlin-lab") && !h.holds("A1", "berlin-engineering"));
+    assert!(h.holds("A2", "london-sales"));
+    src.stop().await;
+
+    // Full comparisons, one after another: deletions of A3 and then A4 show two have run.
+    let mut cfg = source_config(&slapd.url(), &text(1));
+    cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
+    let src = start_source(&h, &cfg);
+    for k in ["a3", "a4"] {
+        ldap.delete(&format!("uid={k},{PEOPLE}"))
+            .await
+            .unwrap()
+            .success()
+            .unwrap();
+        let key = k.to_uppercase();
+        until(&h, "deletion found by a full comparison", |h| {
+            !h.holds(&key, "berlin-sales")
+        })
+        .await;
+    }
+    src.stop().await;
+    assert!(h.holds("A2", "london-sales"));
+    assert!(!h.holds("A1", "berlin-lab"));
+    // Nothing issued twice, nothing revoked from the active person.
+    assert_eq!(revokes_of(&h, "A2").await.len(), 0);
+    assert_eq!(issues_of(&h, "A2").await, 1);
+    assert_eq!(issues_of(&h, "A1").await, 2);
+    assert_eq!(revokes_of(&h, "A1").await.len(), 2);
+}
+
+/// An inetOrgPerson with its own uid carrying someone's employeeNumber.
+async fn add_copy(ldap: &mut ldap3::Ldap, uid: &str, key: &str, dept: &str, site: &str) {
+    let mail = format!("{uid}@example.com");
+    add(
+        ldap,
+        &format!("uid={uid},{PEOPLE}"),
+        vec![
+            (
+                "objectClass",
+                vec!["inetOrgPerson", "latchkeyDirectoryUser"],
+            ),
+            ("uid", vec![uid]),
+            ("cn", vec![uid]),
+            ("sn", vec![uid]),
+            ("mail", vec![&mail]),
+            ("employeeNumber", vec![key]),
+            ("departmentNumber", vec![dept]),
+            ("l", vec![site]),
+            ("employeeType", vec!["Employee"]),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rfc4533_duplicate_keys_admin_reset_and_stale_copy() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    let slapd = Slapd::start(&tmp.path().join("slapd"), true);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_user(&mut ldap, "E1", "sales", "berlin").await;
+    add_copy(&mut ldap, "adm-e1", "E1", "sales", "berlin").await;
+    add_user(&mut ldap, "E2", "finance", "london").await;
+    add_copy(&mut ldap, "e2-old", "E2", "finance", "london").await;
+    ldap.modify(
+        &format!("uid=e2-old,{PEOPLE}"),
+        vec![Mod::Add("nsAccountLock", vs(&["TRUE"]))],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    let src = start_source(&h, &source_config(&slapd.url(), ""));
+    until(&h, "initial load", |h| {
+        h.holds("E1", "berlin-sales") && h.holds("E2", "london-finance")
+    })
+    .await;
+    modify(
+        &mut ldap,
+        "E1",
+        vec![Mod::Add("nsAccountLock", vs(&["TRUE"]))],
+    )
+    .await;
+    until(&h, "E1 leaves", |h| !h.holds("E1", "berlin-sales")).await;
+    // A password reset on the admin copy, a touch and then a delete of the stale copy.
+    ldap.modify(
+        &format!("uid=adm-e1,{PEOPLE}"),
+        vec![Mod::Replace("userPassword", vs(&["new-secret"]))],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    ldap.modify(
+        &format!("uid=e2-old,{PEOPLE}"),
+        vec![Mod::Replace("description", vs(&["touched"]))],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    ldap.delete(&format!("uid=e2-old,{PEOPLE}"))
+        .await
+        .unwrap()
+        .success()
+        .unwrap();
+    // Changes arrive in order: once this joiner is in, the ones before were applied.
+    add_user(&mut ldap, "E9", "sales", "london").await;
+    until(&h, "joiner after the duplicates' changes", |h| {
+        h.holds("E9", "london-sales")
+    })
+    .await;
+    assert!(
+        !h.holds("E1", "berlin-sales"),
+        "the admin copy re-hired a leaver"
+    );
+    assert!(
+        h.holds("E2", "london-finance"),
+        "the stale copy revoked the active person"
+    );
+    assert_eq!(revokes_of(&h, "E2").await.len(), 0);
+    src.stop().await;
+}
+
+#[tokio::test]
+async fn directory_change_time_is_the_trigger_so_detect_shows_polling_delay() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    // latchkey's clock runs 30 s behind the directory's changes (as a slow poll would).
+    // The wall clock the directory stamps its changes with.
+    let wall = latchkey::clock::system();
+    let started = wall.now();
+    h.clock.set(started + chrono::Duration::seconds(30));
+    let slapd = Slapd::start(&tmp.path().join("slapd"), false);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_ad_user(&mut ldap, "A1", "Sales", "London", "100").await;
+    let mut cfg = source_config(
+        &slapd.url(),
+        "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = 3600\n\
+         filter = \"(objectClass=latchkeyDirectoryUser)\"\n",
+    );
+    cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| h.holds("A1", "london-sales")).await;
+    let modified = wall.now();
+    modify(
+        &mut ldap,
+        "A1",
+        vec![
+            Mod::Replace("userAccountControl", vs(&["514"])),
+            Mod::Replace("uSNChanged", vs(&["110"])),
+        ],
+    )
+    .await;
+    until(&h, "A1 revoked", |h| !h.holds("A1", "london-sales")).await;
+    src.stop().await;
+    let c = store::completed_commands(h.app.store().pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.identity_key == "A1" && c.action == Action::Revoke)
+        .unwrap();
+    let trigger = latchkey::clock::from_micros(c.trigger_at);
+    // modifyTimestamp has one-second resolution.
+    assert!(
+        (trigger - modified).num_seconds().abs() <= 2,
+        "trigger {trigger} is not the directory's change time {modified}"
+    );
+    let detect = (c.detected_at - c.trigger_at) / 1_000_000;
+    assert!((20..=31).contains(&detect), "detect stage {detect} s");
+}
+
+#[tokio::test]
+async fn active_directory_changed_employee_id_is_the_same_person() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        eprintln!("-- backend {name}");
+        let dir = tmp.path().join(&name);
+        let h = Harness::new(&name, &url, &dir, NukiOptions::default()).await;
+        let slapd = Slapd::start(&dir.join("slapd"), false);
+        let mut ldap = slapd.admin().await;
+        seed(&mut ldap).await;
+        add_ad_user(&mut ldap, "A1", "Engineering", "Berlin", "100").await;
+        add_ad_user(&mut ldap, "A3", "Sales", "Berlin", "101").await;
+        add_ad_user(&mut ldap, "A4", "Sales", "Berlin", "102").await;
+        let mut cfg = source_config(
+            &slapd.url(),
+            "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = 2\n\
+         filter = \"(objectClass=latchkeyDirectoryUser)\"\n",
+        );
+        cfg.mapping = repo().join("tests/ldap/ad-mapping.toml");
+        let src = start_source(&h, &cfg);
+        until(&h, "initial load", |h| {
+            h.holds("A1", "berlin-lab") && h.holds("A1", "berlin-engineering")
+        })
+        .await;
+        // Same entry (entryUUID), same mailbox and vendor account, new employeeID.
+        modify(
+            &mut ldap,
+            "A1",
+            vec![
+                Mod::Replace("employeeID", vs(&["A9"])),
+                Mod::Replace("uSNChanged", vs(&["110"])),
+            ],
+        )
+        .await;
+        until_checkpoint(&h, "usn:110").await;
+        // Full comparisons run after it: the deletions of A3 and then A4 show they did.
+        for k in ["A3", "A4"] {
+            ldap.delete(&user_dn(k)).await.unwrap().success().unwrap();
+            until(&h, "deletion found by a full comparison", |h| {
+                !h.holds(k, "berlin-sales")
+            })
+            .await;
+        }
+        src.stop().await;
+        // The vendor account (a1@example.com) kept its doors; nothing revoked or issued again.
+        assert!(h.holds("A1", "berlin-lab") && h.holds("A1", "berlin-engineering"));
+        assert!(revokes_of(&h, "A1").await.is_empty() && revokes_of(&h, "A9").await.is_empty());
+        assert_eq!(issues_of(&h, "A1").await + issues_of(&h, "A9").await, 2);
+        let mut conn = h.app.store().pool().acquire().await.unwrap();
+        assert_eq!(store::grants_of(&mut conn, "A9").await.unwrap().len(), 2);
+        assert!(
+            store::get_identity(&mut conn, "A1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test]
+async fn rfc4533_mass_deletion_while_down_with_sessionlog_is_held() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    let mut slapd = Slapd::start(&tmp.path().join("slapd"), true);
+    // With a session log slapd answers a reconnect with explicit deletes, not a present phase.
+    let conf = tmp.path().join("slapd/slapd.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(
+        &conf,
+        text.replace(
+            "syncprov-checkpoint 10 1",
+            "syncprov-checkpoint 10 1\nsyncprov-sessionlog 1000",
+        ),
+    )
+    .unwrap();
+    slapd.stop();
+    slapd.spawn();
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    let keys: Vec<String> = (1..=20).map(|i| format!("S{i:02}")).collect();
+    for k in &keys {
+        add_user(&mut ldap, k, "sales", "london").await;
+    }
+    let mut cfg = source_config(&slapd.url(), "");
+    cfg.mass_change_threshold = Some(0.2);
+    cfg.mass_delete_min = 2;
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| {
+        keys.iter().all(|k| h.holds(k, "london-sales"))
+    })
+    .await;
+    // The cookie must cover the load before latchkey goes down.
+    add_user(&mut ldap, "S99", "sales", "london").await;
+    until(&h, "joiner", |h| h.holds("S99", "london-sales")).await;
+    src.stop().await;
+    for k in &keys[..6] {
+        ldap.delete(&user_dn(k)).await.unwrap().success().unwrap();
+    }
+    let src = start_source(&h, &cfg);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store::held_changes(h.app.store().pool())
+        .await
+        .unwrap()
+        .len()
+        < 6
+    {
+        assert!(
+            Instant::now() < deadline,
+            "deletions made while down were not held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    src.stop().await;
+    h.drain().await;
+    assert!(
+        keys.iter().all(|k| h.holds(k, "london-sales")),
+        "nobody revoked before approval"
+    );
+}
+
+#[tokio::test]
+async fn active_directory_group_entries_are_read_every_poll() {
+    if !slapd_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let h = Harness::new(
+        "sqlite",
+        &format!("sqlite://{}", tmp.path().join("state.db").display()),
+        tmp.path(),
+        NukiOptions::default(),
+    )
+    .await;
+    let slapd = Slapd::start(&tmp.path().join("slapd"), false);
+    let mut ldap = slapd.admin().await;
+    seed(&mut ldap).await;
+    add_ad_user(&mut ldap, "A1", "Sales", "Berlin", "100").await;
+    let text = std::fs::read_to_string(repo().join("tests/ldap/ad-mapping.toml"))
+        .unwrap()
+        .replace(
+            "attribute = \"memberOf\"",
+            &format!("attribute = \"memberOf\"\nbase = \"ou=groups,{SUFFIX}\"\nnested = true"),
+        );
+    let mapping = tmp.path().join("ad-groups.toml");
+    std::fs::write(&mapping, text).unwrap();
+    let mut cfg = source_config(
+        &slapd.url(),
+        "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = 3600\n\
+         filter = \"(objectClass=latchkeyDirectoryUser)\"\n",
+    );
+    cfg.mapping = mapping;
+    let src = start_source(&h, &cfg);
+    until(&h, "initial load", |h| h.holds("A1", "berlin-sales")).await;
+    // Managers (by DN in the mapping) contains a nested group that contains A1, spelled in
+    // another case: nothing changes on A1's own entry.
+    let leads = add_group(
+        &mut ldap,
+        "Site Leads\\2C Berlin",
+        &[&user_dn("A1").to_uppercase()],
+    )
+    .await;
+    add_group(&mut ldap, "Managers", &[&leads]).await;
+    until(&h, "nested group membership grants", |h| {
+        h.holds("A1", "berlin-management")
+    })
+    .await;
+    ldap.modify(
+        &leads,
+        vec![Mod::Delete("member", vs(&[&user_dn("A1").to_uppercase()]))],
+    )
+    .await
+    .unwrap()
+    .success()
+    .unwrap();
+    until(&h, "removal revokes", |h| {
+        !h.holds("A1", "berlin-management")
+    })
+    .await;
+    assert!(h.holds("A1", "berlin-sales"));
+    src.stop().await;
 }

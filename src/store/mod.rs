@@ -1405,3 +1405,44 @@ pub async fn mark_cabinet_leaver_alerted(conn: &mut AnyConnection, id: i64, at: 
         .await?;
     Ok(())
 }
+
+/// A person's correlation key changed at its only source (a directory entry, same entryUUID or
+/// objectGUID, new employeeID): move the identity, its grants, vendor accounts, open commands and
+/// that source's record to the new key, so nothing is revoked and re-issued. Only for a new key
+/// no identity uses yet; returns whether it moved.
+pub async fn rekey_identity(
+    conn: &mut AnyConnection,
+    source: &str,
+    old: &str,
+    new: &str,
+) -> Result<bool> {
+    let taken = sqlx::query(
+        "SELECT 1 AS x FROM identities WHERE key = $1
+         UNION ALL SELECT 1 AS x FROM grants WHERE identity_key = $1
+         UNION ALL SELECT 1 AS x FROM source_records WHERE key = $1
+         UNION ALL SELECT 1 AS x FROM source_records WHERE key = $2 AND source <> $3",
+    )
+    .bind(new)
+    .bind(old)
+    .bind(source)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if taken.is_some() {
+        return Ok(false);
+    }
+    for sql in [
+        "UPDATE identities SET key = $1 WHERE key = $2",
+        "UPDATE grants SET identity_key = $1 WHERE identity_key = $2",
+        "UPDATE vendor_people SET identity_key = $1 WHERE identity_key = $2",
+        "UPDATE commands SET identity_key = $1 WHERE identity_key = $2
+           AND status IN ('pending', 'confirming', 'inflight')",
+        "UPDATE source_records SET key = $1 WHERE key = $2",
+    ] {
+        sqlx::query(sql)
+            .bind(new)
+            .bind(old)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(true)
+}
