@@ -74,6 +74,28 @@ impl Caller {
     }
 }
 
+/// Requests per second and burst of a tenant without its own `rate_limit`.
+pub const DEFAULT_RATE_PER_SECOND: u32 = 250;
+pub const DEFAULT_RATE_BURST: u32 = 1000;
+
+/// A tenant's extensions (global ones, then its own), unknown-attribute rule and provider quirks.
+fn profile(cfg: &ScimConfig, t: &crate::config::ScimTenantConfig) -> src::Profile {
+    let mut extensions: Vec<(String, crate::config::ScimExtensionConfig)> = cfg
+        .extensions
+        .iter()
+        .filter(|(u, _)| !t.extensions.keys().any(|k| k.eq_ignore_ascii_case(u)))
+        .map(|(u, e)| (u.clone(), e.clone()))
+        .collect();
+    extensions.extend(t.extensions.iter().map(|(u, e)| (u.clone(), e.clone())));
+    src::Profile {
+        extensions,
+        unknown: t.unknown_attributes.unwrap_or(cfg.unknown_attributes),
+        unquoted_filters: t
+            .unquoted_filter_values
+            .unwrap_or(t.provider == crate::config::ScimProvider::Entra),
+    }
+}
+
 fn tenants(cfg: &ScimConfig, config: &crate::config::Config) -> Vec<Tenant> {
     let mut out = Vec::new();
     for (name, t) in &cfg.tenants {
@@ -85,7 +107,15 @@ fn tenants(cfg: &ScimConfig, config: &crate::config::Config) -> Vec<Tenant> {
                 continue;
             }
         };
-        let limiter = t.rate_limit.and_then(|rl| {
+        // Sized for an identity provider's initial import: Entra ID's provisioning service
+        // expects an endpoint to take at least 25 requests per second per tenant, and Okta's
+        // import runs several requests in parallel; a burst of 1,000 absorbs the start of a
+        // full import without a 429.
+        let rl = t.rate_limit.unwrap_or(crate::config::RateLimitConfig {
+            per_second: DEFAULT_RATE_PER_SECOND,
+            burst: DEFAULT_RATE_BURST,
+        });
+        let limiter = Some(rl).and_then(|rl| {
             let per = NonZeroU32::new(rl.per_second)?;
             let burst = NonZeroU32::new(rl.burst)?;
             Some(RateLimiter::direct(
@@ -99,6 +129,9 @@ fn tenants(cfg: &ScimConfig, config: &crate::config::Config) -> Vec<Tenant> {
                 tenant: name.clone(),
                 correlate_by: t.correlate_by.unwrap_or(cfg.correlate_by),
                 scope_groups: t.scope_groups.clone(),
+                profile: profile(cfg, t),
+                authoritative_keys: t.authoritative_keys.clone(),
+                may_terminate: t.may_terminate,
             },
             limiter,
         });
@@ -135,6 +168,9 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(scim.clone(), authenticate))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        // Outermost: whatever answered with an error (a body limit, a method the route does not
+        // have, an extractor), the client gets a SCIM Error.
+        .layer(middleware::map_response(scim_errors))
         .with_state(scim);
     Router::new().nest("/scim/v2", routes)
 }

@@ -138,7 +138,12 @@ pub(super) async fn run_search(
     headers: &HeaderMap,
 ) -> Reply {
     let tenant = &c.tenant().name;
-    let filter = p.filter.as_deref().map(src::parse_filter).transpose()?;
+    let profile = &c.tenant().mapping.profile;
+    let filter = p
+        .filter
+        .as_deref()
+        .map(|f| src::parse_tenant_filter(profile, f))
+        .transpose()?;
     let descending = match p.sort_order.as_deref().map(str::to_lowercase).as_deref() {
         None | Some("ascending") => false,
         Some("descending") => true,
@@ -152,6 +157,7 @@ pub(super) async fn run_search(
     let start_index = p.start_index.unwrap_or(1).max(1);
     let count = p.count.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE);
     let query = Query {
+        profile: profile.clone(),
         filter,
         sort_by: p.sort_by,
         descending,

@@ -103,12 +103,33 @@ pub(super) async fn authenticate(State(s): State<Scim>, mut req: Request, next: 
     };
     let tenant = &s.tenants[i];
     if let Some(l) = &tenant.limiter
-        && l.check().is_err()
+        && let Err(not_until) = l.check()
     {
-        let mut r = error(429, None, "rate limit exceeded for this tenant");
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        use governor::clock::{Clock, DefaultClock};
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        // Whole seconds, rounded up: a client that waits as told is let through.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut r = error(
+            429,
+            None,
+            &format!(
+                "rate limit exceeded for this tenant; retry in {} s",
+                secs.max(1)
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         return r;
+    }
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE)
+        && !json_content_type(ct)
+    {
+        return error(
+            415,
+            None,
+            "the body must be application/scim+json (or application/json)",
+        );
     }
     req.extensions_mut().insert(Caller(s.tenants.clone(), i));
     // A request cut off here rolls its transaction back: nothing is half-written.
@@ -116,4 +137,48 @@ pub(super) async fn authenticate(State(s): State<Scim>, mut req: Request, next: 
         Ok(r) => r,
         Err(_) => error(503, None, "request timed out; the change was not applied"),
     }
+}
+
+/// `application/scim+json`, `application/json` or any other `+json` type, with parameters.
+fn json_content_type(ct: &HeaderValue) -> bool {
+    let Ok(ct) = ct.to_str() else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Any error answer that is not already a SCIM Error (axum's 413 for a body over the limit, 405,
+/// a rejected extractor) becomes one, with its status and its text as the detail.
+pub(super) async fn scim_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_scim = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|c| c.as_bytes() == CONTENT_TYPE.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_scim {
+        return resp;
+    }
+    let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+    let text = axum::body::to_bytes(resp.into_body(), 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    // RFC 7644 section 3.12 defines no scimType for these statuses.
+    let mut r = error(status.as_u16(), None, &detail);
+    if let Some(v) = retry_after {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
 }

@@ -33,6 +33,44 @@ pub(super) async fn resync_members(
     Ok(())
 }
 
+/// A group's displayName is unique per tenant, and its members are users or groups of the tenant:
+/// a member id the server never issued is refused, not stored dangling. Only members new to the
+/// group are looked up.
+async fn check_group(
+    conn: &mut sqlx::AnyConnection,
+    t: &Tenant,
+    id: &str,
+    before: Option<&Resource>,
+    body: &Value,
+) -> Result<(), Failure> {
+    if let Some(name) = body.get("displayName").and_then(Value::as_str)
+        && src::display_name_taken(conn, &t.name, name, id).await?
+    {
+        return Err(Failure(ScimError::Client {
+            status: 409,
+            scim_type: Some("uniqueness"),
+            detail: format!("a group named `{name}` already exists"),
+        }));
+    }
+    let old = before.map(Resource::member_ids).unwrap_or_default();
+    let members = body.get("members").and_then(Value::as_array);
+    for m in members.into_iter().flatten() {
+        let Some(mid) = m.get("value").and_then(Value::as_str) else {
+            return Err(Failure(ScimError::bad(
+                "invalidValue",
+                "every member needs a `value` (the member's id)",
+            )));
+        };
+        if !old.contains(mid) && (mid == id || !src::exists(conn, &t.name, mid).await?) {
+            return Err(Failure(ScimError::bad(
+                "invalidValue",
+                format!("member `{mid}` is not a User or Group of this tenant"),
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn stamp(
     kind: Kind,
     id: &str,
@@ -73,6 +111,9 @@ pub(super) async fn write(
             detail: format!("userName `{un}` is already in use"),
         }));
     }
+    if kind == Kind::Group {
+        check_group(conn, t, id, before, &body).await?;
+    }
     let version = before.map_or(1, |b| b.version + 1);
     let created = before
         .and_then(|b| b.raw.pointer("/meta/created"))
@@ -89,7 +130,7 @@ pub(super) async fn write(
     let at = to_micros(now);
     // Stored first, so a user's groups are there for the person record and a group's members are
     // visible to the users re-evaluated below.
-    src::put(conn, &t.name, &r, at, at).await?;
+    src::put(conn, &t.name, &r, before.map(|b| &b.raw), at, at).await?;
     match kind {
         Kind::User => {
             let key = src::sync_user(
@@ -156,7 +197,7 @@ pub(super) async fn create(
 ) -> Reply {
     let t = c.tenant();
     let kind = kind_of(&endpoint)?;
-    let v = src::canonical(kind, src::parse_body(&body)?, true)?;
+    let v = src::canonical(&t.mapping.profile, kind, src::parse_body(&body)?, true)?;
     let now = s.engine.clock.now();
     let id = src::new_id();
     let mut tx = s.engine.store.begin_write().await?;
@@ -181,7 +222,7 @@ pub(super) async fn replace(
 ) -> Reply {
     let t = c.tenant();
     let kind = kind_of(&endpoint)?;
-    let v = src::canonical(kind, src::parse_body(&body)?, false)?;
+    let v = src::canonical(&t.mapping.profile, kind, src::parse_body(&body)?, false)?;
     let now = s.engine.clock.now();
     let mut tx = s.engine.store.begin_write().await?;
     let before = src::get(&mut tx, &t.name, kind, &id)
@@ -199,6 +240,7 @@ pub(super) async fn replace(
 pub(super) async fn patch(
     State(s): State<Scim>,
     Path((endpoint, id)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
     headers: HeaderMap,
     Extension(c): Extension<Caller>,
     body: Bytes,
@@ -212,12 +254,12 @@ pub(super) async fn patch(
         .await?
         .ok_or_else(|| ScimError::not_found(kind, &id))?;
     check_if_match(&headers, &before)?;
-    let mut doc = src::apply_patch(kind, &before.raw, ops)?;
+    let mut doc = src::apply_patch(&t.mapping.profile, kind, &before.raw, ops)?;
     if let Value::Object(m) = &mut doc {
         m.remove("meta");
         m.remove("id");
     }
-    let v = src::canonical(kind, doc, false)?;
+    let v = src::canonical(&t.mapping.profile, kind, doc, false)?;
     let mut unchanged = before.raw.clone();
     if let Value::Object(m) = &mut unchanged {
         m.remove("meta");
@@ -229,11 +271,24 @@ pub(super) async fn patch(
     } else {
         write(&s, &mut tx, t, kind, &id, Some(&before), v, now).await?
     };
+    let (attributes, excluded) = (q.get("attributes"), q.get("excludedAttributes"));
+    if kind == Kind::Group && attributes.is_none() && excluded.is_none() {
+        // Entra ID expects 204 for a group PATCH, and a membership change on a large group must
+        // not send the whole member list back (RFC 7644 section 3.5.2 allows either).
+        tx.commit().await?;
+        s.engine.notify_outbox();
+        return Ok(with_etag(StatusCode::NO_CONTENT.into_response(), &r, None));
+    }
     let base = base(&s, &headers);
     let out = render(&mut tx, &t.name, &base, &r).await?;
     tx.commit().await?;
     s.engine.notify_outbox();
-    Ok(with_etag(scim_json(StatusCode::OK, &out), &r, None))
+    let p = Projection::parse(attributes.map(String::as_str), excluded.map(String::as_str));
+    Ok(with_etag(
+        scim_json(StatusCode::OK, &p.apply(out)),
+        &r,
+        None,
+    ))
 }
 
 pub(super) async fn remove(
@@ -255,21 +310,19 @@ pub(super) async fn remove(
         Kind::User => {
             // The provider says the person is gone: a leaver, never held (an explicit delete).
             if let Some(key) = &before.person_key {
-                s.engine
-                    .remove_record_tx(&mut tx, &src::source_name(&t.name), key, now)
-                    .await
-                    .map_err(ScimError::from)?;
+                src::remove_person(&s.engine, &mut tx, &t.mapping, key, now).await?;
             }
             // Drop the user from the groups that list them, so the groups stay consistent.
             for (gid, _) in src::groups_of(&mut tx, &t.name, &id).await? {
                 if let Some(mut g) = src::get(&mut tx, &t.name, Kind::Group, &gid).await? {
+                    let old = g.raw.clone();
                     if let Some(Value::Array(m)) = g.raw.get_mut("members") {
                         m.retain(|x| x.get("value").and_then(Value::as_str) != Some(id.as_str()));
                     }
                     g.version += 1;
                     g.raw["meta"]["version"] = json!(g.etag());
                     g.raw["meta"]["lastModified"] = json!(src::scim_time(now));
-                    src::put(&mut tx, &t.name, &g, at, at).await?;
+                    src::put(&mut tx, &t.name, &g, Some(&old), at, at).await?;
                 }
             }
             src::delete(&mut tx, &t.name, &id).await?;

@@ -18,32 +18,108 @@ pub fn parse_body(bytes: &[u8]) -> Result<Value> {
     Ok(v)
 }
 
-/// Refuse attributes the schema does not have: silently dropping them would let a mistyped
-/// attribute (`departmnet`) pass as success while nothing changed.
-pub(super) fn check_known(kind: Kind, v: &Map<String, Value>) -> Result<()> {
-    for (k, val) in v {
-        if kind.canonical(k).is_some() {
+/// Take out of a body what the `scim_v2` models do not carry (declared extensions, roles whole,
+/// unknown attributes a tenant keeps) and bring provider shapes to the RFC's: nulls are
+/// "unassigned", Entra ID's flattened enterprise attributes move into the extension, the manager in
+/// any of its shapes becomes `{"value": id}`. Unknown attributes follow the tenant's rule; refusing
+/// is the default, so a mistyped attribute (`departmnet`) never passes as success.
+fn prepare(p: &Profile, kind: Kind, map: &mut Map<String, Value>) -> Result<Map<String, Value>> {
+    use crate::config::UnknownAttributes as U;
+    let ent = schema_urns::ENTERPRISE_USER;
+    let mut aside = Map::new();
+    map.retain(|_, v| !v.is_null());
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for k in keys {
+        if kind.canonical(&k).is_some() {
             continue;
         }
-        if kind == Kind::User && k.eq_ignore_ascii_case(schema_urns::ENTERPRISE_USER) {
-            if let Value::Object(ext) = val {
-                for ek in ext.keys() {
-                    if !ENTERPRISE_ATTRS.iter().any(|a| a.eq_ignore_ascii_case(ek)) {
-                        return Err(ScimError::bad(
-                            "invalidSyntax",
-                            format!("unknown attribute `{k}:{ek}`"),
-                        ));
-                    }
-                }
+        let Some(v) = map.remove(&k) else { continue };
+        if kind == Kind::User && k.eq_ignore_ascii_case(ent) {
+            map.insert(ent.to_string(), v);
+            continue;
+        }
+        if kind == Kind::User
+            && let Some(name) = ENTERPRISE_ATTRS.iter().find(|a| a.eq_ignore_ascii_case(&k))
+        {
+            // Entra ID's flattened form: the extension's own value wins over the flattened one.
+            let slot = map.entry(ent.to_string()).or_insert_with(|| json!({}));
+            if let Value::Object(e) = slot
+                && !e.keys().any(|x| x.eq_ignore_ascii_case(name))
+            {
+                e.insert((*name).to_string(), v);
             }
             continue;
         }
-        return Err(ScimError::bad(
-            "invalidSyntax",
-            format!("unknown attribute `{k}` for {}", kind.resource_type()),
-        ));
+        if k.starts_with("urn:") {
+            match p.extension(kind, &k) {
+                Some((urn, e)) => {
+                    if let Some(v) = canonical_extension(p, urn, e, v)? {
+                        aside.insert(urn.to_string(), v);
+                    }
+                }
+                None if p.unknown == U::Refuse => return Err(undeclared(&k)),
+                None if p.unknown == U::Keep => {
+                    aside.insert(k, v);
+                }
+                None => {}
+            }
+            continue;
+        }
+        match p.unknown {
+            U::Refuse => {
+                return Err(ScimError::bad(
+                    "invalidSyntax",
+                    format!(
+                        "unknown attribute `{k}` for {}; declare it in an extension or set \
+                         unknown_attributes for the tenant",
+                        kind.resource_type()
+                    ),
+                ));
+            }
+            U::Keep => {
+                aside.insert(k, v);
+            }
+            U::Drop => {}
+        }
     }
-    Ok(())
+    if let Some(Value::Object(ext)) = map.get_mut(ent) {
+        let fields: Vec<(String, Value)> = std::mem::take(ext).into_iter().collect();
+        for (ek, ev) in fields {
+            if ev.is_null() || ek.eq_ignore_ascii_case("schemas") {
+                continue;
+            }
+            let Some(name) = ENTERPRISE_ATTRS
+                .iter()
+                .find(|a| a.eq_ignore_ascii_case(&ek))
+            else {
+                if p.unknown == U::Refuse {
+                    return Err(ScimError::bad(
+                        "invalidSyntax",
+                        format!("unknown attribute `{ent}:{ek}`"),
+                    ));
+                }
+                continue;
+            };
+            let ev = if *name == "manager" {
+                match manager_value(ev) {
+                    Some(m) => m,
+                    None => continue,
+                }
+            } else {
+                ev
+            };
+            ext.insert((*name).to_string(), ev);
+        }
+    }
+    if kind == Kind::User
+        && let Some(r) = map.remove("roles")
+    {
+        let r = roles_value(r);
+        if r.as_array().is_some_and(|a| !a.is_empty()) {
+            aside.insert("roles".into(), r);
+        }
+    }
+    Ok(aside)
 }
 
 pub(super) fn validation(e: scim_v2::ValidationError) -> ScimError {
@@ -53,14 +129,14 @@ pub(super) fn validation(e: scim_v2::ValidationError) -> ScimError {
 /// A client's resource body to the canonical stored form: read-only attributes (`id`, `meta`,
 /// a user's `groups`) dropped, the password dropped (it is never stored, invariant 8), booleans and
 /// spellings normalised by the `scim_v2` models.
-pub fn canonical(kind: Kind, mut v: Value, create: bool) -> Result<Value> {
+pub fn canonical(p: &Profile, kind: Kind, mut v: Value, create: bool) -> Result<Value> {
     let Value::Object(map) = &mut v else {
         return Err(ScimError::bad(
             "invalidSyntax",
             "resource must be an object",
         ));
     };
-    check_known(kind, map)?;
+    let aside = prepare(p, kind, map)?;
     for ro in ["id", "meta", "groups", "password"] {
         map.remove(ro);
     }
@@ -73,11 +149,11 @@ pub fn canonical(kind: Kind, mut v: Value, create: bool) -> Result<Value> {
         map.remove(schema_urns::ENTERPRISE_USER);
     }
     if let Some(Value::Array(schemas)) = map.get_mut("schemas") {
-        let ent = |u: &Value| {
+        // Declared extensions' URNs are listed again by `finish`; the model knows only its own.
+        schemas.retain(|u| {
             u.as_str()
-                .is_some_and(|u| u.eq_ignore_ascii_case(schema_urns::ENTERPRISE_USER))
-        };
-        schemas.retain(|u| !ent(u));
+                .is_some_and(|u| u.eq_ignore_ascii_case(kind.schema()))
+        });
         if ext_used && kind == Kind::User {
             schemas.push(json!(schema_urns::ENTERPRISE_USER));
         }
@@ -91,33 +167,56 @@ pub fn canonical(kind: Kind, mut v: Value, create: bool) -> Result<Value> {
     let invalid = |e: serde_json::Error| ScimError::bad("invalidValue", e.to_string());
     let out = match kind {
         Kind::User => {
-            // Entra ID sends the manager as a bare id in PUT bodies too; the schema has an object.
-            if let Some(Value::Object(ext)) = map.get_mut(schema_urns::ENTERPRISE_USER)
-                && let Some(Value::String(id)) = ext.get("manager").cloned()
-            {
-                ext.insert("manager".into(), json!({ "value": id }));
-            }
             let u: scim_v2::models::user::User<String> =
                 serde_json::from_value(v).map_err(invalid)?;
             u.validate_as(ctx).map_err(validation)?;
             serde_json::to_value(&u).map_err(invalid)?
         }
         Kind::Group => {
-            // RFC 7643's Group schema (which /Schemas serves) marks displayName optional while its
-            // prose and the `scim_v2` model require it; clients that read the schema omit it.
-            let unnamed = !map.contains_key("displayName");
-            if unnamed {
-                map.insert("displayName".into(), json!("-"));
+            // RFC 7643 section 4.2 and RFC 7644: a group is known by its displayName, which is
+            // unique per tenant (checked on write); /Schemas marks it required.
+            if map
+                .get("displayName")
+                .and_then(Value::as_str)
+                .is_none_or(|d| d.trim().is_empty())
+            {
+                return Err(ScimError::bad(
+                    "invalidValue",
+                    "a Group needs a non-empty displayName",
+                ));
             }
             let g: scim_v2::models::group::Group<String> =
                 serde_json::from_value(v).map_err(invalid)?;
             g.validate_as(ctx).map_err(validation)?;
-            let mut out = serde_json::to_value(&g).map_err(invalid)?;
-            if unnamed && let Value::Object(m) = &mut out {
-                m.remove("displayName");
-            }
-            out
+            serde_json::to_value(&g).map_err(invalid)?
         }
     };
-    Ok(out)
+    Ok(finish(kind, out, aside))
+}
+
+/// Put back what [`prepare`] set aside, and list in `schemas` exactly the extensions in use.
+fn finish(kind: Kind, mut out: Value, aside: Map<String, Value>) -> Value {
+    let Value::Object(m) = &mut out else {
+        return out;
+    };
+    // One shape for "no members": absent, never `[]` in some answers and missing in others.
+    if m.get("members")
+        .and_then(Value::as_array)
+        .is_some_and(Vec::is_empty)
+    {
+        m.remove("members");
+    }
+    m.retain(|_, v| !v.is_null());
+    let mut schemas = vec![json!(kind.schema())];
+    if m.contains_key(schema_urns::ENTERPRISE_USER) {
+        schemas.push(json!(schema_urns::ENTERPRISE_USER));
+    }
+    for (k, v) in aside {
+        if k.starts_with("urn:") {
+            schemas.push(json!(k));
+        }
+        m.insert(k, v);
+    }
+    m.insert("schemas".into(), Value::Array(schemas));
+    out
 }

@@ -14,6 +14,8 @@ pub enum Bind {
 #[derive(Debug, Default)]
 pub struct Sql {
     pub binds: Vec<Bind>,
+    /// The tenant's declared extensions, which filters may name.
+    pub profile: Profile,
 }
 
 impl Sql {
@@ -29,6 +31,7 @@ impl Sql {
 
 /// The stored (flattened) name of a filter's attribute path, checked against the schema.
 pub(super) fn stored_name(
+    pr: &Profile,
     kind: Option<Kind>,
     p: &AttrPath,
     parent: Option<&str>,
@@ -39,6 +42,20 @@ pub(super) fn stored_name(
             format!("unknown attribute `{p}` in filter"),
         )
     };
+    // A declared extension's attributes are stored as `urn:...:name` (lower case).
+    if parent.is_none()
+        && let Some(uri) = &p.uri
+    {
+        let kinds = kind.map_or(vec![Kind::User, Kind::Group], |k| vec![k]);
+        if let Some((urn, a)) = kinds.iter().find_map(|k| pr.ext_attr(*k, uri, &p.name)) {
+            let base = format!("{}:{}", urn.to_lowercase(), a.name.to_lowercase());
+            return Ok(match &p.sub_attr {
+                Some(sub) => format!("{base}.{}", sub.to_lowercase()),
+                None if a.kind == "complex" => format!("{base}.value"),
+                None => base,
+            });
+        }
+    }
     let enterprise = p
         .uri
         .as_deref()
@@ -100,7 +117,7 @@ pub(super) fn leaf(
         |cond: String| format!("EXISTS (SELECT 1 FROM scim_values v WHERE {scope} AND {cond})");
     match e {
         AttrExp::Present(p) => {
-            let name = stored_name(kind, p, parent)?;
+            let name = stored_name(&sql.profile, kind, p, parent)?;
             let a = sql.text(name.clone());
             let b = sql.text(format!("{}.%", like_escape(&name)));
             Ok(exists(format!(
@@ -108,7 +125,7 @@ pub(super) fn leaf(
             )))
         }
         AttrExp::Comparison(p, op, value) => {
-            let name = stored_name(kind, p, parent)?;
+            let name = stored_name(&sql.profile, kind, p, parent)?;
             if matches!(value, CompValue::Null) {
                 // `x eq null` is "x is absent"; `x ne null` is "x is present" (RFC 7644 3.4.2.2).
                 let present = leaf(sql, &AttrExp::Present(p.clone()), kind, parent)?;
@@ -214,7 +231,7 @@ pub fn filter_sql(sql: &mut Sql, f: &Filter, kind: Option<Kind>) -> Result<Strin
     Ok(match f {
         Filter::Attr(e) => leaf(sql, e, kind, None)?,
         Filter::ValuePath(vp) => {
-            let parent = stored_name(kind, &vp.attr, None)?;
+            let parent = stored_name(&sql.profile, kind, &vp.attr, None)?;
             let parent = parent
                 .strip_suffix(".value")
                 .map(str::to_string)
@@ -232,6 +249,15 @@ pub fn filter_sql(sql: &mut Sql, f: &Filter, kind: Option<Kind>) -> Result<Strin
     })
 }
 
+/// A filter as a tenant sends it: bare values quoted first when its provider needs that.
+pub fn parse_tenant_filter(pr: &Profile, s: &str) -> Result<Filter> {
+    if pr.unquoted_filters {
+        parse_filter(&quote_bare_values(s))
+    } else {
+        parse_filter(s)
+    }
+}
+
 pub fn parse_filter(s: &str) -> Result<Filter> {
     s.parse::<Filter>()
         .map_err(|e| ScimError::bad("invalidFilter", format!("invalid filter `{s}`: {e}")))
@@ -245,6 +271,7 @@ pub struct Query {
     /// 1-based.
     pub start_index: i64,
     pub count: i64,
+    pub profile: Profile,
 }
 
 pub(super) fn bind_all<'q>(
@@ -268,7 +295,10 @@ pub async fn search(
     kind: Option<Kind>,
     q: &Query,
 ) -> Result<(i64, Vec<Resource>)> {
-    let mut sql = Sql::default();
+    let mut sql = Sql {
+        profile: q.profile.clone(),
+        ..Sql::default()
+    };
     let mut cond = format!("r.tenant = {}", sql.text(tenant));
     if let Some(k) = kind {
         cond.push_str(&format!(
@@ -289,7 +319,7 @@ pub async fn search(
         Some(s) => {
             let path = parse_attr(s)
                 .map_err(|_| ScimError::bad("invalidValue", format!("cannot sort by `{s}`")))?;
-            let name = stored_name(kind, &path, None)
+            let name = stored_name(&sql.profile, kind, &path, None)
                 .map_err(|_| ScimError::bad("invalidValue", format!("cannot sort by `{s}`")))?;
             let a = sql.text(name);
             let dir = if q.descending { "DESC" } else { "ASC" };

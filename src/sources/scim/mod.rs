@@ -5,18 +5,22 @@
 //! such as `"active":"False"` come out as the RFC's form) plus one row per attribute value in
 //! `scim_values`, so a filter runs as SQL against both SQLite and PostgreSQL.
 
+mod authority;
 mod canonical;
 mod filter;
 mod patch;
 mod person;
+mod profile;
 mod store;
 #[cfg(test)]
 mod tests;
 
+pub use authority::*;
 pub use canonical::*;
 pub use filter::*;
 pub use patch::*;
 pub use person::*;
+pub use profile::*;
 pub use store::*;
 
 use crate::config::CorrelateBy;

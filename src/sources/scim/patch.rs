@@ -38,44 +38,74 @@ pub(super) fn key_of(map: &Map<String, Value>, name: &str) -> Option<String> {
 /// attribute's canonical name there.
 pub(super) fn locate<'a>(
     root: &'a mut Map<String, Value>,
+    pr: &Profile,
     kind: Kind,
     p: &AttrPath,
 ) -> Result<(&'a mut Map<String, Value>, String)> {
     let bad = || ScimError::bad("invalidPath", format!("no attribute `{p}`"));
+    let ent = schema_urns::ENTERPRISE_USER;
     let enterprise = p
         .uri
         .as_deref()
-        .is_some_and(|u| u.eq_ignore_ascii_case(schema_urns::ENTERPRISE_USER));
-    if let Some(uri) = &p.uri
-        && !enterprise
-        && !uri.eq_ignore_ascii_case(kind.schema())
-    {
-        return Err(bad());
-    }
-    if enterprise && kind == Kind::User {
+        .is_some_and(|u| u.eq_ignore_ascii_case(ent));
+    // Entra ID patches the enterprise attributes by their bare names (`manager`, `department`).
+    let flattened = p.uri.is_none()
+        && kind == Kind::User
+        && kind.canonical(&p.name).is_none()
+        && ENTERPRISE_ATTRS
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&p.name));
+    let (urn, name): (String, String) = if (enterprise || flattened) && kind == Kind::User {
         let name = ENTERPRISE_ATTRS
             .iter()
             .find(|a| a.eq_ignore_ascii_case(&p.name))
             .ok_or_else(bad)?;
-        let ext = root
-            .entry(schema_urns::ENTERPRISE_USER.to_string())
-            .or_insert_with(|| json!({}));
-        if !ext.is_object() {
-            *ext = json!({});
+        (ent.to_string(), (*name).to_string())
+    } else if let Some(uri) = p
+        .uri
+        .as_deref()
+        .filter(|u| !u.eq_ignore_ascii_case(kind.schema()))
+    {
+        match pr.ext_attr(kind, uri, &p.name) {
+            Some((u, a)) => (u.to_string(), a.name.clone()),
+            None if pr.extension(kind, uri).is_some() => return Err(bad()),
+            None if pr.unknown == crate::config::UnknownAttributes::Keep => {
+                (uri.to_string(), p.name.clone())
+            }
+            None => {
+                let ScimError::Client { detail, .. } = undeclared(uri) else {
+                    return Err(bad());
+                };
+                return Err(ScimError::bad("invalidPath", detail));
+            }
         }
-        let Value::Object(ext) = ext else {
-            return Err(bad());
-        };
-        return Ok((ext, (*name).to_string()));
+    } else {
+        let name = kind.canonical(&p.name).ok_or_else(bad)?;
+        if ["id", "meta", "groups"].contains(&name) {
+            return Err(ScimError::bad(
+                "mutability",
+                format!("`{name}` is read-only"),
+            ));
+        }
+        return Ok((root, name.to_string()));
+    };
+    let ext = root.entry(urn).or_insert_with(|| json!({}));
+    if !ext.is_object() {
+        *ext = json!({});
     }
-    let name = kind.canonical(&p.name).ok_or_else(bad)?;
-    if ["id", "meta", "groups"].contains(&name) {
-        return Err(ScimError::bad(
-            "mutability",
-            format!("`{name}` is read-only"),
-        ));
-    }
-    Ok((root, name.to_string()))
+    let Value::Object(ext) = ext else {
+        return Err(bad());
+    };
+    Ok((ext, name))
+}
+
+/// Whether the attribute a path names is multi-valued (core, or as an extension declares it).
+fn multi(pr: &Profile, kind: Kind, p: &AttrPath, name: &str) -> bool {
+    is_multi(name)
+        || p.uri
+            .as_deref()
+            .and_then(|u| pr.ext_attr(kind, u, name))
+            .is_some_and(|(_, a)| a.multi_valued)
 }
 
 pub(super) fn json_cmp(have: &Value, op: &CompareOp, want: &CompValue) -> bool {
@@ -166,18 +196,24 @@ pub(super) enum Op {
     Remove,
 }
 
-/// Entra ID sends the Enterprise `manager` as a bare id string; the schema has an object.
+/// Entra ID sends the Enterprise `manager` as a bare id, an object or a one-element array.
 pub(super) fn shape(name: &str, value: Value) -> Value {
     match value {
-        Value::String(s) if name == "manager" => json!({ "value": s }),
+        v if name == "manager" => manager_value(v).unwrap_or(Value::Null),
         v => v,
     }
 }
 
-pub(super) fn set_attr(map: &mut Map<String, Value>, name: &str, op: Op, value: Value) {
+pub(super) fn set_attr(
+    map: &mut Map<String, Value>,
+    name: &str,
+    multi: bool,
+    op: Op,
+    value: Value,
+) {
     let value = shape(name, value);
     let key = key_of(map, name).unwrap_or_else(|| name.to_string());
-    if is_multi(name) {
+    if multi {
         let items = match value {
             Value::Array(a) => a,
             Value::Null => vec![],
@@ -188,18 +224,30 @@ pub(super) fn set_attr(map: &mut Map<String, Value>, name: &str, op: Op, value: 
             *slot = json!([]);
         }
         if let Value::Array(a) = slot {
+            // Adding a member twice is a no-op, not a duplicate (Okta re-pushes whole groups).
+            // Elements are found by (value, type) through an index: one add to a group of 20,000
+            // is not 20,000 comparisons per added member.
+            let id = |x: &Value| {
+                x.get("value")
+                    .map(|v| format!("{v}\u{0}{}", x.get("type").unwrap_or(&Value::Null)))
+            };
+            let mut index: std::collections::HashMap<String, usize> = a
+                .iter()
+                .enumerate()
+                .filter_map(|(n, x)| id(x).map(|k| (k, n)))
+                .collect();
             for i in items {
-                // Adding a member twice is a no-op, not a duplicate (Okta re-pushes whole groups).
-                let same = |x: &Value| {
-                    x == &i
-                        || (x.get("value").is_some()
-                            && x.get("value") == i.get("value")
-                            && x.get("type") == i.get("type"))
-                };
-                if let Some(existing) = a.iter_mut().find(|x| same(x)) {
-                    merge(existing, i);
-                } else {
-                    a.push(i);
+                let at = id(&i)
+                    .and_then(|k| index.get(&k).copied())
+                    .or_else(|| a.iter().position(|x| x == &i));
+                match at {
+                    Some(n) => merge(&mut a[n], i),
+                    None => {
+                        if let Some(k) = id(&i) {
+                            index.insert(k, a.len());
+                        }
+                        a.push(i);
+                    }
                 }
             }
         }
@@ -216,45 +264,49 @@ pub(super) fn set_attr(map: &mut Map<String, Value>, name: &str, op: Op, value: 
 }
 
 /// `urn:...:enterprise:2.0:User` as a PATCH path parses as attribute `User` of schema
-/// `urn:...:enterprise:2.0`; it means the whole extension.
-pub(super) fn is_whole_extension(p: &AttrPath) -> bool {
-    p.sub_attr.is_none()
-        && p.uri.as_deref().is_some_and(|u| {
-            format!("{u}:{}", p.name).eq_ignore_ascii_case(schema_urns::ENTERPRISE_USER)
-        })
+/// `urn:...:enterprise:2.0`; it means the whole extension (the enterprise one or a declared one).
+pub(super) fn whole_extension(pr: &Profile, kind: Kind, p: &AttrPath) -> Option<String> {
+    let full = format!("{}:{}", p.uri.as_deref()?, p.name);
+    if p.sub_attr.is_some() {
+        return None;
+    }
+    if kind == Kind::User && full.eq_ignore_ascii_case(schema_urns::ENTERPRISE_USER) {
+        return Some(schema_urns::ENTERPRISE_USER.to_string());
+    }
+    pr.extension(kind, &full).map(|(u, _)| u.to_string())
 }
 
 pub(super) fn apply_path(
     root: &mut Map<String, Value>,
+    pr: &Profile,
     kind: Kind,
     op: Op,
     path: &PatchPath,
     value: Option<Value>,
 ) -> Result<()> {
     if let PatchPath::Attr(p) = path
-        && kind == Kind::User
-        && is_whole_extension(p)
+        && let Some(urn) = whole_extension(pr, kind, p)
     {
         match (op, value) {
             (Op::Remove, _) | (_, None | Some(Value::Null)) => {
-                root.remove(schema_urns::ENTERPRISE_USER);
+                root.remove(&urn);
             }
             (_, Some(Value::Object(ext))) => {
                 // scim2-models repeats the extension's `schemas` inside its object; it is not an
                 // attribute.
                 for (ek, ev) in ext.into_iter().filter(|(k, _)| k != "schemas") {
                     let p = AttrPath {
-                        uri: Some(schema_urns::ENTERPRISE_USER.into()),
+                        uri: Some(urn.clone()),
                         name: ek,
                         sub_attr: None,
                     };
-                    apply_path(root, kind, op, &PatchPath::Attr(p), Some(ev))?;
+                    apply_path(root, pr, kind, op, &PatchPath::Attr(p), Some(ev))?;
                 }
             }
             _ => {
                 return Err(ScimError::bad(
                     "invalidValue",
-                    "the enterprise extension must be an object",
+                    format!("the extension `{urn}` must be an object"),
                 ));
             }
         }
@@ -262,11 +314,13 @@ pub(super) fn apply_path(
     }
     match path {
         PatchPath::Attr(p) => {
-            let (map, name) = locate(root, kind, p)?;
+            let multi = multi(pr, kind, p, p.name.as_str());
+            let (map, name) = locate(root, pr, kind, p)?;
+            let multi = multi || is_multi(&name);
             match (&p.sub_attr, op) {
                 (None, Op::Remove) => {
                     // Entra ID removes members as `{"path":"members","value":[{"value":"id"}]}`.
-                    if let (Some(Value::Array(gone)), true) = (&value, is_multi(&name)) {
+                    if let (Some(Value::Array(gone)), true) = (&value, multi) {
                         let ids: Vec<&Value> = gone.iter().filter_map(|g| g.get("value")).collect();
                         if let Some(Value::Array(a)) =
                             key_of(map, &name).and_then(|k| map.get_mut(&k))
@@ -277,7 +331,7 @@ pub(super) fn apply_path(
                         map.remove(&k);
                     }
                 }
-                (None, _) => set_attr(map, &name, op, value.unwrap_or(Value::Null)),
+                (None, _) => set_attr(map, &name, multi, op, value.unwrap_or(Value::Null)),
                 (Some(sub), _) => {
                     let key = key_of(map, &name).unwrap_or(name.clone());
                     let slot = map.entry(key).or_insert_with(|| json!({}));
@@ -320,8 +374,9 @@ pub(super) fn apply_path(
             }
         }
         PatchPath::Value(vp) => {
-            let (map, name) = locate(root, kind, &vp.attr)?;
-            if !is_multi(&name) {
+            let declared_multi = multi(pr, kind, &vp.attr, vp.attr.name.as_str());
+            let (map, name) = locate(root, pr, kind, &vp.attr)?;
+            if !is_multi(&name) && !declared_multi {
                 return Err(ScimError::bad(
                     "invalidPath",
                     format!("`{name}` is not multi-valued"),
@@ -388,7 +443,12 @@ pub(super) fn apply_path(
 }
 
 /// Apply PATCH operations to a stored representation; the result still has to pass [`canonical`].
-pub fn apply_patch(kind: Kind, raw: &Value, ops: Vec<PatchOperation>) -> Result<Value> {
+pub fn apply_patch(
+    pr: &Profile,
+    kind: Kind,
+    raw: &Value,
+    ops: Vec<PatchOperation>,
+) -> Result<Value> {
     let mut doc = raw.clone();
     let Value::Object(root) = &mut doc else {
         return Err(ScimError::bad(
@@ -401,7 +461,7 @@ pub fn apply_patch(kind: Kind, raw: &Value, ops: Vec<PatchOperation>) -> Result<
             PatchOperation::Add(t) => (Op::Add, t),
             PatchOperation::Replace(t) => (Op::Replace, t),
             PatchOperation::Remove { path, value } => {
-                apply_path(root, kind, Op::Remove, &path, value)?;
+                apply_path(root, pr, kind, Op::Remove, &path, value)?;
                 continue;
             }
         };
@@ -410,7 +470,7 @@ pub fn apply_patch(kind: Kind, raw: &Value, ops: Vec<PatchOperation>) -> Result<
                 if value.is_none() && op == Op::Add {
                     return Err(ScimError::bad("invalidValue", "`add` needs a value"));
                 }
-                apply_path(root, kind, op, &path, value)?;
+                apply_path(root, pr, kind, op, &path, value)?;
             }
             // No path: the value is a partial resource. Okta includes `id` in it; Entra ID may use
             // dotted names (`name.givenName`) and extension URNs as keys.
@@ -422,27 +482,34 @@ pub fn apply_patch(kind: Kind, raw: &Value, ops: Vec<PatchOperation>) -> Result<
                     {
                         continue;
                     }
-                    if k.eq_ignore_ascii_case(schema_urns::ENTERPRISE_USER) {
+                    let urn = if kind == Kind::User
+                        && k.eq_ignore_ascii_case(schema_urns::ENTERPRISE_USER)
+                    {
+                        Some(schema_urns::ENTERPRISE_USER.to_string())
+                    } else {
+                        pr.extension(kind, &k).map(|(u, _)| u.to_string())
+                    };
+                    if let Some(urn) = urn {
                         let Value::Object(ext) = v else {
                             return Err(ScimError::bad(
                                 "invalidValue",
-                                "the enterprise extension must be an object",
+                                format!("the extension `{urn}` must be an object"),
                             ));
                         };
                         for (ek, ev) in ext {
                             let p = AttrPath {
-                                uri: Some(schema_urns::ENTERPRISE_USER.into()),
+                                uri: Some(urn.clone()),
                                 name: ek,
                                 sub_attr: None,
                             };
-                            apply_path(root, kind, op, &PatchPath::Attr(p), Some(ev))?;
+                            apply_path(root, pr, kind, op, &PatchPath::Attr(p), Some(ev))?;
                         }
                         continue;
                     }
                     let path: PatchPath = k
                         .parse()
                         .map_err(|e| ScimError::bad("invalidPath", format!("`{k}`: {e}")))?;
-                    apply_path(root, kind, op, &path, Some(v))?;
+                    apply_path(root, pr, kind, op, &path, Some(v))?;
                 }
             }
         }

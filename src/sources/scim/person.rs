@@ -113,16 +113,63 @@ pub fn source_name(tenant: &str) -> String {
 }
 
 /// What a tenant needs to turn users into person records.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Mapping {
     pub tenant: String,
     pub correlate_by: CorrelateBy,
     pub scope_groups: Vec<String>,
+    /// Declared extensions and compatibility settings.
+    pub profile: Profile,
+    /// Correlation key patterns this tenant is authoritative for, besides the people it created.
+    pub authoritative_keys: Vec<String>,
+    /// Whether it may terminate people it is not authoritative for.
+    pub may_terminate: bool,
+}
+
+/// Identity attributes from declared extensions (`maps_to`), and the roles' values.
+pub fn extension_attrs(p: &Profile, user: &Value) -> BTreeMap<String, String> {
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.trim().to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Object(o) => o.get("value").and_then(Value::as_str).map(str::to_string),
+        _ => None,
+    };
+    let mut out = BTreeMap::new();
+    for (urn, e) in p.extensions_of(Kind::User) {
+        let Some(Value::Object(ext)) = user.get(urn) else {
+            continue;
+        };
+        for a in &e.attributes {
+            let (Some(to), Some(v)) = (&a.maps_to, ext.get(&a.name)) else {
+                continue;
+            };
+            let joined = match v {
+                Value::Array(items) => items.iter().filter_map(text).collect::<Vec<_>>().join(","),
+                one => text(one).unwrap_or_default(),
+            };
+            if !joined.is_empty() {
+                out.insert(to.clone(), joined);
+            }
+        }
+    }
+    if let Some(Value::Array(roles)) = user.get("roles") {
+        let values: Vec<String> = roles
+            .iter()
+            .filter_map(|r| r.get("value").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
+        if !values.is_empty() {
+            out.insert("roles".into(), values.join(","));
+        }
+    }
+    out
 }
 
 /// Bring the person a SCIM user stands for in line with the user, on the caller's transaction:
-/// a joiner, mover, leaver or rehire through the engine like any other source. Returns the
-/// correlation key the user now maps to.
+/// a joiner, mover, leaver or rehire through the engine like any other source, within the
+/// tenant's authority (see [`authority`](super::authority)). Returns the correlation key the user
+/// now maps to.
 pub async fn sync_user(
     engine: &Engine,
     conn: &mut AnyConnection,
@@ -131,7 +178,6 @@ pub async fn sync_user(
     old_key: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Option<String>> {
-    let source = source_name(&m.tenant);
     let record = match user {
         Some(u) => {
             let groups: Vec<String> = groups_of(conn, &m.tenant, &u.id)
@@ -143,7 +189,12 @@ pub async fn sync_user(
                 || groups
                     .iter()
                     .any(|g| m.scope_groups.iter().any(|s| s.eq_ignore_ascii_case(g)));
-            person_record(&m.tenant, &u.id, &u.raw, &groups, m.correlate_by).filter(|_| in_scope)
+            person_record(&m.tenant, &u.id, &u.raw, &groups, m.correlate_by)
+                .filter(|_| in_scope)
+                .map(|mut r| {
+                    r.attrs.extend(extension_attrs(&m.profile, &u.raw));
+                    r
+                })
         }
         None => None,
     };
@@ -151,10 +202,10 @@ pub async fn sync_user(
     if let Some(old) = old_key
         && new_key.as_deref() != Some(old)
     {
-        engine.remove_record_tx(conn, &source, old, now).await?;
+        remove_person(engine, conn, m, old, now).await?;
     }
-    if let Some(r) = &record {
-        engine.apply_record_tx(conn, r, now).await?;
+    if let Some(r) = record {
+        apply_person(engine, conn, m, r, now).await?;
     }
     Ok(new_key)
 }

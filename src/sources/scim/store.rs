@@ -110,11 +110,43 @@ pub async fn user_name_taken(
     })
 }
 
-/// Insert or replace a resource and its searchable values.
+/// Another group of this tenant already has this displayName (case-insensitively).
+pub async fn display_name_taken(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    name: &str,
+    except: &str,
+) -> Result<bool> {
+    let row = sqlx::query(
+        "SELECT id FROM scim_resources WHERE tenant = $1 AND resource_type = 'Group'
+           AND LOWER(display_name) = $2 AND id <> $3 LIMIT 1",
+    )
+    .bind(tenant)
+    .bind(name.to_lowercase())
+    .bind(except)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.is_some())
+}
+
+/// Whether this tenant has a resource with this id (a user or a group: what a member may be).
+pub async fn exists(conn: &mut AnyConnection, tenant: &str, id: &str) -> Result<bool> {
+    let row = sqlx::query("SELECT 1 AS one FROM scim_resources WHERE tenant = $1 AND id = $2")
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Insert or replace a resource and its searchable values. With the representation it replaces
+/// (`before`), only what changed is rewritten: a member added to a group of 20,000 writes that
+/// member's rows, not the group's.
 pub async fn put(
     conn: &mut AnyConnection,
     tenant: &str,
     r: &Resource,
+    before: Option<&Value>,
     created_at: i64,
     modified_at: i64,
 ) -> Result<()> {
@@ -159,17 +191,31 @@ pub async fn put(
             ),
         });
     }
-    sqlx::query("DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2")
-        .bind(tenant)
-        .bind(&r.id)
-        .execute(&mut *conn)
-        .await?;
-    for f in flatten(&r.raw) {
+    match before {
+        None => {
+            sqlx::query("DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2")
+                .bind(tenant)
+                .bind(&r.id)
+                .execute(&mut *conn)
+                .await?;
+            insert_values(conn, tenant, &r.id, flatten(&r.raw)).await
+        }
+        Some(old) => put_changed(conn, tenant, r, old).await,
+    }
+}
+
+async fn insert_values(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    id: &str,
+    rows: Vec<Flat>,
+) -> Result<()> {
+    for f in rows {
         sqlx::query(
             "INSERT INTO scim_values (tenant, resource_id, attr, elem, val, num) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(tenant)
-        .bind(&r.id)
+        .bind(id)
         .bind(f.attr)
         .bind(f.elem)
         .bind(f.val)
@@ -178,6 +224,124 @@ pub async fn put(
         .await?;
     }
     Ok(())
+}
+
+fn without_members(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Value::Object(m) = &mut v {
+        m.remove("members");
+    }
+    v
+}
+
+type RowKey = (String, i64);
+
+fn rows_by_key(rows: Vec<Flat>) -> BTreeMap<RowKey, (Option<String>, Option<u64>)> {
+    rows.into_iter()
+        .map(|f| ((f.attr, f.elem), (f.val, f.num.map(f64::to_bits))))
+        .collect()
+}
+
+/// Members by id (lower case, as stored), each with its element.
+fn members_by_id(v: &Value) -> std::collections::HashMap<String, &Value> {
+    v.get("members")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|m| {
+                    let id = m
+                        .get("value")
+                        .and_then(Value::as_str)
+                        .map_or_else(|| m.to_string(), str::to_lowercase);
+                    (id, m)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn put_changed(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    r: &Resource,
+    old: &Value,
+) -> Result<()> {
+    // Everything but the members: a few rows, rewritten where they differ.
+    let was_rows = rows_by_key(flatten(&without_members(old)));
+    let now_rows = rows_by_key(flatten(&without_members(&r.raw)));
+    for (k, v) in &was_rows {
+        if now_rows.get(k) != Some(v) {
+            sqlx::query(
+                "DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2 AND elem = $3 AND attr = $4",
+            )
+            .bind(tenant)
+            .bind(&r.id)
+            .bind(k.1)
+            .bind(&k.0)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    let fresh: Vec<Flat> = now_rows
+        .iter()
+        .filter(|(k, v)| was_rows.get(*k) != Some(*v))
+        .map(|((attr, elem), (val, num))| Flat {
+            attr: attr.clone(),
+            elem: *elem,
+            val: val.clone(),
+            num: num.map(f64::from_bits),
+        })
+        .collect();
+    insert_values(conn, tenant, &r.id, fresh).await?;
+    let (was, now) = (members_by_id(old), members_by_id(&r.raw));
+    for (id, el) in &was {
+        if now.get(id) != Some(el) {
+            // Rows of one member share its element number; older rows may be numbered by
+            // position, so they are found through the member's value.
+            let elems = sqlx::query(
+                "SELECT elem FROM scim_values WHERE tenant = $1 AND attr = 'members.value' AND val = $2
+                   AND resource_id = $3",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(&r.id)
+            .fetch_all(&mut *conn)
+            .await?;
+            for e in elems {
+                let elem: i64 = e.try_get("elem")?;
+                sqlx::query(
+                    "DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2 AND elem = $3
+                       AND attr LIKE 'members.%'",
+                )
+                .bind(tenant)
+                .bind(&r.id)
+                .bind(elem)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (id, el) in &now {
+        if was.get(id) != Some(el) {
+            flatten_attr(
+                &mut rows,
+                "members".into(),
+                &Value::Array(vec![(*el).clone()]),
+            );
+        }
+    }
+    insert_values(conn, tenant, &r.id, rows).await
+}
+
+/// The element number of a group member: derived from its id, so a member's rows stay put when
+/// others come and go.
+fn member_elem(id: &str) -> i64 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(id.to_lowercase().as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    i64::from_be_bytes(b) & i64::MAX
 }
 
 /// Record which person a user now stands for, without a new version of the resource.
@@ -255,53 +419,65 @@ pub(super) fn scalar(v: &Value) -> Option<(String, Option<f64>)> {
 
 /// Every scalar value of a resource, under a lower-case dotted name. Enterprise extension
 /// attributes are stored under their bare names: they collide with no core User attribute.
+fn push_flat(out: &mut Vec<Flat>, attr: String, elem: i64, v: &Value) {
+    if let Some((val, num)) = scalar(v) {
+        out.push(Flat {
+            attr,
+            elem,
+            val: Some(val),
+            num,
+        });
+    }
+}
+
+fn flatten_attr(out: &mut Vec<Flat>, name: String, v: &Value) {
+    match v {
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let i = match item.get("value").and_then(Value::as_str) {
+                    Some(id) if name == "members" => member_elem(id),
+                    _ => i as i64,
+                };
+                match item {
+                    Value::Object(sub) => {
+                        for (sk, sv) in sub {
+                            push_flat(out, format!("{name}.{}", sk.to_lowercase()), i, sv);
+                        }
+                    }
+                    other => push_flat(out, name.clone(), i, other),
+                }
+            }
+        }
+        Value::Object(sub) => {
+            for (sk, sv) in sub {
+                push_flat(out, format!("{name}.{}", sk.to_lowercase()), 0, sv);
+            }
+        }
+        other => push_flat(out, name, 0, other),
+    }
+}
+
 pub(super) fn flatten(raw: &Value) -> Vec<Flat> {
     let mut out = Vec::new();
     let Value::Object(map) = raw else {
         return out;
     };
-    fn push(out: &mut Vec<Flat>, attr: String, elem: i64, v: &Value) {
-        if let Some((val, num)) = scalar(v) {
-            out.push(Flat {
-                attr,
-                elem,
-                val: Some(val),
-                num,
-            });
-        }
-    }
-    fn attr(out: &mut Vec<Flat>, name: String, v: &Value) {
-        match v {
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    let i = i as i64;
-                    match item {
-                        Value::Object(sub) => {
-                            for (sk, sv) in sub {
-                                push(out, format!("{name}.{}", sk.to_lowercase()), i, sv);
-                            }
-                        }
-                        other => push(out, name.clone(), i, other),
-                    }
-                }
-            }
-            Value::Object(sub) => {
-                for (sk, sv) in sub {
-                    push(out, format!("{name}.{}", sk.to_lowercase()), 0, sv);
-                }
-            }
-            other => push(out, name, 0, other),
-        }
-    }
     for (k, v) in map {
         if k.starts_with("urn:") {
+            // Enterprise attributes under their bare names (they collide with no core one);
+            // declared extensions' under `urn:...:name`, as filters name them.
+            let prefix = if k.eq_ignore_ascii_case(schema_urns::ENTERPRISE_USER) {
+                String::new()
+            } else {
+                format!("{}:", k.to_lowercase())
+            };
             if let Value::Object(ext) = v {
                 for (ek, ev) in ext {
-                    attr(&mut out, ek.to_lowercase(), ev);
+                    flatten_attr(&mut out, format!("{prefix}{}", ek.to_lowercase()), ev);
                 }
             }
         } else {
-            attr(&mut out, k.to_lowercase(), v);
+            flatten_attr(&mut out, k.to_lowercase(), v);
         }
     }
     out

@@ -8,8 +8,14 @@ fn entra_string_boolean_and_capitalised_ops_patch() {
         {"op":"Add","path":"emails[type eq \"work\"].value","value":"a@x.com"},
         {"op":"Add","path":"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager","value":"m1"}
     ]});
-    let out = apply_patch(Kind::User, &raw, parse_patch(body).unwrap()).unwrap();
-    let out = canonical(Kind::User, out, false).unwrap();
+    let out = apply_patch(
+        &Profile::default(),
+        Kind::User,
+        &raw,
+        parse_patch(body).unwrap(),
+    )
+    .unwrap();
+    let out = canonical(&Profile::default(), Kind::User, out, false).unwrap();
     assert_eq!(out["active"], json!(false));
     assert_eq!(out["emails"][0]["value"], json!("a@x.com"));
     assert_eq!(
@@ -27,7 +33,13 @@ fn okta_patch_without_path_and_member_removal_by_filter() {
         {"op":"remove","path":"members[value eq \"u1\"]"},
         {"op":"add","path":"members","value":[{"value":"u3"},{"value":"u2"}]}
     ]});
-    let out = apply_patch(Kind::Group, &raw, parse_patch(body).unwrap()).unwrap();
+    let out = apply_patch(
+        &Profile::default(),
+        Kind::Group,
+        &raw,
+        parse_patch(body).unwrap(),
+    )
+    .unwrap();
     let ids: Vec<&str> = out["members"]
         .as_array()
         .unwrap()
