@@ -152,7 +152,10 @@ pub(super) fn leaf(
                     format!("v.val = {}", sql.text(t))
                 }
                 (CompareOp::Eq | CompareOp::Ne, None, Some(n)) => {
-                    format!("v.num = {}", sql.bind(Bind::Num(n)))
+                    format!(
+                        "v.num = CAST({} AS DOUBLE PRECISION)",
+                        sql.bind(Bind::Num(n))
+                    )
                 }
                 (CompareOp::Co | CompareOp::Sw | CompareOp::Ew, Some(t), _) if !is_bool => {
                     let t = like_escape(&t);
@@ -174,7 +177,10 @@ pub(super) fn leaf(
                     };
                     match (t, n) {
                         (Some(t), _) => format!("v.val {sym} {}", sql.text(t)),
-                        (None, Some(n)) => format!("v.num {sym} {}", sql.bind(Bind::Num(n))),
+                        (None, Some(n)) => format!(
+                            "v.num {sym} CAST({} AS DOUBLE PRECISION)",
+                            sql.bind(Bind::Num(n))
+                        ),
                         _ => return Err(ScimError::bad("invalidFilter", "bad comparison value")),
                     }
                 }
@@ -281,7 +287,9 @@ pub(super) fn bind_all<'q>(
     for b in binds {
         query = match b {
             Bind::Text(s) => query.bind(s.clone()),
-            Bind::Num(n) => query.bind(*n),
+            // As text, cast in SQL: sqlx's Any driver sends an f64 in a binary form PostgreSQL
+            // refuses for a DOUBLE PRECISION parameter.
+            Bind::Num(n) => query.bind(n.to_string()),
             Bind::Int(i) => query.bind(*i),
         };
     }

@@ -212,14 +212,16 @@ async fn insert_values(
 ) -> Result<()> {
     for f in rows {
         sqlx::query(
-            "INSERT INTO scim_values (tenant, resource_id, attr, elem, val, num) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO scim_values (tenant, resource_id, attr, elem, val, num)
+             VALUES ($1, $2, $3, $4, $5, CAST($6 AS DOUBLE PRECISION))",
         )
         .bind(tenant)
         .bind(id)
         .bind(f.attr)
         .bind(f.elem)
         .bind(f.val)
-        .bind(f.num)
+        // As text: sqlx's Any driver sends an f64 in a binary form PostgreSQL refuses here.
+        .bind(f.num.map(|n| n.to_string()))
         .execute(&mut *conn)
         .await?;
     }
