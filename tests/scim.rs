@@ -1257,3 +1257,77 @@ async fn twenty_thousand_member_group() {
         add[2], remove[2]
     );
 }
+
+/// Requests as Okta's SCIM 2.0 guide shows them: a create with a password, `groups: []` and a
+/// locale, the lookup by userName with paging, deactivation by PATCH without path, group push.
+#[tokio::test]
+async fn okta_golden_requests() {
+    each_backend!(|h| {
+        let (st, l) = h
+            .get(
+                OKTA,
+                "/Users?filter=userName%20eq%20%22test.user%40okta.local%22&startIndex=1&count=100",
+            )
+            .await;
+        assert_eq!(
+            (st, l["totalResults"].as_i64()),
+            (StatusCode::OK, Some(0)),
+            "{l}"
+        );
+        let (st, u) = h
+            .call(
+                Some(OKTA),
+                reqwest::Method::POST,
+                "/Users",
+                Some(&json!({
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                    "userName": "test.user@okta.local",
+                    "name": { "givenName": "Test", "familyName": "User" },
+                    "emails": [{ "primary": true, "value": "test.user@okta.local", "type": "work" }],
+                    "displayName": "Test User",
+                    "locale": "en-US",
+                    "externalId": "E40",
+                    "groups": [],
+                    "password": "1mz050nq",
+                    "active": true,
+                    "title": "Manager",
+                    "addresses": [{ "type": "work", "locality": "London", "primary": true }]
+                }).to_string()),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{u}");
+        assert!(u.get("password").is_none());
+        let id = u["id"].as_str().unwrap().to_string();
+        h.drain().await;
+        assert!(h.holds("E40", "london-management"), "{}", h.backend);
+        let (_, l) = h
+            .get(
+                OKTA,
+                "/Users?filter=userName%20eq%20%22test.user%40okta.local%22&startIndex=1&count=100",
+            )
+            .await;
+        assert_eq!(l["Resources"][0]["id"], json!(id));
+        let (st, g) = h
+            .post(OKTA, "/Groups", json!({ "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "Test SCIMv2", "members": [] }))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{g}");
+        let gid = g["id"].as_str().unwrap().to_string();
+        let (st, _) = h
+            .patch(OKTA, &format!("/Groups/{gid}"), json!([
+                { "op": "replace", "value": { "id": gid, "displayName": "Test SCIMv2" } },
+                { "op": "add", "path": "members", "value": [{ "value": id, "display": "test.user@okta.local" }] }
+            ]))
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let (st, u) = h
+            .patch(
+                OKTA,
+                &format!("/Users/{id}"),
+                json!([{ "op": "replace", "value": { "active": false } }]),
+            )
+            .await;
+        assert_eq!((st, &u["active"]), (StatusCode::OK, &json!(false)), "{u}");
+        h.drain().await;
+        assert!(!h.holds("E40", "london-management"));
+    });
+}

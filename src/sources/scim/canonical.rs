@@ -185,10 +185,30 @@ pub fn canonical(p: &Profile, kind: Kind, mut v: Value, create: bool) -> Result<
                     "a Group needs a non-empty displayName",
                 ));
             }
+            // Members skip the model: a group of 20,000 is not deserialised and serialised
+            // again for every member added; each element only loses its nulls.
+            let members = match map.remove("members") {
+                Some(Value::Array(items)) => items
+                    .into_iter()
+                    .map(|m| match m {
+                        Value::Object(mut o) => {
+                            o.retain(|_, x| !x.is_null());
+                            Ok(Value::Object(o))
+                        }
+                        _ => Err(ScimError::bad("invalidValue", "a member must be an object")),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                Some(Value::Null) | None => vec![],
+                Some(_) => return Err(ScimError::bad("invalidValue", "`members` must be a list")),
+            };
             let g: scim_v2::models::group::Group<String> =
                 serde_json::from_value(v).map_err(invalid)?;
             g.validate_as(ctx).map_err(validation)?;
-            serde_json::to_value(&g).map_err(invalid)?
+            let mut out = serde_json::to_value(&g).map_err(invalid)?;
+            if let Value::Object(m) = &mut out {
+                m.insert("members".into(), Value::Array(members));
+            }
+            out
         }
     };
     Ok(finish(kind, out, aside))

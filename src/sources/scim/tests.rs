@@ -105,3 +105,41 @@ fn user_maps_to_a_person_record_with_slugs() {
         .is_none()
     );
 }
+
+#[test]
+fn unknown_attributes_refused_kept_or_dropped_and_extensions_coerced() {
+    use crate::config::{ScimAttributeConfig, ScimExtensionConfig, UnknownAttributes};
+    let urn = "urn:okta:custom:user:1.0";
+    let ext = ScimExtensionConfig {
+        resource: "User".into(),
+        description: None,
+        attributes: vec![ScimAttributeConfig {
+            name: "badge".into(),
+            kind: "integer".into(),
+            multi_valued: false,
+            sub_attributes: vec![],
+            maps_to: Some("badge".into()),
+        }],
+    };
+    let mut p = Profile {
+        extensions: vec![(urn.into(), ext)],
+        ..Profile::default()
+    };
+    let body = json!({"schemas":[schema_urns::USER, urn],"userName":"a","shoeSize":40,
+        urn: {"badge":"7"}});
+    let err = canonical(&p, Kind::User, body.clone(), true).unwrap_err();
+    assert!(err.to_string().contains("shoeSize"), "{err}");
+    p.unknown = UnknownAttributes::Keep;
+    let kept = canonical(&p, Kind::User, body.clone(), true).unwrap();
+    assert_eq!(kept["shoeSize"], 40);
+    assert_eq!(kept[urn]["badge"], 7);
+    assert!(kept["schemas"].as_array().unwrap().contains(&json!(urn)));
+    assert_eq!(extension_attrs(&p, &kept)["badge"], "7");
+    p.unknown = UnknownAttributes::Drop;
+    let dropped = canonical(&p, Kind::User, body, true).unwrap();
+    assert!(dropped.get("shoeSize").is_none());
+    let undeclared = json!({"userName":"a","urn:x:y:1.0:User":{"a":1}});
+    p.unknown = UnknownAttributes::Refuse;
+    let err = canonical(&p, Kind::User, undeclared, true).unwrap_err();
+    assert!(err.to_string().contains("[scim.extensions."), "{err}");
+}
