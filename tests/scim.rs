@@ -1279,20 +1279,24 @@ async fn okta_golden_requests() {
                 Some(OKTA),
                 reqwest::Method::POST,
                 "/Users",
-                Some(&json!({
-                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
-                    "userName": "test.user@okta.local",
-                    "name": { "givenName": "Test", "familyName": "User" },
-                    "emails": [{ "primary": true, "value": "test.user@okta.local", "type": "work" }],
-                    "displayName": "Test User",
-                    "locale": "en-US",
-                    "externalId": "E40",
-                    "groups": [],
-                    "password": "1mz050nq",
-                    "active": true,
-                    "title": "Manager",
-                    "addresses": [{ "type": "work", "locality": "London", "primary": true }]
-                }).to_string()),
+                Some(
+                    &json!({
+                        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                        "userName": "test.user@okta.local",
+                        "name": { "givenName": "Test", "familyName": "User" },
+                        // The guide's shape; the address is the one the simulator's account is found by.
+                        "emails": [{ "primary": true, "value": "e40@example.com", "type": "work" }],
+                        "displayName": "Test User",
+                        "locale": "en-US",
+                        "externalId": "E40",
+                        "groups": [],
+                        "password": "1mz050nq",
+                        "active": true,
+                        "title": "Manager",
+                        "addresses": [{ "type": "work", "locality": "London", "primary": true }]
+                    })
+                    .to_string(),
+                ),
             )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{u}");
