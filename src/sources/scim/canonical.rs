@@ -82,6 +82,23 @@ fn prepare(p: &Profile, kind: Kind, map: &mut Map<String, Value>) -> Result<Map<
             U::Drop => {}
         }
     }
+    enterprise_object(p, map)?;
+    if kind == Kind::User
+        && let Some(r) = map.remove("roles")
+    {
+        let r = roles_value(r);
+        if r.as_array().is_some_and(|a| !a.is_empty()) {
+            aside.insert("roles".into(), r);
+        }
+    }
+    Ok(aside)
+}
+
+/// The enterprise extension's own object: nulls dropped, names in canonical case, the manager in
+/// its RFC shape, unknown names per the tenant's rule.
+fn enterprise_object(p: &Profile, map: &mut Map<String, Value>) -> Result<()> {
+    use crate::config::UnknownAttributes as U;
+    let ent = schema_urns::ENTERPRISE_USER;
     if let Some(Value::Object(ext)) = map.get_mut(ent) {
         let fields: Vec<(String, Value)> = std::mem::take(ext).into_iter().collect();
         for (ek, ev) in fields {
@@ -111,15 +128,7 @@ fn prepare(p: &Profile, kind: Kind, map: &mut Map<String, Value>) -> Result<Map<
             ext.insert((*name).to_string(), ev);
         }
     }
-    if kind == Kind::User
-        && let Some(r) = map.remove("roles")
-    {
-        let r = roles_value(r);
-        if r.as_array().is_some_and(|a| !a.is_empty()) {
-            aside.insert("roles".into(), r);
-        }
-    }
-    Ok(aside)
+    Ok(())
 }
 
 pub(super) fn validation(e: scim_v2::ValidationError) -> ScimError {
@@ -187,20 +196,7 @@ pub fn canonical(p: &Profile, kind: Kind, mut v: Value, create: bool) -> Result<
             }
             // Members skip the model: a group of 20,000 is not deserialised and serialised
             // again for every member added; each element only loses its nulls.
-            let members = match map.remove("members") {
-                Some(Value::Array(items)) => items
-                    .into_iter()
-                    .map(|m| match m {
-                        Value::Object(mut o) => {
-                            o.retain(|_, x| !x.is_null());
-                            Ok(Value::Object(o))
-                        }
-                        _ => Err(ScimError::bad("invalidValue", "a member must be an object")),
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-                Some(Value::Null) | None => vec![],
-                Some(_) => return Err(ScimError::bad("invalidValue", "`members` must be a list")),
-            };
+            let members = group_members(map)?;
             let g: scim_v2::models::group::Group<String> =
                 serde_json::from_value(v).map_err(invalid)?;
             g.validate_as(ctx).map_err(validation)?;
@@ -212,6 +208,25 @@ pub fn canonical(p: &Profile, kind: Kind, mut v: Value, create: bool) -> Result<
         }
     };
     Ok(finish(kind, out, aside))
+}
+
+/// Members skip the model: a group of 20,000 is not deserialised and serialised again for every
+/// member added; each element only loses its nulls.
+fn group_members(map: &mut Map<String, Value>) -> Result<Vec<Value>> {
+    match map.remove("members") {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|m| match m {
+                Value::Object(mut o) => {
+                    o.retain(|_, x| !x.is_null());
+                    Ok(Value::Object(o))
+                }
+                _ => Err(ScimError::bad("invalidValue", "a member must be an object")),
+            })
+            .collect(),
+        Some(Value::Null) | None => Ok(vec![]),
+        Some(_) => Err(ScimError::bad("invalidValue", "`members` must be a list")),
+    }
 }
 
 /// Put back what [`prepare`] set aside, and list in `schemas` exactly the extensions in use.
