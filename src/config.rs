@@ -1217,6 +1217,31 @@ templates = "t.toml"
     }
 
     #[test]
+    fn scim_extensions_are_checked_when_loaded() {
+        let ok = format!(
+            "{MINIMAL}\n[scim.extensions.\"urn:acme:2.0:User\"]\n\
+             attributes = [{{ name = \"badge\", type = \"integer\", maps_to = \"badge\" }},\
+             {{ name = \"office\", type = \"complex\", sub_attributes = [{{ name = \"room\" }}] }}]\n\
+             [scim.tenants.e]\ntoken_sha256 = \"{}\"\nprovider = \"entra\"\nmay_terminate = true\n\
+             unknown_attributes = \"keep\"\nauthoritative_keys = [\"C*\"]\n",
+            "ab".repeat(32)
+        );
+        let c = Config::load(&input(&ok, &[])).unwrap();
+        assert_eq!(c.scim.extensions["urn:acme:2.0:User"].attributes.len(), 2);
+        assert_eq!(c.scim.tenants["e"].provider, ScimProvider::Entra);
+        for bad in [
+            "[scim.extensions.\"not-a-urn\"]\nattributes = []\n",
+            "[scim.extensions.\"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User\"]\nattributes = []\n",
+            "[scim.extensions.\"urn:a:b\"]\nattributes = [{ name = \"x\", type = \"complex\" }]\n",
+            "[scim.extensions.\"urn:a:b\"]\nattributes = [{ name = \"x\", type = \"float\" }]\n",
+            "[scim.extensions.\"urn:a:b\"]\nresource = \"Device\"\nattributes = []\n",
+        ] {
+            let err = Config::load(&input(&format!("{MINIMAL}\n{bad}"), &[])).unwrap_err();
+            assert!(err.to_string().contains("scim.extensions"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn scim_tenants_need_exactly_one_hashed_or_referenced_token() {
         let hash = "ab".repeat(32);
         let ok = format!("{MINIMAL}\n[scim.tenants.okta]\ntoken_sha256 = \"{hash}\"\n");
