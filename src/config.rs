@@ -638,6 +638,137 @@ pub struct ScimConfig {
     pub base_url: Option<String>,
     #[serde(default)]
     pub tenants: BTreeMap<String, ScimTenantConfig>,
+    /// Extension schemas every tenant accepts, by URN (RFC 7643 section 3.3).
+    #[serde(default)]
+    pub extensions: BTreeMap<String, ScimExtensionConfig>,
+    /// What happens to an attribute no schema declares: `refuse` (default), `keep` or `drop`.
+    #[serde(default)]
+    pub unknown_attributes: UnknownAttributes,
+}
+
+/// Which identity provider a SCIM tenant is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScimProvider {
+    #[default]
+    Generic,
+    Okta,
+    Entra,
+}
+
+/// What happens to an attribute that neither the core schemas nor a declared extension has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownAttributes {
+    /// 400 with a message that says how to declare it: a mistyped attribute never passes silently.
+    #[default]
+    Refuse,
+    /// Stored and returned as sent, not filterable.
+    Keep,
+    /// Removed before storing.
+    Drop,
+}
+
+/// A declared SCIM schema extension (custom attributes an identity provider sends).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScimExtensionConfig {
+    /// `User` (default) or `Group`.
+    #[serde(default = "default_ext_resource")]
+    pub resource: String,
+    pub description: Option<String>,
+    pub attributes: Vec<ScimAttributeConfig>,
+}
+
+fn default_ext_resource() -> String {
+    "User".to_string()
+}
+
+/// One attribute of a declared extension.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScimAttributeConfig {
+    pub name: String,
+    /// `string` (default), `boolean`, `integer`, `decimal`, `dateTime`, `reference`, `complex`.
+    #[serde(default = "default_attr_type", rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub multi_valued: bool,
+    #[serde(default)]
+    pub sub_attributes: Vec<ScimAttributeConfig>,
+    /// The identity attribute this value feeds, for templates (multiple values joined by `,`).
+    pub maps_to: Option<String>,
+}
+
+fn default_attr_type() -> String {
+    "string".to_string()
+}
+
+const SCIM_ATTR_TYPES: &[&str] = &[
+    "string",
+    "boolean",
+    "integer",
+    "decimal",
+    "dateTime",
+    "reference",
+    "complex",
+];
+
+impl ScimConfig {
+    /// A declared extension that cannot work: the key and the reason.
+    fn check_extensions(
+        exts: &BTreeMap<String, ScimExtensionConfig>,
+        prefix: &str,
+    ) -> Result<(), (String, String)> {
+        for (urn, e) in exts {
+            let key = format!("{prefix}.\"{urn}\"");
+            let core = urn
+                .to_ascii_lowercase()
+                .starts_with("urn:ietf:params:scim:schemas:core:")
+                || urn.eq_ignore_ascii_case(
+                    "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User",
+                );
+            if !urn.starts_with("urn:") || urn.split(':').count() < 3 || core {
+                return Err((
+                    key,
+                    "must be a URN other than the core and enterprise schemas".into(),
+                ));
+            }
+            if e.resource != "User" && e.resource != "Group" {
+                return Err((
+                    format!("{key}.resource"),
+                    "must be `User` or `Group`".into(),
+                ));
+            }
+            let mut attrs: Vec<&ScimAttributeConfig> = e.attributes.iter().collect();
+            while let Some(a) = attrs.pop() {
+                let ok_name = !a.name.is_empty()
+                    && a.name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !ok_name || !SCIM_ATTR_TYPES.contains(&a.kind.as_str()) {
+                    return Err((
+                        format!("{key}.attributes"),
+                        format!(
+                            "attribute `{}`: a plain name and one of {SCIM_ATTR_TYPES:?}",
+                            a.name
+                        ),
+                    ));
+                }
+                if (a.kind == "complex") == a.sub_attributes.is_empty() {
+                    return Err((
+                        format!("{key}.attributes"),
+                        format!(
+                            "attribute `{}`: sub_attributes exactly when type is complex",
+                            a.name
+                        ),
+                    ));
+                }
+                attrs.extend(a.sub_attributes.iter());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for ScimConfig {
@@ -648,6 +779,8 @@ impl Default for ScimConfig {
             request_timeout_seconds: default_scim_timeout(),
             base_url: None,
             tenants: BTreeMap::new(),
+            extensions: BTreeMap::new(),
+            unknown_attributes: UnknownAttributes::default(),
         }
     }
 }
@@ -673,6 +806,26 @@ pub struct ScimTenantConfig {
     /// removal from the last of them is a leaver.
     #[serde(default)]
     pub scope_groups: Vec<String>,
+    /// Which identity provider this is: selects compatibility behaviour (`entra` turns on
+    /// `unquoted_filter_values`). Default `generic`.
+    #[serde(default)]
+    pub provider: ScimProvider,
+    /// Accept filter values without quotes (`externalId eq jyoung`), as Entra ID sends them.
+    /// Default: on for `provider = "entra"`, off otherwise.
+    pub unquoted_filter_values: Option<bool>,
+    /// Extension schemas this tenant accepts besides those under `[scim.extensions]`.
+    #[serde(default)]
+    pub extensions: BTreeMap<String, ScimExtensionConfig>,
+    /// Overrides `scim.unknown_attributes` for this tenant.
+    pub unknown_attributes: Option<UnknownAttributes>,
+    /// Correlation keys this tenant is authoritative for (`*` matches any run of characters),
+    /// besides the people it created (first to know them). Default none.
+    #[serde(default)]
+    pub authoritative_keys: Vec<String>,
+    /// Whether a deactivation or deletion of a person this tenant is not authoritative for
+    /// revokes (default false: it is recorded and alerted, not executed).
+    #[serde(default)]
+    pub may_terminate: bool,
 }
 
 /// Line and column (1-based) of a byte offset.
@@ -1140,6 +1293,12 @@ impl Config {
                 ));
             }
         }
+        ScimConfig::check_extensions(&self.scim.extensions, "scim.extensions")
+            .map_err(|(k, m)| self.invalid(&k, m))?;
+        for (name, t) in &self.scim.tenants {
+            ScimConfig::check_extensions(&t.extensions, &format!("scim.tenants.{name}.extensions"))
+                .map_err(|(k, m)| self.invalid(&k, m))?;
+        }
         if self.scim.max_body_bytes == 0 || self.scim.request_timeout_seconds == 0 {
             return Err(self.invalid(
                 "scim",
@@ -1372,6 +1531,31 @@ templates = "t.toml"
             err,
             "/nonexistent/latchkey.toml: cannot read: No such file or directory"
         );
+    }
+
+    #[test]
+    fn scim_extensions_are_checked_when_loaded() {
+        let ok = format!(
+            "{MINIMAL}\n[scim.extensions.\"urn:acme:2.0:User\"]\n\
+             attributes = [{{ name = \"badge\", type = \"integer\", maps_to = \"badge\" }},\
+             {{ name = \"office\", type = \"complex\", sub_attributes = [{{ name = \"room\" }}] }}]\n\
+             [scim.tenants.e]\ntoken_sha256 = \"{}\"\nprovider = \"entra\"\nmay_terminate = true\n\
+             unknown_attributes = \"keep\"\nauthoritative_keys = [\"C*\"]\n",
+            "ab".repeat(32)
+        );
+        let c = Config::load(&input(&ok, &[])).unwrap();
+        assert_eq!(c.scim.extensions["urn:acme:2.0:User"].attributes.len(), 2);
+        assert_eq!(c.scim.tenants["e"].provider, ScimProvider::Entra);
+        for bad in [
+            "[scim.extensions.\"not-a-urn\"]\nattributes = []\n",
+            "[scim.extensions.\"urn:ietf:params:scim:schemas:extension:enterprise:2.0:User\"]\nattributes = []\n",
+            "[scim.extensions.\"urn:a:b\"]\nattributes = [{ name = \"x\", type = \"complex\" }]\n",
+            "[scim.extensions.\"urn:a:b\"]\nattributes = [{ name = \"x\", type = \"float\" }]\n",
+            "[scim.extensions.\"urn:a:b\"]\nresource = \"Device\"\nattributes = []\n",
+        ] {
+            let err = Config::load(&input(&format!("{MINIMAL}\n{bad}"), &[])).unwrap_err();
+            assert!(err.to_string().contains("scim.extensions"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -579,7 +579,11 @@ async fn scim_deactivations(args: &BenchArgs, dir: &Path) -> anyhow::Result<Scim
     );
     prepare(dir, k)?;
     let server = start_sim().await?;
-    let extra = format!("\n[scim.tenants.bench]\ntoken = {{ env = \"{SCIM_TOKEN_VAR}\" }}\n");
+    // The bench measures latchkey, not the tenant's default request budget.
+    let extra = format!(
+        "\n[scim.tenants.bench]\ntoken = {{ env = \"{SCIM_TOKEN_VAR}\" }}\n\
+         rate_limit = {{ per_second = 1000000, burst = 1000000 }}\n"
+    );
     let bed = Bed::open_with(
         dir,
         &server.base_url(),
