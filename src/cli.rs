@@ -5,7 +5,6 @@ use crate::audit::{self, Verdict};
 use crate::clock::{self, from_micros};
 use crate::config::{Config, ConfigInput, process_env};
 use crate::model::Action;
-use crate::plan::Change;
 use crate::sim;
 use crate::store;
 use crate::telemetry;
@@ -51,8 +50,15 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate configuration, mappings, templates and connector profiles.
     Check(ConfigArg),
-    /// Show what would be issued and revoked now, applying nothing.
-    Plan(ConfigArg),
+    /// Show what `apply` and `run` would issue, revoke and hold now under current policy, applying
+    /// nothing; ends with `Plan: N to issue, M to revoke, K held`.
+    Plan {
+        /// Exit 0 when there is nothing to do, 2 when there are changes (1 stays an error).
+        #[arg(long)]
+        detailed_exitcode: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Apply each HR source's pending feed once, deliver the resulting commands, and exit.
     Apply(ConfigArg),
     /// Outbox, dead letters, quarantined records and held changes.
@@ -231,25 +237,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("  connectors: {}", connectors.join(", "));
             Ok(0)
         }
-        Command::Plan(c) => {
-            let app = open(&c).await?;
-            let changes = app.engine.dry_run().await?;
-            if changes.is_empty() {
-                println!("nothing to issue or revoke");
-            }
-            for (key, ch) in &changes {
-                match ch {
-                    Change::Issue(d) => println!(
-                        "issue   {key:<10} {}:{} (template {})",
-                        d.connector, d.target, d.template
-                    ),
-                    Change::Revoke(g) => println!(
-                        "revoke  {key:<10} {}:{} (template {})",
-                        g.connector, g.target, g.template
-                    ),
-                }
-            }
-            Ok(0)
+        Command::Plan {
+            detailed_exitcode,
+            config,
+        } => {
+            let app = open(&config).await?;
+            let plan = app.engine.dry_run().await?;
+            print!("{}", plan.render());
+            Ok(if detailed_exitcode && !plan.is_empty() {
+                2
+            } else {
+                0
+            })
         }
         Command::Apply(c) => {
             let app = open(&c).await?;
@@ -261,6 +260,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             app.engine.tick().await?;
+            let (plan, r) = crate::reconcile::run(&app.engine, "apply").await?;
+            if !plan.is_empty() {
+                println!(
+                    "reconcile: {} identities -> {} issues, {} revokes, {} held",
+                    plan.identities, r.issues, r.revokes, r.held
+                );
+            }
             wait_for_outbox(&app, None).await?;
             let _ = tx.send(true);
             dispatcher.await?;
