@@ -227,6 +227,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .with_context(|| format!("source ldap.{name}"))?;
             }
             let connectors = crate::connectors::check_profiles(&config)?;
+            let lints = policy.lint(
+                &crate::reconcile::produced_attributes(&config)?,
+                &config
+                    .connectors
+                    .iter()
+                    .map(|(n, c)| (n.clone(), c.targets.keys().cloned().collect()))
+                    .collect(),
+            );
+            if !lints.is_empty() {
+                for l in &lints {
+                    eprintln!("error: {l}");
+                }
+                eprintln!("{}: {} policy mistakes", c.config.display(), lints.len());
+                return Ok(1);
+            }
             let sources: Vec<String> = (config.sources.hr.keys().map(|k| format!("hr.{k}")))
                 .chain(config.sources.ldap.keys().map(|k| format!("ldap.{k}")))
                 .chain(config.scim.tenants.keys().map(|k| format!("scim.{k}")))

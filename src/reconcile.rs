@@ -100,6 +100,9 @@ impl ReconcilePlan {
     /// One line per change, then the reason for holding, failures and the summary line.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        if self.is_empty() {
+            out.push_str("nothing to issue or revoke\n");
+        }
         for p in &self.people {
             for c in &p.changes {
                 let (verb, template) = match c {
@@ -166,6 +169,47 @@ pub fn fingerprint(engine: &Engine) -> String {
         part(&format!("site:{name}"), site.timezone.as_bytes());
     }
     hex::encode(h.finalize())
+}
+
+/// Attributes SCIM users carry (see `sources::scim`): fixed by the protocol, not by a mapping.
+const SCIM_ATTRIBUTES: &[&str] = &[
+    "name",
+    "email",
+    "user_name",
+    "department",
+    "role",
+    "employment_type",
+    "site",
+    "employee_number",
+    "organization",
+    "division",
+    "cost_center",
+    "manager",
+    "groups",
+];
+
+/// Every identity attribute some configured source can set, for `latchkey check`.
+pub fn produced_attributes(config: &crate::config::Config) -> anyhow::Result<BTreeSet<String>> {
+    let mut out: BTreeSet<String> = ["site", "contract_end"].map(String::from).into();
+    for src in config.sources.hr.values() {
+        let m = crate::sources::hr::load_mapping(&config.resolve(&src.mapping))?;
+        out.extend(m.columns.keys().cloned());
+    }
+    for (name, src) in &config.sources.ldap {
+        let m = crate::sources::ldap::load_mapping(name, &config.resolve(&src.mapping))?;
+        out.extend(m.attributes.keys().cloned());
+        out.extend(m.constants.keys().cloned());
+        if let Some(g) = &m.groups {
+            out.insert("groups".into());
+            if !g.roles.is_empty() {
+                out.insert("role".into());
+            }
+        }
+    }
+    if !config.scim.tenants.is_empty() {
+        out.extend(SCIM_ATTRIBUTES.iter().map(|s| s.to_string()));
+    }
+    Ok(out)
 }
 
 fn threshold(engine: &Engine) -> f64 {
