@@ -681,4 +681,5 @@ pub fn repo_path(rel: &str) -> PathBuf {
 }
 
 pub mod bench;
+pub mod bench_reconcile;
 pub mod demo;
