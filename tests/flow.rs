@@ -497,12 +497,18 @@ async fn reopen_with_templates(h: &mut Harness, edit: impl Fn(String) -> String)
     let config_path = h.dir.join("latchkey.toml");
     let text = templates_line(&std::fs::read_to_string(&config_path).unwrap(), &path);
     std::fs::write(&config_path, text).unwrap();
+    h.app = open_again(h).await;
+}
+
+/// Another daemon on the harness's configuration file, store, simulator and clock.
+async fn open_again(h: &Harness) -> latchkey::app::App {
+    let config_path = h.dir.join("latchkey.toml");
     let config = latchkey::config::Config::load(
         &latchkey::config::ConfigInput::from_file(&config_path, env()).unwrap(),
     )
     .unwrap();
     let clock: latchkey::clock::SharedClock = std::sync::Arc::new(h.clock.clone());
-    h.app = latchkey::app::App::open(config, clock).await.unwrap();
+    latchkey::app::App::open(config, clock).await.unwrap()
 }
 
 /// The `[policy] templates` line pointing at `path`, whichever file it named before.
@@ -617,5 +623,35 @@ async fn a_template_edit_reaches_everyone_and_a_typo_that_revokes_everyone_is_he
         );
         h.drain().await;
         assert!(h.holds("E2", "berlin-sales"));
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_reconciles_a_dropped_door_at_start() {
+    each_backend!(|h| {
+        let mut people = vec![employee("E1", "engineering", "berlin")];
+        people.extend((2..=10).map(|i| employee(&format!("E{i}"), "sales", "berlin")));
+        h.feed(&people).await;
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-lab"));
+        reopen_with_templates(&mut h, |t| {
+            t.replace("target = \"{{ site }}-lab\"", "target = \"\"")
+        })
+        .await;
+        let daemon = open_again(&h).await;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(async move { daemon.run(rx).await });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while h.holds("E1", "berlin-lab") && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tx.send(true).unwrap();
+        running.await.unwrap().unwrap();
+        assert!(
+            !h.holds("E1", "berlin-lab"),
+            "the running daemon revoked the dropped door"
+        );
+        assert!(h.holds("E1", "berlin-engineering"));
+        assert!((2..=10).all(|i| h.holds(&format!("E{i}"), "berlin-sales")));
     });
 }
