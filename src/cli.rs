@@ -371,12 +371,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             if ids.is_empty() {
                 println!("nothing to approve");
             }
+            let from_reconcile: std::collections::BTreeSet<i64> =
+                store::held_changes(app.store().pool())
+                    .await?
+                    .iter()
+                    .filter(|h| h.source == crate::reconcile::HOLD_SOURCE)
+                    .map(|h| h.id)
+                    .collect();
+            let mut reconcile_approved = false;
             for id in ids {
                 let a = app.engine.decide(id, !reject, &by).await?;
+                reconcile_approved |= !reject && from_reconcile.contains(&id);
                 println!(
                     "{} held change {id}: {} revokes enqueued",
                     if reject { "rejected" } else { "approved" },
                     a.revokes
+                );
+            }
+            // Held revocations of a reconciliation are carried out by one, now.
+            if reconcile_approved {
+                let (_, r) = crate::reconcile::run(&app.engine, "approval").await?;
+                println!(
+                    "reconcile: {} revokes enqueued, {} still held",
+                    r.revokes, r.held
                 );
             }
             Ok(0)

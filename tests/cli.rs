@@ -247,4 +247,36 @@ async fn a_template_edit_is_planned_with_exit_code_2_and_applied_and_a_typo_fail
         out.contains("template `management-floor`, grants[0].target: target `{{ site }}-managment` matches no target of connector `nuki`"),
         "{out}"
     );
+
+    // A condition that matches nobody any more: `apply` holds the revocations and shows the diff.
+    let nobody = dropped.replace(
+        "when = \"employment_type == 'employee'\"",
+        "when = \"employment_type == 'employe'\"",
+    );
+    std::fs::write(&templates, &nobody).unwrap();
+    let (code, out) = latchkey(&config, &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("Plan: 0 to issue, 0 to revoke, 6 held"),
+        "{out}"
+    );
+    let (code, out) = latchkey(&config, &["apply"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(server.nuki().unwrap().holds(1001, e1), "held, not revoked");
+    let (_, out) = latchkey(&config, &["status"]);
+    assert!(
+        out.contains("held for approval: 6")
+            && out.contains("would revoke nuki:berlin-engineering (template department-door)"),
+        "{out}"
+    );
+    // Approved: carried out at once, delivered by the next `apply`.
+    let (code, out) = latchkey(&config, &["approve", "--all", "--by", "alice@example.com"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("reconcile: 6 revokes enqueued, 0 still held"),
+        "{out}"
+    );
+    let (code, out) = latchkey(&config, &["apply"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!server.nuki().unwrap().holds(1001, e1), "{out}");
 }
