@@ -159,6 +159,9 @@ impl App {
             if let Err(e) = engine.tick().await {
                 tracing::error!(error = %e, "effective-dated changes not applied");
             }
+            if let Err(e) = self.reconcile_if_due(now).await {
+                tracing::error!(error = %e, "reconciliation against policy failed");
+            }
             if let Err(e) = self.scheduled_checks(now).await {
                 tracing::error!(error = %e, "drift or overdue key check failed");
             }
@@ -167,6 +170,27 @@ impl App {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// A full reconciliation of every identity when one is due: at start when what decides desired
+    /// state changed, on `[reconcile] schedule`, and after held revocations were approved.
+    async fn reconcile_if_due(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let Some(why) = crate::reconcile::due(&self.engine, now).await? else {
+            return Ok(());
+        };
+        let (plan, r) = crate::reconcile::run(&self.engine, &why).await?;
+        tracing::info!(
+            why,
+            identities = plan.identities,
+            issues = r.issues,
+            revokes = r.revokes,
+            held = r.held,
+            "reconciled every identity against policy"
+        );
+        if let Some(reason) = &plan.hold_reason {
+            tracing::warn!(%reason, "revocations held for approval (latchkey status, latchkey approve)");
+        }
+        Ok(())
     }
 
     /// The drift check on its schedule, and overdue key returns on every tick (one small query).
@@ -180,7 +204,14 @@ impl App {
                 tracing::error!(connector = %connector, report = %report.render(), "scheduled revocation drill FAILED");
             }
         }
-        let Some(schedule) = &self.engine.config.drift.schedule else {
+        let Some(schedule) = self
+            .engine
+            .config
+            .drift
+            .schedule
+            .as_ref()
+            .filter(|s| !s.trim().is_empty())
+        else {
             return Ok(());
         };
         let due = match store::last_run(self.engine.store.pool(), "drift").await? {

@@ -5,7 +5,6 @@ use crate::audit::{self, Verdict};
 use crate::clock::{self, from_micros};
 use crate::config::{Config, ConfigInput, process_env};
 use crate::model::Action;
-use crate::plan::Change;
 use crate::sim;
 use crate::store;
 use crate::telemetry;
@@ -50,8 +49,15 @@ pub enum Command {
     Run(ConfigArg),
     /// Validate configuration, mappings, templates and connector profiles.
     Check(ConfigArg),
-    /// Show what would be issued and revoked now, applying nothing.
-    Plan(ConfigArg),
+    /// Show what `apply` and `run` would issue, revoke and hold now under current policy, applying
+    /// nothing; ends with `Plan: N to issue, M to revoke, K held`.
+    Plan {
+        /// Exit 0 when there is nothing to do, 2 when there are changes (1 stays an error).
+        #[arg(long)]
+        detailed_exitcode: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Apply each HR source's pending feed once, deliver the resulting commands, and exit.
     Apply(ConfigArg),
     /// Outbox, dead letters, quarantined records and held changes.
@@ -229,6 +235,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .with_context(|| format!("source ldap.{name}"))?;
             }
             let connectors = crate::connectors::check_profiles(&config)?;
+            let lints = policy.lint(
+                &crate::reconcile::produced_attributes(&config)?,
+                &config
+                    .connectors
+                    .iter()
+                    .map(|(n, c)| (n.clone(), c.targets.keys().cloned().collect()))
+                    .collect(),
+            );
+            if !lints.is_empty() {
+                for l in &lints {
+                    eprintln!("error: {l}");
+                }
+                eprintln!("{}: {} policy mistakes", c.config.display(), lints.len());
+                return Ok(1);
+            }
             let sources: Vec<String> = (config.sources.hr.keys().map(|k| format!("hr.{k}")))
                 .chain(config.sources.ldap.keys().map(|k| format!("ldap.{k}")))
                 .chain(config.scim.tenants.keys().map(|k| format!("scim.{k}")))
@@ -239,25 +260,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("  connectors: {}", connectors.join(", "));
             Ok(0)
         }
-        Command::Plan(c) => {
-            let app = open(&c).await?;
-            let changes = app.engine.dry_run().await?;
-            if changes.is_empty() {
-                println!("nothing to issue or revoke");
-            }
-            for (key, ch) in &changes {
-                match ch {
-                    Change::Issue(d) => println!(
-                        "issue   {key:<10} {}:{} (template {})",
-                        d.connector, d.target, d.template
-                    ),
-                    Change::Revoke(g) => println!(
-                        "revoke  {key:<10} {}:{} (template {})",
-                        g.connector, g.target, g.template
-                    ),
-                }
-            }
-            Ok(0)
+        Command::Plan {
+            detailed_exitcode,
+            config,
+        } => {
+            let app = open(&config).await?;
+            let plan = app.engine.dry_run().await?;
+            print!("{}", plan.render());
+            Ok(if detailed_exitcode && !plan.is_empty() {
+                2
+            } else {
+                0
+            })
         }
         Command::Apply(c) => {
             let app = open(&c).await?;
@@ -269,6 +283,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             }
             app.engine.tick().await?;
+            let (plan, r) = crate::reconcile::run(&app.engine, "apply").await?;
+            if !plan.is_empty() {
+                println!(
+                    "reconcile: {} identities -> {} issues, {} revokes, {} held",
+                    plan.identities, r.issues, r.revokes, r.held
+                );
+            }
             wait_for_outbox(&app, None).await?;
             let _ = tx.send(true);
             dispatcher.await?;
@@ -358,12 +379,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             if ids.is_empty() {
                 println!("nothing to approve");
             }
+            let from_reconcile: std::collections::BTreeSet<i64> =
+                store::held_changes(app.store().pool())
+                    .await?
+                    .iter()
+                    .filter(|h| h.source == crate::reconcile::HOLD_SOURCE)
+                    .map(|h| h.id)
+                    .collect();
+            let mut reconcile_approved = false;
             for id in ids {
                 let a = app.engine.decide(id, !reject, &by).await?;
+                reconcile_approved |= !reject && from_reconcile.contains(&id);
                 println!(
                     "{} held change {id}: {} revokes enqueued",
                     if reject { "rejected" } else { "approved" },
                     a.revokes
+                );
+            }
+            // Held revocations of a reconciliation are carried out by one, now.
+            if reconcile_approved {
+                let (_, r) = crate::reconcile::run(&app.engine, "approval").await?;
+                println!(
+                    "reconcile: {} revokes enqueued, {} still held",
+                    r.revokes, r.held
                 );
             }
             Ok(0)
@@ -723,5 +761,6 @@ pub fn repo_path(rel: &str) -> PathBuf {
 }
 
 pub mod bench;
+pub mod bench_reconcile;
 pub mod demo;
 pub mod redrive;

@@ -105,6 +105,9 @@ pub struct Config {
     /// Drift check against each vendor's grant list.
     #[serde(default)]
     pub drift: DriftConfig,
+    /// Full reconciliation of every identity against current policy.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
     /// Where the file was read from: relative paths inside it are relative to its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -482,7 +485,9 @@ fn default_return_due_hours() -> f64 {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DriftConfig {
-    /// Standard 5-field crontab line; no scheduled check when absent (`latchkey drift` still runs one).
+    /// Standard 5-field crontab line (default hourly, `0 * * * *`); an empty string turns the
+    /// scheduled check off (`latchkey drift` still runs one).
+    #[serde(default = "default_drift_schedule")]
     pub schedule: Option<String>,
     /// How long an expected grant may be missing at the vendor before it is issued again: vendors
     /// that sync to locks late must not cause a re-issue storm.
@@ -496,11 +501,42 @@ pub struct DriftConfig {
 impl Default for DriftConfig {
     fn default() -> Self {
         Self {
-            schedule: None,
+            schedule: default_drift_schedule(),
             tolerance_seconds: default_drift_tolerance(),
             revoke_orphans: false,
         }
     }
+}
+
+fn default_drift_schedule() -> Option<String> {
+    Some("0 * * * *".to_string())
+}
+
+/// Full reconciliation: every identity re-evaluated against current policy and the differences
+/// planned through the mass-change safeguard. Runs at start when what decides desired state changed,
+/// and on this schedule.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Standard 5-field crontab line (default daily at 03:00, `0 3 * * *`); empty turns it off.
+    #[serde(default = "default_reconcile_schedule")]
+    pub schedule: String,
+    /// Share of entitled people losing a grant in one reconciliation above which their revocations
+    /// are held for approval (default: `engine.mass_change_threshold`).
+    pub mass_change_threshold: Option<f64>,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            schedule: default_reconcile_schedule(),
+            mass_change_threshold: None,
+        }
+    }
+}
+
+fn default_reconcile_schedule() -> String {
+    "0 3 * * *".to_string()
 }
 
 fn default_drift_tolerance() -> u64 {
@@ -1229,7 +1265,16 @@ impl Config {
                 ));
             }
         }
+        if !self.reconcile.schedule.trim().is_empty()
+            && let Err(e) = self.reconcile.schedule.parse::<croner::Cron>()
+        {
+            return Err(self.invalid(
+                "reconcile.schedule",
+                format!("`{}` is not a crontab line: {e}", self.reconcile.schedule),
+            ));
+        }
         if let Some(s) = &self.drift.schedule
+            && !s.trim().is_empty()
             && let Err(e) = s.parse::<croner::Cron>()
         {
             return Err(self.invalid(

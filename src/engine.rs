@@ -35,6 +35,8 @@ pub enum EngineError {
     UnknownSource(String),
     #[error("held change {0} does not exist or was already decided")]
     NoSuchHeld(i64),
+    #[error("reconcile: {0}")]
+    Reconcile(String),
 }
 
 /// What one feed did, for the operator.
@@ -711,32 +713,77 @@ impl Engine {
         Ok(total)
     }
 
-    /// What every identity would get issued and revoked now, without writing anything.
-    pub async fn dry_run(&self) -> Result<Vec<(String, plan::Change)>, EngineError> {
+    /// What every identity would get issued and revoked now, without writing anything: the plan a
+    /// full reconciliation would carry out, held revocations included (see [`crate::reconcile`]).
+    pub async fn dry_run(&self) -> Result<crate::reconcile::ReconcilePlan, EngineError> {
         let now = self.clock.now();
-        let mut out = Vec::new();
-        let mut conn = self
-            .store
-            .pool()
-            .acquire()
-            .await
-            .map_err(StoreError::from)?;
-        for ident in store::list_identities(self.store.pool()).await? {
-            let attrs: BTreeMap<String, String> = ident
-                .attrs
-                .iter()
-                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                .collect();
-            let tz = self.config.timezone_of(ident.site.as_deref());
-            let desired = self
-                .policy
-                .desired(&ident.key, ident.lifecycle, &attrs, tz, now)?;
-            let ledger = store::grants_of(&mut conn, &ident.key).await?;
-            for c in plan::diff(&desired, &ledger) {
-                out.push((ident.key.clone(), c));
+        crate::reconcile::plan(self, now).await
+    }
+
+    /// What one stored identity should change now under current policy: pure, for planning.
+    pub fn changes_for(
+        &self,
+        ident: &IdentityRow,
+        ledger: &[store::GrantRow],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<plan::Change>, PolicyError> {
+        let attrs: BTreeMap<String, String> = ident
+            .attrs
+            .iter()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+            .collect();
+        let tz = self.config.timezone_of(ident.site.as_deref());
+        let desired = self
+            .policy
+            .desired(&ident.key, ident.lifecycle, &attrs, tz, now)?;
+        Ok(plan::diff(&desired, ledger))
+    }
+
+    /// Reconcile one identity on the caller's transaction: its stored attributes against current
+    /// policy and the ledger as it is now. With `hold_revokes`, only the issues are carried out (the
+    /// revocations wait for an approver). A template that cannot be evaluated changes nothing.
+    pub async fn reconcile_identity(
+        &self,
+        conn: &mut AnyConnection,
+        key: &str,
+        hold_revokes: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Applied, EngineError> {
+        let Some(ident) = store::get_identity(conn, key).await? else {
+            return Ok(Applied::default());
+        };
+        let ledger = store::grants_of(conn, key).await?;
+        let changes = match self.changes_for(&ident, &ledger, now) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(identity = key, error = %e, "policy evaluation failed; grants left unchanged");
+                return Ok(Applied::default());
             }
+        };
+        let changes: Vec<plan::Change> = changes
+            .into_iter()
+            .filter(|c| !hold_revokes || matches!(c, plan::Change::Issue(_)))
+            .collect();
+        if changes.is_empty() {
+            return Ok(Applied::default());
         }
-        Ok(out)
+        let cause = Cause {
+            kind: "reconcile".into(),
+            trigger_at: now,
+            detected_at: now,
+            actor: "reconcile".into(),
+        };
+        let policy = self.policy.clone();
+        Ok(plan::apply(
+            conn,
+            key,
+            &changes,
+            &ledger,
+            &cause,
+            |t| policy.approver_of(t).map(str::to_string),
+            now,
+        )
+        .await?)
     }
 }
 

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod model;
 pub mod plan;
 pub mod policy;
+pub mod reconcile;
 pub mod sim;
 pub mod sources;
 pub mod store;

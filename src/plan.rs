@@ -81,6 +81,7 @@ impl Cause {
         match self.actor.strip_prefix("source:") {
             Some(source) => source.to_string(),
             None if self.actor == "schedule" => "schedule".to_string(),
+            None if self.actor == "reconcile" => "reconcile".to_string(),
             None => "approval".to_string(),
         }
     }
@@ -267,6 +268,7 @@ mod tests {
         assert_eq!(cause("source:scim:okta").source_label(), "scim:okta");
         assert_eq!(cause("source:ldap-corp").source_label(), "ldap-corp");
         assert_eq!(cause("schedule").source_label(), "schedule");
+        assert_eq!(cause("reconcile").source_label(), "reconcile");
         assert_eq!(cause("Jane Approver").source_label(), "approval");
     }
 

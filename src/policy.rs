@@ -99,6 +99,8 @@ const CREDENTIALS: &[&str] = &[
 #[derive(Debug)]
 struct Compiled {
     name: String,
+    /// Name of the compiled condition in the environment.
+    when_template: String,
     approved_by: Option<String>,
     grants: Vec<CompiledGrant>,
 }
@@ -117,6 +119,10 @@ pub struct Policy {
     env: Environment<'static>,
     templates: Vec<Compiled>,
     valid_until_attribute: String,
+    /// Where the templates were read from, for messages.
+    origin: String,
+    /// SHA-256 of the file's text: part of the reconciliation fingerprint.
+    digest: String,
 }
 
 fn parse_hhmm(s: &str) -> Option<u16> {
@@ -237,16 +243,25 @@ impl Policy {
                 });
             }
             templates.push(Compiled {
+                when_template: format!("when:{}", t.name),
                 name: t.name.clone(),
                 approved_by: t.approved_by.clone(),
                 grants,
             });
         }
+        use sha2::Digest;
         Ok(Self {
             env,
             templates,
             valid_until_attribute: file.valid_until_attribute,
+            origin: origin.to_string(),
+            digest: hex::encode(sha2::Sha256::digest(text.as_bytes())),
         })
+    }
+
+    /// SHA-256 of the templates file as loaded.
+    pub fn digest(&self) -> &str {
+        &self.digest
     }
 
     pub fn template_names(&self) -> Vec<String> {
@@ -272,9 +287,14 @@ impl Policy {
         if !lifecycle.entitled() {
             return Ok(Vec::new());
         }
-        let mut ctx: BTreeMap<String, String> = attrs.clone();
-        ctx.insert("key".into(), key.to_string());
-        ctx.insert("lifecycle".into(), lifecycle.as_str().to_string());
+        let mut ctx: BTreeMap<&str, &str> = attrs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        ctx.insert("key", key);
+        ctx.insert("lifecycle", lifecycle.as_str());
+        // Converted once: every condition and target of every template renders against it.
+        let ctx = minijinja::Value::from_pairs(ctx);
         let valid_until = attrs
             .get(&self.valid_until_attribute)
             .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
@@ -291,7 +311,7 @@ impl Policy {
         for t in &self.templates {
             let cond = self
                 .env
-                .get_template(&format!("when:{}", t.name))
+                .get_template(&t.when_template)
                 .and_then(|tpl| tpl.render(&ctx))
                 .map_err(|e| eval_err(&t.name, e))?;
             if cond != "1" {
@@ -325,6 +345,133 @@ impl Policy {
             }
         }
         Ok(out)
+    }
+}
+
+/// A policy mistake `latchkey check` reports: a template that loads but cannot do what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lint {
+    pub file: String,
+    pub template: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Lint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: template `{}`, {}: {}",
+            self.file, self.template, self.field, self.message
+        )
+    }
+}
+
+/// Names a template sees that no mapping has to produce.
+const BUILTIN_NAMES: &[&str] = &["key", "lifecycle", "range", "dict", "namespace", "debug"];
+
+/// Does `name` fit a target template's literal pieces (what lies between `{{ }}` expressions)?
+fn fits(pieces: &[&str], name: &str) -> bool {
+    let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
+        return true;
+    };
+    if pieces.len() == 1 {
+        return name == *first;
+    }
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    for p in &pieces[1..pieces.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// The literal pieces of a target template, or None when it has statements we do not follow.
+fn literal_pieces(source: &str) -> Option<Vec<&str>> {
+    if source.contains("{%") {
+        return None;
+    }
+    let mut pieces = Vec::new();
+    let mut rest = source;
+    while let Some(start) = rest.find("{{") {
+        pieces.push(&rest[..start]);
+        let end = rest[start..].find("}}")? + start + 2;
+        rest = &rest[end..];
+    }
+    pieces.push(rest);
+    Some(pieces)
+}
+
+impl Policy {
+    /// Mistakes that load fine and then silently grant or revoke the wrong thing: a condition or
+    /// target using an attribute no mapping produces (`departmnt`), a target no name in its
+    /// connector's target map can match. `produced` holds every attribute some source sets;
+    /// `target_maps` each connector's target names (a connector without a map sends names as is).
+    pub fn lint(
+        &self,
+        produced: &std::collections::BTreeSet<String>,
+        target_maps: &BTreeMap<String, Vec<String>>,
+    ) -> Vec<Lint> {
+        let mut out = Vec::new();
+        let known = |v: &str| {
+            produced.contains(v) || BUILTIN_NAMES.contains(&v) || v == self.valid_until_attribute
+        };
+        let lint = |template: &str, field: String, message: String| Lint {
+            file: self.origin.clone(),
+            template: template.to_string(),
+            field,
+            message,
+        };
+        let produced_list = produced.iter().cloned().collect::<Vec<_>>().join(", ");
+        for t in &self.templates {
+            let mut fields = vec![("when".to_string(), t.when_template.clone(), None)];
+            for (i, g) in t.grants.iter().enumerate() {
+                let field = format!("grants[{i}].target");
+                fields.push((field, g.target_template.clone(), Some(&g.connector)));
+            }
+            for (field, name, connector) in fields {
+                let Ok(tpl) = self.env.get_template(&name) else {
+                    continue;
+                };
+                let mut vars: Vec<String> = tpl.undeclared_variables(false).into_iter().collect();
+                vars.sort();
+                for v in vars.iter().filter(|v| !known(v)) {
+                    out.push(lint(
+                        &t.name,
+                        field.clone(),
+                        format!(
+                            "attribute `{v}` is produced by no mapping (produced: {produced_list})"
+                        ),
+                    ));
+                }
+                let Some(connector) = connector else {
+                    continue;
+                };
+                let Some(names) = target_maps.get(connector).filter(|n| !n.is_empty()) else {
+                    continue;
+                };
+                let Some(pieces) = literal_pieces(tpl.source()) else {
+                    continue;
+                };
+                if !names.iter().any(|n| fits(&pieces, n)) {
+                    out.push(lint(
+                        &t.name,
+                        field.clone(),
+                        format!(
+                            "target `{}` matches no target of connector `{connector}` ({} mapped, e.g. {})",
+                            tpl.source(),
+                            names.len(),
+                            names.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -409,6 +556,42 @@ window = { weekdays = [1, 2, 3, 4, 5], from = "07:00", until = "19:00" }
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn lint_names_unknown_attributes_and_uncovered_targets() {
+        let typo = T.replace("department == 'engineering'", "departmnt == 'engineering'");
+        let p = Policy::parse(&typo, "t.toml", &[]).unwrap();
+        let produced = ["site", "department"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let maps: BTreeMap<String, Vec<String>> =
+            [("nuki".to_string(), vec!["berlin-entrance".to_string()])].into();
+        let lints: Vec<String> = p
+            .lint(&produced, &maps)
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        assert_eq!(lints.len(), 2, "{lints:?}");
+        assert!(
+            lints[0].contains("t.toml: template `lab`, when: attribute `departmnt`"),
+            "{lints:?}"
+        );
+        assert!(
+            lints[1].contains(
+                "template `lab`, grants[0].target: target `{{ site }}-lab` matches no target"
+            ),
+            "{lints:?}"
+        );
+        let p = Policy::parse(T, "t.toml", &[]).unwrap();
+        let maps: BTreeMap<String, Vec<String>> = [(
+            "nuki".to_string(),
+            vec!["berlin-entrance".into(), "berlin-lab".into()],
+        )]
+        .into();
+        assert!(p.lint(&produced, &maps).is_empty());
+        assert!(fits(&["", "-lab"], "x-lab") && !fits(&["", "-lab"], "x-labs"));
     }
 
     #[test]

@@ -790,3 +790,171 @@ async fn absence_becomes_a_leaver_only_after_the_grace() {
         assert!(!h.holds("E4", "berlin-sales") && !h.holds("E3", "berlin-sales"));
     });
 }
+
+/// Restart the harness's daemon on templates edited by `edit`, with the same store and simulator.
+async fn reopen_with_templates(h: &mut Harness, edit: impl Fn(String) -> String) {
+    let templates = edit(std::fs::read_to_string(templates_path()).unwrap());
+    let path = h.dir.join(format!("templates-{}.toml", h.feed_no));
+    h.feed_no += 1;
+    std::fs::write(&path, templates).unwrap();
+    let config_path = h.dir.join("latchkey.toml");
+    let text = templates_line(&std::fs::read_to_string(&config_path).unwrap(), &path);
+    std::fs::write(&config_path, text).unwrap();
+    h.app = open_again(h).await;
+}
+
+/// Another daemon on the harness's configuration file, store, simulator and clock.
+async fn open_again(h: &Harness) -> latchkey::app::App {
+    let config_path = h.dir.join("latchkey.toml");
+    let config = latchkey::config::Config::load(
+        &latchkey::config::ConfigInput::from_file(&config_path, env()).unwrap(),
+    )
+    .unwrap();
+    let clock: latchkey::clock::SharedClock = std::sync::Arc::new(h.clock.clone());
+    latchkey::app::App::open(config, clock).await.unwrap()
+}
+
+/// The `[policy] templates` line pointing at `path`, whichever file it named before.
+fn templates_line(text: &str, path: &std::path::Path) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("templates = ") {
+                format!("templates = \"{}\"", path.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn a_template_edit_reaches_everyone_and_a_typo_that_revokes_everyone_is_held() {
+    use latchkey::reconcile;
+    each_backend!(|h| {
+        let mut people = vec![employee("E1", "engineering", "berlin")];
+        people.extend((2..=10).map(|i| employee(&format!("E{i}"), "sales", "berlin")));
+        h.feed(&people).await;
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-lab"));
+        let plan = h.app.engine.dry_run().await.unwrap();
+        assert!(plan.is_empty(), "{}", plan.render());
+        // The daemon's first start records what policy it reconciled against.
+        let why = reconcile::due(&h.app.engine, h.clock.now_utc())
+            .await
+            .unwrap();
+        assert_eq!(why.as_deref(), Some("first start"));
+        let (_, r) = reconcile::run(&h.app.engine, "start").await.unwrap();
+        assert_eq!((r.issues, r.revokes, r.held), (0, 0, 0));
+
+        // A door dropped from a template: revoked at the vendor by the next reconciliation.
+        let drop_lab = |t: String| t.replace("target = \"{{ site }}-lab\"", "target = \"\"");
+        reopen_with_templates(&mut h, drop_lab).await;
+        let now = h.clock.now_utc();
+        let why = reconcile::due(&h.app.engine, now).await.unwrap();
+        assert_eq!(why.as_deref(), Some("policy changed"));
+        let plan = h.app.engine.dry_run().await.unwrap();
+        assert_eq!(plan.summary(), "Plan: 0 to issue, 1 to revoke, 0 held");
+        let (_, r) = reconcile::run(&h.app.engine, "test").await.unwrap();
+        assert_eq!((r.issues, r.revokes, r.held), (0, 1, 0));
+        h.drain().await;
+        assert!(!h.holds("E1", "berlin-lab"), "dropped door revoked");
+        assert!(h.holds("E1", "berlin-engineering"));
+        assert_eq!(reconcile::due(&h.app.engine, now).await.unwrap(), None);
+
+        // A door added to a template: issued to everyone it now covers.
+        let add_plant = |t: String| {
+            drop_lab(t).replace(
+                "when = \"role == 'technician' or department == 'facilities'\"",
+                "when = \"role == 'technician' or department in ['facilities', 'sales']\"",
+            )
+        };
+        reopen_with_templates(&mut h, add_plant).await;
+        let (plan, r) = reconcile::run(&h.app.engine, "test").await.unwrap();
+        assert_eq!(plan.summary(), "Plan: 9 to issue, 0 to revoke, 0 held");
+        assert_eq!(r.issues, 9);
+        h.drain().await;
+        assert!((2..=10).all(|i| h.holds(&format!("E{i}"), "berlin-plant-room")));
+
+        // A typo'd condition that would revoke everyone's department door: held, nothing revoked.
+        let typo = |t: String| {
+            add_plant(t).replace(
+                "when = \"employment_type == 'employee'\"",
+                "when = \"employment_typ == 'employee'\"",
+            )
+        };
+        reopen_with_templates(&mut h, typo).await;
+        let (plan, r) = reconcile::run(&h.app.engine, "test").await.unwrap();
+        assert_eq!(plan.summary(), "Plan: 0 to issue, 0 to revoke, 10 held");
+        assert_eq!((r.revokes, r.held), (0, 10));
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-engineering"));
+        assert!((2..=10).all(|i| h.holds(&format!("E{i}"), "berlin-sales")));
+        let status = latchkey::cli::status_text(&h.app).await.unwrap();
+        assert!(status.contains("held for approval: 10"), "{status}");
+        assert!(
+            status.contains("would revoke nuki:berlin-sales (template department-door)"),
+            "{status}"
+        );
+        // An approver lets one person's revocation through; the next reconciliation carries it out.
+        let held = store::held_changes(h.app.store().pool()).await.unwrap();
+        let e2 = held.iter().find(|c| c.key == "E2").unwrap();
+        h.app
+            .engine
+            .decide(e2.id, true, "alice@example.com")
+            .await
+            .unwrap();
+        let why = reconcile::due(&h.app.engine, h.clock.now_utc())
+            .await
+            .unwrap();
+        assert_eq!(why.as_deref(), Some("approval"));
+        let (_, r) = reconcile::run(&h.app.engine, "approval").await.unwrap();
+        assert_eq!((r.revokes, r.held), (1, 9));
+        h.drain().await;
+        assert!(!h.holds("E2", "berlin-sales"));
+        assert!(h.holds("E3", "berlin-sales"));
+
+        // The typo fixed: the holds are released and the person it hit gets the door back.
+        reopen_with_templates(&mut h, add_plant).await;
+        let (plan, _) = reconcile::run(&h.app.engine, "test").await.unwrap();
+        assert_eq!(plan.summary(), "Plan: 1 to issue, 0 to revoke, 0 held");
+        assert!(
+            store::held_changes(h.app.store().pool())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        h.drain().await;
+        assert!(h.holds("E2", "berlin-sales"));
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_reconciles_a_dropped_door_at_start() {
+    each_backend!(|h| {
+        let mut people = vec![employee("E1", "engineering", "berlin")];
+        people.extend((2..=10).map(|i| employee(&format!("E{i}"), "sales", "berlin")));
+        h.feed(&people).await;
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-lab"));
+        reopen_with_templates(&mut h, |t| {
+            t.replace("target = \"{{ site }}-lab\"", "target = \"\"")
+        })
+        .await;
+        let daemon = open_again(&h).await;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(async move { daemon.run(rx).await });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while h.holds("E1", "berlin-lab") && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tx.send(true).unwrap();
+        running.await.unwrap().unwrap();
+        assert!(
+            !h.holds("E1", "berlin-lab"),
+            "the running daemon revoked the dropped door"
+        );
+        assert!(h.holds("E1", "berlin-engineering"));
+        assert!((2..=10).all(|i| h.holds(&format!("E{i}"), "berlin-sales")));
+    });
+}

@@ -867,3 +867,38 @@ mod fail_closed {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_daemon_checks_drift_without_any_drift_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, url) = backends(tmp.path()).await.remove(0);
+    let c = setup(tmp.path(), &url, "").await;
+    assert_eq!(
+        c.app.engine.config.drift.schedule.as_deref(),
+        Some("0 * * * *")
+    );
+    let mut c = c;
+    c.feed(&[employee("E1", "engineering", "berlin")]).await;
+    c.run_until(None).await;
+    grant_behind_its_back(&c.sim, 1002, c.user_id(&c.sim, "E1").unwrap()).await;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let pool = c.app.store().pool().clone();
+    let watch = async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while store::open_drift(&pool).await.unwrap().is_empty()
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tx.send(true).unwrap();
+    };
+    let (ran, ()) = tokio::join!(c.app.run(rx), watch);
+    ran.unwrap();
+    let open = store::open_drift(c.app.store().pool()).await.unwrap();
+    assert_eq!(open.len(), 1, "the orphan was found by the scheduled check");
+    assert_eq!(open[0].kind, "orphan");
+    assert!(
+        c.holds(&c.sim, "E1", 1002),
+        "reported, not revoked by default"
+    );
+}

@@ -52,7 +52,10 @@ pub struct BenchArgs {
     /// Concurrent SCIM clients while creating the users (durable writes per second).
     #[arg(long, default_value_t = 8)]
     pub scim_clients: usize,
-    /// Which measurements to run.
+    /// Identities in the store the `reconcile` section plans.
+    #[arg(long, default_value_t = 100_000)]
+    pub identities: usize,
+    /// Which measurements to run (`drain`, `leaver`, `scim`, `reconcile`).
     #[arg(long, value_delimiter = ',', default_values_t = ["drain".to_string(), "leaver".to_string(), "scim".to_string()])]
     pub sections: Vec<String>,
     /// Keep the stores here instead of in a temporary directory.
@@ -758,6 +761,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             scim.writes_per_second
         );
         ok &= scim.ok;
+    }
+    if wants("reconcile") {
+        let r = super::bench_reconcile::reconcile_plan(args.identities, &root.join("reconcile"))
+            .await?;
+        println!(
+            "summary: reconcile plan of {} identities in {:.2} s = {:.0} identities/s ({:.2} x target)",
+            r.identities,
+            r.seconds,
+            r.per_second,
+            r.per_second / super::bench_reconcile::TARGET_PER_SECOND
+        );
+        ok &= r.ok;
     }
     Ok(if ok { 0 } else { 1 })
 }

@@ -210,6 +210,13 @@ impl Retry {
 /// The SLA that applies to a connector: the default `[sla]` with the connector's overrides.
 pub fn sla_of(config: &Config, connector: &str) -> SlaConfig {
     let mut sla = config.sla;
+    // Mechanical keys are revoked when the key is checked back in: their target is the return
+    // window, not a vendor API's seconds.
+    if let Some(c) = config.connectors.get(connector)
+        && c.kind == crate::config::ConnectorKind::Manual
+    {
+        sla.revoke_within_seconds = c.manual.return_due_hours * 3600.0;
+    }
     if let Some(o) = config.connectors.get(connector).map(|c| c.sla) {
         sla.revoke_within_seconds = o.revoke_within_seconds.unwrap_or(sla.revoke_within_seconds);
         sla.objective = o.objective.unwrap_or(sla.objective);

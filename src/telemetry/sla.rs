@@ -142,6 +142,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mechanical_keys_are_measured_against_their_return_window_in_both_shipped_configs() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in ["config/demo.toml", "config/production.toml"] {
+            let input = crate::config::ConfigInput::from_file(&root.join(file), Default::default())
+                .unwrap();
+            let config = Config::load(&input).unwrap();
+            let keys = sla_of(&config, "keys");
+            let due = config.connectors["keys"].manual.return_due_hours;
+            assert_eq!(keys.revoke_within_seconds, due * 3600.0, "{file}");
+            assert_eq!(
+                sla_of(&config, "nuki").revoke_within_seconds,
+                60.0,
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
     fn budget_use_is_missed_over_allowed() {
         let r = SlaRow {
             connector: "nuki".into(),
