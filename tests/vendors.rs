@@ -1151,7 +1151,10 @@ async fn fault_matrix(c: Case) {
             let r = c.conn.confirm(&req, Action::Revoke).await;
             confirmed_during |= judge(&c, class, &pref, r);
             // The drift listing: unreadable is an error, never an empty list.
-            if let Ok(Some(listed)) = c.conn.list_grants(&c.target, &[pref.clone()]).await
+            if let Ok(Some(listed)) = c
+                .conn
+                .list_grants(&c.target, std::slice::from_ref(&pref))
+                .await
                 && (c.holds)(&c.sim, &pref, &c.target)
             {
                 assert!(
@@ -1243,7 +1246,10 @@ async fn a_five_million_item_list_is_an_error_not_memory() {
         assert!(e.to_string().contains("find_grant"), "{e}");
         let r = c.conn.revoke(&req).await;
         assert!(!matches!(r, Ok(Outcome::Confirmed { .. })), "{r:?}");
-        let drift = c.conn.list_grants(&c.target, &[pref.clone()]).await;
+        let drift = c
+            .conn
+            .list_grants(&c.target, std::slice::from_ref(&pref))
+            .await;
         assert!(drift.is_err(), "{drift:?}");
     }
     let peak = vm_kib("VmHWM");

@@ -279,13 +279,19 @@ fn synthesize(fault: &ProxyFault) -> Response {
             retry_after(HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static("garbage")))
         }
         ProxyFault::RetryAfterDate { secs_ahead } => {
-            let at = SystemTime::now()
+            // A fixed `Date` beside it: the client reads the date against the server's clock.
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+            let at = now
                 .checked_add(Duration::from_secs(*secs_ahead))
-                .unwrap_or_else(SystemTime::now);
-            retry_after(
+                .unwrap_or(now);
+            let mut r = retry_after(
                 HeaderValue::from_str(&httpdate::fmt_http_date(at))
                     .unwrap_or(HeaderValue::from_static("garbage")),
-            )
+            );
+            if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                r.headers_mut().insert(header::DATE, date);
+            }
+            r
         }
         ProxyFault::SlowBody { delay_ms } => {
             let delay = Duration::from_millis(*delay_ms);

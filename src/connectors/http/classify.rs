@@ -7,7 +7,7 @@ use super::super::profile::{Operation, RuleClass, StatusSpec};
 use super::connector::HttpConnector;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// What a status means before any body is looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,8 @@ pub fn status_class(spec: &StatusSpec, status: u16) -> Class {
 }
 
 /// `Retry-After` as delta-seconds or an HTTP-date, never more than `cap`. A negative, garbage
-/// or past value is ignored (the caller's backoff applies); a huge one is capped.
+/// or past value (or a date without the vendor's `Date` header) is ignored (the caller's backoff
+/// applies); a huge one is capped.
 pub fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
     let raw = headers
         .get(reqwest::header::RETRY_AFTER)?
@@ -50,12 +51,12 @@ pub fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
         Duration::from_secs(raw.parse::<u64>().unwrap_or(u64::MAX))
     } else {
         let at = httpdate::parse_http_date(raw).ok()?;
-        // Against the vendor's own `Date` when it sent one, so clock skew does not stretch it.
+        // Against the vendor's own `Date`, so clock skew cannot stretch it; without one the
+        // date cannot be read safely and the caller's backoff applies.
         let now = headers
             .get(reqwest::header::DATE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-            .unwrap_or_else(SystemTime::now);
+            .and_then(|v| httpdate::parse_http_date(v).ok())?;
         at.duration_since(now).ok()?
     };
     Some(wait.min(cap))

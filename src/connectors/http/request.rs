@@ -208,14 +208,7 @@ impl HttpConnector {
             .map_err(|e| self.permanent(e.to_string()))?;
         tracing::Span::current().record("http.request.method", method.as_str());
         let body = match &o.body {
-            Some(_) => {
-                let body = self.render(&format!("{name}.body"), ctx)?;
-                Some(serde_json::from_str::<Value>(&body).map_err(|e| {
-                    self.permanent(format!(
-                        "operations.{name}.body did not render to JSON: {e}"
-                    ))
-                })?)
-            }
+            Some(_) => Some(self.render_body(name, ctx)?),
             None => None,
         };
         let call = format!("{} {path}", o.method);
@@ -270,6 +263,15 @@ impl HttpConnector {
                 },
             }
         }
+    }
+
+    fn render_body(&self, name: &str, ctx: &Value) -> Result<Value, ConnectorError> {
+        let body = self.render(&format!("{name}.body"), ctx)?;
+        serde_json::from_str::<Value>(&body).map_err(|e| {
+            self.permanent(format!(
+                "operations.{name}.body did not render to JSON: {e}"
+            ))
+        })
     }
 
     /// Attach the static headers and the current token; returns the token used.
