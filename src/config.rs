@@ -415,6 +415,10 @@ pub struct ConnectorConfig {
     /// Settings of the built-in `manual` connector (mechanical keys).
     #[serde(default)]
     pub manual: ManualConfig,
+    /// Overrides the profile's `http.max_response_bytes` (default 4 MiB).
+    pub max_response_bytes: Option<u64>,
+    /// Overrides the profile's `http.retry_after_cap_secs` (default 300).
+    pub retry_after_cap_secs: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------

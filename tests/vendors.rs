@@ -9,6 +9,7 @@ use latchkey::connectors::http::HttpConnector;
 use latchkey::connectors::profile::{AuthSpec, Profile};
 use latchkey::connectors::{Connector, ConnectorError, GrantRequest, Outcome};
 use latchkey::model::{Action, PersonRef};
+use latchkey::sim::proxy::{FaultProxy, FaultRule, ProxyFault};
 use latchkey::sim::{self, Faults, NukiOptions, SimServer};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,6 +40,48 @@ fn connector(name: &str, p: Profile, base_url: String, secrets: &[(&str, &str)])
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     HttpConnector::new(name, p, &cc, secrets).unwrap()
+}
+
+/// A connector for the fault matrix: Retry-After capped at 2 s so a test never waits longer,
+/// and (except for Verkada, whose simulator enforces the documented limits) a faster budget.
+fn connector_via(
+    proxied: bool,
+    name: &str,
+    p: Profile,
+    base_url: String,
+    secrets: &[(&str, &str)],
+) -> HttpConnector {
+    if !proxied {
+        return connector(name, p, base_url, secrets);
+    }
+    let rate = if name == "verkada" {
+        ""
+    } else {
+        "rate_limit = { per_second = 20, burst = 20 }\n"
+    };
+    let cc: ConnectorConfig = toml::from_str(&format!(
+        "profile = \"{name}.toml\"\nbase_url = \"{base_url}\"\nconcurrency = 4\nretry_after_cap_secs = {CAP_SECS}\n{rate}"
+    ))
+    .unwrap();
+    let secrets = secrets
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    HttpConnector::new(name, p, &cc, secrets).unwrap()
+}
+
+const CAP_SECS: u64 = 2;
+
+/// A fault proxy in front of the simulator when asked, and the URL the connector should use.
+async fn front_of(sim: &SimServer, proxied: bool) -> (Option<FaultProxy>, String) {
+    if !proxied {
+        return (None, sim.base_url());
+    }
+    let proxy = FaultProxy::start(listener().await, &sim.base_url())
+        .await
+        .unwrap();
+    let url = proxy.base_url();
+    (Some(proxy), url)
 }
 
 async fn listener() -> TcpListener {
@@ -76,6 +119,8 @@ type ReadWindow = fn(&SimServer, &str, &str) -> Option<String>;
 /// How a vendor's simulator is read in the contract suite.
 struct Case {
     vendor: &'static str,
+    /// The fault proxy the connector talks through, when the case was built behind one.
+    proxy: Option<FaultProxy>,
     sim: SimServer,
     conn: HttpConnector,
     target: String,
@@ -86,6 +131,10 @@ struct Case {
 }
 
 async fn nuki_case(faults: Faults, rate: Option<u32>) -> Case {
+    nuki_case_at(faults, rate, false).await
+}
+
+async fn nuki_case_at(faults: Faults, rate: Option<u32>, proxied: bool) -> Case {
     let sim = sim::start_nuki(
         listener().await,
         NukiOptions {
@@ -98,13 +147,16 @@ async fn nuki_case(faults: Faults, rate: Option<u32>) -> Case {
     )
     .await
     .unwrap();
-    let conn = connector(
+    let (proxy, front) = front_of(&sim, proxied).await;
+    let conn = connector_via(
+        proxied,
         "nuki",
         profile("nuki"),
-        sim.base_url(),
+        front.clone(),
         &[("token", NUKI_TOKEN)],
     );
     Case {
+        proxy,
         vendor: "nuki",
         conn,
         sim,
@@ -131,6 +183,10 @@ async fn nuki_case(faults: Faults, rate: Option<u32>) -> Case {
 }
 
 async fn kisi_case(faults: Faults, rate: Option<u32>) -> Case {
+    kisi_case_at(faults, rate, false).await
+}
+
+async fn kisi_case_at(faults: Faults, rate: Option<u32>, proxied: bool) -> Case {
     let sim = sim::kisi::start_kisi(
         listener().await,
         sim::kisi::KisiOptions {
@@ -142,13 +198,16 @@ async fn kisi_case(faults: Faults, rate: Option<u32>) -> Case {
     )
     .await
     .unwrap();
-    let conn = connector(
+    let (proxy, front) = front_of(&sim, proxied).await;
+    let conn = connector_via(
+        proxied,
         "kisi",
         profile("kisi"),
-        sim.base_url(),
+        front.clone(),
         &[("api_key", "kisi-key")],
     );
     Case {
+        proxy,
         vendor: "kisi",
         conn,
         sim,
@@ -174,6 +233,10 @@ async fn kisi_case(faults: Faults, rate: Option<u32>) -> Case {
 }
 
 async fn verkada_case(faults: Faults, token_lifetime: Duration) -> Case {
+    verkada_case_at(faults, token_lifetime, false).await
+}
+
+async fn verkada_case_at(faults: Faults, token_lifetime: Duration, proxied: bool) -> Case {
     let sim = sim::verkada::start_verkada(
         listener().await,
         sim::verkada::VerkadaOptions {
@@ -186,13 +249,16 @@ async fn verkada_case(faults: Faults, token_lifetime: Duration) -> Case {
     )
     .await
     .unwrap();
-    let conn = connector(
+    let (proxy, front) = front_of(&sim, proxied).await;
+    let conn = connector_via(
+        proxied,
         "verkada",
         profile("verkada"),
-        sim.base_url(),
+        front.clone(),
         &[("api_key", "vk-key")],
     );
     Case {
+        proxy,
         vendor: "verkada",
         conn,
         sim,
@@ -206,6 +272,15 @@ async fn verkada_case(faults: Faults, token_lifetime: Duration) -> Case {
 }
 
 async fn brivo_case(faults: Faults, token_lifetime: Duration, qps: Option<u32>) -> Case {
+    brivo_case_at(faults, token_lifetime, qps, false).await
+}
+
+async fn brivo_case_at(
+    faults: Faults,
+    token_lifetime: Duration,
+    qps: Option<u32>,
+    proxied: bool,
+) -> Case {
     let sim = sim::brivo::start_brivo(
         listener().await,
         sim::brivo::BrivoOptions {
@@ -218,15 +293,17 @@ async fn brivo_case(faults: Faults, token_lifetime: Duration, qps: Option<u32>) 
     )
     .await
     .unwrap();
+    let (proxy, front) = front_of(&sim, proxied).await;
     let mut p = profile("brivo");
     // The token endpoint lives on another host in production; the simulator serves both.
     if let AuthSpec::Oauth2ClientCredentials { token_url, .. } = &mut p.auth {
-        *token_url = format!("{}/oauth/token", sim.base_url());
+        *token_url = format!("{}/oauth/token", front.clone());
     }
-    let conn = connector(
+    let conn = connector_via(
+        proxied,
         "brivo",
         p,
-        format!("{}/v1/api", sim.base_url()),
+        format!("{}/v1/api", front.clone()),
         &[
             ("client_id", "brivo-client"),
             ("client_secret", "brivo-secret"),
@@ -234,6 +311,7 @@ async fn brivo_case(faults: Faults, token_lifetime: Duration, qps: Option<u32>) 
         ],
     );
     Case {
+        proxy,
         vendor: "brivo",
         conn,
         sim,
@@ -256,6 +334,15 @@ async fn brivo_case(faults: Faults, token_lifetime: Duration, qps: Option<u32>) 
 }
 
 async fn openpath_case(faults: Faults, token_lifetime: Duration, rate: Option<u32>) -> Case {
+    openpath_case_at(faults, token_lifetime, rate, false).await
+}
+
+async fn openpath_case_at(
+    faults: Faults,
+    token_lifetime: Duration,
+    rate: Option<u32>,
+    proxied: bool,
+) -> Case {
     let sim = sim::openpath::start_openpath(
         listener().await,
         sim::openpath::OpenpathOptions {
@@ -268,16 +355,19 @@ async fn openpath_case(faults: Faults, token_lifetime: Duration, rate: Option<u3
     )
     .await
     .unwrap();
-    let conn = connector(
+    let (proxy, front) = front_of(&sim, proxied).await;
+    let conn = connector_via(
+        proxied,
         "openpath",
         profile("openpath"),
-        sim.base_url(),
+        front.clone(),
         &[
             ("email", "api@example.com"),
             ("password", "openpath-sim-password"),
         ],
     );
     Case {
+        proxy,
         vendor: "openpath",
         conn,
         sim,
@@ -295,6 +385,15 @@ async fn openpath_case(faults: Faults, token_lifetime: Duration, rate: Option<u3
 }
 
 async fn salto_case(faults: Faults, body_error_rate: f64, rate: Option<u32>) -> Case {
+    salto_case_at(faults, body_error_rate, rate, false).await
+}
+
+async fn salto_case_at(
+    faults: Faults,
+    body_error_rate: f64,
+    rate: Option<u32>,
+    proxied: bool,
+) -> Case {
     let sim = sim::salto::start_salto(
         listener().await,
         sim::salto::SaltoOptions {
@@ -307,21 +406,24 @@ async fn salto_case(faults: Faults, body_error_rate: f64, rate: Option<u32>) -> 
     )
     .await
     .unwrap();
+    let (proxy, front) = front_of(&sim, proxied).await;
     let mut p = profile("salto");
     // The identity server is another host in production; the simulator serves both.
     if let AuthSpec::Oauth2ClientCredentials { token_url, .. } = &mut p.auth {
         *token_url = "/connect/token".into();
     }
-    let conn = connector(
+    let conn = connector_via(
+        proxied,
         "salto",
         p,
-        sim.base_url(),
+        front.clone(),
         &[
             ("client_id", "salto-client"),
             ("client_secret", "salto-secret"),
         ],
     );
     Case {
+        proxy,
         vendor: "salto",
         conn,
         sim,
@@ -893,6 +995,7 @@ async fn a_profile_only_vendor_passes_the_contract() {
         let conn = connector(vendor, p, sim.base_url(), &secrets);
         let case = Case {
             vendor,
+            proxy: None,
             sim,
             conn,
             target: expect.target,
@@ -910,4 +1013,254 @@ async fn a_profile_only_vendor_passes_the_contract() {
         );
         eprintln!("{vendor}: contract passed in {} requests", sent.len());
     }
+}
+
+// ---- A vendor's bad day, through the fault proxy ----
+
+/// Every fault class the proxy can play, as the rules that play it.
+fn fault_classes() -> Vec<(&'static str, Vec<FaultRule>)> {
+    use ProxyFault::*;
+    let retry_after = |value: &str| {
+        vec![FaultRule::next(
+            2,
+            RetryAfter {
+                value: value.into(),
+            },
+        )]
+    };
+    vec![
+        ("html_200", vec![FaultRule::always(Html200)]),
+        ("garbage_200", vec![FaultRule::always(Garbage200)]),
+        ("truncated_json", vec![FaultRule::always(TruncatedJson)]),
+        (
+            "wrong_content_type",
+            vec![FaultRule::always(WrongContentType)],
+        ),
+        (
+            "401_burst",
+            vec![FaultRule::next(3, Status { status: 401 })],
+        ),
+        (
+            "403_burst",
+            vec![FaultRule::next(3, Status { status: 403 })],
+        ),
+        ("404_on_lists", vec![FaultRule::on("GET", NotFoundHtml)]),
+        ("retry_after_u64_max", retry_after(&u64::MAX.to_string())),
+        ("retry_after_negative", retry_after("-30")),
+        ("retry_after_garbage", retry_after("soon-ish")),
+        (
+            "retry_after_http_date",
+            vec![FaultRule::next(2, RetryAfterDate { secs_ahead: 1 })],
+        ),
+        (
+            "slow_body",
+            vec![FaultRule::always(SlowBody { delay_ms: 300 })],
+        ),
+        ("reset", vec![FaultRule::always(Reset)]),
+        ("redirect", vec![FaultRule::always(Redirect)]),
+        (
+            "oversized_list",
+            vec![FaultRule::on("GET", OversizedList { items: 5_000_000 })],
+        ),
+    ]
+}
+
+/// What a revoke or read-back said during a fault must be true of the vendor: confirmed only
+/// when the grant is gone, and any wait it asks for within the cap.
+fn judge(c: &Case, class: &str, pref: &str, r: Result<Outcome, ConnectorError>) -> bool {
+    let v = c.vendor;
+    match r {
+        Ok(Outcome::Confirmed { .. }) => {
+            assert!(
+                !(c.holds)(&c.sim, pref, &c.target),
+                "{v} {class}: revoke confirmed while the vendor still holds the grant"
+            );
+            true
+        }
+        Ok(Outcome::Pending { .. }) => false,
+        Err(e) => {
+            if let ConnectorError::Transient {
+                retry_after: Some(d),
+                ..
+            }
+            | ConnectorError::RateLimited {
+                retry_after: Some(d),
+                ..
+            } = &e
+            {
+                assert!(*d <= Duration::from_secs(CAP_SECS), "{v} {class}: {e}");
+            }
+            assert!(e.to_string().starts_with(v), "{v} {class}: {e}");
+            false
+        }
+    }
+}
+
+/// Retries a revoke as the dispatcher does for revocations: every error is tried again, after
+/// the vendor's (capped) Retry-After or a short backoff.
+async fn drive_revoke(conn: &HttpConnector, req: &GrantRequest) -> u32 {
+    let started = Instant::now();
+    let mut failures = 0;
+    loop {
+        let wait = match tokio::time::timeout(Duration::from_secs(20), conn.revoke(req))
+            .await
+            .expect("a revoke hung")
+        {
+            Ok(Outcome::Confirmed { .. }) => return failures,
+            Ok(Outcome::Pending { .. }) | Err(ConnectorError::Permanent { .. }) => None,
+            Err(ConnectorError::Transient { retry_after, .. })
+            | Err(ConnectorError::RateLimited { retry_after, .. }) => retry_after,
+        };
+        failures += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}: revoke did not complete after the fault",
+            conn.name()
+        );
+        tokio::time::sleep(wait.unwrap_or(Duration::from_millis(200))).await;
+    }
+}
+
+/// For each fault class: issue a grant, start the fault, try to revoke (and read back, and
+/// list for drift); nothing may count as revoked while the simulator holds the grant. End the
+/// fault: the revoke completes with no other step, and a bystander's grant is untouched.
+async fn fault_matrix(c: Case) {
+    let v = c.vendor;
+    let proxy = c.proxy.as_ref().expect("case built behind the proxy");
+    let keeper = request(99, &c.target);
+    drive(&c.conn, &keeper, Action::Issue).await;
+    let out = c.conn.confirm(&keeper, Action::Issue).await.unwrap();
+    let kept = out.refs().0.unwrap().to_string();
+    let mut completed: Vec<(&str, u32)> = Vec::new();
+    for (i, (class, rules)) in fault_classes().into_iter().enumerate() {
+        let req = request(10 + i as u32, &c.target);
+        drive(&c.conn, &req, Action::Issue).await;
+        let out = c.conn.confirm(&req, Action::Issue).await.unwrap();
+        let pref = out.refs().0.unwrap().to_string();
+        assert!(
+            (c.holds)(&c.sim, &pref, &c.target),
+            "{v} {class}: not issued"
+        );
+        proxy.set_rules(rules);
+        let mut confirmed_during = false;
+        for _ in 0..2 {
+            let r = tokio::time::timeout(Duration::from_secs(20), c.conn.revoke(&req))
+                .await
+                .expect("a revoke hung during the fault");
+            confirmed_during |= judge(&c, class, &pref, r);
+            let r = c.conn.confirm(&req, Action::Revoke).await;
+            confirmed_during |= judge(&c, class, &pref, r);
+            // The drift listing: unreadable is an error, never an empty list.
+            if let Ok(Some(listed)) = c
+                .conn
+                .list_grants(&c.target, std::slice::from_ref(&pref))
+                .await
+                && (c.holds)(&c.sim, &pref, &c.target)
+            {
+                assert!(
+                    listed
+                        .iter()
+                        .any(|g| g.person_ref.as_deref() == Some(&pref)),
+                    "{v} {class}: drift listing lost a grant the vendor holds"
+                );
+            }
+        }
+        proxy.clear();
+        let retries = drive_revoke(&c.conn, &req).await;
+        assert!(
+            !(c.holds)(&c.sim, &pref, &c.target),
+            "{v} {class}: still held"
+        );
+        assert!(
+            (c.holds)(&c.sim, &kept, &c.target),
+            "{v} {class}: a bystander lost access"
+        );
+        assert_eq!(c.sim.stats().duplicates_created, 0, "{v} {class}");
+        eprintln!(
+            "{v} {class}: confirmed during the fault: {confirmed_during}, retries after it: {retries}"
+        );
+        completed.push((class, 1));
+    }
+    assert_eq!(completed.len(), fault_classes().len());
+    assert!(proxy.injected() > 0, "{v}: no fault was injected");
+    eprintln!("{v}: revocations completed per fault class: {completed:?}");
+}
+
+#[tokio::test]
+async fn bad_day_nuki() {
+    fault_matrix(nuki_case_at(Faults::none(), None, true).await).await;
+}
+
+#[tokio::test]
+async fn bad_day_kisi() {
+    fault_matrix(kisi_case_at(Faults::none(), None, true).await).await;
+}
+
+#[tokio::test]
+async fn bad_day_verkada() {
+    fault_matrix(verkada_case_at(Faults::none(), Duration::from_secs(1800), true).await).await;
+}
+
+#[tokio::test]
+async fn bad_day_brivo() {
+    fault_matrix(brivo_case_at(Faults::none(), Duration::from_secs(300), None, true).await).await;
+}
+
+#[tokio::test]
+async fn bad_day_openpath() {
+    fault_matrix(openpath_case_at(Faults::none(), Duration::from_secs(3600), None, true).await)
+        .await;
+}
+
+#[tokio::test]
+async fn bad_day_salto() {
+    fault_matrix(salto_case_at(Faults::none(), 0.0, None, true).await).await;
+}
+
+/// Resident memory of this process in KiB (`VmHWM`: the peak so far).
+fn vm_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_five_million_item_list_is_an_error_not_memory() {
+    let c = nuki_case_at(Faults::none(), None, true).await;
+    let proxy = c.proxy.as_ref().unwrap();
+    let req = request(1, &c.target);
+    let out = c.conn.issue(&req).await.unwrap();
+    let pref = out.refs().0.unwrap().to_string();
+    // 5 million ids, about 40 MB, for every list.
+    proxy.set_rules(vec![FaultRule::on(
+        "GET",
+        ProxyFault::OversizedList { items: 5_000_000 },
+    )]);
+    for _ in 0..3 {
+        let e = c.conn.confirm(&req, Action::Revoke).await.unwrap_err();
+        assert!(matches!(e, ConnectorError::Transient { .. }), "{e}");
+        assert!(e.to_string().contains("4194304 bytes"), "{e}");
+        assert!(e.to_string().contains("find_grant"), "{e}");
+        let r = c.conn.revoke(&req).await;
+        assert!(!matches!(r, Ok(Outcome::Confirmed { .. })), "{r:?}");
+        let drift = c
+            .conn
+            .list_grants(&c.target, std::slice::from_ref(&pref))
+            .await;
+        assert!(drift.is_err(), "{drift:?}");
+    }
+    let peak = vm_kib("VmHWM");
+    eprintln!(
+        "peak RSS under the oversized list: {} MiB (now {} MiB)",
+        peak / 1024,
+        vm_kib("VmRSS") / 1024
+    );
+    assert!(peak < 200 * 1024, "peak RSS {} MiB", peak / 1024);
+    assert!((c.holds)(&c.sim, &pref, &c.target));
+    proxy.clear();
+    drive_revoke(&c.conn, &req).await;
+    assert!(!(c.holds)(&c.sim, &pref, &c.target));
 }

@@ -122,11 +122,30 @@ impl Default for RetrySpec {
 #[serde(deny_unknown_fields)]
 pub struct HttpSpec {
     pub timeout_ms: u64,
+    /// The largest answer read (and listing, summed over its pages); a larger one is a transient
+    /// error, never memory. Default 4 MiB.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
+    /// The longest a vendor's Retry-After or cooldown may hold the connector. Default 300 s.
+    #[serde(default = "default_retry_after_cap")]
+    pub retry_after_cap_secs: u64,
+}
+
+fn default_max_response_bytes() -> u64 {
+    4 * 1024 * 1024
+}
+
+fn default_retry_after_cap() -> u64 {
+    300
 }
 
 impl Default for HttpSpec {
     fn default() -> Self {
-        Self { timeout_ms: 10_000 }
+        Self {
+            timeout_ms: 10_000,
+            max_response_bytes: default_max_response_bytes(),
+            retry_after_cap_secs: default_retry_after_cap(),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ pub mod generic;
 pub mod kisi;
 pub mod nuki;
 pub mod openpath;
+pub mod proxy;
 pub mod salto;
 pub mod verkada;
 

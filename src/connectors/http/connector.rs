@@ -1,0 +1,423 @@
+//! The connector itself: issue, revoke, read-back and the drift listing, built from the other
+//! parts of the profile engine.
+//!
+//! Issue = find person (or create) -> find grant -> create grant when absent -> read back.
+//! Revoke = find the person's grants on the target -> delete each -> read back.
+//! Both are idempotent at the vendor: a repeat finds what the first did.
+
+use super::super::profile::{ConfirmMode, Profile};
+use super::super::{Connector, ConnectorError, GrantRequest, Outcome, RetryPolicy};
+use super::auth::{Credentials, Secrets, credentials};
+use super::compile::{Paths, Rule, compile, op, rules};
+use crate::config::ConnectorConfig;
+use crate::model::Action;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use minijinja::Environment;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub struct HttpConnector {
+    pub(super) name: String,
+    pub(super) profile: Profile,
+    pub(super) base_url: String,
+    pub(super) client: reqwest::Client,
+    pub(super) creds: Credentials,
+    pub(super) secrets: Secrets,
+    pub(super) rules: Vec<Rule>,
+    pub(super) env: Environment<'static>,
+    pub(super) paths: BTreeMap<&'static str, Paths>,
+    pub(super) limiter: DefaultDirectRateLimiter,
+    rate: (u32, u32),
+    /// A vendor cooldown (Retry-After): no request leaves before this instant.
+    pub(super) cooldown_until: Mutex<Option<Instant>>,
+    /// The longest wait a vendor's Retry-After or cooldown can impose.
+    pub(super) retry_after_cap: Duration,
+    /// The largest answer (and listing, across pages) read before giving up.
+    pub(super) max_response_bytes: u64,
+    targets: BTreeMap<String, String>,
+    max_attempts: u32,
+    /// Vendor person ids learnt in this process, so a retry after a failed later step does not
+    /// look the person up again (the store keeps them too, once a command completes).
+    person_refs: Mutex<HashMap<String, String>>,
+    /// Waits for the rate budget (count, seconds), once the daemon's metrics are attached.
+    pub(super) rate_waits: std::sync::OnceLock<super::super::RateWaitCounters>,
+}
+
+impl HttpConnector {
+    /// Compile every template and JSONPath of a profile; an error names the operation and field.
+    pub fn compile(profile: &Profile) -> Result<super::compile::Compiled, String> {
+        compile(profile)
+    }
+
+    pub fn new(
+        name: &str,
+        profile: Profile,
+        cc: &ConnectorConfig,
+        secrets: BTreeMap<String, String>,
+    ) -> Result<Self, String> {
+        let (env, paths) = compile(&profile)?;
+        let creds = credentials(&profile.auth, &secrets)?;
+        let rules = rules(&profile)?;
+        let rl = cc.rate_limit.unwrap_or(profile.rate_limit);
+        let per_second =
+            NonZeroU32::new(rl.per_second).ok_or("rate_limit.per_second must be at least 1")?;
+        let burst = NonZeroU32::new(rl.burst).ok_or("rate_limit.burst must be at least 1")?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(profile.http.timeout_ms))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(cc.concurrency.max(1) * 2)
+            // A redirect from a vendor API leads to a login or maintenance page, not an answer.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            base_url: cc
+                .base_url
+                .clone()
+                .unwrap_or_else(|| profile.base_url.clone())
+                .trim_end_matches('/')
+                .to_string(),
+            max_attempts: cc.max_attempts.unwrap_or(profile.retry.max_attempts),
+            retry_after_cap: Duration::from_secs(
+                cc.retry_after_cap_secs
+                    .unwrap_or(profile.http.retry_after_cap_secs),
+            ),
+            max_response_bytes: cc
+                .max_response_bytes
+                .unwrap_or(profile.http.max_response_bytes),
+            profile,
+            client,
+            creds,
+            secrets: Secrets(secrets),
+            rules,
+            env,
+            paths,
+            limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+            rate: (rl.per_second, rl.burst),
+            cooldown_until: Mutex::new(None),
+            targets: cc.targets.clone(),
+            person_refs: Mutex::new(HashMap::new()),
+            rate_waits: std::sync::OnceLock::new(),
+        })
+    }
+
+    pub(super) fn vendor_target(&self, target: &str) -> String {
+        self.targets
+            .get(target)
+            .cloned()
+            .unwrap_or_else(|| target.to_string())
+    }
+
+    fn extract_id(&self, name: &'static str, v: &Value) -> Option<String> {
+        let p = self.paths.get(name)?.id.as_ref()?;
+        p.query(v).first().and_then(|x| match x {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    }
+
+    /// The items of a listing that belong to this person (per the operation's `matches`).
+    fn matching_items(
+        &self,
+        name: &'static str,
+        items: &[Value],
+        ctx: &Value,
+    ) -> Result<Vec<Value>, ConnectorError> {
+        let has_match = op(&self.profile, name).is_some_and(|o| o.matches.is_some());
+        let mut out = Vec::new();
+        for item in items {
+            if has_match {
+                let mut c = ctx.clone();
+                if let Value::Object(m) = &mut c {
+                    m.insert("item".into(), item.clone());
+                }
+                let hit = self
+                    .env
+                    .get_template(&format!("{name}.matches"))
+                    .and_then(|t| t.render(minijinja::value::Serde(&c)))
+                    .map_err(|e| self.permanent(format!("operations.{name}.matches: {e}")))?;
+                if hit != "1" {
+                    continue;
+                }
+            }
+            out.push(item.clone());
+        }
+        Ok(out)
+    }
+
+    async fn person_ref(
+        &self,
+        req: &GrantRequest,
+        create: bool,
+    ) -> Result<Option<String>, ConnectorError> {
+        if let Some(r) = &req.person_ref {
+            return Ok(Some(r.clone()));
+        }
+        let cached = self
+            .person_refs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&req.person.key)
+            .cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let found = self.lookup_or_create_person(req, create).await?;
+        if let Some(r) = &found {
+            self.person_refs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(req.person.key.clone(), r.clone());
+        }
+        Ok(found)
+    }
+
+    async fn lookup_or_create_person(
+        &self,
+        req: &GrantRequest,
+        create: bool,
+    ) -> Result<Option<String>, ConnectorError> {
+        let ctx = self.context(req, None, None);
+        if let Some(id) = self.find_person(&ctx).await? {
+            return Ok(Some(id));
+        }
+        if !create || self.profile.operations.create_person.is_none() {
+            return Ok(None);
+        }
+        let (status, body) = self.call("create_person", &ctx).await?;
+        let created =
+            op(&self.profile, "create_person").is_some_and(|o| !o.exists.contains(&status));
+        if created && let Some(id) = self.extract_id("create_person", &body) {
+            return Ok(Some(id));
+        }
+        // Already existed (or the vendor returned no id): look it up.
+        self.find_person(&ctx)
+            .await?
+            .map(Some)
+            .ok_or_else(|| ConnectorError::Transient {
+                vendor: self.name.clone(),
+                message: "person created but not found by find_person yet".into(),
+                retry_after: None,
+            })
+    }
+
+    async fn find_person(&self, ctx: &Value) -> Result<Option<String>, ConnectorError> {
+        if self.profile.operations.find_person.is_none() {
+            return Ok(None);
+        }
+        let all = self.list("find_person", ctx).await?;
+        let items = self.matching_items("find_person", &all, ctx)?;
+        Ok(items
+            .first()
+            .and_then(|i| self.extract_id("find_person", i)))
+    }
+
+    /// The person's grant ids on the target, and every item the listing showed (for
+    /// replace-all writes).
+    async fn grants(
+        &self,
+        req: &GrantRequest,
+        person_ref: &str,
+    ) -> Result<(Vec<String>, Vec<Value>), ConnectorError> {
+        let ctx = self.context(req, Some(person_ref), None);
+        let all = self.list("find_grant", &ctx).await?;
+        let ids = self
+            .matching_items("find_grant", &all, &ctx)?
+            .iter()
+            .filter_map(|i| self.extract_id("find_grant", i))
+            .collect();
+        Ok((ids, all))
+    }
+
+    fn with_listed(&self, mut ctx: Value, listed: Vec<Value>) -> Value {
+        if let Value::Object(m) = &mut ctx {
+            m.insert("listed".into(), Value::Array(listed));
+        }
+        ctx
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for HttpConnector {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn attach_rate_wait_counters(&self, counters: super::super::RateWaitCounters) {
+        let _ = self.rate_waits.set(counters);
+    }
+
+    /// The drift check's listing: `find_grant` on the target, each item attributed by the
+    /// operation's `matches` to one of `people` (a listing per person lists nothing here).
+    async fn list_grants(
+        &self,
+        target: &str,
+        people: &[String],
+    ) -> Result<Option<Vec<super::super::VendorGrant>>, ConnectorError> {
+        // Without `matches` the listing is per person already: nothing to attribute, not usable.
+        if op(&self.profile, "find_grant").is_none_or(|o| o.matches.is_none()) {
+            return Ok(None);
+        }
+        let req = GrantRequest::for_target(target, None);
+        let all = self
+            .list("find_grant", &self.context(&req, Some(""), None))
+            .await?;
+        let mut out = Vec::new();
+        for item in &all {
+            let mut person_ref = None;
+            for p in people {
+                let ctx = self.context(&req, Some(p), None);
+                if !self
+                    .matching_items("find_grant", std::slice::from_ref(item), &ctx)?
+                    .is_empty()
+                {
+                    person_ref = Some(p.clone());
+                    break;
+                }
+            }
+            let grant_ref = self.extract_id("find_grant", item);
+            out.push(super::super::VendorGrant {
+                grant_ref,
+                person_ref,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    async fn delete_listed(&self, target: &str, grant_ref: &str) -> Result<bool, ConnectorError> {
+        let req = GrantRequest::for_target(target, Some(grant_ref));
+        self.call("delete_grant", &self.context(&req, None, Some(grant_ref)))
+            .await?;
+        Ok(true)
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: self.max_attempts,
+            initial: Duration::from_millis(self.profile.retry.initial_ms),
+            max: Duration::from_millis(self.profile.retry.max_ms),
+            confirm_deadline: Duration::from_secs(self.profile.confirm.deadline_secs),
+            confirm_recheck: Duration::from_millis(self.profile.confirm.recheck_ms),
+        }
+    }
+
+    fn rate_limit(&self) -> (u32, u32) {
+        self.rate
+    }
+
+    async fn issue(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError> {
+        let person_ref = self.person_ref(req, true).await?.ok_or_else(|| {
+            self.permanent("vendor has no person and the profile cannot create one".into())
+        })?;
+        // Find before create: a repeat after a lost response must not make a second grant.
+        let (ids, listed) = self.grants(req, &person_ref).await?;
+        if let Some(g) = ids.into_iter().next() {
+            return Ok(Outcome::Confirmed {
+                person_ref: Some(person_ref),
+                grant_ref: Some(g),
+            });
+        }
+        let ctx = self.with_listed(self.context(req, Some(&person_ref), None), listed);
+        let (_, body) = self.call("create_grant", &ctx).await?;
+        let grant_ref = self.extract_id("create_grant", &body);
+        if self.profile.confirm.mode == ConfirmMode::Response {
+            return Ok(Outcome::Confirmed {
+                person_ref: Some(person_ref),
+                grant_ref,
+            });
+        }
+        // Asynchronous vendors (Nuki answers 204 with no id): the grant counts once it is listed.
+        self.confirm(
+            &GrantRequest {
+                person_ref: Some(person_ref),
+                grant_ref,
+                ..req.clone()
+            },
+            Action::Issue,
+        )
+        .await
+    }
+
+    async fn revoke(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError> {
+        let Some(person_ref) = self.person_ref(req, false).await? else {
+            // The vendor does not know the person: nothing to revoke.
+            return Ok(Outcome::Confirmed {
+                person_ref: None,
+                grant_ref: None,
+            });
+        };
+        let replace_all = self.profile.operations.delete_grant.replace_all;
+        let (grants, listed) = match &req.grant_ref {
+            // A known id saves the list call; the read-back below still catches any other grant.
+            // A replace-all write needs the current list whatever is known.
+            Some(g) if !replace_all => (vec![g.clone()], vec![]),
+            _ => self.grants(req, &person_ref).await?,
+        };
+        if replace_all {
+            // One write of the whole list minus ours: writing once per match from the same
+            // stale listing would put back what the previous write removed.
+            if let Some(g) = grants.first() {
+                let ctx = self.with_listed(self.context(req, Some(&person_ref), Some(g)), listed);
+                self.call("delete_grant", &ctx).await?;
+            }
+        } else {
+            for g in &grants {
+                let ctx = self.context(req, Some(&person_ref), Some(g));
+                self.call("delete_grant", &ctx).await?;
+            }
+        }
+        let req = GrantRequest {
+            person_ref: Some(person_ref.clone()),
+            ..req.clone()
+        };
+        if self.profile.confirm.mode == ConfirmMode::Response && req.grant_ref.is_none() {
+            return Ok(Outcome::Confirmed {
+                person_ref: Some(person_ref),
+                grant_ref: None,
+            });
+        }
+        self.confirm(&req, Action::Revoke).await
+    }
+
+    async fn confirm(&self, req: &GrantRequest, action: Action) -> Result<Outcome, ConnectorError> {
+        let Some(person_ref) = self.person_ref(req, false).await? else {
+            return Ok(match action {
+                Action::Revoke => Outcome::Confirmed {
+                    person_ref: None,
+                    grant_ref: None,
+                },
+                Action::Issue => Outcome::Pending {
+                    person_ref: None,
+                    grant_ref: None,
+                },
+            });
+        };
+        let (listed, _) = self.grants(req, &person_ref).await?;
+        let person_ref = Some(person_ref);
+        Ok(match (action, listed.first()) {
+            (Action::Issue, Some(g)) => Outcome::Confirmed {
+                person_ref,
+                grant_ref: Some(g.clone()),
+            },
+            (Action::Issue, None) => Outcome::Pending {
+                person_ref,
+                grant_ref: req.grant_ref.clone(),
+            },
+            (Action::Revoke, None) => Outcome::Confirmed {
+                person_ref,
+                grant_ref: None,
+            },
+            (Action::Revoke, Some(_)) => Outcome::Pending {
+                person_ref,
+                grant_ref: req.grant_ref.clone(),
+            },
+        })
+    }
+}
