@@ -152,7 +152,21 @@ fn scim_json(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
+#[derive(Debug)]
 struct Failure(ScimError);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An error, so that the store's retry finds a lost lock race underneath it.
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
 impl From<ScimError> for Failure {
     fn from(e: ScimError) -> Self {
@@ -798,11 +812,18 @@ async fn create(
     let v = src::canonical(kind, src::parse_body(&body)?, true)?;
     let now = s.engine.clock.now();
     let id = src::new_id();
-    let mut tx = s.engine.store.begin_write().await?;
-    let r = write(&s, &mut tx, t, kind, &id, None, v, now).await?;
     let base = base(&s, &headers);
-    let out = render(&mut tx, &t.name, &base, &r).await?;
-    tx.commit().await?;
+    let (r, out) = s
+        .engine
+        .store
+        .retry("scim create", || async {
+            let mut tx = s.engine.store.begin_write().await?;
+            let r = write(&s, &mut tx, t, kind, &id, None, v.clone(), now).await?;
+            let out = render(&mut tx, &t.name, &base, &r).await?;
+            tx.commit().await?;
+            Ok::<_, Failure>((r, out))
+        })
+        .await?;
     s.engine.notify_outbox();
     Ok(with_etag(
         scim_json(StatusCode::CREATED, &out),
@@ -822,15 +843,22 @@ async fn replace(
     let kind = kind_of(&endpoint)?;
     let v = src::canonical(kind, src::parse_body(&body)?, false)?;
     let now = s.engine.clock.now();
-    let mut tx = s.engine.store.begin_write().await?;
-    let before = src::get(&mut tx, &t.name, kind, &id)
-        .await?
-        .ok_or_else(|| ScimError::not_found(kind, &id))?;
-    check_if_match(&headers, &before)?;
-    let r = write(&s, &mut tx, t, kind, &id, Some(&before), v, now).await?;
     let base = base(&s, &headers);
-    let out = render(&mut tx, &t.name, &base, &r).await?;
-    tx.commit().await?;
+    let (r, out) = s
+        .engine
+        .store
+        .retry("scim replace", || async {
+            let mut tx = s.engine.store.begin_write().await?;
+            let before = src::get(&mut tx, &t.name, kind, &id)
+                .await?
+                .ok_or_else(|| ScimError::not_found(kind, &id))?;
+            check_if_match(&headers, &before)?;
+            let r = write(&s, &mut tx, t, kind, &id, Some(&before), v.clone(), now).await?;
+            let out = render(&mut tx, &t.name, &base, &r).await?;
+            tx.commit().await?;
+            Ok::<_, Failure>((r, out))
+        })
+        .await?;
     s.engine.notify_outbox();
     Ok(with_etag(scim_json(StatusCode::OK, &out), &r, None))
 }
@@ -844,33 +872,42 @@ async fn patch(
 ) -> Reply {
     let t = c.tenant();
     let kind = kind_of(&endpoint)?;
-    let ops = src::parse_patch(src::parse_body(&body)?)?;
+    // Parsed here so a bad request is answered before any transaction; each attempt parses again.
+    src::parse_patch(src::parse_body(&body)?)?;
     let now = s.engine.clock.now();
-    let mut tx = s.engine.store.begin_write().await?;
-    let before = src::get(&mut tx, &t.name, kind, &id)
-        .await?
-        .ok_or_else(|| ScimError::not_found(kind, &id))?;
-    check_if_match(&headers, &before)?;
-    let mut doc = src::apply_patch(kind, &before.raw, ops)?;
-    if let Value::Object(m) = &mut doc {
-        m.remove("meta");
-        m.remove("id");
-    }
-    let v = src::canonical(kind, doc, false)?;
-    let mut unchanged = before.raw.clone();
-    if let Value::Object(m) = &mut unchanged {
-        m.remove("meta");
-        m.remove("id");
-    }
-    let r = if unchanged == v {
-        // Providers re-send what is already there (Okta's periodic pushes): no new version.
-        before
-    } else {
-        write(&s, &mut tx, t, kind, &id, Some(&before), v, now).await?
-    };
     let base = base(&s, &headers);
-    let out = render(&mut tx, &t.name, &base, &r).await?;
-    tx.commit().await?;
+    let (r, out) = s
+        .engine
+        .store
+        .retry("scim patch", || async {
+            let mut tx = s.engine.store.begin_write().await?;
+            let before = src::get(&mut tx, &t.name, kind, &id)
+                .await?
+                .ok_or_else(|| ScimError::not_found(kind, &id))?;
+            check_if_match(&headers, &before)?;
+            let ops = src::parse_patch(src::parse_body(&body)?)?;
+            let mut doc = src::apply_patch(kind, &before.raw, ops)?;
+            if let Value::Object(m) = &mut doc {
+                m.remove("meta");
+                m.remove("id");
+            }
+            let v = src::canonical(kind, doc, false)?;
+            let mut unchanged = before.raw.clone();
+            if let Value::Object(m) = &mut unchanged {
+                m.remove("meta");
+                m.remove("id");
+            }
+            let r = if unchanged == v {
+                // Providers re-send what is already there (Okta's periodic pushes): no new version.
+                before
+            } else {
+                write(&s, &mut tx, t, kind, &id, Some(&before), v, now).await?
+            };
+            let out = render(&mut tx, &t.name, &base, &r).await?;
+            tx.commit().await?;
+            Ok::<_, Failure>((r, out))
+        })
+        .await?;
     s.engine.notify_outbox();
     Ok(with_etag(scim_json(StatusCode::OK, &out), &r, None))
 }
@@ -885,50 +922,56 @@ async fn remove(
     let kind = kind_of(&endpoint)?;
     let now = s.engine.clock.now();
     let at = to_micros(now);
-    let mut tx = s.engine.store.begin_write().await?;
-    let before = src::get(&mut tx, &t.name, kind, &id)
-        .await?
-        .ok_or_else(|| ScimError::not_found(kind, &id))?;
-    check_if_match(&headers, &before)?;
-    match kind {
-        Kind::User => {
-            // The provider says the person is gone: a leaver, never held (an explicit delete).
-            if let Some(key) = &before.person_key {
-                s.engine
-                    .remove_record_tx(&mut tx, &src::source_name(&t.name), key, now)
-                    .await
-                    .map_err(ScimError::from)?;
-            }
-            // Drop the user from the groups that list them, so the groups stay consistent.
-            for (gid, _) in src::groups_of(&mut tx, &t.name, &id).await? {
-                if let Some(mut g) = src::get(&mut tx, &t.name, Kind::Group, &gid).await? {
-                    if let Some(Value::Array(m)) = g.raw.get_mut("members") {
-                        m.retain(|x| x.get("value").and_then(Value::as_str) != Some(id.as_str()));
+    s.engine
+        .store
+        .retry("scim delete", || async {
+            let mut tx = s.engine.store.begin_write().await?;
+            let before = src::get(&mut tx, &t.name, kind, &id)
+                .await?
+                .ok_or_else(|| ScimError::not_found(kind, &id))?;
+            check_if_match(&headers, &before)?;
+            match kind {
+                Kind::User => {
+                    // The provider says the person is gone: a leaver, never held (an explicit delete).
+                    if let Some(key) = &before.person_key {
+                        s.engine
+                            .remove_record_tx(&mut tx, &src::source_name(&t.name), key, now)
+                            .await
+                            .map_err(ScimError::from)?;
                     }
-                    g.version += 1;
-                    g.raw["meta"]["version"] = json!(g.etag());
-                    g.raw["meta"]["lastModified"] = json!(src::scim_time(now));
-                    src::put(&mut tx, &t.name, &g, at, at).await?;
+                    // Drop the user from the groups that list them, so the groups stay consistent.
+                    for (gid, _) in src::groups_of(&mut tx, &t.name, &id).await? {
+                        if let Some(mut g) = src::get(&mut tx, &t.name, Kind::Group, &gid).await? {
+                            if let Some(Value::Array(m)) = g.raw.get_mut("members") {
+                                m.retain(|x| x.get("value").and_then(Value::as_str) != Some(id.as_str()));
+                            }
+                            g.version += 1;
+                            g.raw["meta"]["version"] = json!(g.etag());
+                            g.raw["meta"]["lastModified"] = json!(src::scim_time(now));
+                            src::put(&mut tx, &t.name, &g, at, at).await?;
+                        }
+                    }
+                    src::delete(&mut tx, &t.name, &id).await?;
+                }
+                Kind::Group => {
+                    src::delete(&mut tx, &t.name, &id).await?;
+                    resync_members(&s, &mut tx, t, before.member_ids(), now).await?;
                 }
             }
-            src::delete(&mut tx, &t.name, &id).await?;
-        }
-        Kind::Group => {
-            src::delete(&mut tx, &t.name, &id).await?;
-            resync_members(&s, &mut tx, t, before.member_ids(), now).await?;
-        }
-    }
-    audit::append(
-        &mut tx,
-        at,
-        &src::source_name(&t.name),
-        &format!("scim.{}.deleted", kind.resource_type().to_lowercase()),
-        &id,
-        &json!({ "userName": before.raw.get("userName"), "externalId": before.raw.get("externalId"),
-                 "displayName": before.raw.get("displayName") }),
-    )
-    .await?;
-    tx.commit().await?;
+            audit::append(
+                &mut tx,
+                at,
+                &src::source_name(&t.name),
+                &format!("scim.{}.deleted", kind.resource_type().to_lowercase()),
+                &id,
+                &json!({ "userName": before.raw.get("userName"), "externalId": before.raw.get("externalId"),
+                         "displayName": before.raw.get("displayName") }),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, Failure>(())
+        })
+        .await?;
     s.engine.notify_outbox();
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -7,7 +7,10 @@
 //! how a worker claims a command without blocking others) lives in [`sqlite`] and [`postgres`].
 
 pub mod postgres;
+mod retry;
 pub mod sqlite;
+
+pub use retry::{MAX_ATTEMPTS, is_lost_race};
 
 use crate::model::{Action, Lifecycle};
 use sha2::{Digest, Sha256};
