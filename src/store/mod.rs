@@ -146,6 +146,19 @@ impl Store {
         now: i64,
         lease_until: i64,
     ) -> Result<Option<CommandRow>> {
+        self.retry("command claim", || {
+            self.claim_next_once(connector, owner, now, lease_until)
+        })
+        .await
+    }
+
+    async fn claim_next_once(
+        &self,
+        connector: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<CommandRow>> {
         let mut tx = self.begin_write().await?;
         let row = match self.backend {
             Backend::Sqlite => {
