@@ -7,8 +7,13 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 use sqlx::Row;
 
-/// Append one record. The head row is updated first, which serialises writers on both databases (a
-/// row lock on PostgreSQL, the write lock on SQLite), so the chain never forks.
+/// Append one record, in the caller's transaction.
+///
+/// On PostgreSQL the record goes to `audit_pending`, and a deferred trigger chains the
+/// transaction's records at commit (migration 0013): the `audit_head` row is then the last lock a
+/// writer takes, held only while it commits, so writers that lock grants or commands in different
+/// orders cannot deadlock through it. On SQLite, which has one writer at a time, the head is
+/// updated in place: it serialises nothing that is not serialised already.
 pub async fn append(
     conn: &mut AnyConnection,
     at: i64,
@@ -16,13 +21,27 @@ pub async fn append(
     action: &str,
     subject: &str,
     details: &serde_json::Value,
-) -> Result<i64, StoreError> {
+) -> Result<(), StoreError> {
+    let details = details.to_string();
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query(
+            "INSERT INTO audit_pending (at, actor, action, subject, details)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(at)
+        .bind(actor)
+        .bind(action)
+        .bind(subject)
+        .bind(&details)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(());
+    }
     let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
         .fetch_one(&mut *conn)
         .await?;
     let seq: i64 = head.try_get("seq")?;
     let prev: String = head.try_get("hash")?;
-    let details = details.to_string();
     let hash = record_hash(&prev, seq, at, actor, action, subject, &details);
     sqlx::query(
         "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash)
@@ -42,7 +61,7 @@ pub async fn append(
         .bind(&hash)
         .execute(&mut *conn)
         .await?;
-    Ok(seq)
+    Ok(())
 }
 
 fn record_hash(

@@ -620,3 +620,168 @@ async fn daemon_killed_at_random_ends_with_exact_access_and_no_duplicates() {
         sim.shutdown().await;
     }
 }
+
+/// An Okta-shaped SCIM user in Berlin engineering (two doors).
+fn scim_user(key: &str) -> serde_json::Value {
+    let ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+    serde_json::json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", ent],
+        "userName": format!("{}@example.com", key.to_lowercase()),
+        "externalId": key,
+        "name": { "givenName": "Person", "familyName": key },
+        "emails": [{ "primary": true, "value": format!("{}@example.com", key.to_lowercase()) }],
+        "displayName": format!("Person {key}"),
+        "userType": "Employee",
+        "title": "Analyst",
+        "addresses": [{ "type": "work", "locality": "Berlin", "primary": true }],
+        "active": true,
+        ent: { "department": "Engineering", "employeeNumber": key }
+    })
+}
+
+/// Eight identity-provider clients deactivate eight people holding grants at once, on PostgreSQL,
+/// while the dispatcher completes commands and the next eight joiners arrive: round after round,
+/// every request is answered 2xx (a lost lock race is retried inside, never a 500) and every
+/// revocation reaches the vendor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_scim_deactivations_on_postgres_never_fail() {
+    use latchkey::clock::{ManualClock, SharedClock};
+    use sha2::Digest;
+    const SCIM_TOKEN: &str = "race-token";
+    const CLIENTS: usize = 8;
+    const ROUNDS: usize = 120;
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("feeds")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let opts = NukiOptions {
+        token: TOKEN.into(),
+        ..NukiOptions::default()
+    };
+    let sim = sim::start_nuki(listener, opts).await.unwrap();
+    let text = format!(
+        "{}\n[scim.tenants.okta]\ntoken_sha256 = \"{}\"\n",
+        config_text(&url, &sim.base_url(), (100_000, 1000)),
+        hex::encode(sha2::Sha256::digest(SCIM_TOKEN.as_bytes())),
+    );
+    let path = dir.join("latchkey.toml");
+    std::fs::write(&path, text).unwrap();
+    let input = latchkey::config::ConfigInput::from_file(&path, env()).unwrap();
+    let config = latchkey::config::Config::load(&input).unwrap();
+    let clock = ManualClock::new(t("2026-11-25T09:00:00Z"));
+    let shared: SharedClock = std::sync::Arc::new(clock.clone());
+    let app = latchkey::app::App::open(config, shared).await.unwrap();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/scim/v2", http_listener.local_addr().unwrap());
+    let (stop_http, http_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(latchkey::api::serve(
+        http_listener,
+        app.router(),
+        async move {
+            let _ = http_rx.await;
+        },
+    ));
+    let (stop, rx) = watch::channel(false);
+    let running = tokio::spawn(app.dispatcher().run(rx));
+    // Time moves on, so confirmations and backoffs come due (the clock is the test's).
+    let ticking = clock.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            ticking.advance(chrono::Duration::milliseconds(500));
+        }
+    });
+    let http = reqwest::Client::new();
+    let holds_any = |key: &str| {
+        let nuki = sim.nuki().unwrap();
+        let email = format!("{}@example.com", key.to_lowercase());
+        let Some(u) = nuki.users().into_iter().find(|u| u.email == email) else {
+            return false;
+        };
+        ["berlin-engineering", "berlin-lab"]
+            .iter()
+            .any(|d| nuki.holds(lock_of(d), u.account_user_id))
+    };
+
+    let mut failures = Vec::new();
+    let mut previous: Vec<(String, String)> = Vec::new();
+    for round in 0..=ROUNDS {
+        // This round's joiners and last round's leavers, all at once.
+        let mut calls = tokio::task::JoinSet::new();
+        let joiners = if round < ROUNDS { CLIENTS } else { 0 };
+        for i in 0..joiners {
+            let key = format!("R{round:02}{i}");
+            let req = http
+                .post(format!("{base}/Users"))
+                .bearer_auth(SCIM_TOKEN)
+                .header("content-type", "application/scim+json")
+                .body(scim_user(&key).to_string());
+            calls.spawn(async move { (key, "create", req.send().await.unwrap()) });
+        }
+        for (key, id) in previous.drain(..) {
+            let ops = serde_json::json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{ "op": "replace", "value": { "active": false } }],
+            });
+            let req = http
+                .patch(format!("{base}/Users/{id}"))
+                .bearer_auth(SCIM_TOKEN)
+                .header("content-type", "application/scim+json")
+                .body(ops.to_string());
+            calls.spawn(async move { (key, "deactivate", req.send().await.unwrap()) });
+        }
+        let mut created = Vec::new();
+        while let Some(done) = calls.join_next().await {
+            let (key, what, resp) = done.unwrap();
+            let status = resp.status();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            if !status.is_success() {
+                failures.push(format!("round {round} {what} {key}: {status} {body}"));
+            } else if what == "create" {
+                created.push((key, body["id"].as_str().unwrap().to_string()));
+            }
+        }
+        // The joiners hold their doors before they leave in the next round.
+        for (key, _) in &created {
+            wait_until("a joiner's doors", Duration::from_secs(60), || {
+                let held = holds_any(key);
+                async move { held }
+            })
+            .await;
+        }
+        previous = created;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:#?}",
+        failures.len()
+    );
+    let leavers: Vec<String> = (0..ROUNDS)
+        .flat_map(|r| (0..CLIENTS).map(move |i| format!("R{r:02}{i}")))
+        .collect();
+    wait_until(
+        "every revocation at the vendor",
+        Duration::from_secs(120),
+        || {
+            let left = leavers.iter().filter(|k| holds_any(k)).count();
+            async move { left == 0 }
+        },
+    )
+    .await;
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the dispatcher did not stop")
+        .unwrap();
+    ticker.abort();
+    let _ = stop_http.send(());
+    let _ = server.await;
+    let verdict = latchkey::audit::verify(app.store()).await.unwrap();
+    assert!(
+        matches!(verdict, latchkey::audit::Verdict::Intact { .. }),
+        "{verdict:?}"
+    );
+}

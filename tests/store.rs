@@ -186,3 +186,61 @@ async fn an_effective_dated_termination_survives_a_restart() {
         assert!(!h.holds("E1", "london-sales"), "{name}");
     }
 }
+
+/// Two transactions that lock the same two rows in opposite order deadlock on PostgreSQL; the
+/// database aborts one, and `Store::retry` runs it again, so both bodies succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlocked_transaction_is_run_again() {
+    let Some(url) = postgres_database().await else {
+        return;
+    };
+    let store = Store::connect(&url, 4).await.unwrap();
+    sqlx::query("CREATE TABLE race_rows (id BIGINT PRIMARY KEY, v BIGINT NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO race_rows VALUES (1, 0), (2, 0)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let run = |first: i64, second: i64| {
+        let (store, barrier, attempts) = (store.clone(), barrier.clone(), attempts.clone());
+        async move {
+            let mut mine = 0;
+            store
+                .retry("test", || {
+                    mine += 1;
+                    let (store, barrier, attempts) = (&store, &barrier, &attempts);
+                    let again = mine > 1;
+                    async move {
+                        attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let mut tx = store.begin_write().await?;
+                        for (n, id) in [first, second].into_iter().enumerate() {
+                            sqlx::query("UPDATE race_rows SET v = v + 1 WHERE id = $1")
+                                .bind(id)
+                                .execute(&mut **tx)
+                                .await?;
+                            if n == 0 && !again {
+                                // Both hold their first row before either asks for its second.
+                                barrier.wait().await;
+                            }
+                        }
+                        tx.commit().await?;
+                        Ok::<_, store::StoreError>(())
+                    }
+                })
+                .await
+        }
+    };
+    let (a, b) = tokio::join!(tokio::spawn(run(1, 2)), tokio::spawn(run(2, 1)));
+    a.unwrap().unwrap();
+    b.unwrap().unwrap();
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let total: i64 = sqlx::query_scalar("SELECT CAST(SUM(v) AS BIGINT) FROM race_rows")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(total, 4, "each body applied exactly once in the end");
+}

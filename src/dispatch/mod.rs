@@ -502,7 +502,24 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Record a command's end; a transaction that lost a lock race runs again.
     async fn finish(
+        &self,
+        owner: &str,
+        cmd: &CommandRow,
+        status: &str,
+        confirmed_at: Option<i64>,
+        error: Option<String>,
+        outcome: Option<&Outcome>,
+    ) -> Result<(), StoreError> {
+        self.store
+            .retry("command finish", || {
+                self.finish_once(owner, cmd, status, confirmed_at, error.clone(), outcome)
+            })
+            .await
+    }
+
+    async fn finish_once(
         &self,
         owner: &str,
         cmd: &CommandRow,

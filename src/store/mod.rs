@@ -9,9 +9,11 @@
 mod absences;
 pub mod outbox;
 pub mod postgres;
+mod retry;
 pub mod sqlite;
 
 pub use outbox::*;
+pub use retry::{MAX_ATTEMPTS, is_lost_race};
 
 use crate::model::{Action, Lifecycle};
 pub use absences::*;
@@ -142,6 +144,19 @@ impl Store {
     /// Claim the next due command of a connector's lane: revokes first, then oldest first; never two
     /// commands for the same grant at once; an expired lease is taken over.
     pub async fn claim_next(
+        &self,
+        connector: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<CommandRow>> {
+        self.retry("command claim", || {
+            self.claim_next_once(connector, owner, now, lease_until)
+        })
+        .await
+    }
+
+    async fn claim_next_once(
         &self,
         connector: &str,
         owner: &str,

@@ -26,7 +26,21 @@ pub(super) fn scim_json(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
+#[derive(Debug)]
 pub(super) struct Failure(pub(super) ScimError);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An error, so that the store's retry finds a lost lock race underneath it.
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
 
 impl From<ScimError> for Failure {
     fn from(e: ScimError) -> Self {

@@ -200,11 +200,18 @@ pub(super) async fn create(
     let v = src::canonical(&t.mapping.profile, kind, src::parse_body(&body)?, true)?;
     let now = s.engine.clock.now();
     let id = src::new_id();
-    let mut tx = s.engine.store.begin_write().await?;
-    let r = write(&s, &mut tx, t, kind, &id, None, v, now).await?;
     let base = base(&s, &headers);
-    let out = render(&mut tx, &t.name, &base, &r).await?;
-    tx.commit().await?;
+    let (r, out) = s
+        .engine
+        .store
+        .retry("scim create", || async {
+            let mut tx = s.engine.store.begin_write().await?;
+            let r = write(&s, &mut tx, t, kind, &id, None, v.clone(), now).await?;
+            let out = render(&mut tx, &t.name, &base, &r).await?;
+            tx.commit().await?;
+            Ok::<_, Failure>((r, out))
+        })
+        .await?;
     s.engine.notify_outbox();
     Ok(with_etag(
         scim_json(StatusCode::CREATED, &out),
@@ -224,15 +231,22 @@ pub(super) async fn replace(
     let kind = kind_of(&endpoint)?;
     let v = src::canonical(&t.mapping.profile, kind, src::parse_body(&body)?, false)?;
     let now = s.engine.clock.now();
-    let mut tx = s.engine.store.begin_write().await?;
-    let before = src::get(&mut tx, &t.name, kind, &id)
-        .await?
-        .ok_or_else(|| ScimError::not_found(kind, &id))?;
-    check_if_match(&headers, &before)?;
-    let r = write(&s, &mut tx, t, kind, &id, Some(&before), v, now).await?;
     let base = base(&s, &headers);
-    let out = render(&mut tx, &t.name, &base, &r).await?;
-    tx.commit().await?;
+    let (r, out) = s
+        .engine
+        .store
+        .retry("scim replace", || async {
+            let mut tx = s.engine.store.begin_write().await?;
+            let before = src::get(&mut tx, &t.name, kind, &id)
+                .await?
+                .ok_or_else(|| ScimError::not_found(kind, &id))?;
+            check_if_match(&headers, &before)?;
+            let r = write(&s, &mut tx, t, kind, &id, Some(&before), v.clone(), now).await?;
+            let out = render(&mut tx, &t.name, &base, &r).await?;
+            tx.commit().await?;
+            Ok::<_, Failure>((r, out))
+        })
+        .await?;
     s.engine.notify_outbox();
     Ok(with_etag(scim_json(StatusCode::OK, &out), &r, None))
 }
@@ -247,13 +261,59 @@ pub(super) async fn patch(
 ) -> Reply {
     let t = c.tenant();
     let kind = kind_of(&endpoint)?;
-    let ops = src::parse_patch(src::parse_body(&body)?)?;
+    // Parsed here so a bad request is answered before any transaction; each attempt parses again.
+    src::parse_patch(src::parse_body(&body)?)?;
     let now = s.engine.clock.now();
-    let mut tx = s.engine.store.begin_write().await?;
-    let before = src::get(&mut tx, &t.name, kind, &id)
+    let (attributes, excluded) = (q.get("attributes"), q.get("excludedAttributes"));
+    // Entra ID expects 204 for a group PATCH, and a membership change on a large group must not
+    // send the whole member list back (RFC 7644 section 3.5.2 allows either).
+    let no_body = kind == Kind::Group && attributes.is_none() && excluded.is_none();
+    let base = base(&s, &headers);
+    let (r, out) = s
+        .engine
+        .store
+        .retry("scim patch", || async {
+            let mut tx = s.engine.store.begin_write().await?;
+            let r = patch_tx(&s, &mut tx, t, kind, &id, &headers, &body, now).await?;
+            let out = if no_body {
+                None
+            } else {
+                Some(render(&mut tx, &t.name, &base, &r).await?)
+            };
+            tx.commit().await?;
+            Ok::<_, Failure>((r, out))
+        })
+        .await?;
+    s.engine.notify_outbox();
+    let Some(out) = out else {
+        return Ok(with_etag(StatusCode::NO_CONTENT.into_response(), &r, None));
+    };
+    let p = Projection::parse(attributes.map(String::as_str), excluded.map(String::as_str));
+    Ok(with_etag(
+        scim_json(StatusCode::OK, &p.apply(out)),
+        &r,
+        None,
+    ))
+}
+
+/// One attempt of a PATCH inside its transaction: the resource as it is now, the operations
+/// applied, and a new version written only when something changed.
+#[allow(clippy::too_many_arguments)]
+async fn patch_tx(
+    s: &Scim,
+    tx: &mut sqlx::AnyConnection,
+    t: &Tenant,
+    kind: Kind,
+    id: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Resource, Failure> {
+    let ops = src::parse_patch(src::parse_body(body)?)?;
+    let before = src::get(tx, &t.name, kind, id)
         .await?
-        .ok_or_else(|| ScimError::not_found(kind, &id))?;
-    check_if_match(&headers, &before)?;
+        .ok_or_else(|| ScimError::not_found(kind, id))?;
+    check_if_match(headers, &before)?;
     let mut doc = src::apply_patch(&t.mapping.profile, kind, &before.raw, ops)?;
     if let Value::Object(m) = &mut doc {
         m.remove("meta");
@@ -265,30 +325,11 @@ pub(super) async fn patch(
         m.remove("meta");
         m.remove("id");
     }
-    let r = if unchanged == v {
+    if unchanged == v {
         // Providers re-send what is already there (Okta's periodic pushes): no new version.
-        before
-    } else {
-        write(&s, &mut tx, t, kind, &id, Some(&before), v, now).await?
-    };
-    let (attributes, excluded) = (q.get("attributes"), q.get("excludedAttributes"));
-    if kind == Kind::Group && attributes.is_none() && excluded.is_none() {
-        // Entra ID expects 204 for a group PATCH, and a membership change on a large group must
-        // not send the whole member list back (RFC 7644 section 3.5.2 allows either).
-        tx.commit().await?;
-        s.engine.notify_outbox();
-        return Ok(with_etag(StatusCode::NO_CONTENT.into_response(), &r, None));
+        return Ok(before);
     }
-    let base = base(&s, &headers);
-    let out = render(&mut tx, &t.name, &base, &r).await?;
-    tx.commit().await?;
-    s.engine.notify_outbox();
-    let p = Projection::parse(attributes.map(String::as_str), excluded.map(String::as_str));
-    Ok(with_etag(
-        scim_json(StatusCode::OK, &p.apply(out)),
-        &r,
-        None,
-    ))
+    write(s, tx, t, kind, id, Some(&before), v, now).await
 }
 
 pub(super) async fn remove(
@@ -301,48 +342,54 @@ pub(super) async fn remove(
     let kind = kind_of(&endpoint)?;
     let now = s.engine.clock.now();
     let at = to_micros(now);
-    let mut tx = s.engine.store.begin_write().await?;
-    let before = src::get(&mut tx, &t.name, kind, &id)
-        .await?
-        .ok_or_else(|| ScimError::not_found(kind, &id))?;
-    check_if_match(&headers, &before)?;
-    match kind {
-        Kind::User => {
-            // The provider says the person is gone: a leaver, never held (an explicit delete).
-            if let Some(key) = &before.person_key {
-                src::remove_person(&s.engine, &mut tx, &t.mapping, key, now).await?;
-            }
-            // Drop the user from the groups that list them, so the groups stay consistent.
-            for (gid, _) in src::groups_of(&mut tx, &t.name, &id).await? {
-                if let Some(mut g) = src::get(&mut tx, &t.name, Kind::Group, &gid).await? {
-                    let old = g.raw.clone();
-                    if let Some(Value::Array(m)) = g.raw.get_mut("members") {
-                        m.retain(|x| x.get("value").and_then(Value::as_str) != Some(id.as_str()));
+    s.engine
+        .store
+        .retry("scim delete", || async {
+            let mut tx = s.engine.store.begin_write().await?;
+            let before = src::get(&mut tx, &t.name, kind, &id)
+                .await?
+                .ok_or_else(|| ScimError::not_found(kind, &id))?;
+            check_if_match(&headers, &before)?;
+            match kind {
+                Kind::User => {
+                    // The provider says the person is gone: a leaver, never held (an explicit delete).
+                    if let Some(key) = &before.person_key {
+                        src::remove_person(&s.engine, &mut tx, &t.mapping, key, now).await?;
                     }
-                    g.version += 1;
-                    g.raw["meta"]["version"] = json!(g.etag());
-                    g.raw["meta"]["lastModified"] = json!(src::scim_time(now));
-                    src::put(&mut tx, &t.name, &g, Some(&old), at, at).await?;
+                    // Drop the user from the groups that list them, so the groups stay consistent.
+                    for (gid, _) in src::groups_of(&mut tx, &t.name, &id).await? {
+                        if let Some(mut g) = src::get(&mut tx, &t.name, Kind::Group, &gid).await? {
+                            let old = g.raw.clone();
+                            if let Some(Value::Array(m)) = g.raw.get_mut("members") {
+                                m.retain(|x| x.get("value").and_then(Value::as_str) != Some(id.as_str()));
+                            }
+                            g.version += 1;
+                            g.raw["meta"]["version"] = json!(g.etag());
+                            g.raw["meta"]["lastModified"] = json!(src::scim_time(now));
+                            src::put(&mut tx, &t.name, &g, Some(&old), at, at).await?;
+                        }
+                    }
+                    src::delete(&mut tx, &t.name, &id).await?;
+                }
+                Kind::Group => {
+                    src::delete(&mut tx, &t.name, &id).await?;
+                    resync_members(&s, &mut tx, t, before.member_ids(), now).await?;
                 }
             }
-            src::delete(&mut tx, &t.name, &id).await?;
-        }
-        Kind::Group => {
-            src::delete(&mut tx, &t.name, &id).await?;
-            resync_members(&s, &mut tx, t, before.member_ids(), now).await?;
-        }
-    }
-    audit::append(
-        &mut tx,
-        at,
-        &src::source_name(&t.name),
-        &format!("scim.{}.deleted", kind.resource_type().to_lowercase()),
-        &id,
-        &json!({ "userName": before.raw.get("userName"), "externalId": before.raw.get("externalId"),
-                 "displayName": before.raw.get("displayName") }),
-    )
-    .await?;
-    tx.commit().await?;
+            audit::append(
+                &mut tx,
+                at,
+                &src::source_name(&t.name),
+                &format!("scim.{}.deleted", kind.resource_type().to_lowercase()),
+                &id,
+                &json!({ "userName": before.raw.get("userName"), "externalId": before.raw.get("externalId"),
+                         "displayName": before.raw.get("displayName") }),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, Failure>(())
+        })
+        .await?;
     s.engine.notify_outbox();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
