@@ -957,7 +957,8 @@ pub fn deserialize_keyed<T: serde::de::DeserializeOwned>(text: &str) -> Result<T
         KeyedError {
             path,
             unknown,
-            message: in_words(error.message().trim()),
+            // A value of the wrong type may be a secret given in the wrong place: hide it first.
+            message: in_words(&redact_secret_values(error.message().trim())),
             span: error.span(),
         }
     };
@@ -1561,7 +1562,7 @@ templates = "t.toml"
         assert_eq!(
             err,
             "environment variable LATCHKEY_ENGINE__MASS_CHANGE_THRESHOLD: \
-             `engine.mass_change_threshold`: expected a number, found string \"high\""
+             `engine.mass_change_threshold`: expected a number, found string (value hidden)"
         );
         // The file's own mistake, with an unrelated override set, is reported at the file's line.
         let err = Config::load(&input(&text, &[("LATCHKEY_ENGINE__TICK_MILLIS", "50")]))
