@@ -41,14 +41,8 @@ async fn operator_commands_answer_from_the_store() {
     std::fs::create_dir_all(tmp.path().join("feeds")).unwrap();
     let config = tmp.path().join("latchkey.toml");
     std::fs::write(&config, config_text(&store, &server.base_url(), (1000, 50))).unwrap();
-    // Written a minute ago, so it has settled (the drop directory reads only complete files).
     let feed = |name: &str, rows: &[String]| {
-        let path = tmp.path().join("feeds").join(name);
-        std::fs::write(&path, format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
-        let f = std::fs::File::options().write(true).open(&path).unwrap();
-        let written = f.metadata().unwrap().modified().unwrap();
-        f.set_modified(written - std::time::Duration::from_secs(60))
-            .unwrap();
+        write_settled(&tmp.path().join("feeds").join(name), rows);
     };
 
     let (code, out) = latchkey(&config, &["check"]);
@@ -205,11 +199,7 @@ async fn logs_and_output_suit_files_pipes_and_collectors() {
     std::fs::write(&config, config_text(&store, &server.base_url(), (1000, 50))).unwrap();
     let log = tmp.path().join("stderr.log");
     let feed = |name: &str, rows: &[String]| {
-        std::fs::write(
-            tmp.path().join("feeds").join(name),
-            format!("{HEADER}\n{}\n", rows.join("\n")),
-        )
-        .unwrap();
+        write_settled(&tmp.path().join("feeds").join(name), rows);
     };
     let leaver = |key: &str, dept: &str| {
         row(
@@ -554,11 +544,7 @@ async fn a_template_edit_is_planned_with_exit_code_2_and_applied_and_a_typo_fail
     std::fs::write(&config, text).unwrap();
     let mut rows = vec![employee("E1", "engineering", "berlin")];
     rows.extend((2..=6).map(|i| employee(&format!("E{i}"), "sales", "berlin")));
-    std::fs::write(
-        tmp.path().join("feeds").join("hr-1.csv"),
-        format!("{HEADER}\n{}\n", rows.join("\n")),
-    )
-    .unwrap();
+    write_settled(&tmp.path().join("feeds").join("hr-1.csv"), &rows);
     let (code, out) = latchkey(&config, &["apply"]);
     assert_eq!(code, 0, "{out}");
     let (code, out) = latchkey(&config, &["plan", "--detailed-exitcode"]);
@@ -649,4 +635,14 @@ async fn a_template_edit_is_planned_with_exit_code_2_and_applied_and_a_typo_fail
     let (code, out) = latchkey(&config, &["apply"]);
     assert_eq!(code, 0, "{out}");
     assert!(!server.nuki().unwrap().holds(1001, e1), "{out}");
+}
+
+/// A feed file written a minute ago, so it has settled (the drop directory reads only complete
+/// files, by default those unchanged for `settle_seconds`).
+fn write_settled(path: &std::path::Path, rows: &[String]) {
+    std::fs::write(path, format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    let written = f.metadata().unwrap().modified().unwrap();
+    f.set_modified(written - std::time::Duration::from_secs(60))
+        .unwrap();
 }
