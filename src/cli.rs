@@ -303,9 +303,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Access { person, config } => {
             let app = open(&config).await?;
             let mut conn = app.store().pool().acquire().await?;
-            let Some(ident) = store::get_identity(&mut conn, &person).await? else {
-                println!("{person}: no such identity");
-                return Ok(1);
+            let ident = match lookup::person(&mut conn, &person).await {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("access: {e}");
+                    return Ok(1);
+                }
             };
             println!(
                 "{} ({}) {} since {}",
@@ -314,7 +317,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 ident.lifecycle,
                 ts(ident.lifecycle_since)
             );
-            for g in store::grants_of(&mut conn, &person).await? {
+            for g in store::grants_of(&mut conn, &ident.key).await? {
                 println!(
                     "  {:<8} {:<22} desired {:<7} observed {:<7} template {:<28} approved by {}",
                     g.connector,
@@ -329,33 +332,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::WhoHas { target, config } => {
             let app = open(&config).await?;
-            let grants = store::grants_on_target(app.store().pool(), &target).await?;
-            let held: Vec<_> = grants.iter().filter(|g| g.observed == "present").collect();
-            println!("{target}: {} people hold it", held.len());
-            for g in held {
-                println!(
-                    "  {:<10} via {:<8} template {} (desired {})",
-                    g.identity_key, g.connector, g.template, g.desired
+            let on_record = !store::grants_on_target(app.store().pool(), &target)
+                .await?
+                .is_empty()
+                || !store::cabinet_holders(app.store().pool(), &target)
+                    .await?
+                    .is_empty();
+            let names = lookup::targets(&app.engine.config, &target, on_record);
+            if names.is_empty() {
+                eprintln!(
+                    "who-has: no target or vendor id `{target}` in any connector's target map, \
+                     and no grant on record for it"
                 );
+                return Ok(1);
             }
-            let keys = store::cabinet_holders(app.store().pool(), &target).await?;
-            if !keys.is_empty() {
-                println!("{target}: {} cabinet keys out", keys.len());
-            }
-            for k in keys {
-                println!(
-                    "  {:<10} holds key {} (group {}) from {} since {}{}",
-                    k.identity_key,
-                    k.key_id,
-                    k.key_group.as_deref().unwrap_or("-"),
-                    k.connector,
-                    crate::clock::from_micros(k.taken_at).to_rfc3339(),
-                    if k.overdue_at.is_some() {
-                        ", OVERDUE"
-                    } else {
-                        ""
-                    }
-                );
+            for name in names {
+                if name != target {
+                    println!("{target} is the vendor id of {name}");
+                }
+                who_has(&app, &name).await?;
             }
             Ok(0)
         }
@@ -493,6 +488,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Keys { keys } => keys_command(keys).await,
     }
+}
+
+/// Who holds one target: grants confirmed at the vendor, and cabinet keys out.
+async fn who_has(app: &App, target: &str) -> anyhow::Result<()> {
+    let grants = store::grants_on_target(app.store().pool(), target).await?;
+    let held: Vec<_> = grants.iter().filter(|g| g.observed == "present").collect();
+    println!("{target}: {} people hold it", held.len());
+    for g in held {
+        println!(
+            "  {:<10} via {:<8} template {} (desired {})",
+            g.identity_key, g.connector, g.template, g.desired
+        );
+    }
+    let keys = store::cabinet_holders(app.store().pool(), target).await?;
+    if !keys.is_empty() {
+        println!("{target}: {} cabinet keys out", keys.len());
+    }
+    for k in keys {
+        println!(
+            "  {:<10} holds key {} (group {}) from {} since {}{}",
+            k.identity_key,
+            k.key_id,
+            k.key_group.as_deref().unwrap_or("-"),
+            k.connector,
+            crate::clock::from_micros(k.taken_at).to_rfc3339(),
+            if k.overdue_at.is_some() {
+                ", OVERDUE"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
 async fn keys_command(cmd: KeysCmd) -> anyhow::Result<i32> {
@@ -763,4 +791,5 @@ pub fn repo_path(rel: &str) -> PathBuf {
 pub mod bench;
 pub mod bench_reconcile;
 pub mod demo;
+pub mod lookup;
 pub mod redrive;

@@ -133,6 +133,28 @@ async fn operator_commands_answer_from_the_store() {
         out.contains("1 people hold it") && out.contains("E2"),
         "{out}"
     );
+    // The vendor's own lock id finds the same door; a name that is nothing is an error.
+    let (code, out) = latchkey(&config, &["who-has", "1002"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("vendor id of berlin-sales") && out.contains("E2"),
+        "{out}"
+    );
+    let (code, out) = latchkey(&config, &["who-has", "no-such-door"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no-such-door") && !out.contains("people hold it"),
+        "{out}"
+    );
+    // A person by e-mail or by name, as a desk knows them; an unknown person is an error.
+    for who in ["e2@example.com", "E2@Example.com", "Person E2"] {
+        let (code, out) = latchkey(&config, &["access", who]);
+        assert_eq!(code, 0, "{who}: {out}");
+        assert!(out.starts_with("E2 (Person E2)"), "{who}: {out}");
+    }
+    let (code, out) = latchkey(&config, &["access", "nobody@example.com"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no person with key, e-mail or name"), "{out}");
     let (_, out) = latchkey(&config, &["status"]);
     assert!(
         out.contains("hr-2.csv:4") && out.contains("termination_date"),

@@ -249,6 +249,24 @@ pub async fn get_identity(conn: &mut AnyConnection, key: &str) -> Result<Option<
         .transpose()
 }
 
+/// Identities whose e-mail or name is `needle` (case-insensitive), for operators who know a person
+/// by those rather than by the correlation key. The LIKE narrows the rows; the match is exact.
+pub async fn find_identities(conn: &mut AnyConnection, needle: &str) -> Result<Vec<IdentityRow>> {
+    let rows = sqlx::query("SELECT * FROM identities WHERE LOWER(attrs) LIKE $1 ORDER BY key")
+        .bind(format!("%{}%", needle.to_lowercase()))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let i = IdentityRow::from_row(&r)?;
+        let is = |attr: &str| i.attr(attr).is_some_and(|v| v.eq_ignore_ascii_case(needle));
+        if is("email") || is("name") {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
 pub async fn put_identity(conn: &mut AnyConnection, i: &IdentityRow) -> Result<()> {
     let attrs = serde_json::Value::Object(i.attrs.clone()).to_string();
     sqlx::query(
