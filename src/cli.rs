@@ -75,6 +75,7 @@ pub enum Command {
         config: ConfigArg,
     },
     /// Approve held changes (a mass disappearance from a feed).
+    #[command(group(clap::ArgGroup::new("selection").required(true).args(["ids", "all"])))]
     Approve {
         /// Held change ids (see `latchkey status`).
         ids: Vec<i64>,

@@ -152,6 +152,9 @@ async fn operator_commands_answer_from_the_store() {
         assert_eq!(code, 0, "{who}: {out}");
         assert!(out.starts_with("E2 (Person E2)"), "{who}: {out}");
     }
+    // Approving without saying what is a usage error, not "nothing to approve".
+    let (code, out) = latchkey(&config, &["approve", "--by", "me"]);
+    assert_eq!(code, 2, "{out}");
     let (code, out) = latchkey(&config, &["access", "nobody@example.com"]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no person with key, e-mail or name"), "{out}");
