@@ -385,46 +385,20 @@ impl Engine {
     /// Store one source's new view of one person and plan what follows, on the caller's
     /// transaction: for sources that push single changes (SCIM, LDAP) and must answer only once the
     /// change and the commands it causes are durable. Returns the kind of change and what was enqueued.
-    // A root span: one trace per identity change, not per feed or request (see telemetry::tracing).
-    #[tracing::instrument(name = "source.change", parent = None, skip_all, fields(source = %r.source, identity = %r.key))]
     pub async fn apply_record_tx(
         &self,
         conn: &mut AnyConnection,
         r: &PersonRecord,
         now: DateTime<Utc>,
     ) -> Result<(String, Applied), EngineError> {
-        let existing = store::source_records_of(conn, &r.key)
-            .await?
-            .into_iter()
-            .find(|s| s.source == r.source);
-        let hash = record_hash(r);
-        if existing
-            .as_ref()
-            .is_some_and(|e| e.hash == hash && e.disappeared_at.is_none())
-        {
-            return Ok(("unchanged".into(), Applied::default()));
-        }
-        store::put_source_record(
-            conn,
-            &SourceRecordRow {
-                source: r.source.clone(),
-                key: r.key.clone(),
-                hash,
-                record: serde_json::to_string(r).unwrap_or_default(),
-                first_seen_at: existing.map_or(to_micros(now), |e| e.first_seen_at),
-                seen_at: to_micros(now),
-                disappeared_at: None,
-            },
-        )
-        .await?;
-        store::release_held_for(conn, &r.source, &r.key, to_micros(now)).await?;
-        self.reevaluate(conn, &r.key, &format!("source:{}", r.source), now)
-            .await
+        self.apply_record_changed_at_tx(conn, r, now, now).await
     }
 
     /// `apply_record_tx` for a change the source itself timestamps (a directory entry's
     /// `modifyTimestamp` / `whenChanged`): the record counts as observed then (never later than
     /// `now`), so a leaver's trigger is the change and the `detect` stage shows the source's delay.
+    // A root span: one trace per identity change, not per feed or request (see telemetry::tracing).
+    #[tracing::instrument(name = "source.change", parent = None, skip_all, fields(source = %r.source, identity = %r.key))]
     pub async fn apply_record_changed_at_tx(
         &self,
         conn: &mut AnyConnection,
