@@ -382,6 +382,24 @@ impl LdapSource {
         r
     }
 
+    /// The share of the population whose disappearance is held for approval: the source's own
+    /// setting, else the engine's.
+    fn mass_change_threshold(&self) -> f64 {
+        self.cfg
+            .mass_change_threshold
+            .unwrap_or(self.engine.config.engine.mass_change_threshold)
+    }
+
+    /// The report of one full load (a refresh or a full comparison) of `rows` entries.
+    fn snapshot_report(&self, rows: usize) -> FeedReport {
+        FeedReport {
+            source: self.name.clone(),
+            file: self.cfg.url.clone(),
+            rows,
+            ..Default::default()
+        }
+    }
+
     /// A poll ran to the end: the source is on its schedule even when nothing changed (its
     /// checkpoint only moves with changes), which the staleness alert reads.
     fn polled(&self) {
@@ -523,10 +541,7 @@ impl LdapSource {
             .values()
             .filter(|k| k.is_some())
             .count();
-        let threshold = self
-            .cfg
-            .mass_change_threshold
-            .unwrap_or(self.engine.config.engine.mass_change_threshold);
+        let threshold = self.mass_change_threshold();
         let window = chrono::Duration::seconds(self.cfg.mass_delete_window_seconds as i64);
         let mut recent = self
             .recent_deletes

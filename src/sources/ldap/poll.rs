@@ -102,16 +102,8 @@ impl LdapSource {
                 Err(q) => quarantined.push(*q),
             }
         }
-        let threshold = self
-            .cfg
-            .mass_change_threshold
-            .unwrap_or(self.engine.config.engine.mass_change_threshold);
-        let mut report = FeedReport {
-            source: self.name.clone(),
-            file: self.cfg.url.clone(),
-            rows: entries.len(),
-            ..Default::default()
-        };
+        let threshold = self.mass_change_threshold();
+        let mut report = self.snapshot_report(entries.len());
         self.track_entries(&records, &entries).await?;
         let batch = format!("full-{}", to_micros(self.engine.clock.now()));
         self.engine

@@ -413,16 +413,8 @@ impl LdapSource {
             }
             tx.commit().await.map_err(self.db_err())?;
         }
-        let threshold = self
-            .cfg
-            .mass_change_threshold
-            .unwrap_or(self.engine.config.engine.mass_change_threshold);
-        let mut report = FeedReport {
-            source: self.name.clone(),
-            file: self.cfg.url.clone(),
-            rows: records.len() + quarantined.len(),
-            ..Default::default()
-        };
+        let threshold = self.mass_change_threshold();
+        let mut report = self.snapshot_report(records.len() + quarantined.len());
         let batch = format!("refresh-{}", to_micros(now));
         self.engine
             .apply_snapshot(
