@@ -108,6 +108,9 @@ pub struct Config {
     /// Full reconciliation of every identity against current policy.
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    /// Which sources may set which identity attributes.
+    #[serde(default)]
+    pub authority: AuthorityConfig,
     /// Where the file was read from: relative paths inside it are relative to its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -373,6 +376,19 @@ impl Default for AbsentGrace {
 
 fn default_absent_feeds() -> u32 {
     2
+}
+
+/// Attribute authority (DESIGN.md invariant 12): for each attribute named here, only the listed
+/// sources may set it, the first that has a value winning; other sources' values for it are
+/// ignored, so an identity provider with a stale `department` cannot move a person between door
+/// groups the HR feed decides. Attributes not named keep the default rule: the first source by
+/// name wins and the others fill gaps. `site` may be named too. Sources are the configured names
+/// (`hr`, an LDAP source's name) and `scim:<tenant>` for a SCIM tenant.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    #[serde(default)]
+    pub attributes: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1316,6 +1332,25 @@ impl Config {
                 ));
             }
         }
+        let known_sources: Vec<String> = (self.sources.hr.keys().cloned())
+            .chain(self.sources.ldap.keys().cloned())
+            .chain(self.scim.tenants.keys().map(|t| format!("scim:{t}")))
+            .collect();
+        for (attr, sources) in &self.authority.attributes {
+            let key = format!("authority.attributes.{attr}");
+            if sources.is_empty() {
+                return Err(self.invalid(&key, "list at least one source that may set it"));
+            }
+            if let Some(unknown) = sources.iter().find(|s| !known_sources.contains(s)) {
+                return Err(self.invalid(
+                    &key,
+                    format!(
+                        "`{unknown}` is not a configured source (known: {})",
+                        known_sources.join(", ")
+                    ),
+                ));
+            }
+        }
         for (name, t) in &self.scim.tenants {
             let key = format!("scim.tenants.{name}");
             match (&t.token_sha256, &t.token) {
@@ -1509,6 +1544,25 @@ templates = "t.toml"
         let c = Config::load(&input(MINIMAL, &[])).unwrap();
         assert_eq!(c.engine.mass_change_threshold, 0.2);
         assert_eq!(c.resolve(Path::new("t.toml")), PathBuf::from("conf/t.toml"));
+    }
+
+    #[test]
+    fn attribute_authority_names_configured_sources_only() {
+        let text = format!(
+            "{MINIMAL}\n[scim.tenants.okta]\ntoken_sha256 = \"{}\"\n\
+             [authority.attributes]\ndepartment = [\"scim:okta\"]\n",
+            "0".repeat(64)
+        );
+        let c = Config::load(&input(&text, &[])).unwrap();
+        assert_eq!(c.authority.attributes["department"], ["scim:okta"]);
+        let err = Config::load(&input(&text.replace("scim:okta\"]", "scim:otka\"]"), &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("authority.attributes.department"), "{err}");
+        assert!(
+            err.contains("`scim:otka` is not a configured source"),
+            "{err}"
+        );
     }
 
     #[test]

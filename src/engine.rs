@@ -327,7 +327,9 @@ impl Engine {
         // Revocation first (invariant 3) starts here: people the feed says are leaving are applied in
         // the first transactions, so their revokes reach the outbox before the joiners' issues.
         changed.sort_by_key(|r| {
-            !(r.status == Some(RecordStatus::Terminated) || r.termination_date.is_some())
+            !(r.status == Some(RecordStatus::Terminated)
+                || r.termination_date.is_some()
+                || r.attrs.contains_key(identity::EXPIRES_AT))
         });
         for chunk in changed.chunks(BATCH) {
             let now = self.clock.now();
@@ -528,7 +530,9 @@ impl Engine {
                 })
             })
             .collect();
-        let Some(mut derived) = identity::derive(&views, now, self.tz_of()) else {
+        let Some(mut derived) =
+            identity::derive(&views, now, self.tz_of(), &self.config.authority.attributes)
+        else {
             return Ok(("none".into(), Applied::default()));
         };
         for v in &views {

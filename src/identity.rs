@@ -254,18 +254,40 @@ fn view_state(v: &SourceView, now: DateTime<Utc>, tz: Tz) -> ViewState {
 
 /// Combine every source's view. Leaver wins (invariant 4): any source that says terminated makes the
 /// person terminated; then suspended; then pre-hire; else active.
+///
+/// `authority` names, per attribute, the sources that may set it (most authoritative first; see
+/// `config::AuthorityConfig`); for attributes it does not name, later sources fill gaps and the
+/// first source (ordered by name) wins.
 pub fn derive(
     views: &[SourceView],
     now: DateTime<Utc>,
     tz_of: impl Fn(Option<&str>) -> Tz,
+    authority: &BTreeMap<String, Vec<String>>,
 ) -> Option<Derived> {
     let first = views.first()?;
-    let site = views.iter().find_map(|v| v.record.site.clone());
+    // The first listed source that has a value; `None` when no source may set it.
+    let authoritative = |attr: &str, value: &dyn Fn(&PersonRecord) -> Option<String>| {
+        authority.get(attr).map(|sources| {
+            sources.iter().find_map(|s| {
+                views
+                    .iter()
+                    .filter(|v| v.record.source == *s)
+                    .find_map(|v| value(&v.record))
+            })
+        })
+    };
+    let site = authoritative("site", &|r| r.site.clone())
+        .unwrap_or_else(|| views.iter().find_map(|v| v.record.site.clone()));
     let tz = tz_of(site.as_deref());
     let mut attrs = BTreeMap::new();
-    // Later sources fill gaps; the first source (ordered by name) is authoritative for attributes.
     for v in views.iter().rev() {
         attrs.extend(v.record.attrs.clone());
+    }
+    for attr in authority.keys() {
+        match authoritative(attr, &|r| r.attrs.get(attr).cloned()).flatten() {
+            Some(value) => attrs.insert(attr.clone(), value),
+            None => attrs.remove(attr),
+        };
     }
     let states: Vec<ViewState> = views.iter().map(|v| view_state(v, now, tz)).collect();
     let rank = |l: Lifecycle| match l {
@@ -328,6 +350,55 @@ mod tests {
     const BERLIN: fn(Option<&str>) -> Tz = |_| chrono_tz::Europe::Berlin;
 
     #[test]
+    fn attribute_authority_picks_the_listed_source_and_ignores_the_others() {
+        let mut idp = rec(Some(RecordStatus::Active), None, None);
+        idp.source = "a-idp".into();
+        idp.site = Some("paris".into());
+        idp.attrs.insert("department".into(), "sales".into());
+        idp.attrs.insert("title".into(), "Boss".into());
+        idp.attrs.insert("cost_center".into(), "77".into());
+        let mut hr = rec(Some(RecordStatus::Active), None, None);
+        hr.attrs.insert("department".into(), "ops".into());
+        let views = [
+            view(idp, "2026-11-25T09:00:00Z"),
+            view(hr, "2026-11-25T09:00:00Z"),
+        ];
+        let now = at("2026-11-25T10:00:00Z");
+
+        // Without authority the first source by name wins every attribute it has.
+        let d = derive(&views, now, BERLIN, &BTreeMap::new()).unwrap();
+        assert_eq!(d.attrs["department"], "sales");
+        assert_eq!(d.site.as_deref(), Some("paris"));
+
+        let authority: BTreeMap<String, Vec<String>> = [
+            ("department", vec!["hr", "a-idp"]),
+            ("title", vec!["hr"]),
+            ("site", vec!["hr"]),
+        ]
+        .into_iter()
+        .map(|(a, s)| (a.to_string(), s.into_iter().map(String::from).collect()))
+        .collect();
+        let d = derive(&views, now, BERLIN, &authority).unwrap();
+        assert_eq!(
+            d.attrs["department"], "ops",
+            "HR is listed first for department"
+        );
+        assert!(
+            !d.attrs.contains_key("title"),
+            "only HR may set title, and HR has none"
+        );
+        assert_eq!(
+            d.attrs["cost_center"], "77",
+            "unlisted attributes keep the default rule"
+        );
+        assert_eq!(
+            d.site.as_deref(),
+            Some("berlin"),
+            "site follows its authority too"
+        );
+    }
+
+    #[test]
     fn future_termination_is_a_timer_at_local_midnight_after_the_last_day() {
         let v = view(
             rec(
@@ -337,11 +408,17 @@ mod tests {
             ),
             "2026-11-25T10:00:00Z",
         );
-        let d = derive(std::slice::from_ref(&v), at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
+        let d = derive(
+            std::slice::from_ref(&v),
+            at("2026-11-25T10:00:00Z"),
+            BERLIN,
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(d.lifecycle, Lifecycle::Active);
         // 2026-12-01 00:00 in Berlin (CET, +01:00)
         assert_eq!(d.next_change_at, Some(at("2026-11-30T23:00:00Z")));
-        let later = derive(&[v], at("2026-11-30T23:00:00Z"), BERLIN).unwrap();
+        let later = derive(&[v], at("2026-11-30T23:00:00Z"), BERLIN, &BTreeMap::new()).unwrap();
         assert_eq!(later.lifecycle, Lifecycle::Terminated);
         assert_eq!(later.trigger_at(), at("2026-11-30T23:00:00Z"));
     }
@@ -356,7 +433,7 @@ mod tests {
             ),
             "2026-11-25T10:00:00Z",
         );
-        let d = derive(&[v], at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
+        let d = derive(&[v], at("2026-11-25T10:00:00Z"), BERLIN, &BTreeMap::new()).unwrap();
         assert_eq!(d.lifecycle, Lifecycle::Terminated);
         assert_eq!(d.trigger_at(), at("2026-11-25T10:00:00Z"));
     }
@@ -372,7 +449,7 @@ mod tests {
             "2026-11-25T10:00:00Z",
         );
         assert_eq!(
-            derive(&[v], at("2026-11-25T10:00:00Z"), BERLIN)
+            derive(&[v], at("2026-11-25T10:00:00Z"), BERLIN, &BTreeMap::new())
                 .unwrap()
                 .lifecycle,
             Lifecycle::Active
@@ -385,7 +462,7 @@ mod tests {
             rec(Some(RecordStatus::Active), Some("2026-12-01"), None),
             "2026-11-25T10:00:00Z",
         );
-        let d = derive(&[v], at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
+        let d = derive(&[v], at("2026-11-25T10:00:00Z"), BERLIN, &BTreeMap::new()).unwrap();
         assert_eq!(d.lifecycle, Lifecycle::PreHire);
         assert_eq!(d.next_change_at, Some(at("2026-11-30T23:00:00Z")));
     }
@@ -429,10 +506,16 @@ mod tests {
         r.attrs
             .insert(EXPIRES_AT.into(), "2026-11-26T16:30:00Z".into());
         let v = view(r, "2026-11-25T10:00:00Z");
-        let d = derive(std::slice::from_ref(&v), at("2026-11-25T10:00:00Z"), BERLIN).unwrap();
+        let d = derive(
+            std::slice::from_ref(&v),
+            at("2026-11-25T10:00:00Z"),
+            BERLIN,
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(d.lifecycle, Lifecycle::Active);
         assert_eq!(d.next_change_at, Some(at("2026-11-26T16:30:00Z")));
-        let later = derive(&[v], at("2026-11-26T16:30:00Z"), BERLIN).unwrap();
+        let later = derive(&[v], at("2026-11-26T16:30:00Z"), BERLIN, &BTreeMap::new()).unwrap();
         assert_eq!(later.lifecycle, Lifecycle::Terminated);
         assert_eq!(later.trigger_at(), at("2026-11-26T16:30:00Z"));
     }
@@ -448,7 +531,13 @@ mod tests {
             "2026-11-25T11:00:00Z",
         );
         gone.record.source = "ldap".into();
-        let d = derive(&[active, gone], at("2026-11-25T12:00:00Z"), BERLIN).unwrap();
+        let d = derive(
+            &[active, gone],
+            at("2026-11-25T12:00:00Z"),
+            BERLIN,
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(d.lifecycle, Lifecycle::Terminated);
     }
 }

@@ -165,6 +165,10 @@ pub fn fingerprint(engine: &Engine) -> String {
         part(&format!("mapping:{name}"), &bytes);
     }
     part("timezone", config.engine.default_timezone.as_bytes());
+    part(
+        "authority",
+        format!("{:?}", config.authority.attributes).as_bytes(),
+    );
     for (name, site) in &config.sites {
         part(&format!("site:{name}"), site.timezone.as_bytes());
     }

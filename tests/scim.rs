@@ -75,7 +75,9 @@ impl Scim {
              [scim.tenants.scoped]\ntoken_sha256 = \"{}\"\ncorrelate_by = \"userName\"\n\
              scope_groups = [\"Door access\"]\n\
              [scim.tenants.limited]\ntoken_sha256 = \"{}\"\n\
-             rate_limit = {{ per_second = 1, burst = 3 }}\n",
+             rate_limit = {{ per_second = 1, burst = 3 }}\n\
+             [authority.attributes]\n\
+             department = [\"scim:okta\", \"hr\", \"scim:entra\", \"scim:scoped\", \"scim:limited\"]\n",
             config_text(store_url, &sim.base_url(), (1000, 50)),
             sha(OKTA),
             sha(SCOPED),
@@ -1333,5 +1335,34 @@ async fn okta_golden_requests() {
         assert_eq!((st, &u["active"]), (StatusCode::OK, &json!(false)), "{u}");
         h.drain().await;
         assert!(!h.holds("E40", "london-management"));
+    });
+}
+
+#[tokio::test]
+async fn the_source_authoritative_for_an_attribute_decides_it() {
+    each_backend!(|h| {
+        // Okta creates E9 in sales; the HR feed later knows E9 as an engineer. By name, `hr` would
+        // win every attribute it has; the configuration makes Okta authoritative for `department`.
+        let (st, _) = h
+            .post(OKTA, "/Users", okta_user("E9", "Sales", "Berlin", true))
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        let feed = h
+            .app
+            .engine
+            .config
+            .base_dir
+            .join("feeds")
+            .join("hr-0001.csv");
+        std::fs::write(
+            &feed,
+            format!("{HEADER}\n{}\n", employee("E9", "engineering", "berlin")),
+        )
+        .unwrap();
+        h.app.engine.apply_hr_file("hr", &feed).await.unwrap();
+        h.drain().await;
+        assert!(h.holds("E9", "berlin-sales"), "{}", h.backend);
+        assert!(!h.holds("E9", "berlin-engineering"), "{}", h.backend);
+        assert!(!h.holds("E9", "berlin-lab"), "{}", h.backend);
     });
 }

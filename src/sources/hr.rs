@@ -4,6 +4,7 @@
 //! down with it: row problems are quarantined with their file and line, and only problems that
 //! make every row meaningless (not text, no header, a mapped column missing) fail the file.
 
+use crate::identity::{self, When};
 use crate::model::{PersonRecord, Quarantined, RecordStatus};
 use chrono::NaiveDate;
 use chrono::format::StrftimeItems;
@@ -682,15 +683,32 @@ fn build_record(
     };
 
     let mut dates = [None; 3];
+    // A termination given with a time of day (`2026-11-30T14:00:00+01:00`) ends access at that
+    // instant, not at the end of the day.
+    let mut terminates_at = None;
     for (slot, attr) in dates.iter_mut().zip(DATE_ATTRS) {
-        if let Some(raw) = cell(attr) {
-            let date = NaiveDate::parse_from_str(raw, &mapping.date_format).map_err(|_| {
-                problem(
-                    attr,
-                    format!("unparseable date '{raw}', expected {}", mapping.date_format),
-                )
-            })?;
+        let Some(raw) = cell(attr) else { continue };
+        if let Ok(date) = NaiveDate::parse_from_str(raw, &mapping.date_format) {
             *slot = Some(date);
+            continue;
+        }
+        // Exports drift from the configured format (a report re-run with timestamps, a system
+        // writing ISO 8601): any unambiguous form `identity::parse_when` reads is taken too.
+        match identity::parse_when(raw) {
+            Ok(When::Date(d)) => *slot = Some(d),
+            Ok(When::At(t)) if attr == "termination_date" => terminates_at = Some(t),
+            Ok(When::At(t)) => *slot = Some(identity::last_day_before(t, chrono_tz::UTC)),
+            Ok(When::Never) => {}
+            Err(_) => {
+                return Err(problem(
+                    attr,
+                    format!(
+                        "unparseable date '{raw}', expected {} (or ISO 8601, LDAP generalized \
+                         time, FILETIME or epoch seconds)",
+                        mapping.date_format
+                    ),
+                ));
+            }
         }
     }
     let [hire_date, termination_date, contract_end] = dates;
@@ -725,6 +743,12 @@ fn build_record(
         }
     }
     attrs.insert(KEY_ATTR.to_string(), key.to_string());
+    if let Some(t) = terminates_at {
+        attrs.insert(
+            identity::EXPIRES_AT.to_string(),
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+    }
 
     Ok(PersonRecord {
         source: source.to_string(),
@@ -918,7 +942,11 @@ attributes = ["name", "email"]
         assert_eq!(q.location, "hr.csv:3");
         assert_eq!(q.record_key.as_deref(), Some("E1"));
         assert_eq!(q.field, "termination_date");
-        assert_eq!(q.reason, "unparseable date '2026-13-01', expected %Y-%m-%d");
+        assert_eq!(
+            q.reason,
+            "unparseable date '2026-13-01', expected %Y-%m-%d (or ISO 8601, LDAP generalized \
+             time, FILETIME or epoch seconds)"
+        );
         assert_eq!(q.raw, row);
     }
 
@@ -1162,6 +1190,40 @@ attributes = ["name", "email"]
         };
         assert_eq!(f.records[0].hire_date, date(2020, 1, 15));
         assert_eq!(f.records[0].status, Some(RecordStatus::Active));
+    }
+
+    #[test]
+    fn dates_in_other_unambiguous_forms_are_read_and_a_timed_termination_keeps_its_instant() {
+        let m = match parse_mapping(MAPPING, "m.toml") {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        };
+        let csv = format!(
+            "{HEADER}\n\
+             E1,Ada,ada@example.com,eng,engineer,employee,berlin,active,2020-01-15T08:00:00+01:00,2026-11-30T14:00:00+01:00,,\n\
+             E2,Bo,bo@example.com,eng,engineer,employee,berlin,active,20200115080000Z,,0,\n\
+             E3,Cy,cy@example.com,eng,engineer,employee,berlin,active,15/01/2020,,,\n"
+        );
+        let f = match parse_feed("hr", "x.csv", csv.as_bytes(), &m) {
+            Ok(f) => f,
+            Err(e) => panic!("{e}"),
+        };
+        let ada = &f.records[0];
+        assert_eq!(ada.hire_date, date(2020, 1, 15));
+        assert_eq!(ada.termination_date, None);
+        assert_eq!(ada.attrs[identity::EXPIRES_AT], "2026-11-30T13:00:00Z");
+        let bo = &f.records[1];
+        assert_eq!(bo.hire_date, date(2020, 1, 15));
+        assert_eq!(bo.contract_end, None, "0 means never");
+        // Slashes are ambiguous (day or month first): quarantined with the field named.
+        assert_eq!(f.records.len(), 2);
+        assert_eq!(f.quarantined.len(), 1);
+        assert_eq!(f.quarantined[0].field, "hire_date");
+        assert!(
+            f.quarantined[0].reason.contains("15/01/2020"),
+            "{}",
+            f.quarantined[0].reason
+        );
     }
 
     #[test]
