@@ -544,6 +544,10 @@ pub struct ReconcileConfig {
     /// Share of entitled people losing a grant in one reconciliation above which their revocations
     /// are held for approval (default: `engine.mass_change_threshold`).
     pub mass_change_threshold: Option<f64>,
+    /// Fewer people than this losing grants is never held, whatever their share: in a small
+    /// population one person is already a large share (default 3).
+    #[serde(default = "default_reconcile_minimum")]
+    pub mass_change_minimum: usize,
 }
 
 impl Default for ReconcileConfig {
@@ -551,8 +555,13 @@ impl Default for ReconcileConfig {
         Self {
             schedule: default_reconcile_schedule(),
             mass_change_threshold: None,
+            mass_change_minimum: default_reconcile_minimum(),
         }
     }
+}
+
+fn default_reconcile_minimum() -> usize {
+    3
 }
 
 fn default_reconcile_schedule() -> String {

@@ -266,20 +266,26 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
         .into_iter()
         .map(|h| h.key)
         .collect();
-    apply_safeguard(&mut out, threshold(engine), &approved);
+    let minimum = engine.config.reconcile.mass_change_minimum;
+    apply_safeguard(&mut out, threshold(engine), minimum, &approved);
     Ok(out)
 }
 
-/// Hold entitled people's revocations when more than `threshold` of the population would lose a
-/// grant; people an approver already approved go ahead.
-fn apply_safeguard(plan: &mut ReconcilePlan, threshold: f64, approved: &BTreeSet<String>) {
+/// Hold entitled people's revocations when more than `threshold` of the population, and at least
+/// `minimum` people, would lose a grant; people an approver already approved go ahead.
+fn apply_safeguard(
+    plan: &mut ReconcilePlan,
+    threshold: f64,
+    minimum: usize,
+    approved: &BTreeSet<String>,
+) {
     let losing = |p: &IdentityPlan| p.entitled && p.revokes().next().is_some();
     let count = plan
         .people
         .iter()
         .filter(|p| losing(p) && !approved.contains(&p.key))
         .count();
-    if count == 0 || count as f64 <= threshold * plan.population as f64 {
+    if count == 0 || count < minimum || count as f64 <= threshold * plan.population as f64 {
         return;
     }
     let mut by_target: BTreeMap<String, usize> = BTreeMap::new();
@@ -506,7 +512,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        apply_safeguard(&mut plan, 0.2, &["E1".to_string()].into());
+        apply_safeguard(&mut plan, 0.2, 1, &["E1".to_string()].into());
         assert_eq!(plan.summary(), "Plan: 1 to issue, 1 to revoke, 2 held");
         let reason = plan.hold_reason.clone().unwrap();
         assert!(
@@ -518,7 +524,19 @@ mod tests {
             people: vec![person("E1", true), person("E2", true)],
             ..Default::default()
         };
-        apply_safeguard(&mut small, 0.2, &BTreeSet::new());
+        apply_safeguard(&mut small, 0.2, 1, &BTreeSet::new());
         assert_eq!(small.summary(), "Plan: 0 to issue, 2 to revoke, 0 held");
+        // Two of a population of three is a large share but few people: below the minimum.
+        let tiny = || ReconcilePlan {
+            population: 3,
+            people: vec![person("E1", true), person("E2", true)],
+            ..Default::default()
+        };
+        let mut below = tiny();
+        apply_safeguard(&mut below, 0.2, 3, &BTreeSet::new());
+        assert_eq!(below.summary(), "Plan: 0 to issue, 2 to revoke, 0 held");
+        let mut at = tiny();
+        apply_safeguard(&mut at, 0.2, 2, &BTreeSet::new());
+        assert_eq!(at.summary(), "Plan: 0 to issue, 0 to revoke, 2 held");
     }
 }
