@@ -528,8 +528,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// The fault proxy's starting rules from a JSON file, with an error naming the file.
 fn read_fault_rules(file: &Path) -> anyhow::Result<Vec<sim::proxy::FaultRule>> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("fault rules {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("fault rules {}", file.display()))?;
     serde_json::from_str(&text)
         .with_context(|| format!("fault rules {}: not a JSON list of rules", file.display()))
 }

@@ -461,6 +461,112 @@ async fn redrive_requeues_dead_letters_audited_and_refuses_unknown_ids() {
     }
 }
 
+/// `latchkey sim VENDOR --fault-proxy-port P`: a fault proxy in front of the simulator that starts
+/// with the rules of `--fault-rules`, shows them, takes new ones over HTTP and, once cleared,
+/// passes requests through to the simulator. A rules file that is not a list of rules is refused,
+/// naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_serves_a_fault_proxy_an_operator_can_drive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad-rules.json");
+    std::fs::write(&bad, r#"[{"fault": {"kind": "maintenance"}}]"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["sim", "nuki", "--port", "0", "--fault-proxy-port", "0"])
+        .arg("--fault-rules")
+        .arg(&bad)
+        .env("LATCHKEY_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("bad-rules.json"), "{text}");
+
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, proxy_port) = (free(), free());
+    let rules = tmp.path().join("rules.json");
+    std::fs::write(&rules, r#"[{"fault": {"kind": "html200"}}]"#).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["sim", "nuki", "--port", &port.to_string()])
+        .args(["--fault-proxy-port", &proxy_port.to_string()])
+        .arg("--fault-rules")
+        .arg(&rules)
+        .env("LATCHKEY_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let shown = loop {
+        if let Ok(r) = http.get(format!("{proxy}/_proxy/rules")).send().await {
+            break r.text().await.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fault proxy never listened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(shown.contains("html200"), "{shown}");
+    // The bad day: a maintenance page with status 200 in place of the simulator's JSON.
+    let r = http
+        .get(format!("{proxy}/_sim/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{:?}",
+        r.headers()
+    );
+    // A burst of two 401s, set over HTTP, then straight through to the simulator.
+    let set = http
+        .post(format!("{proxy}/_proxy/rules"))
+        .body(r#"[{"fault": {"kind": "status", "status": 401}, "remaining": 2}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200, "{}", set.text().await.unwrap());
+    for _ in 0..2 {
+        let r = http
+            .get(format!("{proxy}/_sim/stats"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = http
+        .get(format!("{proxy}/_sim/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stats: serde_json::Value = r.json().await.unwrap();
+    assert!(stats["requests"].is_u64(), "{stats}");
+    assert_eq!(
+        http.get(format!("{proxy}/_proxy/rules"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "[]"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn configuration_errors_never_show_a_secret_and_a_store_password_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1112,6 +1112,11 @@ fn fault_classes() -> Vec<(&'static str, Vec<FaultRule>)> {
             vec![FaultRule::next(3, Status { status: 403 })],
         ),
         ("404_on_lists", vec![FaultRule::on("GET", NotFoundHtml)]),
+        // Statuses no profile lists: an unknown 5xx is transient, an unknown 4xx on a revoke is
+        // retried (loudly) rather than dead-lettered.
+        ("520", vec![FaultRule::always(Status { status: 520 })]),
+        ("599", vec![FaultRule::always(Status { status: 599 })]),
+        ("400", vec![FaultRule::always(Status { status: 400 })]),
         ("retry_after_u64_max", retry_after(&u64::MAX.to_string())),
         ("retry_after_negative", retry_after("-30")),
         ("retry_after_garbage", retry_after("soon-ish")),
@@ -1158,6 +1163,30 @@ fn judge(c: &Case, class: &str, pref: &str, r: Result<Outcome, ConnectorError>) 
                 assert!(*d <= Duration::from_secs(CAP_SECS), "{v} {class}: {e}");
             }
             assert!(e.to_string().starts_with(v), "{v} {class}: {e}");
+            // What the vendor's Retry-After became: a date read against the vendor's clock,
+            // a huge value capped, a negative or garbage value ignored.
+            if let ConnectorError::RateLimited { retry_after, .. } = &e {
+                let expected = match class {
+                    "retry_after_http_date" => Some(Some(Duration::from_secs(1))),
+                    "retry_after_u64_max" => Some(Some(Duration::from_secs(CAP_SECS))),
+                    // Verkada's profile holds a 429 without a usable header for the documented
+                    // 5 s cooldown (capped here).
+                    "retry_after_negative" | "retry_after_garbage" if v == "verkada" => {
+                        Some(Some(Duration::from_secs(CAP_SECS)))
+                    }
+                    "retry_after_negative" | "retry_after_garbage" => Some(None),
+                    _ => None,
+                };
+                if let Some(expected) = expected {
+                    assert_eq!(*retry_after, expected, "{v} {class}: {e}");
+                }
+            }
+            if class == "520" || class == "599" {
+                assert!(
+                    matches!(e, ConnectorError::Transient { .. }),
+                    "{v} {class}: an unknown 5xx must be transient: {e}"
+                );
+            }
             false
         }
     }
@@ -1511,7 +1540,12 @@ async fn confirmed_while_held(app: &latchkey::app::App, lanes: &[FaultLane]) -> 
         for key in LEAVERS {
             let id = (lane.connector.clone(), key.to_string());
             let status = revokes.get(&id).map(String::as_str);
-            assert_ne!(status, Some("dead"), "{}: a revoke dead-lettered", lane.connector);
+            assert_ne!(
+                status,
+                Some("dead"),
+                "{}: a revoke dead-lettered",
+                lane.connector
+            );
             let counted = status == Some("done") || ledger.get(&id).is_some_and(|o| o == "absent");
             if counted && lane.holds(key) {
                 wrong.push(format!("{} {key}: {status:?}", lane.connector));
@@ -1710,25 +1744,45 @@ async fn daemon_bad_day(
             assert_eq!(ledger[&(c.clone(), key.to_string())], "absent", "{c} {key}");
         }
         assert!(lane.holds(BYSTANDER), "{c}: the bystander lost access");
-        assert_eq!(ledger[&(c.clone(), BYSTANDER.to_string())], "present", "{c}");
+        assert_eq!(
+            ledger[&(c.clone(), BYSTANDER.to_string())],
+            "present",
+            "{c}"
+        );
         let stats = lane.case.sim.stats();
         assert_eq!(stats.duplicates_created, 0, "{c}: duplicates");
-        assert_eq!(stats.auths_live, 1, "{c}: the vendor holds more than the bystander's grant");
-        assert!(lane.case.proxy.as_ref().unwrap().injected() > 0, "{c}: no fault played");
+        assert_eq!(
+            stats.auths_live, 1,
+            "{c}: the vendor holds more than the bystander's grant"
+        );
+        assert!(
+            lane.case.proxy.as_ref().unwrap().injected() > 0,
+            "{c}: no fault played"
+        );
         let done_during = LEAVERS
             .iter()
-            .filter(|k| during.get(&(c.clone(), k.to_string())).is_some_and(|s| s == "done"))
+            .filter(|k| {
+                during
+                    .get(&(c.clone(), k.to_string()))
+                    .is_some_and(|s| s == "done")
+            })
             .count();
         let done = LEAVERS
             .iter()
             .filter(|k| revokes[&(c.clone(), k.to_string())] == "done")
             .count();
-        eprintln!("{c} ({backend}): {done} revocations completed, {done_during} of them during the fault");
+        eprintln!(
+            "{c} ({backend}): {done} revocations completed, {done_during} of them during the fault"
+        );
         completed.push((lane.class, done));
     }
     // Afterwards the vendor and the ledger agree.
     let report = app.drift_check().await.unwrap();
-    assert!(report.findings.is_empty(), "{vendor} {backend}: {}", report.render());
+    assert!(
+        report.findings.is_empty(),
+        "{vendor} {backend}: {}",
+        report.render()
+    );
     completed
 }
 
