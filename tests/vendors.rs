@@ -1,6 +1,7 @@
 //! Every vendor profile against its simulator over HTTP: one contract suite run for each vendor,
-//! a fault suite (5xx, timeouts, a 429 storm), token expiry mid-run, and vendor quirks
-//! (vendor-apis.md).
+//! a fault suite (5xx, timeouts, a 429 storm), token expiry mid-run, vendor quirks
+//! (vendor-apis.md), and a vendor's bad day through the fault proxy, met by each connector on its
+//! own and by the daemon's engine and dispatcher.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -1709,6 +1710,16 @@ async fn daemon_bad_day(
     };
     tokio::join!(watch, drift);
     let during = command_states(&app, "revoke").await;
+    // A status no profile knows (400) refuses the revokes: they are not dead-lettered but retried,
+    // and shown stuck at the top of `latchkey status`.
+    let status = latchkey::cli::status_text(&app).await.unwrap();
+    assert!(status.starts_with("revocations stuck"), "{status}");
+    let refused = format!(" {vendor}-400:berlin-door stuck since");
+    assert_eq!(
+        status.lines().filter(|l| l.contains(&refused)).count(),
+        LEAVERS.len(),
+        "{vendor} {backend}: {status}"
+    );
     for lane in &lanes {
         lane.case.proxy.as_ref().unwrap().clear();
     }
@@ -1776,6 +1787,11 @@ async fn daemon_bad_day(
         );
         completed.push((lane.class, done));
     }
+    let status = latchkey::cli::status_text(&app).await.unwrap();
+    assert!(
+        status.starts_with("revocations stuck (retrying past their attempts): 0\n"),
+        "{status}"
+    );
     // Afterwards the vendor and the ledger agree.
     let report = app.drift_check().await.unwrap();
     assert!(
