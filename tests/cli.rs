@@ -481,38 +481,35 @@ async fn sim_serves_a_fault_proxy_an_operator_can_drive() {
     assert_ne!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("bad-rules.json"), "{text}");
 
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (port, proxy_port) = (free(), free());
+    // Both on ports the system picks (a port chosen here could be taken before the sim binds it),
+    // read back from what the command prints.
     let rules = tmp.path().join("rules.json");
     std::fs::write(&rules, r#"[{"fault": {"kind": "html200"}}]"#).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(["sim", "nuki", "--port", &port.to_string()])
-        .args(["--fault-proxy-port", &proxy_port.to_string()])
+        .args(["sim", "nuki", "--port", "0", "--fault-proxy-port", "0"])
         .arg("--fault-rules")
         .arg(&rules)
         .env("LATCHKEY_LOG", "warn")
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let proxy = format!("http://127.0.0.1:{proxy_port}");
-    let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let shown = loop {
-        if let Ok(r) = http.get(format!("{proxy}/_proxy/rules")).send().await {
-            break r.text().await.unwrap();
+    let mut printed =
+        std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let proxy = loop {
+        let line = printed.next().expect("latchkey sim exited").unwrap();
+        if let Some(rest) = line.strip_prefix("fault proxy on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fault proxy never listened"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
+    let http = reqwest::Client::new();
+    let shown = http
+        .get(format!("{proxy}/_proxy/rules"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(shown.contains("html200"), "{shown}");
     // The bad day: a maintenance page with status 200 in place of the simulator's JSON.
     let r = http
