@@ -461,6 +461,109 @@ async fn redrive_requeues_dead_letters_audited_and_refuses_unknown_ids() {
     }
 }
 
+/// `latchkey sim VENDOR --fault-proxy-port P`: a fault proxy in front of the simulator that starts
+/// with the rules of `--fault-rules`, shows them, takes new ones over HTTP and, once cleared,
+/// passes requests through to the simulator. A rules file that is not a list of rules is refused,
+/// naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_serves_a_fault_proxy_an_operator_can_drive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad-rules.json");
+    std::fs::write(&bad, r#"[{"fault": {"kind": "maintenance"}}]"#).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["sim", "nuki", "--port", "0", "--fault-proxy-port", "0"])
+        .arg("--fault-rules")
+        .arg(&bad)
+        .env("LATCHKEY_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("bad-rules.json"), "{text}");
+
+    // Both on ports the system picks (a port chosen here could be taken before the sim binds it),
+    // read back from what the command prints.
+    let rules = tmp.path().join("rules.json");
+    std::fs::write(&rules, r#"[{"fault": {"kind": "html200"}}]"#).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["sim", "nuki", "--port", "0", "--fault-proxy-port", "0"])
+        .arg("--fault-rules")
+        .arg(&rules)
+        .env("LATCHKEY_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut printed =
+        std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let proxy = loop {
+        let line = printed.next().expect("latchkey sim exited").unwrap();
+        if let Some(rest) = line.strip_prefix("fault proxy on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let http = reqwest::Client::new();
+    let shown = http
+        .get(format!("{proxy}/_proxy/rules"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(shown.contains("html200"), "{shown}");
+    // The bad day: a maintenance page with status 200 in place of the simulator's JSON.
+    let r = http
+        .get(format!("{proxy}/_sim/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"),
+        "{:?}",
+        r.headers()
+    );
+    // A burst of two 401s, set over HTTP, then straight through to the simulator.
+    let set = http
+        .post(format!("{proxy}/_proxy/rules"))
+        .body(r#"[{"fault": {"kind": "status", "status": 401}, "remaining": 2}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200, "{}", set.text().await.unwrap());
+    for _ in 0..2 {
+        let r = http
+            .get(format!("{proxy}/_sim/stats"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = http
+        .get(format!("{proxy}/_sim/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stats: serde_json::Value = r.json().await.unwrap();
+    assert!(stats["requests"].is_u64(), "{stats}");
+    assert_eq!(
+        http.get(format!("{proxy}/_proxy/rules"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "[]"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn configuration_errors_never_show_a_secret_and_a_store_password_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

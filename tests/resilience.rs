@@ -866,6 +866,61 @@ mod fail_closed {
             assert_eq!(n, 1);
         }
     }
+
+    /// A revoke dead-lettered after the connector already proved it works (so the re-drive on
+    /// the first success is spent) is re-driven when the connector's breaker closes after an
+    /// outage, audited with that reason, and completes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_lettered_revoke_is_re_driven_when_the_breaker_closes() {
+        let tmp = tempfile::tempdir().unwrap();
+        for mut h in harnesses(tmp.path()).await {
+            // One dispatcher throughout: its first success happens before there is a dead letter.
+            let d = h.dispatcher();
+            let c = h.app.connectors.get("nuki").unwrap().clone();
+            h.feed(&[employee("L6", "finance", "berlin")]).await;
+            steps(&h, &d, &c, 20).await;
+            assert!(h.holds("L6", "berlin-finance"), "{}", h.backend);
+            h.feed(&[terminated("L6")]).await;
+            let cmd = command(&h, "L6").await;
+            exec(&h, &format!("UPDATE commands SET status = 'dead', attempts = 1, last_error = 'HTTP 401' WHERE id = {}", cmd.id)).await;
+
+            // The vendor goes down while a joiner's issue is due: the breaker opens.
+            h.sim.set_faults(Faults {
+                outage: true,
+                ..Faults::none()
+            });
+            h.feed(&[terminated("L6"), employee("J6", "finance", "berlin")])
+                .await;
+            steps(&h, &d, &c, 30).await;
+            assert_ne!(
+                h.app.breakers["nuki"].state(),
+                State::Closed,
+                "{}",
+                h.backend
+            );
+            assert_eq!(command(&h, "L6").await.status, "dead");
+            assert!(h.holds("L6", "berlin-finance"));
+
+            // The vendor is back: the probe closes the breaker, which re-drives the revoke.
+            h.sim.set_faults(Faults::none());
+            steps(&h, &d, &c, 50).await;
+            assert_eq!(h.app.breakers["nuki"].state(), State::Closed);
+            assert!(h.holds("J6", "berlin-finance"), "{}", h.backend);
+            assert!(!h.holds("L6", "berlin-finance"), "{}", h.backend);
+            assert_eq!(command(&h, "L6").await.status, "done");
+            let reasons: Vec<String> = sqlx::query_scalar(
+                "SELECT details FROM audit_log WHERE action = 'command.redriven' AND actor = 'dispatcher'",
+            )
+            .fetch_all(h.app.store().pool())
+            .await
+            .unwrap();
+            assert_eq!(reasons.len(), 1, "{reasons:?}");
+            assert!(
+                reasons[0].contains("nuki recovered: the circuit breaker closed"),
+                "{reasons:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,14 +5,15 @@
 //! redirects and lists far too large. Requests no rule matches go through untouched.
 //!
 //! Rules are set from Rust ([`FaultProxy::set_rules`]) or over HTTP (`POST /_proxy/rules` with
-//! a JSON list of [`FaultRule`]), so tests and a running `latchkey sim` can both use it.
+//! a JSON list of [`FaultRule`]; `GET` shows those in force), so tests and a running
+//! `latchkey sim --fault-proxy-port N` can both use it.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -150,7 +151,7 @@ impl FaultProxy {
             forwarded: AtomicU64::new(0),
         });
         let app = Router::new()
-            .route("/_proxy/rules", post(admin_rules))
+            .route("/_proxy/rules", get(admin_list).post(admin_rules))
             .fallback(handle)
             .with_state(state.clone());
         let (shutdown, mut stop) = watch::channel(false);
@@ -208,6 +209,15 @@ impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.shutdown.send_replace(true);
     }
+}
+
+async fn admin_list(State(state): State<Arc<ProxyState>>) -> Response {
+    let rules = state
+        .rules
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    axum::Json(rules).into_response()
 }
 
 async fn admin_rules(State(state): State<Arc<ProxyState>>, body: Bytes) -> Response {
