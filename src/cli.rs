@@ -834,6 +834,7 @@ pub fn repo_path(rel: &str) -> PathBuf {
 
 pub mod bench;
 pub mod bench_reconcile;
+pub mod bench_scim_groups;
 pub mod demo;
 pub mod lookup;
 pub mod redrive;

@@ -42,6 +42,11 @@ fn sha(s: &str) -> String {
 
 impl Scim {
     async fn new(backend: &str, store_url: &str, dir: &Path) -> Self {
+        Self::with_settings(backend, store_url, dir, "").await
+    }
+
+    /// `scim`: lines of the `[scim]` section (its defaults otherwise).
+    async fn with_settings(backend: &str, store_url: &str, dir: &Path, scim: &str) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim = sim::start_nuki(
             listener,
@@ -86,7 +91,9 @@ impl Scim {
         .replace(
             &format!("\"{}\"", templates_path().display()),
             &format!("\"{}\"", templates.display()),
-        );
+        )
+        // The fixture has a `[scim]` section: the settings go into it.
+        .replacen("[scim]\n", &format!("[scim]\n{scim}\n"), 1);
         let path = dir.join("latchkey.toml");
         std::fs::write(&path, text).unwrap();
         let mut env = env();
@@ -1258,6 +1265,294 @@ async fn twenty_thousand_member_group() {
         "SCIM group of {N}: built in 20 adds of 1,000 in {build:?}; one-member add median {:?}, removal median {:?} (sqlite, debug build)",
         add[2], remove[2]
     );
+}
+
+/// The audit records of one subject: (action, details).
+async fn audit_of(h: &Scim, subject: &str) -> Vec<(String, Value)> {
+    use sqlx::Row;
+    sqlx::query("SELECT action, details FROM audit_log WHERE subject = $1 ORDER BY seq")
+        .bind(subject)
+        .fetch_all(h.app.store().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let d: String = r.try_get("details").unwrap();
+            (
+                r.try_get("action").unwrap(),
+                serde_json::from_str(&d).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every shape in which Entra ID and Okta change a group's members (a one-member add, a removal by
+/// value list and by filter, a partial resource without path, a replace of all members, a PUT),
+/// each changing only the members named: the door follows membership, the audit names who joined
+/// and who left, reads assemble the members and leave them out when asked, and a member that is
+/// deleted leaves its groups.
+#[tokio::test]
+async fn group_members_change_member_by_member_in_every_provider_shape() {
+    each_backend!(|h| {
+        let mut ids = Vec::new();
+        for key in ["E71", "E72", "E73", "E74"] {
+            let mut user = okta_user(key, "Facilities", "London", true);
+            user["userName"] = json!(key);
+            let (st, u) = h.post(SCOPED, "/Users", user).await;
+            assert_eq!(st, StatusCode::CREATED, "{u}");
+            ids.push(u["id"].as_str().unwrap().to_string());
+        }
+        let (st, g) = h
+            .post(
+                SCOPED,
+                "/Groups",
+                json!({"schemas":["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                       "displayName":"Door access","members":[{"value": ids[0], "display": "E71"}]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{g}");
+        assert_eq!(g["members"][0]["display"], "E71", "{g}");
+        let gid = g["id"].as_str().unwrap().to_string();
+        let path = format!("/Groups/{gid}");
+        h.drain().await;
+        assert!(h.holds("E71", "london-facilities"), "{}", h.backend);
+        assert!(!h.holds("E72", "london-facilities"));
+
+        // Entra ID: one member added, answered 204.
+        let (st, _) = h
+            .patch(
+                SCOPED,
+                &path,
+                json!([{ "op": "Add", "path": "members", "value": [{ "value": ids[1] }] }]),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        // Okta: a partial resource without a path, two members, one already there (a no-op).
+        let (st, _) = h
+            .patch(SCOPED, &path, json!([{ "op": "add", "value": { "members": [{ "value": ids[1] }, { "value": ids[2], "display": "E73" }] } }]))
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        h.drain().await;
+        for key in ["E71", "E72", "E73"] {
+            assert!(h.holds(key, "london-facilities"), "{key} {}", h.backend);
+        }
+        let (_, g) = h.get(SCOPED, &path).await;
+        let members: Vec<&str> = g["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["value"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            members,
+            [ids[0].as_str(), ids[1].as_str(), ids[2].as_str()],
+            "in the order added"
+        );
+        assert_eq!(
+            g["meta"]["version"], "W/\"3\"",
+            "the re-sent member made no version: {g}"
+        );
+        let audit = audit_of(&h, &gid).await;
+        assert_eq!(
+            audit.last().unwrap().1["membersAdded"],
+            json!([ids[2]]),
+            "{audit:?}"
+        );
+
+        // A member the server never issued is refused, and nothing of the request is applied.
+        let (st, e) = h
+            .patch(SCOPED, &path, json!([{ "op": "add", "path": "members", "value": [{ "value": ids[3] }, { "value": "no-such-user" }] }]))
+            .await;
+        assert_eq!(
+            (st, e["scimType"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalidValue")),
+            "{e}"
+        );
+        h.drain().await;
+        assert!(!h.holds("E74", "london-facilities"));
+
+        // Entra ID's removal by filter, Okta's by value list.
+        let (st, _) = h
+            .patch(
+                SCOPED,
+                &path,
+                json!([{ "op": "Remove", "path": format!("members[value eq \"{}\"]", ids[0]) }]),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let (st, _) = h
+            .patch(
+                SCOPED,
+                &path,
+                json!([{ "op": "remove", "path": "members", "value": [{ "value": ids[1] }] }]),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        h.drain().await;
+        assert!(!h.holds("E71", "london-facilities"), "{}", h.backend);
+        assert!(!h.holds("E72", "london-facilities"));
+        assert!(h.holds("E73", "london-facilities"));
+        assert_eq!(h.lifecycle("E71").await.as_deref(), Some("terminated"));
+        let audit = audit_of(&h, &gid).await;
+        assert_eq!(
+            audit.last().unwrap().1["membersRemoved"],
+            json!([ids[1]]),
+            "{audit:?}"
+        );
+
+        // Reads without members: none read, none sent; with `attributes`, only what is asked.
+        let (_, g) = h
+            .get(SCOPED, &format!("{path}?excludedAttributes=members"))
+            .await;
+        assert!(g.get("members").is_none(), "{g}");
+        assert_eq!(g["displayName"], "Door access");
+        let (_, g) = h
+            .get(SCOPED, &format!("{path}?attributes=displayName"))
+            .await;
+        assert!(g.get("members").is_none(), "{g}");
+        let (_, g) = h
+            .get(SCOPED, &format!("{path}?attributes=members.value"))
+            .await;
+        assert_eq!(g["members"], json!([{ "value": ids[2] }]), "{g}");
+        let (_, l) = h.get(SCOPED, "/Groups?excludedAttributes=members").await;
+        assert!(l["Resources"][0].get("members").is_none(), "{l}");
+        let (_, l) = h
+            .get(
+                SCOPED,
+                &format!(
+                    "/Groups?filter={}",
+                    urlencode(&format!("members[value eq \"{}\"]", ids[2]))
+                ),
+            )
+            .await;
+        assert_eq!(l["totalResults"], 1, "{l}");
+        assert_eq!(l["Resources"][0]["members"][0]["display"], "E73", "{l}");
+        // A PATCH asked for attributes answers 200 with them, members only when asked.
+        let body = json!({ "schemas": [PATCH], "Operations": [{ "op": "replace", "path": "members", "value": [{ "value": ids[2] }, { "value": ids[3] }] }] });
+        let (st, g) = h
+            .call(
+                Some(SCOPED),
+                reqwest::Method::PATCH,
+                &format!("{path}?attributes=displayName"),
+                Some(&body.to_string()),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{g}");
+        assert!(g.get("members").is_none(), "{g}");
+        assert_eq!(g["displayName"], "Door access");
+        h.drain().await;
+        assert!(h.holds("E74", "london-facilities"), "{}", h.backend);
+        let audit = audit_of(&h, &gid).await;
+        assert_eq!(
+            audit.last().unwrap().1["membersAdded"],
+            json!([ids[3]]),
+            "{audit:?}"
+        );
+        assert!(
+            audit.last().unwrap().1.get("membersRemoved").is_none(),
+            "{audit:?}"
+        );
+
+        // A sub-attribute of one member (the whole list is read for it).
+        let (st, _) = h
+            .patch(SCOPED, &path, json!([{ "op": "replace", "path": format!("members[value eq \"{}\"].display", ids[3]), "value": "E74" }]))
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let (_, g) = h.get(SCOPED, &path).await;
+        assert_eq!(
+            g["members"][1],
+            json!({ "value": ids[3], "display": "E74" }),
+            "{g}"
+        );
+
+        // A deleted user leaves the group; the group's version moves on.
+        assert_eq!(
+            h.delete(SCOPED, &format!("/Users/{}", ids[3])).await,
+            StatusCode::NO_CONTENT
+        );
+        let (_, g) = h.get(SCOPED, &path).await;
+        assert_eq!(g["members"], json!([{ "value": ids[2] }]), "{g}");
+        h.drain().await;
+        assert!(!h.holds("E74", "london-facilities"));
+
+        // PUT with no members empties the group: every former member is a leaver.
+        let (st, g) = h
+            .put(SCOPED, &path, json!({"schemas":["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName":"Door access"}))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{g}");
+        assert!(g.get("members").is_none(), "{g}");
+        h.drain().await;
+        assert!(!h.holds("E73", "london-facilities"), "{}", h.backend);
+        // Deleting the group leaves no member rows behind.
+        assert_eq!(h.delete(SCOPED, &path).await, StatusCode::NO_CONTENT);
+        assert_eq!(h.count("scim_members").await, 0);
+    });
+}
+
+/// A request still running at `request_timeout_seconds` is answered 503 as a SCIM error, its
+/// transaction rolled back: nothing of it is stored, and the provider's retry goes through. A
+/// store that cannot be reached is 503 too, with Retry-After.
+#[tokio::test]
+async fn a_request_cut_off_by_the_timeout_is_a_scim_503_and_nothing_is_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let dir = tmp.path().join(&name);
+        let h = Scim::with_settings(&name, &url, &dir, "request_timeout_seconds = 1").await;
+        eprintln!("-- backend {name}");
+        // Another writer holds the store longer than the timeout.
+        let mut tx = h.app.store().begin_write().await.unwrap();
+        if name != "sqlite" {
+            sqlx::query("LOCK TABLE scim_resources IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut **tx)
+                .await
+                .unwrap();
+        }
+        let resp = h
+            .http
+            .post(format!("{}/Users", h.base))
+            .bearer_auth(OKTA)
+            .header("content-type", SCIM_JSON)
+            .body(okta_user("E80", "Sales", "Berlin", true).to_string())
+            .send()
+            .await
+            .unwrap();
+        let (st, ct, _, body) = error_of(resp).await;
+        assert_eq!(
+            (st, ct.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, SCIM_JSON),
+            "{body}"
+        );
+        assert!(
+            body.get("scimType").is_none(),
+            "RFC 7644 gives 503 no scimType: {body}"
+        );
+        tx.rollback().await.unwrap();
+        assert_eq!(h.count("scim_resources").await, 0, "{name}");
+        assert_eq!(h.lifecycle("E80").await, None);
+        let (st, _) = h
+            .post(OKTA, "/Users", okta_user("E80", "Sales", "Berlin", true))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{name}");
+        assert_eq!(h.lifecycle("E80").await.as_deref(), Some("active"));
+        // The store gone: 503 with Retry-After, a SCIM error, not a 500.
+        h.app.store().pool().close().await;
+        let resp = h
+            .http
+            .post(format!("{}/Users", h.base))
+            .bearer_auth(OKTA)
+            .header("content-type", SCIM_JSON)
+            .body(okta_user("E81", "Sales", "Berlin", true).to_string())
+            .send()
+            .await
+            .unwrap();
+        let (st, ct, retry_after, body) = error_of(resp).await;
+        assert_eq!(
+            (st, ct.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, SCIM_JSON),
+            "{body}"
+        );
+        assert!(retry_after.is_some(), "{body}");
+    }
 }
 
 /// Requests as Okta's SCIM 2.0 guide shows them: a create with a password, `groups: []` and a

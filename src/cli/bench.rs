@@ -55,7 +55,10 @@ pub struct BenchArgs {
     /// Identities in the store the `reconcile` section plans.
     #[arg(long, default_value_t = 100_000)]
     pub identities: usize,
-    /// Which measurements to run (`drain`, `leaver`, `scim`, `reconcile`).
+    /// Members of the group the `scim-groups` section builds.
+    #[arg(long, default_value_t = 20_000)]
+    pub group_members: usize,
+    /// Which measurements to run (`drain`, `leaver`, `scim`, `reconcile`, `scim-groups`).
     #[arg(long, value_delimiter = ',', default_values_t = ["drain".to_string(), "leaver".to_string(), "scim".to_string()])]
     pub sections: Vec<String>,
     /// Keep the stores here instead of in a temporary directory.
@@ -68,19 +71,19 @@ const HEADER: &str = "employee_id,full_name,email,department,job_title,employmen
 const SIM_TOKEN: &str = "nuki-bench-token";
 /// `LATCHKEY_BENCH_` variables are never read as configuration overrides, so this holds the secret.
 const TOKEN_VAR: &str = "LATCHKEY_BENCH_NUKI_TOKEN";
-const SCIM_TOKEN: &str = "scim-bench-token";
-const SCIM_TOKEN_VAR: &str = "LATCHKEY_BENCH_SCIM_TOKEN";
+pub(super) const SCIM_TOKEN: &str = "scim-bench-token";
+pub(super) const SCIM_TOKEN_VAR: &str = "LATCHKEY_BENCH_SCIM_TOKEN";
 /// Nuki allows 200 app authorisations per lock; a hundred people per lock keeps well inside that
 /// while each read-back still lists a realistically full lock.
 const PEOPLE_PER_LOCK: usize = 100;
 /// Issuing the grants is set-up, not the figure: a limit high enough not to be what it measures.
-const SETUP_RATE: (u32, u32) = (5_000, 500);
+pub(super) const SETUP_RATE: (u32, u32) = (5_000, 500);
 /// An outbox whose open count does not move for this long is stuck, not slow.
 const STALL: Duration = Duration::from_secs(120);
 
 /// One store with its app and running dispatcher.
-struct Bed {
-    app: App,
+pub(super) struct Bed {
+    pub(super) app: App,
     stop: watch::Sender<bool>,
     dispatcher: JoinHandle<()>,
 }
@@ -96,7 +99,7 @@ impl Bed {
     }
 
     /// `extra` is appended to the configuration (the SCIM section).
-    async fn open_with(
+    pub(super) async fn open_with(
         dir: &Path,
         sim_url: &str,
         rate: (u32, u32),
@@ -121,7 +124,7 @@ impl Bed {
         })
     }
 
-    async fn close(self) -> anyhow::Result<()> {
+    pub(super) async fn close(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.dispatcher.await?;
         self.app.store().pool().close().await;
@@ -151,7 +154,11 @@ impl Bed {
     }
 
     /// Wait until the outbox is empty, polling every `poll`.
-    async fn drain(&self, poll: Duration, bar: Option<&ProgressBar>) -> anyhow::Result<()> {
+    pub(super) async fn drain(
+        &self,
+        poll: Duration,
+        bar: Option<&ProgressBar>,
+    ) -> anyhow::Result<()> {
         let pool = self.app.store().pool();
         let mut last = (i64::MAX, Instant::now());
         loop {
@@ -263,14 +270,14 @@ fn person_row(key: &str, status: &str) -> String {
     )
 }
 
-fn prepare(dir: &Path, people: usize) -> anyhow::Result<()> {
+pub(super) fn prepare(dir: &Path, people: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("feeds"))?;
     let locks = people.div_ceil(PEOPLE_PER_LOCK).max(1);
     std::fs::write(dir.join("templates.toml"), templates_text(locks))?;
     Ok(())
 }
 
-async fn start_sim() -> anyhow::Result<SimServer> {
+pub(super) async fn start_sim() -> anyhow::Result<SimServer> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     Ok(sim::start_nuki(
         listener,
@@ -282,7 +289,7 @@ async fn start_sim() -> anyhow::Result<SimServer> {
     .await?)
 }
 
-fn bar(len: usize, what: &str) -> ProgressBar {
+pub(super) fn bar(len: usize, what: &str) -> ProgressBar {
     let b = ProgressBar::new(len as u64);
     b.set_style(
         ProgressStyle::with_template(&format!("  {what} {{bar:40}} {{pos}}/{{len}} {{elapsed}}"))
@@ -326,7 +333,7 @@ fn by_status(log: &[LoggedRequest]) -> String {
         .join(", ")
 }
 
-fn ms(s: f64) -> String {
+pub(super) fn ms(s: f64) -> String {
     format!("{:.1} ms", s * 1000.0)
 }
 
@@ -559,7 +566,7 @@ struct ScimFigures {
 }
 
 /// A user as Okta pushes one; the key fits the benchmark template's lock spread.
-fn scim_user(key: &str) -> serde_json::Value {
+pub(super) fn scim_user(key: &str) -> serde_json::Value {
     let email = format!("{}@example.com", key.to_lowercase());
     serde_json::json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
@@ -773,6 +780,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             r.per_second / super::bench_reconcile::TARGET_PER_SECOND
         );
         ok &= r.ok;
+    }
+    if wants("scim-groups") {
+        let g = super::bench_scim_groups::scim_groups(&args, &root.join("scim-groups")).await?;
+        println!("{}", super::bench_scim_groups::summary(&g));
+        ok &= g.ok;
     }
     Ok(if ok { 0 } else { 1 })
 }

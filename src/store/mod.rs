@@ -10,6 +10,7 @@ mod absences;
 pub mod outbox;
 pub mod postgres;
 mod retry;
+pub mod scim;
 pub mod sqlite;
 
 pub use outbox::*;

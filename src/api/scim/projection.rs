@@ -56,6 +56,18 @@ impl Projection {
         }
     }
 
+    /// Whether the answer carries this top-level attribute (lower case) at all: a group's members
+    /// are not read when it does not.
+    pub(super) fn wants(&self, top: &str) -> bool {
+        if !self.attributes.is_empty() && !self.attributes.iter().any(|a| Self::split(a).0 == top) {
+            return false;
+        }
+        !self
+            .excluded
+            .iter()
+            .any(|a| Self::split(a) == (top.to_string(), None))
+    }
+
     pub(super) fn apply(&self, mut v: Value) -> Value {
         let Value::Object(map) = &mut v else {
             return v;

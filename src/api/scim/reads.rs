@@ -21,16 +21,29 @@ pub(super) fn location(base: &str, r: &Resource) -> String {
     format!("{base}/{}/{}", r.kind.endpoint(), r.id)
 }
 
-/// The full representation of a stored resource: location, and a user's groups (read-only,
-/// derived from the groups' members).
+/// The full representation of a stored resource: location, a user's groups (read-only, derived
+/// from the groups' members), and a group's members (from their rows, unless the answer leaves
+/// them out: `members` false).
 pub(super) async fn render(
     conn: &mut sqlx::AnyConnection,
     tenant: &str,
     base: &str,
     r: &Resource,
+    members: bool,
 ) -> Result<Value, Failure> {
     let mut v = r.raw.clone();
     v["meta"]["location"] = json!(location(base, r));
+    if r.kind == Kind::Group && members {
+        let list: Vec<Value> = src::members(conn, tenant, &r.id)
+            .await?
+            .into_iter()
+            .map(|m| m.1)
+            .collect();
+        // One shape for "no members": absent, never `[]`.
+        if !list.is_empty() {
+            v["members"] = Value::Array(list);
+        }
+    }
     if r.kind == Kind::User {
         let groups = src::groups_of(conn, tenant, &r.id).await?;
         if !groups.is_empty() {
@@ -111,11 +124,11 @@ pub(super) async fn read(
         ));
     }
     let base = base(&s, &headers);
-    let v = render(&mut conn, tenant, &base, &r).await?;
     let p = Projection::parse(
         q.get("attributes").map(String::as_str),
         q.get("excludedAttributes").map(String::as_str),
     );
+    let v = render(&mut conn, tenant, &base, &r, p.wants("members")).await?;
     Ok(with_etag(scim_json(StatusCode::OK, &p.apply(v)), &r, None))
 }
 
@@ -170,7 +183,8 @@ pub(super) async fn run_search(
     let mut conn = s.engine.store.pool().acquire().await?;
     let mut resources = Vec::with_capacity(page.len());
     for r in &page {
-        resources.push(projection.apply(render(&mut conn, tenant, &base, r).await?));
+        let v = render(&mut conn, tenant, &base, r, projection.wants("members")).await?;
+        resources.push(projection.apply(v));
     }
     Ok(scim_json(
         StatusCode::OK,

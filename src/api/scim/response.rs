@@ -68,12 +68,36 @@ impl IntoResponse for Failure {
                 scim_type,
                 detail,
             } => error(status, scim_type, &detail),
+            other if store_unavailable(&other) => {
+                tracing::warn!(error = %other, "SCIM request refused: store unavailable");
+                let mut r = error(
+                    503,
+                    None,
+                    "the store is unavailable; the change was not applied, retry later",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                r
+            }
             other => {
                 tracing::error!(error = %other, "SCIM request failed");
                 error(500, None, "internal error; the change was not applied")
             }
         }
     }
+}
+
+/// The database cannot be reached (no connection within the pool's timeout, the pool closed, a
+/// broken connection): the provider should retry, as after a timeout, so 503 rather than 500.
+fn store_unavailable(e: &ScimError) -> bool {
+    let db = match e {
+        ScimError::Db(e) | ScimError::Store(crate::store::StoreError::Db(e)) => e,
+        _ => return false,
+    };
+    matches!(
+        db,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    )
 }
 
 pub(super) type Reply = Result<Response, Failure>;

@@ -33,17 +33,19 @@ pub(super) async fn resync_members(
     Ok(())
 }
 
-/// A group's displayName is unique per tenant, and its members are users or groups of the tenant:
-/// a member id the server never issued is refused, not stored dangling. Only members new to the
-/// group are looked up.
-async fn check_group(
+/// A group's displayName is unique per tenant.
+async fn check_group_name(
     conn: &mut sqlx::AnyConnection,
     t: &Tenant,
     id: &str,
     before: Option<&Resource>,
     body: &Value,
 ) -> Result<(), Failure> {
-    if let Some(name) = body.get("displayName").and_then(Value::as_str)
+    let name = body.get("displayName").and_then(Value::as_str);
+    if before.is_some_and(|b| b.raw.get("displayName").and_then(Value::as_str) == name) {
+        return Ok(());
+    }
+    if let Some(name) = name
         && src::display_name_taken(conn, &t.name, name, id).await?
     {
         return Err(Failure(ScimError::Client {
@@ -52,23 +54,165 @@ async fn check_group(
             detail: format!("a group named `{name}` already exists"),
         }));
     }
-    let old = before.map(Resource::member_ids).unwrap_or_default();
-    let members = body.get("members").and_then(Value::as_array);
-    for m in members.into_iter().flatten() {
-        let Some(mid) = m.get("value").and_then(Value::as_str) else {
-            return Err(Failure(ScimError::bad(
-                "invalidValue",
-                "every member needs a `value` (the member's id)",
-            )));
-        };
-        if !old.contains(mid) && (mid == id || !src::exists(conn, &t.name, mid).await?) {
-            return Err(Failure(ScimError::bad(
-                "invalidValue",
-                format!("member `{mid}` is not a User or Group of this tenant"),
-            )));
-        }
+    Ok(())
+}
+
+/// What a write does to a group's members.
+pub(super) enum Members {
+    /// The whole list (a create, a PUT, a PATCH that replaces them), diffed against the rows.
+    All(Vec<Value>),
+    /// Only these members, by lower-case id: there with this element, or gone.
+    Some(BTreeMap<String, Option<Value>>),
+}
+
+/// The member rows a write changes: only those, so a one-member change on a group of 20,000
+/// writes one member's rows.
+#[derive(Default)]
+pub(super) struct MemberPlan {
+    /// (lower-case id, element, already a member)
+    put: Vec<(String, Value, bool)>,
+    gone: Vec<String>,
+}
+
+impl MemberPlan {
+    fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.gone.is_empty()
+    }
+
+    fn joined(&self) -> impl Iterator<Item = &String> {
+        self.put.iter().filter(|p| !p.2).map(|p| &p.0)
+    }
+}
+
+/// A member new to a group is a user or group of the tenant: an id the server never issued is
+/// refused, not stored dangling.
+async fn check_new_member(
+    conn: &mut sqlx::AnyConnection,
+    t: &Tenant,
+    group: &str,
+    id: &str,
+) -> Result<(), Failure> {
+    if id == group.to_lowercase() || !src::exists(conn, &t.name, id).await? {
+        return Err(Failure(ScimError::bad(
+            "invalidValue",
+            format!("member `{id}` is not a User or Group of this tenant"),
+        )));
     }
     Ok(())
+}
+
+/// The member rows that change, checked (new members must exist).
+pub(super) async fn plan_members(
+    conn: &mut sqlx::AnyConnection,
+    t: &Tenant,
+    group: &str,
+    change: Members,
+) -> Result<MemberPlan, Failure> {
+    let mut plan = MemberPlan::default();
+    match change {
+        Members::All(list) => {
+            // Duplicates in the list are one member (Okta re-sends whole groups).
+            let mut new: Vec<(String, Value)> = Vec::with_capacity(list.len());
+            let mut at: std::collections::HashMap<String, usize> = Default::default();
+            for m in list {
+                let (id, el) = src::member_element(m)?;
+                match at.get(&id) {
+                    Some(&n) => src::merge(&mut new[n].1, el),
+                    None => {
+                        at.insert(id.clone(), new.len());
+                        new.push((id, el));
+                    }
+                }
+            }
+            let stored = crate::store::scim::members_by_id(conn, &t.name, group).await?;
+            for id in stored.keys() {
+                if !at.contains_key(id) {
+                    plan.gone.push(id.clone());
+                }
+            }
+            for (id, el) in new {
+                match stored.get(&id) {
+                    None => {
+                        check_new_member(conn, t, group, &id).await?;
+                        plan.put.push((id, el, false));
+                    }
+                    Some(old) if *old != el => plan.put.push((id, el, true)),
+                    Some(_) => {}
+                }
+            }
+        }
+        Members::Some(changes) => {
+            for (id, want) in changes {
+                let stored = src::member(conn, &t.name, group, &id).await?;
+                match (want, stored) {
+                    (None, Some(_)) => plan.gone.push(id),
+                    (Some(el), None) => {
+                        check_new_member(conn, t, group, &id).await?;
+                        plan.put.push((id, el, false));
+                    }
+                    (Some(el), Some(old)) if old != el => plan.put.push((id, el, true)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// PATCH operations on members as the member rows they change. After a replace of all members
+/// the whole new list is known; otherwise only the members named are looked up.
+async fn member_change(
+    conn: &mut sqlx::AnyConnection,
+    t: &Tenant,
+    group: &str,
+    ops: Vec<src::MemberOp>,
+) -> Result<Members, Failure> {
+    let mut all: Option<Vec<Value>> = None;
+    let mut some: BTreeMap<String, Option<Value>> = BTreeMap::new();
+    for op in ops {
+        let (items, removed) = match op {
+            src::MemberOp::Replace(items) => {
+                all = Some(vec![]);
+                some.clear();
+                (items, vec![])
+            }
+            src::MemberOp::Add(items) => (items, vec![]),
+            src::MemberOp::Remove(ids) => (vec![], ids),
+        };
+        if let Some(list) = &mut all {
+            list.extend(items);
+            let gone: BTreeSet<String> = removed.iter().map(|r| r.to_lowercase()).collect();
+            list.retain(|m| {
+                m.get("value")
+                    .and_then(Value::as_str)
+                    .is_none_or(|v| !gone.contains(&v.to_lowercase()))
+            });
+            continue;
+        }
+        for m in items {
+            let (id, el) = src::member_element(m)?;
+            let have = match some.get(&id) {
+                Some(x) => x.clone(),
+                None => src::member(conn, &t.name, group, &id).await?,
+            };
+            let el = match have {
+                // Adding a member twice is a no-op, not a duplicate; what is new in it is merged.
+                Some(mut old) => {
+                    src::merge(&mut old, el);
+                    old
+                }
+                None => el,
+            };
+            some.insert(id, Some(el));
+        }
+        for id in removed {
+            some.insert(id.to_lowercase(), None);
+        }
+    }
+    Ok(match all {
+        Some(list) => Members::All(list),
+        None => Members::Some(some),
+    })
 }
 
 pub(super) fn stamp(
@@ -89,7 +233,8 @@ pub(super) fn stamp(
     v
 }
 
-/// Store a new or changed resource and everything it causes, in the caller's transaction.
+/// Store a new or changed resource and everything it causes, in the caller's transaction. A
+/// group's `body` carries no members: `members` says which member rows change.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn write(
     s: &Scim,
@@ -99,6 +244,7 @@ pub(super) async fn write(
     id: &str,
     before: Option<&Resource>,
     body: Value,
+    members: MemberPlan,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Resource, Failure> {
     if kind == Kind::User
@@ -112,7 +258,7 @@ pub(super) async fn write(
         }));
     }
     if kind == Kind::Group {
-        check_group(conn, t, id, before, &body).await?;
+        check_group_name(conn, t, id, before, &body).await?;
     }
     let version = before.map_or(1, |b| b.version + 1);
     let created = before
@@ -131,6 +277,16 @@ pub(super) async fn write(
     // Stored first, so a user's groups are there for the person record and a group's members are
     // visible to the users re-evaluated below.
     src::put(conn, &t.name, &r, before.map(|b| &b.raw), at, at).await?;
+    let mut joined: Vec<&String> = members.joined().collect();
+    joined.sort();
+    let mut left: Vec<&String> = members.gone.iter().collect();
+    left.sort();
+    for (mid, el, existed) in &members.put {
+        src::put_member(conn, &t.name, id, mid, el, *existed).await?;
+    }
+    for mid in &members.gone {
+        src::delete_member(conn, &t.name, id, mid).await?;
+    }
     match kind {
         Kind::User => {
             let key = src::sync_user(
@@ -148,19 +304,38 @@ pub(super) async fn write(
             }
         }
         Kind::Group => {
-            let old = before.map(Resource::member_ids).unwrap_or_default();
-            let new = r.member_ids();
-            let changed: BTreeSet<String> = old.symmetric_difference(&new).cloned().collect();
+            let mut affected: BTreeSet<String> = joined
+                .iter()
+                .chain(left.iter())
+                .map(|x| (*x).clone())
+                .collect();
             // A rename changes every member's `groups` attribute.
             let renamed =
                 before.is_some_and(|b| b.raw.get("displayName") != r.raw.get("displayName"));
-            let affected = if renamed {
-                old.union(&new).cloned().collect()
-            } else {
-                changed
-            };
+            if renamed {
+                affected.extend(
+                    src::members(conn, &t.name, id)
+                        .await?
+                        .into_iter()
+                        .map(|m| m.0),
+                );
+            }
             resync_members(s, conn, t, affected, now).await?;
         }
+    }
+    let mut details = json!({
+        "userName": r.raw.get("userName"),
+        "externalId": r.raw.get("externalId"),
+        "displayName": r.raw.get("displayName"),
+        "active": r.raw.get("active"),
+        "version": version,
+    });
+    // Who joined or left the group: what an auditor asks of a door group.
+    if !joined.is_empty() {
+        details["membersAdded"] = json!(joined);
+    }
+    if !left.is_empty() {
+        details["membersRemoved"] = json!(left);
     }
     audit::append(
         conn,
@@ -176,16 +351,26 @@ pub(super) async fn write(
             }
         ),
         id,
-        &json!({
-            "userName": r.raw.get("userName"),
-            "externalId": r.raw.get("externalId"),
-            "displayName": r.raw.get("displayName"),
-            "active": r.raw.get("active"),
-            "version": version,
-        }),
+        &details,
     )
     .await?;
     Ok(r)
+}
+
+/// The members of a group's representation taken out and planned as member rows; for a user,
+/// nothing.
+async fn whole_members(
+    conn: &mut sqlx::AnyConnection,
+    t: &Tenant,
+    kind: Kind,
+    id: &str,
+    v: &mut Value,
+) -> Result<MemberPlan, Failure> {
+    if kind != Kind::Group {
+        return Ok(MemberPlan::default());
+    }
+    let list = src::take_members(v);
+    plan_members(conn, t, id, Members::All(list)).await
 }
 
 pub(super) async fn create(
@@ -206,8 +391,10 @@ pub(super) async fn create(
         .store
         .retry("scim create", || async {
             let mut tx = s.engine.store.begin_write().await?;
-            let r = write(&s, &mut tx, t, kind, &id, None, v.clone(), now).await?;
-            let out = render(&mut tx, &t.name, &base, &r).await?;
+            let mut v = v.clone();
+            let members = whole_members(&mut tx, t, kind, &id, &mut v).await?;
+            let r = write(&s, &mut tx, t, kind, &id, None, v, members, now).await?;
+            let out = render(&mut tx, &t.name, &base, &r, true).await?;
             tx.commit().await?;
             Ok::<_, Failure>((r, out))
         })
@@ -241,8 +428,10 @@ pub(super) async fn replace(
                 .await?
                 .ok_or_else(|| ScimError::not_found(kind, &id))?;
             check_if_match(&headers, &before)?;
-            let r = write(&s, &mut tx, t, kind, &id, Some(&before), v.clone(), now).await?;
-            let out = render(&mut tx, &t.name, &base, &r).await?;
+            let mut v = v.clone();
+            let members = whole_members(&mut tx, t, kind, &id, &mut v).await?;
+            let r = write(&s, &mut tx, t, kind, &id, Some(&before), v, members, now).await?;
+            let out = render(&mut tx, &t.name, &base, &r, true).await?;
             tx.commit().await?;
             Ok::<_, Failure>((r, out))
         })
@@ -268,6 +457,7 @@ pub(super) async fn patch(
     // Entra ID expects 204 for a group PATCH, and a membership change on a large group must not
     // send the whole member list back (RFC 7644 section 3.5.2 allows either).
     let no_body = kind == Kind::Group && attributes.is_none() && excluded.is_none();
+    let p = Projection::parse(attributes.map(String::as_str), excluded.map(String::as_str));
     let base = base(&s, &headers);
     let (r, out) = s
         .engine
@@ -278,7 +468,7 @@ pub(super) async fn patch(
             let out = if no_body {
                 None
             } else {
-                Some(render(&mut tx, &t.name, &base, &r).await?)
+                Some(render(&mut tx, &t.name, &base, &r, p.wants("members")).await?)
             };
             tx.commit().await?;
             Ok::<_, Failure>((r, out))
@@ -288,7 +478,6 @@ pub(super) async fn patch(
     let Some(out) = out else {
         return Ok(with_etag(StatusCode::NO_CONTENT.into_response(), &r, None));
     };
-    let p = Projection::parse(attributes.map(String::as_str), excluded.map(String::as_str));
     Ok(with_etag(
         scim_json(StatusCode::OK, &p.apply(out)),
         &r,
@@ -297,7 +486,8 @@ pub(super) async fn patch(
 }
 
 /// One attempt of a PATCH inside its transaction: the resource as it is now, the operations
-/// applied, and a new version written only when something changed.
+/// applied, and a new version written only when something changed. A group's operations on
+/// members change member rows; the rest is applied to the group without its members.
 #[allow(clippy::too_many_arguments)]
 async fn patch_tx(
     s: &Scim,
@@ -314,22 +504,49 @@ async fn patch_tx(
         .await?
         .ok_or_else(|| ScimError::not_found(kind, id))?;
     check_if_match(headers, &before)?;
-    let mut doc = src::apply_patch(&t.mapping.profile, kind, &before.raw, ops)?;
-    if let Value::Object(m) = &mut doc {
-        m.remove("meta");
-        m.remove("id");
-    }
-    let v = src::canonical(&t.mapping.profile, kind, doc, false)?;
-    let mut unchanged = before.raw.clone();
-    if let Value::Object(m) = &mut unchanged {
-        m.remove("meta");
-        m.remove("id");
-    }
-    if unchanged == v {
+    let strip = |mut v: Value| {
+        if let Value::Object(m) = &mut v {
+            m.remove("meta");
+            m.remove("id");
+        }
+        v
+    };
+    let (v, members) = match (kind, src::split_member_ops(ops.clone())) {
+        (Kind::User, _) => {
+            let doc = src::apply_patch(&t.mapping.profile, kind, &before.raw, ops)?;
+            let v = src::canonical(&t.mapping.profile, kind, strip(doc), false)?;
+            (v, MemberPlan::default())
+        }
+        (Kind::Group, Some((rest, member_ops))) => {
+            let doc = src::apply_patch(&t.mapping.profile, kind, &before.raw, rest)?;
+            let mut v = src::canonical(&t.mapping.profile, kind, strip(doc), false)?;
+            src::take_members(&mut v);
+            let change = member_change(tx, t, id, member_ops).await?;
+            (v, plan_members(tx, t, id, change).await?)
+        }
+        // An operation that needs the whole member list (a filter on something else than the
+        // member's id, a sub-attribute) is applied to the full representation.
+        (Kind::Group, None) => {
+            let mut full = before.raw.clone();
+            let list: Vec<Value> = src::members(tx, &t.name, id)
+                .await?
+                .into_iter()
+                .map(|m| m.1)
+                .collect();
+            if !list.is_empty() {
+                full["members"] = Value::Array(list);
+            }
+            let doc = src::apply_patch(&t.mapping.profile, kind, &full, ops)?;
+            let mut v = src::canonical(&t.mapping.profile, kind, strip(doc), false)?;
+            let list = src::take_members(&mut v);
+            (v, plan_members(tx, t, id, Members::All(list)).await?)
+        }
+    };
+    if strip(before.raw.clone()) == v && members.is_empty() {
         // Providers re-send what is already there (Okta's periodic pushes): no new version.
         return Ok(before);
     }
-    write(s, tx, t, kind, id, Some(&before), v, now).await
+    write(s, tx, t, kind, id, Some(&before), v, members, now).await
 }
 
 pub(super) async fn remove(
@@ -360,20 +577,20 @@ pub(super) async fn remove(
                     for (gid, _) in src::groups_of(&mut tx, &t.name, &id).await? {
                         if let Some(mut g) = src::get(&mut tx, &t.name, Kind::Group, &gid).await? {
                             let old = g.raw.clone();
-                            if let Some(Value::Array(m)) = g.raw.get_mut("members") {
-                                m.retain(|x| x.get("value").and_then(Value::as_str) != Some(id.as_str()));
-                            }
                             g.version += 1;
                             g.raw["meta"]["version"] = json!(g.etag());
                             g.raw["meta"]["lastModified"] = json!(src::scim_time(now));
                             src::put(&mut tx, &t.name, &g, Some(&old), at, at).await?;
+                            src::delete_member(&mut tx, &t.name, &gid, &id).await?;
                         }
                     }
                     src::delete(&mut tx, &t.name, &id).await?;
                 }
                 Kind::Group => {
+                    let members = src::members(&mut tx, &t.name, &id).await?;
                     src::delete(&mut tx, &t.name, &id).await?;
-                    resync_members(&s, &mut tx, t, before.member_ids(), now).await?;
+                    let ids = members.into_iter().map(|m| m.0).collect();
+                    resync_members(&s, &mut tx, t, ids, now).await?;
                 }
             }
             audit::append(

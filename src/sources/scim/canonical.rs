@@ -229,6 +229,34 @@ fn group_members(map: &mut Map<String, Value>) -> Result<Vec<Value>> {
     }
 }
 
+/// One member as stored: an object with a string `value` (the member's id), without nulls; with
+/// its id in lower case, what member lookups compare.
+pub fn member_element(m: Value) -> Result<(String, Value)> {
+    let Value::Object(mut o) = m else {
+        return Err(ScimError::bad("invalidValue", "a member must be an object"));
+    };
+    o.retain(|_, x| !x.is_null());
+    let Some(id) = o
+        .get("value")
+        .and_then(Value::as_str)
+        .map(str::to_lowercase)
+    else {
+        return Err(ScimError::bad(
+            "invalidValue",
+            "every member needs a `value` (the member's id)",
+        ));
+    };
+    Ok((id, Value::Object(o)))
+}
+
+/// A group's members taken out of its representation (they are stored as rows of their own).
+pub fn take_members(v: &mut Value) -> Vec<Value> {
+    match v.as_object_mut().and_then(|m| m.remove("members")) {
+        Some(Value::Array(a)) => a,
+        _ => vec![],
+    }
+}
+
 /// Put back what [`prepare`] set aside, and list in `schemas` exactly the extensions in use.
 fn finish(kind: Kind, mut out: Value, aside: Map<String, Value>) -> Value {
     let Value::Object(m) = &mut out else {

@@ -11,7 +11,7 @@ mod filter;
 mod patch;
 mod person;
 mod profile;
-mod store;
+mod resource;
 #[cfg(test)]
 mod tests;
 
@@ -21,7 +21,7 @@ pub use filter::*;
 pub use patch::*;
 pub use person::*;
 pub use profile::*;
-pub use store::*;
+pub use resource::*;
 
 use crate::config::CorrelateBy;
 use crate::engine::{Engine, EngineError};
@@ -33,7 +33,7 @@ use scim_v2::models::others::{OperationTarget, PatchOp, PatchOperation};
 use scim_v2::schema_urns;
 use serde_json::{Map, Value, json};
 use sqlx::{AnyConnection, Row};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScimError {

@@ -177,7 +177,7 @@ pub(super) fn eq_pairs(f: &ValFilter, out: &mut Map<String, Value>) -> bool {
     }
 }
 
-pub(super) fn merge(into: &mut Value, from: Value) {
+pub fn merge(into: &mut Value, from: Value) {
     match (into, from) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
@@ -515,4 +515,141 @@ pub fn apply_patch(
         }
     }
     Ok(doc)
+}
+
+/// A PATCH operation on a group's members, in a form applied member by member.
+#[derive(Debug)]
+pub enum MemberOp {
+    /// Add these elements (merged into a member that is there already).
+    Add(Vec<Value>),
+    /// Take out the members with these ids.
+    Remove(Vec<String>),
+    /// Every member replaced by these (none: all removed).
+    Replace(Vec<Value>),
+}
+
+fn is_members(p: &AttrPath) -> bool {
+    p.name.eq_ignore_ascii_case("members")
+        && p.uri
+            .as_deref()
+            .is_none_or(|u| u.eq_ignore_ascii_case(schema_urns::GROUP))
+}
+
+fn items(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a,
+        Value::Null => vec![],
+        v => vec![v],
+    }
+}
+
+/// The ids a value filter selects when it is `value eq "id"` (or several joined by `or`): how
+/// Entra ID and Okta remove a member.
+fn value_eq_ids(f: &ValFilter, out: &mut Vec<String>) -> bool {
+    match f {
+        ValFilter::Attr(AttrExp::Comparison(p, CompareOp::Eq, CompValue::Str(s)))
+            if p.name.eq_ignore_ascii_case("value") && p.sub_attr.is_none() && p.uri.is_none() =>
+        {
+            out.push(s.clone());
+            true
+        }
+        ValFilter::Or(ops) => ops.as_slice().iter().all(|f| value_eq_ids(f, out)),
+        _ => false,
+    }
+}
+
+/// A group's PATCH operations split into those on members (as [`MemberOp`]s, applied to member
+/// rows one by one) and the rest (applied to the representation without members). `None` when an
+/// operation on members needs the whole list (a sub-attribute, a filter other than on `value`):
+/// the caller then patches the full representation.
+pub fn split_member_ops(ops: Vec<PatchOperation>) -> Option<(Vec<PatchOperation>, Vec<MemberOp>)> {
+    let mut rest = Vec::new();
+    let mut members = Vec::new();
+    for operation in ops {
+        match operation {
+            PatchOperation::Add(OperationTarget::WithPath {
+                path: PatchPath::Attr(p),
+                value: Some(v),
+            }) if is_members(&p) && p.sub_attr.is_none() => members.push(MemberOp::Add(items(v))),
+            PatchOperation::Replace(OperationTarget::WithPath {
+                path: PatchPath::Attr(p),
+                value,
+            }) if is_members(&p) && p.sub_attr.is_none() => {
+                members.push(MemberOp::Replace(items(value.unwrap_or(Value::Null))))
+            }
+            PatchOperation::Remove {
+                path: PatchPath::Attr(p),
+                value,
+            } if is_members(&p) && p.sub_attr.is_none() => match value {
+                // Entra ID removes members as `{"path":"members","value":[{"value":"id"}]}`.
+                Some(Value::Array(gone)) => members.push(MemberOp::Remove(
+                    gone.iter()
+                        .filter_map(|g| g.get("value").and_then(Value::as_str))
+                        .map(str::to_string)
+                        .collect(),
+                )),
+                _ => members.push(MemberOp::Replace(vec![])),
+            },
+            PatchOperation::Remove {
+                path: PatchPath::Value(vp),
+                ..
+            } if is_members(&vp.attr) && vp.attr.sub_attr.is_none() && vp.sub_attr.is_none() => {
+                let mut ids = Vec::new();
+                if !value_eq_ids(&vp.filter, &mut ids) {
+                    return None;
+                }
+                members.push(MemberOp::Remove(ids));
+            }
+            PatchOperation::Add(OperationTarget::WithPath { path, .. })
+            | PatchOperation::Replace(OperationTarget::WithPath { path, .. })
+            | PatchOperation::Remove { path, .. }
+                if match &path {
+                    PatchPath::Attr(p) => is_members(p),
+                    PatchPath::Value(vp) => is_members(&vp.attr),
+                } =>
+            {
+                return None;
+            }
+            PatchOperation::Add(OperationTarget::WithoutPath { value }) => {
+                let value = split_partial(value, false, &mut members)?;
+                if !value.is_empty() {
+                    rest.push(PatchOperation::Add(OperationTarget::WithoutPath { value }));
+                }
+            }
+            PatchOperation::Replace(OperationTarget::WithoutPath { value }) => {
+                let value = split_partial(value, true, &mut members)?;
+                if !value.is_empty() {
+                    rest.push(PatchOperation::Replace(OperationTarget::WithoutPath {
+                        value,
+                    }));
+                }
+            }
+            other => rest.push(other),
+        }
+    }
+    Some((rest, members))
+}
+
+/// A partial resource (an operation without a path): `members` taken out as a member operation,
+/// the rest returned. `None` when another key names members some other way.
+fn split_partial(
+    value: Map<String, Value>,
+    replace: bool,
+    members: &mut Vec<MemberOp>,
+) -> Option<Map<String, Value>> {
+    let mut rest = Map::new();
+    for (k, v) in value {
+        if k.eq_ignore_ascii_case("members") {
+            members.push(if replace {
+                MemberOp::Replace(items(v))
+            } else {
+                MemberOp::Add(items(v))
+            });
+        } else if k.to_lowercase().contains("members") {
+            return None;
+        } else {
+            rest.insert(k, v);
+        }
+    }
+    Some(rest)
 }

@@ -1,89 +1,58 @@
-//! Resources in the store: the canonical JSON and one row per searchable value.
+//! SCIM resources as identity providers pushed them: the canonical JSON of each resource, one row
+//! per searchable value (`scim_values`, what filters run against), and one row per group member
+//! (`scim_members`), so a membership change writes the member's rows and not the group's.
 
-use super::*;
+use super::{Result, StoreError};
+use scim_v2::schema_urns;
+use serde_json::Value;
+use sqlx::{AnyConnection, Row};
+use std::collections::{BTreeMap, HashMap};
 
+/// One stored resource. `raw` is its canonical JSON; a group's carries no `members` (they are rows).
 #[derive(Debug, Clone)]
-pub struct Resource {
+pub struct ScimRow {
     pub id: String,
-    pub kind: Kind,
+    pub resource_type: String,
     pub person_key: Option<String>,
-    /// Canonical representation with `id` and `meta` (without `meta.location`).
-    pub raw: Value,
+    pub raw: String,
     pub version: i64,
 }
 
-impl Resource {
-    pub fn etag(&self) -> String {
-        format!("W/\"{}\"", self.version)
-    }
-
-    pub(super) fn from_row(r: &sqlx::any::AnyRow) -> Result<Self> {
-        let id: String = r.try_get("id")?;
-        let kind: String = r.try_get("resource_type")?;
-        let raw: String = r.try_get("raw")?;
+impl ScimRow {
+    pub fn from_row(r: &sqlx::any::AnyRow) -> Result<Self> {
         Ok(Self {
-            kind: Kind::parse(&kind).ok_or_else(|| {
-                ScimError::Store(crate::store::StoreError::Corrupt {
-                    table: "scim_resources",
-                    message: format!("resource type `{kind}`"),
-                })
-            })?,
+            id: r.try_get("id")?,
+            resource_type: r.try_get("resource_type")?,
             person_key: r.try_get("person_key")?,
-            raw: serde_json::from_str(&raw).map_err(|source| ScimError::Corrupt {
-                id: id.clone(),
-                source,
-            })?,
+            raw: r.try_get("raw")?,
             version: r.try_get("version")?,
-            id,
         })
-    }
-
-    pub(super) fn str_attr(&self, name: &str) -> Option<&str> {
-        self.raw.get(name).and_then(Value::as_str)
-    }
-
-    /// User ids this group lists as members.
-    pub fn member_ids(&self) -> BTreeSet<String> {
-        self.raw
-            .get("members")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|m| m.get("value").and_then(Value::as_str))
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 }
 
-pub fn new_id() -> String {
-    use rand::Rng;
-    let b: [u8; 16] = rand::rng().random();
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+/// What [`put`] writes: the resource and its indexed columns.
+#[derive(Debug)]
+pub struct ScimPut<'a> {
+    pub id: &'a str,
+    pub resource_type: &'a str,
+    pub person_key: Option<&'a str>,
+    pub raw: &'a Value,
+    pub version: i64,
 }
 
 pub async fn get(
     conn: &mut AnyConnection,
     tenant: &str,
-    kind: Kind,
+    resource_type: &str,
     id: &str,
-) -> Result<Option<Resource>> {
+) -> Result<Option<ScimRow>> {
     sqlx::query("SELECT * FROM scim_resources WHERE tenant = $1 AND id = $2 AND resource_type = $3")
         .bind(tenant)
         .bind(id)
-        .bind(kind.resource_type())
+        .bind(resource_type)
         .fetch_optional(&mut *conn)
         .await?
-        .map(|r| Resource::from_row(&r))
+        .map(|r| ScimRow::from_row(&r))
         .transpose()
 }
 
@@ -139,19 +108,21 @@ pub async fn exists(conn: &mut AnyConnection, tenant: &str, id: &str) -> Result<
     Ok(row.is_some())
 }
 
-/// Insert or replace a resource and its searchable values. With the representation it replaces
-/// (`before`), only what changed is rewritten: a member added to a group of 20,000 writes that
-/// member's rows, not the group's.
+/// Insert or replace a resource and its searchable values (a group's members excepted: they are
+/// written by [`put_member`] and [`delete_member`]). With the representation it replaces
+/// (`before`), only the values that changed are rewritten. `Ok(false)`: another writer stored
+/// this version or a newer one first.
 pub async fn put(
     conn: &mut AnyConnection,
     tenant: &str,
-    r: &Resource,
+    r: &ScimPut<'_>,
     before: Option<&Value>,
     created_at: i64,
     modified_at: i64,
-) -> Result<()> {
+) -> Result<bool> {
+    let str_attr = |name: &str| r.raw.get(name).and_then(Value::as_str);
     let active = r.raw.get("active").and_then(Value::as_bool).map(i64::from);
-    let user_name = r.str_attr("userName");
+    let user_name = str_attr("userName");
     let done = sqlx::query(
         "INSERT INTO scim_resources (tenant, id, resource_type, external_id, user_name, user_name_ci,
            display_name, active, person_key, raw, version, created_at, modified_at)
@@ -164,14 +135,14 @@ pub async fn put(
          WHERE scim_resources.version < excluded.version",
     )
     .bind(tenant)
-    .bind(&r.id)
-    .bind(r.kind.resource_type())
-    .bind(r.str_attr("externalId"))
+    .bind(r.id)
+    .bind(r.resource_type)
+    .bind(str_attr("externalId"))
     .bind(user_name)
     .bind(user_name.map(str::to_lowercase))
-    .bind(r.str_attr("displayName"))
+    .bind(str_attr("displayName"))
     .bind(active)
-    .bind(&r.person_key)
+    .bind(r.person_key)
     .bind(r.raw.to_string())
     .bind(r.version)
     .bind(created_at)
@@ -181,27 +152,44 @@ pub async fn put(
     // Two writers that read the same version: on PostgreSQL the second waits for the first's row
     // lock, then finds a version as new as its own and must not overwrite it.
     if done.rows_affected() == 0 {
-        return Err(ScimError::Client {
-            status: 409,
-            scim_type: None,
-            detail: format!(
-                "{} {} was changed concurrently; retry",
-                r.kind.resource_type(),
-                r.id
-            ),
-        });
+        return Ok(false);
     }
-    match before {
-        None => {
-            sqlx::query("DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2")
-                .bind(tenant)
-                .bind(&r.id)
-                .execute(&mut *conn)
-                .await?;
-            insert_values(conn, tenant, &r.id, flatten(&r.raw)).await
+    let was_rows = rows_by_key(before.map(flatten).unwrap_or_default());
+    let now_rows = rows_by_key(flatten(r.raw));
+    if before.is_none() {
+        sqlx::query(
+            "DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2 AND attr NOT LIKE 'members.%'",
+        )
+        .bind(tenant)
+        .bind(r.id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (k, v) in &was_rows {
+        if now_rows.get(k) != Some(v) {
+            sqlx::query(
+                "DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2 AND elem = $3 AND attr = $4",
+            )
+            .bind(tenant)
+            .bind(r.id)
+            .bind(k.1)
+            .bind(&k.0)
+            .execute(&mut *conn)
+            .await?;
         }
-        Some(old) => put_changed(conn, tenant, r, old).await,
     }
+    let fresh: Vec<Flat> = now_rows
+        .iter()
+        .filter(|(k, v)| was_rows.get(*k) != Some(*v))
+        .map(|((attr, elem), (val, num))| Flat {
+            attr: attr.clone(),
+            elem: *elem,
+            val: val.clone(),
+            num: num.map(f64::from_bits),
+        })
+        .collect();
+    insert_values(conn, tenant, r.id, fresh).await?;
+    Ok(true)
 }
 
 async fn insert_values(
@@ -228,18 +216,6 @@ async fn insert_values(
     Ok(())
 }
 
-fn without_members(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(k, _)| k.as_str() != "members")
-                .map(|(k, x)| (k.clone(), x.clone()))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
 type RowKey = (String, i64);
 
 fn rows_by_key(rows: Vec<Flat>) -> BTreeMap<RowKey, (Option<String>, Option<u64>)> {
@@ -248,96 +224,146 @@ fn rows_by_key(rows: Vec<Flat>) -> BTreeMap<RowKey, (Option<String>, Option<u64>
         .collect()
 }
 
-/// Members by id (lower case, as stored), each with its element.
-fn members_by_id(v: &Value) -> std::collections::HashMap<String, &Value> {
-    v.get("members")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|m| {
-                    let id = m
-                        .get("value")
-                        .and_then(Value::as_str)
-                        .map_or_else(|| m.to_string(), str::to_lowercase);
-                    (id, m)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn put_changed(
+/// A group's members in the order they were added: (lower-case id, element).
+pub async fn members(
     conn: &mut AnyConnection,
     tenant: &str,
-    r: &Resource,
-    old: &Value,
-) -> Result<()> {
-    // Everything but the members: a few rows, rewritten where they differ.
-    let was_rows = rows_by_key(flatten(&without_members(old)));
-    let now_rows = rows_by_key(flatten(&without_members(&r.raw)));
-    for (k, v) in &was_rows {
-        if now_rows.get(k) != Some(v) {
-            sqlx::query(
-                "DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2 AND elem = $3 AND attr = $4",
-            )
-            .bind(tenant)
-            .bind(&r.id)
-            .bind(k.1)
-            .bind(&k.0)
-            .execute(&mut *conn)
-            .await?;
-        }
-    }
-    let fresh: Vec<Flat> = now_rows
-        .iter()
-        .filter(|(k, v)| was_rows.get(*k) != Some(*v))
-        .map(|((attr, elem), (val, num))| Flat {
-            attr: attr.clone(),
-            elem: *elem,
-            val: val.clone(),
-            num: num.map(f64::from_bits),
+    group: &str,
+) -> Result<Vec<(String, Value)>> {
+    let rows = sqlx::query(
+        "SELECT member_id, element FROM scim_members WHERE tenant = $1 AND group_id = $2 ORDER BY seq",
+    )
+    .bind(tenant)
+    .bind(group)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get("member_id")?;
+            let el: String = r.try_get("element")?;
+            let el = serde_json::from_str(&el).map_err(|e| StoreError::Corrupt {
+                table: "scim_members",
+                message: format!("member {id} of group {group}: {e}"),
+            })?;
+            Ok((id, el))
         })
-        .collect();
-    insert_values(conn, tenant, &r.id, fresh).await?;
-    let (was, now) = (members_by_id(old), members_by_id(&r.raw));
-    for (id, el) in &was {
-        if now.get(id) != Some(el) {
-            // Rows of one member share its element number; older rows may be numbered by
-            // position, so they are found through the member's value.
-            let elems = sqlx::query(
-                "SELECT elem FROM scim_values WHERE tenant = $1 AND attr = 'members.value' AND val = $2
-                   AND resource_id = $3",
-            )
-            .bind(tenant)
-            .bind(id)
-            .bind(&r.id)
-            .fetch_all(&mut *conn)
-            .await?;
-            for e in elems {
-                let elem: i64 = e.try_get("elem")?;
-                sqlx::query(
-                    "DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2 AND elem = $3
-                       AND attr LIKE 'members.%'",
-                )
-                .bind(tenant)
-                .bind(&r.id)
-                .bind(elem)
-                .execute(&mut *conn)
-                .await?;
-            }
-        }
+        .collect()
+}
+
+/// One member of a group, if it is one (`id` in any case).
+pub async fn member(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    group: &str,
+    id: &str,
+) -> Result<Option<Value>> {
+    let row = sqlx::query(
+        "SELECT element FROM scim_members WHERE tenant = $1 AND group_id = $2 AND member_id = $3",
+    )
+    .bind(tenant)
+    .bind(group)
+    .bind(id.to_lowercase())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| {
+        let el: String = r.try_get("element")?;
+        serde_json::from_str(&el).map_err(|e| StoreError::Corrupt {
+            table: "scim_members",
+            message: format!("member {id} of group {group}: {e}"),
+        })
+    })
+    .transpose()
+}
+
+/// Add a member to a group, or change its element (`existed`: it is a member already), and its
+/// searchable values; nothing else of the group is touched.
+pub async fn put_member(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    group: &str,
+    id: &str,
+    element: &Value,
+    existed: bool,
+) -> Result<()> {
+    let id = id.to_lowercase();
+    if existed {
+        sqlx::query(
+            "UPDATE scim_members SET element = $1 WHERE tenant = $2 AND group_id = $3 AND member_id = $4",
+        )
+        .bind(element.to_string())
+        .bind(tenant)
+        .bind(group)
+        .bind(&id)
+        .execute(&mut *conn)
+        .await?;
+        delete_member_values(conn, tenant, group, &id).await?;
+    } else {
+        sqlx::query(
+            "INSERT INTO scim_members (tenant, group_id, member_id, element) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(tenant)
+        .bind(group)
+        .bind(&id)
+        .bind(element.to_string())
+        .execute(&mut *conn)
+        .await?;
     }
     let mut rows = Vec::new();
-    for (id, el) in &now {
-        if was.get(id) != Some(el) {
-            flatten_attr(
-                &mut rows,
-                "members".into(),
-                &Value::Array(vec![(*el).clone()]),
-            );
-        }
+    flatten_attr(
+        &mut rows,
+        "members".into(),
+        &Value::Array(vec![element.clone()]),
+    );
+    insert_values(conn, tenant, group, rows).await
+}
+
+/// Take a member out of a group (`id` in any case), with its searchable values.
+pub async fn delete_member(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    group: &str,
+    id: &str,
+) -> Result<()> {
+    let id = id.to_lowercase();
+    sqlx::query("DELETE FROM scim_members WHERE tenant = $1 AND group_id = $2 AND member_id = $3")
+        .bind(tenant)
+        .bind(group)
+        .bind(&id)
+        .execute(&mut *conn)
+        .await?;
+    delete_member_values(conn, tenant, group, &id).await
+}
+
+async fn delete_member_values(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    group: &str,
+    id: &str,
+) -> Result<()> {
+    // Rows of one member share its element number; older rows may be numbered by position, so
+    // they are found through the member's value.
+    let elems = sqlx::query(
+        "SELECT elem FROM scim_values WHERE tenant = $1 AND attr = 'members.value' AND val = $2
+           AND resource_id = $3",
+    )
+    .bind(tenant)
+    .bind(id)
+    .bind(group)
+    .fetch_all(&mut *conn)
+    .await?;
+    for e in elems {
+        let elem: i64 = e.try_get("elem")?;
+        sqlx::query(
+            "DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2 AND elem = $3
+               AND attr LIKE 'members.%'",
+        )
+        .bind(tenant)
+        .bind(group)
+        .bind(elem)
+        .execute(&mut *conn)
+        .await?;
     }
-    insert_values(conn, tenant, &r.id, rows).await
+    Ok(())
 }
 
 /// The element number of a group member: derived from its id, so a member's rows stay put when
@@ -366,8 +392,14 @@ pub async fn set_person_key(
     Ok(())
 }
 
+/// A resource, its values and, for a group, its member rows.
 pub async fn delete(conn: &mut AnyConnection, tenant: &str, id: &str) -> Result<()> {
     sqlx::query("DELETE FROM scim_values WHERE tenant = $1 AND resource_id = $2")
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM scim_members WHERE tenant = $1 AND group_id = $2")
         .bind(tenant)
         .bind(id)
         .execute(&mut *conn)
@@ -387,9 +419,9 @@ pub async fn groups_of(
     user_id: &str,
 ) -> Result<Vec<(String, String)>> {
     let rows = sqlx::query(
-        "SELECT r.id, r.display_name FROM scim_values v
-         JOIN scim_resources r ON r.tenant = v.tenant AND r.id = v.resource_id
-         WHERE v.tenant = $1 AND v.attr = 'members.value' AND v.val = $2 AND r.resource_type = 'Group'
+        "SELECT r.id, r.display_name FROM scim_members m
+         JOIN scim_resources r ON r.tenant = m.tenant AND r.id = m.group_id
+         WHERE m.tenant = $1 AND m.member_id = $2 AND r.resource_type = 'Group'
          ORDER BY r.display_name, r.id",
     )
     .bind(tenant)
@@ -407,14 +439,25 @@ pub async fn groups_of(
         .collect()
 }
 
-pub(super) struct Flat {
+/// Members by lower-case id, for the callers that diff a whole list against the rows.
+pub async fn members_by_id(
+    conn: &mut AnyConnection,
+    tenant: &str,
+    group: &str,
+) -> Result<HashMap<String, Value>> {
+    Ok(members(conn, tenant, group).await?.into_iter().collect())
+}
+
+struct Flat {
     attr: String,
     elem: i64,
     val: Option<String>,
     num: Option<f64>,
 }
 
-pub(super) fn scalar(v: &Value) -> Option<(String, Option<f64>)> {
+/// A value as stored for filters: strings lower-cased (SCIM compares case-insensitively unless
+/// caseExact), numbers also as numbers.
+pub fn scalar(v: &Value) -> Option<(String, Option<f64>)> {
     match v {
         Value::String(s) => Some((s.to_lowercase(), None)),
         Value::Bool(b) => Some((b.to_string(), None)),
@@ -423,8 +466,6 @@ pub(super) fn scalar(v: &Value) -> Option<(String, Option<f64>)> {
     }
 }
 
-/// Every scalar value of a resource, under a lower-case dotted name. Enterprise extension
-/// attributes are stored under their bare names: they collide with no core User attribute.
 fn push_flat(out: &mut Vec<Flat>, attr: String, elem: i64, v: &Value) {
     if let Some((val, num)) = scalar(v) {
         out.push(Flat {
@@ -463,12 +504,16 @@ fn flatten_attr(out: &mut Vec<Flat>, name: String, v: &Value) {
     }
 }
 
-pub(super) fn flatten(raw: &Value) -> Vec<Flat> {
+/// Every scalar value of a resource but a group's members, under a lower-case dotted name.
+fn flatten(raw: &Value) -> Vec<Flat> {
     let mut out = Vec::new();
     let Value::Object(map) = raw else {
         return out;
     };
     for (k, v) in map {
+        if k == "members" {
+            continue;
+        }
         if k.starts_with("urn:") {
             // Enterprise attributes under their bare names (they collide with no core one);
             // declared extensions' under `urn:...:name`, as filters name them.
