@@ -411,7 +411,8 @@ pub struct ConnectorConfig {
     pub base_url: Option<String>,
     pub rate_limit: Option<RateLimitConfig>,
     pub max_attempts: Option<u32>,
-    /// Commands in flight at once on this connector's lane.
+    /// Commands in flight at once on this connector's lane; the lane runs one more worker,
+    /// reserved for revokes, so a leaver never waits for a worker busy with an issue.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Secrets the profile's auth needs, by the names the profile gives them.

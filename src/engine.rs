@@ -255,7 +255,14 @@ impl Engine {
             .get(source)
             .and_then(|s| s.mass_change_threshold)
             .unwrap_or(self.config.engine.mass_change_threshold);
-        self.apply_snapshot(
+        // A change in the file happened, at the latest, when the file landed (its modification
+        // time): that is its trigger (or its effective date, when later), so the `detect` stage
+        // shows the pickup and parse time (invariant 13).
+        let landed_at = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(DateTime::<Utc>::from);
+        self.apply_snapshot_landed(
             source,
             &feed.digest,
             feed.records,
@@ -263,6 +270,7 @@ impl Engine {
             threshold,
             &checkpoint_value,
             &mut report,
+            landed_at,
         )
         .await?;
         Ok(report)
@@ -279,6 +287,33 @@ impl Engine {
         mass_threshold: f64,
         checkpoint_value: &str,
         report: &mut FeedReport,
+    ) -> Result<(), EngineError> {
+        self.apply_snapshot_landed(
+            source,
+            batch_id,
+            records,
+            quarantined,
+            mass_threshold,
+            checkpoint_value,
+            report,
+            None,
+        )
+        .await
+    }
+
+    /// [`Engine::apply_snapshot`] of a snapshot that landed at `landed_at` (an HR file's
+    /// modification time): its changes count as observed then, not when they were picked up.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_snapshot_landed(
+        &self,
+        source: &str,
+        batch_id: &str,
+        records: Vec<PersonRecord>,
+        quarantined: Vec<Quarantined>,
+        mass_threshold: f64,
+        checkpoint_value: &str,
+        report: &mut FeedReport,
+        landed_at: Option<DateTime<Utc>>,
     ) -> Result<(), EngineError> {
         let known: BTreeMap<String, (String, bool)> =
             store::source_hashes(self.store.pool(), source)
@@ -335,7 +370,9 @@ impl Engine {
             let now = self.clock.now();
             let mut tx = self.store.begin_write().await?;
             for r in chunk {
-                let (kind, applied) = self.apply_record_tx(&mut tx, r, now).await?;
+                let (kind, applied) = self
+                    .apply_record_changed_at_tx(&mut tx, r, now, landed_at.unwrap_or(now))
+                    .await?;
                 tally(report, &kind, applied);
             }
             tx.commit().await?;
@@ -408,10 +445,7 @@ impl Engine {
         now: DateTime<Utc>,
         changed_at: DateTime<Utc>,
     ) -> Result<(String, Applied), EngineError> {
-        let existing = store::source_records_of(conn, &r.key)
-            .await?
-            .into_iter()
-            .find(|s| s.source == r.source);
+        let existing = store::source_record(conn, &r.source, &r.key).await?;
         let hash = record_hash(r);
         if existing
             .as_ref()
@@ -465,11 +499,7 @@ impl Engine {
         now: DateTime<Utc>,
         actor: &str,
     ) -> Result<Applied, EngineError> {
-        let Some(mut rec) = store::source_records_of(conn, key)
-            .await?
-            .into_iter()
-            .find(|s| s.source == source)
-        else {
+        let Some(mut rec) = store::source_record(conn, source, key).await? else {
             return Ok(Applied::default());
         };
         rec.disappeared_at = Some(to_micros(now));

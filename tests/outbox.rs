@@ -374,6 +374,178 @@ async fn requests_stay_within_the_rate_limit() {
     });
 }
 
+/// Revocation first all the way down (invariant 3): with thousands of issues queued on a
+/// rate-limited connector and every worker busy with them, a leaver's revoke reaches the vendor
+/// within a token or two of being planned: one worker of the lane is reserved for revokes, and a
+/// revoke takes the next rate-limit token before any issue does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_is_sent_within_two_tokens_behind_thousands_of_queued_issues() {
+    // One token every 100 ms: every request an issue sends before the revoke is plain to see.
+    const RATE: (u32, u32) = (10, 1);
+    each_backend!(RATE, |h| {
+        let leaver = Person {
+            key: "L0001".into(),
+            dept: "finance",
+            site: "berlin",
+        };
+        h.feed(&[leaver.row()]).await;
+        h.drain().await;
+        assert!(h.holds(&leaver.key, "berlin-finance"));
+        let lock = h.lock("berlin-finance");
+
+        let joiners = staff("J", 2000);
+        let mut rows: Vec<String> = joiners.iter().map(Person::row).collect();
+        rows.push(leaver.row());
+        let r = h.feed(&rows).await;
+        assert!(r.issues >= 2000, "{r:?}");
+
+        let (stop, rx) = watch::channel(false);
+        let running = tokio::spawn(h.dispatcher().run(rx));
+        // Every worker that may take an issue has one in hand, sending at the limit.
+        wait_until(
+            "issues to reach the vendor",
+            Duration::from_secs(60),
+            || {
+                let n = h.sim.requests().iter().filter(|r| is_issue_put(r)).count();
+                async move { n >= 6 }
+            },
+        )
+        .await;
+
+        rows.pop();
+        rows.push(leaver.terminated());
+        let r = h.feed(&rows).await;
+        assert_eq!((r.leavers, r.revokes), (1, 1), "{r:?}");
+        // A request of our own marks, in the simulator's log, the moment the revoke was queued.
+        let probe = reqwest::get(format!("{}/planned-here", h.sim.base_url()))
+            .await
+            .unwrap();
+        drop(probe);
+        wait_until("the leaver's revoke", Duration::from_secs(30), || {
+            let seen = h.sim.requests().iter().any(|r| is_delete_on(r, lock));
+            async move { seen }
+        })
+        .await;
+        let queued = count(h.app.store(), "pending", Action::Issue).await;
+        let _ = stop.send(true);
+        tokio::time::timeout(Duration::from_secs(30), running)
+            .await
+            .expect("the dispatcher did not stop")
+            .unwrap();
+        assert!(
+            queued > 1000,
+            "only {queued} issues were queued: nothing to overtake"
+        );
+
+        let log = h.sim.requests();
+        let probe = log.iter().position(|r| r.path == "/planned-here").unwrap();
+        let delete = log.iter().position(|r| is_delete_on(r, lock)).unwrap();
+        if delete > probe {
+            // Requests the issues sent between the revoke being queued and its DELETE: at most
+            // the tokens taken at that instant by issues already past the gate.
+            let between = log[probe + 1..delete].len();
+            let late = log[delete].at.saturating_sub(log[probe].at);
+            assert!(
+                between <= 2 && late <= Duration::from_millis(350),
+                "{}: the revoke waited {late:?} and {between} vendor requests behind the issues",
+                h.backend
+            );
+        }
+    });
+}
+
+/// The first attempt is stamped when the request leaves (invariant 13), not when a worker claims
+/// the command: time spent waiting for the rate budget is queueing, and shows as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_attempt_is_stamped_when_the_request_leaves() {
+    // One token every 200 ms; the test's clock stands still, so any later stamp is the real wait.
+    each_backend!((5, 1), |h| {
+        // One door each.
+        let people = ["J00001", "J00002"].map(|key| Person {
+            key: key.into(),
+            dept: "finance",
+            site: "berlin",
+        });
+        let rows: Vec<String> = people.iter().map(Person::row).collect();
+        h.feed(&rows).await;
+        h.drain().await;
+        let done = store::completed_commands(h.app.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(done.len(), 2, "{done:?}");
+        let log = h.sim.requests();
+        let (a, b) = (&done[0], &done[1]);
+        // The second command's first request, and the request just before it (the first
+        // command's last): the worker took the second command right after that one.
+        let needle = b.identity_key.to_lowercase();
+        let first_of_b = log
+            .iter()
+            .position(|r| r.query.as_deref().is_some_and(|q| q.contains(&needle)))
+            .unwrap_or_else(|| panic!("no request for {}", b.identity_key));
+        assert!(first_of_b > 0 && a.first_attempt_at.is_some());
+        let waited = log[first_of_b]
+            .at
+            .saturating_sub(log[first_of_b - 1].at)
+            .as_micros() as i64;
+        // The test's clock stands still, so the stamp's distance from it is the real time the
+        // request waited for its token after the claim (a stamp at claim would be 0).
+        let stamped = b.first_attempt_at.unwrap() - b.enqueued_at;
+        assert!(
+            stamped >= 150_000,
+            "{}: first attempt stamped {stamped} us after the claim, before the request's token came",
+            h.backend
+        );
+        assert!(
+            (stamped - waited).abs() <= 100_000,
+            "{}: stamped {stamped} us after the claim; the request left {waited} us after the one before",
+            h.backend
+        );
+    });
+}
+
+/// An HR change's trigger is when its file landed (its modification time), not when latchkey
+/// picked it up: the `detect` stage shows the pickup and parse time (invariant 13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hr_termination_is_triggered_when_its_file_landed() {
+    each_backend!((1000, 50), |h| {
+        let leaver = Person {
+            key: "L0001".into(),
+            dept: "finance",
+            site: "berlin",
+        };
+        h.feed(&[leaver.row()]).await;
+        h.drain().await;
+        // The termination file landed 90 s before it is applied.
+        let now = h.clock.now_utc();
+        let landed = now - chrono::Duration::seconds(90);
+        let path = h.dir.join("feeds").join("hr-9999.csv");
+        std::fs::write(&path, format!("{HEADER}\n{}\n", leaver.terminated())).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(landed.into())
+            .unwrap();
+        let r = h.app.engine.apply_hr_file("hr", &path).await.unwrap();
+        assert_eq!((r.leavers, r.revokes), (1, 1), "{r:?}");
+        let revoke = store::commands_where_status(h.app.store().pool(), "pending", 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|c| c.action == Action::Revoke)
+            .unwrap();
+        assert_eq!(
+            (revoke.trigger_at, revoke.detected_at),
+            (
+                latchkey::clock::to_micros(landed),
+                latchkey::clock::to_micros(now)
+            ),
+            "{}",
+            h.backend
+        );
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Crash safety: the real daemon, killed at random moments.
 

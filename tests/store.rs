@@ -244,3 +244,140 @@ async fn a_deadlocked_transaction_is_run_again() {
         .unwrap();
     assert_eq!(total, 4, "each body applied exactly once in the end");
 }
+
+/// Rows in each large table for the plan-shape check: enough that a planner with statistics
+/// prefers an index wherever one serves the query.
+const PLAN_ROWS: i64 = 20_000;
+
+/// Fill the large tables with `PLAN_ROWS` people, their records from two sources, grants, finished
+/// commands (most of an outbox, over time) and a few open ones, then gather statistics.
+async fn populate_for_plans(s: &Store) {
+    let rows = |sql: &str| {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {PLAN_ROWS}) {sql}"
+        )
+    };
+    let fill = [
+        rows(
+            "INSERT INTO identities (key, lifecycle, lifecycle_since, attrs, site, next_change_at, updated_at)
+             SELECT 'E' || i, 'active', 1, '{}', 'berlin', CASE WHEN i % 100 = 0 THEN i ELSE NULL END, 1 FROM n",
+        ),
+        rows(
+            "INSERT INTO source_records (source, key, hash, record, first_seen_at, seen_at)
+             SELECT 'hr', 'E' || i, 'h', '{}', 1, 1 FROM n",
+        ),
+        rows(
+            "INSERT INTO source_records (source, key, hash, record, first_seen_at, seen_at)
+             SELECT 'ldap', 'E' || i, 'h', '{}', 1, 1 FROM n",
+        ),
+        rows(
+            "INSERT INTO grants (identity_key, connector, target, desired, observed, generation, template,
+               credential, updated_at)
+             SELECT 'E' || i, 'nuki', 'door-' || (i % 50), 'present', 'present', 1, 't', 'app', 1 FROM n",
+        ),
+        rows(
+            "INSERT INTO commands (idem_key, connector, action, identity_key, target, generation, priority,
+               status, attempts, next_attempt_at, cause, trigger_at, detected_at, enqueued_at)
+             SELECT 'k' || i, 'nuki', 'issue', 'E' || i, 'door-' || (i % 50), 1, 10,
+               CASE WHEN i % 200 = 0 THEN 'pending' ELSE 'done' END, 1, i, 'joiner', 1, 1, 1 FROM n",
+        ),
+        rows(
+            "INSERT INTO held_changes (source, key, kind, reason, status, created_at)
+             SELECT 'hr', 'E' || i, 'disappearance', 'r', CASE WHEN i % 100 = 0 THEN 'held' ELSE 'obsolete' END, 1
+             FROM n",
+        ),
+        "ANALYZE".to_string(),
+    ];
+    for sql in fill {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(s.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// A value for each `$n` of a hot query, typed as the store binds it.
+fn plan_args(name: &str) -> Vec<Result<i64, &'static str>> {
+    use Result::{Err as T, Ok as N};
+    match name {
+        "source_record" => vec![T("hr"), T("E77")],
+        "source_records_of" | "get_identity" | "grants_of" => vec![T("E77")],
+        "identities_page" => vec![T("E77"), N(500)],
+        "identities_due" => vec![N(1_000), N(50)],
+        "grants_in_key_range" => vec![T("E77"), T("E78")],
+        "release_held" => vec![N(1), T("hr"), T("E77")],
+        "supersede_count" | "open_command_for" => {
+            vec![T("nuki"), T("E77"), T("door-27"), T("issue")]
+        }
+        "supersede" => vec![N(1), T("nuki"), T("E77"), T("door-27")],
+        "next_due" => vec![T("nuki")],
+        "update_claimed" => vec![
+            T("done"),
+            N(1),
+            N(1),
+            N(1),
+            N(1),
+            T("-"),
+            N(77),
+            T("w"),
+            N(0),
+            N(1),
+        ],
+        "claim_next" => vec![T("w"), N(2), N(1), T("nuki"), N(10)],
+        other => panic!("no arguments for hot query {other}"),
+    }
+}
+
+/// Issue 12's plan-shape check: every hot-path query, explained by the database itself on tables
+/// of realistic size, is served by an index. SQLite's `SCAN <table>` without an index and
+/// PostgreSQL's `Seq Scan on <table>` are full scans; either fails the test, naming the query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_queries_are_served_by_indexes_on_both_databases() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let s = Store::connect(&url, 2).await.unwrap();
+        populate_for_plans(&s).await;
+        let mut full_scans = Vec::new();
+        for (query, sql) in store::hot_queries(s.backend()) {
+            let explain = match s.backend() {
+                store::Backend::Sqlite => format!("EXPLAIN QUERY PLAN {sql}"),
+                store::Backend::Postgres => format!("EXPLAIN {sql}"),
+            };
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(explain));
+            for a in plan_args(query) {
+                q = match a {
+                    Ok(n) => q.bind(n),
+                    Err(t) => q.bind(t),
+                };
+            }
+            let rows = q
+                .fetch_all(s.pool())
+                .await
+                .unwrap_or_else(|e| panic!("{name}: explain {query}: {e}"));
+            let plan: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    use sqlx::Row;
+                    match s.backend() {
+                        store::Backend::Sqlite => r.try_get::<String, _>("detail").unwrap(),
+                        store::Backend::Postgres => r.try_get::<String, _>(0).unwrap(),
+                    }
+                })
+                .collect();
+            let scanned = plan.iter().any(|line| {
+                let line = line.trim_start_matches([' ', '-', '>']).trim();
+                (line.starts_with("SCAN ") && !line.contains(" USING "))
+                    || line.contains("Seq Scan on ")
+            });
+            eprintln!("{name} {query}:\n  {}", plan.join("\n  "));
+            if scanned {
+                full_scans.push(format!("{query}:\n  {}", plan.join("\n  ")));
+            }
+        }
+        assert!(
+            full_scans.is_empty(),
+            "{name}: hot queries scan a large table in full:\n{}",
+            full_scans.join("\n")
+        );
+    }
+}

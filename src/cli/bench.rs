@@ -43,22 +43,31 @@ pub struct BenchArgs {
     /// Single leavers to time, one after another.
     #[arg(long, default_value_t = 200)]
     pub leavers: usize,
-    /// People in the single-leaver store (at least `--leavers`).
-    #[arg(long, default_value_t = 300)]
-    pub population: usize,
+    /// People in the store of the scale sections (`ingest`, and `reconcile` unless `--identities`
+    /// is given): 100,000 by default. The `leaver` section's store has 300 unless this is given.
+    #[arg(long)]
+    pub population: Option<usize>,
+    /// Issues queued behind the leavers of the `backlog` section.
+    #[arg(long, default_value_t = 20_000)]
+    pub backlog: usize,
+    /// Run on this PostgreSQL server (`postgres://user@host/db`): each section gets a fresh
+    /// database there. SQLite files in the temporary directory otherwise.
+    #[arg(long)]
+    pub store_url: Option<String>,
     /// SCIM deactivations to time (each user is created over SCIM first).
     #[arg(long, default_value_t = 1000)]
     pub scim_deactivations: usize,
     /// Concurrent SCIM clients while creating the users (durable writes per second).
     #[arg(long, default_value_t = 8)]
     pub scim_clients: usize,
-    /// Identities in the store the `reconcile` section plans.
-    #[arg(long, default_value_t = 100_000)]
-    pub identities: usize,
+    /// Identities in the store the `reconcile` section plans (default: `--population`, else 100,000).
+    #[arg(long)]
+    pub identities: Option<usize>,
     /// Members of the group the `scim-groups` section builds.
     #[arg(long, default_value_t = 20_000)]
     pub group_members: usize,
-    /// Which measurements to run (`drain`, `leaver`, `scim`, `reconcile`, `scim-groups`).
+    /// Which measurements to run (`drain`, `leaver`, `scim`, `reconcile`, `ingest`, `backlog`,
+    /// `scim-groups`).
     #[arg(long, value_delimiter = ',', default_values_t = ["drain".to_string(), "leaver".to_string(), "scim".to_string()])]
     pub sections: Vec<String>,
     /// Keep the stores here instead of in a temporary directory.
@@ -81,11 +90,56 @@ pub(super) const SETUP_RATE: (u32, u32) = (5_000, 500);
 /// An outbox whose open count does not move for this long is stuck, not slow.
 const STALL: Duration = Duration::from_secs(120);
 
-/// One store with its app and running dispatcher.
+/// One store with its app and running dispatcher (none while the vendor is held back).
 pub(super) struct Bed {
     pub(super) app: App,
     stop: watch::Sender<bool>,
-    dispatcher: JoinHandle<()>,
+    dispatcher: Option<JoinHandle<()>>,
+}
+
+/// The PostgreSQL server given with `--store-url`, if any: each store opened gets a fresh database.
+static STORE_SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The store URL for a bench directory: a SQLite file in it, or a fresh PostgreSQL database.
+async fn store_url_for(dir: &Path) -> anyhow::Result<String> {
+    let Some(server) = STORE_SERVER.get() else {
+        return Ok(format!("sqlite://{}", dir.join("latchkey.db").display()));
+    };
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(server)
+        .await
+        .with_context(|| format!("--store-url {}", store::redact_url(server)))?;
+    let tag: String = dir
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .rev()
+        .take(24)
+        .collect();
+    let name = format!(
+        "latchkey_bench_{}_{}",
+        std::process::id(),
+        tag.to_lowercase()
+    );
+    // Created once per directory: the drain section reopens its store under another limit.
+    let exists = sqlx::query("SELECT 1 AS x FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut conn)
+        .await?
+        .is_some();
+    if !exists {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+    }
+    let base = server
+        .split('?')
+        .next()
+        .and_then(|u| u.rsplit_once('/'))
+        .map(|(b, _)| b.to_string())
+        .context("--store-url needs a database path (postgres://user@host/db)")?;
+    Ok(format!("{base}/{name}"))
 }
 
 impl Bed {
@@ -106,8 +160,21 @@ impl Bed {
         concurrency: usize,
         extra: &str,
     ) -> anyhow::Result<Self> {
+        Self::open_full(dir, sim_url, rate, concurrency, extra, true).await
+    }
+
+    /// With `dispatch` false the vendor is held back: commands stay in the outbox.
+    async fn open_full(
+        dir: &Path,
+        sim_url: &str,
+        rate: (u32, u32),
+        concurrency: usize,
+        extra: &str,
+        dispatch: bool,
+    ) -> anyhow::Result<Self> {
         let path = dir.join("latchkey.toml");
-        std::fs::write(&path, config_text(dir, sim_url, rate, concurrency, extra)?)?;
+        let db = store_url_for(dir).await?;
+        std::fs::write(&path, config_text(&db, sim_url, rate, concurrency, extra)?)?;
         // Only the tokens: the process environment's overrides would make runs incomparable.
         let env = BTreeMap::from([
             (TOKEN_VAR.to_string(), SIM_TOKEN.to_string()),
@@ -116,7 +183,7 @@ impl Bed {
         let config = Config::load(&ConfigInput::from_file(&path, env)?)?;
         let app = App::open(config, clock::system()).await?;
         let (stop, rx) = watch::channel(false);
-        let dispatcher = tokio::spawn(app.dispatcher().run(rx));
+        let dispatcher = dispatch.then(|| tokio::spawn(app.dispatcher().run(rx)));
         Ok(Self {
             app,
             stop,
@@ -126,7 +193,9 @@ impl Bed {
 
     pub(super) async fn close(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
-        self.dispatcher.await?;
+        if let Some(d) = self.dispatcher {
+            d.await?;
+        }
         self.app.store().pool().close().await;
         Ok(())
     }
@@ -204,13 +273,12 @@ fn toml_str(s: &str) -> String {
 }
 
 fn config_text(
-    dir: &Path,
+    db: &str,
     sim_url: &str,
     rate: (u32, u32),
     concurrency: usize,
     extra: &str,
 ) -> anyhow::Result<String> {
-    let db = format!("sqlite://{}", dir.join("latchkey.db").display());
     // Absolute: paths in the file are resolved against its own (temporary) folder.
     let mapping = std::path::absolute(repo_path("mappings/hr.toml"))?;
     let profile = std::path::absolute(repo_path("connectors/nuki.toml"))?;
@@ -238,7 +306,7 @@ concurrency = {concurrency}
 rate_limit = {{ per_second = {per_second}, burst = {burst} }}
 secrets = {{ token = {{ env = "{TOKEN_VAR}" }} }}
 {extra}"#,
-        db = toml_str(&db),
+        db = toml_str(db),
         mapping = toml_str(&mapping.display().to_string()),
         profile = toml_str(&profile.display().to_string()),
         sim_url = toml_str(sim_url),
@@ -460,7 +528,7 @@ struct LeaverFigures {
 
 async fn single_leaver(args: &BenchArgs, dir: &Path) -> anyhow::Result<LeaverFigures> {
     let k = args.leavers.max(1);
-    let people = args.population.max(k);
+    let people = args.population.unwrap_or(300).max(k);
     println!("== 2. single leaver, nothing queued ==");
     println!(
         "  {people} people in their own store, {} locks; {k} leavers one at a time, each its own feed",
@@ -735,10 +803,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         .keep
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
+    let backend = match &args.store_url {
+        Some(url) => {
+            let _ = STORE_SERVER.set(url.clone());
+            format!("PostgreSQL at {}", store::redact_url(url))
+        }
+        None => format!("SQLite in {}", root.display()),
+    };
     println!(
-        "latchkey bench (SQLite in {}, in-process Nuki simulator over loopback HTTP, wall clock)",
-        root.display()
+        "latchkey bench ({backend}, in-process Nuki simulator over loopback HTTP, wall clock)"
     );
+    if let Some(load) = machine_load() {
+        println!("machine load (1, 5, 15 min): {load}, {} CPUs", num_cpus());
+    }
     println!();
     let wants = |s: &str| args.sections.iter().any(|x| x == s);
     let mut ok = true;
@@ -770,8 +847,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         ok &= scim.ok;
     }
     if wants("reconcile") {
-        let r = super::bench_reconcile::reconcile_plan(args.identities, &root.join("reconcile"))
-            .await?;
+        let n = args.identities.or(args.population).unwrap_or(100_000);
+        let r = super::bench_reconcile::reconcile_plan(n, &root.join("reconcile")).await?;
         println!(
             "summary: reconcile plan of {} identities in {:.2} s = {:.0} identities/s ({:.2} x target)",
             r.identities,
@@ -786,5 +863,35 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         println!("{}", super::bench_scim_groups::summary(&g));
         ok &= g.ok;
     }
+    if wants("ingest") {
+        ok &= ingest::initial_load(&args, &root.join("ingest")).await?;
+    }
+    if wants("backlog") {
+        ok &= ingest::leaver_behind_backlog(&args, &root.join("backlog")).await?;
+    }
     Ok(if ok { 0 } else { 1 })
 }
+
+/// The 1, 5 and 15 minute load averages: the machine may be shared, and figures mean little
+/// without it.
+fn machine_load() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A figure against its target: `ratio` > 1 is better than the target for a `higher` figure.
+fn row(what: &str, value: String, target: &str, ratio: f64) {
+    println!("  {what:<58} {value:>16}   target {target:<14} ratio {ratio:.2}");
+}
+
+#[path = "bench_ingest.rs"]
+mod ingest;

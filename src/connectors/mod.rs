@@ -5,6 +5,7 @@
 //! Most vendors are a declarative profile in `connectors/` driven by [`http::HttpConnector`]; a
 //! built-in connector exists only where a profile cannot express the job.
 
+pub mod call;
 pub mod http;
 pub mod manual;
 pub mod profile;

@@ -1,9 +1,9 @@
 //! The dispatcher: per-connector lanes that take commands from the outbox and carry them to the
 //! vendor.
 //!
-//! Each lane runs `concurrency` workers. A worker claims one command at a time, revokes first
-//! (invariant 3), under a lease, so a crashed worker's command is taken again when the lease runs out.
-//! Connectors are idempotent, so a command delivered twice has one effect (invariant 2). Failures are
+//! Each lane runs `concurrency` workers plus one reserved for revokes. A worker claims one command
+//! at a time, revokes first (invariant 3), under a lease, so a crashed worker's command is taken
+//! again when the lease runs out. Connectors are idempotent, so a command delivered twice has one effect (invariant 2). Failures are
 //! retried with jittered exponential backoff, obeying the vendor's Retry-After up to a cap; an issue
 //! that keeps failing ends in the dead letter, shown by `latchkey status`. A revoke never does: past
 //! its attempts it is marked stuck and keeps retrying at the capped interval, loudly (metric, alert,
@@ -19,7 +19,7 @@ pub mod timing;
 use crate::audit;
 use crate::clock::{SharedClock, from_micros, to_micros};
 use crate::config::Config;
-use crate::connectors::{Connector, ConnectorError, Connectors, GrantRequest, Outcome};
+use crate::connectors::{Connector, ConnectorError, Connectors, GrantRequest, Outcome, call};
 use crate::model::{Action, PersonRef, Window};
 use crate::store::{self, CommandRow, CommandUpdate, Store, StoreError};
 use crate::telemetry::metrics::{Finished, Metrics, Retry};
@@ -148,6 +148,9 @@ impl Dispatcher {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let owner = format!("{}/{}/{worker}", self.owner, connector.name());
+        // The last worker of a lane is reserved for revokes (invariant 3): a leaver never waits
+        // for a worker busy with an issue, however many issues are queued.
+        let revokes_only = worker == self.lane_concurrency(connector.name());
         loop {
             if *shutdown.borrow() {
                 return;
@@ -157,7 +160,7 @@ impl Dispatcher {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.step(&connector, &owner).await {
+            match self.step_of(&connector, &owner, revokes_only).await {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
@@ -179,17 +182,41 @@ impl Dispatcher {
         }
     }
 
+    /// Workers of a lane that take any command; the lane runs one more, reserved for revokes.
+    pub(crate) fn lane_concurrency(&self, connector: &str) -> usize {
+        self.config
+            .connectors
+            .get(connector)
+            .map_or(1, |c| c.concurrency.max(1))
+    }
+
     /// Claim and carry out one command. Returns whether there was one.
     pub async fn step(
         &self,
         connector: &Arc<dyn Connector>,
         owner: &str,
     ) -> Result<bool, StoreError> {
+        self.step_of(connector, owner, false).await
+    }
+
+    /// [`Dispatcher::step`]; with `revokes_only`, only a revoke is claimed.
+    pub async fn step_of(
+        &self,
+        connector: &Arc<dyn Connector>,
+        owner: &str,
+        revokes_only: bool,
+    ) -> Result<bool, StoreError> {
         let now = to_micros(self.clock.now());
         let lease = timing::secs_micros(self.config.engine.lease_seconds);
         let Some(cmd) = self
             .store
-            .claim_next(connector.name(), owner, now, now.saturating_add(lease))
+            .claim_next_of(
+                connector.name(),
+                owner,
+                now,
+                now.saturating_add(lease),
+                revokes_only,
+            )
             .await?
         else {
             return Ok(false);
@@ -413,11 +440,22 @@ impl Dispatcher {
                 .timezone_of(identity.as_ref().and_then(|i| i.site.as_deref())),
         };
         let confirming = cmd.dispatched_at.is_some();
-        let result = match (confirming, cmd.action) {
-            (true, action) => connector.confirm(&req, action).await,
-            (false, Action::Issue) => connector.issue(&req).await,
-            (false, Action::Revoke) => connector.revoke(&req).await,
-        };
+        let started = (self.clock.now(), tokio::time::Instant::now());
+        let (result, sent) = call::scope(cmd.action == Action::Revoke, async {
+            match (confirming, cmd.action) {
+                (true, action) => connector.confirm(&req, action).await,
+                (false, Action::Issue) => connector.issue(&req).await,
+                (false, Action::Revoke) => connector.revoke(&req).await,
+            }
+        })
+        .await;
+        // The first attempt is when the first request left (after any wait for the rate budget),
+        // on this dispatcher's clock; a connector without HTTP requests acts at the call.
+        let sent_at = to_micros(started.0).saturating_add(sent.map_or(0, |s| {
+            s.saturating_duration_since(started.1).as_micros() as i64
+        }));
+        let mut cmd = cmd;
+        cmd.first_attempt_at = cmd.first_attempt_at.or(Some(sent_at));
         let now = to_micros(self.clock.now());
         self.breaker_verdict(connector.name(), &result, now).await?;
         let policy = connector.retry_policy();
@@ -475,6 +513,7 @@ impl Dispatcher {
                             confirm_deadline: Some(deadline),
                             last_error: Some("accepted by the vendor, not visible yet".into()),
                             refund_attempt: false,
+                            first_attempt_at: cmd.first_attempt_at,
                         },
                     )
                     .await?;
@@ -542,6 +581,7 @@ impl Dispatcher {
                 confirm_deadline: None,
                 last_error: error.clone(),
                 refund_attempt: false,
+                first_attempt_at: cmd.first_attempt_at,
             },
         )
         .await?;
@@ -687,6 +727,7 @@ impl Dispatcher {
                 confirm_deadline: None,
                 last_error,
                 refund_attempt: refund && cmd.dispatched_at.is_none(),
+                first_attempt_at: cmd.first_attempt_at,
             },
         )
         .await?;

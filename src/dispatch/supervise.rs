@@ -91,13 +91,10 @@ impl Dispatcher {
     pub(super) async fn run_lanes(self, shutdown: watch::Receiver<bool>) {
         let mut workers: Workers = (JoinSet::new(), HashMap::new());
         for (name, connector) in &self.connectors {
-            let concurrency = self
-                .config
-                .connectors
-                .get(name)
-                .map_or(1, |c| c.concurrency.max(1));
-            self.lanes.expect(name, concurrency);
-            for worker in 0..concurrency {
+            // `concurrency` workers take any command; one more takes only revokes.
+            let lane = self.lane_concurrency(name) + 1;
+            self.lanes.expect(name, lane);
+            for worker in 0..lane {
                 self.spawn_worker(&mut workers, connector, worker, Duration::ZERO, &shutdown);
             }
         }

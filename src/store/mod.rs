@@ -151,8 +151,27 @@ impl Store {
         now: i64,
         lease_until: i64,
     ) -> Result<Option<CommandRow>> {
+        self.claim_next_of(connector, owner, now, lease_until, false)
+            .await
+    }
+
+    /// [`Store::claim_next`]; with `revokes_only`, only a revoke is claimed (the lane's worker
+    /// reserved for revokes never takes an issue).
+    pub async fn claim_next_of(
+        &self,
+        connector: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+        revokes_only: bool,
+    ) -> Result<Option<CommandRow>> {
+        let max_priority = if revokes_only {
+            Action::Revoke.priority()
+        } else {
+            i64::MAX
+        };
         self.retry("command claim", || {
-            self.claim_next_once(connector, owner, now, lease_until)
+            self.claim_next_once(connector, owner, now, lease_until, max_priority)
         })
         .await
     }
@@ -163,14 +182,17 @@ impl Store {
         owner: &str,
         now: i64,
         lease_until: i64,
+        max_priority: i64,
     ) -> Result<Option<CommandRow>> {
         let mut tx = self.begin_write().await?;
         let row = match self.backend {
             Backend::Sqlite => {
-                sqlite::claim_next(&mut tx, connector, owner, now, lease_until).await?
+                sqlite::claim_next(&mut tx, connector, owner, now, lease_until, max_priority)
+                    .await?
             }
             Backend::Postgres => {
-                postgres::claim_next(&mut tx, connector, owner, now, lease_until).await?
+                postgres::claim_next(&mut tx, connector, owner, now, lease_until, max_priority)
+                    .await?
             }
         };
         let cmd = row.map(|r| CommandRow::from_row(&r)).transpose()?;
@@ -242,7 +264,7 @@ impl IdentityRow {
 }
 
 pub async fn get_identity(conn: &mut AnyConnection, key: &str) -> Result<Option<IdentityRow>> {
-    sqlx::query("SELECT * FROM identities WHERE key = $1")
+    sqlx::query(GET_IDENTITY_SQL)
         .bind(key)
         .fetch_optional(&mut *conn)
         .await?
@@ -291,14 +313,11 @@ pub async fn put_identity(conn: &mut AnyConnection, i: &IdentityRow) -> Result<(
 
 /// Identities whose effective-dated change (hire, termination, grant expiry) has come.
 pub async fn identities_due(pool: &AnyPool, now: i64, limit: i64) -> Result<Vec<String>> {
-    let rows = sqlx::query(
-        "SELECT key FROM identities WHERE next_change_at IS NOT NULL AND next_change_at <= $1
-         ORDER BY next_change_at LIMIT $2",
-    )
-    .bind(now)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(IDENTITIES_DUE_SQL)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(|r| Ok(r.try_get("key")?)).collect()
 }
 
@@ -322,11 +341,27 @@ pub struct SourceRecordRow {
     pub disappeared_at: Option<i64>,
 }
 
+/// One source's record of a person, by the primary key.
+pub async fn source_record(
+    conn: &mut AnyConnection,
+    source: &str,
+    key: &str,
+) -> Result<Option<SourceRecordRow>> {
+    sqlx::query(SOURCE_RECORD_SQL)
+        .bind(source)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| read::<SourceRecordRow>(&r))
+        .transpose()
+}
+
+/// A person's records from every source (index `source_records_key`, migration 0016).
 pub async fn source_records_of(
     conn: &mut AnyConnection,
     key: &str,
 ) -> Result<Vec<SourceRecordRow>> {
-    sqlx::query("SELECT * FROM source_records WHERE key = $1 ORDER BY source")
+    sqlx::query(SOURCE_RECORDS_OF_SQL)
         .bind(key)
         .fetch_all(&mut *conn)
         .await?
@@ -544,15 +579,12 @@ pub async fn release_held_for(
     key: &str,
     now: i64,
 ) -> Result<u64> {
-    let r = sqlx::query(
-        "UPDATE held_changes SET status = 'obsolete', decided_by = 'feed', decided_at = $1
-         WHERE status = 'held' AND source = $2 AND key = $3",
-    )
-    .bind(now)
-    .bind(source)
-    .bind(key)
-    .execute(&mut *conn)
-    .await?;
+    let r = sqlx::query(RELEASE_HELD_SQL)
+        .bind(now)
+        .bind(source)
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
     Ok(r.rows_affected())
 }
 
@@ -579,7 +611,7 @@ pub struct GrantRow {
 }
 
 pub async fn grants_of(conn: &mut AnyConnection, identity_key: &str) -> Result<Vec<GrantRow>> {
-    sqlx::query("SELECT * FROM grants WHERE identity_key = $1 ORDER BY connector, target")
+    sqlx::query(GRANTS_OF_SQL)
         .bind(identity_key)
         .fetch_all(&mut *conn)
         .await?
@@ -845,27 +877,20 @@ pub async fn supersede_issues(
     target: &str,
     now: i64,
 ) -> Result<(u64, i64)> {
-    let attempted: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM commands WHERE connector = $1 AND identity_key = $2 AND target = $3
-           AND action = 'issue' AND (attempts > 0 OR status NOT IN ('pending', 'superseded'))",
-    )
-    .bind(connector)
-    .bind(identity_key)
-    .bind(target)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get("n")?;
-    let r = sqlx::query(
-        "UPDATE commands SET status = 'superseded', last_error = 'superseded by a revoke', next_attempt_at = $1
-         WHERE connector = $2 AND identity_key = $3 AND target = $4 AND action = 'issue'
-           AND status IN ('pending', 'confirming')",
-    )
-    .bind(now)
-    .bind(connector)
-    .bind(identity_key)
-    .bind(target)
-    .execute(&mut *conn)
-    .await?;
+    let attempted: i64 = sqlx::query(SUPERSEDE_COUNT_SQL)
+        .bind(connector)
+        .bind(identity_key)
+        .bind(target)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("n")?;
+    let r = sqlx::query(SUPERSEDE_SQL)
+        .bind(now)
+        .bind(connector)
+        .bind(identity_key)
+        .bind(target)
+        .execute(&mut *conn)
+        .await?;
     Ok((r.rows_affected(), attempted))
 }
 
@@ -884,23 +909,19 @@ pub async fn update_claimed(
     owner: &str,
     u: &CommandUpdate,
 ) -> Result<bool> {
-    let r = sqlx::query(
-        "UPDATE commands SET status = $1, next_attempt_at = $2, dispatched_at = COALESCE(dispatched_at, $3),
-           confirmed_at = $4, confirm_deadline = COALESCE($5, confirm_deadline), last_error = $6,
-           lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - $9
-         WHERE id = $7 AND lease_owner = $8 AND status = 'inflight'",
-    )
-    .bind(&u.status)
-    .bind(u.next_attempt_at)
-    .bind(u.dispatched_at)
-    .bind(u.confirmed_at)
-    .bind(u.confirm_deadline)
-    .bind(&u.last_error)
-    .bind(u.id)
-    .bind(owner)
-    .bind(i64::from(u.refund_attempt))
-    .execute(&mut *conn)
-    .await?;
+    let r = sqlx::query(UPDATE_CLAIMED_SQL)
+        .bind(&u.status)
+        .bind(u.next_attempt_at)
+        .bind(u.dispatched_at)
+        .bind(u.confirmed_at)
+        .bind(u.confirm_deadline)
+        .bind(&u.last_error)
+        .bind(u.id)
+        .bind(owner)
+        .bind(i64::from(u.refund_attempt))
+        .bind(u.first_attempt_at)
+        .execute(&mut *conn)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -915,6 +936,9 @@ pub struct CommandUpdate {
     pub confirmed_at: Option<i64>,
     pub confirm_deadline: Option<i64>,
     pub last_error: Option<String>,
+    /// When the first request of the command left (kept if already set): stamped where the
+    /// request is sent, not at claim (invariant 13).
+    pub first_attempt_at: Option<i64>,
 }
 
 /// Put a deadline-missed confirmation back to pending so the grant is issued again.
@@ -941,13 +965,10 @@ pub async fn reissue(
 
 /// The earliest time a command of this connector becomes due, for the lane to sleep until.
 pub async fn next_due(pool: &AnyPool, connector: &str) -> Result<Option<i64>> {
-    let row = sqlx::query(
-        "SELECT MIN(CASE WHEN status = 'inflight' THEN lease_expires_at ELSE next_attempt_at END) AS due
-         FROM commands WHERE connector = $1 AND status IN ('pending', 'confirming', 'inflight')",
-    )
-    .bind(connector)
-    .fetch_one(pool)
-    .await?;
+    let row = sqlx::query(NEXT_DUE_SQL)
+        .bind(connector)
+        .fetch_one(pool)
+        .await?;
     Ok(row.try_get("due")?)
 }
 
@@ -1150,18 +1171,15 @@ pub async fn open_command_for(
     target: &str,
     action: Action,
 ) -> Result<Option<CommandRow>> {
-    sqlx::query(
-        "SELECT * FROM commands WHERE connector = $1 AND identity_key = $2 AND target = $3 AND action = $4
-           AND status IN ('pending', 'inflight', 'confirming') ORDER BY id DESC LIMIT 1",
-    )
-    .bind(connector)
-    .bind(identity_key)
-    .bind(target)
-    .bind(action.as_str())
-    .fetch_optional(&mut *conn)
-    .await?
-    .map(|r| CommandRow::from_row(&r))
-    .transpose()
+    sqlx::query(OPEN_COMMAND_FOR_SQL)
+        .bind(connector)
+        .bind(identity_key)
+        .bind(target)
+        .bind(action.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| CommandRow::from_row(&r))
+        .transpose()
 }
 
 /// Finish an unfinished command from outside the dispatcher (a person recorded the result). A
@@ -1515,7 +1533,7 @@ pub async fn set_policy_state(
 
 /// One page of identities in key order, after `after` (exclusive): reconciliation streams them.
 pub async fn identities_page(pool: &AnyPool, after: &str, limit: i64) -> Result<Vec<IdentityRow>> {
-    sqlx::query("SELECT * FROM identities WHERE key > $1 ORDER BY key LIMIT $2")
+    sqlx::query(IDENTITIES_PAGE_SQL)
         .bind(after)
         .bind(limit)
         .fetch_all(pool)
@@ -1527,17 +1545,14 @@ pub async fn identities_page(pool: &AnyPool, after: &str, limit: i64) -> Result<
 
 /// Every ledger row of the identities whose keys lie in `first..=last`.
 pub async fn grants_in_key_range(pool: &AnyPool, first: &str, last: &str) -> Result<Vec<GrantRow>> {
-    sqlx::query(
-        "SELECT * FROM grants WHERE identity_key >= $1 AND identity_key <= $2
-         ORDER BY identity_key, connector, target",
-    )
-    .bind(first)
-    .bind(last)
-    .fetch_all(pool)
-    .await?
-    .iter()
-    .map(read::<GrantRow>)
-    .collect()
+    sqlx::query(GRANTS_IN_KEY_RANGE_SQL)
+        .bind(first)
+        .bind(last)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(read::<GrantRow>)
+        .collect()
 }
 
 /// Held changes of this source and kind that an approver approved and that were not carried out yet.
@@ -1571,4 +1586,66 @@ pub async fn mark_holds_executed(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hot-path queries, named so the plan-shape test (tests/store.rs) explains exactly what runs.
+
+const SOURCE_RECORD_SQL: &str = "SELECT * FROM source_records WHERE source = $1 AND key = $2";
+const SOURCE_RECORDS_OF_SQL: &str = "SELECT * FROM source_records WHERE key = $1 ORDER BY source";
+const GET_IDENTITY_SQL: &str = "SELECT * FROM identities WHERE key = $1";
+const GRANTS_OF_SQL: &str =
+    "SELECT * FROM grants WHERE identity_key = $1 ORDER BY connector, target";
+const IDENTITIES_PAGE_SQL: &str = "SELECT * FROM identities WHERE key > $1 ORDER BY key LIMIT $2";
+const IDENTITIES_DUE_SQL: &str =
+    "SELECT key FROM identities WHERE next_change_at IS NOT NULL AND next_change_at <= $1
+         ORDER BY next_change_at LIMIT $2";
+const GRANTS_IN_KEY_RANGE_SQL: &str =
+    "SELECT * FROM grants WHERE identity_key >= $1 AND identity_key <= $2
+         ORDER BY identity_key, connector, target";
+const RELEASE_HELD_SQL: &str =
+    "UPDATE held_changes SET status = 'obsolete', decided_by = 'feed', decided_at = $1
+         WHERE status = 'held' AND source = $2 AND key = $3";
+const SUPERSEDE_COUNT_SQL: &str =
+    "SELECT COUNT(*) AS n FROM commands WHERE connector = $1 AND identity_key = $2 AND target = $3
+           AND action = 'issue' AND (attempts > 0 OR status NOT IN ('pending', 'superseded'))";
+const SUPERSEDE_SQL: &str = "UPDATE commands SET status = 'superseded', last_error = 'superseded by a revoke', next_attempt_at = $1
+         WHERE connector = $2 AND identity_key = $3 AND target = $4 AND action = 'issue'
+           AND status IN ('pending', 'confirming')";
+const NEXT_DUE_SQL: &str = "SELECT MIN(CASE WHEN status = 'inflight' THEN lease_expires_at ELSE next_attempt_at END) AS due
+         FROM commands WHERE connector = $1 AND status IN ('pending', 'confirming', 'inflight')";
+const UPDATE_CLAIMED_SQL: &str = "UPDATE commands SET status = $1, next_attempt_at = $2, dispatched_at = COALESCE(dispatched_at, $3),
+           confirmed_at = $4, confirm_deadline = COALESCE($5, confirm_deadline), last_error = $6,
+           lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - $9,
+           first_attempt_at = COALESCE(first_attempt_at, $10)
+         WHERE id = $7 AND lease_owner = $8 AND status = 'inflight'";
+const OPEN_COMMAND_FOR_SQL: &str = "SELECT * FROM commands WHERE connector = $1 AND identity_key = $2 AND target = $3 AND action = $4
+           AND status IN ('pending', 'inflight', 'confirming') ORDER BY id DESC LIMIT 1";
+
+/// (name, SQL) of every query on the hot path (a feed's changes, planning, reconciliation, the
+/// dispatcher's claim and completion), in this backend's dialect where it differs: each must be
+/// served by an index, never by a full scan of a large table (issue 12, item 1).
+pub fn hot_queries(backend: Backend) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("source_record", SOURCE_RECORD_SQL),
+        ("source_records_of", SOURCE_RECORDS_OF_SQL),
+        ("get_identity", GET_IDENTITY_SQL),
+        ("grants_of", GRANTS_OF_SQL),
+        ("identities_page", IDENTITIES_PAGE_SQL),
+        ("identities_due", IDENTITIES_DUE_SQL),
+        ("grants_in_key_range", GRANTS_IN_KEY_RANGE_SQL),
+        ("release_held", RELEASE_HELD_SQL),
+        ("supersede_count", SUPERSEDE_COUNT_SQL),
+        ("supersede", SUPERSEDE_SQL),
+        ("next_due", NEXT_DUE_SQL),
+        ("update_claimed", UPDATE_CLAIMED_SQL),
+        ("open_command_for", OPEN_COMMAND_FOR_SQL),
+        (
+            "claim_next",
+            match backend {
+                Backend::Sqlite => sqlite::CLAIM_SQL,
+                Backend::Postgres => postgres::CLAIM_SQL,
+            },
+        ),
+    ]
 }

@@ -68,21 +68,11 @@ pub(super) async fn migrate(pool: &AnyPool) -> Result<()> {
     Ok(())
 }
 
-/// The write lock taken by `BEGIN IMMEDIATE` already makes this claim exclusive.
-pub(super) async fn claim_next(
-    tx: &mut Tx,
-    connector: &str,
-    owner: &str,
-    now: i64,
-    lease_until: i64,
-) -> Result<Option<AnyRow>> {
-    Ok(sqlx::query(
-        "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
-           attempts = attempts + CASE WHEN dispatched_at IS NULL THEN 1 ELSE 0 END,
-           first_attempt_at = COALESCE(first_attempt_at, $3)
+pub(super) const CLAIM_SQL: &str = "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
+           attempts = attempts + CASE WHEN dispatched_at IS NULL THEN 1 ELSE 0 END
          WHERE id = (
            SELECT c.id FROM commands c
-           WHERE c.connector = $4
+           WHERE c.connector = $4 AND c.priority <= $5
              AND c.status IN ('pending', 'confirming', 'inflight')
              AND ((c.status <> 'inflight' AND c.next_attempt_at <= $3)
                   OR (c.status = 'inflight' AND c.lease_expires_at < $3))
@@ -90,12 +80,23 @@ pub(super) async fn claim_next(
                  WHERE o.connector = c.connector AND o.identity_key = c.identity_key AND o.target = c.target
                    AND o.status = 'inflight' AND o.lease_expires_at >= $3 AND o.id <> c.id)
            ORDER BY c.priority, c.id LIMIT 1)
-         RETURNING *",
-    )
-    .bind(owner)
-    .bind(lease_until)
-    .bind(now)
-    .bind(connector)
-    .fetch_optional(&mut ***tx)
-    .await?)
+         RETURNING *";
+
+/// The write lock taken by `BEGIN IMMEDIATE` already makes this claim exclusive.
+pub(super) async fn claim_next(
+    tx: &mut Tx,
+    connector: &str,
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+    max_priority: i64,
+) -> Result<Option<AnyRow>> {
+    Ok(sqlx::query(CLAIM_SQL)
+        .bind(owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(connector)
+        .bind(max_priority)
+        .fetch_optional(&mut ***tx)
+        .await?)
 }

@@ -32,6 +32,8 @@ pub struct HttpConnector {
     pub(super) env: Environment<'static>,
     pub(super) paths: BTreeMap<&'static str, Paths>,
     pub(super) limiter: DefaultDirectRateLimiter,
+    /// Revokes take the limiter's tokens before issues (invariant 3).
+    pub(super) gate: super::super::call::PriorityGate,
     rate: (u32, u32),
     /// A vendor cooldown (Retry-After): no request leaves before this instant.
     pub(super) cooldown_until: Mutex<Option<Instant>>,
@@ -99,6 +101,7 @@ impl HttpConnector {
             env,
             paths,
             limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+            gate: Default::default(),
             rate: (rl.per_second, rl.burst),
             cooldown_until: Mutex::new(None),
             targets: cc.targets.clone(),

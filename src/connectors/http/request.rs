@@ -96,11 +96,10 @@ impl HttpConnector {
                 _ => break,
             }
         }
-        // `check` takes a cell when one is free, exactly as `until_ready` would without waiting.
-        if self.limiter.check().is_err() {
-            waited = true;
-            self.limiter.until_ready().await;
-        }
+        let revoke = super::super::call::is_revoke();
+        waited |= self.gate.take(&self.limiter, revoke).await;
+        // The request leaves now: this is the command's attempt, whatever the wait before it.
+        super::super::call::sent();
         if waited && let Some((count, seconds)) = self.rate_waits.get() {
             count.inc();
             seconds.inc_by(started.elapsed().as_secs_f64());
