@@ -1,4 +1,4 @@
-//! Scale sections of `latchkey bench` (issue 12's table):
+//! Scale sections of `latchkey bench` (the scale targets):
 //!
 //! - `ingest`: the initial load of an HR feed of `--population` people (100,000 by default) with
 //!   the vendor held back (no dispatcher): store writes only. Measured at a tenth of the size too,

@@ -1624,7 +1624,7 @@ const OPEN_COMMAND_FOR_SQL: &str = "SELECT * FROM commands WHERE connector = $1 
 
 /// (name, SQL) of every query on the hot path (a feed's changes, planning, reconciliation, the
 /// dispatcher's claim and completion), in this backend's dialect where it differs: each must be
-/// served by an index, never by a full scan of a large table (issue 12, item 1).
+/// served by an index, never by a full scan of a large table.
 pub fn hot_queries(backend: Backend) -> Vec<(&'static str, &'static str)> {
     vec![
         ("source_record", SOURCE_RECORD_SQL),
