@@ -157,9 +157,17 @@ impl Leases {
         &self.holder
     }
 
-    /// Does this replica hold `name` now?
+    /// Does this replica hold `name` now? Judged here against the deadline too, so a keeper task
+    /// that is late (a starved process) cannot leave work running past it.
     pub fn holds(&self, name: &str) -> bool {
-        self.lock().get(name).is_some_and(|h| *h.tx.borrow())
+        let now = Instant::now();
+        self.lock()
+            .get(name)
+            .is_some_and(|h| *h.tx.borrow() && h.deadline.is_some_and(|d| now < d))
+    }
+
+    fn deadline(&self, name: &str) -> Option<Instant> {
+        self.lock().get(name).and_then(|h| h.deadline)
     }
 
     /// The leases this replica holds now, by name.
@@ -191,8 +199,18 @@ impl Leases {
 
     /// Resolves when `name` is not (or no longer) held by this replica.
     pub async fn lost(&self, name: &str) {
-        if let Some(mut held) = self.watch(name) {
-            let _ = held.wait_for(|h| !*h).await;
+        let Some(mut held) = self.watch(name) else {
+            return;
+        };
+        // The flag, or the deadline passing without a renewal, whichever comes first.
+        while self.holds(name) {
+            let Some(deadline) = self.deadline(name) else {
+                return;
+            };
+            tokio::select! {
+                r = held.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
         }
     }
 
@@ -241,7 +259,7 @@ impl Leases {
     /// How long before the database's expiry a holder gives a lease up: room for the work in hand
     /// to stop (see [`Leases::while_held`]).
     fn margin(&self) -> Duration {
-        self.lease / 5
+        self.lease / 4
     }
 
     /// Keep this replica's leases until `shutdown`, then release them so another replica takes
@@ -280,6 +298,7 @@ impl Leases {
 
     /// One look at one lease: renew it when held, try to take it when not.
     async fn keep(&self, name: &str, every: Duration) {
+        self.expire_late().await;
         let sent = Instant::now();
         let deadline = sent + self.lease.saturating_sub(self.margin());
         if self.holds(name) {
@@ -308,7 +327,7 @@ impl Leases {
         let late: Vec<String> = self
             .lock()
             .iter()
-            .filter(|(_, h)| *h.tx.borrow() && h.deadline.is_some_and(|d| d <= now))
+            .filter(|(_, h)| *h.tx.borrow() && h.deadline.is_none_or(|d| d <= now))
             .map(|(n, _)| n.clone())
             .collect();
         for name in late {

@@ -212,6 +212,13 @@ impl Dispatcher {
         else {
             return Ok(false);
         };
+        // The lane's lease ran out while claiming (a late renewal): give the command back untried.
+        if let Some(leases) = &self.leases
+            && !leases.holds(&crate::leases::lane(connector.name()))
+        {
+            self.defer(owner, &cmd, now).await?;
+            return Ok(true);
+        }
         let probe = match self.breakers.get(connector.name()).map(|b| b.admit(now)) {
             None | Some(Admit::Go) => false,
             Some(Admit::Probe { transition }) => {
