@@ -190,6 +190,18 @@ PY
   root="$out/$name.pod"
   python3 "$out/podcheck.py" "$out/$name.yaml" "$root" "$LATCHKEY_BIN"
 done
+# Several replicas on SQLite: the configuration says how many replicas share the store, and
+# `latchkey check` refuses more than one on SQLite (the schema and the template refuse such values
+# too; this is the configuration written by hand or by another tool).
+echo "== latchkey check refuses several replicas on SQLite"
+sed -i 's/^replicas = 1$/replicas = 3/' "$out/default.pod/etc/latchkey/config/latchkey.toml"
+grep -q '^replicas = 3$' "$out/default.pod/etc/latchkey/config/latchkey.toml"
+if "$LATCHKEY_BIN" check --config "$out/default.pod/etc/latchkey/config/latchkey.toml" 2>"$out/replicas.err"; then
+  echo "latchkey check accepted 3 replicas on SQLite" >&2
+  exit 1
+fi
+grep -q "store.replicas" "$out/replicas.err"
+echo "   refused: $(cat "$out/replicas.err")"
 # The check is not a formality: a configuration whose paths miss the mounts is refused.
 echo "== latchkey check refuses a configuration whose paths miss the chart's mounts"
 python3 - "$out/misplaced-values.yaml" <<'PY'

@@ -23,6 +23,8 @@ pub struct App {
     pub lanes: Arc<crate::dispatch::lanes::Lanes>,
     /// For overdue key alerts.
     webhooks: reqwest::Client,
+    /// Which sources, jobs and lanes this replica holds (kept while [`App::run`] runs).
+    pub leases: Arc<crate::leases::Leases>,
 }
 
 impl App {
@@ -42,6 +44,20 @@ impl App {
             c.attach_store(engine.store.clone(), engine.clock.clone());
         }
         let breakers = crate::dispatch::breakers_for(&engine.config, &connectors);
+        let host = crate::dispatch::recovery::hostname().unwrap_or_else(|| "unknown-host".into());
+        // The same holder name as the dispatcher's lease owner prefix: one name per incarnation.
+        let holder = crate::dispatch::recovery::incarnation(
+            &engine.config.instance,
+            std::process::id(),
+            &host,
+        );
+        let leases = crate::leases::Leases::for_config(
+            engine.store.clone(),
+            engine.clock.clone(),
+            engine.metrics.clone(),
+            &engine.config,
+            &holder,
+        );
         let webhooks = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()?;
@@ -51,6 +67,7 @@ impl App {
             breakers,
             lanes: crate::dispatch::lanes::Lanes::new(),
             webhooks,
+            leases,
         })
     }
 
@@ -83,6 +100,7 @@ impl App {
         crate::api::router(crate::api::ApiState {
             engine: self.engine.clone(),
             lanes: Some(self.lanes.clone()),
+            leases: Some(self.leases.clone()),
         })
     }
 
@@ -101,9 +119,32 @@ impl App {
 
     /// Run sources' schedules, effective-dated changes and the dispatcher until `shutdown`.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-        // LDAP sources follow their directories on their own tasks, reconnecting with backoff.
-        let ldap_sources = crate::sources::ldap::spawn_all(self.engine.clone(), shutdown.clone())?;
-        let dispatcher = tokio::spawn(self.dispatcher().run(shutdown.clone()));
+        // Leases first: every source, job and lane below waits for its own (DESIGN.md invariant
+        // 14). The keeper stops last, releasing what it holds once the work has stopped.
+        let (leases_stop, leases_stopped) = watch::channel(false);
+        let keeper = tokio::spawn(self.leases.clone().run(leases_stopped));
+        // LDAP sources follow their directories on their own tasks, reconnecting with backoff,
+        // each while this replica holds its lease.
+        let ldap_sources = self
+            .engine
+            .config
+            .sources
+            .ldap
+            .keys()
+            .map(|name| {
+                tokio::spawn(follow_ldap(
+                    self.engine.clone(),
+                    self.leases.clone(),
+                    name.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect::<Vec<_>>();
+        let dispatcher = tokio::spawn(
+            self.dispatcher()
+                .with_leases(self.leases.clone())
+                .run(shutdown.clone()),
+        );
         let http = match &self.engine.config.http.listen {
             Some(addr) => {
                 let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -122,10 +163,12 @@ impl App {
         };
         let result = self.schedule_loop(shutdown).await;
         for source in ldap_sources {
-            source.await?;
+            source.await??;
         }
         // The dispatcher's workers finish the command in hand, then stop.
         dispatcher.await?;
+        let _ = leases_stop.send(true);
+        keeper.await?;
         if let Some(http) = http {
             http.await??;
         }
@@ -140,7 +183,13 @@ impl App {
                 return Ok(());
             }
             let now = engine.clock.now();
+            let leases = &self.leases;
             for (name, src) in &engine.config.sources.hr {
+                // Only the replica holding the source's lease follows it.
+                let lease = crate::leases::hr_source(name);
+                if !leases.holds(&lease) {
+                    continue;
+                }
                 // A drop directory is looked at every tick, so a new file is applied as it lands; the
                 // schedule re-reads a single file (and catches up a run missed while stopped).
                 let due =
@@ -148,18 +197,29 @@ impl App {
                 if !due {
                     continue;
                 }
-                match engine.run_hr_source(name).await {
-                    Ok(reports) => reports.iter().for_each(log_report),
-                    Err(e) => tracing::error!(source = %name, error = %e, "HR feed not applied"),
+                // Dropped where it stands if the lease is lost: each chunk committed with its
+                // checkpoint, so the next holder carries on from there.
+                match leases.while_held(&lease, engine.run_hr_source(name)).await {
+                    None => continue,
+                    Some(Ok(reports)) => reports.iter().for_each(log_report),
+                    Some(Err(e)) => {
+                        tracing::error!(source = %name, error = %e, "HR feed not applied")
+                    }
                 }
                 let mut tx = engine.store.begin_write().await?;
                 store::set_last_run(&mut tx, &format!("hr:{name}"), to_micros(now)).await?;
                 tx.commit().await?;
             }
-            if let Err(e) = engine.tick().await {
+            if let Some(Err(e)) = leases
+                .while_held(crate::leases::EFFECTIVE_DATED, engine.tick())
+                .await
+            {
                 tracing::error!(error = %e, "effective-dated changes not applied");
             }
-            if let Err(e) = self.reconcile_if_due(now).await {
+            if let Some(Err(e)) = leases
+                .while_held(crate::leases::RECONCILE, self.reconcile_if_due(now))
+                .await
+            {
                 tracing::error!(error = %e, "reconciliation against policy failed");
             }
             if let Err(e) = self.scheduled_checks(now).await {
@@ -195,15 +255,42 @@ impl App {
 
     /// The drift check on its schedule, and overdue key returns on every tick (one small query).
     async fn scheduled_checks(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
-        self.check_overdue_keys().await?;
-        crate::sources::cabinet_events::poll_all(&self.engine, &self.webhooks).await;
-        for (connector, report) in self.run_due_drills(now).await? {
+        let leases = &self.leases;
+        if let Some(r) = leases
+            .while_held(crate::leases::OVERDUE_KEYS, self.check_overdue_keys())
+            .await
+        {
+            r?;
+        }
+        leases
+            .while_held(
+                crate::leases::CABINET_EVENTS,
+                crate::sources::cabinet_events::poll_all(&self.engine, &self.webhooks),
+            )
+            .await;
+        let drills = leases
+            .while_held(crate::leases::DRILLS, self.run_due_drills(now))
+            .await
+            .transpose()?
+            .unwrap_or_default();
+        if let Some(r) = leases
+            .while_held(crate::leases::DRIFT, self.drift_if_due(now))
+            .await
+        {
+            r?;
+        }
+        for (connector, report) in drills {
             if report.ok() {
                 tracing::info!(connector = %connector, "scheduled revocation drill passed");
             } else {
                 tracing::error!(connector = %connector, report = %report.render(), "scheduled revocation drill FAILED");
             }
         }
+        Ok(())
+    }
+
+    /// The drift check, when `[drift] schedule` says one is due.
+    async fn drift_if_due(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
         let Some(schedule) = self
             .engine
             .config
@@ -309,4 +396,38 @@ pub fn log_report(r: &FeedReport) {
         absent = r.absent, released = r.released,
         "HR feed applied"
     );
+}
+
+/// Follow one LDAP source while this replica holds its lease: started when the lease is taken,
+/// stopped when it is lost (or at shutdown), started again when it comes back.
+async fn follow_ldap(
+    engine: Arc<Engine>,
+    leases: Arc<crate::leases::Leases>,
+    name: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let lease = crate::leases::ldap_source(&name);
+    // A source that cannot be built is a configuration error, reported at once.
+    crate::sources::ldap::LdapSource::from_config(engine.clone(), &name)?;
+    while leases.wait_held(&lease, &mut shutdown).await {
+        let src = crate::sources::ldap::LdapSource::from_config(engine.clone(), &name)?;
+        let (stop, stopped) = watch::channel(false);
+        let mut task = tokio::spawn(crate::sources::ldap::supervise(src, stopped));
+        let mut down = shutdown.clone();
+        tokio::select! {
+            _ = leases.lost(&lease) => {}
+            _ = down.wait_for(|s| *s) => {}
+            _ = &mut task => continue,
+        }
+        let _ = stop.send(true);
+        // The source stops at its next await; if it does not within a second, it is cut off
+        // (each change it applied committed with its cookie).
+        if tokio::time::timeout(Duration::from_secs(1), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+    Ok(())
 }

@@ -783,6 +783,7 @@ pub async fn status_text(app: &App) -> anyhow::Result<String> {
         )?;
     }
     out.push_str(&keys_text(app).await?);
+    out.push_str(&leases_text(app).await?);
     let held = store::held_changes(pool).await?;
     writeln!(out, "held for approval: {}", held.len())?;
     for h in held.iter().take(20) {
@@ -797,6 +798,18 @@ pub async fn status_text(app: &App) -> anyhow::Result<String> {
             out,
             "  ... approve with `latchkey approve --all --by NAME` or by id"
         )?;
+    }
+    Ok(out)
+}
+
+/// Which replica holds which source, scheduled job and connector lane (DESIGN.md invariant 14).
+async fn leases_text(app: &App) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let lines = crate::leases::describe(app.store(), None).await?;
+    let mut out = String::new();
+    writeln!(out, "leases (source, job, lane: holder): {}", lines.len())?;
+    for l in &lines {
+        writeln!(out, "  {l}")?;
     }
     Ok(out)
 }

@@ -133,6 +133,15 @@ pub struct StoreConfig {
     pub url_secret: Option<SecretRef>,
     #[serde(default = "default_pool")]
     pub max_connections: u32,
+    /// How many replicas share this store (the Helm chart writes its `replicaCount`). More than one
+    /// needs PostgreSQL: SQLite is one process's store, and leases between replicas need a shared
+    /// database.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+}
+
+fn default_replicas() -> u32 {
+    1
 }
 
 fn default_pool() -> u32 {
@@ -165,6 +174,10 @@ pub struct EngineConfig {
     /// a revoke's retries once it used up its attempts (a revoke never dead-letters).
     #[serde(default = "default_max_retry_delay")]
     pub max_retry_delay_seconds: u64,
+    /// How long a replica's lease on a source, a scheduled job or a connector's lane lasts without
+    /// renewal: a replica that dies is replaced within this time. Renewed every third of it.
+    #[serde(default = "default_replica_lease")]
+    pub replica_lease_seconds: u64,
 }
 
 impl Default for EngineConfig {
@@ -175,8 +188,13 @@ impl Default for EngineConfig {
             lease_seconds: default_lease(),
             tick_millis: default_tick(),
             max_retry_delay_seconds: default_max_retry_delay(),
+            replica_lease_seconds: default_replica_lease(),
         }
     }
+}
+
+fn default_replica_lease() -> u64 {
+    15
 }
 
 fn default_max_retry_delay() -> u64 {
@@ -1238,6 +1256,31 @@ impl Config {
         }
         if self.store.url.is_none() == self.store.url_secret.is_none() {
             return Err(self.invalid("store", "set exactly one of `url` and `url_secret`"));
+        }
+        if self.store.replicas > 1
+            && self
+                .store
+                .url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("sqlite:"))
+        {
+            return Err(self.invalid(
+                "store.replicas",
+                format!(
+                    "{} replicas on SQLite: several replicas need PostgreSQL (SQLite is one \
+                     process's store, and replicas coordinate through leases in a shared database)",
+                    self.store.replicas
+                ),
+            ));
+        }
+        if self.store.replicas == 0 {
+            return Err(self.invalid("store.replicas", "must be at least 1"));
+        }
+        if self.engine.replica_lease_seconds < 2 {
+            return Err(self.invalid(
+                "engine.replica_lease_seconds",
+                "must be at least 2 (a lease is renewed every third of it)",
+            ));
         }
         if self.store.url.as_deref().is_some_and(url_has_password) {
             return Err(self.invalid(

@@ -17,6 +17,7 @@ pub mod dispatch;
 pub mod drift;
 pub mod engine;
 pub mod identity;
+pub mod leases;
 pub mod model;
 pub mod plan;
 pub mod policy;

@@ -957,3 +957,381 @@ async fn the_running_daemon_checks_drift_without_any_drift_configuration() {
         "reported, not revoked by default"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Several replicas on PostgreSQL (DESIGN.md invariant 14): three `latchkey run` processes on one
+// database, one of them SIGKILLed again and again while a feed of over 2,000 grants goes out.
+mod replicas {
+    use super::*;
+    use latchkey::store::Store;
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    /// The connector's limit and burst, and the simulator refuses above their sum.
+    const RATE: (u32, u32) = (60, 5);
+    /// Replica lease time.
+    const LEASE_SECS: i64 = 3;
+    const SITES: [&str; 3] = ["berlin", "london", "new-york"];
+    const DEPTS: [&str; 5] = [
+        "engineering",
+        "sales",
+        "facilities",
+        "finance",
+        "operations",
+    ];
+
+    struct Replica {
+        instance: String,
+        port: u16,
+        log: std::path::PathBuf,
+        child: Option<tokio::process::Child>,
+    }
+
+    impl Replica {
+        fn start(&mut self, config: &Path) {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .unwrap();
+            let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+                .arg("run")
+                .arg("--config")
+                .arg(config)
+                .env("LATCHKEY_DEMO_NUKI_TOKEN", TOKEN)
+                .env("LATCHKEY_LOG", "warn")
+                .env("LATCHKEY_INSTANCE", &self.instance)
+                .env("LATCHKEY_STORE__REPLICAS", "3")
+                .env("LATCHKEY_HTTP__LISTEN", format!("127.0.0.1:{}", self.port))
+                .env("LATCHKEY_ENGINE__TICK_MILLIS", "50")
+                .env(
+                    "LATCHKEY_ENGINE__REPLICA_LEASE_SECONDS",
+                    LEASE_SECS.to_string(),
+                )
+                // A killed worker's command is taken over once its lease runs out.
+                .env("LATCHKEY_ENGINE__LEASE_SECONDS", "3")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            self.child = Some(child);
+        }
+
+        /// SIGKILL; returns the process id, to match its lease holder name.
+        async fn kill(&mut self) -> u32 {
+            let mut child = self.child.take().unwrap();
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "{} exited on its own ({status}):\n{}",
+                    self.instance,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            let pid = child.id().unwrap();
+            child.kill().await.unwrap();
+            pid
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    async fn db_now(store: &Store) -> i64 {
+        let mut conn = store.pool().acquire().await.unwrap();
+        store::leases::db_now(&mut conn, store.backend())
+            .await
+            .unwrap()
+    }
+
+    /// The pid in a holder name `instance-pid@host`.
+    fn pid_of(holder: &str) -> u32 {
+        let head = holder.split('@').next().unwrap();
+        head.rsplit('-').next().unwrap().parse().unwrap()
+    }
+
+    #[derive(Debug)]
+    struct Record {
+        action: String,
+        lease: String,
+        holder: String,
+        /// Acquired: the database's acquisition time; lost or released: when it was written.
+        at: i64,
+    }
+
+    async fn lease_history(store: &Store) -> Vec<Record> {
+        let rows = sqlx::query(
+            "SELECT action, details FROM audit_log WHERE action LIKE 'lease.%' ORDER BY seq",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        rows.iter()
+            .map(|r| {
+                use sqlx::Row;
+                let d: serde_json::Value =
+                    serde_json::from_str(&r.get::<String, _>("details")).unwrap();
+                let action: String = r.get("action");
+                let at = if action == "lease.acquired" {
+                    d["acquired_at"].as_i64().unwrap()
+                } else {
+                    d["at"].as_i64().unwrap()
+                };
+                Record {
+                    action,
+                    lease: d["lease"].as_str().unwrap().to_string(),
+                    holder: d["holder"].as_str().unwrap().to_string(),
+                    at,
+                }
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_replicas_one_killed_again_and_again_deliver_each_grant_once_within_the_vendor_limit()
+     {
+        let Some(url) = postgres_database().await else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        std::fs::create_dir_all(dir.join("feeds")).unwrap();
+        let (per_second, burst) = RATE;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Duplicates allowed: only one command per grant at a time (and find-before-create) keeps
+        // them out. Above the limit plus burst in a rolling second the simulator answers 429.
+        let sim = sim::start_nuki(
+            listener,
+            NukiOptions {
+                token: TOKEN.into(),
+                allow_duplicates: true,
+                rate_limit_per_sec: Some(per_second + burst),
+                ..NukiOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let config = dir.join("latchkey.toml");
+        std::fs::write(&config, config_text(&url, &sim.base_url(), RATE)).unwrap();
+        // Migrated before the replicas start, so no kill lands in a migration.
+        let store = Store::connect(&url, 2).await.unwrap();
+        let mut replicas: Vec<Replica> = (0..3)
+            .map(|i| Replica {
+                instance: format!("replica{i}"),
+                port: free_port(),
+                log: dir.join(format!("replica{i}.log")),
+                child: None,
+            })
+            .collect();
+        for r in &mut replicas {
+            r.start(&config);
+        }
+
+        // Over 2,000 grants: engineering and facilities people get two doors, the others one.
+        let mut rows = Vec::new();
+        let mut want = 0usize;
+        let mut i = 0;
+        while want < 2_050 {
+            let (site, dept) = (SITES[i % 3], DEPTS[(i / 3) % 5]);
+            rows.push(employee(&format!("R{i:05}"), dept, site));
+            want += if matches!(dept, "engineering" | "facilities") {
+                2
+            } else {
+                1
+            };
+            i += 1;
+        }
+        let tmpfile = dir.join(".hr-0001.csv.part");
+        std::fs::write(&tmpfile, format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
+        std::fs::rename(&tmpfile, dir.join("feeds/hr-0001.csv")).unwrap();
+
+        // Kill the replica holding the lane, then the one following the HR source, in turn; each
+        // comes back a second later as a new process.
+        let started = Instant::now();
+        let mut kills: Vec<(u32, i64)> = Vec::new();
+        let mut round = 0;
+        loop {
+            let applied = store::checkpoint(store.pool(), "hr")
+                .await
+                .unwrap()
+                .is_some_and(|c| c.starts_with("hr-0001.csv@"));
+            let done = count_done(&store).await;
+            if applied
+                && done == want as i64
+                && store::open_commands(store.pool()).await.unwrap() == 0
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(240),
+                "not finished: {done} of {want} done, {:?}\n{}",
+                store::command_counts(store.pool()).await.unwrap(),
+                std::fs::read_to_string(&replicas[0].log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(3_000)).await;
+            if kills.len() >= 8 {
+                continue;
+            }
+            let lease = if round % 2 == 0 {
+                "lane:nuki"
+            } else {
+                "source:hr:hr"
+            };
+            round += 1;
+            let mut conn = store.pool().acquire().await.unwrap();
+            let Some(holder) = store::leases::lease(&mut conn, lease)
+                .await
+                .unwrap()
+                .map(|l| l.holder)
+            else {
+                continue;
+            };
+            drop(conn);
+            let Some(victim) = replicas
+                .iter_mut()
+                .find(|r| r.child.as_ref().and_then(|c| c.id()) == Some(pid_of(&holder)))
+            else {
+                continue;
+            };
+            let pid = victim.kill().await;
+            kills.push((pid, db_now(&store).await));
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            victim.start(&config);
+        }
+        eprintln!("{} kills; finished in {:?}", kills.len(), started.elapsed());
+        assert!(
+            kills.len() >= 4,
+            "only {} kills landed during the feed",
+            kills.len()
+        );
+
+        // /readyz of a live replica names the holder of every lease.
+        let mut seen = String::new();
+        for r in &replicas {
+            let body = reqwest::get(format!("http://127.0.0.1:{}/readyz", r.port))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            seen.push_str(&body);
+        }
+        assert!(
+            seen.contains("lease lane:nuki held by") && seen.contains("(this replica)"),
+            "{seen}"
+        );
+        for r in &mut replicas {
+            r.kill().await;
+        }
+
+        // The vendor: every grant once, never above the limit plus burst in any second.
+        let stats = sim.stats();
+        assert_eq!(
+            stats.duplicates_created, 0,
+            "duplicate grants at the vendor"
+        );
+        assert_eq!(stats.auths_live as usize, want, "grants held at the vendor");
+        // The limiter spaces requests as they leave; the simulator counts them as they arrive, and
+        // on a loaded machine a few arrive bunched: two requests of slack for that, far below what
+        // a second replica sending at the same time would add (its own full rate).
+        assert!(
+            stats.max_requests_in_any_second <= u64::from(per_second + burst + 2),
+            "{} requests in the busiest second, above {per_second}/s with a burst of {burst}",
+            stats.max_requests_in_any_second
+        );
+        eprintln!(
+            "busiest second {} requests (limit {per_second}/s, burst {burst}); {} requests",
+            stats.max_requests_in_any_second,
+            sim.requests().len()
+        );
+
+        // Lease history: one holder at a time for every lease, and takeover within the lease.
+        let history = lease_history(&store).await;
+        let lease_us = LEASE_SECS * 1_000_000;
+        let mut by_lease: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+        for r in &history {
+            by_lease.entry(r.lease.as_str()).or_default().push(r);
+        }
+        let mut takeovers = 0;
+        for (lease, records) in &by_lease {
+            let mut acquired: Vec<&&Record> = records
+                .iter()
+                .filter(|r| r.action == "lease.acquired")
+                .collect();
+            acquired.sort_by_key(|r| r.at);
+            for pair in acquired.windows(2) {
+                let (a, b) = (pair[0], pair[1]);
+                if a.holder == b.holder {
+                    continue;
+                }
+                // The earlier holder stopped (its loss or release written, or its process
+                // killed) before the next one started.
+                let released = records
+                    .iter()
+                    .filter(|r| {
+                        r.holder == a.holder && r.action != "lease.acquired" && r.at >= a.at
+                    })
+                    .map(|r| r.at)
+                    .min();
+                let killed = kills
+                    .iter()
+                    .filter(|(pid, at)| *pid == pid_of(&a.holder) && *at >= a.at)
+                    .map(|(_, at)| *at)
+                    .min();
+                let stopped = released.into_iter().chain(killed).min().unwrap_or_else(|| {
+                    panic!(
+                        "{lease}: {} took over from {} who never stopped",
+                        b.holder, a.holder
+                    )
+                });
+                assert!(
+                    stopped <= b.at,
+                    "{lease}: {} acquired at {} while {} held it until {stopped}",
+                    b.holder,
+                    b.at,
+                    a.holder
+                );
+                // Taken over within the lease (plus one renewal round and some slack) of the kill.
+                if let Some(k) = killed.filter(|k| released.is_none_or(|r| r > *k)) {
+                    takeovers += 1;
+                    assert!(
+                        b.at - k <= lease_us + lease_us / 3 + 1_000_000,
+                        "{lease}: taken over {} ms after its holder was killed",
+                        (b.at - k) / 1000
+                    );
+                }
+            }
+        }
+        assert!(
+            takeovers >= 4,
+            "only {takeovers} takeovers after a kill: {history:?}"
+        );
+        for lease in ["lane:nuki", "source:hr:hr"] {
+            let holders: std::collections::BTreeSet<&str> = by_lease[lease]
+                .iter()
+                .filter(|r| r.action == "lease.acquired")
+                .map(|r| r.holder.as_str())
+                .collect();
+            assert!(
+                holders.len() >= 2,
+                "{lease} never changed hands: {holders:?}"
+            );
+        }
+    }
+
+    async fn count_done(store: &Store) -> i64 {
+        store::command_counts(store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .filter(|c| c.1 == "done")
+            .map(|c| c.3)
+            .sum()
+    }
+}

@@ -20,6 +20,8 @@ pub struct ApiState {
     pub engine: Arc<Engine>,
     /// Live dispatcher workers per lane; None where no dispatcher runs in this process.
     pub lanes: Option<Arc<crate::dispatch::lanes::Lanes>>,
+    /// This replica's leases; None where the process takes part in none.
+    pub leases: Option<Arc<crate::leases::Leases>>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -47,6 +49,7 @@ async fn healthz() -> &'static str {
 }
 
 /// The store answers and its migrations are applied, and every dispatcher lane has a live worker.
+/// The body then lists every lease and its holder (see [`crate::leases`]).
 async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {
     if let Some(reason) = state.lanes.as_ref().and_then(|l| l.not_ready()) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
@@ -55,7 +58,20 @@ async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {
         .fetch_one(state.engine.store.pool())
         .await
     {
-        Ok(_) => (StatusCode::OK, "ready\n".into()),
+        Ok(_) => {
+            // Which replica holds which source, job and lane: for an operator, not for the probe.
+            let mut body = String::from("ready\n");
+            if let Some(leases) = &state.leases {
+                body.push_str(&format!("replica {}\n", leases.holder()));
+                match crate::leases::describe(&state.engine.store, Some(leases.holder())).await {
+                    Ok(lines) => lines
+                        .iter()
+                        .for_each(|l| body.push_str(&format!("lease {l}\n"))),
+                    Err(e) => body.push_str(&format!("leases unavailable: {e}\n")),
+                }
+            }
+            (StatusCode::OK, body)
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store unavailable: {e}\n"),

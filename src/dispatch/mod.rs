@@ -45,6 +45,9 @@ pub struct Dispatcher {
     /// Per connector: dead-lettered revokes may exist (an older version left them), to be re-driven
     /// when the connector shows it works. Cleared after the first re-drive of this dispatcher.
     dead_revokes_possible: Arc<BTreeMap<String, AtomicBool>>,
+    /// With leases (the daemon), a lane's workers dispatch only while this replica holds the
+    /// lane's lease, so a vendor's rate limit holds across replicas (DESIGN.md invariant 14).
+    leases: Option<Arc<crate::leases::Leases>>,
 }
 
 /// One circuit breaker per connector, shared by its lane's workers (see [`breaker`]).
@@ -100,7 +103,14 @@ impl Dispatcher {
             breakers,
             lanes: Lanes::new(),
             dead_revokes_possible,
+            leases: None,
         }
+    }
+
+    /// Dispatch a connector's commands only while holding its lane's lease.
+    pub fn with_leases(mut self, leases: Arc<crate::leases::Leases>) -> Self {
+        self.leases = Some(leases);
+        self
     }
 
     /// Report lane liveness here (the HTTP server's `/readyz` reads it).
@@ -151,9 +161,17 @@ impl Dispatcher {
         // The last worker of a lane is reserved for revokes (invariant 3): a leaver never waits
         // for a worker busy with an issue, however many issues are queued.
         let revokes_only = worker == self.lane_concurrency(connector.name());
+        let lane = crate::leases::lane(connector.name());
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            // A standby replica's workers wait for the lane, and stop claiming when it is lost.
+            if let Some(leases) = &self.leases
+                && !leases.holds(&lane)
+            {
+                leases.wait_held(&lane, &mut shutdown).await;
+                continue;
             }
             // Register for a wake-up before looking at the outbox, so work enqueued between the
             // look and the wait is not missed until the next poll.
@@ -221,6 +239,13 @@ impl Dispatcher {
         else {
             return Ok(false);
         };
+        // The lane's lease ran out while claiming (a late renewal): give the command back untried.
+        if let Some(leases) = &self.leases
+            && !leases.holds(&crate::leases::lane(connector.name()))
+        {
+            self.defer(owner, &cmd, now).await?;
+            return Ok(true);
+        }
         let probe = match self.breakers.get(connector.name()).map(|b| b.admit(now)) {
             None | Some(Admit::Go) => false,
             Some(Admit::Probe { transition }) => {

@@ -7,6 +7,7 @@
 //! how a worker claims a command without blocking others) lives in [`sqlite`] and [`postgres`].
 
 mod absences;
+pub mod leases;
 pub mod outbox;
 pub mod postgres;
 mod retry;
@@ -170,10 +171,26 @@ impl Store {
         } else {
             i64::MAX
         };
-        self.retry("command claim", || {
-            self.claim_next_once(connector, owner, now, lease_until, max_priority)
-        })
-        .await
+        let mut attempt = 1;
+        loop {
+            let claimed = self
+                .retry("command claim", || {
+                    self.claim_next_once(connector, owner, now, lease_until, max_priority)
+                })
+                .await;
+            match claimed {
+                // Another claim took a command of the same grant first (PostgreSQL's unique index
+                // on in-flight commands): look again, that grant is now skipped.
+                Err(StoreError::Db(e))
+                    if self.backend == Backend::Postgres
+                        && postgres::is_second_inflight(&e)
+                        && attempt < MAX_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn claim_next_once(

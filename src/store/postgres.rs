@@ -1,5 +1,8 @@
 //! PostgreSQL: for production and for several replicas sharing one outbox. Workers claim commands
-//! with `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other's rows.
+//! with `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other's rows. One command per grant
+//! in flight is the unique index `commands_one_inflight_per_grant` (migration 0015): two claims of
+//! two commands of one grant can both pass the NOT EXISTS check on their snapshots, and the index
+//! makes the second fail, to be run again (see `Store::claim_next`).
 
 use super::{Result, Tx};
 use sqlx::AnyPool;
@@ -26,7 +29,7 @@ pub(super) const CLAIM_SQL: &str = "UPDATE commands SET status = 'inflight', lea
                   OR (c.status = 'inflight' AND c.lease_expires_at < $3))
              AND NOT EXISTS (SELECT 1 FROM commands o
                  WHERE o.connector = c.connector AND o.identity_key = c.identity_key AND o.target = c.target
-                   AND o.status = 'inflight' AND o.lease_expires_at >= $3 AND o.id <> c.id)
+                   AND o.status = 'inflight' AND o.id <> c.id)
            ORDER BY c.priority, c.id LIMIT 1
            FOR UPDATE SKIP LOCKED)
          RETURNING *";
@@ -47,4 +50,16 @@ pub(super) async fn claim_next(
         .bind(max_priority)
         .fetch_optional(&mut ***tx)
         .await?)
+}
+
+/// The claim lost to a concurrent claim of another command of the same grant: the unique index on
+/// in-flight commands refused the second (SQLSTATE 23505 on `commands_one_inflight_per_grant`).
+pub(super) fn is_second_inflight(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code().is_some_and(|c| c == "23505")
+        && db
+            .constraint()
+            .is_none_or(|c| c == "commands_one_inflight_per_grant")
 }

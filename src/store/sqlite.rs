@@ -78,7 +78,7 @@ pub(super) const CLAIM_SQL: &str = "UPDATE commands SET status = 'inflight', lea
                   OR (c.status = 'inflight' AND c.lease_expires_at < $3))
              AND NOT EXISTS (SELECT 1 FROM commands o
                  WHERE o.connector = c.connector AND o.identity_key = c.identity_key AND o.target = c.target
-                   AND o.status = 'inflight' AND o.lease_expires_at >= $3 AND o.id <> c.id)
+                   AND o.status = 'inflight' AND o.id <> c.id)
            ORDER BY c.priority, c.id LIMIT 1)
          RETURNING *";
 

@@ -123,6 +123,11 @@ struct LaneLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseKindLabel {
+    kind: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
     source: String,
 }
@@ -278,6 +283,7 @@ pub struct Metrics {
     revocations_stuck: Family<ConnectorLabel, Gauge>,
     revoke_failures: Family<FailureLabels, Counter>,
     worker_restarts: Family<ConnectorLabel, Counter>,
+    leases_held: Family<LeaseKindLabel, Gauge>,
 }
 
 fn latency_family() -> Latency {
@@ -327,6 +333,7 @@ impl Metrics {
             revocations_stuck: Family::default(),
             revoke_failures: Family::default(),
             worker_restarts: Family::default(),
+            leases_held: Family::default(),
         };
         registry.register_with_unit(
             "revocation_latency",
@@ -455,6 +462,11 @@ impl Metrics {
             "Age of the oldest change held for approval, per source (held changes block revocations)",
             Unit::Seconds,
             m.held_oldest_age.clone(),
+        );
+        registry.register(
+            "leases_held",
+            "Leases this replica holds, by kind (source, job, lane): with several replicas, each source, scheduled job and connector lane is held by exactly one",
+            m.leases_held.clone(),
         );
         registry.register(
             "drill_runs",
@@ -606,6 +618,15 @@ impl Metrics {
     }
 
     /// The connector's circuit breaker opened (or half-opened: calls still held back) or closed.
+    /// Leases of one kind (source, job, lane) this replica holds now.
+    pub fn set_leases_held(&self, kind: &str, n: usize) {
+        self.leases_held
+            .get_or_create(&LeaseKindLabel {
+                kind: kind.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     pub fn set_breaker_open(&self, connector: &str, open: bool) {
         self.breaker_open
             .get_or_create(&ConnectorLabel {

@@ -154,7 +154,7 @@ pub fn spawn_all(
 
 /// ldap3's BER parsers for entries and sync controls panic on malformed server data; a panic must
 /// not end the source for good, so the task is restarted (from its stored checkpoint).
-async fn supervise(src: LdapSource, shutdown: watch::Receiver<bool>) {
+pub(crate) async fn supervise(src: LdapSource, shutdown: watch::Receiver<bool>) {
     loop {
         let task = tokio::spawn(src.clone().run(shutdown.clone()));
         match task.await {
