@@ -42,7 +42,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
         crate::sources::ldap::load_mapping(name, &config.resolve(&src.mapping))
             .with_context(|| format!("source ldap.{name}"))?;
     }
-    let connectors = crate::connectors::check_profiles(&config)?;
+    // `name (profile)` per connector, for the table.
+    let profiles = crate::connectors::check_profiles(&config)?;
     let lints = policy.lint(
         &crate::reconcile::produced_attributes(&config)?,
         &config
@@ -60,7 +61,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
         ok: lints.is_empty(),
         sources,
         templates: policy.template_names(),
-        connectors,
+        connectors: config.connectors.keys().cloned().collect(),
         errors: lints.iter().map(ToString::to_string).collect(),
     };
     for l in &checked.errors {
@@ -79,7 +80,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
         println!("{}: ok", checked.config);
         println!("  sources:    {}", checked.sources.join(", "));
         println!("  templates:  {}", checked.templates.join(", "));
-        println!("  connectors: {}", checked.connectors.join(", "));
+        println!("  connectors: {}", profiles.join(", "));
     }
     Ok(i32::from(!checked.ok))
 }
