@@ -59,12 +59,12 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
                 .stages
                 .iter()
                 .map(|(stage, seconds)| Stage {
-                    stage: *stage,
+                    stage,
                     seconds: *seconds,
                 })
                 .collect(),
             failure: report.failure.as_ref().map(|(stage, reason)| Failure {
-                stage: *stage,
+                stage,
                 reason: reason.clone(),
             }),
         };
