@@ -183,3 +183,39 @@ pub async fn records_about(
         })
         .collect()
 }
+
+/// The newest records (of one subject, when given), newest first.
+pub async fn recent_records(
+    store: &store::Store,
+    subject: Option<&str>,
+    limit: i64,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT * FROM audit_log WHERE ($1 IS NULL OR subject = $1) ORDER BY seq DESC LIMIT $2",
+    )
+    .bind(subject)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(AuditRecord {
+                seq: r.try_get("seq")?,
+                at: r.try_get("at")?,
+                actor: r.try_get("actor")?,
+                action: r.try_get("action")?,
+                subject: r.try_get("subject")?,
+                details: r.try_get("details")?,
+            })
+        })
+        .collect()
+}
+
+/// How many records there are (of one subject, when given).
+pub async fn count_records(store: &store::Store, subject: Option<&str>) -> Result<i64, StoreError> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE ($1 IS NULL OR subject = $1)")
+        .bind(subject)
+        .fetch_one(store.pool())
+        .await?;
+    Ok(row.try_get("n")?)
+}

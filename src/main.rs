@@ -1,30 +1,12 @@
-use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches};
+use clap::{ArgMatches, FromArgMatches};
 use latchkey::cli::{Cli, Command};
 use latchkey::config::{Config, ConfigInput, process_env};
 use latchkey::telemetry::tracing::{self as lk_tracing, OtlpExport, Settings};
 use std::collections::BTreeMap;
 
-/// The command line: `latchkey::cli::Cli` plus the flags every command shares, which only change
-/// how much the process logs.
+/// The command line: `latchkey::cli::Cli` plus the flags every command shares.
 fn parse() -> (Cli, ArgMatches) {
-    let command = Cli::command()
-        .arg(
-            Arg::new("quiet")
-                .long("quiet")
-                .short('q')
-                .global(true)
-                .action(ArgAction::SetTrue)
-                .conflicts_with("verbose")
-                .help("Log errors only (overrides LATCHKEY_LOG)"),
-        )
-        .arg(
-            Arg::new("verbose")
-                .long("verbose")
-                .short('v')
-                .global(true)
-                .action(ArgAction::Count)
-                .help("Log more: -v debug, -vv trace, for latchkey's own modules (overrides LATCHKEY_LOG)"),
-        );
+    let command = latchkey::cli::command();
     let matches = command.clone().get_matches();
     let cli =
         Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command.clone()).exit());

@@ -437,6 +437,33 @@ async fn redrive_requeues_dead_letters_audited_and_refuses_unknown_ids() {
             "dead",
             "{name}: nothing moves on an error"
         );
+        // Listed first, moving nothing: the same dead letter, in a table and in JSON.
+        let (code, out) = redrive(&["--list"]);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("dead letters: 1") && out.contains(&format!("#{id} revoke L1")),
+            "{out}"
+        );
+        let listed = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .args(["redrive", "--list", "--output", "json", "--config"])
+            .arg(&config)
+            .env("LATCHKEY_DEMO_NUKI_TOKEN", TOKEN)
+            .env("LATCHKEY_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(listed.status.success());
+        let doc = valid_json(
+            "dead-letters.v1.json",
+            &String::from_utf8_lossy(&listed.stdout),
+        );
+        assert_eq!(doc["dead_letters"]["items"][0]["id"], id, "{doc}");
+        assert_eq!(
+            status().await.status,
+            "dead",
+            "{name}: --list moves nothing"
+        );
+        let (code, out) = redrive(&["--list", "--all"]);
+        assert_eq!(code, 2, "--list with a selection is a usage error: {out}");
         let (code, out) = redrive(&["--connector", "nuki", &id.to_string()]);
         assert_eq!(code, 0, "{out}");
         assert!(
@@ -773,4 +800,626 @@ fn write_settled(path: &std::path::Path, rows: &[String]) {
     let written = f.metadata().unwrap().modified().unwrap();
     f.set_modified(written - std::time::Duration::from_secs(60))
         .unwrap();
+}
+
+// ---- `--output json`, `--limit`, exit codes and completions -------------------------------------
+
+/// (exit code, stdout, stderr) of one run, kept apart: a JSON document is stdout alone.
+fn latchkey_split(
+    config: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("LATCHKEY_DEMO_NUKI_TOKEN", TOKEN)
+        .env("LATCHKEY_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parse `stdout` as JSON and validate it against docs/schemas/`file`, formats included; the
+/// document, for the test's own checks.
+fn valid_json(file: &str, stdout: &str) -> serde_json::Value {
+    let path = common::repo().join("docs/schemas").join(file);
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("{file} is not a valid schema: {e}"));
+    let doc: serde_json::Value = serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}):\n{stdout}"));
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{file}: {errors:#?}\n{stdout}");
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "no escape sequences in JSON: {stdout}"
+    );
+    doc
+}
+
+/// A store (SQLite or PostgreSQL) after two feeds went through `apply` against the Nuki simulator:
+/// E1 (engineering, Berlin) joined and then left, E2 (sales, Berlin) stays, E3's row is
+/// quarantined for a bad date, and E4..E7 (sales) are in the second feed too.
+struct Applied {
+    _tmp: tempfile::TempDir,
+    server: sim::SimServer,
+    config: std::path::PathBuf,
+    backend: String,
+    url: String,
+}
+
+async fn applied_stores() -> Vec<Applied> {
+    let mut stores = Vec::new();
+    let probe = tempfile::tempdir().unwrap();
+    for (backend, url) in backends(probe.path()).await {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = if backend == "sqlite" {
+            format!("sqlite://{}", tmp.path().join("state.db").display())
+        } else {
+            url
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = sim::start_nuki(
+            listener,
+            NukiOptions {
+                token: TOKEN.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        std::fs::create_dir_all(tmp.path().join("feeds")).unwrap();
+        let config = tmp.path().join("latchkey.toml");
+        // A drill canary, so `drill` has something to take through the vendor.
+        let text = config_text(&url, &server.base_url(), (1000, 50)).replacen(
+            "[connectors.nuki]\n",
+            "[connectors.nuki]\ndrill_target = \"berlin-lab\"\n",
+            1,
+        ) + "\n[telemetry.drill]\nperson = \"canary-drill\"\nname = \"Drill Canary\"\nemail = \"canary@example.invalid\"\n";
+        std::fs::write(&config, text).unwrap();
+        let feeds = tmp.path().join("feeds");
+        write_settled(
+            &feeds.join("hr-1.csv"),
+            &[
+                employee("E1", "engineering", "berlin"),
+                employee("E2", "sales", "berlin"),
+            ],
+        );
+        let (code, out) = latchkey(&config, &["apply"]);
+        assert_eq!(code, 0, "{backend}: {out}");
+        let mut rows = vec![
+            row(
+                "E1",
+                "engineering",
+                "engineer",
+                "employee",
+                "berlin",
+                "Terminated",
+                "2020-01-01",
+                "2026-11-01",
+                "",
+            ),
+            employee("E2", "sales", "berlin"),
+            row(
+                "E3",
+                "sales",
+                "analyst",
+                "employee",
+                "berlin",
+                "Active",
+                "2020-01-01",
+                "bad-date",
+                "",
+            ),
+        ];
+        rows.extend((4..=7).map(|i| employee(&format!("E{i}"), "sales", "berlin")));
+        write_settled(&feeds.join("hr-2.csv"), &rows);
+        let (code, stdout, stderr) = latchkey_split(&config, &["apply", "--output", "json"], &[]);
+        assert_eq!(code, 0, "{backend}: {stdout}{stderr}");
+        let doc = valid_json("apply.v1.json", &stdout);
+        let feed = &doc["feeds"][0];
+        assert_eq!(
+            (
+                feed["outcome"].as_str(),
+                feed["joiners"].as_u64(),
+                feed["leavers"].as_u64(),
+                feed["quarantined"].as_u64(),
+                feed["revokes"].as_u64()
+            ),
+            (Some("applied"), Some(4), Some(1), Some(1), Some(2)),
+            "{backend}: {doc}"
+        );
+        stores.push(Applied {
+            _tmp: tmp,
+            server,
+            config,
+            backend,
+            url,
+        });
+    }
+    stores
+}
+
+impl Applied {
+    fn json(&self, file: &str, args: &[&str]) -> (i32, serde_json::Value) {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let (code, stdout, stderr) = latchkey_split(&self.config, &args, &[]);
+        assert!(
+            !stdout.is_empty(),
+            "{}: {args:?} printed nothing (exit {code}): {stderr}",
+            self.backend
+        );
+        (code, valid_json(file, &stdout))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_status_matches_its_schema_and_counts_what_the_store_holds() {
+    for s in applied_stores().await {
+        let (code, doc) = s.json("status.v1.json", &["status"]);
+        assert_eq!(code, 0, "{}", s.backend);
+        assert_eq!(doc["schema"], "latchkey.status/v1");
+        assert_eq!(doc["dead_letters"]["total"], 0, "{}: {doc}", s.backend);
+        assert_eq!(doc["quarantined"]["total"], 1, "{}: {doc}", s.backend);
+        let q = &doc["quarantined"]["items"][0];
+        assert_eq!(
+            (q["record"].as_str(), q["field"].as_str()),
+            (Some("E3"), Some("termination_date"))
+        );
+        let done: i64 = doc["outbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] == "done")
+            .map(|c| c["count"].as_i64().unwrap())
+            .sum();
+        assert!(done >= 5, "{}: {doc}", s.backend);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_and_who_has_match_their_schemas_and_what_the_vendor_holds() {
+    for s in applied_stores().await {
+        let (code, doc) = s.json("access.v1.json", &["access", "e2@example.com"]);
+        assert_eq!(code, 0, "{}", s.backend);
+        assert_eq!(doc["person"]["key"], "E2");
+        let grants = doc["grants"]["items"].as_array().unwrap();
+        assert!(
+            grants
+                .iter()
+                .any(|g| g["target"] == "berlin-sales" && g["observed"] == "present"),
+            "{doc}"
+        );
+        // What the ledger says E2 holds is what the vendor holds: lock 1002 is berlin-sales.
+        let e2 = s
+            .server
+            .nuki()
+            .unwrap()
+            .users()
+            .into_iter()
+            .find(|u| u.email == "e2@example.com")
+            .unwrap()
+            .account_user_id;
+        assert!(s.server.nuki().unwrap().holds(1002, e2));
+
+        let (code, doc) = s.json("who-has.v1.json", &["who-has", "1002"]);
+        assert_eq!(code, 0, "{}", s.backend);
+        let t = &doc["targets"][0];
+        assert_eq!(
+            (t["target"].as_str(), t["matched_by"].as_str()),
+            (Some("berlin-sales"), Some("vendor_id"))
+        );
+        // E2 and E4..E7 hold the sales door; E1 left.
+        assert_eq!(t["holders"]["total"], 5, "{doc}");
+        assert!(
+            !t["holders"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["identity"] == "E1"),
+            "{doc}"
+        );
+        // Not found stays an error with nothing on stdout, also in JSON.
+        let (code, stdout, stderr) =
+            latchkey_split(&s.config, &["access", "nobody", "--output", "json"], &[]);
+        assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+        assert!(
+            stderr.contains("no person with key, e-mail or name"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_plan_and_check_match_their_schemas() {
+    for s in applied_stores().await {
+        let (code, doc) = s.json("check.v1.json", &["check"]);
+        assert_eq!(code, 0, "{}", s.backend);
+        assert_eq!(doc["ok"], true);
+        assert_eq!(doc["connectors"], serde_json::json!(["nuki"]));
+        let (code, doc) = s.json("plan.v1.json", &["plan", "--detailed-exitcode"]);
+        assert_eq!(code, 0, "{}: everything applied: {doc}", s.backend);
+        assert_eq!(doc["changes"]["total"], 0);
+        assert_eq!(
+            doc["summary"],
+            serde_json::json!({"issue": 0, "revoke": 0, "held": 0})
+        );
+        // The department door dropped from the employees' template: five sales doors to revoke
+        // (held for approval or not, as the safeguard decides), capped at two rows.
+        let dir = s.config.parent().unwrap();
+        let templates = dir.join("templates.toml");
+        std::fs::write(
+            &templates,
+            std::fs::read_to_string(templates_path()).unwrap().replacen(
+                "target = \"{{ site }}-{{ department }}\"",
+                "target = \"\"",
+                1,
+            ),
+        )
+        .unwrap();
+        let edited = dir.join("edited.toml");
+        std::fs::write(
+            &edited,
+            std::fs::read_to_string(&s.config).unwrap().replace(
+                &format!("\"{}\"", templates_path().display()),
+                &format!("\"{}\"", templates.display()),
+            ),
+        )
+        .unwrap();
+        let (code, stdout, stderr) = latchkey_split(
+            &edited,
+            &["plan", "--detailed-exitcode", "--limit", "2", "-o", "json"],
+            &[],
+        );
+        assert_eq!(code, 2, "{}: changes exit 2: {stdout}{stderr}", s.backend);
+        let doc = valid_json("plan.v1.json", &stdout);
+        let changes = &doc["changes"];
+        assert_eq!(
+            (
+                changes["total"].as_u64(),
+                changes["truncated"].as_bool(),
+                changes["items"].as_array().map(Vec::len)
+            ),
+            (Some(5), Some(true), Some(2)),
+            "{doc}"
+        );
+        assert!(
+            changes["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["target"] == "berlin-sales"
+                    && (c["action"] == "revoke" || c["action"] == "held")),
+            "{doc}"
+        );
+        let summary = &doc["summary"];
+        assert_eq!(
+            summary["revoke"].as_u64().unwrap() + summary["held"].as_u64().unwrap(),
+            5,
+            "{doc}"
+        );
+        let (code, out) = latchkey(&edited, &["plan", "--limit", "2"]);
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("... and 3 more (--limit 0 to show all)\n"),
+            "{out}"
+        );
+        assert!(
+            out.lines()
+                .last()
+                .unwrap()
+                .starts_with("Plan: 0 to issue, "),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_reports_match_their_schemas_and_a_breached_sla_exits_1() {
+    for s in applied_stores().await {
+        let (code, doc) = s.json("report.latency.v1.json", &["report", "latency"]);
+        assert_eq!(code, 0, "{}", s.backend);
+        let e2e = doc["revoke"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["connector"] == "nuki" && r["stage"] == "end_to_end")
+            .cloned()
+            .unwrap_or_else(|| panic!("{doc}"));
+        assert_eq!(e2e["count"], 2, "E1's two revocations were measured: {doc}");
+        let (code, doc) = s.json("report.sla.v1.json", &["report", "sla"]);
+        assert_eq!(code, 0, "{}: {doc}", s.backend);
+        assert_eq!(doc["connectors"][0]["status"], "ok", "{doc}");
+        // An objective nobody can meet: the same revocations breach it, and the exit code says so.
+        let (code, stdout, stderr) = latchkey_split(
+            &s.config,
+            &["report", "sla", "--output", "json"],
+            &[("LATCHKEY_SLA__REVOKE_WITHIN_SECONDS", "0.000001")],
+        );
+        assert_eq!(code, 1, "{stdout}{stderr}");
+        let doc = valid_json("report.sla.v1.json", &stdout);
+        assert_eq!(
+            (
+                doc["breached"].as_bool(),
+                doc["connectors"][0]["status"].as_str()
+            ),
+            (Some(true), Some("breached"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_audit_list_and_verify_match_their_schemas_and_a_broken_chain_exits_2() {
+    for s in applied_stores().await {
+        let (code, doc) = s.json("audit.list.v1.json", &["audit", "list", "--limit", "3"]);
+        assert_eq!(code, 0, "{}", s.backend);
+        let total = doc["records"]["total"].as_u64().unwrap();
+        assert!(total > 3, "{doc}");
+        assert_eq!(doc["records"]["truncated"], true);
+        let seqs: Vec<u64> = doc["records"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            vec![total, total - 1, total - 2],
+            "newest first: {doc}"
+        );
+        let (code, doc) = s.json(
+            "audit.list.v1.json",
+            &["audit", "list", "--subject", "E1", "--limit", "0"],
+        );
+        assert_eq!(code, 0);
+        assert!(
+            doc["records"]["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["subject"] == "E1"),
+            "{doc}"
+        );
+        let (code, doc) = s.json("audit.verify.v1.json", &["audit", "verify"]);
+        assert_eq!((code, doc["intact"].as_bool()), (0, Some(true)), "{doc}");
+        // An edited record: an integrity failure, exit 2, in either format.
+        {
+            let store = latchkey::store::Store::connect(&s.url, 1).await.unwrap();
+            sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            store.pool().close().await;
+            let (code, doc) = s.json("audit.verify.v1.json", &["audit", "verify"]);
+            assert_eq!(
+                (code, doc["intact"].as_bool(), doc["broken_at"].as_i64()),
+                (2, Some(false), Some(2)),
+                "{doc}"
+            );
+            let (code, out) = latchkey(&s.config, &["audit", "verify"]);
+            assert_eq!(code, 2, "{out}");
+            assert!(out.contains("BROKEN at record 2"), "{out}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_drift_keys_drill_and_redrive_match_their_schemas() {
+    for s in applied_stores().await {
+        // E2's sales door removed at the vendor behind latchkey's back: a missing grant.
+        let nuki = s.server.nuki().unwrap();
+        let e2 = nuki
+            .users()
+            .into_iter()
+            .find(|u| u.email == "e2@example.com")
+            .unwrap()
+            .account_user_id;
+        let auth = nuki
+            .auths()
+            .into_iter()
+            .find(|a| a.smartlock_id == 1002 && a.account_user_id == Some(e2))
+            .unwrap();
+        let resp = reqwest::Client::new()
+            .delete(format!(
+                "{}/smartlock/1002/auth/{}",
+                s.server.base_url(),
+                auth.id
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        let (code, doc) = s.json("drift.v1.json", &["drift"]);
+        assert_eq!(code, 1, "{}: findings exit 1: {doc}", s.backend);
+        let f = &doc["findings"]["items"][0];
+        assert_eq!(
+            (
+                f["kind"].as_str(),
+                f["subject"].as_str(),
+                f["target"].as_str()
+            ),
+            (Some("missing"), Some("E2"), Some("berlin-sales")),
+            "{doc}"
+        );
+
+        let (code, doc) = s.json("keys.v1.json", &["keys", "list"]);
+        assert_eq!(
+            (code, doc["tasks"]["total"].as_u64()),
+            (0, Some(0)),
+            "{doc}"
+        );
+
+        let (code, doc) = s.json("drill.v1.json", &["drill", "--connector", "nuki"]);
+        assert_eq!((code, doc["ok"].as_bool()), (0, Some(true)), "{doc}");
+        assert!(doc["stages"].as_array().unwrap().len() >= 4, "{doc}");
+
+        // No dead letters: nothing re-queued is an error, with nothing on stdout.
+        let (code, stdout, stderr) =
+            latchkey_split(&s.config, &["redrive", "--all", "--output", "json"], &[]);
+        if code == 0 {
+            let doc = valid_json("redrive.v1.json", &stdout);
+            assert_eq!(doc["requeued"], serde_json::json!([]));
+        } else {
+            assert_eq!((code, stdout.as_str()), (1, ""), "{stderr}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lists_are_capped_with_a_count_the_same_way_in_table_and_json() {
+    let stores = applied_stores().await;
+    let s = &stores[0];
+    // who-has berlin-sales: E2 and E4..E7.
+    let (code, out) = latchkey(&s.config, &["who-has", "berlin-sales", "--limit", "2"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("berlin-sales: 5 people hold it"), "{out}");
+    let rows = out.lines().filter(|l| l.contains(" via nuki")).count();
+    assert_eq!(rows, 2, "{out}");
+    assert!(
+        out.trim_end()
+            .ends_with("... and 3 more (--limit 0 to show all)"),
+        "{out}"
+    );
+    let (_, doc) = s.json(
+        "who-has.v1.json",
+        &["who-has", "berlin-sales", "--limit", "2"],
+    );
+    let h = &doc["targets"][0]["holders"];
+    assert_eq!(
+        (
+            h["total"].as_u64(),
+            h["truncated"].as_bool(),
+            h["items"].as_array().map(Vec::len)
+        ),
+        (Some(5), Some(true), Some(2))
+    );
+    let (_, out) = latchkey(&s.config, &["who-has", "berlin-sales", "--limit", "0"]);
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" via nuki")).count(),
+        5,
+        "{out}"
+    );
+    assert!(!out.contains("more (--limit"), "{out}");
+    let (_, doc) = s.json(
+        "who-has.v1.json",
+        &["who-has", "berlin-sales", "--limit", "0"],
+    );
+    assert_eq!(doc["targets"][0]["holders"]["truncated"], false);
+    // The default is 50: five rows are all shown, uncapped.
+    let (_, doc) = s.json("who-has.v1.json", &["who-has", "berlin-sales"]);
+    assert_eq!(
+        doc["targets"][0]["holders"]["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    // status caps each section the same way: the audit log has more than two records.
+    let (_, out) = latchkey(&s.config, &["audit", "list", "--limit", "2"]);
+    assert!(out.contains("more (--limit 0 to show all)"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_errors_exit_2_with_nothing_on_stdout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("latchkey.toml");
+    std::fs::write(
+        &config,
+        config_text("sqlite://unused.db", "http://127.0.0.1:9", (1000, 50)),
+    )
+    .unwrap();
+    for args in [
+        &["status", "--output", "yaml"][..],
+        &["status", "--limit", "many"],
+        &["completions", "tcsh"],
+        &["no-such-command"],
+    ] {
+        let (code, stdout, stderr) = latchkey_split(&config, args, &[]);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(stderr.contains("error:"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn completions_are_valid_shell_and_know_every_command() {
+    let run = |shell: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run("bash");
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("latchkey.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for sub in [
+        "status",
+        "access",
+        "who-has",
+        "plan",
+        "check",
+        "report",
+        "audit",
+        "drift",
+        "keys",
+        "redrive",
+        "approve",
+        "completions",
+        "--output",
+        "--limit",
+        "--quiet",
+    ] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    // Sourced in a real bash, it completes `latchkey st` to `status`.
+    let probe = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && COMP_WORDS=(latchkey st) COMP_CWORD=1 COMP_LINE='latchkey st' COMP_POINT=11 \
+             && _latchkey latchkey st latchkey && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    let replies = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        replies.lines().any(|l| l == "status"),
+        "{replies}{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    for shell in ["zsh", "fish", "powershell"] {
+        let text = run(shell);
+        assert!(
+            text.contains("who-has") && text.contains("completions"),
+            "{shell}"
+        );
+    }
 }

@@ -3,9 +3,12 @@
 //! the New York lab on Verkada, plant rooms on mechanical keys. Each vendor's simulator runs in
 //! process; the demo plays the site manager for the keys, recording hand-overs and returns the way
 //! `latchkey keys handed-over|returned` does.
+//!
+//! While it waits on deliveries (about a minute, mostly a vendor's rate limit) it shows progress on
+//! stderr: a bar on a terminal, a plain line every few seconds otherwise; stdout keeps the figures.
 
-use super::{describe_feed, repo_path};
 use crate::app::App;
+use crate::cli::{describe_feed, repo_path};
 use crate::clock;
 use crate::config::{Config, ConfigInput, process_env};
 use crate::connectors::manual;
@@ -15,8 +18,9 @@ use crate::store;
 use crate::telemetry;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 pub const SIM_TOKEN: &str = "nuki-sim-token";
@@ -63,6 +67,7 @@ async fn start_sims() -> anyhow::Result<Vec<(&'static str, SimServer)>> {
 
 pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
     let tmp = tempfile::tempdir()?;
+    let keep_dir = keep.clone();
     let dir = keep.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
     let sims = start_sims().await?;
@@ -111,14 +116,9 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
     ] {
         let report = app.engine.apply_hr_file("hr", &sample.join(file)).await?;
         println!("\n{step}: {}", describe_feed(&report));
-        let total = report.issues + report.revokes;
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template("  delivering {bar:40} {pos}/{len} commands {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        settle(&app, &bar, &mut desk).await?;
-        bar.finish();
+        let mut progress = Progress::new(report.issues + report.revokes);
+        settle(&app, &mut progress, &mut desk).await?;
+        progress.finish();
     }
     let _ = stop_tx.send(true);
     dispatcher.await?;
@@ -192,13 +192,153 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
     for (_, server) in sims {
         server.shutdown().await;
     }
+    print!("{}", next_steps(keep_dir.as_deref()));
     Ok(if total[2] == 0 && total[1] > 0 { 0 } else { 1 })
+}
+
+/// What to run next, with the commands spelled out for the kept database (or how to keep it).
+fn next_steps(kept: Option<&Path>) -> String {
+    let mut out = String::from("\nnext steps\n");
+    match kept {
+        Some(dir) => {
+            let env = format!(
+                "LATCHKEY_STORE__URL=sqlite://{} LATCHKEY_DEMO_NUKI_TOKEN={SIM_TOKEN} \\\n    \
+                 LATCHKEY_DEMO_KISI_KEY={KISI_KEY} LATCHKEY_DEMO_VERKADA_KEY={VERKADA_KEY}",
+                dir.join("latchkey.db").display()
+            );
+            out.push_str(&format!(
+                "  the demo's database is kept; with\n    export {env}\n  ask it:\n"
+            ));
+        }
+        None => out.push_str(
+            "  keep the database to ask it questions: latchkey demo --keep DIR (it prints how), then:\n",
+        ),
+    }
+    for (cmd, what) in [
+        (
+            "latchkey status",
+            "stuck revocations, dead letters, outbox, held changes",
+        ),
+        (
+            "latchkey access E10001",
+            "what one person holds (key, e-mail or name)",
+        ),
+        ("latchkey who-has berlin-engineering", "who holds a door"),
+        (
+            "latchkey report sla",
+            "revocation SLA attainment per vendor",
+        ),
+        (
+            "latchkey status --output json",
+            "the same for tools (schemas in docs/schemas/)",
+        ),
+    ] {
+        out.push_str(&format!("    {cmd:<38} {what}\n"));
+    }
+    out.push_str(
+        "  then: README.md \"What to do next\", docs/configuration.md for your own sources and \
+         vendors,\n        docs/cli.md for every command, output format and exit code\n",
+    );
+    out
+}
+
+/// Delivery progress on stderr: a bar on a terminal; elsewhere (a file, a pipe, CI) a plain line
+/// every [`Progress::EVERY`], so a log shows the demo is alive while a vendor's rate limit paces it.
+enum Progress {
+    Bar(ProgressBar),
+    Lines {
+        total: u64,
+        started: Instant,
+        printed: Instant,
+    },
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    fn new(total: u64) -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "  delivering {bar:40} {pos}/{len} commands {elapsed} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            Progress::Bar(bar)
+        } else {
+            let now = Instant::now();
+            Progress::Lines {
+                total,
+                started: now,
+                printed: now,
+            }
+        }
+    }
+
+    fn total(&self) -> u64 {
+        match self {
+            Progress::Bar(b) => b.length().unwrap_or(0),
+            Progress::Lines { total, .. } => *total,
+        }
+    }
+
+    /// `open` commands are still to go; `waiting` names the connectors they wait on.
+    fn update(&mut self, open: u64, waiting: &str) {
+        let total = self.total();
+        let done = total.saturating_sub(open);
+        match self {
+            Progress::Bar(b) => {
+                b.set_position(done);
+                b.set_message(waiting.to_string());
+            }
+            Progress::Lines {
+                started, printed, ..
+            } => {
+                if printed.elapsed() >= Self::EVERY {
+                    *printed = Instant::now();
+                    eprintln!(
+                        "  delivering: {done}/{total} commands after {} s; {waiting}",
+                        started.elapsed().as_secs()
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(self) {
+        match self {
+            Progress::Bar(b) => b.finish(),
+            Progress::Lines { total, started, .. } => eprintln!(
+                "  delivered {total} commands in {:.1} s",
+                started.elapsed().as_secs_f64()
+            ),
+        }
+    }
+}
+
+/// `waiting on kisi 300, nuki 4`: open commands per connector.
+async fn waiting_on(app: &App) -> anyhow::Result<String> {
+    let mut open: BTreeMap<String, i64> = BTreeMap::new();
+    for (connector, status, _, n) in store::command_counts(app.store().pool()).await? {
+        if matches!(status.as_str(), "pending" | "inflight" | "confirming") {
+            *open.entry(connector).or_default() += n;
+        }
+    }
+    let parts: Vec<String> = open.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    Ok(if parts.is_empty() {
+        String::new()
+    } else {
+        format!("waiting on {}", parts.join(", "))
+    })
 }
 
 /// Wait until the outbox is empty, showing progress. Mechanical-key commands wait on a person:
 /// as each hand-over or return task appears (its command confirming), the demo records it done.
-async fn settle(app: &App, bar: &ProgressBar, desk: &mut KeyDesk) -> anyhow::Result<()> {
+async fn settle(app: &App, progress: &mut Progress, desk: &mut KeyDesk) -> anyhow::Result<()> {
     let pool = app.store().pool();
+    let mut asked = Instant::now();
+    let mut waiting = String::new();
     loop {
         for task in store::open_key_tasks(pool).await? {
             let action = if task.kind == manual::RETURN {
@@ -242,8 +382,12 @@ async fn settle(app: &App, bar: &ProgressBar, desk: &mut KeyDesk) -> anyhow::Res
             .await?;
         }
         let open = store::open_commands(pool).await?;
-        let total = bar.length().unwrap_or(0);
-        bar.set_position(total.saturating_sub(open as u64));
+        // Which vendors the rest waits on, once a second (a grouped count over the outbox).
+        if asked.elapsed() >= Duration::from_secs(1) {
+            asked = Instant::now();
+            waiting = waiting_on(app).await?;
+        }
+        progress.update(u64::try_from(open).unwrap_or(0), &waiting);
         if open == 0 {
             return Ok(());
         }

@@ -1,0 +1,114 @@
+//! `latchkey access PERSON`: what a person holds, at which vendor, from which template, and who
+//! approved that template. The person is named by key, e-mail or name (see `cli::lookup`).
+
+use crate::cli::output::{Capped, ListArg, print_json, time};
+use crate::cli::{ConfigArg, lookup, open_app};
+use crate::store;
+use serde::Serialize;
+use std::fmt::Write;
+
+pub const SCHEMA: &str = "latchkey.access/v1";
+
+#[derive(Debug, clap::Args)]
+pub struct AccessArgs {
+    /// Correlation key, e-mail or full name.
+    pub person: String,
+    #[command(flatten)]
+    pub list: ListArg,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Access {
+    pub person: Person,
+    pub grants: Capped<Grant>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Person {
+    pub key: String,
+    pub name: Option<String>,
+    pub lifecycle: String,
+    pub since: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Grant {
+    pub connector: String,
+    pub target: String,
+    pub desired: String,
+    pub observed: String,
+    pub template: String,
+    pub approved_by: Option<String>,
+}
+
+pub async fn run(args: AccessArgs) -> anyhow::Result<i32> {
+    let app = open_app(&args.config).await?;
+    let mut conn = app.store().pool().acquire().await?;
+    let ident = match lookup::person(&mut conn, &args.person).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("access: {e}");
+            return Ok(1);
+        }
+    };
+    let grants = store::grants_of(&mut conn, &ident.key)
+        .await?
+        .into_iter()
+        .map(|g| Grant {
+            approved_by: app
+                .engine
+                .policy
+                .approver_of(&g.template)
+                .map(str::to_string),
+            connector: g.connector,
+            target: g.target,
+            desired: g.desired,
+            observed: g.observed,
+            template: g.template,
+        })
+        .collect();
+    let access = Access {
+        person: Person {
+            name: ident.attr("name").map(str::to_string),
+            key: ident.key,
+            lifecycle: ident.lifecycle.to_string(),
+            since: time(ident.lifecycle_since),
+        },
+        grants: args.list.cap(grants),
+    };
+    if args.list.json() {
+        print_json(SCHEMA, &access)?;
+    } else {
+        print!("{}", access.render());
+    }
+    Ok(0)
+}
+
+impl Access {
+    pub fn render(&self) -> String {
+        let p = &self.person;
+        let mut out = format!(
+            "{} ({}) {} since {}\n",
+            p.key,
+            p.name.as_deref().unwrap_or("-"),
+            p.lifecycle,
+            p.since
+        );
+        for g in &self.grants.items {
+            let _ = writeln!(
+                out,
+                "  {:<8} {:<22} desired {:<7} observed {:<7} template {:<28} approved by {}",
+                g.connector,
+                g.target,
+                g.desired,
+                g.observed,
+                g.template,
+                g.approved_by.as_deref().unwrap_or("-")
+            );
+        }
+        self.grants.more_line(&mut out, "  ");
+        out
+    }
+}

@@ -1,0 +1,17 @@
+//! One file per command (or command group). Read commands print a table or, with
+//! `--output json`, one JSON document whose schema is in docs/schemas/ (see `cli::output`).
+
+pub mod access;
+pub mod apply;
+pub mod audit;
+pub mod check;
+pub mod completions;
+pub mod demo;
+pub mod drift;
+pub mod drill;
+pub mod keys;
+pub mod plan;
+pub mod redrive;
+pub mod report;
+pub mod status;
+pub mod who_has;
