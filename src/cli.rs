@@ -5,6 +5,7 @@ use crate::clock;
 use crate::config::{Config, ConfigInput, process_env};
 use crate::sim;
 use crate::store;
+use anyhow::Context;
 use clap::{Arg, ArgAction, CommandFactory, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
