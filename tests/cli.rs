@@ -794,11 +794,13 @@ async fn a_template_edit_is_planned_with_exit_code_2_and_applied_and_a_typo_fail
 
 /// A feed file written a minute ago, so it has settled (the drop directory reads only complete
 /// files, by default those unchanged for `settle_seconds`).
+/// A feed file that landed just long enough ago to count as complete (`settle_seconds`, 5 s by
+/// default). Its landing time is the trigger of its changes, so it is not backdated further.
 fn write_settled(path: &std::path::Path, rows: &[String]) {
     std::fs::write(path, format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
     let f = std::fs::File::options().write(true).open(path).unwrap();
     let written = f.metadata().unwrap().modified().unwrap();
-    f.set_modified(written - std::time::Duration::from_secs(60))
+    f.set_modified(written - std::time::Duration::from_secs(6))
         .unwrap();
 }
 
