@@ -185,7 +185,16 @@ impl Dispatcher {
                     tracing::error!(connector = connector.name(), error = %e, "outbox unavailable; retrying")
                 }
             }
-            let sleep = match store::next_due(self.store.pool(), connector.name()).await {
+            // The lane's next due command may be an issue the revokes-only worker cannot take:
+            // looking again at once would spin on the store's write gate and starve the very feed
+            // that enqueues the next revoke. It waits for a wake-up (every enqueue wakes the lane)
+            // or the idle poll; the other workers take revokes whose retry time comes.
+            let next_due = if revokes_only {
+                Ok(None)
+            } else {
+                store::next_due(self.store.pool(), connector.name()).await
+            };
+            let sleep = match next_due {
                 Ok(Some(due)) => {
                     let wait = due - to_micros(self.clock.now());
                     Duration::from_micros(wait.clamp(0, IDLE_POLL.as_micros() as i64) as u64)
