@@ -490,8 +490,10 @@ async fn first_attempt_is_stamped_when_the_request_leaves() {
         // The test's clock stands still, so the stamp's distance from it is the real time the
         // request waited for its token after the claim (a stamp at claim would be 0).
         let stamped = b.first_attempt_at.unwrap() - b.enqueued_at;
+        // Half a token's interval: a stamp at claim is 0, and a loaded machine hands out the
+        // token somewhat early relative to the request before it.
         assert!(
-            stamped >= 150_000,
+            stamped >= 100_000,
             "{}: first attempt stamped {stamped} us after the claim, before the request's token came",
             h.backend
         );
