@@ -202,16 +202,20 @@ impl Store {
         max_priority: i64,
     ) -> Result<Option<CommandRow>> {
         let mut tx = self.begin_write().await?;
-        let row = match self.backend {
-            Backend::Sqlite => {
-                sqlite::claim_next(&mut tx, connector, owner, now, lease_until, max_priority)
-                    .await?
-            }
-            Backend::Postgres => {
-                postgres::claim_next(&mut tx, connector, owner, now, lease_until, max_priority)
-                    .await?
-            }
+        // The write lock of `BEGIN IMMEDIATE` makes SQLite's claim exclusive; PostgreSQL's skips
+        // rows other claims hold (`FOR UPDATE SKIP LOCKED`).
+        let sql = match self.backend {
+            Backend::Sqlite => sqlite::CLAIM_SQL,
+            Backend::Postgres => postgres::CLAIM_SQL,
         };
+        let row = sqlx::query(sql)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(connector)
+            .bind(max_priority)
+            .fetch_optional(&mut **tx)
+            .await?;
         let cmd = row.map(|r| CommandRow::from_row(&r)).transpose()?;
         tx.commit().await?;
         Ok(cmd)

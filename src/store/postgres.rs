@@ -4,9 +4,9 @@
 //! two commands of one grant can both pass the NOT EXISTS check on their snapshots, and the index
 //! makes the second fail, to be run again (see `Store::claim_next`).
 
-use super::{Result, Tx};
+use super::Result;
 use sqlx::AnyPool;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/postgres");
 
@@ -33,24 +33,6 @@ pub(super) const CLAIM_SQL: &str = "UPDATE commands SET status = 'inflight', lea
            ORDER BY c.priority, c.id LIMIT 1
            FOR UPDATE SKIP LOCKED)
          RETURNING *";
-
-pub(super) async fn claim_next(
-    tx: &mut Tx,
-    connector: &str,
-    owner: &str,
-    now: i64,
-    lease_until: i64,
-    max_priority: i64,
-) -> Result<Option<AnyRow>> {
-    Ok(sqlx::query(CLAIM_SQL)
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(connector)
-        .bind(max_priority)
-        .fetch_optional(&mut ***tx)
-        .await?)
-}
 
 /// The claim lost to a concurrent claim of another command of the same grant: the unique index on
 /// in-flight commands refused the second (SQLSTATE 23505 on `commands_one_inflight_per_grant`).

@@ -1,8 +1,8 @@
 //! SQLite: the embedded default. One file, WAL journal so readers never block the writer, and write
 //! transactions that take the lock up front (see `Store::begin_write`).
 
-use super::{Result, Tx};
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use super::Result;
+use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
@@ -81,22 +81,3 @@ pub(super) const CLAIM_SQL: &str = "UPDATE commands SET status = 'inflight', lea
                    AND o.status = 'inflight' AND o.id <> c.id)
            ORDER BY c.priority, c.id LIMIT 1)
          RETURNING *";
-
-/// The write lock taken by `BEGIN IMMEDIATE` already makes this claim exclusive.
-pub(super) async fn claim_next(
-    tx: &mut Tx,
-    connector: &str,
-    owner: &str,
-    now: i64,
-    lease_until: i64,
-    max_priority: i64,
-) -> Result<Option<AnyRow>> {
-    Ok(sqlx::query(CLAIM_SQL)
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(connector)
-        .bind(max_priority)
-        .fetch_optional(&mut ***tx)
-        .await?)
-}
