@@ -216,6 +216,11 @@ impl App {
             {
                 tracing::error!(error = %e, "effective-dated changes not applied");
             }
+            // Every replica follows the templates file; the one holding the reconciliation's lease
+            // then carries the change out to everyone.
+            if let Err(e) = self.reload_policy(now).await {
+                tracing::error!(error = %e, "templates reload not recorded");
+            }
             if let Some(Err(e)) = leases
                 .while_held(crate::leases::RECONCILE, self.reconcile_if_due(now))
                 .await
@@ -230,6 +235,43 @@ impl App {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// Re-read the templates file while running: an edit takes effect without a restart, through
+    /// the reconciliation its new fingerprint makes due; a file that does not load is refused,
+    /// logged, audited and shown by `latchkey_policy_reload_refused`, and the last good policy
+    /// stays in force.
+    async fn reload_policy(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let (action, details) = match self.engine.reload_policy() {
+            crate::engine::PolicyReload::Unchanged => return Ok(()),
+            crate::engine::PolicyReload::Reloaded { from, to } => {
+                tracing::info!(%from, %to, "templates changed on disk: new policy in force");
+                (
+                    "policy.reloaded",
+                    serde_json::json!({"from": from, "to": to}),
+                )
+            }
+            crate::engine::PolicyReload::Refused { digest, error } => {
+                tracing::error!(%error, "templates changed on disk but do not load; the last good policy stays in force");
+                (
+                    "policy.reload_refused",
+                    serde_json::json!({"digest": digest, "error": error}),
+                )
+            }
+        };
+        let mut tx = self.engine.store.begin_write().await?;
+        let templates = self.engine.config.policy.templates.display().to_string();
+        crate::audit::append(
+            &mut tx,
+            to_micros(now),
+            "policy",
+            action,
+            &templates,
+            &details,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A full reconciliation of every identity when one is due: at start when what decides desired

@@ -69,12 +69,26 @@ pub struct Engine {
     pub store: Store,
     pub clock: SharedClock,
     pub config: Arc<Config>,
-    pub policy: Arc<Policy>,
+    /// The policy in force: swapped whole when the templates file changes on disk and loads.
+    policy: std::sync::RwLock<Arc<Policy>>,
+    /// The digest of a templates file that was refused, so it is reported once, not every tick.
+    refused_policy: std::sync::Mutex<Option<String>>,
     /// Woken whenever commands were enqueued, so the dispatcher starts at once.
     pub outbox_notify: Arc<Notify>,
     /// Prometheus metrics of this process, shared with the dispatcher and the HTTP server.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     mappings: BTreeMap<String, HrMapping>,
+}
+
+/// What re-reading the templates file found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyReload {
+    /// The same file (or a refused one already reported).
+    Unchanged,
+    /// A changed file loaded and is in force now.
+    Reloaded { from: String, to: String },
+    /// A changed file did not load; the policy in force stays.
+    Refused { digest: String, error: String },
 }
 
 /// People per transaction: large enough to amortise commits, small enough that the first revokes
@@ -108,11 +122,68 @@ impl Engine {
             store,
             clock,
             config,
-            policy,
+            policy: std::sync::RwLock::new(policy),
+            refused_policy: std::sync::Mutex::new(None),
             outbox_notify: Arc::new(Notify::new()),
             metrics,
             mappings,
         })
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-read the templates file: a changed file that loads replaces the policy in force (the
+    /// next reconciliation then sees a new fingerprint and re-evaluates everyone); one that does
+    /// not load is refused once, and the last good policy stays in force — a broken edit must not
+    /// revoke everyone, nor stop the daemon that revokes leavers.
+    pub fn reload_policy(&self) -> PolicyReload {
+        let path = self.config.resolve(&self.config.policy.templates);
+        let origin = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => return self.refuse_policy(String::new(), format!("{origin}: {e}")),
+        };
+        let digest = hex::encode(Sha256::digest(text.as_bytes()));
+        let current = self.policy();
+        if digest == current.digest() {
+            self.metrics.set_policy_refused(false);
+            return PolicyReload::Unchanged;
+        }
+        let names: Vec<String> = self.config.connectors.keys().cloned().collect();
+        match Policy::parse(&text, &origin, &names) {
+            Ok(policy) => {
+                *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+                *self
+                    .refused_policy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                self.metrics.set_policy_refused(false);
+                PolicyReload::Reloaded {
+                    from: current.digest().to_string(),
+                    to: digest,
+                }
+            }
+            Err(e) => self.refuse_policy(digest, e.to_string()),
+        }
+    }
+
+    fn refuse_policy(&self, digest: String, error: String) -> PolicyReload {
+        self.metrics.set_policy_refused(true);
+        let mut last = self
+            .refused_policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if last.as_deref() == Some(digest.as_str()) {
+            return PolicyReload::Unchanged;
+        }
+        *last = Some(digest.clone());
+        PolicyReload::Refused { digest, error }
     }
 
     fn tz_of(&self) -> impl Fn(Option<&str>) -> chrono_tz::Tz + '_ {
@@ -633,7 +704,7 @@ impl Engine {
     ) -> Result<Applied, EngineError> {
         let tz = self.config.timezone_of(derived.site.as_deref());
         let desired = match tracing::info_span!("policy.evaluate", identity = %key).in_scope(|| {
-            self.policy
+            self.policy()
                 .desired(key, derived.lifecycle, &derived.attrs, tz, now)
         }) {
             Ok(d) => d,
@@ -681,7 +752,7 @@ impl Engine {
             detected_at: now,
             actor: actor.to_string(),
         };
-        let policy = self.policy.clone();
+        let policy = self.policy();
         Ok(plan::apply(
             conn,
             key,
@@ -742,7 +813,7 @@ impl Engine {
             .collect();
         let tz = self.config.timezone_of(ident.site.as_deref());
         let desired = self
-            .policy
+            .policy()
             .desired(&ident.key, ident.lifecycle, &attrs, tz, now)?;
         Ok(plan::diff(&desired, ledger))
     }
@@ -781,7 +852,7 @@ impl Engine {
             detected_at: now,
             actor: "reconcile".into(),
         };
-        let policy = self.policy.clone();
+        let policy = self.policy();
         Ok(plan::apply(
             conn,
             key,

@@ -41,6 +41,9 @@ pub struct IdentityPlan {
     pub changes: Vec<Change>,
     /// Revocations held for approval (issues still go ahead).
     pub held: bool,
+    /// Revocations an approver rejected under this policy: kept, and not asked again until the
+    /// policy changes (issues still go ahead).
+    pub rejected: bool,
 }
 
 impl IdentityPlan {
@@ -73,7 +76,19 @@ impl ReconcilePlan {
     }
 
     pub fn to_revoke(&self) -> usize {
-        let n = |p: &IdentityPlan| if p.held { 0 } else { p.revokes().count() };
+        let n = |p: &IdentityPlan| {
+            if p.held || p.rejected {
+                0
+            } else {
+                p.revokes().count()
+            }
+        };
+        self.people.iter().map(n).sum()
+    }
+
+    /// Revocations an approver rejected under this policy, kept.
+    pub fn kept(&self) -> usize {
+        let n = |p: &IdentityPlan| if p.rejected { p.revokes().count() } else { 0 };
         self.people.iter().map(n).sum()
     }
 
@@ -83,14 +98,21 @@ impl ReconcilePlan {
         self.people.iter().map(n).sum()
     }
 
+    /// Nothing to issue, revoke or hold: people whose revocations were rejected and who have
+    /// nothing else to change do not count (`plan --detailed-exitcode` exits 0).
     pub fn is_empty(&self) -> bool {
-        self.people.is_empty()
+        self.to_issue() + self.to_revoke() + self.held() == 0
     }
 
-    /// `Plan: N to issue, M to revoke, K held`, as `latchkey plan` ends.
+    /// `Plan: N to issue, M to revoke, K held` (and `, R kept (rejected)` when an approver
+    /// rejected some under this policy), as `latchkey plan` ends.
     pub fn summary(&self) -> String {
+        let kept = match self.kept() {
+            0 => String::new(),
+            n => format!(", {n} kept (rejected)"),
+        };
         format!(
-            "Plan: {} to issue, {} to revoke, {} held",
+            "Plan: {} to issue, {} to revoke, {} held{kept}",
             self.to_issue(),
             self.to_revoke(),
             self.held()
@@ -108,6 +130,7 @@ impl ReconcilePlan {
                 let (verb, template) = match c {
                     Change::Issue(d) => ("issue ", d.template.as_str()),
                     Change::Revoke(g) if p.held => ("held  ", g.template.as_str()),
+                    Change::Revoke(g) if p.rejected => ("kept  ", g.template.as_str()),
                     Change::Revoke(g) => ("revoke", g.template.as_str()),
                 };
                 let _ = writeln!(
@@ -150,7 +173,7 @@ pub fn fingerprint(engine: &Engine) -> String {
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(bytes);
     };
-    part("templates", engine.policy.digest().as_bytes());
+    part("templates", engine.policy().digest().as_bytes());
     for (name, c) in &config.connectors {
         part(
             &format!("connector:{name}"),
@@ -255,6 +278,7 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
                     entitled,
                     changes,
                     held: false,
+                    rejected: false,
                 }),
                 Err(e) => out.failed.push((ident.key.clone(), e.to_string())),
             }
@@ -266,20 +290,31 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
         .into_iter()
         .map(|h| h.key)
         .collect();
+    let rejected: BTreeSet<String> =
+        store::rejected_hold_keys(pool, HOLD_SOURCE, HOLD_KIND, &out.fingerprint)
+            .await?
+            .into_iter()
+            .collect();
     let minimum = engine.config.reconcile.mass_change_minimum;
-    apply_safeguard(&mut out, threshold(engine), minimum, &approved);
+    apply_safeguard(&mut out, threshold(engine), minimum, &approved, &rejected);
     Ok(out)
 }
 
 /// Hold entitled people's revocations when more than `threshold` of the population, and at least
-/// `minimum` people, would lose a grant; people an approver already approved go ahead.
+/// `minimum` people, would lose a grant; people an approver already approved go ahead, and people
+/// whose revocations an approver rejected under this policy keep their grants without being asked
+/// about again.
 fn apply_safeguard(
     plan: &mut ReconcilePlan,
     threshold: f64,
     minimum: usize,
     approved: &BTreeSet<String>,
+    rejected: &BTreeSet<String>,
 ) {
-    let losing = |p: &IdentityPlan| p.entitled && p.revokes().next().is_some();
+    for p in plan.people.iter_mut() {
+        p.rejected = p.entitled && p.revokes().next().is_some() && rejected.contains(&p.key);
+    }
+    let losing = |p: &IdentityPlan| p.entitled && !p.rejected && p.revokes().next().is_some();
     let count = plan
         .people
         .iter()
@@ -359,21 +394,22 @@ async fn execute(
         let mut tx = engine.store.begin_write().await?;
         for p in chunk {
             if p.held {
-                store::hold(
+                store::hold_under_policy(
                     &mut tx,
                     HOLD_SOURCE,
                     &p.key,
                     HOLD_KIND,
                     &held_reason(p, &overall),
+                    Some(&plan.fingerprint),
                     now_us,
                 )
                 .await?;
                 report.held += p.revokes().count() as u64;
             }
             let a = engine
-                .reconcile_identity(&mut tx, &p.key, p.held, now)
+                .reconcile_identity(&mut tx, &p.key, p.held || p.rejected, now)
                 .await?;
-            if !p.held {
+            if !p.held && !p.rejected {
                 store::mark_holds_executed(&mut tx, HOLD_SOURCE, &p.key, now_us).await?;
             }
             report.issues += a.issues;
@@ -497,6 +533,7 @@ mod tests {
                 vec![Change::Issue(issue)]
             },
             held: false,
+            rejected: false,
         }
     }
 
@@ -512,7 +549,13 @@ mod tests {
             ],
             ..Default::default()
         };
-        apply_safeguard(&mut plan, 0.2, 1, &["E1".to_string()].into());
+        apply_safeguard(
+            &mut plan,
+            0.2,
+            1,
+            &["E1".to_string()].into(),
+            &BTreeSet::new(),
+        );
         assert_eq!(plan.summary(), "Plan: 1 to issue, 1 to revoke, 2 held");
         let reason = plan.hold_reason.clone().unwrap();
         assert!(
@@ -524,7 +567,7 @@ mod tests {
             people: vec![person("E1", true), person("E2", true)],
             ..Default::default()
         };
-        apply_safeguard(&mut small, 0.2, 1, &BTreeSet::new());
+        apply_safeguard(&mut small, 0.2, 1, &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(small.summary(), "Plan: 0 to issue, 2 to revoke, 0 held");
         // Two of a population of three is a large share but few people: below the minimum.
         let tiny = || ReconcilePlan {
@@ -533,10 +576,18 @@ mod tests {
             ..Default::default()
         };
         let mut below = tiny();
-        apply_safeguard(&mut below, 0.2, 3, &BTreeSet::new());
+        apply_safeguard(&mut below, 0.2, 3, &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(below.summary(), "Plan: 0 to issue, 2 to revoke, 0 held");
         let mut at = tiny();
-        apply_safeguard(&mut at, 0.2, 2, &BTreeSet::new());
+        apply_safeguard(&mut at, 0.2, 2, &BTreeSet::new(), &BTreeSet::new());
         assert_eq!(at.summary(), "Plan: 0 to issue, 0 to revoke, 2 held");
+        // E1's revocation was rejected under this policy: kept, and no longer counted, so E2 alone
+        // is below the minimum and goes ahead.
+        let mut kept = tiny();
+        apply_safeguard(&mut kept, 0.2, 2, &BTreeSet::new(), &["E1".into()].into());
+        assert_eq!(
+            kept.summary(),
+            "Plan: 0 to issue, 1 to revoke, 0 held, 1 kept (rejected)"
+        );
     }
 }

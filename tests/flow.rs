@@ -914,6 +914,27 @@ async fn a_template_edit_reaches_everyone_and_a_typo_that_revokes_everyone_is_he
         assert!(!h.holds("E2", "berlin-sales"));
         assert!(h.holds("E3", "berlin-sales"));
 
+        // An approver rejects E3's: under the same policy the next (scheduled) reconciliation
+        // keeps E3's door and does not ask again; the others stay held.
+        let held = store::held_changes(h.app.store().pool()).await.unwrap();
+        let e3 = held.iter().find(|c| c.key == "E3").unwrap();
+        h.app
+            .engine
+            .decide(e3.id, false, "bob@example.com")
+            .await
+            .unwrap();
+        let (plan, r) = reconcile::run(&h.app.engine, "schedule").await.unwrap();
+        assert_eq!(
+            plan.summary(),
+            "Plan: 0 to issue, 0 to revoke, 8 held, 1 kept (rejected)"
+        );
+        assert_eq!((r.revokes, r.held), (0, 8));
+        let held = store::held_changes(h.app.store().pool()).await.unwrap();
+        assert!(!held.iter().any(|c| c.key == "E3"), "{held:?}");
+        assert_eq!(held.len(), 8, "{held:?}");
+        h.drain().await;
+        assert!(h.holds("E3", "berlin-sales"));
+
         // The typo fixed: the holds are released and the person it hit gets the door back.
         reopen_with_templates(&mut h, add_plant).await;
         let (plan, _) = reconcile::run(&h.app.engine, "test").await.unwrap();
@@ -956,5 +977,73 @@ async fn a_restarted_daemon_reconciles_a_dropped_door_at_start() {
         );
         assert!(h.holds("E1", "berlin-engineering"));
         assert!((2..=10).all(|i| h.holds(&format!("E{i}"), "berlin-sales")));
+    });
+}
+
+/// How many audit records of this action there are.
+async fn audited(store: &latchkey::store::Store, action: &str) -> usize {
+    latchkey::audit::recent_records(store, None, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.action == action)
+        .count()
+}
+
+/// Wait (up to 30 s) for a first audit record of this action.
+async fn until_audited(store: &latchkey::store::Store, action: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while audited(store, action).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "no {action} audited");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Templates edited while the daemon runs take effect without a restart; an edit that does not
+/// load is refused (audited, last good policy kept: nobody loses a door to a syntax error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_edited_while_running_takes_effect_and_a_broken_edit_is_refused() {
+    each_backend!(|h| {
+        let mut people = vec![employee("E1", "engineering", "berlin")];
+        people.extend((2..=4).map(|i| employee(&format!("E{i}"), "sales", "berlin")));
+        h.feed(&people).await;
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-lab"));
+        // The daemon's templates file is one this test may edit in place.
+        reopen_with_templates(&mut h, |t| t).await;
+        let live = h.dir.join(format!("templates-{}.toml", h.feed_no - 1));
+        let daemon = open_again(&h).await;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(async move { daemon.run(rx).await });
+        let store = h.app.store().clone();
+        until_audited(&store, "reconcile.completed").await;
+        // A broken edit: refused once, and everyone keeps their doors.
+        let good = std::fs::read_to_string(&live).unwrap();
+        std::fs::write(&live, good.replace("when = ", "when == ")).unwrap();
+        until_audited(&store, "policy.reload_refused").await;
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-lab") && h.holds("E1", "berlin-engineering"));
+        assert!((2..=4).all(|i| h.holds(&format!("E{i}"), "berlin-sales")));
+        // The door dropped in the running daemon's file: revoked without a restart.
+        let dropped = good.replace("target = \"{{ site }}-lab\"", "target = \"\"");
+        assert_ne!(dropped, good);
+        std::fs::write(&live, dropped).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while h.holds("E1", "berlin-lab") && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tx.send(true).unwrap();
+        running.await.unwrap().unwrap();
+        assert!(
+            !h.holds("E1", "berlin-lab"),
+            "the running daemon revoked the door dropped from its templates"
+        );
+        assert!(h.holds("E1", "berlin-engineering"));
+        assert_eq!(
+            audited(&store, "policy.reload_refused").await,
+            1,
+            "refused once"
+        );
+        assert_eq!(audited(&store, "policy.reloaded").await, 1);
     });
 }

@@ -980,6 +980,7 @@ async fn disabled_without_mail_expired_and_dated_expiry_are_leavers_in_both_dial
     add_ad_user(&mut ldap, "A1", "Engineering", "Berlin", "100").await;
     add_ad_user(&mut ldap, "A2", "Sales", "London", "101").await;
     add_ad_user(&mut ldap, "A3", "Finance", "Berlin", "102").await;
+    add_ad_user(&mut ldap, "A4", "Engineering", "Berlin", "103").await;
     let mut cfg = source_config(
         &slapd.url(),
         "dialect = \"active_directory\"\npoll_seconds = 1\nfull_compare_seconds = 3600\n\
@@ -991,7 +992,19 @@ async fn disabled_without_mail_expired_and_dated_expiry_are_leavers_in_both_dial
         h.holds("A1", "berlin-lab")
             && h.holds("A2", "london-sales")
             && h.holds("A3", "berlin-finance")
+            && h.holds("A4", "berlin-lab")
     })
+    .await;
+    // 514 with the employeeID itself cleared: no key, but the entry (by its id) is A4's.
+    modify(
+        &mut ldap,
+        "A4",
+        vec![
+            Mod::Replace("userAccountControl", vs(&["514"])),
+            Mod::Delete("employeeID", HashSet::new()),
+            Mod::Replace("uSNChanged", vs(&["109"])),
+        ],
+    )
     .await;
     // 514 and no mail in the same modify.
     modify(
@@ -1024,11 +1037,17 @@ async fn disabled_without_mail_expired_and_dated_expiry_are_leavers_in_both_dial
         ],
     )
     .await;
-    until(&h, "AD disabled-without-mail and expired revoked", |h| {
-        !h.holds("A1", "berlin-engineering")
-            && !h.holds("A1", "berlin-lab")
-            && !h.holds("A2", "london-sales")
-    })
+    until(
+        &h,
+        "AD disabled-without-mail, disabled-without-key and expired revoked",
+        |h| {
+            !h.holds("A1", "berlin-engineering")
+                && !h.holds("A1", "berlin-lab")
+                && !h.holds("A2", "london-sales")
+                && !h.holds("A4", "berlin-engineering")
+                && !h.holds("A4", "berlin-lab")
+        },
+    )
     .await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while store::checkpoint(h.app.store().pool(), "corp")

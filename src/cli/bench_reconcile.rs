@@ -108,7 +108,7 @@ async fn populate(engine: &Engine, n: usize) -> anyhow::Result<()> {
             store::put_identity(&mut tx, &row).await?;
             let desired =
                 engine
-                    .policy
+                    .policy()
                     .desired(&row.key, row.lifecycle, &attrs, chrono_tz::UTC, now)?;
             for d in desired
                 .iter()

@@ -532,6 +532,19 @@ pub async fn hold(
     reason: &str,
     now: i64,
 ) -> Result<bool> {
+    hold_under_policy(conn, source, key, kind, reason, None, now).await
+}
+
+/// [`hold`], recording the policy fingerprint the change was planned under (a reconciliation's).
+pub async fn hold_under_policy(
+    conn: &mut AnyConnection,
+    source: &str,
+    key: &str,
+    kind: &str,
+    reason: &str,
+    fingerprint: Option<&str>,
+    now: i64,
+) -> Result<bool> {
     let exists = sqlx::query(
         "SELECT id FROM held_changes WHERE status = 'held' AND source = $1 AND key = $2 AND kind = $3",
     )
@@ -544,13 +557,15 @@ pub async fn hold(
         return Ok(false);
     }
     sqlx::query(
-        "INSERT INTO held_changes (source, key, kind, reason, status, created_at) VALUES ($1, $2, $3, $4, 'held', $5)",
+        "INSERT INTO held_changes (source, key, kind, reason, status, created_at, fingerprint)
+         VALUES ($1, $2, $3, $4, 'held', $5, $6)",
     )
     .bind(source)
     .bind(key)
     .bind(kind)
     .bind(reason)
     .bind(now)
+    .bind(fingerprint)
     .execute(&mut *conn)
     .await?;
     Ok(true)
@@ -1587,6 +1602,28 @@ pub async fn approved_holds(pool: &AnyPool, source: &str, kind: &str) -> Result<
     .await?
     .iter()
     .map(read::<HeldRow>)
+    .collect()
+}
+
+/// People whose held change of this source and kind an approver rejected under this policy
+/// fingerprint: the decision stands until the policy changes.
+pub async fn rejected_hold_keys(
+    pool: &AnyPool,
+    source: &str,
+    kind: &str,
+    fingerprint: &str,
+) -> Result<Vec<String>> {
+    sqlx::query(
+        "SELECT DISTINCT key FROM held_changes
+         WHERE status = 'rejected' AND source = $1 AND kind = $2 AND fingerprint = $3",
+    )
+    .bind(source)
+    .bind(kind)
+    .bind(fingerprint)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get("key")?))
     .collect()
 }
 

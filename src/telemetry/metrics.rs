@@ -71,6 +71,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "latchkey_revoke_failures",
     "latchkey_dispatcher_worker_restarts",
     "latchkey_rejected_files",
+    "latchkey_leases_held",
+    "latchkey_policy_reload_refused",
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -284,6 +286,7 @@ pub struct Metrics {
     revoke_failures: Family<FailureLabels, Counter>,
     worker_restarts: Family<ConnectorLabel, Counter>,
     leases_held: Family<LeaseKindLabel, Gauge>,
+    policy_refused: Gauge,
 }
 
 fn latency_family() -> Latency {
@@ -334,6 +337,7 @@ impl Metrics {
             revoke_failures: Family::default(),
             worker_restarts: Family::default(),
             leases_held: Family::default(),
+            policy_refused: Gauge::default(),
         };
         registry.register_with_unit(
             "revocation_latency",
@@ -467,6 +471,11 @@ impl Metrics {
             "leases_held",
             "Leases this replica holds, by kind (source, job, lane): with several replicas, each source, scheduled job and connector lane is held by exactly one",
             m.leases_held.clone(),
+        );
+        registry.register(
+            "policy_reload_refused",
+            "1 while the templates file on disk does not load (the last good policy stays in force; see the log and audit for why)",
+            m.policy_refused.clone(),
         );
         registry.register(
             "drill_runs",
@@ -625,6 +634,11 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Whether the templates file on disk was refused (the policy in force is the last good one).
+    pub fn set_policy_refused(&self, refused: bool) {
+        self.policy_refused.set(i64::from(refused));
     }
 
     pub fn set_breaker_open(&self, connector: &str, open: bool) {

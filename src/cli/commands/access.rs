@@ -59,7 +59,7 @@ pub async fn run(args: AccessArgs) -> anyhow::Result<i32> {
         .map(|g| Grant {
             approved_by: app
                 .engine
-                .policy
+                .policy()
                 .approver_of(&g.template)
                 .map(str::to_string),
             connector: g.connector,

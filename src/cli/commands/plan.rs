@@ -35,7 +35,8 @@ struct Plan {
 
 #[derive(Debug, Serialize)]
 struct PlannedChange {
-    /// `issue` | `revoke` | `held` (a revocation held for approval)
+    /// `issue` | `revoke` | `held` (a revocation held for approval) | `kept` (a revocation an
+    /// approver rejected under this policy)
     action: &'static str,
     identity: String,
     connector: String,
@@ -54,6 +55,7 @@ struct Summary {
     issue: usize,
     revoke: usize,
     held: usize,
+    kept: usize,
 }
 
 pub async fn run(args: PlanArgs) -> anyhow::Result<i32> {
@@ -79,6 +81,7 @@ fn build(plan: &ReconcilePlan, list: &ListArg) -> Plan {
             let (action, template) = match c {
                 Change::Issue(d) => ("issue", d.template.clone()),
                 Change::Revoke(g) if p.held => ("held", g.template.clone()),
+                Change::Revoke(g) if p.rejected => ("kept", g.template.clone()),
                 Change::Revoke(g) => ("revoke", g.template.clone()),
             };
             changes.push(PlannedChange {
@@ -106,6 +109,7 @@ fn build(plan: &ReconcilePlan, list: &ListArg) -> Plan {
             issue: plan.to_issue(),
             revoke: plan.to_revoke(),
             held: plan.held(),
+            kept: plan.kept(),
         },
     }
 }
@@ -132,9 +136,13 @@ impl Plan {
             let _ = writeln!(out, "not evaluated: {}: {}", f.identity, f.error);
         }
         let s = &self.summary;
+        let kept = match s.kept {
+            0 => String::new(),
+            n => format!(", {n} kept (rejected)"),
+        };
         let _ = writeln!(
             out,
-            "Plan: {} to issue, {} to revoke, {} held",
+            "Plan: {} to issue, {} to revoke, {} held{kept}",
             s.issue, s.revoke, s.held
         );
         out

@@ -446,25 +446,57 @@ impl LdapSource {
                 tracing::info!(source = %self.name, dn = %entry.dn, key = %r.key, change = %kind,
                     issues = applied.issues, revokes = applied.revokes, "LDAP change applied");
             }
-            Err(q) => {
-                // A bad entry is reported; what was known of the person stays, unless the entry
-                // says the account is disabled or expired: then the person it was is a leaver.
-                self.quarantine_tx(conn, &q, now).await?;
-                let key = previous.flatten();
-                if let Some(k) = &key
-                    && self.is_leaver_entry(entry)
-                    && !self.settle_key(conn, k, now).await?
-                {
-                    self.engine
-                        .remove_record_tx(conn, &self.name, k, now)
-                        .await
-                        .map_err(self.engine_err())?;
-                }
-                self.put_entry(conn, uuid, &entry.dn, key.as_deref())
-                    .await?;
-            }
+            Err(q) => self.bad_entry_tx(conn, Some(uuid), entry, &q, now).await?,
         }
         Ok(())
+    }
+
+    /// A bad entry is reported; what was known of the person stays, unless the entry says the
+    /// account is disabled or expired: then the person it was (by its entryUUID / objectGUID,
+    /// even when the key itself was stripped) is a leaver. Leaver signals first, validation
+    /// second (DESIGN.md): offboarding often clears attributes together with disabling.
+    pub(super) async fn bad_entry_tx(
+        &self,
+        conn: &mut AnyConnection,
+        uuid: Option<&str>,
+        entry: &Entry,
+        q: &Quarantined,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        self.quarantine_tx(conn, q, now).await?;
+        match uuid {
+            Some(uuid) => {
+                self.leaver_by_entry_tx(conn, uuid, entry, &q.field, now)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The person a disabled or expired entry was, found by the entry's id: a leaver.
+    pub(super) async fn leaver_by_entry_tx(
+        &self,
+        conn: &mut AnyConnection,
+        uuid: &str,
+        entry: &Entry,
+        field: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let key = self.entry_key(conn, uuid).await?.flatten();
+        if let Some(k) = &key
+            && self.is_leaver_entry(entry)
+            && !self.settle_key(conn, k, now).await?
+        {
+            let applied = self
+                .engine
+                .remove_record_tx(conn, &self.name, k, now)
+                .await
+                .map_err(self.engine_err())?;
+            tracing::info!(source = %self.name, dn = %entry.dn, key = %k,
+                revokes = applied.revokes, field = %field,
+                "LDAP entry disabled or expired and incomplete: leaver");
+        }
+        self.put_entry(conn, uuid, &entry.dn, key.as_deref()).await
     }
 
     async fn quarantine_tx(

@@ -96,15 +96,37 @@ impl LdapSource {
             .unwrap_or_default();
         let mut records = Vec::new();
         let (entries_to_map, mut quarantined) = self.mapping.dedupe(&self.name, entries.iter());
+        let mut bad = Vec::new();
         for e in entries_to_map {
             match self.map(e) {
                 Ok(r) => records.push(r),
-                Err(q) => quarantined.push(*q),
+                Err(q) => {
+                    if let Some(id) = e.entry_id().filter(|_| self.is_leaver_entry(e)) {
+                        bad.push((id, e, q.field.clone()));
+                    }
+                    quarantined.push(*q);
+                }
             }
         }
         let threshold = self.mass_change_threshold();
         let mut report = self.snapshot_report(entries.len());
         self.track_entries(&records, &entries).await?;
+        // A disabled entry that lost its key is still the person it was: a leaver now, not an
+        // absence waiting out the grace period.
+        if !bad.is_empty() {
+            let now = self.engine.clock.now();
+            let mut tx = self
+                .engine
+                .store
+                .begin_write()
+                .await
+                .map_err(self.store_err())?;
+            for (id, e, field) in &bad {
+                self.leaver_by_entry_tx(&mut tx, id, e, field, now).await?;
+            }
+            tx.commit().await.map_err(self.db_err())?;
+            self.engine.notify_outbox();
+        }
         let batch = format!("full-{}", to_micros(self.engine.clock.now()));
         self.engine
             .apply_snapshot(
@@ -186,7 +208,7 @@ impl LdapSource {
                                 issues = applied.issues, revokes = applied.revokes, "LDAP change applied");
                         }
                     }
-                    Err(q) => self.quarantine_tx(&mut tx, &q, now).await?,
+                    Err(q) => self.bad_entry_tx(&mut tx, e.entry_id(), e, &q, now).await?,
                 }
             }
             if let Some(top) = self.max_watermark(chunk.iter()) {
