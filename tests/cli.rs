@@ -1058,7 +1058,7 @@ async fn json_plan_and_check_match_their_schemas() {
         assert_eq!(doc["changes"]["total"], 0);
         assert_eq!(
             doc["summary"],
-            serde_json::json!({"issue": 0, "revoke": 0, "held": 0})
+            serde_json::json!({"issue": 0, "revoke": 0, "held": 0, "kept": 0})
         );
         // The department door dropped from the employees' template: five sales doors to revoke
         // (held for approval or not, as the safeguard decides), capped at two rows.
