@@ -82,6 +82,11 @@ pub enum Command {
     Access(commands::access::AccessArgs),
     /// Who holds a target (lock, group), by its name or the vendor's id.
     WhoHas(commands::who_has::WhoHasArgs),
+    /// Suspend a person's access (every connector, or `--connectors`): revoked now at leaver
+    /// priority, kept revoked whatever the feeds say, until `resume` or the person leaves.
+    Suspend(commands::suspend::SuspendArgs),
+    /// End a person's suspension and re-issue what policy grants them now.
+    Resume(commands::suspend::ResumeArgs),
     /// Approve held changes (a mass disappearance from a feed).
     #[command(group(clap::ArgGroup::new("selection").required(true).args(["ids", "all"])))]
     Approve {
@@ -196,6 +201,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Status(args) => commands::status::run(args).await,
         Command::Access(args) => commands::access::run(args).await,
         Command::WhoHas(args) => commands::who_has::run(args).await,
+        Command::Suspend(args) => commands::suspend::suspend(args).await,
+        Command::Resume(args) => commands::suspend::resume(args).await,
         Command::Approve {
             ids,
             all,
@@ -404,5 +411,6 @@ pub mod commands;
 pub mod lookup;
 pub mod output;
 
+pub use commands::access::access_text;
 pub use commands::keys::keys_text;
 pub use commands::status::status_text;

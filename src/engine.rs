@@ -37,6 +37,8 @@ pub enum EngineError {
     NoSuchHeld(i64),
     #[error("reconcile: {0}")]
     Reconcile(String),
+    #[error("{0}")]
+    Suspension(String),
 }
 
 /// What one feed did, for the operator.
@@ -729,6 +731,10 @@ impl Engine {
                 return Ok(Applied::default());
             }
         };
+        // An operator's suspension outlasts whatever the sources say, until resumed or the person
+        // leaves (which ends it).
+        let desired =
+            crate::suspension::apply(conn, key, derived.lifecycle, desired, actor, now).await?;
         let ledger = store::grants_of(conn, key).await?;
         let changes = plan::diff(&desired, &ledger);
         if changes.is_empty() {
@@ -799,11 +805,13 @@ impl Engine {
         crate::reconcile::plan(self, now).await
     }
 
-    /// What one stored identity should change now under current policy: pure, for planning.
+    /// What one stored identity should change now under current policy and its suspension, if
+    /// any: pure, for planning.
     pub fn changes_for(
         &self,
         ident: &IdentityRow,
         ledger: &[store::GrantRow],
+        suspended: Option<&crate::suspension::Scope>,
         now: DateTime<Utc>,
     ) -> Result<Vec<plan::Change>, PolicyError> {
         let attrs: BTreeMap<String, String> = ident
@@ -812,9 +820,12 @@ impl Engine {
             .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
             .collect();
         let tz = self.config.timezone_of(ident.site.as_deref());
-        let desired = self
+        let mut desired = self
             .policy()
             .desired(&ident.key, ident.lifecycle, &attrs, tz, now)?;
+        if let Some(scope) = suspended {
+            scope.withhold(&mut desired);
+        }
         Ok(plan::diff(&desired, ledger))
     }
 
@@ -828,11 +839,28 @@ impl Engine {
         hold_revokes: bool,
         now: DateTime<Utc>,
     ) -> Result<Applied, EngineError> {
+        self.evaluate_stored(conn, key, "reconcile", "reconcile", hold_revokes, now)
+            .await
+    }
+
+    /// [`Engine::reconcile_identity`] for any cause (`reconcile`, `suspension`, `resume`), acted
+    /// by `actor`: the stored identity against current policy, its suspension and the ledger.
+    pub async fn evaluate_stored(
+        &self,
+        conn: &mut AnyConnection,
+        key: &str,
+        kind: &str,
+        actor: &str,
+        hold_revokes: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Applied, EngineError> {
         let Some(ident) = store::get_identity(conn, key).await? else {
             return Ok(Applied::default());
         };
         let ledger = store::grants_of(conn, key).await?;
-        let changes = match self.changes_for(&ident, &ledger, now) {
+        let suspended =
+            crate::suspension::Scope::of(&store::suspensions::active_of(conn, key).await?);
+        let changes = match self.changes_for(&ident, &ledger, suspended.as_ref(), now) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(identity = key, error = %e, "policy evaluation failed; grants left unchanged");
@@ -847,10 +875,10 @@ impl Engine {
             return Ok(Applied::default());
         }
         let cause = Cause {
-            kind: "reconcile".into(),
+            kind: kind.into(),
             trigger_at: now,
             detected_at: now,
-            actor: "reconcile".into(),
+            actor: actor.into(),
         };
         let policy = self.policy();
         Ok(plan::apply(

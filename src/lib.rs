@@ -25,4 +25,5 @@ pub mod reconcile;
 pub mod sim;
 pub mod sources;
 pub mod store;
+pub mod suspension;
 pub mod telemetry;

@@ -63,7 +63,7 @@ pub fn diff(desired: &[DesiredGrant], ledger: &[GrantRow]) -> Vec<Change> {
 /// Why a change happened, and the times latency is measured from.
 #[derive(Debug, Clone)]
 pub struct Cause {
-    /// joiner | mover | leaver | rehire | expiry | approval | reconcile
+    /// joiner | mover | leaver | rehire | expiry | approval | reconcile | suspension | resume
     pub kind: String,
     /// The original trigger: the effective time of the change, or when it was first observed if later.
     pub trigger_at: DateTime<Utc>,
@@ -82,6 +82,8 @@ impl Cause {
             Some(source) => source.to_string(),
             None if self.actor == "schedule" => "schedule".to_string(),
             None if self.actor == "reconcile" => "reconcile".to_string(),
+            // An operator's suspension or resumption: operator names are not a bounded set.
+            None if self.kind == "suspension" || self.kind == "resume" => "operator".to_string(),
             None => "approval".to_string(),
         }
     }

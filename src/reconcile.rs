@@ -253,6 +253,15 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
         fingerprint: fingerprint(engine),
         ..Default::default()
     };
+    // Suspended people keep what their suspension withholds withheld (a small set, read once).
+    let mut suspended: BTreeMap<String, Vec<store::suspensions::SuspensionRow>> = BTreeMap::new();
+    for s in store::suspensions::all_active(pool).await? {
+        suspended.entry(s.identity_key.clone()).or_default().push(s);
+    }
+    let suspended: BTreeMap<String, crate::suspension::Scope> = suspended
+        .into_iter()
+        .filter_map(|(k, rows)| Some((k, crate::suspension::Scope::of(&rows)?)))
+        .collect();
     let mut after = String::new();
     loop {
         let page = store::identities_page(pool, &after, PAGE).await?;
@@ -271,7 +280,7 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
             if entitled && ledger.iter().any(|g| g.desired == "present") {
                 out.population += 1;
             }
-            match engine.changes_for(ident, ledger, now) {
+            match engine.changes_for(ident, ledger, suspended.get(&ident.key), now) {
                 Ok(changes) if changes.is_empty() => {}
                 Ok(changes) => out.people.push(IdentityPlan {
                     key: ident.key.clone(),

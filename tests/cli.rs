@@ -1425,3 +1425,55 @@ fn completions_are_valid_shell_and_know_every_command() {
         );
     }
 }
+
+/// `suspend` and `resume` from the shell: the operator is the OS user, `access` shows the
+/// suspension (JSON per its schema), and mistakes exit with the documented codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_resume_from_the_shell_show_in_access_and_refuse_mistakes() {
+    for s in applied_stores().await {
+        let env = [("USER", "alice")];
+        let (code, out, err) = latchkey_split(
+            &s.config,
+            &["suspend", "e2@example.com", "--reason", "lost phone"],
+            &env,
+        );
+        assert_eq!(code, 0, "{}: {err}", s.backend);
+        assert!(
+            out.contains("suspended E2 at every connector by os:alice"),
+            "{out}"
+        );
+        let (code, doc) = s.json("access.v1.json", &["access", "E2"]);
+        assert_eq!(code, 0);
+        let sus = &doc["person"]["suspension"];
+        assert_eq!(
+            (sus["by"].as_str(), sus["reason"].as_str()),
+            (Some("os:alice"), Some("lost phone")),
+            "{doc}"
+        );
+        assert!(sus["connectors"].is_null(), "{doc}");
+        // The revocations wait in the outbox for the daemon (here: none runs).
+        let grants = doc["grants"]["items"].as_array().unwrap();
+        assert!(
+            grants
+                .iter()
+                .all(|g| g["desired"] == "absent" || g["connector"] != "nuki"),
+            "{doc}"
+        );
+        let (code, _, err) = latchkey_split(
+            &s.config,
+            &["suspend", "E4", "--reason", "x", "--connectors", "nope"],
+            &env,
+        );
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("`nope`"), "{err}");
+        let (code, out, err) = latchkey_split(&s.config, &["resume", "E2"], &env);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("resumed E2 by os:alice"), "{out}");
+        let (code, doc) = s.json("access.v1.json", &["access", "E2"]);
+        assert_eq!(code, 0);
+        assert!(doc["person"]["suspension"].is_null(), "{doc}");
+        let (code, _, err) = latchkey_split(&s.config, &["resume", "E2"], &env);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("not suspended"), "{err}");
+    }
+}

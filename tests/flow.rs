@@ -1047,3 +1047,109 @@ async fn a_template_edited_while_running_takes_effect_and_a_broken_edit_is_refus
         assert_eq!(audited(&store, "policy.reloaded").await, 1);
     });
 }
+
+/// An operator's suspension (a lost phone) revokes the person's grants at leaver priority,
+/// outlasts feeds and reconciliations that say they are active, and resume gives back what policy
+/// grants at that moment; a leaver's suspension ends with them.
+#[tokio::test]
+async fn a_suspension_revokes_now_outlasts_feeds_and_resume_gives_back_what_policy_grants() {
+    use latchkey::model::Action;
+    use latchkey::{reconcile, suspension};
+    each_backend!(|h| {
+        let e2 = employee("E2", "sales", "london");
+        h.feed(&[employee("E1", "engineering", "berlin"), e2.clone()])
+            .await;
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-engineering") && h.holds("E1", "berlin-lab"));
+        let a = suspension::suspend(&h.app.engine, "E1", None, "lost phone", "os:alice")
+            .await
+            .unwrap();
+        assert_eq!(a.revokes, 2, "{}", h.backend);
+        h.drain().await;
+        assert!(!h.holds("E1", "berlin-engineering") && !h.holds("E1", "berlin-lab"));
+        assert!(h.holds("E2", "london-sales"), "nobody else is touched");
+        let done = store::completed_commands(h.app.store().pool())
+            .await
+            .unwrap();
+        let revokes: Vec<_> = done
+            .iter()
+            .filter(|c| c.identity_key == "E1" && c.action == Action::Revoke)
+            .collect();
+        assert_eq!(revokes.len(), 2);
+        assert!(
+            revokes.iter().all(|c| c.cause == "suspension"),
+            "{revokes:?}"
+        );
+
+        // The feed says E1 is active and moved: the suspension still withholds everything.
+        let r = h
+            .feed(&[employee("E1", "finance", "london"), e2.clone()])
+            .await;
+        assert_eq!(r.issues, 0, "{r:?}");
+        h.drain().await;
+        assert!(!h.holds("E1", "london-finance"));
+        let (plan, _) = reconcile::run(&h.app.engine, "schedule").await.unwrap();
+        assert!(plan.is_empty(), "{}", plan.render());
+        let access = latchkey::cli::access_text(&h.app, "E1").await.unwrap();
+        assert!(
+            access.contains("SUSPENDED") && access.contains("lost phone"),
+            "{access}"
+        );
+
+        // Resume: what policy grants now (the new department's door), not what was taken.
+        let a = suspension::resume(&h.app.engine, "E1", Some("phone found"), "os:bob")
+            .await
+            .unwrap();
+        assert_eq!((a.issues, a.revokes), (1, 0));
+        h.drain().await;
+        assert!(h.holds("E1", "london-finance"));
+        assert!(!h.holds("E1", "berlin-lab"));
+        let e = suspension::resume(&h.app.engine, "E1", None, "os:bob")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not suspended"), "{e}");
+
+        // Refusals name what is wrong; nothing is suspended by them.
+        let e = suspension::suspend(&h.app.engine, "E2", Some(&["nope".into()]), "x", "os:alice")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("`nope`"), "{e}");
+        let e = suspension::suspend(&h.app.engine, "E2", None, " ", "os:alice")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("reason"), "{e}");
+        assert!(h.holds("E2", "london-sales"));
+
+        // Suspended at one connector, then a leaver: the suspension ends with the person, so a
+        // rehire starts afresh.
+        suspension::suspend(
+            &h.app.engine,
+            "E2",
+            Some(&["nuki".into()]),
+            "investigation",
+            "os:alice",
+        )
+        .await
+        .unwrap();
+        h.drain().await;
+        assert!(!h.holds("E2", "london-sales"));
+        h.feed(&[employee("E1", "finance", "london"), terminated("E2")])
+            .await;
+        h.drain().await;
+        let mut conn = h.app.store().pool().acquire().await.unwrap();
+        assert!(
+            store::suspensions::active_of(&mut conn, "E2")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        drop(conn);
+        for action in [
+            "identity.suspended",
+            "identity.resumed",
+            "identity.suspension_ended",
+        ] {
+            assert!(audited(h.app.store(), action).await > 0, "{action} audited");
+        }
+    });
+}

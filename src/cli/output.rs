@@ -44,6 +44,16 @@ pub struct ListArg {
 }
 
 impl ListArg {
+    /// A table with every row, for callers inside the program.
+    pub fn all() -> Self {
+        Self {
+            output: OutputArg {
+                output: Format::Table,
+            },
+            limit: 0,
+        }
+    }
+
     pub fn json(&self) -> bool {
         self.output.json()
     }

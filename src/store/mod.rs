@@ -13,6 +13,7 @@ pub mod postgres;
 mod retry;
 pub mod scim;
 pub mod sqlite;
+pub mod suspensions;
 
 pub use outbox::*;
 pub use retry::{MAX_ATTEMPTS, is_lost_race};

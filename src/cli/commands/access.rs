@@ -1,6 +1,7 @@
 //! `latchkey access PERSON`: what a person holds, at which vendor, from which template, and who
 //! approved that template. The person is named by key, e-mail or name (see `cli::lookup`).
 
+use crate::app::App;
 use crate::cli::output::{Capped, ListArg, print_json, time};
 use crate::cli::{ConfigArg, lookup, open_app};
 use crate::store;
@@ -31,6 +32,17 @@ pub struct Person {
     pub name: Option<String>,
     pub lifecycle: String,
     pub since: String,
+    /// An operator's active suspension, if any.
+    pub suspension: Option<Suspension>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Suspension {
+    pub since: String,
+    pub by: String,
+    pub reason: String,
+    /// `None`: every connector.
+    pub connectors: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,14 +57,56 @@ pub struct Grant {
 
 pub async fn run(args: AccessArgs) -> anyhow::Result<i32> {
     let app = open_app(&args.config).await?;
-    let mut conn = app.store().pool().acquire().await?;
-    let ident = match lookup::person(&mut conn, &args.person).await {
-        Ok(i) => i,
+    let access = match gather(&app, &args.person, &args.list).await? {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("access: {e}");
             return Ok(1);
         }
     };
+    if args.list.json() {
+        print_json(SCHEMA, &access)?;
+    } else {
+        print!("{}", access.render());
+    }
+    Ok(0)
+}
+
+/// What `latchkey access WHO` prints, every grant listed.
+pub async fn access_text(app: &App, who: &str) -> anyhow::Result<String> {
+    let all = ListArg::all();
+    match gather(app, who, &all).await? {
+        Ok(a) => Ok(a.render()),
+        Err(e) => anyhow::bail!(e),
+    }
+}
+
+/// The person `who` names and what they hold; the inner error when nobody (or several) match.
+async fn gather(app: &App, who: &str, list: &ListArg) -> anyhow::Result<Result<Access, String>> {
+    let mut conn = app.store().pool().acquire().await?;
+    let ident = match lookup::person(&mut conn, who).await {
+        Ok(i) => i,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let suspension = store::suspensions::active_of(&mut conn, &ident.key)
+        .await?
+        .into_iter()
+        .reduce(|first, later| store::suspensions::SuspensionRow {
+            // Several active suspensions read as one: the earliest start, the widest scope.
+            connectors: first.connectors.zip(later.connectors).map(|(mut a, b)| {
+                a.extend(b);
+                a.sort();
+                a.dedup();
+                a
+            }),
+            ..first
+        })
+        .map(|s| Suspension {
+            since: time(s.suspended_at),
+            by: s.suspended_by,
+            reason: s.reason,
+            connectors: s.connectors,
+        });
     let grants = store::grants_of(&mut conn, &ident.key)
         .await?
         .into_iter()
@@ -75,15 +129,11 @@ pub async fn run(args: AccessArgs) -> anyhow::Result<i32> {
             key: ident.key,
             lifecycle: ident.lifecycle.to_string(),
             since: time(ident.lifecycle_since),
+            suspension,
         },
-        grants: args.list.cap(grants),
+        grants: list.cap(grants),
     };
-    if args.list.json() {
-        print_json(SCHEMA, &access)?;
-    } else {
-        print!("{}", access.render());
-    }
-    Ok(0)
+    Ok(Ok(access))
 }
 
 impl Access {
@@ -96,6 +146,18 @@ impl Access {
             p.lifecycle,
             p.since
         );
+        if let Some(s) = &p.suspension {
+            let _ = writeln!(
+                out,
+                "  SUSPENDED since {} by {} at {}: {}",
+                s.since,
+                s.by,
+                s.connectors
+                    .as_ref()
+                    .map_or("every connector".to_string(), |c| c.join(", ")),
+                s.reason
+            );
+        }
         for g in &self.grants.items {
             let _ = writeln!(
                 out,

@@ -14,4 +14,5 @@ pub mod plan;
 pub mod redrive;
 pub mod report;
 pub mod status;
+pub mod suspend;
 pub mod who_has;
