@@ -106,6 +106,13 @@ impl Leases {
         lease: Duration,
         names: Vec<String>,
     ) -> Arc<Self> {
+        // Every kind is exported from the start, held or not, so that "nobody holds it" is a
+        // figure an alert can compare (LatchkeyLeaseUnheld), not a missing series.
+        for k in ["source", "job", "lane"] {
+            let configured = names.iter().filter(|n| kind(n) == k).count();
+            metrics.set_leases_configured(k, configured);
+            metrics.set_leases_held(k, 0);
+        }
         let state = names
             .into_iter()
             .map(|n| {

@@ -72,6 +72,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "latchkey_dispatcher_worker_restarts",
     "latchkey_rejected_files",
     "latchkey_leases_held",
+    "latchkey_leases_configured",
     "latchkey_policy_reload_refused",
 ];
 
@@ -286,6 +287,7 @@ pub struct Metrics {
     revoke_failures: Family<FailureLabels, Counter>,
     worker_restarts: Family<ConnectorLabel, Counter>,
     leases_held: Family<LeaseKindLabel, Gauge>,
+    leases_configured: Family<LeaseKindLabel, Gauge>,
     policy_refused: Gauge,
 }
 
@@ -337,6 +339,7 @@ impl Metrics {
             revoke_failures: Family::default(),
             worker_restarts: Family::default(),
             leases_held: Family::default(),
+            leases_configured: Family::default(),
             policy_refused: Gauge::default(),
         };
         registry.register_with_unit(
@@ -471,6 +474,11 @@ impl Metrics {
             "leases_held",
             "Leases this replica holds, by kind (source, job, lane): with several replicas, each source, scheduled job and connector lane is held by exactly one",
             m.leases_held.clone(),
+        );
+        registry.register(
+            "leases_configured",
+            "Leases the configuration defines, by kind (source, job, lane): summed over replicas, latchkey_leases_held should equal it; less means a source, job or lane nobody runs",
+            m.leases_configured.clone(),
         );
         registry.register(
             "policy_reload_refused",
@@ -639,6 +647,15 @@ impl Metrics {
     /// Whether the templates file on disk was refused (the policy in force is the last good one).
     pub fn set_policy_refused(&self, refused: bool) {
         self.policy_refused.set(i64::from(refused));
+    }
+
+    /// Leases of one kind the configuration defines (every replica exports the same figure).
+    pub fn set_leases_configured(&self, kind: &str, n: usize) {
+        self.leases_configured
+            .get_or_create(&LeaseKindLabel {
+                kind: kind.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     pub fn set_breaker_open(&self, connector: &str, open: bool) {
