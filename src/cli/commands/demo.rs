@@ -114,19 +114,26 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
         ("initial load", "hr-initial.csv"),
         ("next day's feed", "hr-update.csv"),
     ] {
-        let report = app.engine.apply_hr_file("hr", &sample.join(file)).await?;
+        // Dropped now: an HR file's changes are triggered when it landed (its modification time),
+        // and the sample's is whenever the repository was checked out.
+        let dropped = dir.join(file);
+        std::fs::copy(sample.join(file), &dropped)?;
+        let report = app.engine.apply_hr_file("hr", &dropped).await?;
         println!("\n{step}: {}", describe_feed(&report));
         let mut progress = Progress::new(report.issues + report.revokes);
         settle(&app, &mut progress, &mut desk).await?;
         progress.finish();
     }
+    let pool = app.store().pool();
+    // What the feeds did, before the lost phone below adds its own.
+    let counts = store::command_counts(pool).await?;
+    let lost_phone = lost_phone(&app, &mut desk).await?;
     let _ = stop_tx.send(true);
     dispatcher.await?;
 
-    let pool = app.store().pool();
     // connector -> [issues done, revocations done, dead letters]
     let mut per: BTreeMap<String, [i64; 3]> = BTreeMap::new();
-    for (connector, status, action, n) in store::command_counts(pool).await? {
+    for (connector, status, action, n) in counts {
         let row = per.entry(connector).or_default();
         match (status.as_str(), action.as_str()) {
             ("done", "issue") => row[0] += n,
@@ -172,6 +179,9 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
         .filter(|i| i.next_change_at.is_some() && i.lifecycle == Lifecycle::Active)
         .count();
     println!("  effective-dated changes scheduled   {scheduled}");
+    if let Some(line) = lost_phone {
+        println!("  {line}");
+    }
     let quarantined = store::list_quarantine(pool, 10).await?;
     println!(
         "  quarantined rows                    {}",
@@ -194,6 +204,55 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
     }
     print!("{}", next_steps(keep_dir.as_deref()));
     Ok(if total[2] == 0 && total[1] > 0 { 0 } else { 1 })
+}
+
+/// A lost phone: the first active person holding doors at two vendors or more is suspended at
+/// every connector (`latchkey suspend`), then resumed once every revocation is confirmed.
+async fn lost_phone(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Option<String>> {
+    let pool = app.store().pool();
+    let mut chosen = None;
+    {
+        let mut conn = pool.acquire().await?;
+        for ident in store::list_identities(pool).await? {
+            if !ident.lifecycle.entitled() {
+                continue;
+            }
+            let grants = store::grants_of(&mut conn, &ident.key).await?;
+            let mut vendors: Vec<&str> = grants
+                .iter()
+                .filter(|g| g.desired == "present")
+                .map(|g| g.connector.as_str())
+                .collect();
+            vendors.dedup();
+            if vendors.len() >= 2 {
+                chosen = Some(ident.key.clone());
+                break;
+            }
+        }
+    }
+    let Some(key) = chosen else {
+        return Ok(None);
+    };
+    println!(
+        "
+lost phone: suspending {key} at every connector"
+    );
+    let by = "os:demo";
+    let taken =
+        crate::suspension::suspend(&app.engine, &key, None, "lost phone (demo)", by).await?;
+    let mut progress = Progress::new(taken.revokes);
+    settle(app, &mut progress, desk).await?;
+    progress.finish();
+    let given =
+        crate::suspension::resume(&app.engine, &key, Some("phone found (demo)"), by).await?;
+    let mut progress = Progress::new(given.issues);
+    settle(app, &mut progress, desk).await?;
+    progress.finish();
+    Ok(Some(format!(
+        "lost phone: {key} suspended ({} revocations confirmed, `cause=suspension` in the latency \
+         figures), then resumed ({} grants re-issued)",
+        taken.revokes, given.issues
+    )))
 }
 
 /// What to run next, with the commands spelled out for the kept database (or how to keep it).
