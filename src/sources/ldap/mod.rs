@@ -34,7 +34,7 @@ use crate::model::{PersonRecord, Quarantined};
 use crate::store::{self, StoreError};
 use backon::BackoffBuilder;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry};
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -640,13 +640,9 @@ impl LdapSource {
             tracing::info!(source = %self.name, entry_uuid = %uuid, key = %key,
                 revokes = applied.revokes, "LDAP entry deleted or out of scope: leaver");
         }
-        sqlx::query("DELETE FROM ldap_entries WHERE source = $1 AND entry_uuid = $2")
-            .bind(&self.name)
-            .bind(uuid)
-            .execute(&mut *conn)
+        store::ldap::delete_entry(conn, &self.name, uuid)
             .await
-            .map_err(self.db_err())?;
-        Ok(())
+            .map_err(self.store_err())
     }
 
     /// Move a person to a new correlation key when the entry's key changed and the old key was
@@ -708,17 +704,9 @@ impl LdapSource {
         conn: &mut AnyConnection,
         uuid: &str,
     ) -> Result<Option<Option<String>>> {
-        let row = sqlx::query(
-            "SELECT record_key FROM ldap_entries WHERE source = $1 AND entry_uuid = $2",
-        )
-        .bind(&self.name)
-        .bind(uuid)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(self.db_err())?;
-        row.map(|r| r.try_get::<Option<String>, _>("record_key"))
-            .transpose()
-            .map_err(self.db_err())
+        store::ldap::entry_key(conn, &self.name, uuid)
+            .await
+            .map_err(self.store_err())
     }
 
     async fn put_entry(
@@ -728,30 +716,15 @@ impl LdapSource {
         dn: &str,
         key: Option<&str>,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO ldap_entries (source, entry_uuid, dn, record_key) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (source, entry_uuid) DO UPDATE SET dn = excluded.dn, record_key = excluded.record_key",
-        )
-        .bind(&self.name)
-        .bind(uuid)
-        .bind(dn)
-        .bind(key)
-        .execute(&mut *conn)
-        .await
-        .map_err(self.db_err())?;
-        Ok(())
+        store::ldap::put_entry(conn, &self.name, uuid, dn, key)
+            .await
+            .map_err(self.store_err())
     }
 
     async fn all_entries(&self) -> Result<HashMap<String, Option<String>>> {
-        let rows = sqlx::query("SELECT entry_uuid, record_key FROM ldap_entries WHERE source = $1")
-            .bind(&self.name)
-            .fetch_all(self.engine.store.pool())
+        store::ldap::all_entries(self.engine.store.pool(), &self.name)
             .await
-            .map_err(self.db_err())?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("entry_uuid")?, r.try_get("record_key")?)))
-            .collect::<std::result::Result<_, sqlx::Error>>()
-            .map_err(self.db_err())
+            .map_err(self.store_err())
     }
 }
 

@@ -440,12 +440,9 @@ impl LdapSource {
                 .map_err(self.store_err())?;
             let conn: &mut AnyConnection = &mut tx;
             for uuid in stale {
-                sqlx::query("DELETE FROM ldap_entries WHERE source = $1 AND entry_uuid = $2")
-                    .bind(&self.name)
-                    .bind(uuid)
-                    .execute(&mut *conn)
+                store::ldap::delete_entry(conn, &self.name, uuid)
                     .await
-                    .map_err(self.db_err())?;
+                    .map_err(self.store_err())?;
             }
             tx.commit().await.map_err(self.db_err())?;
         }
