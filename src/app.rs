@@ -140,6 +140,12 @@ impl App {
                 ))
             })
             .collect::<Vec<_>>();
+        // SIEM forwarding from each sink's cursor, while this replica holds its lease.
+        let forwarder = tokio::spawn(crate::audit::forward::run(
+            self.engine.clone(),
+            self.leases.clone(),
+            shutdown.clone(),
+        ));
         let dispatcher = tokio::spawn(
             self.dispatcher()
                 .with_leases(self.leases.clone())
@@ -165,6 +171,7 @@ impl App {
         for source in ldap_sources {
             source.await??;
         }
+        forwarder.await??;
         // The dispatcher's workers finish the command in hand, then stop.
         dispatcher.await?;
         let _ = leases_stop.send(true);
@@ -320,6 +327,15 @@ impl App {
             .await
         {
             r?;
+        }
+        if let Some(Err(e)) = leases
+            .while_held(
+                crate::audit::retention::LEASE,
+                crate::audit::retention::if_due(self),
+            )
+            .await
+        {
+            tracing::error!(error = %e, "audit retention pass failed");
         }
         for (connector, report) in drills {
             if report.ok() {
