@@ -119,6 +119,9 @@ impl App {
 
     /// Run sources' schedules, effective-dated changes and the dispatcher until `shutdown`.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        // A SIEM sink that cannot be built (a CA file that does not load, a header secret that is
+        // not set) is a configuration error, reported before anything starts.
+        crate::audit::forward::check(&self.engine.config)?;
         // Leases first: every source, job and lane below waits for its own (DESIGN.md invariant
         // 14). The keeper stops last, releasing what it holds once the work has stopped.
         let (leases_stop, leases_stopped) = watch::channel(false);

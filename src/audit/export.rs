@@ -180,13 +180,14 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 /// Export the contiguous run of records from the first written at or after `since` to the last
-/// written before `until` (microseconds; open ends when absent).
+/// written before `until` (microseconds; open ends when absent). `now` stamps the manifest.
 pub async fn export(
     store: &store::Store,
     since: Option<i64>,
     until: Option<i64>,
     format: Format,
     out: &Path,
+    now: i64,
 ) -> Result<Written, ExportError> {
     let (first, last) = sql::seq_range(store.pool(), since, until)
         .await?
@@ -203,11 +204,11 @@ pub async fn export(
     let mut after = first - 1;
     {
         enum Out<'a, W: Write> {
-            Csv(csv::Writer<&'a mut W>),
+            Csv(Box<csv::Writer<&'a mut W>>),
             Jsonl(&'a mut W),
         }
         let mut out = match format {
-            Format::Csv => Out::Csv(csv::Writer::from_writer(&mut w)),
+            Format::Csv => Out::Csv(Box::new(csv::Writer::from_writer(&mut w))),
             Format::Jsonl => Out::Jsonl(&mut w),
         };
         let invalid = |e: String| ExportError::Invalid {
@@ -253,7 +254,7 @@ pub async fn export(
         anchor: anchor.unwrap_or_default(),
         last_hash,
         sha256: hex::encode(w.hash.finalize()),
-        exported_at: time(crate::clock::to_micros(chrono::Utc::now())),
+        exported_at: time(now),
     };
     let text = serde_json::to_string_pretty(&manifest).map_err(|e| ExportError::Invalid {
         path: manifest_path.display().to_string(),

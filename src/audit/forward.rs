@@ -146,8 +146,16 @@ async fn forward_sink(
     mut stop: watch::Receiver<bool>,
 ) {
     let idle = Duration::from_millis(engine.config.engine.tick_millis.clamp(10, 1000));
-    let max_backoff = Duration::from_secs(sink.max_backoff_seconds.max(1));
-    let mut failures = 0u32;
+    let retries = || {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(sink.max_backoff_seconds.max(1)))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = retries();
     let mut warned_gap = false;
     loop {
         if *stop.borrow() {
@@ -155,19 +163,16 @@ async fn forward_sink(
         }
         let wait = match step(&engine, &name, &sink, &mut transport, &mut warned_gap).await {
             Ok(true) => {
-                failures = 0;
+                backoff = retries();
                 continue;
             }
             Ok(false) => idle,
             Err(e) => {
-                failures = failures.saturating_add(1);
                 engine.metrics.audit_forward_failed(&name);
                 transport.reset();
-                let backoff = Duration::from_millis(200)
-                    .saturating_mul(2u32.saturating_pow(failures.min(16) - 1))
-                    .min(max_backoff);
-                tracing::warn!(sink = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "audit forwarding failed; retrying from the cursor");
-                backoff
+                let wait = backoff.next().unwrap_or(idle);
+                tracing::warn!(sink = %name, error = %e, retry_in_ms = wait.as_millis() as u64, "audit forwarding failed; retrying from the cursor");
+                wait
             }
         };
         tokio::select! {

@@ -179,9 +179,16 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
             config,
         } => {
             let app = open_app(&config).await?;
-            let written = export::export(app.store(), range.since, range.until, format, &out)
-                .await
-                .with_context(|| format!("audit export to {}", out.display()))?;
+            let written = export::export(
+                app.store(),
+                range.since,
+                range.until,
+                format,
+                &out,
+                crate::clock::to_micros(app.engine.clock.now()),
+            )
+            .await
+            .with_context(|| format!("audit export to {}", out.display()))?;
             if output.json() {
                 // The manifest names its own schema (`latchkey.audit.manifest/v1`).
                 println!("{}", serde_json::to_string_pretty(&written.manifest)?);
