@@ -518,3 +518,25 @@ async fn retention_prunes_old_records_and_the_rest_verifies_from_the_anchor() {
         assert!(refused.to_string().contains("not pruned"), "{b}: {refused}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_prune_needs_retain_days_and_leaves_a_chain_that_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    for h in stores(tmp.path()).await {
+        let b = &h.backend;
+        let (code, _, err) = latchkey(Some(&config_of(&h)), &["audit", "prune"]);
+        assert_eq!(code, 1, "{b}: {err}");
+        assert!(err.contains("audit.retain_days is not set"), "{b}: {err}");
+        // The command runs on the wall clock: records of the test's dates may or may not be old
+        // enough; either way what is left verifies.
+        let config = h.dir.join("retain.toml");
+        let text = std::fs::read_to_string(config_of(&h)).unwrap();
+        std::fs::write(&config, format!("{text}\n[audit]\nretain_days = 1\n")).unwrap();
+        let (code, out, err) = latchkey(Some(&config), &["audit", "prune"]);
+        assert_eq!(code, 0, "{b}: {out}{err}");
+        assert!(out.starts_with("pruned "), "{b}: {out}");
+        let (code, out, err) = latchkey(Some(&config), &["audit", "verify"]);
+        assert_eq!(code, 0, "{b}: {out}{err}");
+        assert!(out.contains("audit log intact"), "{b}: {out}");
+    }
+}
