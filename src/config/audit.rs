@@ -94,10 +94,10 @@ impl Config {
                             self.invalid(&key("address"), format!("`{addr}` is not host:port"))
                         );
                     }
-                    if s.url.is_some() || !s.headers.is_empty() {
-                        return Err(
-                            self.invalid(&key("url"), "`url` and `headers` are for http sinks")
-                        );
+                    for (set, k) in [(s.url.is_some(), "url"), (!s.headers.is_empty(), "headers")] {
+                        if set {
+                            return Err(self.invalid(&key(k), "only http sinks take it"));
+                        }
                     }
                     if !s.tls && (s.ca_file.is_some() || s.server_name.is_some()) {
                         return Err(self.invalid(
@@ -115,15 +115,81 @@ impl Config {
                             self.invalid(&key("url"), format!("`{url}` is not an http(s) URL"))
                         );
                     }
-                    if s.address.is_some() || s.tls || s.ca_file.is_some() {
-                        return Err(self.invalid(
-                            &key("address"),
-                            "`address`, `tls` and `ca_file` are for syslog sinks",
-                        ));
+                    for (set, k) in [
+                        (s.address.is_some(), "address"),
+                        (s.tls, "tls"),
+                        (s.ca_file.is_some(), "ca_file"),
+                        (s.server_name.is_some(), "server_name"),
+                        (s.hostname.is_some(), "hostname"),
+                    ] {
+                        if set {
+                            return Err(self.invalid(&key(k), "only syslog sinks take it"));
+                        }
                     }
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigInput};
+
+    fn load(extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "version = 1\n[store]\nurl = \"sqlite://x.db\"\n[policy]\ntemplates = \"t.toml\"\n{extra}"
+        );
+        Config::load(&ConfigInput {
+            text,
+            path: "conf/test.toml".into(),
+            env: Default::default(),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sinks_are_checked_and_errors_name_the_key() {
+        let ok = load(
+            "[audit]\nretain_days = 400\n[audit.forward.siem]\nkind = \"syslog\"\naddress = \"siem:6514\"\ntls = true\n\
+             [audit.forward.c]\nkind = \"http\"\nurl = \"https://c/ingest\"\nheaders = { authorization = { env = \"T\" } }\n",
+        )
+        .unwrap();
+        assert_eq!(ok.audit.forward.len(), 2);
+        assert_eq!(ok.audit.forward["siem"].batch, 100);
+        for (extra, key) in [
+            ("[audit]\nretain_days = 0\n", "audit.retain_days"),
+            (
+                "[audit.forward.s]\nkind = \"syslog\"\n",
+                "audit.forward.s.address",
+            ),
+            (
+                "[audit.forward.s]\nkind = \"syslog\"\naddress = \"siem\"\n",
+                "audit.forward.s.address",
+            ),
+            (
+                "[audit.forward.s]\nkind = \"syslog\"\naddress = \"s:1\"\nca_file = \"ca.pem\"\n",
+                "audit.forward.s.ca_file",
+            ),
+            (
+                "[audit.forward.h]\nkind = \"http\"\n",
+                "audit.forward.h.url",
+            ),
+            (
+                "[audit.forward.h]\nkind = \"http\"\nurl = \"ftp://x\"\n",
+                "audit.forward.h.url",
+            ),
+            (
+                "[audit.forward.h]\nkind = \"http\"\nurl = \"http://x\"\ntls = true\n",
+                "audit.forward.h.tls",
+            ),
+        ] {
+            let e = load(extra).unwrap_err();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+        // A clear-text header value is refused: values are secret references.
+        let e = load("[audit.forward.h]\nkind = \"http\"\nurl = \"http://x\"\nheaders = { authorization = \"Bearer s3cret\" }\n").unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 }
