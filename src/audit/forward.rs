@@ -195,6 +195,9 @@ async fn step(
     let cursor = sql::forward_cursor(pool, name).await.map_err(db)?;
     let (head, _) = sql::head(pool).await.map_err(db)?;
     engine.metrics.set_audit_forward_lag(name, head - cursor);
+    // Seqs become visible in order: PostgreSQL chains at commit under the `audit_head` row lock,
+    // so record N+1 cannot commit before N; SQLite has one writer. Reading past the cursor never
+    // skips a record that commits later.
     let rows = sql::page(pool, cursor, i64::MAX, i64::from(sink.batch))
         .await
         .map_err(db)?;
