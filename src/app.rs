@@ -119,6 +119,9 @@ impl App {
 
     /// Run sources' schedules, effective-dated changes and the dispatcher until `shutdown`.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        // A SIEM sink that cannot be built (a CA file that does not load, a header secret that is
+        // not set) is a configuration error, reported before anything starts.
+        crate::audit::forward::check(&self.engine.config)?;
         // Leases first: every source, job and lane below waits for its own (DESIGN.md invariant
         // 14). The keeper stops last, releasing what it holds once the work has stopped.
         let (leases_stop, leases_stopped) = watch::channel(false);
@@ -140,6 +143,12 @@ impl App {
                 ))
             })
             .collect::<Vec<_>>();
+        // SIEM forwarding from each sink's cursor, while this replica holds its lease.
+        let forwarder = tokio::spawn(crate::audit::forward::run(
+            self.engine.clone(),
+            self.leases.clone(),
+            shutdown.clone(),
+        ));
         let dispatcher = tokio::spawn(
             self.dispatcher()
                 .with_leases(self.leases.clone())
@@ -165,6 +174,7 @@ impl App {
         for source in ldap_sources {
             source.await??;
         }
+        forwarder.await??;
         // The dispatcher's workers finish the command in hand, then stop.
         dispatcher.await?;
         let _ = leases_stop.send(true);
@@ -320,6 +330,15 @@ impl App {
             .await
         {
             r?;
+        }
+        if let Some(Err(e)) = leases
+            .while_held(
+                crate::audit::retention::LEASE,
+                crate::audit::retention::if_due(self),
+            )
+            .await
+        {
+            tracing::error!(error = %e, "audit retention pass failed");
         }
         for (connector, report) in drills {
             if report.ok() {

@@ -1,11 +1,22 @@
 //! The audit log: every state change writes one record in the same transaction as the change
 //! (invariant 6). Records are hash-chained: each hash covers the previous hash and the record, so an
 //! edited, inserted or deleted row breaks the chain at that point, and `latchkey audit verify` names it.
+//!
+//! A range of the chain can be exported with its manifest and verified offline ([`export`]),
+//! forwarded to a SIEM from a durable cursor ([`forward`]), and old rows pruned while the chain
+//! stays verifiable from an anchor ([`prune`]).
 
+pub mod export;
+pub mod forward;
+pub mod retention;
+
+use crate::store::audit::{self as sql, AuditFilter, AuditRow};
 use crate::store::{self, StoreError};
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
-use sqlx::Row;
+
+/// The hash before the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Append one record, in the caller's transaction.
 ///
@@ -24,47 +35,26 @@ pub async fn append(
 ) -> Result<(), StoreError> {
     let details = details.to_string();
     if conn.backend_name() == "PostgreSQL" {
-        sqlx::query(
-            "INSERT INTO audit_pending (at, actor, action, subject, details)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(at)
-        .bind(actor)
-        .bind(action)
-        .bind(subject)
-        .bind(&details)
-        .execute(&mut *conn)
-        .await?;
-        return Ok(());
+        return sql::append_pending(conn, at, actor, action, subject, &details).await;
     }
-    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(&mut *conn)
-        .await?;
-    let seq: i64 = head.try_get("seq")?;
-    let prev: String = head.try_get("hash")?;
-    let hash = record_hash(&prev, seq, at, actor, action, subject, &details);
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(seq)
-    .bind(at)
-    .bind(actor)
-    .bind(action)
-    .bind(subject)
-    .bind(&details)
-    .bind(&prev)
-    .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(&hash)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    let (seq, prev_hash) = sql::take_next_seq(conn).await?;
+    let hash = record_hash(&prev_hash, seq, at, actor, action, subject, &details);
+    let row = AuditRow {
+        seq,
+        at,
+        actor: actor.to_string(),
+        action: action.to_string(),
+        subject: subject.to_string(),
+        details,
+        prev_hash,
+        hash,
+    };
+    sql::insert_chained(conn, &row).await
 }
 
-fn record_hash(
+/// SHA-256 of the previous hash and the record's fields, each field preceded by a zero byte, as
+/// lowercase hex. Migration 0013 computes the same in PostgreSQL.
+pub fn record_hash(
     prev: &str,
     seq: i64,
     at: i64,
@@ -89,53 +79,85 @@ fn record_hash(
     hex::encode(h.finalize())
 }
 
+/// The hash a row should carry, from its own previous hash.
+pub fn row_hash(r: &AuditRow) -> String {
+    record_hash(
+        &r.prev_hash,
+        r.seq,
+        r.at,
+        &r.actor,
+        &r.action,
+        &r.subject,
+        &r.details,
+    )
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Intact { records: i64 },
     Broken { seq: i64, reason: String },
 }
 
-/// Walk the chain from the start. Streams rows, so a long log needs no memory.
+/// Walk the stored chain from its anchor (the start, or the last pruned record). Streams rows, so
+/// a long log needs no memory.
 pub async fn verify(store: &store::Store) -> Result<Verdict, StoreError> {
     use futures::TryStreamExt;
-    let mut rows = sqlx::query("SELECT * FROM audit_log ORDER BY seq").fetch(store.pool());
-    let mut prev = "0".repeat(64);
-    let mut expected_seq = 1i64;
+    let (anchor_seq, anchor_hash) = sql::anchor(store.pool()).await?;
+    let mut rows = std::pin::pin!(sql::stream_after(store.pool(), anchor_seq));
+    let anchor_hash_seen = anchor_hash.clone();
+    let mut prev = anchor_hash;
+    let mut expected_seq = anchor_seq + 1;
+    // The anchor is written with an `audit.pruned` record in the same transaction, and that
+    // record is chained: a forged anchor (moved to hide deleted records) disagrees with it.
+    let mut last_pruned: Option<(i64, serde_json::Value)> = None;
     while let Some(r) = rows.try_next().await? {
-        let seq: i64 = r.try_get("seq")?;
-        if seq != expected_seq {
+        if r.action == "audit.pruned" {
+            last_pruned = Some((r.seq, serde_json::from_str(&r.details).unwrap_or_default()));
+        }
+        if r.seq != expected_seq {
             return Ok(Verdict::Broken {
                 seq: expected_seq,
-                reason: format!("record {expected_seq} is missing (next is {seq})"),
+                reason: format!("record {expected_seq} is missing (next is {})", r.seq),
             });
         }
-        let stored_prev: String = r.try_get("prev_hash")?;
-        if stored_prev != prev {
+        if r.prev_hash != prev {
             return Ok(Verdict::Broken {
-                seq,
-                reason: "previous-hash link does not match the record before it".into(),
+                seq: r.seq,
+                reason: if r.seq == anchor_seq + 1 && anchor_seq > 0 {
+                    format!(
+                        "previous-hash link does not match the retention anchor (record {anchor_seq})"
+                    )
+                } else {
+                    "previous-hash link does not match the record before it".into()
+                },
             });
         }
-        let at: i64 = r.try_get("at")?;
-        let actor: String = r.try_get("actor")?;
-        let action: String = r.try_get("action")?;
-        let subject: String = r.try_get("subject")?;
-        let details: String = r.try_get("details")?;
-        let hash: String = r.try_get("hash")?;
-        if record_hash(&prev, seq, at, &actor, &action, &subject, &details) != hash {
+        if row_hash(&r) != r.hash {
             return Ok(Verdict::Broken {
-                seq,
+                seq: r.seq,
                 reason: "content does not match its hash (edited after it was written)".into(),
             });
         }
-        prev = hash;
+        prev = r.hash;
         expected_seq += 1;
     }
-    drop(rows);
-    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_one(store.pool())
-        .await?;
-    let head_seq: i64 = head.try_get("seq")?;
+    if anchor_seq > 0 {
+        let named = last_pruned
+            .as_ref()
+            .map(|(_, d)| (d["anchor_seq"].as_i64(), d["anchor_hash"].as_str()));
+        if named != Some((Some(anchor_seq), Some(anchor_hash_seen.as_str()))) {
+            return Ok(Verdict::Broken {
+                seq: anchor_seq,
+                reason: format!(
+                    "the retention anchor (record {anchor_seq}) is not the one the last `audit.pruned` record names{}",
+                    last_pruned
+                        .map(|(s, _)| format!(" (record {s})"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+    }
+    let (head_seq, _) = sql::head(store.pool()).await?;
     if head_seq != expected_seq - 1 {
         return Ok(Verdict::Broken {
             seq: expected_seq,
@@ -146,7 +168,7 @@ pub async fn verify(store: &store::Store) -> Result<Verdict, StoreError> {
         });
     }
     Ok(Verdict::Intact {
-        records: expected_seq - 1,
+        records: expected_seq - 1 - anchor_seq,
     })
 }
 
@@ -160,28 +182,99 @@ pub struct AuditRecord {
     pub details: String,
 }
 
+impl From<AuditRow> for AuditRecord {
+    fn from(r: AuditRow) -> Self {
+        Self {
+            seq: r.seq,
+            at: r.at,
+            actor: r.actor,
+            action: r.action,
+            subject: r.subject,
+            details: r.details,
+        }
+    }
+}
+
+/// The newest records about one subject, newest first.
 pub async fn records_about(
     store: &store::Store,
     subject: &str,
     limit: i64,
 ) -> Result<Vec<AuditRecord>, StoreError> {
-    let rows = sqlx::query("SELECT * FROM audit_log WHERE subject = $1 ORDER BY seq DESC LIMIT $2")
-        .bind(subject)
-        .bind(limit)
-        .fetch_all(store.pool())
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(AuditRecord {
-                seq: r.try_get("seq")?,
-                at: r.try_get("at")?,
-                actor: r.try_get("actor")?,
-                action: r.try_get("action")?,
-                subject: r.try_get("subject")?,
-                details: r.try_get("details")?,
-            })
-        })
-        .collect()
+    let filter = AuditFilter {
+        subject: Some(subject.to_string()),
+        ..Default::default()
+    };
+    query(store, &filter, limit).await
+}
+
+/// The newest records matching `filter`, newest first.
+pub async fn query(
+    store: &store::Store,
+    filter: &AuditFilter,
+    limit: i64,
+) -> Result<Vec<AuditRecord>, StoreError> {
+    Ok(sql::find(store, filter, limit)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
+}
+
+/// How many records match `filter`.
+pub async fn count(store: &store::Store, filter: &AuditFilter) -> Result<i64, StoreError> {
+    sql::count(store, filter).await
+}
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub records: u64,
+    /// The new anchor's seq (unchanged when nothing was pruned).
+    pub anchor_seq: i64,
+}
+
+/// Delete records written before `before` (microseconds), never past `keep_from` (the first seq
+/// a forwarding sink has not had yet), and keep the last deleted record's seq and hash as the
+/// anchor the rest of the chain verifies from. The anchor and the deletion commit together.
+pub async fn prune(
+    store: &store::Store,
+    before: i64,
+    keep_from: Option<i64>,
+    now: i64,
+) -> Result<Pruned, StoreError> {
+    let mut tx = store.begin_write().await?;
+    let Some((mut seq, mut hash)) = sql::last_before(&mut tx, before).await? else {
+        tx.rollback().await?;
+        return Ok(Pruned::default());
+    };
+    if let Some(keep) = keep_from
+        && seq >= keep
+    {
+        // Keep what a sink has not had yet: prune only up to the record before it.
+        match sql::last_before_seq(&mut tx, keep).await? {
+            Some((s, h)) => (seq, hash) = (s, h),
+            None => {
+                tx.rollback().await?;
+                return Ok(Pruned::default());
+            }
+        }
+    }
+    let records = sql::prune_through(&mut tx, seq, &hash, now).await?;
+    append(
+        &mut tx,
+        now,
+        "retention",
+        "audit.pruned",
+        "audit",
+        &serde_json::json!({"records": records, "anchor_seq": seq, "anchor_hash": hash}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Pruned {
+        records,
+        anchor_seq: seq,
+    })
 }
 
 /// The newest records (of one subject, when given), newest first.
@@ -190,32 +283,9 @@ pub async fn recent_records(
     subject: Option<&str>,
     limit: i64,
 ) -> Result<Vec<AuditRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT * FROM audit_log WHERE ($1 IS NULL OR subject = $1) ORDER BY seq DESC LIMIT $2",
-    )
-    .bind(subject)
-    .bind(limit)
-    .fetch_all(store.pool())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(AuditRecord {
-                seq: r.try_get("seq")?,
-                at: r.try_get("at")?,
-                actor: r.try_get("actor")?,
-                action: r.try_get("action")?,
-                subject: r.try_get("subject")?,
-                details: r.try_get("details")?,
-            })
-        })
-        .collect()
-}
-
-/// How many records there are (of one subject, when given).
-pub async fn count_records(store: &store::Store, subject: Option<&str>) -> Result<i64, StoreError> {
-    let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_log WHERE ($1 IS NULL OR subject = $1)")
-        .bind(subject)
-        .fetch_one(store.pool())
-        .await?;
-    Ok(row.try_get("n")?)
+    let filter = AuditFilter {
+        subject: subject.map(str::to_string),
+        ..Default::default()
+    };
+    query(store, &filter, limit).await
 }

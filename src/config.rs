@@ -5,6 +5,9 @@
 //! holds it). Loading goes through [`ConfigInput`], a seam that tests feed directly instead of the
 //! process environment.
 
+mod audit;
+
+pub use audit::{AuditConfig, ForwardSink, SinkKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -111,6 +114,9 @@ pub struct Config {
     /// Which sources may set which identity attributes.
     #[serde(default)]
     pub authority: AuthorityConfig,
+    /// Audit log retention and SIEM forwarding.
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Where the file was read from: relative paths inside it are relative to its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -1233,6 +1239,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_audit()?;
         if let Some(schedule) = self
             .telemetry
             .drill

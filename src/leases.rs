@@ -68,6 +68,12 @@ pub fn names(config: &Config) -> Vec<String> {
         .map(str::to_string),
     );
     out.extend(config.connectors.keys().map(|c| lane(c)));
+    if !config.audit.forward.is_empty() {
+        out.push(crate::audit::forward::LEASE.to_string());
+    }
+    if config.audit.retain_days.is_some() {
+        out.push(crate::audit::retention::LEASE.to_string());
+    }
     out
 }
 

@@ -7,6 +7,7 @@
 //! how a worker claims a command without blocking others) lives in [`sqlite`] and [`postgres`].
 
 mod absences;
+pub mod audit;
 pub mod ldap;
 pub mod leases;
 pub mod outbox;

@@ -74,6 +74,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "latchkey_leases_held",
     "latchkey_leases_configured",
     "latchkey_policy_reload_refused",
+    "latchkey_audit_forward_lag_records",
+    "latchkey_audit_forward_failures",
 ];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,6 +114,12 @@ struct FailureLabels {
     connector: String,
     /// rate_limited | transient | auth | permanent: a fixed set.
     class: &'static str,
+}
+
+/// A SIEM forwarding sink, named in `[audit.forward.NAME]`: bounded by the configuration.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -289,6 +297,8 @@ pub struct Metrics {
     leases_held: Family<LeaseKindLabel, Gauge>,
     leases_configured: Family<LeaseKindLabel, Gauge>,
     policy_refused: Gauge,
+    audit_forward_lag: Family<SinkLabel, Gauge>,
+    audit_forward_failures: Family<SinkLabel, Counter>,
 }
 
 fn latency_family() -> Latency {
@@ -341,6 +351,8 @@ impl Metrics {
             leases_held: Family::default(),
             leases_configured: Family::default(),
             policy_refused: Gauge::default(),
+            audit_forward_lag: Family::default(),
+            audit_forward_failures: Family::default(),
         };
         registry.register_with_unit(
             "revocation_latency",
@@ -520,6 +532,21 @@ impl Metrics {
             m.revoke_failures.clone(),
         );
         registry.register(
+            "audit_forward_lag_records",
+            "Audit records written but not yet accepted by a SIEM forwarding sink",
+            m.audit_forward_lag.clone(),
+        );
+        registry.register(
+            "audit_forward_failures",
+            "Failed sends to a SIEM forwarding sink (each is retried from the sink's cursor)",
+            m.audit_forward_failures.clone(),
+        );
+        for sink in config.audit.forward.keys() {
+            let l = SinkLabel { sink: sink.clone() };
+            m.audit_forward_lag.get_or_create(&l).set(0);
+            let _ = m.audit_forward_failures.get_or_create(&l);
+        }
+        registry.register(
             "dispatcher_worker_restarts",
             "Dispatcher workers restarted after a panic, per connector lane",
             m.worker_restarts.clone(),
@@ -642,6 +669,24 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Audit records a forwarding sink is behind the head.
+    pub fn set_audit_forward_lag(&self, sink: &str, records: i64) {
+        self.audit_forward_lag
+            .get_or_create(&SinkLabel {
+                sink: sink.to_string(),
+            })
+            .set(records.max(0));
+    }
+
+    /// A send to a forwarding sink failed.
+    pub fn audit_forward_failed(&self, sink: &str) {
+        self.audit_forward_failures
+            .get_or_create(&SinkLabel {
+                sink: sink.to_string(),
+            })
+            .inc();
     }
 
     /// Whether the templates file on disk was refused (the policy in force is the last good one).

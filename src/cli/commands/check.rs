@@ -42,6 +42,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<i32> {
         crate::sources::ldap::load_mapping(name, &config.resolve(&src.mapping))
             .with_context(|| format!("source ldap.{name}"))?;
     }
+    // SIEM sinks: a CA file that does not load or a header secret that is not set.
+    crate::audit::forward::check(&config)?;
     // `name (profile)` per connector, for the table.
     let profiles = crate::connectors::check_profiles(&config)?;
     let lints = policy.lint(

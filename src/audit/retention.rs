@@ -1,0 +1,51 @@
+//! Retention: `[audit] retain_days` prunes older records once a day (one replica, under the
+//! `job:audit-retention` lease). The last pruned record's seq and hash become the anchor, so the
+//! records kept still verify; records a forwarding sink has not had yet are kept.
+
+use crate::app::App;
+use crate::audit::{self, Pruned, Verdict};
+use crate::clock::to_micros;
+
+/// The lease of the retention job.
+pub const LEASE: &str = "job:audit-retention";
+/// `job_runs` name of the last pass.
+const JOB: &str = "audit-retention";
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// Prune now: records older than `days`, never past what a forwarding sink has not had. A chain
+/// that does not verify is not pruned (that would move the evidence of tampering out of sight).
+pub async fn run_once(app: &App, days: u32) -> anyhow::Result<Pruned> {
+    let engine = &app.engine;
+    if let Verdict::Broken { seq, reason } = audit::verify(&engine.store).await? {
+        anyhow::bail!(
+            "audit log broken at record {seq} ({reason}): not pruned; see `latchkey audit verify`"
+        );
+    }
+    let now = to_micros(engine.clock.now());
+    let before = now - i64::from(days) * DAY_MICROS;
+    let keep_from = audit::forward::slowest_cursor(engine).await?.map(|c| c + 1);
+    let pruned = audit::prune(&engine.store, before, keep_from, now).await?;
+    let mut tx = engine.store.begin_write().await?;
+    crate::store::set_last_run(&mut tx, JOB, now).await?;
+    tx.commit().await?;
+    Ok(pruned)
+}
+
+/// The daily pass, when `retain_days` is set and a day has gone by since the last one.
+pub async fn if_due(app: &App) -> anyhow::Result<()> {
+    let Some(days) = app.engine.config.audit.retain_days else {
+        return Ok(());
+    };
+    let now = to_micros(app.engine.clock.now());
+    let last = crate::store::last_run(app.engine.store.pool(), JOB).await?;
+    if last.is_some_and(|l| now - l < DAY_MICROS) {
+        return Ok(());
+    }
+    let p = run_once(app, days).await?;
+    tracing::info!(
+        records = p.records,
+        anchor = p.anchor_seq,
+        "audit retention pass"
+    );
+    Ok(())
+}
