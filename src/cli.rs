@@ -169,9 +169,15 @@ async fn open(arg: &ConfigArg) -> anyhow::Result<App> {
     App::open(load(arg)?, clock::system()).await
 }
 
-/// [`open`], for the command modules.
+/// [`open`], for the command modules that reach vendors.
 pub(crate) async fn open_app(arg: &ConfigArg) -> anyhow::Result<App> {
     open(arg).await
+}
+
+/// The store, policy and configuration without connectors: for commands that only read, or only
+/// queue work for the daemon, and so need no vendor secret.
+pub(crate) async fn open_reader(arg: &ConfigArg) -> anyhow::Result<App> {
+    App::open_reader(load(arg)?, clock::system()).await
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -203,7 +209,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             reject,
             config,
         } => {
-            let app = open(&config).await?;
+            let app = open_reader(&config).await?;
             let ids: Vec<i64> = if all {
                 store::held_changes(app.store().pool())
                     .await?

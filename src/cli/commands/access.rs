@@ -2,7 +2,7 @@
 //! approved that template. The person is named by key, e-mail or name (see `cli::lookup`).
 
 use crate::cli::output::{Capped, ListArg, print_json, time};
-use crate::cli::{ConfigArg, lookup, open_app};
+use crate::cli::{ConfigArg, lookup, open_reader};
 use crate::store;
 use serde::Serialize;
 use std::fmt::Write;
@@ -44,7 +44,7 @@ pub struct Grant {
 }
 
 pub async fn run(args: AccessArgs) -> anyhow::Result<i32> {
-    let app = open_app(&args.config).await?;
+    let app = open_reader(&args.config).await?;
     let mut conn = app.store().pool().acquire().await?;
     let ident = match lookup::person(&mut conn, &args.person).await {
         Ok(i) => i,

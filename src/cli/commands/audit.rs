@@ -3,7 +3,7 @@
 
 use crate::audit::{self, Verdict};
 use crate::cli::output::{Capped, ListArg, OutputArg, print_json, time};
-use crate::cli::{ConfigArg, open_app};
+use crate::cli::{ConfigArg, open_reader};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -64,7 +64,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
             list,
             config,
         } => {
-            let app = open_app(&config).await?;
+            let app = open_reader(&config).await?;
             let total = audit::count_records(app.store(), subject.as_deref()).await?;
             let rows = audit::recent_records(app.store(), subject.as_deref(), list.sql_limit())
                 .await?
@@ -97,7 +97,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
         AuditCmd::Verify { output, config } => {
-            let app = open_app(&config).await?;
+            let app = open_reader(&config).await?;
             let verdict = audit::verify(app.store()).await?;
             let doc = match &verdict {
                 Verdict::Intact { records } => Verified {

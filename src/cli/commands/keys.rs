@@ -3,7 +3,7 @@
 
 use crate::app::App;
 use crate::cli::output::{Capped, ListArg, OutputArg, print_json, time};
-use crate::cli::{ConfigArg, open_app};
+use crate::cli::{ConfigArg, open_reader};
 use crate::connectors::manual;
 use crate::store;
 use serde::Serialize;
@@ -72,7 +72,7 @@ struct Recorded {
 pub async fn run(cmd: KeysCmd) -> anyhow::Result<i32> {
     let (args, kind) = match cmd {
         KeysCmd::List { list, config } => {
-            let app = open_app(&config).await?;
+            let app = open_reader(&config).await?;
             let tasks = open_tasks(&app, list.limit).await?;
             if list.json() {
                 print_json(SCHEMA, &Tasks { tasks: &tasks })?;
@@ -86,7 +86,7 @@ pub async fn run(cmd: KeysCmd) -> anyhow::Result<i32> {
         KeysCmd::HandedOver(args) => (args, manual::HAND_OVER),
         KeysCmd::Returned(args) => (args, manual::RETURN),
     };
-    let app = open_app(&args.config).await?;
+    let app = open_reader(&args.config).await?;
     let now = crate::clock::to_micros(app.engine.clock.now());
     let t = manual::record(
         app.store(),

@@ -72,9 +72,9 @@ pub fn os_user() -> String {
 }
 
 pub async fn run(args: RedriveArgs) -> anyhow::Result<i32> {
-    let app = crate::cli::open_app(&args.config).await?;
+    let app = crate::cli::open_reader(&args.config).await?;
     if let Some(c) = &args.connector
-        && !app.connectors.contains_key(c)
+        && !app.engine.config.connectors.contains_key(c)
     {
         eprintln!("connector `{c}` is not configured");
         return Ok(1);
