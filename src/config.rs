@@ -111,6 +111,9 @@ pub struct Config {
     /// Which sources may set which identity attributes.
     #[serde(default)]
     pub authority: AuthorityConfig,
+    /// Operators of the admin API, by name: role and token hash (see `crate::operators`).
+    #[serde(default)]
+    pub operators: BTreeMap<String, OperatorConfig>,
     /// Where the file was read from: relative paths inside it are relative to its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -414,6 +417,19 @@ pub struct AuthorityConfig {
 pub struct PolicyConfig {
     /// Entitlement templates (see `mappings/templates.toml`).
     pub templates: PathBuf,
+}
+
+/// One operator: `[operators.NAME]`. Only the token's SHA-256 is kept (`latchkey operators token`
+/// makes a token and prints this section).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    pub role: crate::operators::Role,
+    /// SHA-256 of the bearer token, 64 hex digits.
+    pub token_sha256: String,
+    /// The operating-system account this operator runs local commands as, so dual control knows
+    /// `os:USER` and `operator:NAME` as one person.
+    pub os_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1401,6 +1417,23 @@ impl Config {
                         "`{unknown}` is not a configured source (known: {})",
                         known_sources.join(", ")
                     ),
+                ));
+            }
+        }
+        let mut hashes = BTreeMap::new();
+        for (name, o) in &self.operators {
+            let key = format!("operators.{name}.token_sha256");
+            let h = o.token_sha256.to_ascii_lowercase();
+            if h.len() != 64 || hex::decode(&h).is_err() {
+                return Err(self.invalid(
+                    &key,
+                    "must be 64 hex digits (the SHA-256 of the token; `latchkey operators token` prints it)",
+                ));
+            }
+            if let Some(other) = hashes.insert(h, name) {
+                return Err(self.invalid(
+                    &key,
+                    format!("the same token as operators.{other}: give each operator its own"),
                 ));
             }
         }

@@ -31,9 +31,6 @@ pub enum KeysCmd {
 #[derive(Debug, clap::Args)]
 pub struct RecordArgs {
     pub task: i64,
-    /// Who handed it over or took it back: recorded in the audit log.
-    #[arg(long)]
-    pub by: String,
     #[command(flatten)]
     pub output: OutputArg,
     #[command(flatten)]
@@ -88,12 +85,14 @@ pub async fn run(cmd: KeysCmd) -> anyhow::Result<i32> {
     };
     let app = open_reader(&args.config).await?;
     let now = crate::clock::to_micros(app.engine.clock.now());
+    // Recorded as the OS user at the desk (`os:USER`), like every local command.
+    let by = crate::operators::os_actor();
     let t = manual::record(
         app.store(),
         Some(&app.engine.metrics),
         args.task,
         kind,
-        &args.by,
+        &by,
         now,
     )
     .await?;
@@ -102,7 +101,7 @@ pub async fn run(cmd: KeysCmd) -> anyhow::Result<i32> {
         kind: t.kind,
         identity: t.identity_key,
         target: t.target,
-        by: args.by,
+        by,
         at: time(now),
     };
     if args.output.json() {

@@ -396,7 +396,7 @@ impl Status {
         if self.held.total > 0 {
             let _ = writeln!(
                 out,
-                "  approve with `latchkey approve --all --by NAME` or by id"
+                "  approve with `latchkey approve --all` or by id (someone other than who caused them)"
             );
         }
         let _ = writeln!(
