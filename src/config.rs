@@ -1749,6 +1749,28 @@ templates = "t.toml"
     }
 
     #[test]
+    fn operators_need_a_sha256_of_their_own_and_a_known_role() {
+        let h = "ab".repeat(32);
+        let ok = format!("{MINIMAL}\n[operators.ci]\nrole = \"viewer\"\ntoken_sha256 = \"{h}\"\n");
+        let c = Config::load(&input(&ok, &[])).unwrap();
+        assert_eq!(c.operators["ci"].role, crate::operators::Role::Viewer);
+        let short = ok.replace(&h, "abc");
+        let err = Config::load(&input(&short, &[])).unwrap_err().to_string();
+        assert!(
+            err.contains("operators.ci.token_sha256") && err.contains("64 hex"),
+            "{err}"
+        );
+        let twice = format!("{ok}\n[operators.other]\nrole = \"admin\"\ntoken_sha256 = \"{h}\"\n");
+        let err = Config::load(&input(&twice, &[])).unwrap_err().to_string();
+        assert!(err.contains("same token as operators.ci"), "{err}");
+        let bad_role = ok.replace("\"viewer\"", "\"root\"");
+        let err = Config::load(&input(&bad_role, &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("operators.ci.role"), "{err}");
+    }
+
+    #[test]
     fn scim_tenants_need_exactly_one_hashed_or_referenced_token() {
         let hash = "ab".repeat(32);
         let ok = format!("{MINIMAL}\n[scim.tenants.okta]\ntoken_sha256 = \"{hash}\"\n");
