@@ -27,17 +27,44 @@ pub struct App {
     pub leases: Arc<crate::leases::Leases>,
 }
 
+/// Whether this process talks to vendors, and so needs their secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vendors {
+    /// Build every connector, resolving its secrets (the daemon, `apply`, `drift`, `drill`).
+    Reach,
+    /// Build none and resolve no connector secret: commands that only read the store, or only
+    /// queue work for the daemon to deliver (`status`, `access`, `approve`, `redrive`, ...).
+    Untouched,
+}
+
 impl App {
     /// Open the store (migrating it), load policy and mappings, build connectors.
     pub async fn open(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        Self::open_for(config, clock, Vendors::Reach).await
+    }
+
+    /// [`App::open`] without connectors: no vendor secret is needed, and none can be reached.
+    pub async fn open_reader(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        Self::open_for(config, clock, Vendors::Untouched).await
+    }
+
+    pub async fn open_for(
+        config: Config,
+        clock: SharedClock,
+        vendors: Vendors,
+    ) -> anyhow::Result<Self> {
         let config = Arc::new(config);
         let names: Vec<String> = config.connectors.keys().cloned().collect();
         let policy = Arc::new(Policy::load(
             &config.resolve(&config.policy.templates),
             &names,
         )?);
+        let connectors = match vendors {
+            // Secrets first: a missing one is reported before anything else is opened.
+            Vendors::Reach => connectors::build_all(&config)?,
+            Vendors::Untouched => Connectors::new(),
+        };
         let store = Store::connect(&config.store_url()?, config.store.max_connections).await?;
-        let connectors = connectors::build_all(&config)?;
         let engine = Arc::new(Engine::new(store, clock, config, policy)?);
         for c in connectors.values() {
             c.attach_rate_wait_counters(engine.metrics.rate_limit_handles(c.name()));

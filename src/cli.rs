@@ -87,16 +87,14 @@ pub enum Command {
     Suspend(commands::suspend::SuspendArgs),
     /// End a person's suspension and re-issue what policy grants them now.
     Resume(commands::suspend::ResumeArgs),
-    /// Approve held changes (a mass disappearance from a feed).
+    /// Approve held changes (a mass disappearance from a feed), as your OS user (`os:USER` in the
+    /// audit log). Dual control: a change you caused needs someone else's approval.
     #[command(group(clap::ArgGroup::new("selection").required(true).args(["ids", "all"])))]
     Approve {
         /// Held change ids (see `latchkey status`).
         ids: Vec<i64>,
         #[arg(long)]
         all: bool,
-        /// Who approves: recorded in the audit log.
-        #[arg(long)]
-        by: String,
         #[arg(long)]
         reject: bool,
         #[command(flatten)]
@@ -143,6 +141,11 @@ pub enum Command {
     Drill(commands::drill::DrillArgs),
     /// Put dead letters back in the queue (audited with your OS user): `--all` or ids.
     Redrive(commands::redrive::RedriveArgs),
+    /// Operators of the admin API: make a token, list who is configured.
+    Operators {
+        #[command(subcommand)]
+        operators: commands::operators::OperatorsCmd,
+    },
     /// Print a shell completion script (e.g. `latchkey completions bash > /etc/bash_completion.d/latchkey`).
     Completions(commands::completions::CompletionsArgs),
 }
@@ -170,13 +173,24 @@ pub(crate) fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
     )?)?)
 }
 
+/// Local commands act as the OS user: what they cause is recorded as `os:USER`.
 async fn open(arg: &ConfigArg) -> anyhow::Result<App> {
-    App::open(load(arg)?, clock::system()).await
+    let app = App::open(load(arg)?, clock::system()).await?;
+    app.engine.act_as(crate::operators::os_actor());
+    Ok(app)
 }
 
-/// [`open`], for the command modules.
+/// [`open`], for the command modules that reach vendors.
 pub(crate) async fn open_app(arg: &ConfigArg) -> anyhow::Result<App> {
     open(arg).await
+}
+
+/// The store, policy and configuration without connectors: for commands that only read, or only
+/// queue work for the daemon, and so need no vendor secret.
+pub(crate) async fn open_reader(arg: &ConfigArg) -> anyhow::Result<App> {
+    let app = App::open_reader(load(arg)?, clock::system()).await?;
+    app.engine.act_as(crate::operators::os_actor());
+    Ok(app)
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -206,11 +220,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Approve {
             ids,
             all,
-            by,
             reject,
             config,
         } => {
-            let app = open(&config).await?;
+            let by = crate::operators::os_actor();
+            let app = open_reader(&config).await?;
             let ids: Vec<i64> = if all {
                 store::held_changes(app.store().pool())
                     .await?
@@ -231,8 +245,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .map(|h| h.id)
                     .collect();
             let mut reconcile_approved = false;
+            let mut refused = 0;
             for id in ids {
-                let a = app.engine.decide(id, !reject, &by).await?;
+                let a = match app.engine.decide(id, !reject, &by).await {
+                    Ok(a) => a,
+                    Err(e @ crate::engine::EngineError::DualControl { .. }) => {
+                        eprintln!("refused: {e}");
+                        refused += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 reconcile_approved |= !reject && from_reconcile.contains(&id);
                 println!(
                     "{} held change {id}: {} revokes enqueued",
@@ -248,7 +271,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     r.revokes, r.held
                 );
             }
-            Ok(0)
+            Ok(if refused > 0 { 1 } else { 0 })
         }
         Command::Report { report } => commands::report::run(report).await,
         Command::Drill(args) => commands::drill::run(args).await,
@@ -300,6 +323,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Drift(args) => commands::drift::run(args).await,
         Command::Keys { keys } => commands::keys::run(keys).await,
         Command::Completions(args) => commands::completions::run(&args),
+        Command::Operators { operators } => commands::operators::run(operators),
     }
 }
 

@@ -117,6 +117,9 @@ pub struct Config {
     /// Audit log retention and SIEM forwarding.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Operators of the admin API, by name: role and token hash (see `crate::operators`).
+    #[serde(default)]
+    pub operators: BTreeMap<String, OperatorConfig>,
     /// Where the file was read from: relative paths inside it are relative to its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -420,6 +423,19 @@ pub struct AuthorityConfig {
 pub struct PolicyConfig {
     /// Entitlement templates (see `mappings/templates.toml`).
     pub templates: PathBuf,
+}
+
+/// One operator: `[operators.NAME]`. Only the token's SHA-256 is kept (`latchkey operators token`
+/// makes a token and prints this section).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    pub role: crate::operators::Role,
+    /// SHA-256 of the bearer token, 64 hex digits.
+    pub token_sha256: String,
+    /// The operating-system account this operator runs local commands as, so dual control knows
+    /// `os:USER` and `operator:NAME` as one person.
+    pub os_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1411,6 +1427,23 @@ impl Config {
                 ));
             }
         }
+        let mut hashes = BTreeMap::new();
+        for (name, o) in &self.operators {
+            let key = format!("operators.{name}.token_sha256");
+            let h = o.token_sha256.to_ascii_lowercase();
+            if h.len() != 64 || hex::decode(&h).is_err() {
+                return Err(self.invalid(
+                    &key,
+                    "must be 64 hex digits (the SHA-256 of the token; `latchkey operators token` prints it)",
+                ));
+            }
+            if let Some(other) = hashes.insert(h, name) {
+                return Err(self.invalid(
+                    &key,
+                    format!("the same token as operators.{other}: give each operator its own"),
+                ));
+            }
+        }
         for (name, t) in &self.scim.tenants {
             let key = format!("scim.tenants.{name}");
             match (&t.token_sha256, &t.token) {
@@ -1720,6 +1753,28 @@ templates = "t.toml"
             let err = Config::load(&input(&format!("{MINIMAL}\n{bad}"), &[])).unwrap_err();
             assert!(err.to_string().contains("scim.extensions"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn operators_need_a_sha256_of_their_own_and_a_known_role() {
+        let h = "ab".repeat(32);
+        let ok = format!("{MINIMAL}\n[operators.ci]\nrole = \"viewer\"\ntoken_sha256 = \"{h}\"\n");
+        let c = Config::load(&input(&ok, &[])).unwrap();
+        assert_eq!(c.operators["ci"].role, crate::operators::Role::Viewer);
+        let short = ok.replace(&h, "abc");
+        let err = Config::load(&input(&short, &[])).unwrap_err().to_string();
+        assert!(
+            err.contains("operators.ci.token_sha256") && err.contains("64 hex"),
+            "{err}"
+        );
+        let twice = format!("{ok}\n[operators.other]\nrole = \"admin\"\ntoken_sha256 = \"{h}\"\n");
+        let err = Config::load(&input(&twice, &[])).unwrap_err().to_string();
+        assert!(err.contains("same token as operators.ci"), "{err}");
+        let bad_role = ok.replace("\"viewer\"", "\"root\"");
+        let err = Config::load(&input(&bad_role, &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("operators.ci.role"), "{err}");
     }
 
     #[test]

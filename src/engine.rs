@@ -35,6 +35,10 @@ pub enum EngineError {
     UnknownSource(String),
     #[error("held change {0} does not exist or was already decided")]
     NoSuchHeld(i64),
+    #[error(
+        "held change {id} was caused by {requested_by}: dual control needs someone else to approve it"
+    )]
+    DualControl { id: i64, requested_by: String },
     #[error("reconcile: {0}")]
     Reconcile(String),
     #[error("{0}")]
@@ -80,6 +84,9 @@ pub struct Engine {
     /// Prometheus metrics of this process, shared with the dispatcher and the HTTP server.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
     mappings: BTreeMap<String, HrMapping>,
+    /// The operator running this process's commands (`os:USER` for the CLI), recorded as who
+    /// caused what they hold for approval; unset in the daemon, whose holds name their source.
+    operator: std::sync::OnceLock<String>,
 }
 
 /// What re-reading the templates file found.
@@ -129,7 +136,21 @@ impl Engine {
             outbox_notify: Arc::new(Notify::new()),
             metrics,
             mappings,
+            operator: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Record `actor` as the operator behind this process's changes (set once).
+    pub fn act_as(&self, actor: String) {
+        let _ = self.operator.set(actor);
+    }
+
+    /// Who caused a change this process makes: its operator, or else `daemon_actor`.
+    pub fn requester(&self, daemon_actor: &str) -> String {
+        self.operator
+            .get()
+            .cloned()
+            .unwrap_or_else(|| daemon_actor.to_string())
     }
 
     /// The policy in force now.
@@ -469,7 +490,17 @@ impl Engine {
                 100.0 * mass_threshold
             );
             for k in &vanished {
-                if store::hold(&mut tx, source, k, "disappearance", &reason, to_micros(now)).await?
+                let by = self.requester(&format!("source:{source}"));
+                if store::hold(
+                    &mut tx,
+                    source,
+                    k,
+                    "disappearance",
+                    &reason,
+                    &by,
+                    to_micros(now),
+                )
+                .await?
                 {
                     report.held += 1;
                 }
@@ -588,6 +619,16 @@ impl Engine {
             .await?
             .filter(|h| h.status == "held")
             .ok_or(EngineError::NoSuchHeld(id))?;
+        // Dual control: whoever caused a held change cannot also release it (rejecting is fine).
+        if approve
+            && let Some(requested_by) = &held.requested_by
+            && crate::operators::same_person(&self.config, by, requested_by)
+        {
+            return Err(EngineError::DualControl {
+                id,
+                requested_by: requested_by.clone(),
+            });
+        }
         let status = if approve { "approved" } else { "rejected" };
         store::decide_held(&mut tx, id, status, by, to_micros(now)).await?;
         audit::append(

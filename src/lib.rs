@@ -19,6 +19,7 @@ pub mod engine;
 pub mod identity;
 pub mod leases;
 pub mod model;
+pub mod operators;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;

@@ -410,6 +410,7 @@ async fn execute(
                     HOLD_KIND,
                     &held_reason(p, &overall),
                     Some(&plan.fingerprint),
+                    &engine.requester("reconcile"),
                     now_us,
                 )
                 .await?;

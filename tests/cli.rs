@@ -153,7 +153,7 @@ async fn operator_commands_answer_from_the_store() {
         assert!(out.starts_with("E2 (Person E2)"), "{who}: {out}");
     }
     // Approving without saying what is a usage error, not "nothing to approve".
-    let (code, out) = latchkey(&config, &["approve", "--by", "me"]);
+    let (code, out) = latchkey(&config, &["approve"]);
     assert_eq!(code, 2, "{out}");
     let (code, out) = latchkey(&config, &["access", "nobody@example.com"]);
     assert_eq!(code, 1, "{out}");
@@ -467,7 +467,7 @@ async fn redrive_requeues_dead_letters_audited_and_refuses_unknown_ids() {
         let (code, out) = redrive(&["--connector", "nuki", &id.to_string()]);
         assert_eq!(code, 0, "{out}");
         assert!(
-            out.contains("1 dead letters re-queued by ops-alice"),
+            out.contains("1 dead letters re-queued by os:ops-alice"),
             "{out}"
         );
         let row = status().await;
@@ -482,7 +482,7 @@ async fn redrive_requeues_dead_letters_audited_and_refuses_unknown_ids() {
         .fetch_one(&pool)
         .await
         .unwrap();
-        assert_eq!(actor, "ops-alice");
+        assert_eq!(actor, "os:ops-alice");
         h.drain().await;
         assert!(!h.holds("L1", "berlin-finance"), "{name}");
     }
@@ -780,8 +780,11 @@ async fn a_template_edit_is_planned_with_exit_code_2_and_applied_and_a_typo_fail
             && out.contains("would revoke nuki:berlin-engineering (template department-door)"),
         "{out}"
     );
-    // Approved: carried out at once, delivered by the next `apply`.
-    let (code, out) = latchkey(&config, &["approve", "--all", "--by", "alice@example.com"]);
+    // Approved by someone other than who ran `apply` (dual control): carried out at once,
+    // delivered by the next `apply`.
+    let (code, out, err) =
+        latchkey_split(&config, &["approve", "--all"], &[("USER", "approver-bob")]);
+    let out = out + &err;
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("reconcile: 6 revokes enqueued, 0 still held"),

@@ -3,6 +3,7 @@
 //! The entry point takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and the
 //! daemon drains open requests on SIGTERM.
 
+pub mod admin;
 pub mod metrics;
 pub mod scim;
 
@@ -30,6 +31,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))
         .with_state(state.clone())
+        .merge(admin::router(state.clone()))
         .merge(scim::router(state))
 }
 

@@ -170,11 +170,21 @@ pub enum BuildError {
     Config(#[from] ConfigError),
     #[error("connector `{connector}`: {message}")]
     Connector { connector: String, message: String },
+    /// Connector secrets that are not set, every one of them (commands that only read need none).
+    #[error(
+        "{} connector secret(s) missing; this command reaches vendors and needs them (commands that only read do not):\n  {}",
+        .0.len(),
+        .0.join("\n  ")
+    )]
+    MissingSecrets(Vec<String>),
 }
 
-/// Build every configured connector. Secrets are resolved here, so a missing one fails at start-up.
+/// Build every configured connector. Secrets are resolved here, so a missing one fails at start-up;
+/// every missing secret of every connector is named in one error, so one round of fixing suffices.
 pub fn build_all(config: &Config) -> Result<Connectors, BuildError> {
     let mut out: Connectors = BTreeMap::new();
+    let mut missing = Vec::new();
+    let mut built = Vec::new();
     for (name, cc) in &config.connectors {
         if cc.kind == crate::config::ConnectorKind::Manual {
             out.insert(
@@ -186,20 +196,30 @@ pub fn build_all(config: &Config) -> Result<Connectors, BuildError> {
         let profile = profile::Profile::load(&config.resolve(&cc.profile))?;
         let mut secrets = BTreeMap::new();
         for needed in profile.secret_names() {
+            let key = format!("connectors.{name}.secrets.{needed}");
             let Some(r) = cc.secrets.get(&needed) else {
-                return Err(BuildError::Connector {
-                    connector: name.clone(),
-                    message: format!(
-                        "profile {} needs secret `{needed}`: add connectors.{name}.secrets.{needed} = {{ env = \"...\" }}",
-                        cc.profile.display()
-                    ),
-                });
+                missing.push(format!(
+                    "{key}: profile {} needs it; add {key} = {{ env = \"...\" }}",
+                    cc.profile.display()
+                ));
+                continue;
             };
-            secrets.insert(
-                needed.clone(),
-                config.secret(&format!("connectors.{name}.secrets.{needed}"), r)?,
-            );
+            match config.secret(&key, r) {
+                Ok(value) => {
+                    secrets.insert(needed.clone(), value);
+                }
+                Err(ConfigError::Secret { message, .. }) => {
+                    missing.push(format!("{key}: {message}"))
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+        built.push((name, cc, profile, secrets));
+    }
+    if !missing.is_empty() {
+        return Err(BuildError::MissingSecrets(missing));
+    }
+    for (name, cc, profile, secrets) in built {
         let connector =
             http::HttpConnector::new(name, profile, cc, secrets).map_err(|message| {
                 BuildError::Connector {

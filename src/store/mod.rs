@@ -524,6 +524,9 @@ pub struct HeldRow {
     pub reason: String,
     pub status: String,
     pub created_at: i64,
+    /// Who caused it (`os:USER`, `source:NAME`, `reconcile`); None for holds made before it was
+    /// recorded.
+    pub requested_by: Option<String>,
 }
 
 /// Hold a change for approval unless the same one is already held.
@@ -533,12 +536,14 @@ pub async fn hold(
     key: &str,
     kind: &str,
     reason: &str,
+    requested_by: &str,
     now: i64,
 ) -> Result<bool> {
-    hold_under_policy(conn, source, key, kind, reason, None, now).await
+    hold_under_policy(conn, source, key, kind, reason, None, requested_by, now).await
 }
 
 /// [`hold`], recording the policy fingerprint the change was planned under (a reconciliation's).
+#[allow(clippy::too_many_arguments)] // one column each; a struct would only rename them
 pub async fn hold_under_policy(
     conn: &mut AnyConnection,
     source: &str,
@@ -546,6 +551,7 @@ pub async fn hold_under_policy(
     kind: &str,
     reason: &str,
     fingerprint: Option<&str>,
+    requested_by: &str,
     now: i64,
 ) -> Result<bool> {
     let exists = sqlx::query(
@@ -560,8 +566,8 @@ pub async fn hold_under_policy(
         return Ok(false);
     }
     sqlx::query(
-        "INSERT INTO held_changes (source, key, kind, reason, status, created_at, fingerprint)
-         VALUES ($1, $2, $3, $4, 'held', $5, $6)",
+        "INSERT INTO held_changes (source, key, kind, reason, status, created_at, fingerprint, requested_by)
+         VALUES ($1, $2, $3, $4, 'held', $5, $6, $7)",
     )
     .bind(source)
     .bind(key)
@@ -569,6 +575,7 @@ pub async fn hold_under_policy(
     .bind(reason)
     .bind(now)
     .bind(fingerprint)
+    .bind(requested_by)
     .execute(&mut *conn)
     .await?;
     Ok(true)

@@ -3,7 +3,7 @@
 
 use crate::app::App;
 use crate::cli::output::{Capped, ListArg, print_json, time};
-use crate::cli::{ConfigArg, lookup, open_app};
+use crate::cli::{ConfigArg, lookup, open_reader};
 use crate::store;
 use serde::Serialize;
 use std::fmt::Write;
@@ -56,7 +56,7 @@ pub struct Grant {
 }
 
 pub async fn run(args: AccessArgs) -> anyhow::Result<i32> {
-    let app = open_app(&args.config).await?;
+    let app = open_reader(&args.config).await?;
     let access = match gather(&app, &args.person, &args.list).await? {
         Ok(a) => a,
         Err(e) => {

@@ -5,7 +5,7 @@
 use crate::audit::export::{self, Format};
 use crate::audit::{self, Verdict};
 use crate::cli::output::{Capped, ListArg, OutputArg, print_json, time};
-use crate::cli::{ConfigArg, open_app};
+use crate::cli::{ConfigArg, open_reader};
 use crate::store::audit::AuditFilter;
 use anyhow::Context;
 use serde::Serialize;
@@ -139,7 +139,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
                 since: range.since,
                 until: range.until,
             };
-            let app = open_app(&config).await?;
+            let app = open_reader(&config).await?;
             let total = audit::count(app.store(), &filter).await?;
             let rows = audit::query(app.store(), &filter, list.sql_limit())
                 .await?
@@ -178,7 +178,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
             output,
             config,
         } => {
-            let app = open_app(&config).await?;
+            let app = open_reader(&config).await?;
             let written = export::export(
                 app.store(),
                 range.since,
@@ -237,7 +237,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
             output,
             config,
         } => {
-            let app = open_app(&config).await?;
+            let app = open_reader(&config).await?;
             let verdict = audit::verify(app.store()).await?;
             let doc = match &verdict {
                 Verdict::Intact { records } => Verified {
@@ -270,7 +270,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
             Ok(if doc.intact { 0 } else { 2 })
         }
         AuditCmd::Prune { config } => {
-            let app = open_app(&config).await?;
+            let app = open_reader(&config).await?;
             let Some(days) = app.engine.config.audit.retain_days else {
                 anyhow::bail!(
                     "audit.retain_days is not set in {}",

@@ -169,7 +169,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
     }
     println!(
         "  mechanical keys: {} handed over, {} returned by leavers and movers, recorded by the demo \
-         as the site manager (`latchkey keys returned TASK --by NAME`); a revocation's latency runs \
+         as the site manager (`latchkey keys returned TASK`); a revocation's latency runs \
          until its key is checked in",
         desk.handed_over, desk.returned
     );

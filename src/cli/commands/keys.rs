@@ -3,7 +3,7 @@
 
 use crate::app::App;
 use crate::cli::output::{Capped, ListArg, OutputArg, print_json, time};
-use crate::cli::{ConfigArg, open_app};
+use crate::cli::{ConfigArg, open_reader};
 use crate::connectors::manual;
 use crate::store;
 use serde::Serialize;
@@ -31,9 +31,6 @@ pub enum KeysCmd {
 #[derive(Debug, clap::Args)]
 pub struct RecordArgs {
     pub task: i64,
-    /// Who handed it over or took it back: recorded in the audit log.
-    #[arg(long)]
-    pub by: String,
     #[command(flatten)]
     pub output: OutputArg,
     #[command(flatten)]
@@ -72,7 +69,7 @@ struct Recorded {
 pub async fn run(cmd: KeysCmd) -> anyhow::Result<i32> {
     let (args, kind) = match cmd {
         KeysCmd::List { list, config } => {
-            let app = open_app(&config).await?;
+            let app = open_reader(&config).await?;
             let tasks = open_tasks(&app, list.limit).await?;
             if list.json() {
                 print_json(SCHEMA, &Tasks { tasks: &tasks })?;
@@ -86,14 +83,16 @@ pub async fn run(cmd: KeysCmd) -> anyhow::Result<i32> {
         KeysCmd::HandedOver(args) => (args, manual::HAND_OVER),
         KeysCmd::Returned(args) => (args, manual::RETURN),
     };
-    let app = open_app(&args.config).await?;
+    let app = open_reader(&args.config).await?;
     let now = crate::clock::to_micros(app.engine.clock.now());
+    // Recorded as the OS user at the desk (`os:USER`), like every local command.
+    let by = crate::operators::os_actor();
     let t = manual::record(
         app.store(),
         Some(&app.engine.metrics),
         args.task,
         kind,
-        &args.by,
+        &by,
         now,
     )
     .await?;
@@ -102,7 +101,7 @@ pub async fn run(cmd: KeysCmd) -> anyhow::Result<i32> {
         kind: t.kind,
         identity: t.identity_key,
         target: t.target,
-        by: args.by,
+        by,
         at: time(now),
     };
     if args.output.json() {

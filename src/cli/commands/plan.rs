@@ -2,7 +2,7 @@
 //! applying nothing; ends with `Plan: N to issue, M to revoke, K held`.
 
 use crate::cli::output::{Capped, ListArg, print_json};
-use crate::cli::{ConfigArg, open_app};
+use crate::cli::{ConfigArg, open_reader};
 use crate::plan::Change;
 use crate::reconcile::ReconcilePlan;
 use serde::Serialize;
@@ -59,7 +59,7 @@ struct Summary {
 }
 
 pub async fn run(args: PlanArgs) -> anyhow::Result<i32> {
-    let app = open_app(&args.config).await?;
+    let app = open_reader(&args.config).await?;
     let plan = app.engine.dry_run().await?;
     let shown = build(&plan, &args.list);
     if args.list.json() {

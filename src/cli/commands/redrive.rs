@@ -55,26 +55,10 @@ struct Requeued {
     last_error: Option<String>,
 }
 
-/// The operating-system user running the command, for the audit log.
-pub fn os_user() -> String {
-    ["USER", "LOGNAME", "USERNAME"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
-        .or_else(|| {
-            // No login variables (a service, a container): the numeric uid.
-            std::fs::read_to_string("/proc/self/status")
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|rest| rest.split_whitespace().next().map(|u| format!("uid:{u}")))
-        })
-        .unwrap_or_else(|| "unknown".into())
-}
-
 pub async fn run(args: RedriveArgs) -> anyhow::Result<i32> {
-    let app = crate::cli::open_app(&args.config).await?;
+    let app = crate::cli::open_reader(&args.config).await?;
     if let Some(c) = &args.connector
-        && !app.connectors.contains_key(c)
+        && !app.engine.config.connectors.contains_key(c)
     {
         eprintln!("connector `{c}` is not configured");
         return Ok(1);
@@ -115,7 +99,7 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<i32> {
             connector,
         }
     };
-    let actor = os_user();
+    let actor = crate::operators::os_actor();
     let now = to_micros(app.engine.clock.now());
     match recovery::redrive(app.store(), now, &actor, "latchkey redrive", selection).await {
         Ok(moved) => {

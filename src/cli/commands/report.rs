@@ -2,7 +2,7 @@
 //! attainment with error-budget use. `report sla` exits 1 when a connector breaches its objective.
 
 use crate::cli::output::{OutputArg, print_json};
-use crate::cli::{ConfigArg, open_app};
+use crate::cli::{ConfigArg, open_reader};
 use crate::model::Action;
 use crate::telemetry::{self, STAGES, Summary, sla::SlaRow};
 use serde::Serialize;
@@ -72,7 +72,7 @@ struct SlaConnector {
 pub async fn run(report: Report) -> anyhow::Result<i32> {
     match report {
         Report::Latency(args) => {
-            let app = open_app(&args.config).await?;
+            let app = open_reader(&args.config).await?;
             let revoke = telemetry::latency_report(app.store(), Action::Revoke).await?;
             let issue = telemetry::latency_report(app.store(), Action::Issue).await?;
             if args.output.json() {
@@ -95,7 +95,7 @@ pub async fn run(report: Report) -> anyhow::Result<i32> {
             Ok(0)
         }
         Report::Sla(args) => {
-            let app = open_app(&args.config).await?;
+            let app = open_reader(&args.config).await?;
             let now = crate::clock::to_micros(app.engine.clock.now());
             let rows = telemetry::sla::report(app.store(), &app.engine.config, now).await?;
             let breached = rows.iter().any(SlaRow::breached);

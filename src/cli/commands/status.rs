@@ -8,7 +8,7 @@
 use super::keys::{self, KeyTask};
 use crate::app::App;
 use crate::cli::output::{Capped, ListArg, print_json, sql_limit, time};
-use crate::cli::{ConfigArg, open_app};
+use crate::cli::{ConfigArg, open_reader};
 use crate::store;
 use serde::Serialize;
 use std::fmt::Write;
@@ -152,7 +152,7 @@ pub struct Held {
 }
 
 pub async fn run(args: StatusArgs) -> anyhow::Result<i32> {
-    let app = open_app(&args.config).await?;
+    let app = open_reader(&args.config).await?;
     let status = gather(&app, args.list.limit).await?;
     if args.list.json() {
         print_json(SCHEMA, &status)?;
@@ -396,7 +396,7 @@ impl Status {
         if self.held.total > 0 {
             let _ = writeln!(
                 out,
-                "  approve with `latchkey approve --all --by NAME` or by id"
+                "  approve with `latchkey approve --all` or by id (someone other than who caused them)"
             );
         }
         let _ = writeln!(

@@ -2,7 +2,7 @@
 //! operator withholds a person's access (a lost phone, an investigation) and gives it back (see
 //! `crate::suspension`). The running daemon delivers the revocations and issues enqueued here.
 
-use crate::cli::{ConfigArg, lookup, open_app};
+use crate::cli::{ConfigArg, lookup, open_reader};
 
 #[derive(Debug, clap::Args)]
 pub struct SuspendArgs {
@@ -29,17 +29,8 @@ pub struct ResumeArgs {
     pub config: ConfigArg,
 }
 
-/// The operator a local command acts as: the OS user, as the audit log records it.
-pub fn local_operator() -> String {
-    let user = ["USER", "LOGNAME", "USERNAME"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| "unknown".into());
-    format!("os:{user}")
-}
-
 pub async fn suspend(args: SuspendArgs) -> anyhow::Result<i32> {
-    let app = open_app(&args.config).await?;
+    let app = open_reader(&args.config).await?;
     let key = {
         let mut conn = app.store().pool().acquire().await?;
         match lookup::person(&mut conn, &args.person).await {
@@ -51,7 +42,7 @@ pub async fn suspend(args: SuspendArgs) -> anyhow::Result<i32> {
         }
     };
     let connectors = (!args.connectors.is_empty()).then_some(args.connectors.as_slice());
-    let by = local_operator();
+    let by = crate::operators::os_actor();
     match crate::suspension::suspend(&app.engine, &key, connectors, &args.reason, &by).await {
         Ok(a) => {
             let scope = connectors.map_or("every connector".into(), |c| c.join(", "));
@@ -70,7 +61,7 @@ pub async fn suspend(args: SuspendArgs) -> anyhow::Result<i32> {
 }
 
 pub async fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
-    let app = open_app(&args.config).await?;
+    let app = open_reader(&args.config).await?;
     let key = {
         let mut conn = app.store().pool().acquire().await?;
         match lookup::person(&mut conn, &args.person).await {
@@ -81,7 +72,7 @@ pub async fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
             }
         }
     };
-    let by = local_operator();
+    let by = crate::operators::os_actor();
     match crate::suspension::resume(&app.engine, &key, args.reason.as_deref(), &by).await {
         Ok(a) => {
             println!(

@@ -4,7 +4,7 @@
 
 use crate::app::App;
 use crate::cli::output::{Capped, ListArg, print_json, time};
-use crate::cli::{ConfigArg, lookup, open_app};
+use crate::cli::{ConfigArg, lookup, open_reader};
 use crate::store;
 use serde::Serialize;
 use std::fmt::Write;
@@ -55,7 +55,7 @@ struct CabinetKey {
 }
 
 pub async fn run(args: WhoHasArgs) -> anyhow::Result<i32> {
-    let app = open_app(&args.config).await?;
+    let app = open_reader(&args.config).await?;
     let target = &args.target;
     let pool = app.store().pool();
     let on_record = !store::grants_on_target(pool, target).await?.is_empty()

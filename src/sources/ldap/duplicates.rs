@@ -180,6 +180,7 @@ impl LdapSource {
             &r.key,
             "disappearance",
             &reason,
+            &format!("source:{}", self.name),
             crate::clock::to_micros(now),
         )
         .await

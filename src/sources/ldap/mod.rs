@@ -615,6 +615,7 @@ impl LdapSource {
                 &key,
                 "disappearance",
                 reason,
+                &format!("source:{}", self.name),
                 to_micros(now),
             )
             .await
