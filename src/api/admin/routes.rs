@@ -712,6 +712,16 @@ pub struct AuditEntry {
 pub struct AuditQuery {
     /// Only records about this subject (a person's key, a source, a connector).
     pub subject: Option<String>,
+    /// Only records about this target (a door, lock or group).
+    pub target: Option<String>,
+    /// Only records by this actor (`os:alice`, `operator:bob`, `source:hr`).
+    pub actor: Option<String>,
+    /// Only this action (`identity.suspended`, `held.approved`, ...).
+    pub action: Option<String>,
+    /// From this instant (RFC 3339), inclusive.
+    pub since: Option<String>,
+    /// Until this instant (RFC 3339), exclusive.
+    pub until: Option<String>,
 }
 
 /// The audit log, newest first (read only).
@@ -726,24 +736,43 @@ async fn audit(
 ) -> Answer<Page<AuditEntry>> {
     caller.require(Role::Viewer)?;
     let store = &s.api.engine.store;
-    let subject = q.subject.as_deref();
-    let total = crate::audit::count_records(store, subject).await?;
-    let (limit, offset) = (paging.limit(), paging.offset.unwrap_or(0));
-    let items: Vec<AuditEntry> =
-        crate::audit::recent_records(store, subject, (offset + limit) as i64)
-            .await?
-            .into_iter()
-            .skip(offset)
-            .map(|r| AuditEntry {
-                seq: r.seq,
-                at: time(r.at),
-                details: serde_json::from_str(&r.details)
-                    .unwrap_or(serde_json::Value::String(r.details)),
-                actor: r.actor,
-                action: r.action,
-                subject: r.subject,
+    let instant = |name: &str, v: &Option<String>| -> Result<Option<i64>, Problem> {
+        v.as_deref()
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| crate::clock::to_micros(t.with_timezone(&chrono::Utc)))
+                    .map_err(|e| {
+                        Problem::bad_request(format!(
+                            "`{name}`: `{t}` is not an RFC 3339 time: {e}"
+                        ))
+                    })
             })
-            .collect();
+            .transpose()
+    };
+    let filter = crate::store::audit::AuditFilter {
+        subject: q.subject.clone(),
+        target: q.target.clone(),
+        actor: q.actor.clone(),
+        action: q.action.clone(),
+        since: instant("since", &q.since)?,
+        until: instant("until", &q.until)?,
+    };
+    let total = crate::audit::count(store, &filter).await?;
+    let (limit, offset) = (paging.limit(), paging.offset.unwrap_or(0));
+    let items: Vec<AuditEntry> = crate::audit::query(store, &filter, (offset + limit) as i64)
+        .await?
+        .into_iter()
+        .skip(offset)
+        .map(|r| AuditEntry {
+            seq: r.seq,
+            at: time(r.at),
+            details: serde_json::from_str(&r.details)
+                .unwrap_or(serde_json::Value::String(r.details)),
+            actor: r.actor,
+            action: r.action,
+            subject: r.subject,
+        })
+        .collect();
     let total = usize::try_from(total).unwrap_or(0);
     let next_offset = (offset + items.len() < total).then_some(offset + items.len());
     Ok(Json(Page {
