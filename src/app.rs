@@ -280,15 +280,15 @@ impl App {
     /// stays in force.
     async fn reload_policy(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
         let (action, details) = match self.engine.reload_policy() {
-            crate::engine::PolicyReload::Unchanged => return Ok(()),
-            crate::engine::PolicyReload::Reloaded { from, to } => {
+            crate::live_policy::PolicyReload::Unchanged => return Ok(()),
+            crate::live_policy::PolicyReload::Reloaded { from, to } => {
                 tracing::info!(%from, %to, "templates changed on disk: new policy in force");
                 (
                     "policy.reloaded",
                     serde_json::json!({"from": from, "to": to}),
                 )
             }
-            crate::engine::PolicyReload::Refused { digest, error } => {
+            crate::live_policy::PolicyReload::Refused { digest, error } => {
                 tracing::error!(%error, "templates changed on disk but do not load; the last good policy stays in force");
                 (
                     "policy.reload_refused",

@@ -5,6 +5,7 @@ use crate::audit;
 use crate::clock::{SharedClock, from_micros, to_micros};
 use crate::config::Config;
 use crate::identity::{self, Derived, SourceView};
+use crate::live_policy::{LivePolicy, PolicyReload};
 use crate::model::{Lifecycle, PersonRecord, Quarantined, RecordStatus};
 use crate::plan::{self, Applied, Cause};
 use crate::policy::{Policy, PolicyError};
@@ -75,10 +76,8 @@ pub struct Engine {
     pub store: Store,
     pub clock: SharedClock,
     pub config: Arc<Config>,
-    /// The policy in force: swapped whole when the templates file changes on disk and loads.
-    policy: std::sync::RwLock<Arc<Policy>>,
-    /// The digest of a templates file that was refused, so it is reported once, not every tick.
-    refused_policy: std::sync::Mutex<Option<String>>,
+    /// The policy in force, following the templates file (see [`crate::live_policy`]).
+    policy: LivePolicy,
     /// Woken whenever commands were enqueued, so the dispatcher starts at once.
     pub outbox_notify: Arc<Notify>,
     /// Prometheus metrics of this process, shared with the dispatcher and the HTTP server.
@@ -87,17 +86,6 @@ pub struct Engine {
     /// The operator running this process's commands (`os:USER` for the CLI), recorded as who
     /// caused what they hold for approval; unset in the daemon, whose holds name their source.
     operator: std::sync::OnceLock<String>,
-}
-
-/// What re-reading the templates file found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyReload {
-    /// The same file (or a refused one already reported).
-    Unchanged,
-    /// A changed file loaded and is in force now.
-    Reloaded { from: String, to: String },
-    /// A changed file did not load; the policy in force stays.
-    Refused { digest: String, error: String },
 }
 
 /// People per transaction: large enough to amortise commits, small enough that the first revokes
@@ -127,12 +115,16 @@ impl Engine {
             );
         }
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new(&config));
+        let policy = LivePolicy::new(
+            policy,
+            &config.resolve(&config.policy.templates),
+            config.connectors.keys().cloned().collect(),
+        );
         Ok(Self {
             store,
             clock,
             config,
-            policy: std::sync::RwLock::new(policy),
-            refused_policy: std::sync::Mutex::new(None),
+            policy,
             outbox_notify: Arc::new(Notify::new()),
             metrics,
             mappings,
@@ -155,58 +147,14 @@ impl Engine {
 
     /// The policy in force now.
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.policy.current()
     }
 
-    /// Re-read the templates file: a changed file that loads replaces the policy in force (the
-    /// next reconciliation then sees a new fingerprint and re-evaluates everyone); one that does
-    /// not load is refused once, and the last good policy stays in force — a broken edit must not
-    /// revoke everyone, nor stop the daemon that revokes leavers.
+    /// Look at the templates file while running (see [`crate::live_policy`]).
     pub fn reload_policy(&self) -> PolicyReload {
-        let path = self.config.resolve(&self.config.policy.templates);
-        let origin = path.display().to_string();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) => return self.refuse_policy(String::new(), format!("{origin}: {e}")),
-        };
-        let digest = hex::encode(Sha256::digest(text.as_bytes()));
-        let current = self.policy();
-        if digest == current.digest() {
-            self.metrics.set_policy_refused(false);
-            return PolicyReload::Unchanged;
-        }
-        let names: Vec<String> = self.config.connectors.keys().cloned().collect();
-        match Policy::parse(&text, &origin, &names) {
-            Ok(policy) => {
-                *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
-                *self
-                    .refused_policy
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
-                self.metrics.set_policy_refused(false);
-                PolicyReload::Reloaded {
-                    from: current.digest().to_string(),
-                    to: digest,
-                }
-            }
-            Err(e) => self.refuse_policy(digest, e.to_string()),
-        }
-    }
-
-    fn refuse_policy(&self, digest: String, error: String) -> PolicyReload {
-        self.metrics.set_policy_refused(true);
-        let mut last = self
-            .refused_policy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if last.as_deref() == Some(digest.as_str()) {
-            return PolicyReload::Unchanged;
-        }
-        *last = Some(digest.clone());
-        PolicyReload::Refused { digest, error }
+        let r = self.policy.reload();
+        self.metrics.set_policy_refused(self.policy.refused());
+        r
     }
 
     fn tz_of(&self) -> impl Fn(Option<&str>) -> chrono_tz::Tz + '_ {

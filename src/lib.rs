@@ -18,6 +18,7 @@ pub mod drift;
 pub mod engine;
 pub mod identity;
 pub mod leases;
+pub mod live_policy;
 pub mod model;
 pub mod operators;
 pub mod plan;
