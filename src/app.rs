@@ -149,6 +149,7 @@ impl App {
         // A SIEM sink that cannot be built (a CA file that does not load, a header secret that is
         // not set) is a configuration error, reported before anything starts.
         crate::audit::forward::check(&self.engine.config)?;
+        crate::api::console::check(&self.engine.config)?;
         // Leases first: every source, job and lane below waits for its own (DESIGN.md invariant
         // 14). The keeper stops last, releasing what it holds once the work has stopped.
         let (leases_stop, leases_stopped) = watch::channel(false);

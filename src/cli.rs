@@ -429,6 +429,7 @@ pub fn repo_path(rel: &str) -> PathBuf {
 }
 
 pub mod bench;
+pub mod bench_console;
 pub mod bench_reconcile;
 pub mod bench_scim_groups;
 pub mod commands;

@@ -6,8 +6,10 @@
 //! process environment.
 
 mod audit;
+mod console;
 
 pub use audit::{AuditConfig, ForwardSink, SinkKind};
+pub use console::{ConsoleConfig, OidcConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -120,6 +122,8 @@ pub struct Config {
     /// Operators of the admin API, by name: role and token hash (see `crate::operators`).
     #[serde(default)]
     pub operators: BTreeMap<String, OperatorConfig>,
+    /// The web console and how operators sign in to it (absent: no console).
+    pub console: Option<ConsoleConfig>,
     /// Where the file was read from: relative paths inside it are relative to its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -436,6 +440,9 @@ pub struct OperatorConfig {
     /// The operating-system account this operator runs local commands as, so dual control knows
     /// `os:USER` and `operator:NAME` as one person.
     pub os_user: Option<String>,
+    /// The name the console's single sign-on gives this operator (`oidc:NAME`), so dual control
+    /// knows that sign-in and `operator:NAME` as one person.
+    pub oidc_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1256,6 +1263,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_audit()?;
+        self.validate_console()?;
         if let Some(schedule) = self
             .telemetry
             .drill

@@ -56,23 +56,48 @@ impl Role {
     }
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a role (viewer, desk, approver, admin)"))
+    }
+}
+
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// An authenticated operator of the admin API.
+/// How an operator proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A bearer token from `[operators]` (the admin API, or the console's token sign-in).
+    Token,
+    /// The console's OpenID Connect sign-in; the name is the provider's (`name_claim`).
+    Oidc,
+}
+
+/// An authenticated operator of the admin API or the web console.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operator {
     pub name: String,
     pub role: Role,
+    pub via: Via,
 }
 
 impl Operator {
-    /// How the audit log and held changes name this operator.
+    /// How the audit log and held changes name this operator: `operator:NAME` for a configured
+    /// operator, `oidc:NAME` for one the identity provider vouched for.
     pub fn actor(&self) -> String {
-        format!("operator:{}", self.name)
+        match self.via {
+            Via::Token => format!("operator:{}", self.name),
+            Via::Oidc => format!("oidc:{}", self.name),
+        }
     }
 }
 
@@ -114,6 +139,7 @@ impl Operators {
                     Operator {
                         name: name.clone(),
                         role: o.role,
+                        via: Via::Token,
                     },
                 ))
             })
@@ -160,18 +186,27 @@ pub fn os_actor() -> String {
     format!("os:{}", os_user())
 }
 
-/// The person behind an actor, for dual control: an API operator and the OS account the
-/// configuration gives them (`[operators.NAME] os_user`) are one person.
+/// The person behind an actor, for dual control: an API operator, the OS account and the
+/// single sign-on name the configuration gives them (`[operators.NAME] os_user`, `oidc_name`)
+/// are one person.
 fn person(config: &Config, actor: &str) -> String {
-    if let Some(user) = actor.strip_prefix("os:")
-        && let Some((name, _)) = config
+    let found = if let Some(user) = actor.strip_prefix("os:") {
+        config
             .operators
             .iter()
             .find(|(_, o)| o.os_user.as_deref() == Some(user))
-    {
-        return format!("operator:{name}");
+    } else if let Some(user) = actor.strip_prefix("oidc:") {
+        config
+            .operators
+            .iter()
+            .find(|(_, o)| o.oidc_name.as_deref() == Some(user))
+    } else {
+        None
+    };
+    match found {
+        Some((name, _)) => format!("operator:{name}"),
+        None => actor.to_string(),
     }
-    actor.to_string()
 }
 
 /// Dual control: whether `approver` is the same person as `requester`.

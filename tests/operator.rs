@@ -276,10 +276,31 @@ async fn api_server(
     Vec<i64>,
     sim::SimServer,
 ) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    api_server_on(dir, url, listener, &operators_section(), &[]).await
+}
+
+/// `api_server` on a listener the caller bound (the console's public URL and the identity
+/// provider's redirect must know the port first), with `config` appended to the configuration and
+/// `env` added to its environment.
+async fn api_server_on(
+    dir: &Path,
+    url: &str,
+    listener: tokio::net::TcpListener,
+    config: &str,
+    env: &[(&str, &str)],
+) -> (
+    String,
+    latchkey::app::App,
+    Vec<i64>,
+    Vec<i64>,
+    sim::SimServer,
+) {
     let server = nuki().await;
-    let path = write_config(dir, url, &server.base_url(), &operators_section());
+    let path = write_config(dir, url, &server.base_url(), config);
     let env = all_secrets()
         .into_iter()
+        .chain(env.iter().copied())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let config = latchkey::config::Config::load(
@@ -331,7 +352,6 @@ async fn api_server(
         tasks.push(id);
     }
     tx.commit().await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = app.router();
     tokio::spawn(latchkey::api::serve(
@@ -369,7 +389,7 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
         let mut hand_over = vec![tasks[0], tasks[2], tasks[4]].into_iter();
         let mut returns = vec![tasks[1], tasks[3], tasks[5]].into_iter();
         // (method, path with {id}, body, least role)
-        let table: [(&str, &str, Option<&str>, Role); 15] = [
+        let table: [(&str, &str, Option<&str>, Role); 16] = [
             ("GET", "/api/v1/people?limit=2", None, Role::Viewer),
             ("GET", "/api/v1/people/E1", None, Role::Viewer),
             (
@@ -420,6 +440,7 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
             ("GET", "/api/v1/reports/latency", None, Role::Viewer),
             ("GET", "/api/v1/reports/sla", None, Role::Viewer),
             ("GET", "/api/v1/audit?limit=5", None, Role::Viewer),
+            ("GET", "/api/v1/audit/export?format=csv", None, Role::Viewer),
         ];
         let callers = [
             Who::NoToken,
@@ -470,7 +491,12 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 let what = format!("{backend}: {method} {path} as {who:?}: {status} {text}");
                 if allowed {
                     assert!((200..300).contains(&status), "{what}");
-                    assert!(ctype.starts_with("application/json"), "{what}");
+                    let expected = if path.contains("/export") {
+                        "application/x-tar"
+                    } else {
+                        "application/json"
+                    };
+                    assert!(ctype.starts_with(expected), "{what}");
                 } else {
                     let expected = if matches!(who, Who::As(..)) { 403 } else { 401 };
                     assert_eq!(status, expected, "{what}");
@@ -612,4 +638,817 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
             paths.keys()
         );
     }
+}
+
+// ---- the web console ------------------------------------------------------------------------
+
+/// The console's configuration: token sign-in on, single sign-on when `issuer` is given.
+fn console_section(base: &str, issuer: Option<&str>) -> String {
+    let mut out = format!("\n[console]\npublic_url = \"{base}\"\n");
+    if let Some(issuer) = issuer {
+        out.push_str(&format!(
+            "\n[console.oidc]\nissuer = \"{issuer}\"\nclient_id = \"latchkey-console\"\n\
+             client_secret = {{ env = \"T_OIDC_SECRET\" }}\nscopes = [\"profile\", \"email\", \"groups\"]\n\
+             display_name = \"Test IdP\"\n\
+             [console.oidc.roles]\nviewer = [\"staff\"]\ndesk = [\"facilities\"]\napprover = [\"security-approvers\"]\n"
+        ));
+    }
+    // Operator alice signs in to the console as `alice` too: the same person for dual control.
+    operators_section().replace(
+        "os_user = \"alice\"\n",
+        "os_user = \"alice\"\noidc_name = \"alice\"\n",
+    ) + &out
+}
+
+/// A browser-like HTTP client of the console: keeps its session cookie, follows no redirect.
+struct ConsoleClient {
+    http: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+impl ConsoleClient {
+    fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: base.to_string(),
+            cookie: None,
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", format!("latchkey_session={c}"));
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> reqwest::Response {
+        let mut req = self.http.post(format!("{}{path}", self.base)).form(form);
+        if let Some(c) = &self.cookie {
+            req = req.header("cookie", format!("latchkey_session={c}"));
+        }
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Sign in with an operator token; the session cookie is kept.
+    async fn sign_in(&mut self, token: &str) -> reqwest::Response {
+        let resp = self
+            .post(
+                "/console/login/token",
+                &[("token", token), ("next", "/console/approvals")],
+                None,
+            )
+            .await;
+        if let Some(set) = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("latchkey_session=") && !v.starts_with("latchkey_session=;"))
+        {
+            assert!(
+                set.contains("HttpOnly")
+                    && set.contains("SameSite=Lax")
+                    && set.contains("Path=/console"),
+                "{set}"
+            );
+            self.cookie = Some(
+                set["latchkey_session=".len()..]
+                    .split(';')
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        resp
+    }
+
+    /// The CSRF token the signed-in pages carry in their forms.
+    async fn csrf(&self) -> String {
+        let page = self.get("/console/approvals").await.text().await.unwrap();
+        let at = page
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with a CSRF token")
+            + 19;
+        page[at..at + 64].to_string()
+    }
+}
+
+fn location(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_pages_need_a_sign_in_and_each_role_acts_only_within_it() {
+    let probe = tempfile::tempdir().unwrap();
+    for (backend, url) in backends(probe.path()).await {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = if backend == "sqlite" {
+            format!("sqlite://{}", tmp.path().join("state.db").display())
+        } else {
+            url
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (_, app, held, tasks, _sim) = api_server_on(
+            tmp.path(),
+            &url,
+            listener,
+            &console_section(&base, None),
+            &[],
+        )
+        .await;
+        let pool = app.store().pool().clone();
+
+        // Nobody signed in: every page sends the browser to sign in, and comes back after.
+        let mut anon = ConsoleClient::new(&base);
+        for page in [
+            "/console",
+            "/console/people/E1",
+            "/console/approvals",
+            "/console/keys",
+            "/console/audit",
+        ] {
+            let resp = anon.get(page).await;
+            assert!(
+                resp.status().is_redirection(),
+                "{backend} {page}: {}",
+                resp.status()
+            );
+            assert!(
+                location(&resp).starts_with("/console/login?next="),
+                "{backend} {page}: {}",
+                location(&resp)
+            );
+        }
+        let login = anon.get("/console/login").await;
+        assert_eq!(login.status(), 200);
+        assert_eq!(login.headers()["cache-control"], "no-store");
+        assert!(
+            login.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'")
+        );
+        let wrong = anon.sign_in("lkop_not-a-token").await;
+        assert_eq!(wrong.status(), 401, "{backend}");
+        assert!(anon.cookie.is_none());
+        assert!(
+            wrong
+                .text()
+                .await
+                .unwrap()
+                .contains("unknown or revoked token")
+        );
+
+        // A viewer sees everything and changes nothing.
+        let mut vera = ConsoleClient::new(&base);
+        let resp = vera.sign_in("lkop_viewer-token").await;
+        assert_eq!(location(&resp), "/console/approvals", "{backend}");
+        for page in [
+            "/console",
+            "/console/people?q=E1",
+            "/console/people/E1",
+            "/console/who-has?target=berlin-sales",
+            "/console/approvals",
+            "/console/keys",
+            "/console/audit?subject=E1",
+        ] {
+            let resp = vera.get(page).await;
+            assert_eq!(resp.status(), 200, "{backend} {page}");
+            assert!(
+                resp.headers().contains_key("server-timing"),
+                "{backend} {page}"
+            );
+        }
+        let person = vera.get("/console/people/E1").await.text().await.unwrap();
+        assert!(
+            person.contains("berlin-sales") && person.contains("issued"),
+            "{backend}: {person}"
+        );
+        let approvals = vera.get("/console/approvals").await.text().await.unwrap();
+        assert!(
+            !approvals.contains("/approve\""),
+            "{backend}: a viewer is offered no decision"
+        );
+        let csrf = vera.csrf().await;
+        let refused = vera
+            .post(
+                &format!("/console/approvals/{}/approve", held[0]),
+                &[("csrf", &csrf)],
+                None,
+            )
+            .await;
+        assert_eq!(refused.status(), 403, "{backend}");
+        let refused = vera
+            .post(
+                &format!("/console/keys/{}/returned", tasks[1]),
+                &[("csrf", &csrf)],
+                None,
+            )
+            .await;
+        assert_eq!(refused.status(), 403, "{backend}");
+
+        // Alice caused the held changes (as os:alice): she sees them without buttons, and a
+        // decision she posts anyway is refused.
+        let mut alice = ConsoleClient::new(&base);
+        alice.sign_in("lkop_alice-token").await;
+        let page = alice.get("/console/approvals").await.text().await.unwrap();
+        assert!(page.contains("You asked for this change"), "{backend}");
+        let csrf = alice.csrf().await;
+        let refused = alice
+            .post(
+                &format!("/console/approvals/{}/approve", held[0]),
+                &[("csrf", &csrf)],
+                None,
+            )
+            .await;
+        assert_eq!(refused.status(), 403, "{backend}");
+        let text = refused.text().await.unwrap();
+        assert!(text.contains("dual control"), "{backend}: {text}");
+
+        // Bob may decide, but only with his form's token and from the console's own origin.
+        let mut bob = ConsoleClient::new(&base);
+        bob.sign_in("lkop_bob-token").await;
+        let path = format!("/console/approvals/{}/approve", held[0]);
+        let forged = bob.post(&path, &[("csrf", &"0".repeat(64))], None).await;
+        assert_eq!(
+            forged.status(),
+            403,
+            "{backend}: a form token of another sign-in"
+        );
+        let csrf = bob.csrf().await;
+        let cross = bob
+            .post(&path, &[("csrf", &csrf)], Some("http://evil.example"))
+            .await;
+        assert_eq!(
+            cross.status(),
+            403,
+            "{backend}: a form posted from another site"
+        );
+        let still: Vec<i64> = latchkey::store::held_changes(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        assert!(
+            still.contains(&held[0]),
+            "{backend}: nothing was decided by refused posts"
+        );
+        let ok = bob.post(&path, &[("csrf", &csrf)], Some(&base)).await;
+        assert!(ok.status().is_redirection(), "{backend}: {}", ok.status());
+        assert!(
+            location(&ok).starts_with("/console/approvals?notice="),
+            "{backend}"
+        );
+        let notice = bob.get(&location(&ok)).await.text().await.unwrap();
+        assert!(
+            notice.contains("approved by operator:bob"),
+            "{backend}: {notice}"
+        );
+        let still: Vec<i64> = latchkey::store::held_changes(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        assert!(!still.contains(&held[0]), "{backend}: approved");
+
+        // The admin API answers an unchanged GET with 304 to the ETag it gave.
+        let api = reqwest::Client::new();
+        let key_tasks = || {
+            api.get(format!("{base}/api/v1/key-tasks"))
+                .bearer_auth("lkop_viewer-token")
+        };
+        let first = key_tasks().send().await.unwrap();
+        let tag = first.headers()["etag"].to_str().unwrap().to_string();
+        let again = key_tasks()
+            .header("if-none-match", &tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{backend}");
+        assert!(again.bytes().await.unwrap().is_empty());
+
+        // The desk records a key return; the return task is done, by dana.
+        let mut dana = ConsoleClient::new(&base);
+        dana.sign_in("lkop_desk-token").await;
+        let csrf = dana.csrf().await;
+        let wrong_kind = dana
+            .post(
+                &format!("/console/keys/{}/returned", tasks[0]),
+                &[("csrf", &csrf)],
+                None,
+            )
+            .await;
+        assert_eq!(
+            wrong_kind.status(),
+            409,
+            "{backend}: a hand-over is not a return"
+        );
+        let ok = dana
+            .post(
+                &format!("/console/keys/{}/returned", tasks[1]),
+                &[("csrf", &csrf)],
+                None,
+            )
+            .await;
+        assert!(ok.status().is_redirection(), "{backend}: {}", ok.status());
+        let notice = dana.get(&location(&ok)).await.text().await.unwrap();
+        assert!(
+            notice.contains("returned by E1, recorded by operator:dana"),
+            "{backend}: {notice}"
+        );
+
+        // The key tasks changed: the old tag no longer matches.
+        let changed = key_tasks()
+            .header("if-none-match", &tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(changed.status(), 200, "{backend}");
+        assert_ne!(changed.headers()["etag"].to_str().unwrap(), tag);
+
+        // An audit export over the API verifies offline, and an edited line is named.
+        let tar = api
+            .get(format!("{base}/api/v1/audit/export"))
+            .bearer_auth("lkop_viewer-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(tar.status(), 200, "{backend}");
+        assert_eq!(tar.headers()["content-type"], "application/x-tar");
+        let unpacked = tmp.path().join("export");
+        tar::Archive::new(std::io::Cursor::new(tar.bytes().await.unwrap()))
+            .unpack(&unpacked)
+            .unwrap();
+        let data = unpacked.join("audit.jsonl");
+        let report = latchkey::audit::export::verify_file(&data).unwrap();
+        assert!(report.broken.is_none(), "{backend}: {:?}", report.broken);
+        assert!(report.records >= 5, "{backend}: {} records", report.records);
+        let text = std::fs::read_to_string(&data).unwrap();
+        let edited: Vec<String> = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                if i == 2 {
+                    l.replacen("\"actor\":\"", "\"actor\":\"x", 1)
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(&data, edited.join("\n") + "\n").unwrap();
+        let broken = latchkey::audit::export::verify_file(&data).unwrap().broken;
+        assert_eq!(broken.and_then(|b| b.line), Some(3), "{backend}");
+        let none = api
+            .get(format!(
+                "{base}/api/v1/audit/export?since=2001-01-01T00:00:00Z&until=2001-01-02T00:00:00Z"
+            ))
+            .bearer_auth("lkop_viewer-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(none.status(), 404, "{backend}: an empty range");
+
+        // Signing out ends the session on the server: the old cookie signs nobody in.
+        let csrf = dana.csrf().await;
+        let out = dana.post("/console/logout", &[("csrf", &csrf)], None).await;
+        assert!(out.status().is_redirection());
+        let after = dana.get("/console/keys").await;
+        assert!(location(&after).starts_with("/console/login"), "{backend}");
+        let actions: Vec<(String, String)> =
+            latchkey::audit::query(app.store(), &Default::default(), 1000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.action, r.actor))
+                .collect();
+        for (action, actor) in [
+            ("console.signed_in", "operator:vera"),
+            ("held.approved", "operator:bob"),
+            ("console.signed_out", "operator:dana"),
+        ] {
+            assert!(
+                actions.iter().any(|(a, b)| a == action && b == actor),
+                "{backend}: no {action} by {actor} in {actions:?}"
+            );
+        }
+    }
+}
+
+// ---- the console in a real browser, signing in through a real OpenID provider ------------------
+
+/// Whether the browser tests must run (tests/run.sh sets it) rather than be skipped here.
+fn browser_required() -> bool {
+    std::env::var("LATCHKEY_TEST_REQUIRE_BROWSER").is_ok_and(|v| v == "1")
+}
+
+fn on_path(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The OpenID provider of tests/oidc, its standard input held open for as long as it should live.
+struct IdentityProvider {
+    issuer: String,
+    child: std::process::Child,
+}
+
+impl Drop for IdentityProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn identity_provider(redirect: &str, secret: &str) -> IdentityProvider {
+    use std::io::BufRead;
+    let mut child = Command::new("node")
+        .arg(repo().join("tests/oidc/provider.mjs"))
+        .args([redirect, secret])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("node runs tests/oidc/provider.mjs");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    // Whatever it prints later is read and dropped: a closed pipe would end it on its next line.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let started: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the provider did not start ({e}): {line:?}"));
+    IdentityProvider {
+        issuer: started["issuer"].as_str().unwrap().to_string(),
+        child,
+    }
+}
+
+/// chromedriver on a free loopback port.
+struct Driver {
+    url: String,
+    child: std::process::Child,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn chromedriver() -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    // Dropping the driver kills and waits for it, whether or not it came up.
+    let driver = Driver {
+        url: format!("http://127.0.0.1:{port}"),
+        child,
+    };
+    for _ in 0..100 {
+        if reqwest::get(format!("{}/status", driver.url)).await.is_ok() {
+            return driver;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("chromedriver did not answer on {}", driver.url);
+}
+
+/// A fresh headless browser (its own profile, so no sign-in carries over) of the given size. It
+/// resolves no name and reaches nothing but loopback: the provider's development pages link a
+/// web font, which must not leave the machine.
+async fn browser(driver: &Driver, width: u32, height: u32) -> fantoccini::Client {
+    let caps = serde_json::json!({
+        "unhandledPromptBehavior": "accept",
+        "goog:chromeOptions": {
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-default-apps",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+                format!("--window-size={width},{height}"),
+            ]
+        }
+    });
+    // Below 500 px a headless window does not shrink: a phone is emulated (its viewport, touch
+    // and device pixel ratio), as the browser's device mode does.
+    let mut caps = caps;
+    if width < 500 {
+        caps["goog:chromeOptions"]["mobileEmulation"] = serde_json::json!({
+            "deviceMetrics": {"width": width, "height": height, "pixelRatio": 3.0, "touch": true}
+        });
+    }
+    let caps = caps.as_object().unwrap().clone().into_iter().collect();
+    fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a browser session")
+}
+
+/// Save what the page shows, for a person to look at after the run.
+async fn screenshot(client: &fantoccini::Client, name: &str) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = client.screenshot().await.unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+/// Whether the page fits its viewport's width (nothing to scroll sideways on a phone).
+async fn fits_width(client: &fantoccini::Client) -> (i64, i64) {
+    let v = client
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    (v[0].as_i64().unwrap(), v[1].as_i64().unwrap())
+}
+
+async fn text_of(client: &fantoccini::Client, css: &str) -> String {
+    let found = client
+        .wait()
+        .at_most(std::time::Duration::from_secs(10))
+        .for_element(fantoccini::Locator::Css(css))
+        .await;
+    match found {
+        Ok(e) => e.text().await.unwrap(),
+        Err(e) => {
+            let url = client.current_url().await.map(|u| u.to_string());
+            let page = client.source().await.unwrap_or_default();
+            panic!("no `{css}` on {url:?}: {e}\n{page}")
+        }
+    }
+}
+
+/// Open the console and sign in through the identity provider's own pages as `login`.
+async fn sign_in_with_sso(client: &fantoccini::Client, base: &str, login: &str) {
+    use fantoccini::Locator::Css;
+    client.goto(&format!("{base}/console")).await.unwrap();
+    client
+        .wait()
+        .for_element(Css("#sso"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let name = client
+        .wait()
+        .for_element(Css("input[name=login]"))
+        .await
+        .unwrap();
+    name.send_keys(login).await.unwrap();
+    client
+        .find(Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys("any password")
+        .await
+        .unwrap();
+    client
+        .find(Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The provider asks for consent once per client; then the console shows who signed in, or
+    // why not.
+    for _ in 0..100 {
+        if client
+            .find(Css("#signed-in-as, #login-error"))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if let Ok(b) = client
+            .find(Css("input[name=prompt][value=consent] ~ button"))
+            .await
+        {
+            let _ = b.click().await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let url = client.current_url().await.map(|u| u.to_string());
+    let page = client.source().await.unwrap_or_default();
+    panic!("signing in as {login} did not come back to the console: {url:?}\n{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_people_sign_in_with_sso_see_doors_approve_and_record_a_key_on_a_phone() {
+    use fantoccini::Locator::Css;
+    let ready = on_path("node")
+        && on_path("chromium")
+        && on_path("chromedriver")
+        && repo()
+            .join("tests/oidc/node_modules/oidc-provider")
+            .exists();
+    if !ready {
+        assert!(
+            !browser_required(),
+            "node, chromium, chromedriver and tests/oidc's npm packages are required (LATCHKEY_TEST_REQUIRE_BROWSER=1)"
+        );
+        eprintln!(
+            "skipped: node, chromium, chromedriver or tests/oidc/node_modules missing (tests/run.sh installs them)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", tmp.path().join("state.db").display());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let secret = "test-client-secret";
+    let idp = identity_provider(&format!("{base}/console/callback"), secret);
+    let (_, app, held, tasks, _sim) = api_server_on(
+        tmp.path(),
+        &url,
+        listener,
+        &console_section(&base, Some(&idp.issuer)),
+        &[("T_OIDC_SECRET", secret)],
+    )
+    .await;
+    let driver = chromedriver().await;
+
+    // On a desk: sign in as a security approver, look at a person and who holds a door.
+    let desk = browser(&driver, 1280, 900).await;
+    desk.goto(&format!("{base}/console")).await.unwrap();
+    text_of(&desk, "#sso").await;
+    screenshot(&desk, "login").await;
+    sign_in_with_sso(&desk, &base, "sam").await;
+    let who = text_of(&desk, "#signed-in-as").await;
+    assert!(who.contains("sam") && who.contains("approver"), "{who}");
+    assert_eq!(text_of(&desk, "#held").await, "5");
+    screenshot(&desk, "overview").await;
+    desk.goto(&format!("{base}/console/people/E1"))
+        .await
+        .unwrap();
+    let grants = text_of(&desk, "#grants").await;
+    assert!(
+        grants.contains("berlin-sales") && grants.contains("issued"),
+        "{grants}"
+    );
+    screenshot(&desk, "person").await;
+    desk.goto(&format!("{base}/console/who-has")).await.unwrap();
+    let field = desk.wait().for_element(Css("#target")).await.unwrap();
+    field.send_keys("berlin-sales").await.unwrap();
+    desk.find(Css("form.search button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(text_of(&desk, "main h2").await.contains("berlin-sales"));
+    screenshot(&desk, "who-has").await;
+    desk.goto(&format!("{base}/console/audit?action=console.signed_in"))
+        .await
+        .unwrap();
+    assert!(text_of(&desk, "#audit").await.contains("oidc:sam"));
+    screenshot(&desk, "audit").await;
+    desk.close().await.unwrap();
+
+    // On a phone: alice caused the held changes, so she is offered no decision.
+    let phone = browser(&driver, 390, 844).await;
+    sign_in_with_sso(&phone, &base, "alice").await;
+    text_of(&phone, "#signed-in-as").await;
+    phone
+        .goto(&format!("{base}/console/approvals"))
+        .await
+        .unwrap();
+    let card = text_of(&phone, &format!("#held-{}", held[0])).await;
+    assert!(card.contains("You asked for this change"), "{card}");
+    assert!(
+        phone
+            .find(Css(&format!("#held-{} button", held[0])))
+            .await
+            .is_err()
+    );
+    phone.close().await.unwrap();
+
+    // On a phone: sam approves one of them.
+    let phone = browser(&driver, 390, 844).await;
+    sign_in_with_sso(&phone, &base, "sam").await;
+    text_of(&phone, "#signed-in-as").await;
+    phone
+        .goto(&format!("{base}/console/approvals"))
+        .await
+        .unwrap();
+    let (scroll, inner) = fits_width(&phone).await;
+    assert!(
+        inner <= 390 && scroll <= inner,
+        "approvals on a phone: {scroll} px wide in {inner}"
+    );
+    screenshot(&phone, "approvals-phone").await;
+    phone
+        .find(Css(&format!(
+            "#held-{} form[action$=approve] button",
+            held[0]
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = text_of(&phone, "#notice").await;
+    assert!(notice.contains("approved by oidc:sam"), "{notice}");
+    screenshot(&phone, "approved-phone").await;
+    phone.close().await.unwrap();
+    let open: Vec<i64> = latchkey::store::held_changes(app.store().pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert!(!open.contains(&held[0]) && open.len() == 4, "{open:?}");
+
+    // On a phone at the key desk: dana (facilities) records a key returned.
+    let phone = browser(&driver, 390, 844).await;
+    sign_in_with_sso(&phone, &base, "dana").await;
+    assert!(text_of(&phone, "#signed-in-as").await.contains("desk"));
+    phone.goto(&format!("{base}/console/keys")).await.unwrap();
+    let (scroll, inner) = fits_width(&phone).await;
+    assert!(
+        inner <= 390 && scroll <= inner,
+        "key desk on a phone: {scroll} px wide in {inner}"
+    );
+    screenshot(&phone, "keys-phone").await;
+    phone
+        .find(Css(&format!("#task-{} button", tasks[1])))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = text_of(&phone, "#notice").await;
+    assert!(
+        notice.contains("returned by E1, recorded by oidc:dana"),
+        "{notice}"
+    );
+    assert!(
+        phone
+            .find(Css(&format!("#task-{}", tasks[1])))
+            .await
+            .is_err(),
+        "the task is done"
+    );
+    screenshot(&phone, "returned-phone").await;
+    phone.close().await.unwrap();
+
+    // Someone the provider knows but in no group latchkey maps is refused, and told why.
+    let other = browser(&driver, 390, 844).await;
+    sign_in_with_sso(&other, &base, "mallory").await;
+    let error = text_of(&other, "#login-error").await;
+    assert!(error.contains("`groups` claim"), "{error}");
+    screenshot(&other, "refused").await;
+    other.close().await.unwrap();
+
+    let audit: Vec<(String, String)> =
+        latchkey::audit::query(app.store(), &Default::default(), 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.action, r.actor))
+            .collect();
+    for (action, actor) in [
+        ("console.signed_in", "oidc:sam"),
+        ("held.approved", "oidc:sam"),
+        ("console.signed_in", "oidc:dana"),
+    ] {
+        assert!(
+            audit.iter().any(|(a, b)| a == action && b == actor),
+            "no {action} by {actor}"
+        );
+    }
+    drop(idp);
 }

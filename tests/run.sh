@@ -59,8 +59,30 @@ ensure_slapd() {
 }
 ensure_slapd
 
+# The web console's tests: a real OpenID Connect provider (tests/oidc, the `oidc-provider` package
+# run with node) and a real headless browser (Debian's chromium with its WebDriver, chromedriver).
+ensure_browser() {
+  local missing=()
+  command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+  # Text in screenshots needs a font.
+  [ -n "$(fc-list 2>/dev/null | head -1)" ] || missing+=(fonts-dejavu-core)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+    echo "== installing the test OpenID provider (npm ci in tests/oidc)"
+    (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+ensure_browser
+
 export LATCHKEY_TEST_POSTGRES_URL="${LATCHKEY_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
 export LATCHKEY_TEST_REQUIRE_POSTGRES=1
 export LATCHKEY_TEST_REQUIRE_LDAP=1
+export LATCHKEY_TEST_REQUIRE_BROWSER=1
 echo "== cargo test (SQLite and PostgreSQL at $LATCHKEY_TEST_POSTGRES_URL)"
 cargo test --all-targets --locked -- --test-threads=2

@@ -1,9 +1,11 @@
-//! The daemon's HTTP server: health, and the routes later stages attach (SCIM, metrics, admin).
+//! The daemon's HTTP server: health, and the routes later stages attach (SCIM, metrics, the admin
+//! API and the web console).
 //!
 //! The entry point takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0` and the
 //! daemon drains open requests on SIGTERM.
 
 pub mod admin;
+pub mod console;
 pub mod metrics;
 pub mod scim;
 
@@ -32,6 +34,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .with_state(state.clone())
         .merge(admin::router(state.clone()))
+        .merge(console::router(state.clone()))
         .merge(scim::router(state))
 }
 

@@ -67,7 +67,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 20_000)]
     pub group_members: usize,
     /// Which measurements to run (`drain`, `leaver`, `scim`, `reconcile`, `ingest`, `backlog`,
-    /// `scim-groups`).
+    /// `scim-groups`, `console`).
     #[arg(long, value_delimiter = ',', default_values_t = ["drain".to_string(), "leaver".to_string(), "scim".to_string()])]
     pub sections: Vec<String>,
     /// Keep the stores here instead of in a temporary directory.
@@ -869,6 +869,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if wants("backlog") {
         ok &= ingest::leaver_behind_backlog(&args, &root.join("backlog")).await?;
     }
+    if wants("console") {
+        let n = args.population.unwrap_or(100_000);
+        ok &= super::bench_console::console_pages(n, &root.join("console")).await?;
+    }
     Ok(if ok { 0 } else { 1 })
 }
 
@@ -889,7 +893,7 @@ fn num_cpus() -> usize {
 }
 
 /// A figure against its target: `ratio` > 1 is better than the target for a `higher` figure.
-fn row(what: &str, value: String, target: &str, ratio: f64) {
+pub(super) fn row(what: &str, value: String, target: &str, ratio: f64) {
     println!("  {what:<58} {value:>16}   target {target:<14} ratio {ratio:.2}");
 }
 

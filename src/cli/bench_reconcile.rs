@@ -18,7 +18,7 @@ pub const TARGET_PER_SECOND: f64 = 20_000.0;
 
 /// Five templates: four the ledger already holds, and one new door every engineer gets, so the plan
 /// has issues to find as after a template edit.
-const TEMPLATES: &str = r#"version = 1
+pub(super) const TEMPLATES: &str = r#"version = 1
 [[templates]]
 name = "department-door"
 when = "employment_type == 'employee'"
@@ -86,7 +86,7 @@ fn attrs_of(i: usize) -> BTreeMap<String, String> {
 }
 
 /// Fill the store: every identity with the grants the first four templates give.
-async fn populate(engine: &Engine, n: usize) -> anyhow::Result<()> {
+pub(super) async fn populate(engine: &Engine, n: usize) -> anyhow::Result<()> {
     let now = engine.clock.now();
     let now_us = to_micros(now);
     for start in (0..n).step_by(5_000) {

@@ -8,6 +8,7 @@
 
 mod absences;
 pub mod audit;
+pub mod console;
 pub mod ldap;
 pub mod leases;
 pub mod outbox;

@@ -140,3 +140,35 @@ pub async fn clamp_next_attempts(conn: &mut AnyConnection, latest: i64) -> Resul
     .await?;
     Ok(r.rows_affected())
 }
+
+/// Open commands (pending, in flight or awaiting confirmation) by action, and dead letters: the
+/// console's overview. The open count reads the partial index `commands_open`.
+pub async fn open_and_dead(pool: &AnyPool) -> Result<OutboxSummary> {
+    let rows = sqlx::query(
+        "SELECT action, COUNT(*) AS n FROM commands
+          WHERE status IN ('pending', 'confirming', 'inflight') GROUP BY action",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut out = OutboxSummary::default();
+    for r in &rows {
+        let action: String = r.try_get("action")?;
+        let n: i64 = r.try_get("n")?;
+        match action.as_str() {
+            "revoke" => out.open_revokes += n,
+            _ => out.open_issues += n,
+        }
+    }
+    let dead = sqlx::query("SELECT COUNT(*) AS n FROM commands WHERE status = 'dead'")
+        .fetch_one(pool)
+        .await?;
+    out.dead = dead.try_get("n")?;
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxSummary {
+    pub open_revokes: i64,
+    pub open_issues: i64,
+    pub dead: i64,
+}

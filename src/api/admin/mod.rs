@@ -5,6 +5,7 @@
 //! document is generated from the handlers and served at `/api/v1/openapi.json`.
 
 mod routes;
+pub mod views;
 
 use super::ApiState;
 use crate::operators::{Operator, Operators, Role};
@@ -70,7 +71,55 @@ pub fn api(state: ApiState) -> (axum::Router, utoipa::openapi::OpenApi) {
             async move { Json(doc) }
         }),
     );
-    (router, doc)
+    (router.layer(axum::middleware::from_fn(etag)), doc)
+}
+
+/// Entity tags on every successful `GET`: the SHA-256 of the body (first 128 bits). A client that
+/// sends it back in `If-None-Match` gets `304 Not Modified` without the body, so a dashboard or
+/// script polling a person, a report or a page of the audit log moves bytes only when it changed.
+async fn etag(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{Method, header};
+    use axum::response::IntoResponse;
+    let get = req.method() == Method::GET;
+    let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    // JSON answers only: an audit export streams and is never buffered here.
+    if !get || resp.status() != StatusCode::OK || !json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    // Answers are bounded by paging (at most 1,000 items); the cap only guards the buffer.
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
+    let tag = format!("\"{}\"", hex::encode(&digest[..16]));
+    let Ok(value) = axum::http::HeaderValue::from_str(&tag) else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    let matches = if_none_match
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == "*" || t == tag)
+        });
+    parts.headers.insert(header::ETAG, value);
+    if matches {
+        parts.headers.remove(header::CONTENT_TYPE);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.status = StatusCode::NOT_MODIFIED;
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    }
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// The `/api/v1` routes for the daemon's server.
@@ -239,4 +288,16 @@ pub struct Page<T> {
     pub offset: usize,
     /// Where the next page starts; absent on the last page.
     pub next_offset: Option<usize>,
+}
+
+impl<T> Page<T> {
+    /// A page of nothing.
+    pub fn empty() -> Self {
+        Self {
+            items: Vec::new(),
+            total: 0,
+            offset: 0,
+            next_offset: None,
+        }
+    }
 }

@@ -1,15 +1,16 @@
-//! The `/api/v1` handlers: each checks its caller's role, then calls what the CLI commands call.
+//! The `/api/v1` handlers: each checks its caller's role, then answers what `views` computes
+//! (the same functions the web console's pages show).
 
+use super::views::{
+    self, AuditEntry, AuditQuery, DeadLetter, Decision, Held, KeyTask, KeyTaskQuery, LatencyReport,
+    PeoplePage, PersonAccess, SlaConnector, SourceHealth, TargetHolders,
+};
 use super::{AdminState, Caller, Page, Paging, Problem};
-use crate::cli::output::time;
 use crate::clock::to_micros;
-use crate::model::Action;
 use crate::operators::Role;
-use crate::store;
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -34,29 +35,10 @@ pub(super) fn all(router: OpenApiRouter<AdminState>) -> OpenApiRouter<AdminState
         .routes(routes!(latency_report))
         .routes(routes!(sla_report))
         .routes(routes!(audit))
+        .routes(routes!(audit_export))
 }
 
 // ---- people --------------------------------------------------------------------------------
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PersonSummary {
-    pub key: String,
-    pub name: Option<String>,
-    /// Lifecycle state (`active`, `leaver`, ...).
-    pub lifecycle: String,
-    pub since: String,
-}
-
-impl From<store::IdentityRow> for PersonSummary {
-    fn from(i: store::IdentityRow) -> Self {
-        Self {
-            name: i.attr("name").map(str::to_string),
-            lifecycle: i.lifecycle.to_string(),
-            since: time(i.lifecycle_since),
-            key: i.key,
-        }
-    }
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -69,13 +51,6 @@ pub struct PeopleQuery {
     pub q: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PeoplePage {
-    pub items: Vec<PersonSummary>,
-    /// Pass as `cursor` for the next page; absent on the last one.
-    pub next_cursor: Option<String>,
-}
-
 /// People, by key.
 #[utoipa::path(get, path = "/api/v1/people", params(PeopleQuery), tag = "people",
     description = "Role: viewer.",
@@ -86,43 +61,9 @@ async fn list_people(
     Query(q): Query<PeopleQuery>,
 ) -> Answer<PeoplePage> {
     caller.require(Role::Viewer)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, super::MAX_LIMIT);
-    if let Some(needle) = q.q.as_deref().filter(|n| !n.is_empty()) {
-        let mut conn = s.api.engine.store.pool().acquire().await?;
-        let found = store::find_identities(&mut conn, needle).await?;
-        return Ok(Json(PeoplePage {
-            items: found.into_iter().take(limit).map(Into::into).collect(),
-            next_cursor: None,
-        }));
-    }
-    let after = q.cursor.unwrap_or_default();
-    let rows = store::identities_page(s.api.engine.store.pool(), &after, limit as i64).await?;
-    let next_cursor = (rows.len() == limit)
-        .then(|| rows.last().map(|r| r.key.clone()))
-        .flatten();
-    Ok(Json(PeoplePage {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Grant {
-    pub connector: String,
-    pub target: String,
-    /// What policy wants: `present` | `absent`.
-    pub desired: String,
-    /// What the vendor last confirmed: `present` | `absent` | `unknown`.
-    pub observed: String,
-    /// The template (or request) that caused it.
-    pub template: String,
-    pub approved_by: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PersonAccess {
-    pub person: PersonSummary,
-    pub grants: Vec<Grant>,
+    let limit = q.limit.unwrap_or(100);
+    let page = views::people(&s.api, q.q.as_deref(), q.cursor.as_deref(), limit).await?;
+    Ok(Json(page))
 }
 
 /// What a person (key, e-mail or name) holds, at which vendor, from which template.
@@ -136,46 +77,7 @@ async fn person(
     Path(who): Path<String>,
 ) -> Answer<PersonAccess> {
     caller.require(Role::Viewer)?;
-    let engine = &s.api.engine;
-    let mut conn = engine.store.pool().acquire().await?;
-    let ident = crate::cli::lookup::person(&mut conn, &who)
-        .await
-        .map_err(|e| Problem::not_found(e.to_string()))?;
-    let policy = engine.policy();
-    let grants = store::grants_of(&mut conn, &ident.key)
-        .await?
-        .into_iter()
-        .map(|g| Grant {
-            approved_by: policy.approver_of(&g.template).map(str::to_string),
-            connector: g.connector,
-            target: g.target,
-            desired: g.desired,
-            observed: g.observed,
-            template: g.template,
-        })
-        .collect();
-    Ok(Json(PersonAccess {
-        person: ident.into(),
-        grants,
-    }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Holder {
-    pub identity: String,
-    pub connector: String,
-    pub template: String,
-    pub desired: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TargetHolders {
-    /// The target's name (a vendor id in the request is resolved to it).
-    pub target: String,
-    /// Grants confirmed at the vendor.
-    pub holders: Vec<Holder>,
-    /// Cabinet keys out now, by holder.
-    pub cabinet_keys: Vec<String>,
+    Ok(Json(views::person_access(&s.api, &who).await?))
 }
 
 /// Who holds a target (lock, group), by its name or the vendor's id.
@@ -189,55 +91,10 @@ async fn who_has(
     Path(target): Path<String>,
 ) -> Answer<Vec<TargetHolders>> {
     caller.require(Role::Viewer)?;
-    let pool = s.api.engine.store.pool();
-    let on_record = !store::grants_on_target(pool, &target).await?.is_empty()
-        || !store::cabinet_holders(pool, &target).await?.is_empty();
-    let names = crate::cli::lookup::targets(&s.api.engine.config, &target, on_record);
-    if names.is_empty() {
-        return Err(Problem::not_found(format!(
-            "no target or vendor id `{target}` in any connector's target map, and no grant on record for it"
-        )));
-    }
-    let mut out = Vec::new();
-    for name in names {
-        let holders = store::grants_on_target(pool, &name)
-            .await?
-            .into_iter()
-            .filter(|g| g.observed == "present")
-            .map(|g| Holder {
-                identity: g.identity_key,
-                connector: g.connector,
-                template: g.template,
-                desired: g.desired,
-            })
-            .collect();
-        let cabinet_keys = store::cabinet_holders(pool, &name)
-            .await?
-            .into_iter()
-            .map(|k| k.identity_key)
-            .collect();
-        out.push(TargetHolders {
-            target: name,
-            holders,
-            cabinet_keys,
-        });
-    }
-    Ok(Json(out))
+    Ok(Json(views::who_has(&s.api, &target).await?))
 }
 
 // ---- held changes ----------------------------------------------------------------------------
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Held {
-    pub id: i64,
-    pub source: String,
-    pub identity: String,
-    pub kind: String,
-    pub reason: String,
-    pub created_at: String,
-    /// Who caused it; they cannot approve it (dual control).
-    pub requested_by: Option<String>,
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -257,61 +114,8 @@ async fn list_held(
     Query(q): Query<HeldQuery>,
 ) -> Answer<Page<Held>> {
     caller.require(Role::Viewer)?;
-    let held = store::held_changes(s.api.engine.store.pool())
-        .await?
-        .into_iter()
-        .filter(|h| q.source.as_ref().is_none_or(|src| *src == h.source))
-        .map(|h| Held {
-            id: h.id,
-            source: h.source,
-            identity: h.key,
-            kind: h.kind,
-            reason: h.reason,
-            created_at: time(h.created_at),
-            requested_by: h.requested_by,
-        })
-        .collect();
+    let held = views::held(&s.api, q.source.as_deref()).await?;
     Ok(Json(paging.page(held)))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Decision {
-    pub id: i64,
-    /// `approved` | `rejected`
-    pub status: String,
-    pub by: String,
-    pub revokes_enqueued: u64,
-}
-
-async fn decide(s: &AdminState, caller: &Caller, id: i64, approve: bool) -> Answer<Decision> {
-    let op = caller.require(Role::Approver)?;
-    let engine = &s.api.engine;
-    let from_reconcile = store::held_changes(engine.store.pool())
-        .await?
-        .iter()
-        .any(|h| h.id == id && h.source == crate::reconcile::HOLD_SOURCE);
-    let by = op.actor();
-    let applied = engine.decide(id, approve, &by).await.map_err(|e| match e {
-        crate::engine::EngineError::NoSuchHeld(_) => Problem::not_found(e.to_string()),
-        crate::engine::EngineError::DualControl { .. } => {
-            Problem::new(StatusCode::FORBIDDEN, "dual-control", e.to_string())
-        }
-        other => Problem::internal(other),
-    })?;
-    let mut revokes = applied.revokes;
-    // Held revocations of a reconciliation are carried out by one, now (as `latchkey approve`).
-    if approve && from_reconcile {
-        let (_, r) = crate::reconcile::run(engine, "approval")
-            .await
-            .map_err(Problem::internal)?;
-        revokes += r.revokes;
-    }
-    Ok(Json(Decision {
-        id,
-        status: if approve { "approved" } else { "rejected" }.into(),
-        by,
-        revokes_enqueued: revokes,
-    }))
 }
 
 /// Approve a held change. Refused (403, `dual-control`) to whoever caused it.
@@ -323,7 +127,8 @@ async fn approve_held(
     State(s): State<AdminState>,
     Path(id): Path<i64>,
 ) -> Answer<Decision> {
-    decide(&s, &caller, id, true).await
+    let op = caller.require(Role::Approver)?;
+    Ok(Json(views::decide(&s.api, op, id, true).await?))
 }
 
 /// Reject a held change: nothing it would have revoked is revoked.
@@ -335,36 +140,11 @@ async fn reject_held(
     State(s): State<AdminState>,
     Path(id): Path<i64>,
 ) -> Answer<Decision> {
-    decide(&s, &caller, id, false).await
+    let op = caller.require(Role::Approver)?;
+    Ok(Json(views::decide(&s.api, op, id, false).await?))
 }
 
 // ---- dead letters ----------------------------------------------------------------------------
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeadLetter {
-    pub id: i64,
-    /// `issue` | `revoke`
-    pub action: String,
-    pub identity: String,
-    pub connector: String,
-    pub target: String,
-    pub attempts: i64,
-    pub last_error: Option<String>,
-}
-
-impl From<store::CommandRow> for DeadLetter {
-    fn from(c: store::CommandRow) -> Self {
-        Self {
-            id: c.id,
-            action: c.action.to_string(),
-            identity: c.identity_key,
-            connector: c.connector,
-            target: c.target,
-            attempts: c.attempts,
-            last_error: c.last_error,
-        }
-    }
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -384,12 +164,7 @@ async fn list_dead_letters(
     Query(q): Query<ConnectorQuery>,
 ) -> Answer<Page<DeadLetter>> {
     caller.require(Role::Viewer)?;
-    let mut conn = s.api.engine.store.pool().acquire().await?;
-    let dead = store::dead_letters(&mut conn, q.connector.as_deref(), None)
-        .await?
-        .into_iter()
-        .map(DeadLetter::from)
-        .collect();
+    let dead = views::dead_letters(&s.api, q.connector.as_deref()).await?;
     Ok(Json(paging.page(dead)))
 }
 
@@ -442,44 +217,6 @@ async fn redrive(
 
 // ---- key tasks -------------------------------------------------------------------------------
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct KeyTask {
-    pub id: i64,
-    /// `hand_over` | `return`
-    pub kind: String,
-    pub identity: String,
-    pub connector: String,
-    pub target: String,
-    pub created_at: String,
-    pub due_at: Option<String>,
-    pub overdue: bool,
-    /// Who recorded it done (on a recorded task).
-    pub done_by: Option<String>,
-}
-
-fn key_task(t: store::KeyTaskRow, now: i64) -> KeyTask {
-    KeyTask {
-        id: t.id,
-        overdue: t.status == "open" && t.due_at.is_some_and(|d| d <= now),
-        due_at: t.due_at.map(time),
-        kind: t.kind,
-        identity: t.identity_key,
-        connector: t.connector,
-        target: t.target,
-        created_at: time(t.created_at),
-        done_by: t.done_by,
-    }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct KeyTaskQuery {
-    /// `hand_over` or `return`.
-    pub kind: Option<String>,
-    /// Only overdue ones.
-    pub overdue: Option<bool>,
-}
-
 /// Open mechanical key hand-overs and returns, oldest first.
 #[utoipa::path(get, path = "/api/v1/key-tasks", params(Paging, KeyTaskQuery), tag = "keys",
     description = "Role: viewer.",
@@ -491,45 +228,7 @@ async fn list_key_tasks(
     Query(q): Query<KeyTaskQuery>,
 ) -> Answer<Page<KeyTask>> {
     caller.require(Role::Viewer)?;
-    let now = to_micros(s.api.engine.clock.now());
-    let tasks = store::open_key_tasks(s.api.engine.store.pool())
-        .await?
-        .into_iter()
-        .map(|t| key_task(t, now))
-        .filter(|t| q.kind.as_ref().is_none_or(|k| *k == t.kind))
-        .filter(|t| q.overdue.is_none_or(|o| o == t.overdue))
-        .collect();
-    Ok(Json(paging.page(tasks)))
-}
-
-async fn record_key(
-    s: &AdminState,
-    caller: &Caller,
-    id: i64,
-    kind: &'static str,
-) -> Answer<KeyTask> {
-    use crate::connectors::manual::{self, KeyError};
-    let op = caller.require(Role::Desk)?;
-    let engine = &s.api.engine;
-    let now = to_micros(engine.clock.now());
-    let t = manual::record(
-        &engine.store,
-        Some(&engine.metrics),
-        id,
-        kind,
-        &op.actor(),
-        now,
-    )
-    .await
-    .map_err(|e| match e {
-        KeyError::NoSuchTask(_) => Problem::not_found(e.to_string()),
-        KeyError::WrongKind { .. } | KeyError::NotOpen { .. } => {
-            Problem::new(StatusCode::CONFLICT, "conflict", e.to_string())
-        }
-        other => Problem::internal(other),
-    })?;
-    engine.notify_outbox();
-    Ok(Json(key_task(t, now)))
+    Ok(Json(paging.page(views::key_tasks(&s.api, &q).await?)))
 }
 
 /// Record that a key was handed to its holder.
@@ -541,7 +240,9 @@ async fn key_handed_over(
     State(s): State<AdminState>,
     Path(id): Path<i64>,
 ) -> Answer<KeyTask> {
-    record_key(&s, &caller, id, crate::connectors::manual::HAND_OVER).await
+    let op = caller.require(Role::Desk)?;
+    let kind = crate::connectors::manual::HAND_OVER;
+    Ok(Json(views::record_key(&s.api, op, id, kind).await?))
 }
 
 /// Record that a key was checked back in: this confirms the revocation.
@@ -553,82 +254,19 @@ async fn key_returned(
     State(s): State<AdminState>,
     Path(id): Path<i64>,
 ) -> Answer<KeyTask> {
-    record_key(&s, &caller, id, crate::connectors::manual::RETURN).await
+    let op = caller.require(Role::Desk)?;
+    let kind = crate::connectors::manual::RETURN;
+    Ok(Json(views::record_key(&s.api, op, id, kind).await?))
 }
 
 // ---- health, reports, audit ------------------------------------------------------------------
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SourceHealth {
-    pub name: String,
-    /// `hr` | `ldap` | `scim`
-    pub kind: String,
-    /// The source's last acknowledged checkpoint (cookie, watermark), when it has one.
-    pub checkpoint: Option<String>,
-    /// When an HR source's schedule last ran.
-    pub last_run_at: Option<String>,
-    /// Records set aside from this source (most recent 1000 looked at).
-    pub quarantined: usize,
-}
 
 /// Every configured source: checkpoint, last run, records set aside.
 #[utoipa::path(get, path = "/api/v1/sources", tag = "health", description = "Role: viewer.",
     responses((status = 200, body = Vec<SourceHealth>), (status = 401, body = Problem), (status = 403, body = Problem)))]
 async fn sources(caller: Caller, State(s): State<AdminState>) -> Answer<Vec<SourceHealth>> {
     caller.require(Role::Viewer)?;
-    let engine = &s.api.engine;
-    let pool = engine.store.pool();
-    let quarantine = store::list_quarantine(pool, 1000).await?;
-    let config = &engine.config;
-    let named = config
-        .sources
-        .hr
-        .keys()
-        .map(|n| (n.clone(), "hr"))
-        .chain(config.sources.ldap.keys().map(|n| (n.clone(), "ldap")))
-        .chain(
-            config
-                .scim
-                .tenants
-                .keys()
-                .map(|n| (format!("scim:{n}"), "scim")),
-        );
-    let mut out = Vec::new();
-    for (name, kind) in named {
-        let last_run_at = if kind == "hr" {
-            store::last_run(pool, &format!("hr:{name}"))
-                .await?
-                .map(time)
-        } else {
-            None
-        };
-        out.push(SourceHealth {
-            checkpoint: store::checkpoint(pool, &name).await?,
-            quarantined: quarantine.iter().filter(|q| q.source == name).count(),
-            last_run_at,
-            kind: kind.into(),
-            name,
-        });
-    }
-    Ok(Json(out))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LatencyRow {
-    pub connector: String,
-    /// `detect` | `queue` | `dispatch` | `confirm` | `end_to_end`
-    pub stage: String,
-    pub count: usize,
-    pub p50_seconds: f64,
-    pub p90_seconds: f64,
-    pub p99_seconds: f64,
-    pub max_seconds: f64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LatencyReport {
-    pub revoke: Vec<LatencyRow>,
-    pub issue: Vec<LatencyRow>,
+    Ok(Json(views::sources(&s.api).await?))
 }
 
 /// Latency per connector and stage, from each change's trigger to the vendor's confirmation.
@@ -636,39 +274,7 @@ pub struct LatencyReport {
     responses((status = 200, body = LatencyReport), (status = 401, body = Problem), (status = 403, body = Problem)))]
 async fn latency_report(caller: Caller, State(s): State<AdminState>) -> Answer<LatencyReport> {
     caller.require(Role::Viewer)?;
-    let store = &s.api.engine.store;
-    let rows = |r: std::collections::BTreeMap<(String, String), crate::telemetry::Summary>| {
-        r.into_iter()
-            .map(|((connector, stage), m)| LatencyRow {
-                connector,
-                stage,
-                count: m.count,
-                p50_seconds: m.p50,
-                p90_seconds: m.p90,
-                p99_seconds: m.p99,
-                max_seconds: m.max,
-            })
-            .collect()
-    };
-    Ok(Json(LatencyReport {
-        revoke: rows(crate::telemetry::latency_report(store, Action::Revoke).await?),
-        issue: rows(crate::telemetry::latency_report(store, Action::Issue).await?),
-    }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SlaConnector {
-    pub connector: String,
-    pub target_seconds: f64,
-    pub objective: f64,
-    pub window_days: u32,
-    pub total: u64,
-    pub met: u64,
-    pub missed: u64,
-    pub open_overdue: u64,
-    /// Share within the target (0..1); absent without revocations.
-    pub attainment: Option<f64>,
-    pub breached: bool,
+    Ok(Json(views::latency(&s.api).await?))
 }
 
 /// Propagation SLA attainment per connector over its window.
@@ -676,52 +282,7 @@ pub struct SlaConnector {
     responses((status = 200, body = Vec<SlaConnector>), (status = 401, body = Problem), (status = 403, body = Problem)))]
 async fn sla_report(caller: Caller, State(s): State<AdminState>) -> Answer<Vec<SlaConnector>> {
     caller.require(Role::Viewer)?;
-    let engine = &s.api.engine;
-    let now = to_micros(engine.clock.now());
-    let rows = crate::telemetry::sla::report(&engine.store, &engine.config, now).await?;
-    Ok(Json(
-        rows.iter()
-            .map(|r| SlaConnector {
-                attainment: r.attainment(),
-                breached: r.breached(),
-                connector: r.connector.clone(),
-                target_seconds: r.target_seconds,
-                objective: r.objective,
-                window_days: r.window_days,
-                total: r.total,
-                met: r.met,
-                missed: r.missed,
-                open_overdue: r.open_overdue,
-            })
-            .collect(),
-    ))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditEntry {
-    pub seq: i64,
-    pub at: String,
-    pub actor: String,
-    pub action: String,
-    pub subject: String,
-    pub details: serde_json::Value,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AuditQuery {
-    /// Only records about this subject (a person's key, a source, a connector).
-    pub subject: Option<String>,
-    /// Only records about this target (a door, lock or group).
-    pub target: Option<String>,
-    /// Only records by this actor (`os:alice`, `operator:bob`, `source:hr`).
-    pub actor: Option<String>,
-    /// Only this action (`identity.suspended`, `held.approved`, ...).
-    pub action: Option<String>,
-    /// From this instant (RFC 3339), inclusive.
-    pub since: Option<String>,
-    /// Until this instant (RFC 3339), exclusive.
-    pub until: Option<String>,
+    Ok(Json(views::sla(&s.api).await?))
 }
 
 /// The audit log, newest first (read only).
@@ -735,50 +296,100 @@ async fn audit(
     Query(q): Query<AuditQuery>,
 ) -> Answer<Page<AuditEntry>> {
     caller.require(Role::Viewer)?;
-    let store = &s.api.engine.store;
-    let instant = |name: &str, v: &Option<String>| -> Result<Option<i64>, Problem> {
-        v.as_deref()
-            .map(|t| {
-                chrono::DateTime::parse_from_rfc3339(t)
-                    .map(|t| crate::clock::to_micros(t.with_timezone(&chrono::Utc)))
-                    .map_err(|e| {
-                        Problem::bad_request(format!(
-                            "`{name}`: `{t}` is not an RFC 3339 time: {e}"
-                        ))
-                    })
-            })
-            .transpose()
+    Ok(Json(views::audit(&s.api, &q, paging).await?))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// `jsonl` (default) or `csv`.
+    pub format: Option<String>,
+    /// From this instant (RFC 3339), inclusive.
+    pub since: Option<String>,
+    /// Until this instant (RFC 3339), exclusive.
+    pub until: Option<String>,
+}
+
+/// The audit log's records in a time range, with their hash chain, as a tar of the data file
+/// (`audit.jsonl` or `audit.csv`) and `manifest.json`: `latchkey audit verify --file` checks the
+/// unpacked folder offline, without the database.
+#[utoipa::path(get, path = "/api/v1/audit/export", params(ExportQuery), tag = "audit",
+    description = "Role: viewer. Answers `application/x-tar`.",
+    responses((status = 200, content_type = "application/x-tar", description = "data file and manifest"),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem, description = "no record in the range")))]
+async fn audit_export(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Query(q): Query<ExportQuery>,
+) -> Result<axum::response::Response, Problem> {
+    use crate::audit::export::{self, ExportError, Format};
+    use axum::http::header;
+    caller.require(Role::Viewer)?;
+    let format = match q.format.as_deref().map(str::trim).unwrap_or("jsonl") {
+        "jsonl" | "" => Format::Jsonl,
+        "csv" => Format::Csv,
+        other => {
+            return Err(Problem::bad_request(format!(
+                "`format`: `{other}` is not jsonl or csv"
+            )));
+        }
     };
-    let filter = crate::store::audit::AuditFilter {
-        subject: q.subject.clone(),
-        target: q.target.clone(),
-        actor: q.actor.clone(),
-        action: q.action.clone(),
-        since: instant("since", &q.since)?,
-        until: instant("until", &q.until)?,
-    };
-    let total = crate::audit::count(store, &filter).await?;
-    let (limit, offset) = (paging.limit(), paging.offset.unwrap_or(0));
-    let items: Vec<AuditEntry> = crate::audit::query(store, &filter, (offset + limit) as i64)
-        .await?
-        .into_iter()
-        .skip(offset)
-        .map(|r| AuditEntry {
-            seq: r.seq,
-            at: time(r.at),
-            details: serde_json::from_str(&r.details)
-                .unwrap_or(serde_json::Value::String(r.details)),
-            actor: r.actor,
-            action: r.action,
-            subject: r.subject,
-        })
-        .collect();
-    let total = usize::try_from(total).unwrap_or(0);
-    let next_offset = (offset + items.len() < total).then_some(offset + items.len());
-    Ok(Json(Page {
-        items,
-        total,
-        offset,
-        next_offset,
-    }))
+    let range = AuditQuery {
+        since: q.since,
+        until: q.until,
+        ..Default::default()
+    }
+    .filter()?;
+    let engine = &s.api.engine;
+    let dir = tempfile::tempdir().map_err(Problem::internal)?;
+    let now = to_micros(engine.clock.now());
+    let written = export::export(
+        &engine.store,
+        range.since,
+        range.until,
+        format,
+        &dir.path().join("export/"),
+        now,
+    )
+    .await
+    .map_err(|e| match e {
+        ExportError::Empty => Problem::not_found(e.to_string()),
+        other => Problem::internal(other),
+    })?;
+    let name = format!(
+        "latchkey-audit-{}-{}.tar",
+        written.manifest.first_seq, written.manifest.last_seq
+    );
+    // The tar goes to an unlinked temporary file and streams from there, so a large range never
+    // sits in memory; the export's folder is gone once the tar is built.
+    let tar = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        use std::io::{Seek, SeekFrom};
+        let mut b = tar::Builder::new(tempfile::tempfile()?);
+        let data_name = written
+            .data
+            .file_name()
+            .map(|n| n.to_owned())
+            .unwrap_or_default();
+        b.append_path_with_name(&written.data, data_name)?;
+        b.append_path_with_name(&written.manifest_path, "manifest.json")?;
+        let mut file = b.into_inner()?;
+        file.seek(SeekFrom::Start(0))?;
+        drop(dir);
+        Ok(file)
+    })
+    .await
+    .map_err(Problem::internal)?
+    .map_err(Problem::internal)?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(
+        tokio::fs::File::from_std(tar),
+    ));
+    axum::response::Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-tar")
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}\""),
+        )
+        .body(body)
+        .map_err(Problem::internal)
 }

@@ -1,0 +1,631 @@
+//! What operators see and do, computed once for both surfaces: the JSON handlers of `/api/v1`
+//! (`routes.rs`) and the web console's pages (`crate::api::console`). Each function checks
+//! nothing about the caller (the surfaces require roles before calling) and answers a problem
+//! document on failure.
+
+use super::{Page, Paging, Problem};
+use crate::api::ApiState;
+use crate::cli::output::time;
+use crate::clock::to_micros;
+use crate::model::Action;
+use crate::operators::Operator;
+use crate::store;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+// ---- people --------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PersonSummary {
+    pub key: String,
+    pub name: Option<String>,
+    /// Lifecycle state (`active`, `leaver`, ...).
+    pub lifecycle: String,
+    pub since: String,
+}
+
+impl From<store::IdentityRow> for PersonSummary {
+    fn from(i: store::IdentityRow) -> Self {
+        Self {
+            name: i.attr("name").map(str::to_string),
+            lifecycle: i.lifecycle.to_string(),
+            since: time(i.lifecycle_since),
+            key: i.key,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PeoplePage {
+    pub items: Vec<PersonSummary>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// People whose key, e-mail or name contains `needle` (at most `limit`), or one page by key
+/// after `cursor`.
+pub async fn people(
+    s: &ApiState,
+    needle: Option<&str>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<PeoplePage, Problem> {
+    let limit = limit.clamp(1, super::MAX_LIMIT);
+    if let Some(needle) = needle.filter(|n| !n.is_empty()) {
+        let mut conn = s.engine.store.pool().acquire().await?;
+        let found = store::find_identities(&mut conn, needle).await?;
+        return Ok(PeoplePage {
+            items: found.into_iter().take(limit).map(Into::into).collect(),
+            next_cursor: None,
+        });
+    }
+    let after = cursor.unwrap_or_default();
+    let rows = store::identities_page(s.engine.store.pool(), after, limit as i64).await?;
+    let next_cursor = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.key.clone()))
+        .flatten();
+    Ok(PeoplePage {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    })
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Grant {
+    pub connector: String,
+    pub target: String,
+    /// What policy wants: `present` | `absent`.
+    pub desired: String,
+    /// What the vendor last confirmed: `present` | `absent` | `unknown`.
+    pub observed: String,
+    /// Where the credential is in its life: `issued` (sent, not yet confirmed), `active`,
+    /// `suspended`, `revoking` (revoke sent, not yet confirmed) or `revoked`.
+    pub state: String,
+    /// The template (or request) that caused it.
+    pub template: String,
+    pub approved_by: Option<String>,
+}
+
+/// A grant's lifecycle state from what policy wants, what the vendor confirmed and whether a
+/// suspension withholds it.
+pub fn grant_state(desired: &str, observed: &str, suspended: bool) -> &'static str {
+    match (desired == "present", observed == "present") {
+        (true, true) => "active",
+        (true, false) => "issued",
+        (false, true) => "revoking",
+        (false, false) if suspended => "suspended",
+        (false, false) => "revoked",
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PersonAccess {
+    pub person: PersonSummary,
+    pub grants: Vec<Grant>,
+}
+
+/// What a person (key, e-mail or name) holds, at which vendor, from which template.
+pub async fn person_access(s: &ApiState, who: &str) -> Result<PersonAccess, Problem> {
+    let engine = &s.engine;
+    let mut conn = engine.store.pool().acquire().await?;
+    let ident = crate::cli::lookup::person(&mut conn, who)
+        .await
+        .map_err(|e| Problem::not_found(e.to_string()))?;
+    let suspended =
+        crate::suspension::Scope::of(&store::suspensions::active_of(&mut conn, &ident.key).await?);
+    let policy = engine.policy();
+    let grants = store::grants_of(&mut conn, &ident.key)
+        .await?
+        .into_iter()
+        .map(|g| Grant {
+            approved_by: policy.approver_of(&g.template).map(str::to_string),
+            state: grant_state(
+                &g.desired,
+                &g.observed,
+                suspended.as_ref().is_some_and(|sc| sc.covers(&g.connector)),
+            )
+            .to_string(),
+            connector: g.connector,
+            target: g.target,
+            desired: g.desired,
+            observed: g.observed,
+            template: g.template,
+        })
+        .collect();
+    Ok(PersonAccess {
+        person: ident.into(),
+        grants,
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Holder {
+    pub identity: String,
+    pub connector: String,
+    pub template: String,
+    pub desired: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetHolders {
+    /// The target's name (a vendor id in the request is resolved to it).
+    pub target: String,
+    /// Grants confirmed at the vendor.
+    pub holders: Vec<Holder>,
+    /// Cabinet keys out now, by holder.
+    pub cabinet_keys: Vec<String>,
+}
+
+/// Who holds a target (lock, group), by its name or the vendor's id.
+pub async fn who_has(s: &ApiState, target: &str) -> Result<Vec<TargetHolders>, Problem> {
+    let pool = s.engine.store.pool();
+    let on_record = !store::grants_on_target(pool, target).await?.is_empty()
+        || !store::cabinet_holders(pool, target).await?.is_empty();
+    let names = crate::cli::lookup::targets(&s.engine.config, target, on_record);
+    if names.is_empty() {
+        return Err(Problem::not_found(format!(
+            "no target or vendor id `{target}` in any connector's target map, and no grant on record for it"
+        )));
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let holders = store::grants_on_target(pool, &name)
+            .await?
+            .into_iter()
+            .filter(|g| g.observed == "present")
+            .map(|g| Holder {
+                identity: g.identity_key,
+                connector: g.connector,
+                template: g.template,
+                desired: g.desired,
+            })
+            .collect();
+        let cabinet_keys = store::cabinet_holders(pool, &name)
+            .await?
+            .into_iter()
+            .map(|k| k.identity_key)
+            .collect();
+        out.push(TargetHolders {
+            target: name,
+            holders,
+            cabinet_keys,
+        });
+    }
+    Ok(out)
+}
+
+// ---- held changes ----------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Held {
+    pub id: i64,
+    pub source: String,
+    pub identity: String,
+    pub kind: String,
+    pub reason: String,
+    pub created_at: String,
+    /// Who caused it; they cannot approve it (dual control).
+    pub requested_by: Option<String>,
+}
+
+/// Changes held for approval, optionally from one source only.
+pub async fn held(s: &ApiState, source: Option<&str>) -> Result<Vec<Held>, Problem> {
+    Ok(store::held_changes(s.engine.store.pool())
+        .await?
+        .into_iter()
+        .filter(|h| source.is_none_or(|src| src == h.source))
+        .map(|h| Held {
+            id: h.id,
+            source: h.source,
+            identity: h.key,
+            kind: h.kind,
+            reason: h.reason,
+            created_at: time(h.created_at),
+            requested_by: h.requested_by,
+        })
+        .collect())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Decision {
+    pub id: i64,
+    /// `approved` | `rejected`
+    pub status: String,
+    pub by: String,
+    pub revokes_enqueued: u64,
+}
+
+/// Approve or reject a held change as `op`; refused (403 `dual-control`) to whoever caused it.
+pub async fn decide(
+    s: &ApiState,
+    op: &Operator,
+    id: i64,
+    approve: bool,
+) -> Result<Decision, Problem> {
+    let engine = &s.engine;
+    let from_reconcile = store::held_changes(engine.store.pool())
+        .await?
+        .iter()
+        .any(|h| h.id == id && h.source == crate::reconcile::HOLD_SOURCE);
+    let by = op.actor();
+    let applied = engine.decide(id, approve, &by).await.map_err(|e| match e {
+        crate::engine::EngineError::NoSuchHeld(_) => Problem::not_found(e.to_string()),
+        crate::engine::EngineError::DualControl { .. } => {
+            Problem::new(StatusCode::FORBIDDEN, "dual-control", e.to_string())
+        }
+        other => Problem::internal(other),
+    })?;
+    let mut revokes = applied.revokes;
+    // Held revocations of a reconciliation are carried out by one, now (as `latchkey approve`).
+    if approve && from_reconcile {
+        let (_, r) = crate::reconcile::run(engine, "approval")
+            .await
+            .map_err(Problem::internal)?;
+        revokes += r.revokes;
+    }
+    Ok(Decision {
+        id,
+        status: if approve { "approved" } else { "rejected" }.into(),
+        by,
+        revokes_enqueued: revokes,
+    })
+}
+
+// ---- dead letters ----------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetter {
+    pub id: i64,
+    /// `issue` | `revoke`
+    pub action: String,
+    pub identity: String,
+    pub connector: String,
+    pub target: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+impl From<store::CommandRow> for DeadLetter {
+    fn from(c: store::CommandRow) -> Self {
+        Self {
+            id: c.id,
+            action: c.action.to_string(),
+            identity: c.identity_key,
+            connector: c.connector,
+            target: c.target,
+            attempts: c.attempts,
+            last_error: c.last_error,
+        }
+    }
+}
+
+/// Commands that ran out of attempts, optionally of one connector.
+pub async fn dead_letters(
+    s: &ApiState,
+    connector: Option<&str>,
+) -> Result<Vec<DeadLetter>, Problem> {
+    let mut conn = s.engine.store.pool().acquire().await?;
+    Ok(store::dead_letters(&mut conn, connector, None)
+        .await?
+        .into_iter()
+        .map(DeadLetter::from)
+        .collect())
+}
+
+// ---- key tasks -------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyTask {
+    pub id: i64,
+    /// `hand_over` | `return`
+    pub kind: String,
+    pub identity: String,
+    pub connector: String,
+    pub target: String,
+    pub created_at: String,
+    pub due_at: Option<String>,
+    pub overdue: bool,
+    /// Who recorded it done (on a recorded task).
+    pub done_by: Option<String>,
+}
+
+fn key_task(t: store::KeyTaskRow, now: i64) -> KeyTask {
+    KeyTask {
+        id: t.id,
+        overdue: t.status == "open" && t.due_at.is_some_and(|d| d <= now),
+        due_at: t.due_at.map(time),
+        kind: t.kind,
+        identity: t.identity_key,
+        connector: t.connector,
+        target: t.target,
+        created_at: time(t.created_at),
+        done_by: t.done_by,
+    }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct KeyTaskQuery {
+    /// `hand_over` or `return`.
+    pub kind: Option<String>,
+    /// Only overdue ones.
+    pub overdue: Option<bool>,
+}
+
+/// Open mechanical key hand-overs and returns, oldest first.
+pub async fn key_tasks(s: &ApiState, q: &KeyTaskQuery) -> Result<Vec<KeyTask>, Problem> {
+    let now = to_micros(s.engine.clock.now());
+    Ok(store::open_key_tasks(s.engine.store.pool())
+        .await?
+        .into_iter()
+        .map(|t| key_task(t, now))
+        .filter(|t| q.kind.as_ref().is_none_or(|k| *k == t.kind))
+        .filter(|t| q.overdue.is_none_or(|o| o == t.overdue))
+        .collect())
+}
+
+/// Record a key task (`hand_over` or `return`) done by `op`; a return confirms the revocation.
+pub async fn record_key(
+    s: &ApiState,
+    op: &Operator,
+    id: i64,
+    kind: &'static str,
+) -> Result<KeyTask, Problem> {
+    use crate::connectors::manual::{self, KeyError};
+    let engine = &s.engine;
+    let now = to_micros(engine.clock.now());
+    let t = manual::record(
+        &engine.store,
+        Some(&engine.metrics),
+        id,
+        kind,
+        &op.actor(),
+        now,
+    )
+    .await
+    .map_err(|e| match e {
+        KeyError::NoSuchTask(_) => Problem::not_found(e.to_string()),
+        KeyError::WrongKind { .. } | KeyError::NotOpen { .. } => {
+            Problem::new(StatusCode::CONFLICT, "conflict", e.to_string())
+        }
+        other => Problem::internal(other),
+    })?;
+    engine.notify_outbox();
+    Ok(key_task(t, now))
+}
+
+// ---- health, reports, audit ------------------------------------------------------------------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceHealth {
+    pub name: String,
+    /// `hr` | `ldap` | `scim`
+    pub kind: String,
+    /// The source's last acknowledged checkpoint (cookie, watermark), when it has one.
+    pub checkpoint: Option<String>,
+    /// When an HR source's schedule last ran.
+    pub last_run_at: Option<String>,
+    /// Records set aside from this source (most recent 1000 looked at).
+    pub quarantined: usize,
+}
+
+/// Every configured source: checkpoint, last run, records set aside.
+pub async fn sources(s: &ApiState) -> Result<Vec<SourceHealth>, Problem> {
+    let engine = &s.engine;
+    let pool = engine.store.pool();
+    let quarantine = store::list_quarantine(pool, 1000).await?;
+    let config = &engine.config;
+    let named = config
+        .sources
+        .hr
+        .keys()
+        .map(|n| (n.clone(), "hr"))
+        .chain(config.sources.ldap.keys().map(|n| (n.clone(), "ldap")))
+        .chain(
+            config
+                .scim
+                .tenants
+                .keys()
+                .map(|n| (format!("scim:{n}"), "scim")),
+        );
+    let mut out = Vec::new();
+    for (name, kind) in named {
+        let last_run_at = if kind == "hr" {
+            store::last_run(pool, &format!("hr:{name}"))
+                .await?
+                .map(time)
+        } else {
+            None
+        };
+        out.push(SourceHealth {
+            checkpoint: store::checkpoint(pool, &name).await?,
+            quarantined: quarantine.iter().filter(|q| q.source == name).count(),
+            last_run_at,
+            kind: kind.into(),
+            name,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LatencyRow {
+    pub connector: String,
+    /// `detect` | `queue` | `dispatch` | `confirm` | `end_to_end`
+    pub stage: String,
+    pub count: usize,
+    pub p50_seconds: f64,
+    pub p90_seconds: f64,
+    pub p99_seconds: f64,
+    pub max_seconds: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LatencyReport {
+    pub revoke: Vec<LatencyRow>,
+    pub issue: Vec<LatencyRow>,
+}
+
+/// Latency per connector and stage, from each change's trigger to the vendor's confirmation.
+pub async fn latency(s: &ApiState) -> Result<LatencyReport, Problem> {
+    let store = &s.engine.store;
+    let rows = |r: std::collections::BTreeMap<(String, String), crate::telemetry::Summary>| {
+        r.into_iter()
+            .map(|((connector, stage), m)| LatencyRow {
+                connector,
+                stage,
+                count: m.count,
+                p50_seconds: m.p50,
+                p90_seconds: m.p90,
+                p99_seconds: m.p99,
+                max_seconds: m.max,
+            })
+            .collect()
+    };
+    Ok(LatencyReport {
+        revoke: rows(crate::telemetry::latency_report(store, Action::Revoke).await?),
+        issue: rows(crate::telemetry::latency_report(store, Action::Issue).await?),
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlaConnector {
+    pub connector: String,
+    pub target_seconds: f64,
+    pub objective: f64,
+    pub window_days: u32,
+    pub total: u64,
+    pub met: u64,
+    pub missed: u64,
+    pub open_overdue: u64,
+    /// Share within the target (0..1); absent without revocations.
+    pub attainment: Option<f64>,
+    pub breached: bool,
+}
+
+/// Propagation SLA attainment per connector over its window.
+pub async fn sla(s: &ApiState) -> Result<Vec<SlaConnector>, Problem> {
+    let engine = &s.engine;
+    let now = to_micros(engine.clock.now());
+    let rows = crate::telemetry::sla::report(&engine.store, &engine.config, now).await?;
+    Ok(rows
+        .iter()
+        .map(|r| SlaConnector {
+            attainment: r.attainment(),
+            breached: r.breached(),
+            connector: r.connector.clone(),
+            target_seconds: r.target_seconds,
+            objective: r.objective,
+            window_days: r.window_days,
+            total: r.total,
+            met: r.met,
+            missed: r.missed,
+            open_overdue: r.open_overdue,
+        })
+        .collect())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only records about this subject (a person's key, a source, a connector).
+    pub subject: Option<String>,
+    /// Only records about this target (a door, lock or group).
+    pub target: Option<String>,
+    /// Only records by this actor (`os:alice`, `operator:bob`, `source:hr`).
+    pub actor: Option<String>,
+    /// Only this action (`identity.suspended`, `held.approved`, ...).
+    pub action: Option<String>,
+    /// From this instant (RFC 3339), inclusive.
+    pub since: Option<String>,
+    /// Until this instant (RFC 3339), exclusive.
+    pub until: Option<String>,
+}
+
+impl AuditQuery {
+    /// The store's filter; an empty field filters nothing (a form sends empty fields).
+    pub(crate) fn filter(&self) -> Result<store::audit::AuditFilter, Problem> {
+        let given = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        let instant = |name: &str, v: &Option<String>| -> Result<Option<i64>, Problem> {
+            given(v)
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(t.trim())
+                        .map(|t| to_micros(t.with_timezone(&chrono::Utc)))
+                        .map_err(|e| {
+                            Problem::bad_request(format!(
+                                "`{name}`: `{t}` is not an RFC 3339 time: {e}"
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        Ok(store::audit::AuditFilter {
+            subject: given(&self.subject),
+            target: given(&self.target),
+            actor: given(&self.actor),
+            action: given(&self.action),
+            since: instant("since", &self.since)?,
+            until: instant("until", &self.until)?,
+        })
+    }
+}
+
+/// One page of the audit log, newest first.
+pub async fn audit(
+    s: &ApiState,
+    q: &AuditQuery,
+    paging: Paging,
+) -> Result<Page<AuditEntry>, Problem> {
+    let store = &s.engine.store;
+    let filter = q.filter()?;
+    let total = crate::audit::count(store, &filter).await?;
+    let (limit, offset) = (paging.limit(), paging.offset.unwrap_or(0));
+    let items: Vec<AuditEntry> = crate::audit::query(store, &filter, (offset + limit) as i64)
+        .await?
+        .into_iter()
+        .skip(offset)
+        .map(|r| AuditEntry {
+            seq: r.seq,
+            at: time(r.at),
+            details: serde_json::from_str(&r.details)
+                .unwrap_or(serde_json::Value::String(r.details)),
+            actor: r.actor,
+            action: r.action,
+            subject: r.subject,
+        })
+        .collect();
+    let total = usize::try_from(total).unwrap_or(0);
+    let next_offset = (offset + items.len() < total).then_some(offset + items.len());
+    Ok(Page {
+        items,
+        total,
+        offset,
+        next_offset,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grant_state;
+
+    #[test]
+    fn a_grant_state_follows_policy_the_vendor_and_suspension() {
+        assert_eq!(grant_state("present", "present", false), "active");
+        assert_eq!(grant_state("present", "absent", false), "issued");
+        assert_eq!(grant_state("present", "unknown", false), "issued");
+        assert_eq!(grant_state("absent", "present", true), "revoking");
+        assert_eq!(grant_state("absent", "absent", true), "suspended");
+        assert_eq!(grant_state("absent", "absent", false), "revoked");
+    }
+}
