@@ -87,6 +87,8 @@ pub enum Command {
     Suspend(commands::suspend::SuspendArgs),
     /// End a person's suspension and re-issue what policy grants them now.
     Resume(commands::suspend::ResumeArgs),
+    /// Temporary access: ask for a door for a window, approve or reject it, list, end early.
+    Request(commands::request::RequestArgs),
     /// Approve held changes (a mass disappearance from a feed), as your OS user (`os:USER` in the
     /// audit log). Dual control: a change you caused needs someone else's approval.
     #[command(group(clap::ArgGroup::new("selection").required(true).args(["ids", "all"])))]
@@ -216,6 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Access(args) => commands::access::run(args).await,
         Command::WhoHas(args) => commands::who_has::run(args).await,
         Command::Suspend(args) => commands::suspend::suspend(args).await,
+        Command::Request(args) => commands::request::run(args).await,
         Command::Resume(args) => commands::suspend::resume(args).await,
         Command::Approve {
             ids,

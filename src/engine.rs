@@ -720,6 +720,13 @@ impl Engine {
                 return Ok(Applied::default());
             }
         };
+        // Approved temporary access in its window is wanted like a template's grant, while the
+        // person is entitled to anything at all (a leaver's requests give nothing).
+        let mut desired = desired;
+        if derived.lifecycle.entitled() {
+            let requests = store::access_requests::in_force_of(conn, key, to_micros(now)).await?;
+            desired.extend(crate::access_requests::desired(&self.config, &requests));
+        }
         // An operator's suspension outlasts whatever the sources say, until resumed or the person
         // leaves (which ends it).
         let desired =
@@ -760,9 +767,10 @@ impl Engine {
         .await?)
     }
 
-    /// Effective-dated work whose time has come: hires, terminations, contract ends.
+    /// Effective-dated work whose time has come: hires, terminations, contract ends, and the
+    /// start and end of temporary access.
     pub async fn tick(&self) -> Result<Applied, EngineError> {
-        let mut total = Applied::default();
+        let mut total = crate::access_requests::tick(self).await?;
         loop {
             let now = self.clock.now();
             let due =
@@ -794,12 +802,13 @@ impl Engine {
         crate::reconcile::plan(self, now).await
     }
 
-    /// What one stored identity should change now under current policy and its suspension, if
-    /// any: pure, for planning.
+    /// What one stored identity should change now under current policy, the temporary access in
+    /// force for it (`requests`) and its suspension, if any: pure, for planning.
     pub fn changes_for(
         &self,
         ident: &IdentityRow,
         ledger: &[store::GrantRow],
+        requests: &[store::access_requests::RequestRow],
         suspended: Option<&crate::suspension::Scope>,
         now: DateTime<Utc>,
     ) -> Result<Vec<plan::Change>, PolicyError> {
@@ -812,6 +821,9 @@ impl Engine {
         let mut desired = self
             .policy()
             .desired(&ident.key, ident.lifecycle, &attrs, tz, now)?;
+        if ident.lifecycle.entitled() {
+            desired.extend(crate::access_requests::desired(&self.config, requests));
+        }
         if let Some(scope) = suspended {
             scope.withhold(&mut desired);
         }
@@ -833,7 +845,8 @@ impl Engine {
     }
 
     /// [`Engine::reconcile_identity`] for any cause (`reconcile`, `suspension`, `resume`), acted
-    /// by `actor`: the stored identity against current policy, its suspension and the ledger.
+    /// by `actor`: the stored identity against current policy, its temporary access, its
+    /// suspension and the ledger.
     pub async fn evaluate_stored(
         &self,
         conn: &mut AnyConnection,
@@ -843,13 +856,38 @@ impl Engine {
         hold_revokes: bool,
         now: DateTime<Utc>,
     ) -> Result<Applied, EngineError> {
+        let why = Evaluation {
+            kind,
+            actor,
+            hold_revokes,
+            trigger_at: now,
+        };
+        self.evaluate(conn, key, &why, now).await
+    }
+
+    /// [`Engine::evaluate_stored`] for a change whose moment was earlier than now (a temporary
+    /// grant's end passed while no replica ran the schedule): latency counts from that moment.
+    pub async fn evaluate(
+        &self,
+        conn: &mut AnyConnection,
+        key: &str,
+        why: &Evaluation<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Applied, EngineError> {
+        let Evaluation {
+            kind,
+            actor,
+            hold_revokes,
+            trigger_at,
+        } = *why;
         let Some(ident) = store::get_identity(conn, key).await? else {
             return Ok(Applied::default());
         };
         let ledger = store::grants_of(conn, key).await?;
         let suspended =
             crate::suspension::Scope::of(&store::suspensions::active_of(conn, key).await?);
-        let changes = match self.changes_for(&ident, &ledger, suspended.as_ref(), now) {
+        let requests = store::access_requests::in_force_of(conn, key, to_micros(now)).await?;
+        let changes = match self.changes_for(&ident, &ledger, &requests, suspended.as_ref(), now) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(identity = key, error = %e, "policy evaluation failed; grants left unchanged");
@@ -865,7 +903,7 @@ impl Engine {
         }
         let cause = Cause {
             kind: kind.into(),
-            trigger_at: now,
+            trigger_at: trigger_at.min(now),
             detected_at: now,
             actor: actor.into(),
         };
@@ -881,6 +919,17 @@ impl Engine {
         )
         .await?)
     }
+}
+
+/// Why a stored identity is evaluated: the change's kind (its cause in the audit log and the
+/// latency labels), who acts, whether revocations wait for an approver, and the moment the change
+/// was due (latency counts from it).
+#[derive(Debug, Clone, Copy)]
+pub struct Evaluation<'a> {
+    pub kind: &'a str,
+    pub actor: &'a str,
+    pub hold_revokes: bool,
+    pub trigger_at: DateTime<Utc>,
 }
 
 fn change_kind(before: Option<&IdentityRow>, after: &Derived) -> String {

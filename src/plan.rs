@@ -49,7 +49,13 @@ pub fn diff(desired: &[DesiredGrant], ledger: &[GrantRow]) -> Vec<Change> {
         .cloned()
         .map(Change::Revoke)
         .collect();
+    // The same door wanted twice (a template and a temporary request) is issued once, for the
+    // first that wants it.
+    let mut seen = std::collections::BTreeSet::new();
     for d in desired {
+        if !seen.insert((d.connector.as_str(), d.target.as_str())) {
+            continue;
+        }
         let held = ledger
             .iter()
             .any(|g| g.connector == d.connector && g.target == d.target && g.desired == "present");

@@ -262,6 +262,11 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
         .into_iter()
         .filter_map(|(k, rows)| Some((k, crate::suspension::Scope::of(&rows)?)))
         .collect();
+    // Temporary access in force is wanted like a template's grant (a small set, read once).
+    let mut requests: BTreeMap<String, Vec<store::access_requests::RequestRow>> = BTreeMap::new();
+    for r in store::access_requests::all_in_force(pool, crate::clock::to_micros(now)).await? {
+        requests.entry(r.identity_key.clone()).or_default().push(r);
+    }
     let mut after = String::new();
     loop {
         let page = store::identities_page(pool, &after, PAGE).await?;
@@ -280,7 +285,8 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
             if entitled && ledger.iter().any(|g| g.desired == "present") {
                 out.population += 1;
             }
-            match engine.changes_for(ident, ledger, suspended.get(&ident.key), now) {
+            let granted = requests.get(&ident.key).map_or(&[][..], |v| v);
+            match engine.changes_for(ident, ledger, granted, suspended.get(&ident.key), now) {
                 Ok(changes) if changes.is_empty() => {}
                 Ok(changes) => out.people.push(IdentityPlan {
                     key: ident.key.clone(),

@@ -1153,3 +1153,201 @@ async fn a_suspension_revokes_now_outlasts_feeds_and_resume_gives_back_what_poli
         }
     });
 }
+
+#[tokio::test]
+async fn a_temporary_door_is_issued_at_its_start_and_revoked_at_its_end_across_a_restart() {
+    use latchkey::access_requests::{self, Ask, RequestError};
+    use latchkey::model::Action;
+    each_backend!(|h| {
+        h.feed(&[
+            employee("E1", "sales", "berlin"),
+            employee("E2", "engineering", "berlin"),
+        ])
+        .await;
+        h.drain().await;
+        assert!(!h.holds("E1", "berlin-plant-room"));
+        let now = h.clock.now_utc();
+        let ask = |person: &str, from: Option<i64>, hours: i64| Ask {
+            person: person.into(),
+            connector: "nuki".into(),
+            target: "berlin-plant-room".into(),
+            starts_at: from.map(|m| now + chrono::Duration::minutes(m)),
+            ends_at: now
+                + chrono::Duration::minutes(from.unwrap_or(0))
+                + chrono::Duration::hours(hours),
+            reason: "boiler service".into(),
+        };
+        let engine = h.app.engine.clone();
+
+        // Refusals name what is wrong, and record nothing.
+        let bad = [
+            (
+                Ask {
+                    target: "moon-base".into(),
+                    ..ask("E1", None, 2)
+                },
+                "moon-base",
+            ),
+            (
+                Ask {
+                    connector: "acme".into(),
+                    ..ask("E1", None, 2)
+                },
+                "acme",
+            ),
+            (
+                Ask {
+                    reason: " ".into(),
+                    ..ask("E1", None, 2)
+                },
+                "reason",
+            ),
+            (ask("E1", None, 24 * 40), "31 days"),
+            (ask("E9", None, 2), "E9"),
+            (
+                Ask {
+                    starts_at: Some(now - chrono::Duration::hours(3)),
+                    ends_at: now - chrono::Duration::hours(1),
+                    ..ask("E1", None, 2)
+                },
+                "ended",
+            ),
+        ];
+        for (a, named) in bad {
+            let e = access_requests::ask(&engine, &a, "os:dana")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, RequestError::Invalid(_)) && e.to_string().contains(named),
+                "{e}"
+            );
+        }
+
+        // Asked by dana, starting in 30 minutes for 2 hours. Dana cannot approve it herself.
+        let r = access_requests::ask(&engine, &ask("E1", Some(30), 2), "os:dana")
+            .await
+            .unwrap();
+        assert_eq!(r.status, "requested");
+        let e = access_requests::decide(&engine, r.id, true, "os:dana")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::DualControl { .. }), "{e}");
+        let (approved, a) = access_requests::decide(&engine, r.id, true, "os:sam")
+            .await
+            .unwrap();
+        assert_eq!(
+            (approved.status.as_str(), a.issues),
+            ("approved", 0),
+            "{}: not yet its window",
+            h.backend
+        );
+        let e = access_requests::decide(&engine, r.id, false, "os:bob")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::WrongState { .. }), "{e}");
+        engine.tick().await.unwrap();
+        h.drain().await;
+        assert!(
+            !h.holds("E1", "berlin-plant-room"),
+            "{}: issued before its window",
+            h.backend
+        );
+
+        // Its window opens: the schedule issues it.
+        h.clock.advance(chrono::Duration::minutes(31));
+        let a = engine.tick().await.unwrap();
+        assert_eq!(a.issues, 1, "{}", h.backend);
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-plant-room"));
+        let access = latchkey::cli::access_text(&h.app, "E1").await.unwrap();
+        assert!(access.contains(&format!("request:{}", r.id)), "{access}");
+        // A reconciliation leaves a temporary grant alone; a feed changes nothing about it.
+        let (plan, _) = latchkey::reconcile::run(&h.app.engine, "schedule")
+            .await
+            .unwrap();
+        assert!(plan.is_empty(), "{}", plan.render());
+        h.feed(&[
+            employee("E1", "sales", "berlin"),
+            employee("E2", "engineering", "berlin"),
+        ])
+        .await;
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-plant-room"));
+
+        // The daemon is down when the window closes; the next one revokes it at once, and the
+        // latency counts from the end instant.
+        h.clock.advance(chrono::Duration::hours(2));
+        h.app = open_again(&h).await;
+        let a = h.app.engine.tick().await.unwrap();
+        assert_eq!(a.revokes, 1, "{}", h.backend);
+        h.drain().await;
+        assert!(
+            !h.holds("E1", "berlin-plant-room"),
+            "{}: still open after its end",
+            h.backend
+        );
+        let ended =
+            latchkey::store::access_requests::list(h.app.store().pool(), None, Some("E1"), 10)
+                .await
+                .unwrap();
+        assert_eq!(ended[0].status, "expired");
+        assert_eq!(ended[0].closed_by.as_deref(), Some("schedule"));
+        let done = store::completed_commands(h.app.store().pool())
+            .await
+            .unwrap();
+        let revoke = done
+            .iter()
+            .find(|c| {
+                c.identity_key == "E1"
+                    && c.action == Action::Revoke
+                    && c.target == "berlin-plant-room"
+            })
+            .unwrap();
+        assert_eq!(revoke.cause, "expiry");
+        assert_eq!(
+            revoke.trigger_at,
+            latchkey::clock::to_micros(now + chrono::Duration::minutes(150))
+        );
+
+        // A door a template already grants is kept when a request for it ends early.
+        let engine = h.app.engine.clone();
+        let r = access_requests::ask(
+            &engine,
+            &Ask {
+                person: "E2".into(),
+                target: "berlin-lab".into(),
+                ..ask("E2", None, 4)
+            },
+            "os:dana",
+        )
+        .await
+        .unwrap();
+        let (_, a) = access_requests::decide(&engine, r.id, true, "os:sam")
+            .await
+            .unwrap();
+        assert_eq!(a.issues, 0, "already held through a template");
+        let (ended, a) = access_requests::end(&engine, r.id, "os:sam").await.unwrap();
+        assert_eq!((ended.status.as_str(), a.revokes), ("ended", 0));
+        h.drain().await;
+        assert!(h.holds("E2", "berlin-lab"));
+        let audit: Vec<String> = latchkey::audit::query(h.app.store(), &Default::default(), 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{} {}", r.action, r.actor))
+            .collect();
+        for line in [
+            "request.created os:dana",
+            "request.approved os:sam",
+            "request.activated schedule",
+            "request.expired schedule",
+            "request.ended os:sam",
+        ] {
+            assert!(
+                audit.iter().any(|a| a == line),
+                "{}: no `{line}`",
+                h.backend
+            );
+        }
+    });
+}

@@ -1175,12 +1175,45 @@ async fn browser(driver: &Driver, width: u32, height: u32) -> fantoccini::Client
         .expect("a browser session")
 }
 
-/// Save what the page shows, for a person to look at after the run.
+/// Check the page's accessibility basics and save what it shows, for a person to look at after
+/// the run.
 async fn screenshot(client: &fantoccini::Client, name: &str) {
+    let faults = accessibility_faults(client).await;
+    assert!(faults.is_empty(), "{name}: {faults:?}");
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     let png = client.screenshot().await.unwrap();
     std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+/// What an accessibility check finds wrong on the page: a form field without a label, a button
+/// or link without a name, an image without alternative text, a page without a main heading or
+/// language. Empty when the page passes.
+async fn accessibility_faults(client: &fantoccini::Client) -> Vec<String> {
+    let found = client
+        .execute(
+            r#"const faults = [];
+               for (const el of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
+                 if (el.labels.length === 0 && !el.getAttribute("aria-label")) faults.push("unlabelled field " + (el.name || el.id));
+               }
+               for (const el of document.querySelectorAll("button, a[href]")) {
+                 if (!(el.getAttribute("aria-label") || el.textContent).trim()) faults.push("nameless " + el.outerHTML);
+               }
+               for (const el of document.querySelectorAll("img:not([alt])")) faults.push("image without alt " + el.src);
+               if (document.querySelectorAll("h1").length !== 1) faults.push("not exactly one h1");
+               if (!document.documentElement.lang) faults.push("no lang");
+               if (!document.querySelector("main")) faults.push("no main landmark");
+               return faults;"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// Whether the page fits its viewport's width (nothing to scroll sideways on a phone).
@@ -1403,11 +1436,12 @@ async fn in_a_browser_people_sign_in_with_sso_see_doors_approve_and_record_a_key
         "key desk on a phone: {scroll} px wide in {inner}"
     );
     screenshot(&phone, "keys-phone").await;
+    // From the keyboard: the button takes focus and Enter presses it.
     phone
         .find(Css(&format!("#task-{} button", tasks[1])))
         .await
         .unwrap()
-        .click()
+        .send_keys("\u{E007}")
         .await
         .unwrap();
     let notice = text_of(&phone, "#notice").await;

@@ -98,47 +98,74 @@ pub async fn insert_chained(conn: &mut AnyConnection, r: &AuditRow) -> Result<()
     Ok(())
 }
 
-/// The filter's WHERE clause; only reading the target out of the details differs by dialect.
-macro_rules! filtered {
-    ($head:literal, $target:literal, $tail:literal) => {
-        concat!(
-            $head,
-            " FROM audit_log WHERE ($1 IS NULL OR subject = $1) AND ($2 IS NULL OR ",
-            $target,
-            " = $2) AND ($3 IS NULL OR actor = $3) AND ($4 IS NULL OR action = $4)
-              AND ($5 IS NULL OR at >= $5) AND ($6 IS NULL OR at < $6)",
-            $tail
-        )
+/// The filter's WHERE clause over only the fields given, so each filter can use its index
+/// (`subject`, `at`); `(x IS NULL OR col = x)` would scan the whole log. Only reading the target out
+/// of the details differs by dialect.
+fn filtered(backend: Backend, f: &AuditFilter) -> (String, Vec<Value>) {
+    let target = match backend {
+        Backend::Sqlite => "json_extract(details, '$.target')",
+        Backend::Postgres => "(CAST(details AS jsonb) ->> 'target')",
     };
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    let mut add = |clause: String, v: Value| {
+        values.push(v);
+        clauses.push(format!("{clause} ${}", values.len()));
+    };
+    let text = |v: &Option<String>| v.clone().map(Value::Text);
+    for (col, v) in [
+        ("subject =", text(&f.subject)),
+        ("actor =", text(&f.actor)),
+        ("action =", text(&f.action)),
+    ] {
+        if let Some(v) = v {
+            add(col.to_string(), v);
+        }
+    }
+    if let Some(t) = &f.target {
+        add(format!("{target} ="), Value::Text(t.clone()));
+    }
+    if let Some(at) = f.since {
+        add("at >=".into(), Value::Int(at));
+    }
+    if let Some(at) = f.until {
+        add("at <".into(), Value::Int(at));
+    }
+    let sql = if clauses.is_empty() {
+        " FROM audit_log".to_string()
+    } else {
+        format!(" FROM audit_log WHERE {}", clauses.join(" AND "))
+    };
+    (sql, values)
 }
 
-fn bind_filter<'q>(
-    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    f: &'q AuditFilter,
+enum Value {
+    Text(String),
+    Int(i64),
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    values: Vec<Value>,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    q.bind(f.subject.as_deref())
-        .bind(f.target.as_deref())
-        .bind(f.actor.as_deref())
-        .bind(f.action.as_deref())
-        .bind(f.since)
-        .bind(f.until)
+    for v in values {
+        q = match v {
+            Value::Text(t) => q.bind(t),
+            Value::Int(i) => q.bind(i),
+        };
+    }
+    q
 }
 
 /// The newest records matching the filter, newest first.
 pub async fn find(store: &Store, f: &AuditFilter, limit: i64) -> Result<Vec<AuditRow>> {
-    let sql = match store.backend() {
-        Backend::Sqlite => filtered!(
-            "SELECT *",
-            "json_extract(details, '$.target')",
-            " ORDER BY seq DESC LIMIT $7"
-        ),
-        Backend::Postgres => filtered!(
-            "SELECT *",
-            "(CAST(details AS jsonb) ->> 'target')",
-            " ORDER BY seq DESC LIMIT $7"
-        ),
-    };
-    let rows = bind_filter(sqlx::query(sql), f)
+    let (from, values) = filtered(store.backend(), f);
+    let sql = format!(
+        "SELECT *{from} ORDER BY seq DESC LIMIT ${}",
+        values.len() + 1
+    );
+    // Only column names and numbered placeholders are formatted in; every value is bound.
+    let rows = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), values)
         .bind(limit)
         .fetch_all(store.pool())
         .await?;
@@ -147,19 +174,9 @@ pub async fn find(store: &Store, f: &AuditFilter, limit: i64) -> Result<Vec<Audi
 
 /// How many records match the filter.
 pub async fn count(store: &Store, f: &AuditFilter) -> Result<i64> {
-    let sql = match store.backend() {
-        Backend::Sqlite => filtered!(
-            "SELECT COUNT(*) AS n",
-            "json_extract(details, '$.target')",
-            ""
-        ),
-        Backend::Postgres => filtered!(
-            "SELECT COUNT(*) AS n",
-            "(CAST(details AS jsonb) ->> 'target')",
-            ""
-        ),
-    };
-    let r = bind_filter(sqlx::query(sql), f)
+    let (from, values) = filtered(store.backend(), f);
+    let sql = format!("SELECT COUNT(*) AS n{from}");
+    let r = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)), values)
         .fetch_one(store.pool())
         .await?;
     Ok(r.try_get("n")?)

@@ -7,6 +7,7 @@
 //! how a worker claims a command without blocking others) lives in [`sqlite`] and [`postgres`].
 
 mod absences;
+pub mod access_requests;
 pub mod audit;
 pub mod console;
 pub mod ldap;
@@ -691,6 +692,46 @@ pub async fn grants_on_target(pool: &AnyPool, target: &str) -> Result<Vec<GrantR
         .iter()
         .map(read::<GrantRow>)
         .collect()
+}
+
+/// Whether any grant, present or past, is on record for `target`.
+pub async fn target_on_record(pool: &AnyPool, target: &str) -> Result<bool> {
+    Ok(
+        sqlx::query("SELECT 1 AS one FROM grants WHERE target = $1 LIMIT 1")
+            .bind(target)
+            .fetch_optional(pool)
+            .await?
+            .is_some(),
+    )
+}
+
+/// One page of the people a vendor confirmed holding `target`, by person, and how many there are
+/// in all (index `grants_by_target`).
+pub async fn holders_page(
+    pool: &AnyPool,
+    target: &str,
+    offset: i64,
+    limit: i64,
+) -> Result<(i64, Vec<GrantRow>)> {
+    let total: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM grants WHERE target = $1 AND observed = 'present'")
+            .bind(target)
+            .fetch_one(pool)
+            .await?
+            .try_get("n")?;
+    let rows = sqlx::query(
+        "SELECT * FROM grants WHERE target = $1 AND observed = 'present'
+          ORDER BY target, connector, identity_key LIMIT $2 OFFSET $3",
+    )
+    .bind(target)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(read::<GrantRow>)
+    .collect::<Result<Vec<_>>>()?;
+    Ok((total, rows))
 }
 
 pub async fn all_grants(pool: &AnyPool) -> Result<Vec<GrantRow>> {

@@ -2,8 +2,8 @@
 //! (the same functions the web console's pages show).
 
 use super::views::{
-    self, AuditEntry, AuditQuery, DeadLetter, Decision, Held, KeyTask, KeyTaskQuery, LatencyReport,
-    PeoplePage, PersonAccess, SlaConnector, SourceHealth, TargetHolders,
+    self, AccessRequest, AuditEntry, AuditQuery, DeadLetter, Decision, Held, KeyTask, KeyTaskQuery,
+    LatencyReport, NewRequest, PeoplePage, PersonAccess, SlaConnector, SourceHealth, TargetHolders,
 };
 use super::{AdminState, Caller, Page, Paging, Problem};
 use crate::clock::to_micros;
@@ -36,6 +36,10 @@ pub(super) fn all(router: OpenApiRouter<AdminState>) -> OpenApiRouter<AdminState
         .routes(routes!(sla_report))
         .routes(routes!(audit))
         .routes(routes!(audit_export))
+        .routes(routes!(list_requests, create_request))
+        .routes(routes!(approve_request))
+        .routes(routes!(reject_request))
+        .routes(routes!(end_request))
 }
 
 // ---- people --------------------------------------------------------------------------------
@@ -392,4 +396,87 @@ async fn audit_export(
         )
         .body(body)
         .map_err(Problem::internal)
+}
+
+// ---- temporary access ------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RequestQuery {
+    /// Only this status (`requested`, `approved`, `active`, `expired`, `ended`, `rejected`).
+    pub status: Option<String>,
+    /// Only this person's (key).
+    pub person: Option<String>,
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// Requests for temporary access, newest first.
+#[utoipa::path(get, path = "/api/v1/requests", params(RequestQuery), tag = "requests",
+    description = "Role: viewer.",
+    responses((status = 200, body = Vec<AccessRequest>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn list_requests(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Query(q): Query<RequestQuery>,
+) -> Answer<Vec<AccessRequest>> {
+    caller.require(Role::Viewer)?;
+    let limit = q.limit.unwrap_or(100);
+    Ok(Json(
+        views::requests(&s.api, q.status.as_deref(), q.person.as_deref(), limit).await?,
+    ))
+}
+
+/// Ask for temporary access to a target for a person, for a window, with a reason. Nothing is
+/// issued before an approver approves it.
+#[utoipa::path(post, path = "/api/v1/requests", request_body = NewRequest, tag = "requests",
+    description = "Role: desk.",
+    responses((status = 201, body = AccessRequest), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn create_request(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Json(body): Json<NewRequest>,
+) -> Result<(axum::http::StatusCode, Json<AccessRequest>), Problem> {
+    let op = caller.require(Role::Desk)?;
+    let created = views::ask(&s.api, op, &body).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(created)))
+}
+
+/// Approve a request (refused to whoever asked for it); in force at once if its window has begun.
+#[utoipa::path(post, path = "/api/v1/requests/{id}/approve", params(("id" = i64, Path)), tag = "requests",
+    description = "Role: approver.",
+    responses((status = 200, body = AccessRequest), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn approve_request(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Path(id): Path<i64>,
+) -> Answer<AccessRequest> {
+    let op = caller.require(Role::Approver)?;
+    Ok(Json(views::decide_request(&s.api, op, id, true).await?))
+}
+
+/// Reject a request.
+#[utoipa::path(post, path = "/api/v1/requests/{id}/reject", params(("id" = i64, Path)), tag = "requests",
+    description = "Role: approver.",
+    responses((status = 200, body = AccessRequest), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn reject_request(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Path(id): Path<i64>,
+) -> Answer<AccessRequest> {
+    let op = caller.require(Role::Approver)?;
+    Ok(Json(views::decide_request(&s.api, op, id, false).await?))
+}
+
+/// End a request early: its grant is revoked unless a template grants the same door.
+#[utoipa::path(post, path = "/api/v1/requests/{id}/end", params(("id" = i64, Path)), tag = "requests",
+    description = "Role: approver.",
+    responses((status = 200, body = AccessRequest), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn end_request(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Path(id): Path<i64>,
+) -> Answer<AccessRequest> {
+    let op = caller.require(Role::Approver)?;
+    Ok(Json(views::end_request(&s.api, op, id).await?))
 }

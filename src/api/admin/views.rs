@@ -159,8 +159,22 @@ pub struct TargetHolders {
 
 /// Who holds a target (lock, group), by its name or the vendor's id.
 pub async fn who_has(s: &ApiState, target: &str) -> Result<Vec<TargetHolders>, Problem> {
+    Ok(who_has_page(s, target, 0, i64::MAX)
+        .await?
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect())
+}
+
+/// [`who_has`], `limit` holders of each target from `offset`, with each target's total.
+pub async fn who_has_page(
+    s: &ApiState,
+    target: &str,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<(i64, TargetHolders)>, Problem> {
     let pool = s.engine.store.pool();
-    let on_record = !store::grants_on_target(pool, target).await?.is_empty()
+    let on_record = store::target_on_record(pool, target).await?
         || !store::cabinet_holders(pool, target).await?.is_empty();
     let names = crate::cli::lookup::targets(&s.engine.config, target, on_record);
     if names.is_empty() {
@@ -170,10 +184,9 @@ pub async fn who_has(s: &ApiState, target: &str) -> Result<Vec<TargetHolders>, P
     }
     let mut out = Vec::new();
     for name in names {
-        let holders = store::grants_on_target(pool, &name)
-            .await?
+        let (total, rows) = store::holders_page(pool, &name, offset, limit).await?;
+        let holders = rows
             .into_iter()
-            .filter(|g| g.observed == "present")
             .map(|g| Holder {
                 identity: g.identity_key,
                 connector: g.connector,
@@ -186,11 +199,14 @@ pub async fn who_has(s: &ApiState, target: &str) -> Result<Vec<TargetHolders>, P
             .into_iter()
             .map(|k| k.identity_key)
             .collect();
-        out.push(TargetHolders {
-            target: name,
-            holders,
-            cabinet_keys,
-        });
+        out.push((
+            total,
+            TargetHolders {
+                target: name,
+                holders,
+                cabinet_keys,
+            },
+        ));
     }
     Ok(out)
 }
@@ -613,6 +629,147 @@ pub async fn audit(
         offset,
         next_offset,
     })
+}
+
+// ---- temporary access requests --------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AccessRequest {
+    pub id: i64,
+    pub person: String,
+    pub connector: String,
+    pub target: String,
+    pub reason: String,
+    pub starts_at: String,
+    pub ends_at: String,
+    /// `requested` | `approved` | `active` | `expired` | `ended` | `rejected`
+    pub status: String,
+    pub requested_by: String,
+    pub requested_at: String,
+    pub decided_by: Option<String>,
+    /// Who ended it early, or `schedule` at its end.
+    pub closed_by: Option<String>,
+}
+
+impl From<store::access_requests::RequestRow> for AccessRequest {
+    fn from(r: store::access_requests::RequestRow) -> Self {
+        Self {
+            id: r.id,
+            person: r.identity_key,
+            connector: r.connector,
+            target: r.target,
+            reason: r.reason,
+            starts_at: time(r.starts_at),
+            ends_at: time(r.ends_at),
+            status: r.status,
+            requested_by: r.requested_by,
+            requested_at: time(r.requested_at),
+            decided_by: r.decided_by,
+            closed_by: r.closed_by,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct NewRequest {
+    /// The person's key, e-mail or name.
+    pub person: String,
+    pub connector: String,
+    /// A target in the connector's target map.
+    pub target: String,
+    /// When the window opens (RFC 3339; now when absent).
+    pub starts_at: Option<String>,
+    /// When it closes (RFC 3339), at most 31 days after it opens.
+    pub ends_at: String,
+    pub reason: String,
+}
+
+fn request_problem(e: crate::access_requests::RequestError) -> Problem {
+    use crate::access_requests::RequestError as E;
+    match e {
+        E::Invalid(_) => Problem::bad_request(e.to_string()),
+        E::NotFound(_) => Problem::not_found(e.to_string()),
+        E::WrongState { .. } => Problem::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+        E::DualControl { .. } => Problem::new(StatusCode::FORBIDDEN, "dual-control", e.to_string()),
+        other => Problem::internal(other),
+    }
+}
+
+/// Requests for temporary access, newest first, optionally of one status or person.
+pub async fn requests(
+    s: &ApiState,
+    status: Option<&str>,
+    person: Option<&str>,
+    limit: usize,
+) -> Result<Vec<AccessRequest>, Problem> {
+    let limit = limit.clamp(1, super::MAX_LIMIT) as i64;
+    let status = status.filter(|v| !v.trim().is_empty());
+    let person = person.filter(|v| !v.trim().is_empty());
+    Ok(
+        store::access_requests::list(s.engine.store.pool(), status, person, limit)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    )
+}
+
+/// Ask for temporary access as `op` (nothing is issued before an approver approves).
+pub async fn ask(s: &ApiState, op: &Operator, r: &NewRequest) -> Result<AccessRequest, Problem> {
+    let instant = |name: &str, v: &str| {
+        chrono::DateTime::parse_from_rfc3339(v.trim())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| {
+                Problem::bad_request(format!("`{name}`: `{v}` is not an RFC 3339 time: {e}"))
+            })
+    };
+    let starts_at = r
+        .starts_at
+        .as_deref()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| instant("starts_at", v))
+        .transpose()?;
+    let ends_at = instant("ends_at", &r.ends_at)?;
+    let key = {
+        let mut conn = s.engine.store.pool().acquire().await?;
+        crate::cli::lookup::person(&mut conn, r.person.trim())
+            .await
+            .map_err(|e| Problem::bad_request(e.to_string()))?
+            .key
+    };
+    let ask = crate::access_requests::Ask {
+        person: key,
+        connector: r.connector.trim().to_string(),
+        target: r.target.trim().to_string(),
+        starts_at,
+        ends_at,
+        reason: r.reason.clone(),
+    };
+    crate::access_requests::ask(&s.engine, &ask, &op.actor())
+        .await
+        .map(Into::into)
+        .map_err(request_problem)
+}
+
+/// Approve or reject a request as `op` (refused to whoever asked: 403 `dual-control`).
+pub async fn decide_request(
+    s: &ApiState,
+    op: &Operator,
+    id: i64,
+    approve: bool,
+) -> Result<AccessRequest, Problem> {
+    crate::access_requests::decide(&s.engine, id, approve, &op.actor())
+        .await
+        .map(|(r, _)| r.into())
+        .map_err(request_problem)
+}
+
+/// End a request early as `op`.
+pub async fn end_request(s: &ApiState, op: &Operator, id: i64) -> Result<AccessRequest, Problem> {
+    crate::access_requests::end(&s.engine, id, &op.actor())
+        .await
+        .map(|(r, _)| r.into())
+        .map_err(request_problem)
 }
 
 #[cfg(test)]

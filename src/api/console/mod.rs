@@ -112,6 +112,8 @@ fn routes() -> Router<ConsoleState> {
         .route("/console/who-has", get(who_has))
         .route("/console/approvals", get(approvals))
         .route("/console/approvals/{id}/{decision}", post(decide))
+        .route("/console/requests", get(requests).post(ask))
+        .route("/console/requests/{id}/{action}", post(act_on_request))
         .route("/console/keys", get(key_desk))
         .route("/console/keys/{id}/{done}", post(record_key))
         .route("/console/audit", get(audit))

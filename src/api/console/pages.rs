@@ -210,13 +210,28 @@ pub async fn person(
 struct WhoHasPage {
     nav: Option<Nav>,
     target: String,
-    found: Vec<views::TargetHolders>,
+    found: Vec<HoldersShown>,
     error: Option<String>,
 }
+
+/// One target's holders, a page of them at a time: a door of a large site has thousands.
+struct HoldersShown {
+    holders: views::TargetHolders,
+    total: usize,
+    /// The first shown, 1-based.
+    from: usize,
+    next: Option<String>,
+    previous: Option<String>,
+}
+
+/// Holders shown on one who-has page.
+const HOLDERS_PER_PAGE: usize = 200;
 
 #[derive(Debug, Deserialize)]
 pub struct TargetQuery {
     target: Option<String>,
+    // A string, so a hand-edited address is read as the first page rather than refused.
+    offset: Option<String>,
 }
 
 pub async fn who_has(
@@ -229,15 +244,37 @@ pub async fn who_has(
         return *r;
     }
     let target = q.target.unwrap_or_default().trim().to_string();
+    let offset: usize = q
+        .offset
+        .as_deref()
+        .and_then(|o| o.trim().parse().ok())
+        .unwrap_or(0);
     let (found, error) = if target.is_empty() {
         (Vec::new(), None)
     } else {
-        match views::who_has(&st.api, &target).await {
+        let page = HOLDERS_PER_PAGE as i64;
+        match views::who_has_page(&st.api, &target, offset as i64, page).await {
             Ok(f) => (f, None),
             Err(p) if p.status == 404 => (Vec::new(), Some(p.detail)),
             Err(p) => return problem(p, &s),
         }
     };
+    let link = |o: usize| format!("?target={}&offset={o}", urlencode(&target));
+    let found = found
+        .into_iter()
+        .map(|(total, h)| {
+            let total = usize::try_from(total).unwrap_or(0);
+            let from = offset.min(total);
+            let shown_to = from + h.holders.len();
+            HoldersShown {
+                total,
+                from: from + 1,
+                next: (shown_to < total).then(|| link(shown_to)),
+                previous: (from > 0).then(|| link(from.saturating_sub(HOLDERS_PER_PAGE))),
+                holders: h,
+            }
+        })
+        .collect();
     render(
         &WhoHasPage {
             nav: Some(Nav::of(&s, "who-has")),
@@ -339,6 +376,187 @@ pub async fn decide(
                 d.id, d.status, d.by, d.revokes_enqueued
             );
             Redirect::to(&format!("/console/approvals?notice={}", urlencode(&text))).into_response()
+        }
+        Err(p) => problem(p, &s),
+    }
+}
+
+// ---- temporary access --------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "requests.html")]
+struct RequestsPage {
+    nav: Option<Nav>,
+    requests: Vec<RequestCard>,
+    can_ask: bool,
+    can_decide: bool,
+    connectors: Vec<String>,
+    targets: Vec<String>,
+    form: AskForm,
+    notice: Option<String>,
+    error: Option<String>,
+}
+
+struct RequestCard {
+    request: views::AccessRequest,
+    /// The signed-in operator asked for it (dual control: no buttons to decide it).
+    mine: bool,
+}
+
+/// The ask form's fields, kept when the request is refused so nothing typed is lost.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct AskForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    person: String,
+    #[serde(default)]
+    connector: String,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    starts_at: String,
+    #[serde(default)]
+    ends_at: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn requests_page(
+    st: &ConsoleState,
+    s: &Session,
+    form: AskForm,
+    notice: Option<String>,
+    error: Option<String>,
+    status: StatusCode,
+) -> Response {
+    let started = Instant::now();
+    let found = match views::requests(&st.api, None, None, 200).await {
+        Ok(r) => r,
+        Err(p) => return problem(p, s),
+    };
+    let config = &st.api.engine.config;
+    let me = s.operator.actor();
+    let page = RequestsPage {
+        nav: Some(Nav::of(s, "requests")),
+        requests: found
+            .into_iter()
+            .map(|r| RequestCard {
+                mine: crate::operators::same_person(config, &me, &r.requested_by),
+                request: r,
+            })
+            .collect(),
+        can_ask: s.operator.role.allows(Role::Desk),
+        can_decide: s.operator.role.allows(Role::Approver),
+        connectors: config.connectors.keys().cloned().collect(),
+        targets: config
+            .connectors
+            .values()
+            .flat_map(|c| c.targets.keys().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+        form,
+        notice,
+        error,
+    };
+    (status, render(&page, started)).into_response()
+}
+
+pub async fn requests(
+    State(st): State<ConsoleState>,
+    s: Session,
+    Query(n): Query<Notice>,
+) -> Response {
+    if let Err(r) = s.require(Role::Viewer) {
+        return *r;
+    }
+    requests_page(&st, &s, AskForm::default(), n.notice, None, StatusCode::OK).await
+}
+
+/// A `datetime-local` field (`2026-12-06T14:30`, read as UTC) or an RFC 3339 time, as RFC 3339.
+fn form_time(v: &str) -> String {
+    let v = v.trim();
+    match chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S"))
+    {
+        Ok(t) => t.and_utc().to_rfc3339(),
+        Err(_) => v.to_string(),
+    }
+}
+
+pub async fn ask(
+    State(st): State<ConsoleState>,
+    s: Session,
+    Form(form): Form<AskForm>,
+) -> Response {
+    if let Err(r) = s.check_csrf(&form.csrf) {
+        return *r;
+    }
+    let op = match s.require(Role::Desk) {
+        Ok(op) => op.clone(),
+        Err(r) => return *r,
+    };
+    let body = views::NewRequest {
+        person: form.person.clone(),
+        connector: form.connector.clone(),
+        target: form.target.clone(),
+        starts_at: Some(form_time(&form.starts_at)).filter(|v| !v.is_empty()),
+        ends_at: form_time(&form.ends_at),
+        reason: form.reason.clone(),
+    };
+    match views::ask(&st.api, &op, &body).await {
+        Ok(r) => {
+            let text = format!(
+                "Request {} for {} at {} asked by {}: it waits for an approver.",
+                r.id, r.target, r.person, r.requested_by
+            );
+            Redirect::to(&format!("/console/requests?notice={}", urlencode(&text))).into_response()
+        }
+        Err(p) if p.status == 400 => {
+            requests_page(&st, &s, form, None, Some(p.detail), StatusCode::BAD_REQUEST).await
+        }
+        Err(p) => problem(p, &s),
+    }
+}
+
+pub async fn act_on_request(
+    State(st): State<ConsoleState>,
+    s: Session,
+    Path((id, action)): Path<(i64, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = s.check_csrf(&form.csrf) {
+        return *r;
+    }
+    let op = match s.require(Role::Approver) {
+        Ok(op) => op.clone(),
+        Err(r) => return *r,
+    };
+    let done = match action.as_str() {
+        "approve" => views::decide_request(&st.api, &op, id, true).await,
+        "reject" => views::decide_request(&st.api, &op, id, false).await,
+        "end" => views::end_request(&st.api, &op, id).await,
+        _ => {
+            return message(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "No such action.",
+                Some(&s),
+            );
+        }
+    };
+    match done {
+        Ok(r) => {
+            let text = format!(
+                "Request {} for {} at {} is {} ({}).",
+                r.id,
+                r.target,
+                r.person,
+                r.status,
+                op.actor()
+            );
+            Redirect::to(&format!("/console/requests?notice={}", urlencode(&text))).into_response()
         }
         Err(p) => problem(p, &s),
     }

@@ -14,6 +14,7 @@ pub mod operators;
 pub mod plan;
 pub mod redrive;
 pub mod report;
+pub mod request;
 pub mod status;
 pub mod suspend;
 pub mod who_has;

@@ -1,0 +1,399 @@
+//! Temporary access: a door for a person, for a window, with a reason, approved by someone other
+//! than who asked (a contractor's week on the plant room, a service visit to the server room).
+//!
+//! A request is `requested`, then `approved` or `rejected` by an approver (dual control: never by
+//! whoever asked). An approved request is `active` from the start of its window: its grant is then
+//! wanted like a template's, so the door is issued through the normal outbox. At the window's end
+//! the scheduler marks it `expired` and the grant is revoked unless a template grants the same door
+//! anyway; latency counts from the end instant, so a replica that was down at that moment shows
+//! the delay. An operator may end it early (`ended`). Requests that are never decided expire at
+//! the end of their window too. State lives in the store, so starts and ends happen across
+//! restarts, and every step is audited with its actor.
+//!
+//! Extending a grant is a new request for the same door with a later end.
+
+use crate::audit;
+use crate::clock::{from_micros, to_micros};
+use crate::config::{Config, ConnectorKind};
+use crate::engine::{Engine, EngineError, Evaluation};
+use crate::model::DesiredGrant;
+use crate::plan::Applied;
+use crate::store::{self, StoreError, access_requests::RequestRow};
+use chrono::{DateTime, Duration, Utc};
+
+/// The longest window one request may ask for: a longer need is a template, not an exception.
+pub const MAX_WINDOW_DAYS: i64 = 31;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("request {0} does not exist")]
+    NotFound(i64),
+    #[error("request {id} is {status}: {action} needs it {needed}")]
+    WrongState {
+        id: i64,
+        status: String,
+        action: &'static str,
+        needed: &'static str,
+    },
+    #[error(
+        "request {id} was asked for by {requested_by}: dual control needs someone else to decide it"
+    )]
+    DualControl { id: i64, requested_by: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// What someone asks for.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// The person's key.
+    pub person: String,
+    pub connector: String,
+    pub target: String,
+    /// When the window opens (now when absent).
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// The grants the requests in force want: one per request, named `request:ID` as a template
+/// would be, valid until the window's end.
+pub fn desired(config: &Config, requests: &[RequestRow]) -> Vec<DesiredGrant> {
+    requests
+        .iter()
+        .map(|r| DesiredGrant {
+            connector: r.connector.clone(),
+            target: r.target.clone(),
+            credential: match config.connectors.get(&r.connector).map(|c| c.kind) {
+                Some(ConnectorKind::Manual) => "physical_key".into(),
+                _ => "app".into(),
+            },
+            template: format!("request:{}", r.id),
+            window: None,
+            valid_until: Some(from_micros(r.ends_at)),
+        })
+        .collect()
+}
+
+fn invalid(m: impl Into<String>) -> RequestError {
+    RequestError::Invalid(m.into())
+}
+
+/// Record a request for temporary access, asked by `by`. Nothing is issued until an approver
+/// approves it.
+pub async fn ask(engine: &Engine, ask: &Ask, by: &str) -> Result<RequestRow, RequestError> {
+    let now = engine.clock.now();
+    if ask.reason.trim().is_empty() {
+        return Err(invalid("a request needs a reason"));
+    }
+    let Some(connector) = engine.config.connectors.get(&ask.connector) else {
+        let known: Vec<&str> = engine
+            .config
+            .connectors
+            .keys()
+            .map(String::as_str)
+            .collect();
+        return Err(invalid(format!(
+            "unknown connector `{}`; configured: {}",
+            ask.connector,
+            known.join(", ")
+        )));
+    };
+    if !connector.targets.is_empty() && !connector.targets.contains_key(&ask.target) {
+        let some: Vec<&str> = connector
+            .targets
+            .keys()
+            .take(10)
+            .map(String::as_str)
+            .collect();
+        return Err(invalid(format!(
+            "connector `{}` has no target `{}` in its target map (e.g. {})",
+            ask.connector,
+            ask.target,
+            some.join(", ")
+        )));
+    }
+    let starts_at = ask.starts_at.unwrap_or(now);
+    if ask.ends_at <= starts_at {
+        return Err(invalid("the window must end after it starts"));
+    }
+    if ask.ends_at <= now {
+        return Err(invalid("the window has already ended"));
+    }
+    if ask.ends_at - starts_at > Duration::days(MAX_WINDOW_DAYS) {
+        return Err(invalid(format!(
+            "a window may last at most {MAX_WINDOW_DAYS} days; longer access belongs in a template"
+        )));
+    }
+    let now_us = to_micros(now);
+    let mut tx = engine.store.begin_write().await?;
+    let Some(person) = store::get_identity(&mut tx, &ask.person).await? else {
+        return Err(invalid(format!("no person with key `{}`", ask.person)));
+    };
+    if !person.lifecycle.entitled() {
+        return Err(invalid(format!(
+            "`{}` is {}: only people entitled to access can be given more",
+            ask.person, person.lifecycle
+        )));
+    }
+    let mut row = RequestRow {
+        id: 0,
+        identity_key: ask.person.clone(),
+        connector: ask.connector.clone(),
+        target: ask.target.clone(),
+        reason: ask.reason.trim().to_string(),
+        starts_at: to_micros(starts_at),
+        ends_at: to_micros(ask.ends_at),
+        status: "requested".into(),
+        requested_by: by.to_string(),
+        requested_at: now_us,
+        decided_by: None,
+        decided_at: None,
+        closed_by: None,
+        closed_at: None,
+    };
+    row.id = store::access_requests::insert(&mut tx, &row).await?;
+    audit::append(
+        &mut tx,
+        now_us,
+        by,
+        "request.created",
+        &row.identity_key,
+        &serde_json::json!({
+            "request": row.id, "connector": row.connector, "target": row.target,
+            "starts_at": starts_at, "ends_at": ask.ends_at, "reason": row.reason,
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// Approve or reject a request as `by`; refused to whoever asked for it. An approved request
+/// whose window has begun is in force at once.
+pub async fn decide(
+    engine: &Engine,
+    id: i64,
+    approve: bool,
+    by: &str,
+) -> Result<(RequestRow, Applied), RequestError> {
+    let now = engine.clock.now();
+    let now_us = to_micros(now);
+    let mut tx = engine.store.begin_write().await?;
+    let row = store::access_requests::get(&mut tx, id)
+        .await?
+        .ok_or(RequestError::NotFound(id))?;
+    if row.status != "requested" {
+        return Err(RequestError::WrongState {
+            id,
+            status: row.status,
+            action: if approve { "approving" } else { "rejecting" },
+            needed: "requested",
+        });
+    }
+    if approve && crate::operators::same_person(&engine.config, by, &row.requested_by) {
+        return Err(RequestError::DualControl {
+            id,
+            requested_by: row.requested_by,
+        });
+    }
+    let status = if approve { "approved" } else { "rejected" };
+    store::access_requests::decide(&mut tx, id, status, by, now_us).await?;
+    audit::append(
+        &mut tx,
+        now_us,
+        by,
+        &format!("request.{status}"),
+        &row.identity_key,
+        &serde_json::json!({"request": id, "connector": row.connector, "target": row.target}),
+    )
+    .await?;
+    let mut applied = Applied::default();
+    if approve && row.starts_at <= now_us && now_us < row.ends_at {
+        applied = start(engine, &mut tx, &row, by, now).await?;
+    }
+    tx.commit().await?;
+    engine.notify_outbox();
+    let row = refetch(engine, id).await?;
+    Ok((row, applied))
+}
+
+/// End a request early (before or during its window), as `by`: its grant is revoked unless a
+/// template grants the same door.
+pub async fn end(
+    engine: &Engine,
+    id: i64,
+    by: &str,
+) -> Result<(RequestRow, Applied), RequestError> {
+    let now = engine.clock.now();
+    let now_us = to_micros(now);
+    let mut tx = engine.store.begin_write().await?;
+    let row = store::access_requests::get(&mut tx, id)
+        .await?
+        .ok_or(RequestError::NotFound(id))?;
+    if !store::access_requests::close(&mut tx, id, "ended", by, now_us).await? {
+        return Err(RequestError::WrongState {
+            id,
+            status: row.status,
+            action: "ending",
+            needed: "requested, approved or active",
+        });
+    }
+    audit::append(
+        &mut tx,
+        now_us,
+        by,
+        "request.ended",
+        &row.identity_key,
+        &serde_json::json!({"request": id, "connector": row.connector, "target": row.target}),
+    )
+    .await?;
+    let why = Evaluation {
+        kind: "request_ended",
+        actor: by,
+        hold_revokes: false,
+        trigger_at: now,
+    };
+    let applied = engine
+        .evaluate(&mut tx, &row.identity_key, &why, now)
+        .await?;
+    tx.commit().await?;
+    engine.notify_outbox();
+    Ok((refetch(engine, id).await?, applied))
+}
+
+async fn refetch(engine: &Engine, id: i64) -> Result<RequestRow, RequestError> {
+    let mut conn = engine
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(StoreError::from)?;
+    store::access_requests::get(&mut conn, id)
+        .await?
+        .ok_or(RequestError::NotFound(id))
+}
+
+/// Put an approved request in force on the caller's transaction and issue its grant.
+async fn start(
+    engine: &Engine,
+    conn: &mut sqlx::AnyConnection,
+    row: &RequestRow,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Applied, EngineError> {
+    if !store::access_requests::activate(conn, row.id).await? {
+        return Ok(Applied::default());
+    }
+    audit::append(
+        conn,
+        to_micros(now),
+        actor,
+        "request.activated",
+        &row.identity_key,
+        &serde_json::json!({"request": row.id, "connector": row.connector, "target": row.target, "ends_at": from_micros(row.ends_at)}),
+    )
+    .await?;
+    let why = Evaluation {
+        kind: "temporary_access",
+        actor,
+        hold_revokes: false,
+        trigger_at: from_micros(row.starts_at).max(from_micros(row.requested_at)),
+    };
+    engine.evaluate(conn, &row.identity_key, &why, now).await
+}
+
+/// The schedule's part: requests whose window opened are put in force, and those whose window
+/// closed expire and their grants are revoked. Runs under the effective-dated lease, so one
+/// replica does it; after a restart it picks up whatever came due meanwhile.
+pub async fn tick(engine: &Engine) -> Result<Applied, EngineError> {
+    let mut total = Applied::default();
+    loop {
+        let now = engine.clock.now();
+        let now_us = to_micros(now);
+        let due = store::access_requests::due(engine.store.pool(), now_us, 200).await?;
+        if due.is_empty() {
+            return Ok(total);
+        }
+        let mut tx = engine.store.begin_write().await?;
+        for row in &due {
+            let a = if row.ends_at <= now_us {
+                if !store::access_requests::close(&mut tx, row.id, "expired", "schedule", now_us)
+                    .await?
+                {
+                    continue;
+                }
+                audit::append(
+                    &mut tx,
+                    now_us,
+                    "schedule",
+                    "request.expired",
+                    &row.identity_key,
+                    &serde_json::json!({"request": row.id, "connector": row.connector, "target": row.target, "was": row.status, "ends_at": from_micros(row.ends_at)}),
+                )
+                .await?;
+                let why = Evaluation {
+                    kind: "expiry",
+                    actor: "schedule",
+                    hold_revokes: false,
+                    trigger_at: from_micros(row.ends_at),
+                };
+                engine
+                    .evaluate(&mut tx, &row.identity_key, &why, now)
+                    .await?
+            } else {
+                start(engine, &mut tx, row, "schedule", now).await?
+            };
+            total.issues += a.issues;
+            total.revokes += a.revokes;
+        }
+        tx.commit().await?;
+        engine.notify_outbox();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_wants_its_door_until_its_end() {
+        let config: Config = toml::from_str(
+            "version = 1\n[store]\nurl = \"sqlite://x.db\"\n[policy]\ntemplates = \"t.toml\"\n",
+        )
+        .unwrap();
+        let row = RequestRow {
+            id: 7,
+            identity_key: "E1".into(),
+            connector: "nuki".into(),
+            target: "plant-room".into(),
+            reason: "boiler service".into(),
+            starts_at: 0,
+            ends_at: 3_600_000_000,
+            status: "active".into(),
+            requested_by: "os:dana".into(),
+            requested_at: 0,
+            decided_by: Some("os:sam".into()),
+            decided_at: Some(0),
+            closed_by: None,
+            closed_at: None,
+        };
+        let d = desired(&config, &[row]);
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            (
+                d[0].template.as_str(),
+                d[0].target.as_str(),
+                d[0].credential.as_str()
+            ),
+            ("request:7", "plant-room", "app")
+        );
+        assert_eq!(d[0].valid_until, Some(from_micros(3_600_000_000)));
+    }
+}

@@ -1,0 +1,207 @@
+//! `latchkey request ask|list|approve|reject|end`: temporary access from the shell, as the OS user
+//! (see `crate::access_requests`). The running daemon issues and revokes what is enqueued here and
+//! starts and ends windows on its schedule.
+
+use crate::access_requests::{self, RequestError};
+use crate::cli::{ConfigArg, lookup, open_reader};
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    #[command(subcommand)]
+    pub command: RequestCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RequestCommand {
+    /// Ask for a door for a person, for a window, with a reason (an approver must approve it).
+    Ask {
+        /// Correlation key, e-mail or full name.
+        person: String,
+        #[arg(long)]
+        connector: String,
+        /// A target in the connector's target map.
+        #[arg(long)]
+        target: String,
+        /// When the window opens (RFC 3339); now when left out.
+        #[arg(long, value_parser = parse_time)]
+        from: Option<DateTime<Utc>>,
+        /// When it closes (RFC 3339), at most 31 days after it opens.
+        #[arg(long, value_parser = parse_time, required_unless_present = "hours")]
+        until: Option<DateTime<Utc>>,
+        /// Or: how many hours from its start.
+        #[arg(long, conflicts_with = "until")]
+        hours: Option<u32>,
+        /// Why: recorded with the request and in the audit log.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Requests, newest first.
+    List {
+        /// Only this status (requested, approved, active, expired, ended, rejected).
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Approve a request (dual control: not one you asked for).
+    Approve {
+        id: i64,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Reject a request.
+    Reject {
+        id: i64,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// End a request now: its door is revoked unless a template grants it.
+    End {
+        id: i64,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time (2026-12-06T14:00:00Z): {e}"))
+}
+
+fn refused(e: RequestError) -> anyhow::Result<i32> {
+    match e {
+        RequestError::Invalid(_)
+        | RequestError::NotFound(_)
+        | RequestError::WrongState { .. }
+        | RequestError::DualControl { .. } => {
+            eprintln!("request: {e}");
+            Ok(1)
+        }
+        other => Err(other.into()),
+    }
+}
+
+pub async fn run(args: RequestArgs) -> anyhow::Result<i32> {
+    let by = crate::operators::os_actor();
+    match args.command {
+        RequestCommand::Ask {
+            person,
+            connector,
+            target,
+            from,
+            until,
+            hours,
+            reason,
+            config,
+        } => {
+            let app = open_reader(&config).await?;
+            let key = {
+                let mut conn = app.store().pool().acquire().await?;
+                match lookup::person(&mut conn, &person).await {
+                    Ok(i) => i.key,
+                    Err(e) => {
+                        eprintln!("request: {e}");
+                        return Ok(1);
+                    }
+                }
+            };
+            let start = from.unwrap_or_else(|| app.engine.clock.now());
+            let ends_at = match (until, hours) {
+                (Some(u), _) => u,
+                (None, Some(h)) => start + chrono::Duration::hours(i64::from(h)),
+                (None, None) => unreachable!("clap requires --until or --hours"),
+            };
+            let ask = access_requests::Ask {
+                person: key,
+                connector,
+                target,
+                starts_at: from,
+                ends_at,
+                reason,
+            };
+            match access_requests::ask(&app.engine, &ask, &by).await {
+                Ok(r) => {
+                    println!(
+                        "request {} for {} at {} ({}) by {by}: waiting for an approver (`latchkey request approve {}`)",
+                        r.id, r.identity_key, r.target, r.connector, r.id
+                    );
+                    Ok(0)
+                }
+                Err(e) => refused(e),
+            }
+        }
+        RequestCommand::List { status, config } => {
+            let app = open_reader(&config).await?;
+            let rows = crate::store::access_requests::list(
+                app.store().pool(),
+                status.as_deref(),
+                None,
+                1000,
+            )
+            .await?;
+            if rows.is_empty() {
+                println!("no requests");
+            }
+            for r in rows {
+                let time = crate::cli::output::time;
+                println!(
+                    "#{:<5} {:<9} {:<12} {}@{}  {} .. {}  asked by {}{}: {}",
+                    r.id,
+                    r.status,
+                    r.identity_key,
+                    r.target,
+                    r.connector,
+                    time(r.starts_at),
+                    time(r.ends_at),
+                    r.requested_by,
+                    r.decided_by
+                        .map(|d| format!(", decided by {d}"))
+                        .unwrap_or_default(),
+                    r.reason
+                );
+            }
+            Ok(0)
+        }
+        RequestCommand::Approve { id, config } => decide(id, true, &config, &by).await,
+        RequestCommand::Reject { id, config } => decide(id, false, &config, &by).await,
+        RequestCommand::End { id, config } => {
+            let app = open_reader(&config).await?;
+            match access_requests::end(&app.engine, id, &by).await {
+                Ok((r, a)) => {
+                    println!(
+                        "request {id} ended by {by}: {} revocations enqueued for {} at {}",
+                        a.revokes, r.identity_key, r.target
+                    );
+                    Ok(0)
+                }
+                Err(e) => refused(e),
+            }
+        }
+    }
+}
+
+async fn decide(id: i64, approve: bool, config: &ConfigArg, by: &str) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    match access_requests::decide(&app.engine, id, approve, by).await {
+        Ok((r, a)) => {
+            println!(
+                "request {id} {} by {by}: {} for {} at {}{}",
+                r.status,
+                r.target,
+                r.identity_key,
+                r.connector,
+                if a.issues > 0 {
+                    format!(" ({} issue enqueued: the window has begun)", a.issues)
+                } else {
+                    String::new()
+                }
+            );
+            Ok(0)
+        }
+        Err(e) => refused(e),
+    }
+}
