@@ -277,7 +277,8 @@ async fn api_server(
     sim::SimServer,
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    api_server_on(dir, url, listener, &operators_section(), &[]).await
+    let clock = latchkey::clock::system();
+    api_server_on(dir, url, listener, &operators_section(), &[], clock).await
 }
 
 /// `api_server` on a listener the caller bound (the console's public URL and the identity
@@ -289,6 +290,7 @@ async fn api_server_on(
     listener: tokio::net::TcpListener,
     config: &str,
     env: &[(&str, &str)],
+    clock: latchkey::clock::SharedClock,
 ) -> (
     String,
     latchkey::app::App,
@@ -307,7 +309,7 @@ async fn api_server_on(
         &latchkey::config::ConfigInput::from_file(&path, env).unwrap(),
     )
     .unwrap();
-    let app = latchkey::app::App::open_reader(config, latchkey::clock::system())
+    let app = latchkey::app::App::open_reader(config, clock)
         .await
         .unwrap();
     let engine = app.engine.clone();
@@ -388,8 +390,34 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
         let mut held = held.into_iter();
         let mut hand_over = vec![tasks[0], tasks[2], tasks[4]].into_iter();
         let mut returns = vec![tasks[1], tasks[3], tasks[5]].into_iter();
+        // Temporary access asked by alice: four to decide (approve 2, reject 2), two approved to
+        // end early.
+        let engine = _app.engine.clone();
+        let mut asked = Vec::new();
+        for _ in 0..6 {
+            let ask = latchkey::access_requests::Ask {
+                person: "E1".into(),
+                connector: "nuki".into(),
+                target: "berlin-lab".into(),
+                starts_at: None,
+                ends_at: engine.clock.now() + chrono::Duration::hours(4),
+                reason: "lab move".into(),
+            };
+            let r = latchkey::access_requests::ask(&engine, &ask, "os:alice")
+                .await
+                .unwrap();
+            asked.push(r.id);
+        }
+        for id in &asked[4..] {
+            latchkey::access_requests::decide(&engine, *id, true, "os:bob")
+                .await
+                .unwrap();
+        }
+        let mut to_decide = asked[..4].to_vec().into_iter();
+        let mut to_end = asked[4..].to_vec().into_iter();
+        let new_request = r#"{"person": "E1", "connector": "nuki", "target": "berlin-lab", "ends_at": "2099-01-01T00:00:00Z", "starts_at": "2098-12-31T00:00:00Z", "reason": "visit"}"#;
         // (method, path with {id}, body, least role)
-        let table: [(&str, &str, Option<&str>, Role); 16] = [
+        let table: [(&str, &str, Option<&str>, Role); 21] = [
             ("GET", "/api/v1/people?limit=2", None, Role::Viewer),
             ("GET", "/api/v1/people/E1", None, Role::Viewer),
             (
@@ -441,6 +469,31 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
             ("GET", "/api/v1/reports/sla", None, Role::Viewer),
             ("GET", "/api/v1/audit?limit=5", None, Role::Viewer),
             ("GET", "/api/v1/audit/export?format=csv", None, Role::Viewer),
+            (
+                "GET",
+                "/api/v1/requests?status=requested",
+                None,
+                Role::Viewer,
+            ),
+            ("POST", "/api/v1/requests", Some(new_request), Role::Desk),
+            (
+                "POST",
+                "/api/v1/requests/{request}/approve",
+                None,
+                Role::Approver,
+            ),
+            (
+                "POST",
+                "/api/v1/requests/{request}/reject",
+                None,
+                Role::Approver,
+            ),
+            (
+                "POST",
+                "/api/v1/requests/{open_request}/end",
+                None,
+                Role::Approver,
+            ),
         ];
         let callers = [
             Who::NoToken,
@@ -462,6 +515,10 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                     path.replace("{hand_over}", &id(&mut hand_over).to_string())
                 } else if path.contains("{return}") {
                     path.replace("{return}", &id(&mut returns).to_string())
+                } else if path.contains("{request}") {
+                    path.replace("{request}", &id(&mut to_decide).to_string())
+                } else if path.contains("{open_request}") {
+                    path.replace("{open_request}", &id(&mut to_end).to_string())
                 } else {
                     path.to_string()
                 };
@@ -623,6 +680,8 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 .replace("{held}", "{id}")
                 .replace("{hand_over}", "{id}")
                 .replace("{return}", "{id}")
+                .replace("{request}", "{id}")
+                .replace("{open_request}", "{id}")
                 .replace("/E1", "/{person}")
                 .replace("/berlin-sales/", "/{target}/");
             let op = &paths
@@ -631,10 +690,19 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 [method.to_lowercase()];
             assert!(op.is_object(), "{method} {templated}");
         }
+        let operations: usize = paths
+            .values()
+            .map(|p| {
+                ["get", "post", "put", "patch", "delete"]
+                    .iter()
+                    .filter(|m| p.get(**m).is_some())
+                    .count()
+            })
+            .sum();
         assert_eq!(
-            paths.len(),
+            operations,
             table.len(),
-            "one path per route: {:?}",
+            "one operation per route: {:?}",
             paths.keys()
         );
     }
@@ -772,6 +840,7 @@ async fn console_pages_need_a_sign_in_and_each_role_acts_only_within_it() {
             listener,
             &console_section(&base, None),
             &[],
+            latchkey::clock::system(),
         )
         .await;
         let pool = app.store().pool().clone();
@@ -1324,12 +1393,15 @@ async fn in_a_browser_people_sign_in_with_sso_see_doors_approve_and_record_a_key
     let base = format!("http://{}", listener.local_addr().unwrap());
     let secret = "test-client-secret";
     let idp = identity_provider(&format!("{base}/console/callback"), secret);
+    // The daemon's clock is the test's, so a temporary grant's end comes when the test says.
+    let clock = latchkey::clock::ManualClock::new(chrono::Utc::now());
     let (_, app, held, tasks, _sim) = api_server_on(
         tmp.path(),
         &url,
         listener,
         &console_section(&base, Some(&idp.issuer)),
         &[("T_OIDC_SECRET", secret)],
+        std::sync::Arc::new(clock.clone()),
     )
     .await;
     let driver = chromedriver().await;
@@ -1457,6 +1529,117 @@ async fn in_a_browser_people_sign_in_with_sso_see_doors_approve_and_record_a_key
         "the task is done"
     );
     screenshot(&phone, "returned-phone").await;
+    phone.close().await.unwrap();
+
+    // Temporary access from ask to approve to issued to expired: dana asks at the desk for the
+    // lab for two hours, sam approves on his phone, the grant is issued, and at the window's end
+    // the schedule revokes it.
+    let phone = browser(&driver, 390, 844).await;
+    sign_in_with_sso(&phone, &base, "dana").await;
+    phone
+        .goto(&format!("{base}/console/requests"))
+        .await
+        .unwrap();
+    // The form folds away under its summary, as on the page.
+    phone
+        .find(Css("details summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let until = (clock.now_utc() + chrono::Duration::hours(2))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let form = phone.form(Css("#ask")).await.unwrap();
+    form.set_by_name("person", "E1").await.unwrap();
+    form.set_by_name("connector", "nuki").await.unwrap();
+    form.set_by_name("target", "berlin-lab").await.unwrap();
+    form.set_by_name("ends_at", &until).await.unwrap();
+    form.set_by_name("reason", "lab inventory").await.unwrap();
+    phone
+        .find(Css("#ask button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = text_of(&phone, "#notice").await;
+    assert!(notice.contains("waits for an approver"), "{notice}");
+    let asked = latchkey::store::access_requests::list(app.store().pool(), None, None, 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        (asked.requested_by.as_str(), asked.status.as_str()),
+        ("oidc:dana", "requested")
+    );
+    screenshot(&phone, "request-asked-phone").await;
+    assert!(
+        phone
+            .find(Css(&format!("#request-{} form[action$=approve]", asked.id)))
+            .await
+            .is_err(),
+        "a desk operator cannot approve"
+    );
+    phone.close().await.unwrap();
+
+    let phone = browser(&driver, 390, 844).await;
+    sign_in_with_sso(&phone, &base, "sam").await;
+    phone
+        .goto(&format!("{base}/console/requests"))
+        .await
+        .unwrap();
+    let (scroll, inner) = fits_width(&phone).await;
+    assert!(
+        inner <= 390 && scroll <= inner,
+        "requests on a phone: {scroll} px wide in {inner}"
+    );
+    phone
+        .find(Css(&format!(
+            "#request-{} form[action$=approve] button",
+            asked.id
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = text_of(&phone, "#notice").await;
+    assert!(notice.contains("is active (oidc:sam)"), "{notice}");
+    phone
+        .goto(&format!("{base}/console/people/E1"))
+        .await
+        .unwrap();
+    let grants = text_of(&phone, "#grants").await;
+    assert!(
+        grants.contains("berlin-lab")
+            && grants.contains(&format!("request:{}", asked.id))
+            && grants.contains("issued"),
+        "{grants}"
+    );
+    screenshot(&phone, "request-issued-phone").await;
+
+    clock.advance(chrono::Duration::hours(2) + chrono::Duration::minutes(1));
+    // The schedule ends it. No dispatcher runs here, so the issue never reached the vendor: the
+    // end withdraws it (the flow suite checks the revocation at a simulator).
+    app.engine.tick().await.unwrap();
+    phone
+        .goto(&format!("{base}/console/people/E1"))
+        .await
+        .unwrap();
+    let grants = text_of(&phone, "#grants").await;
+    assert!(grants.contains("expired"), "{grants}");
+    phone
+        .goto(&format!("{base}/console/requests"))
+        .await
+        .unwrap();
+    let card = text_of(&phone, &format!("#request-{}", asked.id)).await;
+    assert!(
+        card.contains("expired") && card.contains("closed by schedule"),
+        "{card}"
+    );
+    screenshot(&phone, "request-expired-phone").await;
     phone.close().await.unwrap();
 
     // Someone the provider knows but in no group latchkey maps is refused, and told why.

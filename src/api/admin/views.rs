@@ -87,14 +87,16 @@ pub struct Grant {
     pub approved_by: Option<String>,
 }
 
-/// A grant's lifecycle state from what policy wants, what the vendor confirmed and whether a
-/// suspension withholds it.
-pub fn grant_state(desired: &str, observed: &str, suspended: bool) -> &'static str {
+/// A grant's lifecycle state from what policy wants, what the vendor confirmed, whether a
+/// suspension withholds it, and what caused it (a temporary request's grant that is gone has
+/// `expired`).
+pub fn grant_state(desired: &str, observed: &str, suspended: bool, template: &str) -> &'static str {
     match (desired == "present", observed == "present") {
         (true, true) => "active",
         (true, false) => "issued",
         (false, true) => "revoking",
         (false, false) if suspended => "suspended",
+        (false, false) if template.starts_with("request:") => "expired",
         (false, false) => "revoked",
     }
 }
@@ -124,6 +126,7 @@ pub async fn person_access(s: &ApiState, who: &str) -> Result<PersonAccess, Prob
                 &g.desired,
                 &g.observed,
                 suspended.as_ref().is_some_and(|sc| sc.covers(&g.connector)),
+                &g.template,
             )
             .to_string(),
             connector: g.connector,
@@ -778,11 +781,20 @@ mod tests {
 
     #[test]
     fn a_grant_state_follows_policy_the_vendor_and_suspension() {
-        assert_eq!(grant_state("present", "present", false), "active");
-        assert_eq!(grant_state("present", "absent", false), "issued");
-        assert_eq!(grant_state("present", "unknown", false), "issued");
-        assert_eq!(grant_state("absent", "present", true), "revoking");
-        assert_eq!(grant_state("absent", "absent", true), "suspended");
-        assert_eq!(grant_state("absent", "absent", false), "revoked");
+        let door = "department-door";
+        assert_eq!(grant_state("present", "present", false, door), "active");
+        assert_eq!(grant_state("present", "absent", false, door), "issued");
+        assert_eq!(grant_state("present", "unknown", false, door), "issued");
+        assert_eq!(grant_state("absent", "present", true, door), "revoking");
+        assert_eq!(grant_state("absent", "absent", true, door), "suspended");
+        assert_eq!(grant_state("absent", "absent", false, door), "revoked");
+        assert_eq!(
+            grant_state("absent", "absent", false, "request:7"),
+            "expired"
+        );
+        assert_eq!(
+            grant_state("present", "present", false, "request:7"),
+            "active"
+        );
     }
 }
