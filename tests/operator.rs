@@ -413,8 +413,8 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 .await
                 .unwrap();
         }
-        let mut to_decide = asked[..4].to_vec().into_iter();
-        let mut to_end = asked[4..].to_vec().into_iter();
+        let mut to_decide = asked[..4].iter().copied();
+        let mut to_end = asked[4..].iter().copied();
         let new_request = r#"{"person": "E1", "connector": "nuki", "target": "berlin-lab", "ends_at": "2099-01-01T00:00:00Z", "starts_at": "2098-12-31T00:00:00Z", "reason": "visit"}"#;
         // (method, path with {id}, body, least role)
         let table: [(&str, &str, Option<&str>, Role); 21] = [
@@ -1394,7 +1394,10 @@ async fn in_a_browser_people_sign_in_with_sso_see_doors_approve_and_record_a_key
     let secret = "test-client-secret";
     let idp = identity_provider(&format!("{base}/console/callback"), secret);
     // The daemon's clock is the test's, so a temporary grant's end comes when the test says.
-    let clock = latchkey::clock::ManualClock::new(chrono::Utc::now());
+    let clock = {
+        use latchkey::clock::Clock;
+        latchkey::clock::ManualClock::new(latchkey::clock::system().now())
+    };
     let (_, app, held, tasks, _sim) = api_server_on(
         tmp.path(),
         &url,
