@@ -1394,10 +1394,7 @@ async fn in_a_browser_people_sign_in_with_sso_see_doors_approve_and_record_a_key
     let secret = "test-client-secret";
     let idp = identity_provider(&format!("{base}/console/callback"), secret);
     // The daemon's clock is the test's, so a temporary grant's end comes when the test says.
-    let clock = {
-        use latchkey::clock::Clock;
-        latchkey::clock::ManualClock::new(latchkey::clock::system().now())
-    };
+    let clock = latchkey::clock::ManualClock::new(latchkey::clock::system().now());
     let (_, app, held, tasks, _sim) = api_server_on(
         tmp.path(),
         &url,
