@@ -89,6 +89,41 @@ fn invalid(m: impl Into<String>) -> RequestError {
 /// approves it.
 pub async fn ask(engine: &Engine, ask: &Ask, by: &str) -> Result<RequestRow, RequestError> {
     let now = engine.clock.now();
+    let mut tx = engine.store.begin_write().await?;
+    let row = insert_checked(
+        engine,
+        &mut tx,
+        ask,
+        by,
+        Kind::Temporary,
+        Duration::days(MAX_WINDOW_DAYS),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Temporary,
+    /// Break-glass; under the review rule, with the instant its review is due.
+    Emergency {
+        review_due_at: Option<i64>,
+    },
+}
+
+/// Check what is asked (reason, connector, target, window, person) and record it as `requested`,
+/// audited, on the caller's transaction.
+async fn insert_checked(
+    engine: &Engine,
+    tx: &mut sqlx::AnyConnection,
+    ask: &Ask,
+    by: &str,
+    kind: Kind,
+    longest: Duration,
+    now: DateTime<Utc>,
+) -> Result<RequestRow, RequestError> {
     if ask.reason.trim().is_empty() {
         return Err(invalid("a request needs a reason"));
     }
@@ -126,14 +161,19 @@ pub async fn ask(engine: &Engine, ask: &Ask, by: &str) -> Result<RequestRow, Req
     if ask.ends_at <= now {
         return Err(invalid("the window has already ended"));
     }
-    if ask.ends_at - starts_at > Duration::days(MAX_WINDOW_DAYS) {
-        return Err(invalid(format!(
-            "a window may last at most {MAX_WINDOW_DAYS} days; longer access belongs in a template"
-        )));
+    if ask.ends_at - starts_at > longest {
+        return Err(invalid(match kind {
+            Kind::Temporary => format!(
+                "a window may last at most {MAX_WINDOW_DAYS} days; longer access belongs in a template"
+            ),
+            Kind::Emergency { .. } => format!(
+                "an emergency may last at most {} minutes (`[break_glass] max_minutes`)",
+                longest.num_minutes()
+            ),
+        }));
     }
     let now_us = to_micros(now);
-    let mut tx = engine.store.begin_write().await?;
-    let Some(person) = store::get_identity(&mut tx, &ask.person).await? else {
+    let Some(person) = store::get_identity(tx, &ask.person).await? else {
         return Err(invalid(format!("no person with key `{}`", ask.person)));
     };
     if !person.lifecycle.entitled() {
@@ -142,8 +182,13 @@ pub async fn ask(engine: &Engine, ask: &Ask, by: &str) -> Result<RequestRow, Req
             ask.person, person.lifecycle
         )));
     }
+    let (kind_name, review_due_at) = match kind {
+        Kind::Temporary => ("temporary", None),
+        Kind::Emergency { review_due_at } => ("emergency", review_due_at),
+    };
     let mut row = RequestRow {
         id: 0,
+        kind: kind_name.into(),
         identity_key: ask.person.clone(),
         connector: ask.connector.clone(),
         target: ask.target.clone(),
@@ -157,22 +202,132 @@ pub async fn ask(engine: &Engine, ask: &Ask, by: &str) -> Result<RequestRow, Req
         decided_at: None,
         closed_by: None,
         closed_at: None,
+        review_due_at,
+        reviewed_by: None,
+        reviewed_at: None,
+        review: None,
     };
-    row.id = store::access_requests::insert(&mut tx, &row).await?;
+    row.id = store::access_requests::insert(tx, &row).await?;
+    let action = match kind {
+        Kind::Temporary => "request.created",
+        Kind::Emergency { .. } => "emergency.opened",
+    };
+    audit::append(
+        tx,
+        now_us,
+        by,
+        action,
+        &row.identity_key,
+        &serde_json::json!({
+            "request": row.id, "kind": row.kind, "connector": row.connector, "target": row.target,
+            "starts_at": starts_at, "ends_at": ask.ends_at, "reason": row.reason,
+            "review_due_at": review_due_at.map(from_micros),
+        }),
+    )
+    .await?;
+    Ok(row)
+}
+
+/// Break-glass: give `person` a door now, for `minutes` (the configured default when absent), as
+/// the approver `by`. Under `[break_glass] rule = "review"` it is in force at once and another
+/// approver must review it before the deadline; under `"two_approvers"` it waits for a second
+/// approver like a temporary request. Either way it ends by itself at its time-to-live.
+pub async fn open_emergency(
+    engine: &Engine,
+    emergency: &Ask,
+    minutes: Option<u32>,
+    by: &str,
+) -> Result<(RequestRow, Applied), RequestError> {
+    use crate::config::BreakGlassRule;
+    let rules = &engine.config.break_glass;
+    let now = engine.clock.now();
+    let minutes = minutes.unwrap_or(rules.default_minutes);
+    let ask = Ask {
+        starts_at: None,
+        ends_at: now + Duration::minutes(i64::from(minutes)),
+        ..emergency.clone()
+    };
+    let review_due_at = (rules.rule == BreakGlassRule::Review)
+        .then(|| to_micros(now + Duration::hours(i64::from(rules.review_hours))));
+    let longest = Duration::minutes(i64::from(rules.max_minutes));
+    let mut tx = engine.store.begin_write().await?;
+    let row = insert_checked(
+        engine,
+        &mut tx,
+        &ask,
+        by,
+        Kind::Emergency { review_due_at },
+        longest,
+        now,
+    )
+    .await?;
+    let mut applied = Applied::default();
+    if rules.rule == BreakGlassRule::Review {
+        store::access_requests::decide(&mut tx, row.id, "approved", by, to_micros(now)).await?;
+        applied = start(engine, &mut tx, &row, by, now).await?;
+    }
+    tx.commit().await?;
+    engine.notify_outbox();
+    tracing::warn!(
+        request = row.id,
+        person = %row.identity_key,
+        target = %row.target,
+        by,
+        "break-glass opened"
+    );
+    Ok((refetch(engine, row.id).await?, applied))
+}
+
+/// Record the post-event review of an emergency, by an approver other than who opened it.
+pub async fn review(
+    engine: &Engine,
+    id: i64,
+    note: &str,
+    by: &str,
+) -> Result<RequestRow, RequestError> {
+    if note.trim().is_empty() {
+        return Err(invalid(
+            "a review needs a note: what happened and whether it was justified",
+        ));
+    }
+    let now_us = to_micros(engine.clock.now());
+    let mut tx = engine.store.begin_write().await?;
+    let row = store::access_requests::get(&mut tx, id)
+        .await?
+        .ok_or(RequestError::NotFound(id))?;
+    if row.kind != "emergency" || row.review_due_at.is_none() || row.reviewed_at.is_some() {
+        return Err(RequestError::WrongState {
+            id,
+            status: if row.reviewed_at.is_some() {
+                "reviewed".into()
+            } else {
+                format!("{} ({})", row.status, row.kind)
+            },
+            action: "reviewing",
+            needed: "an emergency awaiting review",
+        });
+    }
+    if crate::operators::same_person(&engine.config, by, &row.requested_by) {
+        return Err(RequestError::DualControl {
+            id,
+            requested_by: row.requested_by,
+        });
+    }
+    store::access_requests::mark_reviewed(&mut tx, id, by, note.trim(), now_us).await?;
     audit::append(
         &mut tx,
         now_us,
         by,
-        "request.created",
+        "emergency.reviewed",
         &row.identity_key,
         &serde_json::json!({
-            "request": row.id, "connector": row.connector, "target": row.target,
-            "starts_at": starts_at, "ends_at": ask.ends_at, "reason": row.reason,
+            "request": id, "opened_by": row.requested_by, "note": note.trim(),
+            "late": row.review_due_at.is_some_and(|d| d < now_us),
         }),
     )
     .await?;
     tx.commit().await?;
-    Ok(row)
+    refetch(engine, id).await
 }
 
 /// Approve or reject a request as `by`; refused to whoever asked for it. An approved request
@@ -370,6 +525,7 @@ mod tests {
         .unwrap();
         let row = RequestRow {
             id: 7,
+            kind: "temporary".into(),
             identity_key: "E1".into(),
             connector: "nuki".into(),
             target: "plant-room".into(),
@@ -383,6 +539,10 @@ mod tests {
             decided_at: Some(0),
             closed_by: None,
             closed_at: None,
+            review_due_at: None,
+            reviewed_by: None,
+            reviewed_at: None,
+            review: None,
         };
         let d = desired(&config, &[row]);
         assert_eq!(d.len(), 1);

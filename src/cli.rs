@@ -89,6 +89,8 @@ pub enum Command {
     Resume(commands::suspend::ResumeArgs),
     /// Temporary access: ask for a door for a window, approve or reject it, list, end early.
     Request(commands::request::RequestArgs),
+    /// Emergency access: open one (`[break_glass]` rules), list those awaiting review, review one.
+    BreakGlass(commands::request::BreakGlassArgs),
     /// Approve held changes (a mass disappearance from a feed), as your OS user (`os:USER` in the
     /// audit log). Dual control: a change you caused needs someone else's approval.
     #[command(group(clap::ArgGroup::new("selection").required(true).args(["ids", "all"])))]
@@ -219,6 +221,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::WhoHas(args) => commands::who_has::run(args).await,
         Command::Suspend(args) => commands::suspend::suspend(args).await,
         Command::Request(args) => commands::request::run(args).await,
+        Command::BreakGlass(args) => commands::request::break_glass(args).await,
         Command::Resume(args) => commands::suspend::resume(args).await,
         Command::Approve {
             ids,

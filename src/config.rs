@@ -6,9 +6,11 @@
 //! process environment.
 
 mod audit;
+mod break_glass;
 mod console;
 
 pub use audit::{AuditConfig, ForwardSink, SinkKind};
+pub use break_glass::{BreakGlassConfig, BreakGlassRule};
 pub use console::{ConsoleConfig, OidcConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -124,6 +126,9 @@ pub struct Config {
     pub operators: BTreeMap<String, OperatorConfig>,
     /// The web console and how operators sign in to it (absent: no console).
     pub console: Option<ConsoleConfig>,
+    /// Emergency (break-glass) access: its length and who must agree.
+    #[serde(default)]
+    pub break_glass: BreakGlassConfig,
     /// Where the file was read from: relative paths inside it are relative to its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -1264,6 +1269,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_audit()?;
         self.validate_console()?;
+        self.validate_break_glass()?;
         if let Some(schedule) = self
             .telemetry
             .drill

@@ -1351,3 +1351,165 @@ async fn a_temporary_door_is_issued_at_its_start_and_revoked_at_its_end_across_a
         }
     });
 }
+
+#[tokio::test]
+async fn break_glass_opens_at_once_pages_ends_at_its_ttl_and_waits_for_another_approvers_review() {
+    use latchkey::access_requests::{self, Ask, RequestError};
+    each_backend!(|h| {
+        h.feed(&[employee("E1", "sales", "berlin")]).await;
+        h.drain().await;
+        let engine = h.app.engine.clone();
+        let ask = Ask {
+            person: "E1".into(),
+            connector: "nuki".into(),
+            target: "berlin-plant-room".into(),
+            starts_at: None,
+            ends_at: h.clock.now_utc(),
+            reason: "flooding in the plant room".into(),
+        };
+        let gauges = |engine: std::sync::Arc<latchkey::engine::Engine>,
+                      clock: latchkey::clock::ManualClock| async move {
+            let now = latchkey::clock::to_micros(clock.now_utc());
+            engine.metrics.collect(&engine.store, now).await.unwrap();
+            let text = engine.metrics.encode_prometheus();
+            let value = |name: &str| {
+                text.lines()
+                    .find(|l| l.starts_with(&format!("{name} ")))
+                    .and_then(|l| l.split(' ').nth(1))
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap()
+            };
+            (
+                value("latchkey_break_glass_open"),
+                value("latchkey_break_glass_unreviewed"),
+                value("latchkey_break_glass_review_overdue"),
+            )
+        };
+
+        // Longer than `[break_glass] max_minutes` is refused.
+        let e = access_requests::open_emergency(&engine, &ask, Some(241), "os:alice")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, RequestError::Invalid(_)) && e.to_string().contains("240 minutes"),
+            "{e}"
+        );
+
+        // One approver opens it (the default rule): in force at once, issued, paging.
+        let (r, a) = access_requests::open_emergency(&engine, &ask, None, "os:alice")
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.kind.as_str(), r.status.as_str(), a.issues),
+            ("emergency", "active", 1),
+            "{}",
+            h.backend
+        );
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-plant-room"));
+        assert_eq!(
+            gauges(engine.clone(), h.clock.clone()).await,
+            (1, 1, 0),
+            "{}",
+            h.backend
+        );
+
+        // At its time-to-live (60 minutes by default) the schedule revokes it; the review is
+        // still owed.
+        h.clock.advance(chrono::Duration::minutes(61));
+        let ended = engine.tick().await.unwrap();
+        assert_eq!(ended.revokes, 1, "{}", h.backend);
+        h.drain().await;
+        assert!(
+            !h.holds("E1", "berlin-plant-room"),
+            "{}: still open past its TTL",
+            h.backend
+        );
+        assert_eq!(gauges(engine.clone(), h.clock.clone()).await, (0, 1, 0));
+
+        // Past the review deadline (24 hours) unreviewed: the overdue gauge the alert reads.
+        h.clock.advance(chrono::Duration::hours(24));
+        assert_eq!(
+            gauges(engine.clone(), h.clock.clone()).await,
+            (0, 1, 1),
+            "{}",
+            h.backend
+        );
+        let e = access_requests::review(&engine, r.id, "was me", "os:alice")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::DualControl { .. }), "{e}");
+        let e = access_requests::review(&engine, r.id, " ", "os:bob")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("note"), "{e}");
+        let reviewed =
+            access_requests::review(&engine, r.id, "flood confirmed by facilities", "os:bob")
+                .await
+                .unwrap();
+        assert_eq!(reviewed.reviewed_by.as_deref(), Some("os:bob"));
+        assert_eq!(gauges(engine.clone(), h.clock.clone()).await, (0, 0, 0));
+        let e = access_requests::review(&engine, r.id, "again", "os:carol")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::WrongState { .. }), "{e}");
+
+        // Where two approvers are required, one alone opens nothing, and cannot approve it.
+        let config_path = h.dir.join("latchkey.toml");
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        std::fs::write(
+            &config_path,
+            format!("{text}\n[break_glass]\nrule = \"two_approvers\"\n"),
+        )
+        .unwrap();
+        h.app = open_again(&h).await;
+        let engine = h.app.engine.clone();
+        let ask = Ask {
+            ends_at: h.clock.now_utc(),
+            ..ask
+        };
+        let (r, a) = access_requests::open_emergency(&engine, &ask, Some(30), "os:alice")
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status.as_str(), a.issues),
+            ("requested", 0),
+            "{}",
+            h.backend
+        );
+        h.drain().await;
+        assert!(!h.holds("E1", "berlin-plant-room"));
+        let e = access_requests::decide(&engine, r.id, true, "os:alice")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::DualControl { .. }), "{e}");
+        let (r, a) = access_requests::decide(&engine, r.id, true, "os:bob")
+            .await
+            .unwrap();
+        assert_eq!((r.status.as_str(), a.issues), ("active", 1));
+        assert!(
+            r.review_due_at.is_none(),
+            "two approvers need no review afterwards"
+        );
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-plant-room"));
+        assert_eq!(gauges(engine.clone(), h.clock.clone()).await, (1, 0, 0));
+        let audit: Vec<String> = latchkey::audit::query(h.app.store(), &Default::default(), 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{} {}", r.action, r.actor))
+            .collect();
+        for line in [
+            "emergency.opened os:alice",
+            "emergency.reviewed os:bob",
+            "request.approved os:bob",
+        ] {
+            assert!(
+                audit.iter().any(|a| a == line),
+                "{}: no `{line}`",
+                h.backend
+            );
+        }
+    });
+}

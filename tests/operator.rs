@@ -413,11 +413,29 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 .await
                 .unwrap();
         }
+        // Emergencies alice opened, for the reviews (another approver's).
+        let mut opened = Vec::new();
+        for _ in 0..2 {
+            let ask = latchkey::access_requests::Ask {
+                person: "E1".into(),
+                connector: "nuki".into(),
+                target: "berlin-plant-room".into(),
+                starts_at: None,
+                ends_at: engine.clock.now(),
+                reason: "flood".into(),
+            };
+            let (r, _) = latchkey::access_requests::open_emergency(&engine, &ask, None, "os:alice")
+                .await
+                .unwrap();
+            opened.push(r.id);
+        }
+        let mut to_review = opened.iter().copied();
+        let emergency = r#"{"person": "E1", "connector": "nuki", "target": "berlin-lab", "reason": "fire door jammed", "minutes": 15}"#;
         let mut to_decide = asked[..4].iter().copied();
         let mut to_end = asked[4..].iter().copied();
         let new_request = r#"{"person": "E1", "connector": "nuki", "target": "berlin-lab", "ends_at": "2099-01-01T00:00:00Z", "starts_at": "2098-12-31T00:00:00Z", "reason": "visit"}"#;
         // (method, path with {id}, body, least role)
-        let table: [(&str, &str, Option<&str>, Role); 21] = [
+        let table: [(&str, &str, Option<&str>, Role); 23] = [
             ("GET", "/api/v1/people?limit=2", None, Role::Viewer),
             ("GET", "/api/v1/people/E1", None, Role::Viewer),
             (
@@ -494,6 +512,18 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 None,
                 Role::Approver,
             ),
+            (
+                "POST",
+                "/api/v1/emergencies",
+                Some(emergency),
+                Role::Approver,
+            ),
+            (
+                "POST",
+                "/api/v1/emergencies/{emergency}/review",
+                Some(r#"{"note": "checked with facilities"}"#),
+                Role::Approver,
+            ),
         ];
         let callers = [
             Who::NoToken,
@@ -519,6 +549,8 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                     path.replace("{request}", &id(&mut to_decide).to_string())
                 } else if path.contains("{open_request}") {
                     path.replace("{open_request}", &id(&mut to_end).to_string())
+                } else if path.contains("{emergency}") {
+                    path.replace("{emergency}", &id(&mut to_review).to_string())
                 } else {
                     path.to_string()
                 };
@@ -682,6 +714,7 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 .replace("{return}", "{id}")
                 .replace("{request}", "{id}")
                 .replace("{open_request}", "{id}")
+                .replace("{emergency}", "{id}")
                 .replace("/E1", "/{person}")
                 .replace("/berlin-sales/", "/{target}/");
             let op = &paths
@@ -1096,6 +1129,76 @@ async fn console_pages_need_a_sign_in_and_each_role_acts_only_within_it() {
             .await
             .unwrap();
         assert_eq!(none.status(), 404, "{backend}: an empty range");
+
+        // Break-glass from the console: an approver opens it (in force at once), a viewer cannot,
+        // and only another approver reviews it.
+        let csrf = vera.csrf().await;
+        let form = [
+            ("csrf", csrf.as_str()),
+            ("person", "E1"),
+            ("connector", "nuki"),
+            ("target", "berlin-lab"),
+            ("minutes", "20"),
+            ("reason", "fire door jammed"),
+        ];
+        let refused = vera.post("/console/emergencies", &form, None).await;
+        assert_eq!(refused.status(), 403, "{backend}");
+        let csrf = bob.csrf().await;
+        let form: Vec<(&str, &str)> = form
+            .iter()
+            .map(|(k, v)| (*k, if *k == "csrf" { csrf.as_str() } else { *v }))
+            .collect();
+        let opened = bob.post("/console/emergencies", &form, None).await;
+        assert!(
+            opened.status().is_redirection(),
+            "{backend}: {}",
+            opened.status()
+        );
+        let notice = bob.get(&location(&opened)).await.text().await.unwrap();
+        assert!(
+            notice.contains("EMERGENCY") && notice.contains("is active"),
+            "{backend}: {notice}"
+        );
+        let id = latchkey::store::access_requests::list(&pool, Some("active"), Some("E1"), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.kind == "emergency")
+            .unwrap()
+            .id;
+        let own = bob
+            .post(
+                &format!("/console/emergencies/{id}/review"),
+                &[("csrf", &csrf), ("note", "mine")],
+                None,
+            )
+            .await;
+        assert_eq!(own.status(), 403, "{backend}: the opener reviews nothing");
+        let mut ada = ConsoleClient::new(&base);
+        ada.sign_in("lkop_admin-token").await;
+        let page = ada.get("/console/requests").await.text().await.unwrap();
+        assert!(
+            page.contains(&format!("/console/emergencies/{id}/review")),
+            "{backend}"
+        );
+        let csrf = ada.csrf().await;
+        let reviewed = ada
+            .post(
+                &format!("/console/emergencies/{id}/review"),
+                &[("csrf", &csrf), ("note", "door repaired")],
+                None,
+            )
+            .await;
+        assert!(
+            reviewed.status().is_redirection(),
+            "{backend}: {}",
+            reviewed.status()
+        );
+        let notice = ada.get(&location(&reviewed)).await.text().await.unwrap();
+        assert!(
+            notice.contains("reviewed by operator:ada"),
+            "{backend}: {notice}"
+        );
 
         // Signing out ends the session on the server: the old cookie signs nobody in.
         let csrf = dana.csrf().await;

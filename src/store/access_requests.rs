@@ -8,6 +8,8 @@ use sqlx::{AnyConnection, AnyPool, Row};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRow {
     pub id: i64,
+    /// `temporary` (asked, then approved) or `emergency` (break-glass).
+    pub kind: String,
     pub identity_key: String,
     pub connector: String,
     pub target: String,
@@ -22,11 +24,17 @@ pub struct RequestRow {
     pub decided_at: Option<i64>,
     pub closed_by: Option<String>,
     pub closed_at: Option<i64>,
+    /// An emergency opened by one operator: when another must have reviewed it by.
+    pub review_due_at: Option<i64>,
+    pub reviewed_by: Option<String>,
+    pub reviewed_at: Option<i64>,
+    pub review: Option<String>,
 }
 
 fn read(r: &AnyRow) -> Result<RequestRow> {
     Ok(RequestRow {
         id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
         identity_key: r.try_get("identity_key")?,
         connector: r.try_get("connector")?,
         target: r.try_get("target")?,
@@ -40,6 +48,10 @@ fn read(r: &AnyRow) -> Result<RequestRow> {
         decided_at: r.try_get("decided_at")?,
         closed_by: r.try_get("closed_by")?,
         closed_at: r.try_get("closed_at")?,
+        review_due_at: r.try_get("review_due_at")?,
+        reviewed_by: r.try_get("reviewed_by")?,
+        reviewed_at: r.try_get("reviewed_at")?,
+        review: r.try_get("review")?,
     })
 }
 
@@ -48,8 +60,8 @@ pub async fn insert(conn: &mut AnyConnection, r: &RequestRow) -> Result<i64> {
     let row = sqlx::query(
         "INSERT INTO access_requests
              (identity_key, connector, target, reason, starts_at, ends_at, status, requested_by,
-              requested_at)
-         VALUES ($1, $2, $3, $4, $5, $6, 'requested', $7, $8) RETURNING id",
+              requested_at, kind, review_due_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'requested', $7, $8, $9, $10) RETURNING id",
     )
     .bind(&r.identity_key)
     .bind(&r.connector)
@@ -59,6 +71,8 @@ pub async fn insert(conn: &mut AnyConnection, r: &RequestRow) -> Result<i64> {
     .bind(r.ends_at)
     .bind(&r.requested_by)
     .bind(r.requested_at)
+    .bind(&r.kind)
+    .bind(r.review_due_at)
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.try_get("id")?)
@@ -195,4 +209,48 @@ pub async fn list(
     .iter()
     .map(read)
     .collect()
+}
+
+/// Record an emergency's review; false if it is not an emergency awaiting one.
+pub async fn mark_reviewed(
+    conn: &mut AnyConnection,
+    id: i64,
+    by: &str,
+    note: &str,
+    now: i64,
+) -> Result<bool> {
+    let r = sqlx::query(
+        "UPDATE access_requests SET reviewed_by = $1, reviewed_at = $2, review = $3
+          WHERE id = $4 AND kind = 'emergency' AND review_due_at IS NOT NULL
+            AND reviewed_at IS NULL",
+    )
+    .bind(by)
+    .bind(now)
+    .bind(note)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Break-glass at `now`: emergencies in force, awaiting review, and past their review deadline.
+pub async fn emergency_counts(pool: &AnyPool, now: i64) -> Result<(i64, i64, i64)> {
+    let r = sqlx::query(
+        "SELECT
+           COALESCE(SUM(CASE WHEN status = 'active' THEN 1 ELSE 0 END), 0) AS open,
+           COALESCE(SUM(CASE WHEN review_due_at IS NOT NULL AND reviewed_at IS NULL
+                             AND status <> 'rejected' THEN 1 ELSE 0 END), 0) AS unreviewed,
+           COALESCE(SUM(CASE WHEN review_due_at IS NOT NULL AND reviewed_at IS NULL
+                             AND status <> 'rejected' AND review_due_at <= $1 THEN 1 ELSE 0 END), 0)
+             AS overdue
+         FROM access_requests WHERE kind = 'emergency'",
+    )
+    .bind(now)
+    .fetch_one(pool)
+    .await?;
+    Ok((
+        r.try_get("open")?,
+        r.try_get("unreviewed")?,
+        r.try_get("overdue")?,
+    ))
 }

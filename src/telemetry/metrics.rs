@@ -74,6 +74,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "latchkey_leases_held",
     "latchkey_leases_configured",
     "latchkey_policy_reload_refused",
+    "latchkey_break_glass_open",
+    "latchkey_break_glass_unreviewed",
+    "latchkey_break_glass_review_overdue",
     "latchkey_audit_forward_lag_records",
     "latchkey_audit_forward_failures",
 ];
@@ -297,6 +300,9 @@ pub struct Metrics {
     leases_held: Family<LeaseKindLabel, Gauge>,
     leases_configured: Family<LeaseKindLabel, Gauge>,
     policy_refused: Gauge,
+    break_glass_open: Gauge,
+    break_glass_unreviewed: Gauge,
+    break_glass_overdue: Gauge,
     audit_forward_lag: Family<SinkLabel, Gauge>,
     audit_forward_failures: Family<SinkLabel, Counter>,
 }
@@ -351,6 +357,9 @@ impl Metrics {
             leases_held: Family::default(),
             leases_configured: Family::default(),
             policy_refused: Gauge::default(),
+            break_glass_open: Gauge::default(),
+            break_glass_unreviewed: Gauge::default(),
+            break_glass_overdue: Gauge::default(),
             audit_forward_lag: Family::default(),
             audit_forward_failures: Family::default(),
         };
@@ -496,6 +505,21 @@ impl Metrics {
             "policy_reload_refused",
             "1 while the templates file on disk does not load (the last good policy stays in force; see the log and audit for why)",
             m.policy_refused.clone(),
+        );
+        registry.register(
+            "break_glass_open",
+            "Emergency (break-glass) grants in force now: someone holds a door outside policy",
+            m.break_glass_open.clone(),
+        );
+        registry.register(
+            "break_glass_unreviewed",
+            "Emergencies opened by one operator that no other approver has reviewed yet",
+            m.break_glass_unreviewed.clone(),
+        );
+        registry.register(
+            "break_glass_review_overdue",
+            "Emergencies whose review deadline (`[break_glass] review_hours`) has passed unreviewed",
+            m.break_glass_overdue.clone(),
         );
         registry.register(
             "drill_runs",
@@ -915,6 +939,11 @@ impl Metrics {
                 })
                 .set(stuck.get(c).copied().unwrap_or(0));
         }
+        let (open, unreviewed, overdue) =
+            crate::store::access_requests::emergency_counts(pool, now).await?;
+        self.break_glass_open.set(open);
+        self.break_glass_unreviewed.set(unreviewed);
+        self.break_glass_overdue.set(overdue);
         // After a restart no source has run in this process yet: its checkpoint's last move is the
         // best known success, so a stalled source is not hidden by a restart.
         for r in sqlx::query("SELECT source, updated_at FROM source_checkpoints")

@@ -3,7 +3,8 @@
 
 use super::views::{
     self, AccessRequest, AuditEntry, AuditQuery, DeadLetter, Decision, Held, KeyTask, KeyTaskQuery,
-    LatencyReport, NewRequest, PeoplePage, PersonAccess, SlaConnector, SourceHealth, TargetHolders,
+    LatencyReport, NewEmergency, NewRequest, PeoplePage, PersonAccess, Review, SlaConnector,
+    SourceHealth, TargetHolders,
 };
 use super::{AdminState, Caller, Page, Paging, Problem};
 use crate::clock::to_micros;
@@ -40,6 +41,8 @@ pub(super) fn all(router: OpenApiRouter<AdminState>) -> OpenApiRouter<AdminState
         .routes(routes!(approve_request))
         .routes(routes!(reject_request))
         .routes(routes!(end_request))
+        .routes(routes!(open_emergency))
+        .routes(routes!(review_emergency))
 }
 
 // ---- people --------------------------------------------------------------------------------
@@ -479,4 +482,36 @@ async fn end_request(
 ) -> Answer<AccessRequest> {
     let op = caller.require(Role::Approver)?;
     Ok(Json(views::end_request(&s.api, op, id).await?))
+}
+
+/// Break-glass: give a person a door now for a short time. Under `[break_glass] rule = "review"`
+/// it is in force at once (201, `status` active) and pages; under `"two_approvers"` it waits for a
+/// second approver (`status` requested).
+#[utoipa::path(post, path = "/api/v1/emergencies", request_body = NewEmergency, tag = "requests",
+    description = "Role: approver.",
+    responses((status = 201, body = AccessRequest), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn open_emergency(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Json(body): Json<NewEmergency>,
+) -> Result<(axum::http::StatusCode, Json<AccessRequest>), Problem> {
+    let op = caller.require(Role::Approver)?;
+    let opened = views::open_emergency(&s.api, op, &body).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(opened)))
+}
+
+/// Record the review of an emergency (refused to whoever opened it).
+#[utoipa::path(post, path = "/api/v1/emergencies/{id}/review", params(("id" = i64, Path)), request_body = Review, tag = "requests",
+    description = "Role: approver.",
+    responses((status = 200, body = AccessRequest), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn review_emergency(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Path(id): Path<i64>,
+    Json(body): Json<Review>,
+) -> Answer<AccessRequest> {
+    let op = caller.require(Role::Approver)?;
+    Ok(Json(
+        views::review_emergency(&s.api, op, id, &body.note).await?,
+    ))
 }

@@ -639,6 +639,8 @@ pub async fn audit(
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AccessRequest {
     pub id: i64,
+    /// `temporary` or `emergency` (break-glass).
+    pub kind: String,
     pub person: String,
     pub connector: String,
     pub target: String,
@@ -652,12 +654,17 @@ pub struct AccessRequest {
     pub decided_by: Option<String>,
     /// Who ended it early, or `schedule` at its end.
     pub closed_by: Option<String>,
+    /// An emergency opened by one approver: when another must have reviewed it by.
+    pub review_due_at: Option<String>,
+    pub reviewed_by: Option<String>,
+    pub review: Option<String>,
 }
 
 impl From<store::access_requests::RequestRow> for AccessRequest {
     fn from(r: store::access_requests::RequestRow) -> Self {
         Self {
             id: r.id,
+            kind: r.kind,
             person: r.identity_key,
             connector: r.connector,
             target: r.target,
@@ -669,6 +676,9 @@ impl From<store::access_requests::RequestRow> for AccessRequest {
             requested_at: time(r.requested_at),
             decided_by: r.decided_by,
             closed_by: r.closed_by,
+            review_due_at: r.review_due_at.map(time),
+            reviewed_by: r.reviewed_by,
+            review: r.review,
         }
     }
 }
@@ -749,6 +759,63 @@ pub async fn ask(s: &ApiState, op: &Operator, r: &NewRequest) -> Result<AccessRe
         reason: r.reason.clone(),
     };
     crate::access_requests::ask(&s.engine, &ask, &op.actor())
+        .await
+        .map(Into::into)
+        .map_err(request_problem)
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct NewEmergency {
+    /// The person's key, e-mail or name.
+    pub person: String,
+    pub connector: String,
+    pub target: String,
+    /// How long (default `[break_glass] default_minutes`, at most `max_minutes`).
+    pub minutes: Option<u32>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct Review {
+    /// What happened and whether it was justified.
+    pub note: String,
+}
+
+/// Open an emergency as `op` (see `crate::access_requests::open_emergency`).
+pub async fn open_emergency(
+    s: &ApiState,
+    op: &Operator,
+    e: &NewEmergency,
+) -> Result<AccessRequest, Problem> {
+    let key = {
+        let mut conn = s.engine.store.pool().acquire().await?;
+        crate::cli::lookup::person(&mut conn, e.person.trim())
+            .await
+            .map_err(|e| Problem::bad_request(e.to_string()))?
+            .key
+    };
+    let ask = crate::access_requests::Ask {
+        person: key,
+        connector: e.connector.trim().to_string(),
+        target: e.target.trim().to_string(),
+        starts_at: None,
+        ends_at: s.engine.clock.now(),
+        reason: e.reason.clone(),
+    };
+    crate::access_requests::open_emergency(&s.engine, &ask, e.minutes, &op.actor())
+        .await
+        .map(|(r, _)| r.into())
+        .map_err(request_problem)
+}
+
+/// Record the review of an emergency as `op` (refused to whoever opened it: 403 `dual-control`).
+pub async fn review_emergency(
+    s: &ApiState,
+    op: &Operator,
+    id: i64,
+    note: &str,
+) -> Result<AccessRequest, Problem> {
+    crate::access_requests::review(&s.engine, id, note, &op.actor())
         .await
         .map(Into::into)
         .map_err(request_problem)

@@ -114,6 +114,8 @@ fn routes() -> Router<ConsoleState> {
         .route("/console/approvals/{id}/{decision}", post(decide))
         .route("/console/requests", get(requests).post(ask))
         .route("/console/requests/{id}/{action}", post(act_on_request))
+        .route("/console/emergencies", post(break_glass))
+        .route("/console/emergencies/{id}/review", post(review_emergency))
         .route("/console/keys", get(key_desk))
         .route("/console/keys/{id}/{done}", post(record_key))
         .route("/console/audit", get(audit))

@@ -520,6 +520,110 @@ pub async fn ask(
     }
 }
 
+#[derive(Debug, Deserialize)]
+pub struct EmergencyForm {
+    csrf: String,
+    person: String,
+    connector: String,
+    target: String,
+    #[serde(default)]
+    minutes: String,
+    reason: String,
+}
+
+pub async fn break_glass(
+    State(st): State<ConsoleState>,
+    s: Session,
+    Form(form): Form<EmergencyForm>,
+) -> Response {
+    if let Err(r) = s.check_csrf(&form.csrf) {
+        return *r;
+    }
+    let op = match s.require(Role::Approver) {
+        Ok(op) => op.clone(),
+        Err(r) => return *r,
+    };
+    let minutes = match form.minutes.trim() {
+        "" => None,
+        m => match m.parse::<u32>() {
+            Ok(m) => Some(m),
+            Err(_) => {
+                let error = format!("`{m}` is not a number of minutes");
+                return requests_page(
+                    &st,
+                    &s,
+                    AskForm::default(),
+                    None,
+                    Some(error),
+                    StatusCode::BAD_REQUEST,
+                )
+                .await;
+            }
+        },
+    };
+    let body = views::NewEmergency {
+        person: form.person,
+        connector: form.connector,
+        target: form.target,
+        minutes,
+        reason: form.reason,
+    };
+    match views::open_emergency(&st.api, &op, &body).await {
+        Ok(r) => {
+            let text = format!(
+                "EMERGENCY {}: {} for {} is {} until {} ({}).",
+                r.id,
+                r.target,
+                r.person,
+                r.status,
+                r.ends_at,
+                op.actor()
+            );
+            Redirect::to(&format!("/console/requests?notice={}", urlencode(&text))).into_response()
+        }
+        Err(p) if p.status == 400 => {
+            requests_page(
+                &st,
+                &s,
+                AskForm::default(),
+                None,
+                Some(p.detail),
+                StatusCode::BAD_REQUEST,
+            )
+            .await
+        }
+        Err(p) => problem(p, &s),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReviewForm {
+    csrf: String,
+    note: String,
+}
+
+pub async fn review_emergency(
+    State(st): State<ConsoleState>,
+    s: Session,
+    Path(id): Path<i64>,
+    Form(form): Form<ReviewForm>,
+) -> Response {
+    if let Err(r) = s.check_csrf(&form.csrf) {
+        return *r;
+    }
+    let op = match s.require(Role::Approver) {
+        Ok(op) => op.clone(),
+        Err(r) => return *r,
+    };
+    match views::review_emergency(&st.api, &op, id, &form.note).await {
+        Ok(r) => {
+            let text = format!("Emergency {} reviewed by {}.", r.id, op.actor());
+            Redirect::to(&format!("/console/requests?notice={}", urlencode(&text))).into_response()
+        }
+        Err(p) => problem(p, &s),
+    }
+}
+
 pub async fn act_on_request(
     State(st): State<ConsoleState>,
     s: Session,

@@ -128,6 +128,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
     // What the feeds did, before the lost phone below adds its own.
     let counts = store::command_counts(pool).await?;
     let lost_phone = lost_phone(&app, &mut desk).await?;
+    let temporary = temporary_access(&app, &mut desk).await?;
     let _ = stop_tx.send(true);
     dispatcher.await?;
 
@@ -179,7 +180,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
         .filter(|i| i.next_change_at.is_some() && i.lifecycle == Lifecycle::Active)
         .count();
     println!("  effective-dated changes scheduled   {scheduled}");
-    if let Some(line) = lost_phone {
+    for line in lost_phone.iter().chain(temporary.iter()) {
         println!("  {line}");
     }
     let quarantined = store::list_quarantine(pool, 10).await?;
@@ -253,6 +254,105 @@ lost phone: suspending {key} at every connector"
          figures), then resumed ({} grants re-issued)",
         taken.revokes, given.issues
     )))
+}
+
+/// Temporary access: a contractor's short visit. The facilities desk asks for a door the first
+/// active person does not hold, for a few seconds; security approves (dual control: two people);
+/// the grant is issued and confirmed, and at the window's end the schedule revokes it.
+async fn temporary_access(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Vec<String>> {
+    const WINDOW_SECONDS: i64 = 3;
+    let pool = app.store().pool();
+    let mut chosen = None;
+    {
+        let mut conn = pool.acquire().await?;
+        'people: for ident in store::list_identities(pool).await? {
+            if !ident.lifecycle.entitled() {
+                continue;
+            }
+            let held = store::grants_of(&mut conn, &ident.key).await?;
+            for (name, c) in &app.engine.config.connectors {
+                if c.kind != crate::config::ConnectorKind::Http {
+                    continue;
+                }
+                if let Some(target) = c
+                    .targets
+                    .keys()
+                    .find(|t| !held.iter().any(|g| &g.connector == name && &g.target == *t))
+                {
+                    chosen = Some((ident.key.clone(), name.clone(), target.clone()));
+                    break 'people;
+                }
+            }
+        }
+    }
+    let Some((key, connector, target)) = chosen else {
+        return Ok(Vec::new());
+    };
+    println!(
+        "\ntemporary access: {target} at {connector} for {key}, {WINDOW_SECONDS} s, asked by the desk and approved by security"
+    );
+    let ask = crate::access_requests::Ask {
+        person: key.clone(),
+        connector: connector.clone(),
+        target: target.clone(),
+        starts_at: None,
+        ends_at: app.engine.clock.now() + chrono::Duration::seconds(WINDOW_SECONDS),
+        reason: "contractor visit (demo)".into(),
+    };
+    let request = crate::access_requests::ask(&app.engine, &ask, "os:facilities-desk").await?;
+    let ask = crate::access_requests::Ask {
+        ends_at: app.engine.clock.now(),
+        ..ask
+    };
+    let (_, issued) =
+        crate::access_requests::decide(&app.engine, request.id, true, "os:security").await?;
+    let mut progress = Progress::new(issued.issues);
+    settle(app, &mut progress, desk).await?;
+    progress.finish();
+    tokio::time::sleep(std::time::Duration::from_secs(WINDOW_SECONDS as u64)).await;
+    let ended = app.engine.tick().await?;
+    let mut progress = Progress::new(ended.revokes);
+    settle(app, &mut progress, desk).await?;
+    progress.finish();
+    let mut lines = vec![format!(
+        "temporary access: {target} for {key} (request {}) issued on approval ({} grant), revoked \
+         at its end by the schedule ({} revocation, `cause=expiry`)",
+        request.id, issued.issues, ended.revokes
+    )];
+
+    // Break-glass: the same door, now, in an emergency: in force at once on one approver's word,
+    // ended when the emergency is over, and reviewed by another approver.
+    println!(
+        "\nbreak-glass: {target} at {connector} for {key}, opened by security, reviewed by its lead"
+    );
+    let emergency = crate::access_requests::Ask {
+        reason: "fire door jammed (demo)".into(),
+        ..ask
+    };
+    let (opened, issued) =
+        crate::access_requests::open_emergency(&app.engine, &emergency, Some(15), "os:security")
+            .await?;
+    let mut progress = Progress::new(issued.issues);
+    settle(app, &mut progress, desk).await?;
+    progress.finish();
+    let (_, ended) =
+        crate::access_requests::end(&app.engine, opened.id, "os:security-lead").await?;
+    let mut progress = Progress::new(ended.revokes);
+    settle(app, &mut progress, desk).await?;
+    progress.finish();
+    crate::access_requests::review(
+        &app.engine,
+        opened.id,
+        "door repaired; access justified (demo)",
+        "os:security-lead",
+    )
+    .await?;
+    lines.push(format!(
+        "break-glass: {target} for {key} (emergency {}) in force at once ({} grant, \
+         LatchkeyBreakGlassOpen pages), ended ({} revocation) and reviewed by another approver",
+        opened.id, issued.issues, ended.revokes
+    ));
+    Ok(lines)
 }
 
 /// What to run next, with the commands spelled out for the kept database (or how to keep it).

@@ -205,3 +205,155 @@ async fn decide(id: i64, approve: bool, config: &ConfigArg, by: &str) -> anyhow:
         Err(e) => refused(e),
     }
 }
+
+#[derive(Debug, clap::Args)]
+pub struct BreakGlassArgs {
+    #[command(subcommand)]
+    pub command: BreakGlassCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BreakGlassCommand {
+    /// Give a person a door now, in an emergency, for a short time (`[break_glass]`): in force at
+    /// once and reviewed afterwards by another approver, or waiting for a second approver.
+    Open {
+        /// Correlation key, e-mail or full name.
+        person: String,
+        #[arg(long)]
+        connector: String,
+        #[arg(long)]
+        target: String,
+        /// How long (default `[break_glass] default_minutes`).
+        #[arg(long)]
+        minutes: Option<u32>,
+        /// What the emergency is: recorded and shown to the reviewer.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Emergencies awaiting review, oldest deadline first.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Record the review of an emergency someone else opened.
+    Review {
+        id: i64,
+        /// What happened and whether it was justified.
+        #[arg(long)]
+        note: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+pub async fn break_glass(args: BreakGlassArgs) -> anyhow::Result<i32> {
+    let by = crate::operators::os_actor();
+    match args.command {
+        BreakGlassCommand::Open {
+            person,
+            connector,
+            target,
+            minutes,
+            reason,
+            config,
+        } => {
+            let app = open_reader(&config).await?;
+            let key = {
+                let mut conn = app.store().pool().acquire().await?;
+                match lookup::person(&mut conn, &person).await {
+                    Ok(i) => i.key,
+                    Err(e) => {
+                        eprintln!("break-glass: {e}");
+                        return Ok(1);
+                    }
+                }
+            };
+            let ask = access_requests::Ask {
+                person: key,
+                connector,
+                target,
+                starts_at: None,
+                ends_at: app.engine.clock.now(),
+                reason,
+            };
+            match access_requests::open_emergency(&app.engine, &ask, minutes, &by).await {
+                Ok((r, a)) => {
+                    let time = crate::cli::output::time;
+                    if r.status == "active" {
+                        println!(
+                            "EMERGENCY {}: {} at {} for {} until {} by {by} ({} issue enqueued); \
+                             another approver must review it by {} (`latchkey break-glass review {} --note ...`)",
+                            r.id,
+                            r.target,
+                            r.connector,
+                            r.identity_key,
+                            time(r.ends_at),
+                            a.issues,
+                            r.review_due_at.map(time).unwrap_or_default(),
+                            r.id
+                        );
+                    } else {
+                        println!(
+                            "EMERGENCY {}: {} at {} for {} asked by {by}; a second approver must \
+                             approve it (`latchkey request approve {}`)",
+                            r.id, r.target, r.connector, r.identity_key, r.id
+                        );
+                    }
+                    Ok(0)
+                }
+                Err(e) => refused(e),
+            }
+        }
+        BreakGlassCommand::List { config } => {
+            let app = open_reader(&config).await?;
+            let mut rows: Vec<_> =
+                crate::store::access_requests::list(app.store().pool(), None, None, 10_000)
+                    .await?
+                    .into_iter()
+                    .filter(|r| {
+                        r.kind == "emergency"
+                            && r.review_due_at.is_some()
+                            && r.reviewed_at.is_none()
+                    })
+                    .collect();
+            rows.sort_by_key(|r| r.review_due_at);
+            if rows.is_empty() {
+                println!("no emergency awaits review");
+            }
+            let now = crate::clock::to_micros(app.engine.clock.now());
+            let time = crate::cli::output::time;
+            for r in rows {
+                let due = r.review_due_at.unwrap_or_default();
+                println!(
+                    "#{:<5} {:<8} {}@{} for {} opened by {} at {}: {}; review due {}{}",
+                    r.id,
+                    r.status,
+                    r.target,
+                    r.connector,
+                    r.identity_key,
+                    r.requested_by,
+                    time(r.requested_at),
+                    r.reason,
+                    time(due),
+                    if due <= now { " (OVERDUE)" } else { "" }
+                );
+            }
+            Ok(0)
+        }
+        BreakGlassCommand::Review { id, note, config } => {
+            let app = open_reader(&config).await?;
+            match access_requests::review(&app.engine, id, &note, &by).await {
+                Ok(r) => {
+                    println!(
+                        "emergency {id} ({} for {}, opened by {}) reviewed by {by}",
+                        r.target, r.identity_key, r.requested_by
+                    );
+                    Ok(0)
+                }
+                Err(e) => refused(e),
+            }
+        }
+    }
+}
