@@ -91,6 +91,11 @@ pub enum Command {
     Request(commands::request::RequestArgs),
     /// Emergency access: open one (`[break_glass]` rules), list those awaiting review, review one.
     BreakGlass(commands::request::BreakGlassArgs),
+    /// Move a door from one connector to another (mechanical key to smart lock): the plan, and
+    /// with `--apply` the migration.
+    Migrate(commands::migrate::MigrateArgs),
+    /// Door migrations and their progress (new credentials confirmed, keys still out).
+    Migrations(commands::migrate::MigrationsArgs),
     /// Approve held changes (a mass disappearance from a feed), as your OS user (`os:USER` in the
     /// audit log). Dual control: a change you caused needs someone else's approval.
     #[command(group(clap::ArgGroup::new("selection").required(true).args(["ids", "all"])))]
@@ -222,6 +227,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Suspend(args) => commands::suspend::suspend(args).await,
         Command::Request(args) => commands::request::run(args).await,
         Command::BreakGlass(args) => commands::request::break_glass(args).await,
+        Command::Migrate(args) => commands::migrate::migrate(args).await,
+        Command::Migrations(args) => commands::migrate::migrations(args).await,
         Command::Resume(args) => commands::suspend::resume(args).await,
         Command::Approve {
             ids,

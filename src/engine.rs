@@ -720,9 +720,11 @@ impl Engine {
                 return Ok(Applied::default());
             }
         };
+        // A door moved to another connector is wanted there instead.
+        let mut desired = desired;
+        crate::door_migration::rewrite(&store::door_moves::all_on(conn).await?, &mut desired);
         // Approved temporary access in its window is wanted like a template's grant, while the
         // person is entitled to anything at all (a leaver's requests give nothing).
-        let mut desired = desired;
         if derived.lifecycle.entitled() {
             let requests = store::access_requests::in_force_of(conn, key, to_micros(now)).await?;
             desired.extend(crate::access_requests::desired(&self.config, &requests));
@@ -771,6 +773,7 @@ impl Engine {
     /// start and end of temporary access.
     pub async fn tick(&self) -> Result<Applied, EngineError> {
         let mut total = crate::access_requests::tick(self).await?;
+        crate::door_migration::tick(self).await?;
         loop {
             let now = self.clock.now();
             let due =
@@ -808,6 +811,7 @@ impl Engine {
         &self,
         ident: &IdentityRow,
         ledger: &[store::GrantRow],
+        moves: &[store::door_moves::DoorMoveRow],
         requests: &[store::access_requests::RequestRow],
         suspended: Option<&crate::suspension::Scope>,
         now: DateTime<Utc>,
@@ -821,6 +825,7 @@ impl Engine {
         let mut desired = self
             .policy()
             .desired(&ident.key, ident.lifecycle, &attrs, tz, now)?;
+        crate::door_migration::rewrite(moves, &mut desired);
         if ident.lifecycle.entitled() {
             desired.extend(crate::access_requests::desired(&self.config, requests));
         }
@@ -887,7 +892,15 @@ impl Engine {
         let suspended =
             crate::suspension::Scope::of(&store::suspensions::active_of(conn, key).await?);
         let requests = store::access_requests::in_force_of(conn, key, to_micros(now)).await?;
-        let changes = match self.changes_for(&ident, &ledger, &requests, suspended.as_ref(), now) {
+        let moves = store::door_moves::all_on(conn).await?;
+        let changes = match self.changes_for(
+            &ident,
+            &ledger,
+            &moves,
+            &requests,
+            suspended.as_ref(),
+            now,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(identity = key, error = %e, "policy evaluation failed; grants left unchanged");

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod connectors;
 pub mod dispatch;
+pub mod door_migration;
 pub mod drift;
 pub mod engine;
 pub mod identity;

@@ -267,6 +267,7 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
     for r in store::access_requests::all_in_force(pool, crate::clock::to_micros(now)).await? {
         requests.entry(r.identity_key.clone()).or_default().push(r);
     }
+    let moves = store::door_moves::all(pool).await?;
     let mut after = String::new();
     loop {
         let page = store::identities_page(pool, &after, PAGE).await?;
@@ -286,7 +287,14 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
                 out.population += 1;
             }
             let granted = requests.get(&ident.key).map_or(&[][..], |v| v);
-            match engine.changes_for(ident, ledger, granted, suspended.get(&ident.key), now) {
+            match engine.changes_for(
+                ident,
+                ledger,
+                &moves,
+                granted,
+                suspended.get(&ident.key),
+                now,
+            ) {
                 Ok(changes) if changes.is_empty() => {}
                 Ok(changes) => out.people.push(IdentityPlan {
                     key: ident.key.clone(),

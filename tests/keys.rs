@@ -342,3 +342,169 @@ async fn a_key_never_handed_over_needs_no_return() {
     assert_eq!(c.app.check_overdue_keys().await.unwrap().overdue, 0);
     assert!(alerts.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_door_moves_from_mechanical_keys_to_a_smart_lock_and_closes_when_the_last_key_is_back() {
+    use latchkey::door_migration::{self, Door, MoveError};
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        eprintln!("-- backend {name}");
+        let (webhook, _alerts) = receiver().await;
+        let mut c = setup(&tmp.path().join(&name), &url, &webhook).await;
+        let people: Vec<String> = (1..=20).map(|i| format!("F{i:02}")).collect();
+        let rows: Vec<String> = people.iter().map(|p| technician(p, "Active", "")).collect();
+        c.feed(&rows).await;
+        c.dispatch().await;
+        // Every technician has the master key in hand.
+        for t in store::open_key_tasks(c.app.store().pool()).await.unwrap() {
+            manual::record(c.app.store(), None, t.id, HAND_OVER, "os:desk", c.now())
+                .await
+                .unwrap();
+        }
+        let door = Door {
+            from_connector: "keys".into(),
+            from_target: "berlin-master-key".into(),
+            to_connector: "nuki".into(),
+            to_target: "berlin-plant-room".into(),
+        };
+        let engine = c.app.engine.clone();
+
+        // The plan first; mistakes are named and change nothing.
+        let plan = door_migration::plan(&engine, &door).await.unwrap();
+        assert_eq!((plan.holders.len(), plan.old_out), (20, 20), "{name}");
+        for (bad, named) in [
+            (
+                Door {
+                    to_connector: "acme".into(),
+                    ..door.clone()
+                },
+                "acme",
+            ),
+            (
+                Door {
+                    to_target: "berlin-moon".into(),
+                    ..door.clone()
+                },
+                "berlin-moon",
+            ),
+        ] {
+            let e = door_migration::plan(&engine, &bad).await.unwrap_err();
+            assert!(
+                matches!(e, MoveError::Invalid(_)) && e.to_string().contains(named),
+                "{e}"
+            );
+        }
+
+        // Started: twenty new credentials and twenty keys to take back.
+        let (id, _, applied) = door_migration::start(&engine, &door, "os:sam")
+            .await
+            .unwrap();
+        assert_eq!((applied.issues, applied.revokes), (20, 20), "{name}");
+        let e = door_migration::start(&engine, &door, "os:sam")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("already moved"), "{e}");
+        let d = c.app.dispatcher();
+        let nuki = c.app.connectors["nuki"].clone();
+        while d.step(&nuki, "test-worker").await.unwrap() {}
+        c.dispatch().await;
+        let lock = 1007;
+        let sim = c._sim.nuki().unwrap();
+        for p in &people {
+            let email = format!("{}@example.com", p.to_lowercase());
+            let user = sim
+                .users()
+                .into_iter()
+                .find(|u| u.email == email)
+                .unwrap_or_else(|| panic!("{name}: {p} has no Nuki account"));
+            assert!(
+                sim.holds(lock, user.account_user_id),
+                "{name}: {p} cannot open the new lock"
+            );
+        }
+        let returns: Vec<_> = store::open_key_tasks(c.app.store().pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.kind == RETURN && t.target == "berlin-master-key")
+            .collect();
+        assert_eq!(returns.len(), 20, "{name}: a return task per key");
+        let moves = store::door_moves::all(c.app.store().pool()).await.unwrap();
+        let progress = store::door_moves::progress(c.app.store().pool(), &moves[0])
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                progress.new_confirmed,
+                progress.returns_open,
+                progress.old_outstanding
+            ),
+            (20, 20, 20)
+        );
+
+        // Keys come back one by one; the migration closes with the last.
+        for t in &returns[..19] {
+            manual::record(
+                c.app.store(),
+                Some(&engine.metrics),
+                t.id,
+                RETURN,
+                "os:desk",
+                c.now(),
+            )
+            .await
+            .unwrap();
+        }
+        engine.tick().await.unwrap();
+        let moves = store::door_moves::all(c.app.store().pool()).await.unwrap();
+        assert_eq!(moves[0].status, "open", "{name}: one key is still out");
+        manual::record(
+            c.app.store(),
+            Some(&engine.metrics),
+            returns[19].id,
+            RETURN,
+            "os:desk",
+            c.now(),
+        )
+        .await
+        .unwrap();
+        engine.tick().await.unwrap();
+        let moves = store::door_moves::all(c.app.store().pool()).await.unwrap();
+        assert_eq!(
+            (moves[0].id, moves[0].status.as_str()),
+            (id, "closed"),
+            "{name}"
+        );
+        let audit: Vec<String> = latchkey::audit::query(c.app.store(), &Default::default(), 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{} {}", r.action, r.actor))
+            .collect();
+        assert!(audit.iter().any(|a| a == "migration.started os:sam"));
+        assert!(audit.iter().any(|a| a == "migration.closed schedule"));
+
+        // The door stays moved: a joiner gets the smart lock, not a key; a reconciliation agrees.
+        let mut rows = rows.clone();
+        rows.push(technician("F21", "Active", ""));
+        c.feed(&rows).await;
+        c.dispatch().await;
+        assert!(
+            store::open_key_tasks(c.app.store().pool())
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: no key handed over after the move"
+        );
+        let mut conn = c.app.store().pool().acquire().await.unwrap();
+        let f21 = store::grants_of(&mut conn, "F21").await.unwrap();
+        drop(conn);
+        assert_eq!(f21.len(), 1, "{f21:?}");
+        assert_eq!(
+            (f21[0].connector.as_str(), f21[0].target.as_str()),
+            ("nuki", "berlin-plant-room")
+        );
+        let (plan, _) = latchkey::reconcile::run(&engine, "schedule").await.unwrap();
+        assert!(plan.is_empty(), "{name}: {}", plan.render());
+    }
+}

@@ -10,6 +10,7 @@ mod absences;
 pub mod access_requests;
 pub mod audit;
 pub mod console;
+pub mod door_moves;
 pub mod ldap;
 pub mod leases;
 pub mod outbox;

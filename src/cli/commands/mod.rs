@@ -10,6 +10,7 @@ pub mod demo;
 pub mod drift;
 pub mod drill;
 pub mod keys;
+pub mod migrate;
 pub mod operators;
 pub mod plan;
 pub mod redrive;
