@@ -129,6 +129,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
     let counts = store::command_counts(pool).await?;
     let lost_phone = lost_phone(&app, &mut desk).await?;
     let temporary = temporary_access(&app, &mut desk).await?;
+    let migrated = migrate_plant_room(&app, &mut desk).await?;
     let _ = stop_tx.send(true);
     dispatcher.await?;
 
@@ -180,7 +181,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
         .filter(|i| i.next_change_at.is_some() && i.lifecycle == Lifecycle::Active)
         .count();
     println!("  effective-dated changes scheduled   {scheduled}");
-    for line in lost_phone.iter().chain(temporary.iter()) {
+    for line in lost_phone.iter().chain(temporary.iter()).chain(migrated.iter()) {
         println!("  {line}");
     }
     let quarantined = store::list_quarantine(pool, 10).await?;
@@ -353,6 +354,45 @@ async fn temporary_access(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Vec<S
         opened.id, issued.issues, ended.revokes
     ));
     Ok(lines)
+}
+
+/// A door migrated: the Berlin plant room moves from mechanical keys to its new Nuki lock. Everyone
+/// entitled gets the smart lock, every key out gets a return task (the demo's desk records them as
+/// they come back), and the migration closes when the last key is in.
+async fn migrate_plant_room(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Option<String>> {
+    use crate::door_migration::{self, Door};
+    let door = Door {
+        from_connector: "keys".into(),
+        from_target: "berlin-plant-room".into(),
+        to_connector: "nuki".into(),
+        to_target: "berlin-plant-room".into(),
+    };
+    if !app.engine.config.connectors.contains_key("keys") {
+        return Ok(None);
+    }
+    println!("\ndoor migration: berlin-plant-room from mechanical keys to its Nuki lock");
+    let (id, plan, applied) = door_migration::start(&app.engine, &door, "os:facilities").await?;
+    let mut progress = Progress::new(applied.issues + applied.revokes);
+    settle(app, &mut progress, desk).await?;
+    progress.finish();
+    app.engine.tick().await?;
+    let pool = app.store().pool();
+    let moved = store::door_moves::all(pool)
+        .await?
+        .into_iter()
+        .find(|m| m.id == id);
+    let status = moved.as_ref().map_or("?".into(), |m| m.status.clone());
+    let p = match &moved {
+        Some(m) => store::door_moves::progress(pool, m).await?,
+        None => Default::default(),
+    };
+    Ok(Some(format!(
+        "door migration: berlin-plant-room moved from keys to nuki for {} people ({} smart-lock \
+         grants confirmed, {} keys returned); migration {id} {status}",
+        plan.holders.len(),
+        p.new_confirmed,
+        p.returns_done
+    )))
 }
 
 /// What to run next, with the commands spelled out for the kept database (or how to keep it).
