@@ -435,7 +435,7 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
         let mut to_end = asked[4..].iter().copied();
         let new_request = r#"{"person": "E1", "connector": "nuki", "target": "berlin-lab", "ends_at": "2099-01-01T00:00:00Z", "starts_at": "2098-12-31T00:00:00Z", "reason": "visit"}"#;
         // (method, path with {id}, body, least role)
-        let table: [(&str, &str, Option<&str>, Role); 23] = [
+        let table: [(&str, &str, Option<&str>, Role); 25] = [
             ("GET", "/api/v1/people?limit=2", None, Role::Viewer),
             ("GET", "/api/v1/people/E1", None, Role::Viewer),
             (
@@ -517,6 +517,15 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 "/api/v1/emergencies",
                 Some(emergency),
                 Role::Approver,
+            ),
+            ("GET", "/api/v1/migrations", None, Role::Viewer),
+            (
+                "POST",
+                "/api/v1/migrations",
+                Some(
+                    r#"{"target": "berlin-sales", "from": "nuki", "to": "nuki", "to_target": "berlin-lab"}"#,
+                ),
+                Role::Admin,
             ),
             (
                 "POST",

@@ -2,9 +2,9 @@
 //! (the same functions the web console's pages show).
 
 use super::views::{
-    self, AccessRequest, AuditEntry, AuditQuery, DeadLetter, Decision, Held, KeyTask, KeyTaskQuery,
-    LatencyReport, NewEmergency, NewRequest, PeoplePage, PersonAccess, Review, SlaConnector,
-    SourceHealth, TargetHolders,
+    self, AccessRequest, AuditEntry, AuditQuery, DeadLetter, Decision, DoorMigration, Held,
+    KeyTask, KeyTaskQuery, LatencyReport, MigrationPlan, NewEmergency, NewMigration, NewRequest,
+    PeoplePage, PersonAccess, Review, SlaConnector, SourceHealth, TargetHolders,
 };
 use super::{AdminState, Caller, Page, Paging, Problem};
 use crate::clock::to_micros;
@@ -43,6 +43,7 @@ pub(super) fn all(router: OpenApiRouter<AdminState>) -> OpenApiRouter<AdminState
         .routes(routes!(end_request))
         .routes(routes!(open_emergency))
         .routes(routes!(review_emergency))
+        .routes(routes!(list_migrations, migrate))
 }
 
 // ---- people --------------------------------------------------------------------------------
@@ -514,4 +515,30 @@ async fn review_emergency(
     Ok(Json(
         views::review_emergency(&s.api, op, id, &body.note).await?,
     ))
+}
+
+/// Door migrations (a door moved from one connector to another) with their progress.
+#[utoipa::path(get, path = "/api/v1/migrations", tag = "migrations", description = "Role: viewer.",
+    responses((status = 200, body = Vec<DoorMigration>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn list_migrations(
+    caller: Caller,
+    State(s): State<AdminState>,
+) -> Answer<Vec<DoorMigration>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(views::migrations(&s.api).await?))
+}
+
+/// Plan moving a door from one connector to another (mechanical key to smart lock) or, with
+/// `"apply": true`, start it: everyone entitled gets the new credential, every key out a return
+/// task; it closes when the last old credential is gone.
+#[utoipa::path(post, path = "/api/v1/migrations", request_body = NewMigration, tag = "migrations",
+    description = "Role: admin.",
+    responses((status = 200, body = MigrationPlan), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn migrate(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Json(body): Json<NewMigration>,
+) -> Answer<MigrationPlan> {
+    let op = caller.require(Role::Admin)?;
+    Ok(Json(views::migrate(&s.api, op, &body).await?))
 }

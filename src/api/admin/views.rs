@@ -842,6 +842,124 @@ pub async fn end_request(s: &ApiState, op: &Operator, id: i64) -> Result<AccessR
         .map_err(request_problem)
 }
 
+// ---- door migrations --------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DoorMigration {
+    pub id: i64,
+    pub target: String,
+    pub from: String,
+    pub to: String,
+    pub to_target: String,
+    /// `open` (old credentials still out) | `closed`
+    pub status: String,
+    pub started_by: String,
+    pub started_at: String,
+    pub closed_at: Option<String>,
+    pub new_confirmed: i64,
+    pub new_wanted: i64,
+    pub old_outstanding: i64,
+    pub keys_returned: i64,
+    pub keys_outstanding: i64,
+}
+
+/// Every door migration with its progress.
+pub async fn migrations(s: &ApiState) -> Result<Vec<DoorMigration>, Problem> {
+    let pool = s.engine.store.pool();
+    let mut out = Vec::new();
+    for m in store::door_moves::all(pool).await? {
+        let p = store::door_moves::progress(pool, &m).await?;
+        out.push(DoorMigration {
+            id: m.id,
+            target: m.from_target,
+            from: m.from_connector,
+            to: m.to_connector,
+            to_target: m.to_target,
+            status: m.status,
+            started_by: m.started_by,
+            started_at: time(m.started_at),
+            closed_at: m.closed_at.map(time),
+            new_confirmed: p.new_confirmed,
+            new_wanted: p.new_wanted,
+            old_outstanding: p.old_outstanding,
+            keys_returned: p.returns_done,
+            keys_outstanding: p.returns_open,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct NewMigration {
+    /// The door's target name at the old connector.
+    pub target: String,
+    pub from: String,
+    pub to: String,
+    /// Its name at the new connector (default: the same).
+    pub to_target: Option<String>,
+    /// Start it; false (default) only plans.
+    #[serde(default)]
+    pub apply: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MigrationPlan {
+    /// Set when it was started.
+    pub id: Option<i64>,
+    /// Everyone entitled: each gets the new credential.
+    pub holders: Vec<String>,
+    /// Old credentials out (a mechanical key each gets a return task).
+    pub old_out: usize,
+    pub issues_enqueued: u64,
+    pub revokes_enqueued: u64,
+}
+
+/// Plan a door migration, or start it as `op` with `apply`.
+pub async fn migrate(
+    s: &ApiState,
+    op: &Operator,
+    m: &NewMigration,
+) -> Result<MigrationPlan, Problem> {
+    use crate::door_migration::{self, Door, MoveError};
+    let door = Door {
+        from_connector: m.from.trim().to_string(),
+        from_target: m.target.trim().to_string(),
+        to_connector: m.to.trim().to_string(),
+        to_target: m
+            .to_target
+            .clone()
+            .unwrap_or_else(|| m.target.clone())
+            .trim()
+            .to_string(),
+    };
+    let refused = |e: MoveError| match e {
+        MoveError::Invalid(_) => Problem::bad_request(e.to_string()),
+        other => Problem::internal(other),
+    };
+    if !m.apply {
+        let plan = door_migration::plan(&s.engine, &door)
+            .await
+            .map_err(refused)?;
+        return Ok(MigrationPlan {
+            id: None,
+            holders: plan.holders,
+            old_out: plan.old_out,
+            issues_enqueued: 0,
+            revokes_enqueued: 0,
+        });
+    }
+    let (id, plan, applied) = door_migration::start(&s.engine, &door, &op.actor())
+        .await
+        .map_err(refused)?;
+    Ok(MigrationPlan {
+        id: Some(id),
+        holders: plan.holders,
+        old_out: plan.old_out,
+        issues_enqueued: applied.issues,
+        revokes_enqueued: applied.revokes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::grant_state;

@@ -181,7 +181,11 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
         .filter(|i| i.next_change_at.is_some() && i.lifecycle == Lifecycle::Active)
         .count();
     println!("  effective-dated changes scheduled   {scheduled}");
-    for line in lost_phone.iter().chain(temporary.iter()).chain(migrated.iter()) {
+    for line in lost_phone
+        .iter()
+        .chain(temporary.iter())
+        .chain(migrated.iter())
+    {
         println!("  {line}");
     }
     let quarantined = store::list_quarantine(pool, 10).await?;
