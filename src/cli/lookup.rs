@@ -26,6 +26,23 @@ pub async fn person(conn: &mut AnyConnection, who: &str) -> anyhow::Result<Ident
     }
 }
 
+/// The key of the person `who` names, or `None` after telling the shell who could not be found
+/// (or that several match), prefixed with the command's name: the command then exits 1.
+pub async fn person_key(
+    app: &crate::app::App,
+    who: &str,
+    command: &str,
+) -> anyhow::Result<Option<String>> {
+    let mut conn = app.store().pool().acquire().await?;
+    match person(&mut conn, who).await {
+        Ok(i) => Ok(Some(i.key)),
+        Err(e) => {
+            eprintln!("{command}: {e}");
+            Ok(None)
+        }
+    }
+}
+
 /// The target names `what` stands for: itself when a connector maps it or a grant is on record
 /// for it, else every target whose vendor id it is. Empty: nothing by that name.
 pub fn targets(config: &Config, what: &str, on_record: bool) -> Vec<String> {

@@ -67,6 +67,11 @@ fn problem(p: Problem, s: &Session) -> Response {
     message(status, &p.title, &p.detail, Some(s))
 }
 
+/// Back to `page` with a notice of what was done: a reload shows it again but repeats nothing.
+fn notice(page: &str, text: &str) -> Response {
+    Redirect::to(&format!("{page}?notice={}", urlencode(text))).into_response()
+}
+
 /// Percent with one decimal, for SLA attainment.
 fn percent(share: Option<f64>) -> String {
     share.map_or("—".into(), |a| format!("{:.1} %", a * 100.0))
@@ -84,6 +89,7 @@ struct OverviewPage {
     keys_open: usize,
     keys_overdue: usize,
     sources: Vec<views::SourceHealth>,
+    migrations: Vec<views::DoorMigration>,
 }
 
 pub async fn overview(State(st): State<ConsoleState>, s: Session) -> Response {
@@ -97,9 +103,10 @@ pub async fn overview(State(st): State<ConsoleState>, s: Session) -> Response {
         let held = views::held(&st.api, None).await?.len();
         let keys = views::key_tasks(&st.api, &KeyTaskQuery::default()).await?;
         let sources = views::sources(&st.api).await?;
-        Ok::<_, Problem>((sla, outbox, held, keys, sources))
+        let migrations = views::migrations(&st.api).await?;
+        Ok::<_, Problem>((sla, outbox, held, keys, sources, migrations))
     };
-    let (sla, outbox, held, keys, sources) = match load.await {
+    let (sla, outbox, held, keys, sources, migrations) = match load.await {
         Ok(v) => v,
         Err(p) => return problem(p, &s),
     };
@@ -117,6 +124,7 @@ pub async fn overview(State(st): State<ConsoleState>, s: Session) -> Response {
         keys_overdue: keys.iter().filter(|k| k.overdue).count(),
         keys_open: keys.len(),
         sources,
+        migrations,
     };
     render(&page, started)
 }
@@ -350,11 +358,8 @@ pub async fn decide(
     Path((id, decision)): Path<(i64, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = s.check_csrf(&form.csrf) {
-        return *r;
-    }
-    let op = match s.require(Role::Approver) {
-        Ok(op) => op.clone(),
+    let op = match s.act(&form.csrf, Role::Approver) {
+        Ok(op) => op,
         Err(r) => return *r,
     };
     let approve = match decision.as_str() {
@@ -375,7 +380,7 @@ pub async fn decide(
                 "Change {} {} by {} ({} revocations queued).",
                 d.id, d.status, d.by, d.revokes_enqueued
             );
-            Redirect::to(&format!("/console/approvals?notice={}", urlencode(&text))).into_response()
+            notice("/console/approvals", &text)
         }
         Err(p) => problem(p, &s),
     }
@@ -490,11 +495,8 @@ pub async fn ask(
     s: Session,
     Form(form): Form<AskForm>,
 ) -> Response {
-    if let Err(r) = s.check_csrf(&form.csrf) {
-        return *r;
-    }
-    let op = match s.require(Role::Desk) {
-        Ok(op) => op.clone(),
+    let op = match s.act(&form.csrf, Role::Desk) {
+        Ok(op) => op,
         Err(r) => return *r,
     };
     let body = views::NewRequest {
@@ -511,7 +513,7 @@ pub async fn ask(
                 "Request {} for {} at {} asked by {}: it waits for an approver.",
                 r.id, r.target, r.person, r.requested_by
             );
-            Redirect::to(&format!("/console/requests?notice={}", urlencode(&text))).into_response()
+            notice("/console/requests", &text)
         }
         Err(p) if p.status == 400 => {
             requests_page(&st, &s, form, None, Some(p.detail), StatusCode::BAD_REQUEST).await
@@ -536,11 +538,8 @@ pub async fn break_glass(
     s: Session,
     Form(form): Form<EmergencyForm>,
 ) -> Response {
-    if let Err(r) = s.check_csrf(&form.csrf) {
-        return *r;
-    }
-    let op = match s.require(Role::Approver) {
-        Ok(op) => op.clone(),
+    let op = match s.act(&form.csrf, Role::Approver) {
+        Ok(op) => op,
         Err(r) => return *r,
     };
     let minutes = match form.minutes.trim() {
@@ -579,7 +578,7 @@ pub async fn break_glass(
                 r.ends_at,
                 op.actor()
             );
-            Redirect::to(&format!("/console/requests?notice={}", urlencode(&text))).into_response()
+            notice("/console/requests", &text)
         }
         Err(p) if p.status == 400 => {
             requests_page(
@@ -608,17 +607,14 @@ pub async fn review_emergency(
     Path(id): Path<i64>,
     Form(form): Form<ReviewForm>,
 ) -> Response {
-    if let Err(r) = s.check_csrf(&form.csrf) {
-        return *r;
-    }
-    let op = match s.require(Role::Approver) {
-        Ok(op) => op.clone(),
+    let op = match s.act(&form.csrf, Role::Approver) {
+        Ok(op) => op,
         Err(r) => return *r,
     };
     match views::review_emergency(&st.api, &op, id, &form.note).await {
         Ok(r) => {
             let text = format!("Emergency {} reviewed by {}.", r.id, op.actor());
-            Redirect::to(&format!("/console/requests?notice={}", urlencode(&text))).into_response()
+            notice("/console/requests", &text)
         }
         Err(p) => problem(p, &s),
     }
@@ -630,11 +626,8 @@ pub async fn act_on_request(
     Path((id, action)): Path<(i64, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = s.check_csrf(&form.csrf) {
-        return *r;
-    }
-    let op = match s.require(Role::Approver) {
-        Ok(op) => op.clone(),
+    let op = match s.act(&form.csrf, Role::Approver) {
+        Ok(op) => op,
         Err(r) => return *r,
     };
     let done = match action.as_str() {
@@ -660,7 +653,7 @@ pub async fn act_on_request(
                 r.status,
                 op.actor()
             );
-            Redirect::to(&format!("/console/requests?notice={}", urlencode(&text))).into_response()
+            notice("/console/requests", &text)
         }
         Err(p) => problem(p, &s),
     }
@@ -706,11 +699,8 @@ pub async fn record_key(
     Path((id, done)): Path<(i64, String)>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = s.check_csrf(&form.csrf) {
-        return *r;
-    }
-    let op = match s.require(Role::Desk) {
-        Ok(op) => op.clone(),
+    let op = match s.act(&form.csrf, Role::Desk) {
+        Ok(op) => op,
         Err(r) => return *r,
     };
     use crate::connectors::manual::{HAND_OVER, RETURN};
@@ -734,7 +724,7 @@ pub async fn record_key(
                 t.identity,
                 t.done_by.unwrap_or_else(|| op.actor())
             );
-            Redirect::to(&format!("/console/keys?notice={}", urlencode(&text))).into_response()
+            notice("/console/keys", &text)
         }
         Err(p) => problem(p, &s),
     }

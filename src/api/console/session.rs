@@ -52,6 +52,13 @@ impl Session {
         )))
     }
 
+    /// A form's action: its CSRF token must be this session's and the operator's role include
+    /// `needed`; the operator who acts, or the page that refuses.
+    pub fn act(&self, csrf: &str, needed: Role) -> Result<Operator, Box<Response>> {
+        self.check_csrf(csrf)?;
+        self.require(needed).cloned()
+    }
+
     /// Whether a form's CSRF token is this session's.
     pub fn check_csrf(&self, presented: &str) -> Result<(), Box<Response>> {
         if bool::from(self.csrf.as_bytes().ct_eq(presented.as_bytes())) {

@@ -99,15 +99,8 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<i32> {
             config,
         } => {
             let app = open_reader(&config).await?;
-            let key = {
-                let mut conn = app.store().pool().acquire().await?;
-                match lookup::person(&mut conn, &person).await {
-                    Ok(i) => i.key,
-                    Err(e) => {
-                        eprintln!("request: {e}");
-                        return Ok(1);
-                    }
-                }
+            let Some(key) = lookup::person_key(&app, &person, "request").await? else {
+                return Ok(1);
             };
             let start = from.unwrap_or_else(|| app.engine.clock.now());
             let ends_at = match (until, hours) {
@@ -260,15 +253,8 @@ pub async fn break_glass(args: BreakGlassArgs) -> anyhow::Result<i32> {
             config,
         } => {
             let app = open_reader(&config).await?;
-            let key = {
-                let mut conn = app.store().pool().acquire().await?;
-                match lookup::person(&mut conn, &person).await {
-                    Ok(i) => i.key,
-                    Err(e) => {
-                        eprintln!("break-glass: {e}");
-                        return Ok(1);
-                    }
-                }
+            let Some(key) = lookup::person_key(&app, &person, "break-glass").await? else {
+                return Ok(1);
             };
             let ask = access_requests::Ask {
                 person: key,

@@ -31,15 +31,8 @@ pub struct ResumeArgs {
 
 pub async fn suspend(args: SuspendArgs) -> anyhow::Result<i32> {
     let app = open_reader(&args.config).await?;
-    let key = {
-        let mut conn = app.store().pool().acquire().await?;
-        match lookup::person(&mut conn, &args.person).await {
-            Ok(i) => i.key,
-            Err(e) => {
-                eprintln!("suspend: {e}");
-                return Ok(1);
-            }
-        }
+    let Some(key) = lookup::person_key(&app, &args.person, "suspend").await? else {
+        return Ok(1);
     };
     let connectors = (!args.connectors.is_empty()).then_some(args.connectors.as_slice());
     let by = crate::operators::os_actor();
@@ -62,15 +55,8 @@ pub async fn suspend(args: SuspendArgs) -> anyhow::Result<i32> {
 
 pub async fn resume(args: ResumeArgs) -> anyhow::Result<i32> {
     let app = open_reader(&args.config).await?;
-    let key = {
-        let mut conn = app.store().pool().acquire().await?;
-        match lookup::person(&mut conn, &args.person).await {
-            Ok(i) => i.key,
-            Err(e) => {
-                eprintln!("resume: {e}");
-                return Ok(1);
-            }
-        }
+    let Some(key) = lookup::person_key(&app, &args.person, "resume").await? else {
+        return Ok(1);
     };
     let by = crate::operators::os_actor();
     match crate::suspension::resume(&app.engine, &key, args.reason.as_deref(), &by).await {
