@@ -89,6 +89,12 @@ fn invalid(m: impl Into<String>) -> RequestError {
 /// approves it.
 pub async fn ask(engine: &Engine, ask: &Ask, by: &str) -> Result<RequestRow, RequestError> {
     let now = engine.clock.now();
+    // A door in a risk tier may allow a shorter window than the general one.
+    let days = engine
+        .config
+        .tier_of(&ask.target)
+        .and_then(|(_, t)| t.max_window_days)
+        .map_or(MAX_WINDOW_DAYS, i64::from);
     let mut tx = engine.store.begin_write().await?;
     let row = insert_checked(
         engine,
@@ -96,7 +102,7 @@ pub async fn ask(engine: &Engine, ask: &Ask, by: &str) -> Result<RequestRow, Req
         ask,
         by,
         Kind::Temporary,
-        Duration::days(MAX_WINDOW_DAYS),
+        Duration::days(days),
         now,
     )
     .await?;
@@ -162,12 +168,20 @@ async fn insert_checked(
         return Err(invalid("the window has already ended"));
     }
     if ask.ends_at - starts_at > longest {
+        let tier = engine
+            .config
+            .tier_of(&ask.target)
+            .map(|(name, _)| format!(" (risk tier `{name}`)"))
+            .unwrap_or_default();
         return Err(invalid(match kind {
             Kind::Temporary => format!(
-                "a window may last at most {MAX_WINDOW_DAYS} days; longer access belongs in a template"
+                "a window for `{}`{tier} may last at most {} days; longer access belongs in a template",
+                ask.target,
+                longest.num_days()
             ),
             Kind::Emergency { .. } => format!(
-                "an emergency may last at most {} minutes (`[break_glass] max_minutes`)",
+                "an emergency at `{}`{tier} may last at most {} minutes (`max_minutes`)",
+                ask.target,
                 longest.num_minutes()
             ),
         }));
@@ -222,6 +236,7 @@ async fn insert_checked(
             "request": row.id, "kind": row.kind, "connector": row.connector, "target": row.target,
             "starts_at": starts_at, "ends_at": ask.ends_at, "reason": row.reason,
             "review_due_at": review_due_at.map(from_micros),
+            "tier": engine.config.tier_of(&row.target).map(|(name, _)| name),
         }),
     )
     .await?;
@@ -239,7 +254,8 @@ pub async fn open_emergency(
     by: &str,
 ) -> Result<(RequestRow, Applied), RequestError> {
     use crate::config::BreakGlassRule;
-    let rules = &engine.config.break_glass;
+    // A door in a risk tier follows its tier's rules.
+    let rules = engine.config.break_glass_for(&emergency.target);
     let now = engine.clock.now();
     let minutes = minutes.unwrap_or(rules.default_minutes);
     let ask = Ask {

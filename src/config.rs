@@ -10,7 +10,7 @@ mod break_glass;
 mod console;
 
 pub use audit::{AuditConfig, ForwardSink, SinkKind};
-pub use break_glass::{BreakGlassConfig, BreakGlassRule};
+pub use break_glass::{BreakGlassConfig, BreakGlassRule, TierConfig};
 pub use console::{ConsoleConfig, OidcConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -129,6 +129,9 @@ pub struct Config {
     /// Emergency (break-glass) access: its length and who must agree.
     #[serde(default)]
     pub break_glass: BreakGlassConfig,
+    /// Risk tiers: stricter temporary-access and break-glass rules for sensitive doors.
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
     /// Where the file was read from: relative paths inside it are relative to its folder.
     #[serde(skip)]
     pub base_dir: PathBuf,

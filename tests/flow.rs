@@ -1513,3 +1513,85 @@ async fn break_glass_opens_at_once_pages_ends_at_its_ttl_and_waits_for_another_a
         }
     });
 }
+
+#[tokio::test]
+async fn a_risk_tier_shortens_windows_and_requires_two_approvers_for_break_glass_at_its_doors() {
+    use latchkey::access_requests::{self, Ask};
+    each_backend!(|h| {
+        let config_path = h.dir.join("latchkey.toml");
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        std::fs::write(
+            &config_path,
+            format!(
+                "{text}\n[tiers.high]\ntargets = [\"berlin-plant-room\"]\nmax_window_days = 2\n\
+                 [tiers.high.break_glass]\nrule = \"two_approvers\"\nmax_minutes = 30\ndefault_minutes = 15\n"
+            ),
+        )
+        .unwrap();
+        h.app = open_again(&h).await;
+        h.feed(&[employee("E1", "sales", "berlin")]).await;
+        let engine = h.app.engine.clone();
+        let now = h.clock.now_utc();
+        let ask = |target: &str, days: i64| Ask {
+            person: "E1".into(),
+            connector: "nuki".into(),
+            target: target.into(),
+            starts_at: None,
+            ends_at: now + chrono::Duration::days(days),
+            reason: "audit of the boiler".into(),
+        };
+        let e = access_requests::ask(&engine, &ask("berlin-plant-room", 3), "os:dana")
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("risk tier `high`") && e.to_string().contains("2 days"),
+            "{e}"
+        );
+        access_requests::ask(&engine, &ask("berlin-plant-room", 2), "os:dana")
+            .await
+            .unwrap();
+        access_requests::ask(&engine, &ask("berlin-lab", 3), "os:dana")
+            .await
+            .unwrap();
+
+        // Break-glass at a high-tier door waits for a second approver; elsewhere it is at once.
+        let (high, a) = access_requests::open_emergency(
+            &engine,
+            &ask("berlin-plant-room", 0),
+            None,
+            "os:alice",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (high.status.as_str(), a.issues),
+            ("requested", 0),
+            "{}",
+            h.backend
+        );
+        assert_eq!(
+            high.ends_at - high.requested_at,
+            15 * 60_000_000,
+            "the tier's default length"
+        );
+        let e = access_requests::open_emergency(
+            &engine,
+            &ask("berlin-plant-room", 0),
+            Some(45),
+            "os:alice",
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("30 minutes"), "{e}");
+        let (low, a) =
+            access_requests::open_emergency(&engine, &ask("berlin-lab", 0), None, "os:alice")
+                .await
+                .unwrap();
+        assert_eq!(
+            (low.status.as_str(), a.issues),
+            ("active", 1),
+            "{}",
+            h.backend
+        );
+    });
+}

@@ -56,22 +56,146 @@ impl Default for BreakGlassConfig {
 
 impl Config {
     pub(super) fn validate_break_glass(&self) -> Result<(), ConfigError> {
-        let b = &self.break_glass;
-        if b.max_minutes == 0 || b.max_minutes > 24 * 60 {
-            return Err(self.invalid(
-                "break_glass.max_minutes",
-                "must be between 1 and 1440 (a day): an emergency is brief",
-            ));
-        }
-        if b.default_minutes == 0 || b.default_minutes > b.max_minutes {
-            return Err(self.invalid(
-                "break_glass.default_minutes",
-                format!("must be between 1 and max_minutes ({})", b.max_minutes),
-            ));
-        }
-        if b.review_hours == 0 {
-            return Err(self.invalid("break_glass.review_hours", "must be at least 1"));
+        validate_rules(self, &self.break_glass, "break_glass")?;
+        self.validate_tiers()
+    }
+}
+
+/// `[tiers.NAME]`: a risk tier for sensitive doors (a server room, a plant room, a pharmacy store):
+/// stricter limits than the defaults for temporary access and break-glass at its targets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// The doors in this tier, by target name (at whichever connector).
+    pub targets: Vec<String>,
+    /// The longest temporary request for these doors, in days (default: the general 31).
+    pub max_window_days: Option<u32>,
+    /// Break-glass rules for these doors instead of `[break_glass]`.
+    pub break_glass: Option<BreakGlassConfig>,
+}
+
+impl Config {
+    /// The tier a target belongs to, if any.
+    pub fn tier_of(&self, target: &str) -> Option<(&str, &TierConfig)> {
+        self.tiers
+            .iter()
+            .find(|(_, t)| t.targets.iter().any(|x| x == target))
+            .map(|(name, t)| (name.as_str(), t))
+    }
+
+    /// The break-glass rules for a target: its tier's, else `[break_glass]`.
+    pub fn break_glass_for(&self, target: &str) -> &BreakGlassConfig {
+        self.tier_of(target)
+            .and_then(|(_, t)| t.break_glass.as_ref())
+            .unwrap_or(&self.break_glass)
+    }
+
+    pub(super) fn validate_tiers(&self) -> Result<(), ConfigError> {
+        let mut seen: std::collections::BTreeMap<&str, &str> = Default::default();
+        for (name, tier) in &self.tiers {
+            if tier.targets.is_empty() {
+                return Err(
+                    self.invalid(&format!("tiers.{name}.targets"), "name at least one target")
+                );
+            }
+            for t in &tier.targets {
+                if let Some(other) = seen.insert(t, name) {
+                    return Err(self.invalid(
+                        &format!("tiers.{name}.targets"),
+                        format!("`{t}` is already in tier `{other}`: a door has one tier"),
+                    ));
+                }
+            }
+            if let Some(days) = tier.max_window_days
+                && !(1..=31).contains(&days)
+            {
+                return Err(self.invalid(
+                    &format!("tiers.{name}.max_window_days"),
+                    "must be between 1 and 31",
+                ));
+            }
+            if let Some(b) = &tier.break_glass {
+                validate_rules(self, b, &format!("tiers.{name}.break_glass"))?;
+            }
         }
         Ok(())
+    }
+}
+
+fn validate_rules(config: &Config, b: &BreakGlassConfig, at: &str) -> Result<(), ConfigError> {
+    if b.max_minutes == 0 || b.max_minutes > 24 * 60 {
+        return Err(config.invalid(
+            &format!("{at}.max_minutes"),
+            "must be between 1 and 1440 (a day): an emergency is brief",
+        ));
+    }
+    if b.default_minutes == 0 || b.default_minutes > b.max_minutes {
+        return Err(config.invalid(
+            &format!("{at}.default_minutes"),
+            format!("must be between 1 and max_minutes ({})", b.max_minutes),
+        ));
+    }
+    if b.review_hours == 0 {
+        return Err(config.invalid(&format!("{at}.review_hours"), "must be at least 1"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{BreakGlassRule, Config, ConfigInput};
+
+    fn load(extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "version = 1\n[store]\nurl = \"sqlite://x.db\"\n[policy]\ntemplates = \"t.toml\"\n{extra}"
+        );
+        Config::load(&ConfigInput {
+            text,
+            path: "conf/test.toml".into(),
+            env: Default::default(),
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_tier_overrides_break_glass_for_its_doors_only_and_mistakes_name_the_key() {
+        let c = load(
+            "[tiers.high]\ntargets = [\"server-room\"]\nmax_window_days = 2\n\
+             [tiers.high.break_glass]\nrule = \"two_approvers\"\nmax_minutes = 30\ndefault_minutes = 15\n",
+        )
+        .unwrap();
+        assert_eq!(c.tier_of("server-room").map(|(n, _)| n), Some("high"));
+        assert_eq!(
+            c.break_glass_for("server-room").rule,
+            BreakGlassRule::TwoApprovers
+        );
+        assert_eq!(c.break_glass_for("lobby").rule, BreakGlassRule::Review);
+        assert_eq!(c.break_glass_for("lobby").max_minutes, 240);
+        for (extra, key) in [
+            (
+                "[break_glass]\nmax_minutes = 0\n",
+                "break_glass.max_minutes",
+            ),
+            (
+                "[break_glass]\ndefault_minutes = 300\n",
+                "break_glass.default_minutes",
+            ),
+            ("[tiers.high]\ntargets = []\n", "tiers.high.targets"),
+            (
+                "[tiers.a]\ntargets = [\"x\"]\n[tiers.b]\ntargets = [\"x\"]\n",
+                "tiers.b.targets",
+            ),
+            (
+                "[tiers.high]\ntargets = [\"x\"]\nmax_window_days = 40\n",
+                "tiers.high.max_window_days",
+            ),
+            (
+                "[tiers.high]\ntargets = [\"x\"]\n[tiers.high.break_glass]\nreview_hours = 0\n",
+                "tiers.high.break_glass.review_hours",
+            ),
+        ] {
+            let err = load(extra).unwrap_err();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
     }
 }
