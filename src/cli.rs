@@ -91,6 +91,8 @@ pub enum Command {
     Request(commands::request::RequestArgs),
     /// Emergency access: open one (`[break_glass]` rules), list those awaiting review, review one.
     BreakGlass(commands::request::BreakGlassArgs),
+    /// Visitors: people no feed knows, recorded until their last day.
+    Visitor(commands::request::VisitorArgs),
     /// Move a door from one connector to another (mechanical key to smart lock): the plan, and
     /// with `--apply` the migration.
     Migrate(commands::migrate::MigrateArgs),
@@ -227,6 +229,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Suspend(args) => commands::suspend::suspend(args).await,
         Command::Request(args) => commands::request::run(args).await,
         Command::BreakGlass(args) => commands::request::break_glass(args).await,
+        Command::Visitor(args) => commands::request::visitor(args).await,
         Command::Migrate(args) => commands::migrate::migrate(args).await,
         Command::Migrations(args) => commands::migrate::migrations(args).await,
         Command::Resume(args) => commands::suspend::resume(args).await,

@@ -31,3 +31,4 @@ pub mod sources;
 pub mod store;
 pub mod suspension;
 pub mod telemetry;
+pub mod visitors;

@@ -1595,3 +1595,94 @@ async fn a_risk_tier_shortens_windows_and_requires_two_approvers_for_break_glass
         );
     });
 }
+
+#[tokio::test]
+async fn a_visitor_gets_a_requested_door_and_loses_everything_after_their_last_day() {
+    use latchkey::access_requests::{self, Ask};
+    use latchkey::visitors::{self, Visitor};
+    each_backend!(|h| {
+        h.feed(&[employee("E1", "sales", "berlin")]).await;
+        h.drain().await;
+        let engine = h.app.engine.clone();
+        let today = h.clock.now_utc().date_naive();
+        let visitor = |key: &str, days: i64| Visitor {
+            key: key.into(),
+            name: "Vera Visitor".into(),
+            // The simulator account is found by e-mail (`holds`).
+            email: Some(format!("{}@example.com", key.to_lowercase())),
+            site: Some("berlin".into()),
+            host: "E1".into(),
+            until: today + chrono::Duration::days(days),
+            reason: "boiler service".into(),
+        };
+        for (v, named) in [
+            (visitor("E1", 1), "already knows"),
+            (visitor("V-1", 40), "31 days"),
+            (visitor("V-1", -1), "passed"),
+            (
+                Visitor {
+                    host: "E9".into(),
+                    ..visitor("V-1", 1)
+                },
+                "E9",
+            ),
+        ] {
+            let e = visitors::add(&engine, &v, "os:dana").await.unwrap_err();
+            assert!(e.to_string().contains(named), "{e}");
+        }
+        visitors::add(&engine, &visitor("V-1", 1), "os:dana")
+            .await
+            .unwrap();
+        let mut conn = h.app.store().pool().acquire().await.unwrap();
+        let v = store::get_identity(&mut conn, "V-1")
+            .await
+            .unwrap()
+            .unwrap();
+        drop(conn);
+        assert!(v.lifecycle.entitled(), "{}: {:?}", h.backend, v.lifecycle);
+        assert!(
+            store::grants_of(&mut h.app.store().pool().acquire().await.unwrap(), "V-1")
+                .await
+                .unwrap()
+                .is_empty(),
+            "templates give a visitor nothing"
+        );
+
+        // A door for the visit, asked at the desk and approved by security.
+        let r = access_requests::ask(
+            &engine,
+            &Ask {
+                person: "V-1".into(),
+                connector: "nuki".into(),
+                target: "berlin-plant-room".into(),
+                starts_at: None,
+                ends_at: h.clock.now_utc() + chrono::Duration::days(5),
+                reason: "boiler service".into(),
+            },
+            "os:dana",
+        )
+        .await
+        .unwrap();
+        access_requests::decide(&engine, r.id, true, "os:sam")
+            .await
+            .unwrap();
+        h.drain().await;
+        assert!(h.holds("V-1", "berlin-plant-room"));
+
+        // After the last day the visitor is a leaver: the door goes, though the request ran longer.
+        h.clock.advance(chrono::Duration::days(3));
+        engine.tick().await.unwrap();
+        h.drain().await;
+        assert!(
+            !h.holds("V-1", "berlin-plant-room"),
+            "{}: a visitor kept a door past their last day",
+            h.backend
+        );
+        let mut conn = h.app.store().pool().acquire().await.unwrap();
+        let v = store::get_identity(&mut conn, "V-1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!v.lifecycle.entitled(), "{}", h.backend);
+    });
+}

@@ -430,12 +430,17 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
             opened.push(r.id);
         }
         let mut to_review = opened.iter().copied();
+        // Recording the same visitor again updates them, so every allowed caller may post this.
+        let visitor = format!(
+            r#"{{"key": "V-1", "name": "Visitor One", "host": "E1", "until": "{}", "reason": "audit"}}"#,
+            (engine.clock.now() + chrono::Duration::days(2)).date_naive()
+        );
         let emergency = r#"{"person": "E1", "connector": "nuki", "target": "berlin-lab", "reason": "fire door jammed", "minutes": 15}"#;
         let mut to_decide = asked[..4].iter().copied();
         let mut to_end = asked[4..].iter().copied();
         let new_request = r#"{"person": "E1", "connector": "nuki", "target": "berlin-lab", "ends_at": "2099-01-01T00:00:00Z", "starts_at": "2098-12-31T00:00:00Z", "reason": "visit"}"#;
         // (method, path with {id}, body, least role)
-        let table: [(&str, &str, Option<&str>, Role); 25] = [
+        let table: [(&str, &str, Option<&str>, Role); 26] = [
             ("GET", "/api/v1/people?limit=2", None, Role::Viewer),
             ("GET", "/api/v1/people/E1", None, Role::Viewer),
             (
@@ -519,6 +524,12 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 Role::Approver,
             ),
             ("GET", "/api/v1/migrations", None, Role::Viewer),
+            (
+                "POST",
+                "/api/v1/visitors",
+                Some(visitor.as_str()),
+                Role::Desk,
+            ),
             (
                 "POST",
                 "/api/v1/migrations",
@@ -688,7 +699,8 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
             .json()
             .await
             .unwrap();
-        assert_eq!(next["items"].as_array().unwrap().len(), 2, "{next}");
+        // E5, E6 and the visitor V-1 the table recorded.
+        assert_eq!(next["items"].as_array().unwrap().len(), 3, "{next}");
         assert!(next["next_cursor"].is_null(), "{next}");
         let person: serde_json::Value = http
             .get(format!("{base}/api/v1/people/E1"))

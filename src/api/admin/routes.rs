@@ -4,7 +4,7 @@
 use super::views::{
     self, AccessRequest, AuditEntry, AuditQuery, DeadLetter, Decision, DoorMigration, Held,
     KeyTask, KeyTaskQuery, LatencyReport, MigrationPlan, NewEmergency, NewMigration, NewRequest,
-    PeoplePage, PersonAccess, Review, SlaConnector, SourceHealth, TargetHolders,
+    NewVisitor, PeoplePage, PersonAccess, Review, SlaConnector, SourceHealth, TargetHolders,
 };
 use super::{AdminState, Caller, Page, Paging, Problem};
 use crate::clock::to_micros;
@@ -44,6 +44,7 @@ pub(super) fn all(router: OpenApiRouter<AdminState>) -> OpenApiRouter<AdminState
         .routes(routes!(open_emergency))
         .routes(routes!(review_emergency))
         .routes(routes!(list_migrations, migrate))
+        .routes(routes!(add_visitor))
 }
 
 // ---- people --------------------------------------------------------------------------------
@@ -541,4 +542,18 @@ async fn migrate(
 ) -> Answer<MigrationPlan> {
     let op = caller.require(Role::Admin)?;
     Ok(Json(views::migrate(&s.api, op, &body).await?))
+}
+
+/// Record a visitor (someone no feed knows) until their last day; doors come from requests.
+#[utoipa::path(post, path = "/api/v1/visitors", request_body = NewVisitor, tag = "requests",
+    description = "Role: desk.",
+    responses((status = 201, body = views::PersonSummary), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn add_visitor(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Json(body): Json<NewVisitor>,
+) -> Result<(axum::http::StatusCode, Json<views::PersonSummary>), Problem> {
+    let op = caller.require(Role::Desk)?;
+    let added = views::add_visitor(&s.api, op, &body).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(added)))
 }

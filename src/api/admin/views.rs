@@ -842,6 +842,46 @@ pub async fn end_request(s: &ApiState, op: &Operator, id: i64) -> Result<AccessR
         .map_err(request_problem)
 }
 
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct NewVisitor {
+    /// A key of their own (`V-2026-0042`).
+    pub key: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub site: Option<String>,
+    /// The person they visit (key).
+    pub host: String,
+    /// Their last day (YYYY-MM-DD), at most 31 days ahead.
+    #[schema(value_type = String, format = Date)]
+    pub until: chrono::NaiveDate,
+    pub reason: String,
+}
+
+/// Record a visitor as `op` (the desk); doors come from requests.
+pub async fn add_visitor(
+    s: &ApiState,
+    op: &Operator,
+    v: &NewVisitor,
+) -> Result<PersonSummary, Problem> {
+    let visitor = crate::visitors::Visitor {
+        key: v.key.trim().to_string(),
+        name: v.name.clone(),
+        email: v.email.clone(),
+        site: v.site.clone(),
+        host: v.host.trim().to_string(),
+        until: v.until,
+        reason: v.reason.clone(),
+    };
+    crate::visitors::add(&s.engine, &visitor, &op.actor())
+        .await
+        .map_err(request_problem)?;
+    let mut conn = s.engine.store.pool().acquire().await?;
+    store::get_identity(&mut conn, &visitor.key)
+        .await?
+        .map(Into::into)
+        .ok_or_else(|| Problem::internal("the visitor was not recorded"))
+}
+
 // ---- door migrations --------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

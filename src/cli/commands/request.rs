@@ -343,3 +343,71 @@ pub async fn break_glass(args: BreakGlassArgs) -> anyhow::Result<i32> {
         }
     }
 }
+
+#[derive(Debug, clap::Args)]
+pub struct VisitorArgs {
+    #[command(subcommand)]
+    pub command: VisitorCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum VisitorCommand {
+    /// Record a visitor (no feed knows them) until their last day; give them doors with
+    /// `latchkey request ask`.
+    Add {
+        /// A key of their own, e.g. `V-2026-0042`.
+        key: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Their site (its time zone ends their last day).
+        #[arg(long)]
+        site: Option<String>,
+        /// The person they visit (key).
+        #[arg(long)]
+        host: String,
+        /// Their last day (YYYY-MM-DD), at most 31 days ahead.
+        #[arg(long)]
+        until: chrono::NaiveDate,
+        /// What the visit is for.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+pub async fn visitor(args: VisitorArgs) -> anyhow::Result<i32> {
+    let by = crate::operators::os_actor();
+    let VisitorCommand::Add {
+        key,
+        name,
+        email,
+        site,
+        host,
+        until,
+        reason,
+        config,
+    } = args.command;
+    let app = open_reader(&config).await?;
+    let v = crate::visitors::Visitor {
+        key,
+        name,
+        email,
+        site,
+        host,
+        until,
+        reason,
+    };
+    match crate::visitors::add(&app.engine, &v, &by).await {
+        Ok(()) => {
+            println!(
+                "visitor {} ({}) recorded by {by} until the end of {}; doors: `latchkey request ask {} ...`",
+                v.key, v.name, v.until, v.key
+            );
+            Ok(0)
+        }
+        Err(e) => refused(e),
+    }
+}
