@@ -9,6 +9,7 @@
 
 mod oidc;
 mod pages;
+mod requests;
 mod session;
 
 pub use oidc::{Oidc, OidcError, Pending, SignedIn};
@@ -98,6 +99,7 @@ pub fn router(state: ApiState) -> Router {
 
 fn routes() -> Router<ConsoleState> {
     use pages::*;
+    use requests::*;
     use session::*;
     Router::new()
         .route("/console", get(overview))
