@@ -1151,6 +1151,30 @@ async fn console_pages_need_a_sign_in_and_each_role_acts_only_within_it() {
             .unwrap();
         assert_eq!(none.status(), 404, "{backend}: an empty range");
 
+        // A door migration shows on the overview, in its own section (and the page's title is
+        // still just its title).
+        let door = latchkey::door_migration::Door {
+            from_connector: "nuki".into(),
+            from_target: "berlin-sales".into(),
+            to_connector: "nuki".into(),
+            to_target: "berlin-lab".into(),
+        };
+        latchkey::door_migration::start(&app.engine, &door, "os:ada")
+            .await
+            .unwrap();
+        let overview = vera.get("/console").await.text().await.unwrap();
+        assert!(
+            overview.contains("<title>Overview · latchkey</title>"),
+            "{backend}: {overview}"
+        );
+        let section = &overview[overview
+            .find("id=\"migrations\"")
+            .expect("a migrations section")..];
+        assert!(
+            section.contains("berlin-sales") && section.contains("nuki → nuki (berlin-lab)"),
+            "{backend}: {section}"
+        );
+
         // Break-glass from the console: an approver opens it (in force at once), a viewer cannot,
         // and only another approver reviews it.
         let csrf = vera.csrf().await;
