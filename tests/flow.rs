@@ -1435,6 +1435,15 @@ async fn break_glass_opens_at_once_pages_ends_at_its_ttl_and_waits_for_another_a
             "{}",
             h.backend
         );
+        let queue = store::access_requests::awaiting_review(h.app.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            queue.iter().map(|q| q.id).collect::<Vec<_>>(),
+            vec![r.id],
+            "{}",
+            h.backend
+        );
         let e = access_requests::review(&engine, r.id, "was me", "os:alice")
             .await
             .unwrap_err();
@@ -1449,6 +1458,12 @@ async fn break_glass_opens_at_once_pages_ends_at_its_ttl_and_waits_for_another_a
                 .unwrap();
         assert_eq!(reviewed.reviewed_by.as_deref(), Some("os:bob"));
         assert_eq!(gauges(engine.clone(), h.clock.clone()).await, (0, 0, 0));
+        assert!(
+            store::access_requests::awaiting_review(h.app.store().pool())
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let e = access_requests::review(&engine, r.id, "again", "os:carol")
             .await
             .unwrap_err();

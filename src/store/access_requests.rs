@@ -233,6 +233,22 @@ pub async fn mark_reviewed(
     Ok(r.rows_affected() == 1)
 }
 
+/// Emergencies opened by one operator that nobody else has reviewed yet, the earliest deadline
+/// first (the review queue; the same set `emergency_counts` counts as unreviewed).
+pub async fn awaiting_review(pool: &AnyPool) -> Result<Vec<RequestRow>> {
+    sqlx::query(
+        "SELECT * FROM access_requests
+          WHERE kind = 'emergency' AND reviewed_at IS NULL AND review_due_at IS NOT NULL
+            AND status <> 'rejected'
+          ORDER BY review_due_at, id",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(read)
+    .collect()
+}
+
 /// Break-glass at `now`: emergencies in force, awaiting review, and past their review deadline.
 pub async fn emergency_counts(pool: &AnyPool, now: i64) -> Result<(i64, i64, i64)> {
     let r = sqlx::query(

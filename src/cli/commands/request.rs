@@ -294,17 +294,8 @@ pub async fn break_glass(args: BreakGlassArgs) -> anyhow::Result<i32> {
         }
         BreakGlassCommand::List { config } => {
             let app = open_reader(&config).await?;
-            let mut rows: Vec<_> =
-                crate::store::access_requests::list(app.store().pool(), None, None, 10_000)
-                    .await?
-                    .into_iter()
-                    .filter(|r| {
-                        r.kind == "emergency"
-                            && r.review_due_at.is_some()
-                            && r.reviewed_at.is_none()
-                    })
-                    .collect();
-            rows.sort_by_key(|r| r.review_due_at);
+            // The whole queue, however old: an unreviewed emergency is never paged out of sight.
+            let rows = crate::store::access_requests::awaiting_review(app.store().pool()).await?;
             if rows.is_empty() {
                 println!("no emergency awaits review");
             }
