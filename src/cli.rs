@@ -91,6 +91,9 @@ pub enum Command {
     Request(commands::request::RequestArgs),
     /// Emergency access: open one (`[break_glass]` rules), list those awaiting review, review one.
     BreakGlass(commands::request::BreakGlassArgs),
+    /// Access reviews: start a campaign over a door, a tier, a connector or a manager's reports;
+    /// certify or revoke each holder; export the evidence.
+    Review(commands::review::ReviewArgs),
     /// Visitors: people no feed knows, recorded until their last day.
     Visitor(commands::request::VisitorArgs),
     /// Move a door from one connector to another (mechanical key to smart lock): the plan, and
@@ -229,6 +232,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Suspend(args) => commands::suspend::suspend(args).await,
         Command::Request(args) => commands::request::run(args).await,
         Command::BreakGlass(args) => commands::request::break_glass(args).await,
+        Command::Review(args) => commands::review::run(args).await,
         Command::Visitor(args) => commands::request::visitor(args).await,
         Command::Migrate(args) => commands::migrate::migrate(args).await,
         Command::Migrations(args) => commands::migrate::migrations(args).await,

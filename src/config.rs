@@ -10,7 +10,7 @@ mod break_glass;
 mod console;
 
 pub use audit::{AuditConfig, ForwardSink, SinkKind};
-pub use break_glass::{BreakGlassConfig, BreakGlassRule, TierConfig};
+pub use break_glass::{BreakGlassConfig, BreakGlassRule, OnDeadline, TierConfig};
 pub use console::{ConsoleConfig, OidcConfig};
 use serde::Deserialize;
 use std::collections::BTreeMap;

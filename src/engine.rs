@@ -723,6 +723,11 @@ impl Engine {
         // A door moved to another connector is wanted there instead.
         let mut desired = desired;
         crate::door_migration::rewrite(&store::door_moves::all_on(conn).await?, &mut desired);
+        // A door a review took away stays away while a template still gives it.
+        crate::reviews::withhold(
+            &store::reviews::withdrawn_of(conn, key).await?,
+            &mut desired,
+        );
         // Approved temporary access in its window is wanted like a template's grant, while the
         // person is entitled to anything at all (a leaver's requests give nothing).
         if derived.lifecycle.entitled() {
@@ -774,6 +779,11 @@ impl Engine {
     pub async fn tick(&self) -> Result<Applied, EngineError> {
         let mut total = crate::access_requests::tick(self).await?;
         crate::door_migration::tick(self).await?;
+        // A review's deadline must not hold up hires and terminations: a failure is reported and
+        // the next pass tries again.
+        if let Err(e) = crate::reviews::tick(self).await {
+            tracing::error!(error = %e, "access review schedule failed; retried on the next pass");
+        }
         loop {
             let now = self.clock.now();
             let due =
@@ -805,17 +815,21 @@ impl Engine {
         crate::reconcile::plan(self, now).await
     }
 
-    /// What one stored identity should change now under current policy, the temporary access in
-    /// force for it (`requests`) and its suspension, if any: pure, for planning.
+    /// What one stored identity should change now under current policy and what operators decided
+    /// for it (`overrides`): pure, for planning.
     pub fn changes_for(
         &self,
         ident: &IdentityRow,
         ledger: &[store::GrantRow],
-        moves: &[store::door_moves::DoorMoveRow],
-        requests: &[store::access_requests::RequestRow],
-        suspended: Option<&crate::suspension::Scope>,
+        overrides: &Overrides<'_>,
         now: DateTime<Utc>,
     ) -> Result<Vec<plan::Change>, PolicyError> {
+        let Overrides {
+            moves,
+            requests,
+            suspended,
+            withdrawn,
+        } = *overrides;
         let attrs: BTreeMap<String, String> = ident
             .attrs
             .iter()
@@ -826,6 +840,7 @@ impl Engine {
             .policy()
             .desired(&ident.key, ident.lifecycle, &attrs, tz, now)?;
         crate::door_migration::rewrite(moves, &mut desired);
+        crate::reviews::withhold(withdrawn, &mut desired);
         if ident.lifecycle.entitled() {
             desired.extend(crate::access_requests::desired(&self.config, requests));
         }
@@ -893,14 +908,14 @@ impl Engine {
             crate::suspension::Scope::of(&store::suspensions::active_of(conn, key).await?);
         let requests = store::access_requests::in_force_of(conn, key, to_micros(now)).await?;
         let moves = store::door_moves::all_on(conn).await?;
-        let changes = match self.changes_for(
-            &ident,
-            &ledger,
-            &moves,
-            &requests,
-            suspended.as_ref(),
-            now,
-        ) {
+        let withdrawn = store::reviews::withdrawn_of(conn, key).await?;
+        let overrides = Overrides {
+            moves: &moves,
+            requests: &requests,
+            suspended: suspended.as_ref(),
+            withdrawn: &withdrawn,
+        };
+        let changes = match self.changes_for(&ident, &ledger, &overrides, now) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(identity = key, error = %e, "policy evaluation failed; grants left unchanged");
@@ -932,6 +947,16 @@ impl Engine {
         )
         .await?)
     }
+}
+
+/// What operators decided that changes what templates want for one person: doors moved to
+/// another connector, temporary access in force, an active suspension, doors a review withdrew.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Overrides<'a> {
+    pub moves: &'a [store::door_moves::DoorMoveRow],
+    pub requests: &'a [store::access_requests::RequestRow],
+    pub suspended: Option<&'a crate::suspension::Scope>,
+    pub withdrawn: &'a [store::reviews::WithdrawalRow],
 }
 
 /// Why a stored identity is evaluated: the change's kind (its cause in the audit log and the

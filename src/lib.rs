@@ -26,6 +26,7 @@ pub mod operators;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;
+pub mod reviews;
 pub mod sim;
 pub mod sources;
 pub mod store;

@@ -268,6 +268,11 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
         requests.entry(r.identity_key.clone()).or_default().push(r);
     }
     let moves = store::door_moves::all(pool).await?;
+    // Doors reviews withdrew stay withheld (a small set, read once).
+    let mut withdrawn: BTreeMap<String, Vec<store::reviews::WithdrawalRow>> = BTreeMap::new();
+    for w in store::reviews::all_withdrawn(pool).await? {
+        withdrawn.entry(w.identity_key.clone()).or_default().push(w);
+    }
     let mut after = String::new();
     loop {
         let page = store::identities_page(pool, &after, PAGE).await?;
@@ -287,14 +292,13 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
                 out.population += 1;
             }
             let granted = requests.get(&ident.key).map_or(&[][..], |v| v);
-            match engine.changes_for(
-                ident,
-                ledger,
-                &moves,
-                granted,
-                suspended.get(&ident.key),
-                now,
-            ) {
+            let overrides = crate::engine::Overrides {
+                moves: &moves,
+                requests: granted,
+                suspended: suspended.get(&ident.key),
+                withdrawn: withdrawn.get(&ident.key).map_or(&[][..], |v| v),
+            };
+            match engine.changes_for(ident, ledger, &overrides, now) {
                 Ok(changes) if changes.is_empty() => {}
                 Ok(changes) => out.people.push(IdentityPlan {
                     key: ident.key.clone(),

@@ -46,7 +46,7 @@ if ! pg_ready || ! psql -h 127.0.0.1 -U postgres -d test -tAc "SELECT 1" >/dev/n
   ensure_postgres
 fi
 
-# OpenLDAP for tests/ldap.rs: the tests start their own slapd as a child process (a temp directory,
+# OpenLDAP for tests/suite/ldap.rs: the tests start their own slapd as a child process (a temp directory,
 # a free loopback port); only the binaries and modules are needed. Debian's package starts a system
 # slapd on port 389 where service scripts are allowed to run; the tests do not use it.
 ensure_slapd() {

@@ -5,6 +5,7 @@
 //! Its own test binary: the tracing subscriber is process-wide and can be installed once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "suite/common.rs"]
 mod common;
 
 use axum::body::Bytes;

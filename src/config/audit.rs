@@ -45,6 +45,12 @@ pub struct ForwardSink {
     /// http: request headers; values are secret references (an API token), never clear text.
     #[serde(default)]
     pub headers: BTreeMap<String, SecretRef>,
+    /// Only records whose action matches one of these are sent: an exact action
+    /// (`emergency.opened`) or a prefix ending in `*` (`emergency.*`). Empty: every record. A
+    /// sink with `actions = ["emergency.opened"]` is the break-glass webhook: at least once, in
+    /// order, retried while the receiver is down.
+    #[serde(default)]
+    pub actions: Vec<String>,
     /// Records per send.
     #[serde(default = "default_batch")]
     pub batch: u32,
@@ -54,6 +60,17 @@ pub struct ForwardSink {
     /// Longest wait between retries while the receiver is down.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_seconds: u64,
+}
+
+impl ForwardSink {
+    /// Whether a record with this action goes to this sink.
+    pub fn takes(&self, action: &str) -> bool {
+        self.actions.is_empty()
+            || self.actions.iter().any(|a| match a.strip_suffix('*') {
+                Some(prefix) => action.starts_with(prefix),
+                None => a == action,
+            })
+    }
 }
 
 fn default_batch() -> u32 {
@@ -77,6 +94,16 @@ impl Config {
             let key = |k: &str| format!("audit.forward.{name}.{k}");
             if s.batch == 0 {
                 return Err(self.invalid(&key("batch"), "must be at least 1"));
+            }
+            if let Some(bad) = s
+                .actions
+                .iter()
+                .find(|a| a.trim().is_empty() || a.trim_end_matches('*').contains('*'))
+            {
+                return Err(self.invalid(
+                    &key("actions"),
+                    format!("`{bad}`: an action (`emergency.opened`) or a prefix ending in `*` (`emergency.*`)"),
+                ));
             }
             match s.kind {
                 SinkKind::Syslog => {
@@ -191,5 +218,30 @@ mod tests {
         // A clear-text header value is refused: values are secret references.
         let e = load("[audit.forward.h]\nkind = \"http\"\nurl = \"http://x\"\nheaders = { authorization = \"Bearer s3cret\" }\n").unwrap_err();
         assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn a_sink_takes_the_actions_it_names_exactly_or_by_prefix() {
+        let c = load(
+            "[audit.forward.pager]\nkind = \"http\"\nurl = \"https://pager.example/hook\"\n\
+             actions = [\"emergency.*\", \"review.escalated\"]\n",
+        )
+        .unwrap();
+        let sink = &c.audit.forward["pager"];
+        for (action, taken) in [
+            ("emergency.opened", true),
+            ("emergency.reviewed", true),
+            ("review.escalated", true),
+            ("review.started", false),
+            ("request.created", false),
+        ] {
+            assert_eq!(sink.takes(action), taken, "{action}");
+        }
+        let err = load(
+            "[audit.forward.pager]\nkind = \"http\"\nurl = \"https://pager.example/hook\"\n\
+             actions = [\"emer*gency\"]\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("audit.forward.pager.actions"), "{err}");
     }
 }

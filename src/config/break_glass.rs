@@ -72,6 +72,47 @@ pub struct TierConfig {
     pub max_window_days: Option<u32>,
     /// Break-glass rules for these doors instead of `[break_glass]`.
     pub break_glass: Option<BreakGlassConfig>,
+    /// Every how many days an access review of these doors starts by itself (e.g. 90 for
+    /// quarterly); none when absent.
+    pub review_every_days: Option<u32>,
+    /// How many days reviewers have to decide a scheduled review (default 14).
+    #[serde(default = "review_days")]
+    pub review_days: u32,
+    /// What happens to a scheduled review's undecided items at its deadline (default `revoke`).
+    #[serde(default)]
+    pub review_on_deadline: OnDeadline,
+}
+
+/// What an access review does with the items nobody decided by its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeadline {
+    /// Revoke them: access nobody vouched for ends (fail closed).
+    #[default]
+    Revoke,
+    /// Keep them and mark the campaign escalated: an alert fires until someone decides them.
+    Escalate,
+}
+
+impl OnDeadline {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDeadline::Revoke => "revoke",
+            OnDeadline::Escalate => "escalate",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "revoke" => Some(OnDeadline::Revoke),
+            "escalate" => Some(OnDeadline::Escalate),
+            _ => None,
+        }
+    }
+}
+
+fn review_days() -> u32 {
+    14
 }
 
 impl Config {
@@ -112,6 +153,24 @@ impl Config {
                 return Err(self.invalid(
                     &format!("tiers.{name}.max_window_days"),
                     "must be between 1 and 31",
+                ));
+            }
+            if let Some(every) = tier.review_every_days
+                && !(1..=366).contains(&every)
+            {
+                return Err(self.invalid(
+                    &format!("tiers.{name}.review_every_days"),
+                    "must be between 1 and 366",
+                ));
+            }
+            if tier.review_days == 0
+                || tier
+                    .review_every_days
+                    .is_some_and(|every| tier.review_days > every)
+            {
+                return Err(self.invalid(
+                    &format!("tiers.{name}.review_days"),
+                    "must be at least 1 and no longer than review_every_days",
                 ));
             }
             if let Some(b) = &tier.break_glass {
@@ -188,6 +247,14 @@ mod tests {
             (
                 "[tiers.high]\ntargets = [\"x\"]\nmax_window_days = 40\n",
                 "tiers.high.max_window_days",
+            ),
+            (
+                "[tiers.high]\ntargets = [\"x\"]\nreview_every_days = 7\nreview_days = 8\n",
+                "tiers.high.review_days",
+            ),
+            (
+                "[tiers.high]\ntargets = [\"x\"]\nreview_on_deadline = \"forget\"\n",
+                "review_on_deadline",
             ),
             (
                 "[tiers.high]\ntargets = [\"x\"]\n[tiers.high.break_glass]\nreview_hours = 0\n",

@@ -227,6 +227,19 @@ pub fn stream_after(
         .map(|r| r.map_err(Into::into).and_then(|r| row(&r)))
 }
 
+/// The records whose action starts with `prefix` written at or after `since`, oldest first (a
+/// review campaign's evidence).
+pub async fn actions_since(pool: &AnyPool, prefix: &str, since: i64) -> Result<Vec<AuditRow>> {
+    sqlx::query("SELECT * FROM audit_log WHERE at >= $1 AND action LIKE $2 ORDER BY seq")
+        .bind(since)
+        .bind(format!("{prefix}%"))
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(row)
+        .collect()
+}
+
 /// The chain's head: the last sequence number written and its hash.
 pub async fn head(pool: &AnyPool) -> Result<(i64, String)> {
     let r = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")

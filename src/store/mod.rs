@@ -16,6 +16,7 @@ pub mod leases;
 pub mod outbox;
 pub mod postgres;
 mod retry;
+pub mod reviews;
 pub mod scim;
 pub mod sqlite;
 pub mod suspensions;
@@ -297,6 +298,25 @@ pub async fn get_identity(conn: &mut AnyConnection, key: &str) -> Result<Option<
         .await?
         .map(|r| IdentityRow::from_row(&r))
         .transpose()
+}
+
+/// The keys of the people whose `manager` attribute is `manager`, for a review of a manager's
+/// reports. The LIKE narrows the rows (the value as stored JSON); the match is exact.
+pub async fn reports_of(pool: &AnyPool, manager: &str) -> Result<Vec<String>> {
+    let needle = serde_json::json!({ "manager": manager }).to_string();
+    let needle = needle.trim_start_matches('{').trim_end_matches('}');
+    let rows = sqlx::query("SELECT * FROM identities WHERE attrs LIKE $1 ORDER BY key")
+        .bind(format!("%{needle}%"))
+        .fetch_all(pool)
+        .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let i = IdentityRow::from_row(&r)?;
+        if i.attr("manager") == Some(manager) {
+            out.push(i.key);
+        }
+    }
+    Ok(out)
 }
 
 /// Identities whose e-mail or name is `needle` (case-insensitive), for operators who know a person
@@ -1700,7 +1720,7 @@ pub async fn mark_holds_executed(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Hot-path queries, named so the plan-shape test (tests/store.rs) explains exactly what runs.
+// Hot-path queries, named so the plan-shape test (tests/suite/store.rs) explains exactly what runs.
 
 const SOURCE_RECORD_SQL: &str = "SELECT * FROM source_records WHERE source = $1 AND key = $2";
 const SOURCE_RECORDS_OF_SQL: &str = "SELECT * FROM source_records WHERE key = $1 ORDER BY source";

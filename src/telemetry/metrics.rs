@@ -77,6 +77,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "latchkey_break_glass_open",
     "latchkey_break_glass_unreviewed",
     "latchkey_break_glass_review_overdue",
+    "latchkey_access_reviews_open",
+    "latchkey_access_review_items_pending",
+    "latchkey_access_review_items_overdue",
     "latchkey_audit_forward_lag_records",
     "latchkey_audit_forward_failures",
 ];
@@ -303,6 +306,9 @@ pub struct Metrics {
     break_glass_open: Gauge,
     break_glass_unreviewed: Gauge,
     break_glass_overdue: Gauge,
+    reviews_open: Gauge,
+    review_pending: Gauge,
+    review_overdue: Gauge,
     audit_forward_lag: Family<SinkLabel, Gauge>,
     audit_forward_failures: Family<SinkLabel, Counter>,
 }
@@ -360,6 +366,9 @@ impl Metrics {
             break_glass_open: Gauge::default(),
             break_glass_unreviewed: Gauge::default(),
             break_glass_overdue: Gauge::default(),
+            reviews_open: Gauge::default(),
+            review_pending: Gauge::default(),
+            review_overdue: Gauge::default(),
             audit_forward_lag: Family::default(),
             audit_forward_failures: Family::default(),
         };
@@ -520,6 +529,21 @@ impl Metrics {
             "break_glass_review_overdue",
             "Emergencies whose review deadline (`[break_glass] review_hours`) has passed unreviewed",
             m.break_glass_overdue.clone(),
+        );
+        registry.register(
+            "access_reviews_open",
+            "Access review campaigns not yet closed (open, or escalated past their deadline)",
+            m.reviews_open.clone(),
+        );
+        registry.register(
+            "access_review_items_pending",
+            "Holders in unclosed access reviews that no reviewer has certified or revoked yet",
+            m.review_pending.clone(),
+        );
+        registry.register(
+            "access_review_items_overdue",
+            "Holders still undecided past their review's deadline (escalated campaigns)",
+            m.review_overdue.clone(),
         );
         registry.register(
             "drill_runs",
@@ -944,6 +968,10 @@ impl Metrics {
         self.break_glass_open.set(open);
         self.break_glass_unreviewed.set(unreviewed);
         self.break_glass_overdue.set(overdue);
+        let (pending, overdue, open) = crate::store::reviews::counts(pool, now).await?;
+        self.review_pending.set(pending);
+        self.review_overdue.set(overdue);
+        self.reviews_open.set(open);
         // After a restart no source has run in this process yet: its checkpoint's last move is the
         // best known success, so a stalled source is not hidden by a restart.
         for r in sqlx::query("SELECT source, updated_at FROM source_checkpoints")

@@ -45,6 +45,10 @@ pub(super) fn all(router: OpenApiRouter<AdminState>) -> OpenApiRouter<AdminState
         .routes(routes!(review_emergency))
         .routes(routes!(list_migrations, migrate))
         .routes(routes!(add_visitor))
+        .routes(routes!(list_reviews, start_review))
+        .routes(routes!(review_campaign))
+        .routes(routes!(decide_review_item))
+        .routes(routes!(review_evidence))
 }
 
 // ---- people --------------------------------------------------------------------------------
@@ -556,4 +560,87 @@ async fn add_visitor(
     let op = caller.require(Role::Desk)?;
     let added = views::add_visitor(&s.api, op, &body).await?;
     Ok((axum::http::StatusCode::CREATED, Json(added)))
+}
+
+// ---- access reviews ---------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReviewListQuery {
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// Access review campaigns, newest first, with how many items each has still to decide.
+#[utoipa::path(get, path = "/api/v1/reviews", params(ReviewListQuery), tag = "reviews",
+    description = "Role: viewer.",
+    responses((status = 200, body = Vec<views::ReviewCampaign>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn list_reviews(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Query(q): Query<ReviewListQuery>,
+) -> Answer<Vec<views::ReviewCampaign>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(
+        views::review_campaigns(&s.api, q.limit.unwrap_or(100)).await?,
+    ))
+}
+
+/// Start a campaign over a door, a tier, a connector or a manager's reports: the current holders
+/// become items to certify or revoke by the deadline.
+#[utoipa::path(post, path = "/api/v1/reviews", request_body = views::NewReview, tag = "reviews",
+    description = "Role: approver.",
+    responses((status = 201, body = views::ReviewCampaign), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)))]
+async fn start_review(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Json(body): Json<views::NewReview>,
+) -> Result<(axum::http::StatusCode, Json<views::ReviewCampaign>), Problem> {
+    let op = caller.require(Role::Approver)?;
+    let started = views::start_review(&s.api, op, &body).await?;
+    Ok((axum::http::StatusCode::CREATED, Json(started)))
+}
+
+/// One campaign with its items: who holds which door, why, and the decision.
+#[utoipa::path(get, path = "/api/v1/reviews/{id}", params(("id" = i64, Path)), tag = "reviews",
+    description = "Role: viewer.",
+    responses((status = 200, body = views::ReviewCampaign), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn review_campaign(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Path(id): Path<i64>,
+) -> Answer<views::ReviewCampaign> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(views::review_campaign(&s.api, id).await?))
+}
+
+/// Certify or revoke one item. Revoking takes the door away at the vendor and withholds it from
+/// the templates until reinstated.
+#[utoipa::path(post, path = "/api/v1/reviews/items/{id}", params(("id" = i64, Path)), request_body = views::ReviewDecision, tag = "reviews",
+    description = "Role: approver.",
+    responses((status = 200, body = views::ReviewItem), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+async fn decide_review_item(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Path(id): Path<i64>,
+    Json(body): Json<views::ReviewDecision>,
+) -> Answer<views::ReviewItem> {
+    let op = caller.require(Role::Approver)?;
+    Ok(Json(
+        views::decide_review_item(&s.api, op, id, &body).await?,
+    ))
+}
+
+/// A campaign's evidence for an auditor: its items and decisions, and the audit records of each
+/// step with their place and hash in the chain.
+#[utoipa::path(get, path = "/api/v1/reviews/{id}/evidence", params(("id" = i64, Path)), tag = "reviews",
+    description = "Role: viewer.",
+    responses((status = 200, body = Object), (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn review_evidence(
+    caller: Caller,
+    State(s): State<AdminState>,
+    Path(id): Path<i64>,
+) -> Answer<crate::reviews::Evidence> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(views::review_evidence(&s.api, id).await?))
 }

@@ -10,6 +10,7 @@
 mod oidc;
 mod pages;
 mod requests;
+mod reviews;
 mod session;
 
 pub use oidc::{Oidc, OidcError, Pending, SignedIn};
@@ -100,6 +101,7 @@ pub fn router(state: ApiState) -> Router {
 fn routes() -> Router<ConsoleState> {
     use pages::*;
     use requests::*;
+    use reviews::*;
     use session::*;
     Router::new()
         .route("/console", get(overview))
@@ -118,6 +120,9 @@ fn routes() -> Router<ConsoleState> {
         .route("/console/requests/{id}/{action}", post(act_on_request))
         .route("/console/emergencies", post(break_glass))
         .route("/console/emergencies/{id}/review", post(review_emergency))
+        .route("/console/reviews", get(reviews).post(start_review))
+        .route("/console/reviews/{id}", get(review))
+        .route("/console/reviews/{id}/items/{item}", post(decide_item))
         .route("/console/keys", get(key_desk))
         .route("/console/keys/{id}/{done}", post(record_key))
         .route("/console/audit", get(audit))

@@ -106,7 +106,7 @@ pub async fn requests(
 }
 
 /// A `datetime-local` field (`2026-12-06T14:30`, read as UTC) or an RFC 3339 time, as RFC 3339.
-fn form_time(v: &str) -> String {
+pub(super) fn form_time(v: &str) -> String {
     let v = v.trim();
     match chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M")
         .or_else(|_| chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S"))

@@ -16,6 +16,7 @@ pub mod plan;
 pub mod redrive;
 pub mod report;
 pub mod request;
+pub mod review;
 pub mod status;
 pub mod suspend;
 pub mod who_has;

@@ -7,8 +7,10 @@ mod changes;
 mod governance;
 mod people;
 mod reports;
+mod reviews;
 
 pub use changes::*;
 pub use governance::*;
 pub use people::*;
 pub use reports::*;
+pub use reviews::*;

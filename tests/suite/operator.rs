@@ -2,7 +2,7 @@
 //! dual control, and the admin API under `/api/v1` with each role allowed exactly its own.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::sim::{self, NukiOptions};
@@ -430,6 +430,23 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
             opened.push(r.id);
         }
         let mut to_review = opened.iter().copied();
+        // An access review of the sales door (six holders): two items to certify, one per
+        // allowed caller.
+        let (campaign, review_items) = latchkey::reviews::start(
+            &engine,
+            &latchkey::reviews::Start {
+                name: None,
+                scope: latchkey::reviews::Scope::Target("berlin-sales".into()),
+                deadline: engine.clock.now() + chrono::Duration::days(7),
+                on_deadline: latchkey::config::OnDeadline::Revoke,
+            },
+            "os:alice",
+        )
+        .await
+        .unwrap();
+        assert_eq!(review_items.len(), 6, "{backend}");
+        let mut to_certify = review_items.iter().map(|i| i.id);
+        let new_review = r#"{"scope": "target", "value": "berlin-sales", "deadline": "2099-01-01T00:00:00Z", "on_deadline": "escalate"}"#;
         // Recording the same visitor again updates them, so every allowed caller may post this.
         let visitor = format!(
             r#"{{"key": "V-1", "name": "Visitor One", "host": "E1", "until": "{}", "reason": "audit"}}"#,
@@ -440,7 +457,7 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
         let mut to_end = asked[4..].iter().copied();
         let new_request = r#"{"person": "E1", "connector": "nuki", "target": "berlin-lab", "ends_at": "2099-01-01T00:00:00Z", "starts_at": "2098-12-31T00:00:00Z", "reason": "visit"}"#;
         // (method, path with {id}, body, least role)
-        let table: [(&str, &str, Option<&str>, Role); 26] = [
+        let table: [(&str, &str, Option<&str>, Role); 31] = [
             ("GET", "/api/v1/people?limit=2", None, Role::Viewer),
             ("GET", "/api/v1/people/E1", None, Role::Viewer),
             (
@@ -544,6 +561,21 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 Some(r#"{"note": "checked with facilities"}"#),
                 Role::Approver,
             ),
+            ("GET", "/api/v1/reviews", None, Role::Viewer),
+            ("POST", "/api/v1/reviews", Some(new_review), Role::Approver),
+            ("GET", "/api/v1/reviews/{campaign}", None, Role::Viewer),
+            (
+                "GET",
+                "/api/v1/reviews/{campaign}/evidence",
+                None,
+                Role::Viewer,
+            ),
+            (
+                "POST",
+                "/api/v1/reviews/items/{review_item}",
+                Some(r#"{"decision": "certify", "note": "still in sales"}"#),
+                Role::Approver,
+            ),
         ];
         let callers = [
             Who::NoToken,
@@ -571,6 +603,10 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                     path.replace("{open_request}", &id(&mut to_end).to_string())
                 } else if path.contains("{emergency}") {
                     path.replace("{emergency}", &id(&mut to_review).to_string())
+                } else if path.contains("{campaign}") {
+                    path.replace("{campaign}", &campaign.id.to_string())
+                } else if path.contains("{review_item}") {
+                    path.replace("{review_item}", &id(&mut to_certify).to_string())
                 } else {
                     path.to_string()
                 };
@@ -736,6 +772,8 @@ async fn every_endpoint_allows_exactly_its_roles_and_dual_control_holds_over_htt
                 .replace("{request}", "{id}")
                 .replace("{open_request}", "{id}")
                 .replace("{emergency}", "{id}")
+                .replace("{campaign}", "{id}")
+                .replace("{review_item}", "{id}")
                 .replace("/E1", "/{person}")
                 .replace("/berlin-sales/", "/{target}/");
             let op = &paths
@@ -1244,6 +1282,84 @@ async fn console_pages_need_a_sign_in_and_each_role_acts_only_within_it() {
             notice.contains("reviewed by operator:ada"),
             "{backend}: {notice}"
         );
+
+        // An access review from the console: started by an approver over a door, its holders
+        // listed with why they hold it, one revoked with a reason. A viewer sees it and
+        // decides nothing.
+        let csrf = ada.csrf().await;
+        let started = ada
+            .post(
+                "/console/reviews",
+                &[
+                    ("csrf", csrf.as_str()),
+                    ("scope", "connector"),
+                    ("value", "nuki"),
+                    ("deadline", "2099-01-01T00:00"),
+                    ("on_deadline", "revoke"),
+                    ("name", "sales door, winter"),
+                ],
+                None,
+            )
+            .await;
+        assert!(
+            started.status().is_redirection(),
+            "{backend}: {}",
+            started.status()
+        );
+        let review_url = location(&started);
+        let page = ada.get(&review_url).await.text().await.unwrap();
+        let campaign_id: i64 = review_url
+            .trim_start_matches("/console/reviews/")
+            .split('?')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        let items = latchkey::store::reviews::items(&mut conn, campaign_id)
+            .await
+            .unwrap();
+        let item = items.first().expect("someone holds a door at nuki").clone();
+        assert!(
+            page.contains("sales door, winter")
+                && page.contains(&format!("id=\"item-{}\"", item.id))
+                && page.contains(&item.template),
+            "{backend}: {page}"
+        );
+        let form_url = format!("/console/reviews/{campaign_id}/items/{}", item.id);
+        let vera_csrf = vera.csrf().await;
+        let refused = vera
+            .post(
+                &form_url,
+                &[
+                    ("csrf", vera_csrf.as_str()),
+                    ("decision", "certify"),
+                    ("note", ""),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(refused.status(), 403, "{backend}");
+        let csrf = ada.csrf().await;
+        let revoked = ada
+            .post(
+                &form_url,
+                &[
+                    ("csrf", csrf.as_str()),
+                    ("decision", "revoke"),
+                    ("note", "moved to finance"),
+                ],
+                None,
+            )
+            .await;
+        assert!(revoked.status().is_redirection(), "{backend}");
+        let page = ada.get(&location(&revoked)).await.text().await.unwrap();
+        assert!(
+            page.contains("revoked by operator:ada") && page.contains("moved to finance"),
+            "{backend}: {page}"
+        );
+        let list = vera.get("/console/reviews").await.text().await.unwrap();
+        assert!(list.contains("sales door, winter"), "{backend}");
 
         // Signing out ends the session on the server: the old cookie signs nobody in.
         let csrf = dana.csrf().await;

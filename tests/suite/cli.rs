@@ -1,7 +1,7 @@
 //! The `latchkey` binary as an operator uses it: apply a feed, then ask what happened.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::sim::{self, NukiOptions};

@@ -3,7 +3,7 @@
 //! random moments still ends with exactly the access policy wants, without duplicates.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::model::Action;

@@ -4,7 +4,7 @@
 //! gap; a record may arrive twice only where a send was cut off.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::app::App;
@@ -562,6 +562,72 @@ async fn http_forwarding_retries_a_refusing_collector_and_sends_each_record_once
             got,
             (1..=max).collect::<Vec<_>>(),
             "{backend}: each record once, in order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sink_for_emergencies_only_is_the_break_glass_webhook() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (backend, url) in backends(tmp.path()).await {
+        let mut h = Harness::new(
+            &backend,
+            &url,
+            &tmp.path().join(&backend),
+            NukiOptions::default(),
+        )
+        .await;
+        h.feed(&[employee("E1", "sales", "berlin")]).await;
+        let store = h.app.store().clone();
+        append(&store, 7, "noise").await;
+        let c = Collector::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(collect))
+            .with_state(c.clone());
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let sink = format!(
+            "[audit.forward.pager]\nkind = \"http\"\nurl = \"http://{addr}/hook\"\nbatch = 4\n\
+             actions = [\"emergency.*\"]\nheaders = {{ authorization = {{ env = \"PAGER_AUTH\" }} }}\n"
+        );
+        let d = Daemon::start_with(&h, &sink, &[("PAGER_AUTH", "Bearer siem-token")]).await;
+        let ask = latchkey::access_requests::Ask {
+            person: "E1".into(),
+            connector: "nuki".into(),
+            target: "berlin-plant-room".into(),
+            starts_at: None,
+            ends_at: h.clock.now_utc(),
+            reason: "water in the plant room".into(),
+        };
+        latchkey::access_requests::open_emergency(&d.app.engine, &ask, None, "os:alice")
+            .await
+            .unwrap();
+        append(&store, 3, "more-noise").await;
+        let last = head(&store).await;
+        let pool = store.pool().clone();
+        until("the pager sink passed every record", async || {
+            latchkey::store::audit::forward_cursor(&pool, "pager")
+                .await
+                .unwrap()
+                >= last
+        })
+        .await;
+        d.stop().await;
+        server.abort();
+        let all = latchkey::store::audit::page(&pool, 0, last, 10_000)
+            .await
+            .unwrap();
+        let emergencies: Vec<i64> = all
+            .iter()
+            .filter(|r| r.action.starts_with("emergency."))
+            .map(|r| r.seq)
+            .collect();
+        assert!(!emergencies.is_empty(), "{backend}");
+        assert_eq!(
+            received(&c.got),
+            emergencies,
+            "{backend}: the emergency records and nothing else"
         );
     }
 }

@@ -2,7 +2,7 @@
 //! HTTP, with the clock moved by the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::app::App;

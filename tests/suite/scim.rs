@@ -2,7 +2,7 @@
 //! Entra ID) in, joiners / movers / leavers out, checked at the Nuki simulator.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::app::App;

@@ -4,7 +4,7 @@
 //! the metric names latchkey exports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::app::App;

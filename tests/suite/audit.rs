@@ -1,9 +1,9 @@
 //! The audit trail an auditor takes away: query by person, target, actor, action and time; export a
 //! range with its hash chain and manifest and verify it with nothing but the files; retention that
-//! prunes old rows while the rest still verifies. SIEM forwarding is in tests/audit_forward.rs.
+//! prunes old rows while the rest still verifies. SIEM forwarding is in tests/suite/audit_forward.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::audit::{self, Verdict};

@@ -6,7 +6,7 @@
 //! LATCHKEY_TEST_REQUIRE_LDAP=1 (tests/run.sh sets it), when they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::config::LdapSourceConfig;
@@ -765,7 +765,7 @@ async fn active_directory_usn_polling_with_ad_attributes() {
 }
 
 /// Not a test: LDAP modify -> revoke confirmed at the simulator, 200 disables one after another in
-/// persist mode, the real dispatcher running. `cargo test --release --test ldap -- --ignored --nocapture`
+/// persist mode, the real dispatcher running. `cargo test --release --test suite ldap:: -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn bench_persist_disable_to_vendor_revoke() {

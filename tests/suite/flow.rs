@@ -2,7 +2,7 @@
 //! outbox -> dispatcher -> Nuki simulator over HTTP -> ledger, latency and audit.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::audit::{self, Verdict};

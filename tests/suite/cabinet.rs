@@ -3,7 +3,7 @@
 //! `latchkey who-has` shows; a leaver still holding a key raises the alert.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::app::App;

@@ -2,7 +2,7 @@
 //! people, an overdue alert to a webhook, and revocation latency that runs until check-in.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::app::App;

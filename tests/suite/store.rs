@@ -2,7 +2,7 @@
 //! leases, idempotency keys and supersession, and effective-dated timers across a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use latchkey::model::Action;
