@@ -81,6 +81,9 @@ pub struct TierConfig {
     /// What happens to a scheduled review's undecided items at its deadline (default `revoke`).
     #[serde(default)]
     pub review_on_deadline: OnDeadline,
+    /// A revocation SLA for these doors at any connector, overriding parts of `[sla]`; reported
+    /// by `latchkey report sla` as `tier:NAME`.
+    pub sla: Option<super::SlaOverride>,
 }
 
 /// What an access review does with the items nobody decided by its deadline.
@@ -172,6 +175,16 @@ impl Config {
                     &format!("tiers.{name}.review_days"),
                     "must be at least 1 and no longer than review_every_days",
                 ));
+            }
+            if let Some(o) = tier.sla {
+                let within = o.revoke_within_seconds.unwrap_or(1.0);
+                let objective = o.objective.unwrap_or(0.5);
+                if !(within > 0.0 && objective > 0.0 && objective < 1.0) {
+                    return Err(self.invalid(
+                        &format!("tiers.{name}.sla"),
+                        "revoke_within_seconds must be positive and objective between 0 and 1 (exclusive)",
+                    ));
+                }
             }
             if let Some(b) = &tier.break_glass {
                 validate_rules(self, b, &format!("tiers.{name}.break_glass"))?;

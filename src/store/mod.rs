@@ -15,6 +15,7 @@ pub mod ldap;
 pub mod leases;
 pub mod outbox;
 pub mod postgres;
+pub mod reports;
 mod retry;
 pub mod reviews;
 pub mod scim;

@@ -6,9 +6,9 @@
 //! it: an SLA report must not look healthy because the slow revocations have not finished yet.
 
 use super::metrics::sla_of;
-use crate::config::Config;
+use crate::config::{Config, SlaConfig};
+use crate::store::reports::{self, SlaScope};
 use crate::store::{Store, StoreError};
-use sqlx::Row;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlaRow {
@@ -44,58 +44,67 @@ impl SlaRow {
     }
 }
 
-/// Attainment of every configured connector at `now` (microseconds, from the engine's clock).
+/// Attainment of every configured connector, then of every risk tier with an SLA of its own
+/// (`[tiers.NAME.sla]`, rows named `tier:NAME`), at `now` (microseconds, from the engine's clock).
 pub async fn report(store: &Store, config: &Config, now: i64) -> Result<Vec<SlaRow>, StoreError> {
     let mut out = Vec::new();
     for name in config.connectors.keys() {
         let sla = sla_of(config, name);
-        let since = now - i64::from(sla.window_days) * 86_400 * 1_000_000;
-        let target = (sla.revoke_within_seconds * 1e6) as i64;
-        let mut row = SlaRow {
-            connector: name.clone(),
-            target_seconds: sla.revoke_within_seconds,
-            objective: sla.objective,
-            window_days: sla.window_days,
-            total: 0,
-            met: 0,
-            missed: 0,
-            open_overdue: 0,
+        out.push(attainment(store, name.clone(), sla, SlaScope::Connector(name), now).await?);
+    }
+    for (name, tier) in &config.tiers {
+        let Some(o) = tier.sla else { continue };
+        let sla = SlaConfig {
+            revoke_within_seconds: o
+                .revoke_within_seconds
+                .unwrap_or(config.sla.revoke_within_seconds),
+            objective: o.objective.unwrap_or(config.sla.objective),
+            window_days: o.window_days.unwrap_or(config.sla.window_days),
         };
-        // A finished command's `next_attempt_at` is when it finished (the dispatcher sets it so).
-        let rows = sqlx::query(
-            "SELECT status, trigger_at, confirmed_at FROM commands
-             WHERE connector = $1 AND action = 'revoke'
-               AND ((status IN ('done', 'dead') AND COALESCE(confirmed_at, next_attempt_at) >= $2)
-                    OR status IN ('pending', 'inflight', 'confirming'))",
-        )
-        .bind(name)
-        .bind(since)
-        .fetch_all(store.pool())
-        .await?;
-        for r in rows {
-            let status: String = r.try_get("status")?;
-            let trigger: i64 = r.try_get("trigger_at")?;
-            let confirmed: Option<i64> = r.try_get("confirmed_at")?;
-            match (status.as_str(), confirmed) {
-                ("done", Some(c)) if c - trigger <= target => row.met += 1,
-                ("done", _) | ("dead", _) => row.missed += 1,
-                _ if now - trigger > target => {
-                    row.missed += 1;
-                    row.open_overdue += 1;
-                }
-                // Open and still inside the target: not decided yet.
-                _ => continue,
-            }
-            row.total += 1;
-        }
-        out.push(row);
+        let scope = SlaScope::Targets(&tier.targets);
+        out.push(attainment(store, format!("tier:{name}"), sla, scope, now).await?);
     }
     Ok(out)
 }
 
+async fn attainment(
+    store: &Store,
+    name: String,
+    sla: SlaConfig,
+    scope: SlaScope<'_>,
+    now: i64,
+) -> Result<SlaRow, StoreError> {
+    let since = now - i64::from(sla.window_days) * 86_400 * 1_000_000;
+    let target = (sla.revoke_within_seconds * 1e6) as i64;
+    let mut row = SlaRow {
+        connector: name,
+        target_seconds: sla.revoke_within_seconds,
+        objective: sla.objective,
+        window_days: sla.window_days,
+        total: 0,
+        met: 0,
+        missed: 0,
+        open_overdue: 0,
+    };
+    for r in reports::sla_revocations(store.pool(), scope, since).await? {
+        match (r.status.as_str(), r.confirmed_at) {
+            ("done", Some(c)) if c - r.trigger_at <= target => row.met += 1,
+            ("done", _) | ("dead", _) => row.missed += 1,
+            _ if now - r.trigger_at > target => {
+                row.missed += 1;
+                row.open_overdue += 1;
+            }
+            // Open and still inside the target: not decided yet.
+            _ => continue,
+        }
+        row.total += 1;
+    }
+    Ok(row)
+}
+
 /// A plain table for terminals.
 pub fn render(rows: &[SlaRow]) -> String {
-    let mut out = String::from("Revocation SLA per connector\n");
+    let mut out = String::from("Revocation SLA per connector (and per risk tier: tier:NAME)\n");
     out.push_str(&format!(
         "{:<12} {:>22} {:>8} {:>8} {:>8} {:>12} {:>12} {:>11}  {}\n",
         "connector",

@@ -1480,3 +1480,93 @@ async fn suspend_and_resume_from_the_shell_show_in_access_and_refuse_mistakes() 
         assert!(err.contains("not suspended"), "{err}");
     }
 }
+
+/// An access review from the shell: started over a connector, decided item by item (mistakes
+/// exit with the documented codes), its evidence exported as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_review_from_the_shell_starts_decides_and_exports_its_evidence() {
+    for s in applied_stores().await {
+        let rita = [("USER", "rita")];
+        let (code, out, err) = latchkey_split(
+            &s.config,
+            &[
+                "review",
+                "start",
+                "--connector",
+                "nuki",
+                "--days",
+                "14",
+                "--name",
+                "winter",
+            ],
+            &rita,
+        );
+        assert_eq!(code, 0, "{}: {err}", s.backend);
+        assert!(
+            out.contains("(winter) started by os:rita") && out.contains("items to decide"),
+            "{out}"
+        );
+        let (code, out, _) = latchkey_split(&s.config, &["review", "show", "1"], &rita);
+        assert_eq!(code, 0);
+        let items: Vec<i64> = out
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("item "))
+            .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+            .collect();
+        assert!(items.len() >= 2, "{out}");
+        // Revoking needs a note; an unknown item or a second decision is refused by name.
+        let (code, _, err) = latchkey_split(
+            &s.config,
+            &["review", "revoke", &items[0].to_string()],
+            &rita,
+        );
+        assert_eq!(code, 2, "{err}");
+        let (code, out, err) = latchkey_split(
+            &s.config,
+            &[
+                "review",
+                "revoke",
+                &items[0].to_string(),
+                "--note",
+                "left the team",
+            ],
+            &rita,
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("revoked by os:rita") && out.contains("revocation enqueued"),
+            "{out}"
+        );
+        let (code, _, err) = latchkey_split(
+            &s.config,
+            &["review", "certify", &items[0].to_string()],
+            &rita,
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("already revoked"), "{err}");
+        let (code, _, err) = latchkey_split(&s.config, &["review", "certify", "99999"], &rita);
+        assert_eq!((code, err.contains("99999")), (1, true), "{err}");
+        let (code, _, err) = latchkey_split(
+            &s.config,
+            &["review", "start", "--tier", "nope", "--days", "3"],
+            &rita,
+        );
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("unknown tier `nope`"), "{err}");
+        let (code, out, err) = latchkey_split(&s.config, &["review", "export", "1"], &rita);
+        assert_eq!(code, 0, "{err}");
+        let ev: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let actions: Vec<&str> = ev["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["review.started", "review.revoked"], "{out}");
+        assert_eq!(ev["items"].as_array().unwrap().len(), items.len());
+        assert_eq!(ev["chain_head"]["hash"].as_str().map(str::len), Some(64));
+        let (code, out, _) = latchkey_split(&s.config, &["review", "list"], &rita);
+        assert_eq!(code, 0);
+        assert!(out.contains("winter") && out.contains("open"), "{out}");
+    }
+}

@@ -40,7 +40,11 @@ async fn a_review_certifies_revokes_and_at_its_deadline_revokes_whom_nobody_vouc
         eprintln!("-- backend {name}");
         let dir = tmp.path().join(&name);
         let mut h = Harness::new(&name, &url, &dir, NukiOptions::default()).await;
-        reopen_with(&mut h, "[tiers.high]\ntargets = [\"berlin-lab\"]\n").await;
+        reopen_with(
+            &mut h,
+            "[tiers.high]\ntargets = [\"berlin-lab\"]\n[tiers.high.sla]\nrevoke_within_seconds = 30\n",
+        )
+        .await;
         let people = [
             employee("E1", "engineering", "berlin"),
             employee("E2", "engineering", "berlin"),
@@ -245,6 +249,24 @@ async fn a_review_certifies_revokes_and_at_its_deadline_revokes_whom_nobody_vouc
         for key in ["E2", "E3", "E4"] {
             assert!(causes.contains(&(key, "review")), "{name}: {causes:?}");
         }
+
+        // The tier's own SLA counts the revocations at its doors only.
+        let now_us = latchkey::clock::to_micros(h.clock.now_utc());
+        let sla = latchkey::telemetry::sla::report(h.app.store(), &h.app.engine.config, now_us)
+            .await
+            .unwrap();
+        let tier = sla.iter().find(|r| r.connector == "tier:high").unwrap();
+        assert_eq!(
+            (tier.total, tier.met, tier.target_seconds),
+            (3, 3, 30.0),
+            "{name}: {tier:?}"
+        );
+        let nuki = sla.iter().find(|r| r.connector == "nuki").unwrap();
+        assert_eq!(
+            (nuki.total, nuki.target_seconds),
+            (3, 60.0),
+            "{name}: {nuki:?}"
+        );
 
         // The evidence: every item's decision, and each step's audit record in the chain.
         let ev = reviews::evidence(&engine, c.id).await.unwrap();

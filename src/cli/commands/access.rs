@@ -49,6 +49,9 @@ pub struct Suspension {
 pub struct Grant {
     pub connector: String,
     pub target: String,
+    /// Where the credential is in its life (`issued`, `active`, `suspended`, `revoking`,
+    /// `revoked`, `expired`), as the API and the console show it.
+    pub state: String,
     pub desired: String,
     pub observed: String,
     pub template: String,
@@ -107,10 +110,19 @@ async fn gather(app: &App, who: &str, list: &ListArg) -> anyhow::Result<Result<A
             reason: s.reason,
             connectors: s.connectors,
         });
+    let withheld =
+        crate::suspension::Scope::of(&store::suspensions::active_of(&mut conn, &ident.key).await?);
     let grants = store::grants_of(&mut conn, &ident.key)
         .await?
         .into_iter()
         .map(|g| Grant {
+            state: crate::api::admin::views::grant_state(
+                &g.desired,
+                &g.observed,
+                withheld.as_ref().is_some_and(|sc| sc.covers(&g.connector)),
+                &g.template,
+            )
+            .to_string(),
             approved_by: app
                 .engine
                 .policy()
@@ -161,9 +173,10 @@ impl Access {
         for g in &self.grants.items {
             let _ = writeln!(
                 out,
-                "  {:<8} {:<22} desired {:<7} observed {:<7} template {:<28} approved by {}",
+                "  {:<8} {:<22} {:<9} desired {:<7} observed {:<7} template {:<28} approved by {}",
                 g.connector,
                 g.target,
+                g.state,
                 g.desired,
                 g.observed,
                 g.template,
