@@ -41,6 +41,24 @@ pub enum RequestError {
         "request {id} was asked for by {requested_by}: dual control needs someone else to decide it"
     )]
     DualControl { id: i64, requested_by: String },
+    #[error(
+        "request {id} is for `{target}` in risk tier `{tier}`, which only {approvers} may approve"
+    )]
+    NotAnApprover {
+        id: i64,
+        target: String,
+        tier: String,
+        approvers: String,
+    },
+    #[error(
+        "request {id}: {by} has already approved it; risk tier `{tier}` needs {needed} different approvers"
+    )]
+    AlreadyApproved {
+        id: i64,
+        by: String,
+        tier: String,
+        needed: u32,
+    },
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -373,6 +391,50 @@ pub async fn decide(
             id,
             requested_by: row.requested_by,
         });
+    }
+    if let Some((tier_name, tier)) = engine.config.tier_of(&row.target) {
+        let person = crate::operators::person_of(&engine.config, by);
+        let named = tier
+            .approvers
+            .iter()
+            .any(|a| person == format!("operator:{a}"));
+        if !tier.approvers.is_empty() && !named {
+            return Err(RequestError::NotAnApprover {
+                id,
+                target: row.target,
+                tier: tier_name.to_string(),
+                approvers: tier.approvers.join(", "),
+            });
+        }
+        // A tier that needs two approvers: the first approval is recorded and the request waits
+        // for a second person. An emergency's second person is its approver already.
+        if approve && tier.approvals > 1 && row.kind == "temporary" {
+            if !store::access_requests::add_approval(&mut tx, id, &person, by, now_us).await? {
+                return Err(RequestError::AlreadyApproved {
+                    id,
+                    by: by.to_string(),
+                    tier: tier_name.to_string(),
+                    needed: tier.approvals,
+                });
+            }
+            let so_far = store::access_requests::approvals(&mut tx, id).await?;
+            if (so_far.len() as u32) < tier.approvals {
+                audit::append(
+                    &mut tx,
+                    now_us,
+                    by,
+                    "request.approval_recorded",
+                    &row.identity_key,
+                    &serde_json::json!({
+                        "request": id, "connector": row.connector, "target": row.target,
+                        "tier": tier_name, "approvals": so_far, "needed": tier.approvals,
+                    }),
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok((refetch(engine, id).await?, Applied::default()));
+            }
+        }
     }
     let status = if approve { "approved" } else { "rejected" };
     store::access_requests::decide(&mut tx, id, status, by, now_us).await?;

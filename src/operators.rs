@@ -209,6 +209,12 @@ fn person(config: &Config, actor: &str) -> String {
     }
 }
 
+/// The person behind an actor as dual control counts them: `operator:NAME` for a configured
+/// operator under any of their names, else the actor itself.
+pub fn person_of(config: &Config, actor: &str) -> String {
+    person(config, actor)
+}
+
 /// Dual control: whether `approver` is the same person as `requester`.
 pub fn same_person(config: &Config, approver: &str, requester: &str) -> bool {
     person(config, approver) == person(config, requester)

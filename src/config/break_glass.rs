@@ -72,6 +72,14 @@ pub struct TierConfig {
     pub max_window_days: Option<u32>,
     /// Break-glass rules for these doors instead of `[break_glass]`.
     pub break_glass: Option<BreakGlassConfig>,
+    /// How many people other than the requester must approve temporary access to these doors
+    /// (1 or 2; default 1).
+    #[serde(default = "one")]
+    pub approvals: u32,
+    /// Who may approve requests and emergencies at these doors, by `[operators.NAME]`; empty:
+    /// any approver.
+    #[serde(default)]
+    pub approvers: Vec<String>,
     /// Every how many days an access review of these doors starts by itself (e.g. 90 for
     /// quarterly); none when absent.
     pub review_every_days: Option<u32>,
@@ -112,6 +120,10 @@ impl OnDeadline {
             _ => None,
         }
     }
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn review_days() -> u32 {
@@ -174,6 +186,28 @@ impl Config {
                 return Err(self.invalid(
                     &format!("tiers.{name}.review_days"),
                     "must be at least 1 and no longer than review_every_days",
+                ));
+            }
+            if !(1..=2).contains(&tier.approvals) {
+                return Err(self.invalid(&format!("tiers.{name}.approvals"), "must be 1 or 2"));
+            }
+            if let Some(unknown) = tier
+                .approvers
+                .iter()
+                .find(|a| !self.operators.contains_key(*a))
+            {
+                return Err(self.invalid(
+                    &format!("tiers.{name}.approvers"),
+                    format!("`{unknown}` is not an operator (`[operators.{unknown}]`)"),
+                ));
+            }
+            if (tier.approvals as usize) > tier.approvers.len() && !tier.approvers.is_empty() {
+                return Err(self.invalid(
+                    &format!("tiers.{name}.approvers"),
+                    format!(
+                        "name at least {} approvers for `approvals = {}`",
+                        tier.approvals, tier.approvals
+                    ),
                 ));
             }
             if let Some(o) = tier.sla {
@@ -268,6 +302,18 @@ mod tests {
             (
                 "[tiers.high]\ntargets = [\"x\"]\nreview_on_deadline = \"forget\"\n",
                 "review_on_deadline",
+            ),
+            (
+                "[tiers.high]\ntargets = [\"x\"]\napprovals = 3\n",
+                "tiers.high.approvals",
+            ),
+            (
+                "[tiers.high]\ntargets = [\"x\"]\napprovers = [\"ghost\"]\n",
+                "`ghost` is not an operator",
+            ),
+            (
+                "[tiers.high]\ntargets = [\"x\"]\n[tiers.high.sla]\nobjective = 1.0\n",
+                "tiers.high.sla",
             ),
             (
                 "[tiers.high]\ntargets = [\"x\"]\n[tiers.high.break_glass]\nreview_hours = 0\n",

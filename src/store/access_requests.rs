@@ -270,3 +270,37 @@ pub async fn emergency_counts(pool: &AnyPool, now: i64) -> Result<(i64, i64, i64
         r.try_get("overdue")?,
     ))
 }
+
+/// Record one person's approval of a request; false when that person already approved it.
+pub async fn add_approval(
+    conn: &mut AnyConnection,
+    id: i64,
+    approver: &str,
+    actor: &str,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO request_approvals (request_id, approver, actor, approved_at)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (request_id, approver) DO NOTHING",
+    )
+    .bind(id)
+    .bind(approver)
+    .bind(actor)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Who has approved a request so far, by actor, in order.
+pub async fn approvals(conn: &mut AnyConnection, id: i64) -> Result<Vec<String>> {
+    sqlx::query(
+        "SELECT actor FROM request_approvals WHERE request_id = $1 ORDER BY approved_at, actor",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| Ok(r.try_get("actor")?))
+    .collect()
+}

@@ -1612,6 +1612,86 @@ async fn a_risk_tier_shortens_windows_and_requires_two_approvers_for_break_glass
 }
 
 #[tokio::test]
+async fn a_tier_needing_two_named_approvers_issues_only_after_both() {
+    use latchkey::access_requests::{self, Ask, RequestError};
+    each_backend!(|h| {
+        let config_path = h.dir.join("latchkey.toml");
+        let text = std::fs::read_to_string(&config_path).unwrap();
+        let operator = |name: &str| {
+            let hash = latchkey::operators::token_sha256(&format!("lkop_{name}-token"));
+            format!(
+                "[operators.{name}]\nrole = \"approver\"\ntoken_sha256 = \"{hash}\"\nos_user = \"{name}\"\n"
+            )
+        };
+        std::fs::write(
+            &config_path,
+            format!(
+                "{text}\n{}{}{}[tiers.high]\ntargets = [\"berlin-plant-room\"]\napprovals = 2\n\
+                 approvers = [\"sam\", \"cio\"]\n",
+                operator("sam"),
+                operator("cio"),
+                operator("bob"),
+            ),
+        )
+        .unwrap();
+        h.app = open_again(&h).await;
+        h.feed(&[employee("E1", "sales", "berlin")]).await;
+        h.drain().await;
+        let engine = h.app.engine.clone();
+        let ask = Ask {
+            person: "E1".into(),
+            connector: "nuki".into(),
+            target: "berlin-plant-room".into(),
+            starts_at: None,
+            ends_at: h.clock.now_utc() + chrono::Duration::hours(8),
+            reason: "boiler service".into(),
+        };
+        let r = access_requests::ask(&engine, &ask, "os:dana")
+            .await
+            .unwrap();
+
+        // bob is an approver, but not one of the tier's.
+        let e = access_requests::decide(&engine, r.id, true, "os:bob")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, RequestError::NotAnApprover { .. }) && e.to_string().contains("sam, cio"),
+            "{e}"
+        );
+        // sam's approval is recorded; the door waits for a second person.
+        let (after_one, a) = access_requests::decide(&engine, r.id, true, "os:sam")
+            .await
+            .unwrap();
+        assert_eq!((after_one.status.as_str(), a.issues), ("requested", 0));
+        h.drain().await;
+        assert!(
+            !h.holds("E1", "berlin-plant-room"),
+            "{}: issued on one approval",
+            h.backend
+        );
+        // sam again, under his operator name: the same person.
+        let e = access_requests::decide(&engine, r.id, true, "operator:sam")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::AlreadyApproved { .. }), "{e}");
+        // cio is the second: approved and in force.
+        let (approved, a) = access_requests::decide(&engine, r.id, true, "os:cio")
+            .await
+            .unwrap();
+        assert_eq!(
+            (approved.status.as_str(), a.issues),
+            ("active", 1),
+            "{}",
+            h.backend
+        );
+        h.drain().await;
+        assert!(h.holds("E1", "berlin-plant-room"));
+        let recorded = audited(h.app.store(), "request.approval_recorded").await;
+        assert_eq!(recorded, 1, "{}", h.backend);
+    });
+}
+
+#[tokio::test]
 async fn a_visitor_gets_a_requested_door_and_loses_everything_after_their_last_day() {
     use latchkey::access_requests::{self, Ask};
     use latchkey::visitors::{self, Visitor};

@@ -77,7 +77,9 @@ fn refused(e: RequestError) -> anyhow::Result<i32> {
         RequestError::Invalid(_)
         | RequestError::NotFound(_)
         | RequestError::WrongState { .. }
-        | RequestError::DualControl { .. } => {
+        | RequestError::DualControl { .. }
+        | RequestError::NotAnApprover { .. }
+        | RequestError::AlreadyApproved { .. } => {
             eprintln!("request: {e}");
             Ok(1)
         }
@@ -180,6 +182,13 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<i32> {
 async fn decide(id: i64, approve: bool, config: &ConfigArg, by: &str) -> anyhow::Result<i32> {
     let app = open_reader(config).await?;
     match access_requests::decide(&app.engine, id, approve, by).await {
+        Ok((r, _)) if approve && r.status == "requested" => {
+            println!(
+                "request {id}: approval by {by} recorded; the risk tier of {} needs another approver",
+                r.target
+            );
+            Ok(0)
+        }
         Ok((r, a)) => {
             println!(
                 "request {id} {} by {by}: {} for {} at {}{}",

@@ -79,7 +79,12 @@ fn request_problem(e: crate::access_requests::RequestError) -> Problem {
         E::Invalid(_) => Problem::bad_request(e.to_string()),
         E::NotFound(_) => Problem::not_found(e.to_string()),
         E::WrongState { .. } => Problem::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-        E::DualControl { .. } => Problem::new(StatusCode::FORBIDDEN, "dual-control", e.to_string()),
+        E::DualControl { .. } | E::AlreadyApproved { .. } => {
+            Problem::new(StatusCode::FORBIDDEN, "dual-control", e.to_string())
+        }
+        E::NotAnApprover { .. } => {
+            Problem::new(StatusCode::FORBIDDEN, "not-an-approver", e.to_string())
+        }
         other => Problem::internal(other),
     }
 }
