@@ -59,10 +59,7 @@ async fn readyz(State(state): State<ApiState>) -> (StatusCode, String) {
     if let Some(reason) = state.lanes.as_ref().and_then(|l| l.not_ready()) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"));
     }
-    match sqlx::query("SELECT COUNT(*) AS n FROM audit_head")
-        .fetch_one(state.engine.store.pool())
-        .await
-    {
+    match crate::store::audit::head(state.engine.store.pool()).await {
         Ok(_) => {
             // Which replica holds which source, job and lane: for an operator, not for the probe.
             let mut body = String::from("ready\n");

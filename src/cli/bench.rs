@@ -123,16 +123,7 @@ async fn store_url_for(dir: &Path) -> anyhow::Result<String> {
         tag.to_lowercase()
     );
     // Created once per directory: the drain section reopens its store under another limit.
-    let exists = sqlx::query("SELECT 1 AS x FROM pg_database WHERE datname = $1")
-        .bind(&name)
-        .fetch_optional(&mut conn)
-        .await?
-        .is_some();
-    if !exists {
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await?;
-    }
+    store::postgres::ensure_database(&mut conn, &name).await?;
     let base = server
         .split('?')
         .next()

@@ -45,3 +45,25 @@ pub(super) fn is_second_inflight(e: &sqlx::Error) -> bool {
             .constraint()
             .is_none_or(|c| c == "commands_one_inflight_per_grant")
 }
+
+/// Create the database `name` on the server `conn` is connected to, unless it exists (the bench
+/// gives each run a fresh one). `name` is made of ASCII letters, digits and `_` only.
+pub async fn ensure_database(conn: &mut sqlx::AnyConnection, name: &str) -> Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(sqlx::Error::Configuration(
+            format!("`{name}` is not a plain database name").into(),
+        )
+        .into());
+    }
+    let exists = sqlx::query("SELECT 1 AS x FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    if !exists {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}

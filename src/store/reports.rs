@@ -65,3 +65,87 @@ pub async fn sla_revocations(
         })
         .collect()
 }
+
+/// Open and dead commands, grouped for the outbox gauges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxGroup {
+    pub connector: String,
+    pub action: String,
+    pub status: String,
+    pub count: i64,
+    /// When the oldest of them was enqueued (microseconds).
+    pub oldest: Option<i64>,
+}
+
+pub async fn outbox_groups(pool: &AnyPool) -> Result<Vec<OutboxGroup>> {
+    sqlx::query(
+        "SELECT connector, action, status, COUNT(*) AS n, MIN(enqueued_at) AS oldest FROM commands
+         WHERE status IN ('pending', 'inflight', 'confirming', 'dead')
+         GROUP BY connector, action, status",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(OutboxGroup {
+            connector: r.try_get("connector")?,
+            action: r.try_get("action")?,
+            status: r.try_get("status")?,
+            count: r.try_get("n")?,
+            oldest: r.try_get("oldest")?,
+        })
+    })
+    .collect()
+}
+
+/// What a per-source gauge counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PerSource {
+    /// Records set aside (quarantined), of any kind.
+    Quarantined,
+    /// Changes held for an approver.
+    Held,
+    /// HR files set aside whole.
+    RejectedFiles,
+}
+
+/// How many of `what` each source has.
+pub async fn per_source(pool: &AnyPool, what: PerSource) -> Result<Vec<(String, i64)>> {
+    let sql = match what {
+        PerSource::Quarantined => "SELECT source, COUNT(*) AS n FROM quarantine GROUP BY source",
+        PerSource::Held => {
+            "SELECT source, COUNT(*) AS n FROM held_changes WHERE status = 'held' GROUP BY source"
+        }
+        PerSource::RejectedFiles => {
+            "SELECT source, COUNT(*) AS n FROM quarantine WHERE field = 'file' GROUP BY source"
+        }
+    };
+    sqlx::query(sql)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("source")?, r.try_get("n")?)))
+        .collect()
+}
+
+/// When each source's oldest held change was held (microseconds).
+pub async fn oldest_held(pool: &AnyPool) -> Result<Vec<(String, i64)>> {
+    sqlx::query(
+        "SELECT source, MIN(created_at) AS oldest FROM held_changes WHERE status = 'held' GROUP BY source",
+    )
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("source")?, r.try_get("oldest")?)))
+    .collect()
+}
+
+/// When each source's checkpoint last moved (microseconds).
+pub async fn checkpoint_moves(pool: &AnyPool) -> Result<Vec<(String, i64)>> {
+    sqlx::query("SELECT source, updated_at FROM source_checkpoints")
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("source")?, r.try_get("updated_at")?)))
+        .collect()
+}

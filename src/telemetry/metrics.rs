@@ -9,6 +9,7 @@
 
 use crate::config::{Config, SlaConfig};
 use crate::model::Action;
+use crate::store::reports::{self, PerSource};
 use crate::store::{CommandRow, Store, StoreError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,7 +18,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 
@@ -879,32 +879,20 @@ impl Metrics {
                 depth.insert((c.clone(), lane), (0, None, 0));
             }
         }
-        let rows = sqlx::query(
-            "SELECT connector, action, status, COUNT(*) AS n, MIN(enqueued_at) AS oldest FROM commands
-             WHERE status IN ('pending', 'inflight', 'confirming', 'dead')
-             GROUP BY connector, action, status",
-        )
-        .fetch_all(pool)
-        .await?;
-        for r in rows {
-            let connector: String = r.try_get("connector")?;
-            let action: String = r.try_get("action")?;
-            let status: String = r.try_get("status")?;
-            let n: i64 = r.try_get("n")?;
-            let oldest: Option<i64> = r.try_get("oldest")?;
-            let Some(lane) = Action::parse(&action).map(|a| a.as_str()) else {
+        for g in reports::outbox_groups(pool).await? {
+            let Some(lane) = Action::parse(&g.action).map(|a| a.as_str()) else {
                 continue;
             };
             // Only configured connectors: a connector removed from the configuration would otherwise
             // keep a series forever.
-            let Some(e) = depth.get_mut(&(connector, lane)) else {
+            let Some(e) = depth.get_mut(&(g.connector, lane)) else {
                 continue;
             };
-            if status == "dead" {
-                e.2 += n;
+            if g.status == "dead" {
+                e.2 += g.count;
             } else {
-                e.0 += n;
-                e.1 = match (e.1, oldest) {
+                e.0 += g.count;
+                e.1 = match (e.1, g.oldest) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
@@ -918,36 +906,18 @@ impl Metrics {
                 .set(oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1e6));
             self.dead_letters.get_or_create(&l).set(dead);
         }
-        for (sql, family) in [
-            (
-                "SELECT source, COUNT(*) AS n FROM quarantine GROUP BY source",
-                &self.quarantined,
-            ),
-            (
-                "SELECT source, COUNT(*) AS n FROM held_changes WHERE status = 'held' GROUP BY source",
-                &self.held,
-            ),
-            (
-                "SELECT source, COUNT(*) AS n FROM quarantine WHERE field = 'file' GROUP BY source",
-                &self.rejected_files,
-            ),
+        for (what, family) in [
+            (PerSource::Quarantined, &self.quarantined),
+            (PerSource::Held, &self.held),
+            (PerSource::RejectedFiles, &self.rejected_files),
         ] {
             family.clear();
-            for r in sqlx::query(sql).fetch_all(pool).await? {
-                let source: String = r.try_get("source")?;
-                let n: i64 = r.try_get("n")?;
+            for (source, n) in reports::per_source(pool, what).await? {
                 family.get_or_create(&SourceLabel { source }).set(n);
             }
         }
         self.held_oldest_age.clear();
-        for r in sqlx::query(
-            "SELECT source, MIN(created_at) AS oldest FROM held_changes WHERE status = 'held' GROUP BY source",
-        )
-        .fetch_all(pool)
-        .await?
-        {
-            let source: String = r.try_get("source")?;
-            let oldest: i64 = r.try_get("oldest")?;
+        for (source, oldest) in reports::oldest_held(pool).await? {
             self.held_oldest_age
                 .get_or_create(&SourceLabel { source })
                 .set((now - oldest).max(0) as f64 / 1e6);
@@ -974,12 +944,7 @@ impl Metrics {
         self.reviews_open.set(open);
         // After a restart no source has run in this process yet: its checkpoint's last move is the
         // best known success, so a stalled source is not hidden by a restart.
-        for r in sqlx::query("SELECT source, updated_at FROM source_checkpoints")
-            .fetch_all(pool)
-            .await?
-        {
-            let source: String = r.try_get("source")?;
-            let at: i64 = r.try_get("updated_at")?;
+        for (source, at) in reports::checkpoint_moves(pool).await? {
             let g = self.source_success.get_or_create(&SourceLabel { source });
             if g.get() < at as f64 / 1e6 {
                 g.set(at as f64 / 1e6);
