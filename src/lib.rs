@@ -22,6 +22,7 @@ pub mod identity;
 pub mod leases;
 pub mod live_policy;
 pub mod model;
+pub mod naming;
 pub mod operators;
 pub mod plan;
 pub mod policy;

@@ -1,6 +1,6 @@
 //! Temporary access, break-glass, visitors and door migrations.
 
-use super::PersonSummary;
+use super::{PersonSummary, naming_problem};
 use crate::api::ApiState;
 use crate::api::admin::Problem;
 use crate::cli::output::time;
@@ -126,9 +126,9 @@ pub async fn ask(s: &ApiState, op: &Operator, r: &NewRequest) -> Result<AccessRe
     let ends_at = instant("ends_at", &r.ends_at)?;
     let key = {
         let mut conn = s.engine.store.pool().acquire().await?;
-        crate::cli::lookup::person(&mut conn, r.person.trim())
+        crate::naming::person(&mut conn, r.person.trim())
             .await
-            .map_err(|e| Problem::bad_request(e.to_string()))?
+            .map_err(|e| naming_problem(e, Problem::bad_request))?
             .key
     };
     let ask = crate::access_requests::Ask {
@@ -170,9 +170,9 @@ pub async fn open_emergency(
 ) -> Result<AccessRequest, Problem> {
     let key = {
         let mut conn = s.engine.store.pool().acquire().await?;
-        crate::cli::lookup::person(&mut conn, e.person.trim())
+        crate::naming::person(&mut conn, e.person.trim())
             .await
-            .map_err(|e| Problem::bad_request(e.to_string()))?
+            .map_err(|e| naming_problem(e, Problem::bad_request))?
             .key
     };
     let ask = crate::access_requests::Ask {

@@ -104,9 +104,9 @@ pub struct PersonAccess {
 pub async fn person_access(s: &ApiState, who: &str) -> Result<PersonAccess, Problem> {
     let engine = &s.engine;
     let mut conn = engine.store.pool().acquire().await?;
-    let ident = crate::cli::lookup::person(&mut conn, who)
+    let ident = crate::naming::person(&mut conn, who)
         .await
-        .map_err(|e| Problem::not_found(e.to_string()))?;
+        .map_err(|e| naming_problem(e, Problem::not_found))?;
     let suspended =
         crate::suspension::Scope::of(&store::suspensions::active_of(&mut conn, &ident.key).await?);
     let policy = engine.policy();
@@ -172,7 +172,7 @@ pub async fn who_has_page(
     let pool = s.engine.store.pool();
     let on_record = store::target_on_record(pool, target).await?
         || !store::cabinet_holders(pool, target).await?.is_empty();
-    let names = crate::cli::lookup::targets(&s.engine.config, target, on_record);
+    let names = crate::naming::targets(&s.engine.config, target, on_record);
     if names.is_empty() {
         return Err(Problem::not_found(format!(
             "no target or vendor id `{target}` in any connector's target map, and no grant on record for it"
@@ -205,6 +205,18 @@ pub async fn who_has_page(
         ));
     }
     Ok(out)
+}
+
+/// A name that finds nobody (or several people) is the caller's mistake, answered as `unfound`
+/// says; a store that fails is ours.
+pub(crate) fn naming_problem(
+    e: crate::naming::NamingError,
+    unfound: fn(String) -> Problem,
+) -> Problem {
+    match e {
+        crate::naming::NamingError::Store(e) => Problem::internal(e),
+        other => unfound(other.to_string()),
+    }
 }
 
 #[cfg(test)]
