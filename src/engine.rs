@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::identity::{self, Derived, SourceView};
 use crate::live_policy::{LivePolicy, PolicyReload};
 use crate::model::{Lifecycle, PersonRecord, Quarantined, RecordStatus};
-use crate::plan::{self, Applied, Cause};
+use crate::plan::Applied;
 use crate::policy::{Policy, PolicyError};
 use crate::sources::hr::{self, HrError, HrMapping};
 use crate::sources::hr_drop;
@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
+mod evaluate;
 mod hr_feed;
+
+pub use evaluate::{Evaluation, Overrides};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -684,96 +687,6 @@ impl Engine {
         Ok((kind, applied))
     }
 
-    async fn plan_identity(
-        &self,
-        conn: &mut AnyConnection,
-        key: &str,
-        derived: &Derived,
-        kind: &str,
-        actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Applied, EngineError> {
-        let tz = self.config.timezone_of(derived.site.as_deref());
-        let desired = match tracing::info_span!("policy.evaluate", identity = %key).in_scope(|| {
-            self.policy()
-                .desired(key, derived.lifecycle, &derived.attrs, tz, now)
-        }) {
-            Ok(d) => d,
-            Err(e) => {
-                // A template that cannot be evaluated must not revoke anything: keep the ledger as it
-                // is and report the person.
-                tracing::error!(identity = key, error = %e, "policy evaluation failed; grants left unchanged");
-                store::quarantine(
-                    conn,
-                    &Quarantined {
-                        source: "policy".into(),
-                        location: key.to_string(),
-                        record_key: Some(key.to_string()),
-                        field: "template".into(),
-                        reason: e.to_string(),
-                        raw: String::new(),
-                    },
-                    &to_micros(now).to_string(),
-                    to_micros(now),
-                )
-                .await?;
-                return Ok(Applied::default());
-            }
-        };
-        // A door moved to another connector is wanted there instead.
-        let mut desired = desired;
-        crate::door_migration::rewrite(&store::door_moves::all_on(conn).await?, &mut desired);
-        // A door a review took away stays away while a template still gives it.
-        crate::reviews::withhold(
-            &store::reviews::withdrawn_of(conn, key).await?,
-            &mut desired,
-        );
-        // Approved temporary access in its window is wanted like a template's grant, while the
-        // person is entitled to anything at all (a leaver's requests give nothing).
-        if derived.lifecycle.entitled() {
-            let requests = store::access_requests::in_force_of(conn, key, to_micros(now)).await?;
-            desired.extend(crate::access_requests::desired(&self.config, &requests));
-        }
-        // An operator's suspension outlasts whatever the sources say, until resumed or the person
-        // leaves (which ends it).
-        let desired =
-            crate::suspension::apply(conn, key, derived.lifecycle, desired, actor, now).await?;
-        let ledger = store::grants_of(conn, key).await?;
-        let changes = plan::diff(&desired, &ledger);
-        if changes.is_empty() {
-            return Ok(Applied::default());
-        }
-        let trigger_at = match derived.lifecycle {
-            Lifecycle::Terminated | Lifecycle::Suspended | Lifecycle::Active => {
-                derived.trigger_at().min(now)
-            }
-            Lifecycle::PreHire => now,
-        };
-        // Attribute changes (movers) have no effective date: they trigger when seen.
-        let trigger_at = if kind == "mover" || kind == "reconcile" {
-            now
-        } else {
-            trigger_at
-        };
-        let cause = Cause {
-            kind: kind.to_string(),
-            trigger_at,
-            detected_at: now,
-            actor: actor.to_string(),
-        };
-        let policy = self.policy();
-        Ok(plan::apply(
-            conn,
-            key,
-            &changes,
-            &ledger,
-            &cause,
-            |t| policy.approver_of(t).map(str::to_string),
-            now,
-        )
-        .await?)
-    }
-
     /// Effective-dated work whose time has come: hires, terminations, contract ends, and the
     /// start and end of temporary access.
     pub async fn tick(&self) -> Result<Applied, EngineError> {
@@ -814,160 +727,6 @@ impl Engine {
         let now = self.clock.now();
         crate::reconcile::plan(self, now).await
     }
-
-    /// What one stored identity should change now under current policy and what operators decided
-    /// for it (`overrides`): pure, for planning.
-    pub fn changes_for(
-        &self,
-        ident: &IdentityRow,
-        ledger: &[store::GrantRow],
-        overrides: &Overrides<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<plan::Change>, PolicyError> {
-        let Overrides {
-            moves,
-            requests,
-            suspended,
-            withdrawn,
-        } = *overrides;
-        let attrs: BTreeMap<String, String> = ident
-            .attrs
-            .iter()
-            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-            .collect();
-        let tz = self.config.timezone_of(ident.site.as_deref());
-        let mut desired = self
-            .policy()
-            .desired(&ident.key, ident.lifecycle, &attrs, tz, now)?;
-        crate::door_migration::rewrite(moves, &mut desired);
-        crate::reviews::withhold(withdrawn, &mut desired);
-        if ident.lifecycle.entitled() {
-            desired.extend(crate::access_requests::desired(&self.config, requests));
-        }
-        if let Some(scope) = suspended {
-            scope.withhold(&mut desired);
-        }
-        Ok(plan::diff(&desired, ledger))
-    }
-
-    /// Reconcile one identity on the caller's transaction: its stored attributes against current
-    /// policy and the ledger as it is now. With `hold_revokes`, only the issues are carried out (the
-    /// revocations wait for an approver). A template that cannot be evaluated changes nothing.
-    pub async fn reconcile_identity(
-        &self,
-        conn: &mut AnyConnection,
-        key: &str,
-        hold_revokes: bool,
-        now: DateTime<Utc>,
-    ) -> Result<Applied, EngineError> {
-        self.evaluate_stored(conn, key, "reconcile", "reconcile", hold_revokes, now)
-            .await
-    }
-
-    /// [`Engine::reconcile_identity`] for any cause (`reconcile`, `suspension`, `resume`), acted
-    /// by `actor`: the stored identity against current policy, its temporary access, its
-    /// suspension and the ledger.
-    pub async fn evaluate_stored(
-        &self,
-        conn: &mut AnyConnection,
-        key: &str,
-        kind: &str,
-        actor: &str,
-        hold_revokes: bool,
-        now: DateTime<Utc>,
-    ) -> Result<Applied, EngineError> {
-        let why = Evaluation {
-            kind,
-            actor,
-            hold_revokes,
-            trigger_at: now,
-        };
-        self.evaluate(conn, key, &why, now).await
-    }
-
-    /// [`Engine::evaluate_stored`] for a change whose moment was earlier than now (a temporary
-    /// grant's end passed while no replica ran the schedule): latency counts from that moment.
-    pub async fn evaluate(
-        &self,
-        conn: &mut AnyConnection,
-        key: &str,
-        why: &Evaluation<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Applied, EngineError> {
-        let Evaluation {
-            kind,
-            actor,
-            hold_revokes,
-            trigger_at,
-        } = *why;
-        let Some(ident) = store::get_identity(conn, key).await? else {
-            return Ok(Applied::default());
-        };
-        let ledger = store::grants_of(conn, key).await?;
-        let suspended =
-            crate::suspension::Scope::of(&store::suspensions::active_of(conn, key).await?);
-        let requests = store::access_requests::in_force_of(conn, key, to_micros(now)).await?;
-        let moves = store::door_moves::all_on(conn).await?;
-        let withdrawn = store::reviews::withdrawn_of(conn, key).await?;
-        let overrides = Overrides {
-            moves: &moves,
-            requests: &requests,
-            suspended: suspended.as_ref(),
-            withdrawn: &withdrawn,
-        };
-        let changes = match self.changes_for(&ident, &ledger, &overrides, now) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(identity = key, error = %e, "policy evaluation failed; grants left unchanged");
-                return Ok(Applied::default());
-            }
-        };
-        let changes: Vec<plan::Change> = changes
-            .into_iter()
-            .filter(|c| !hold_revokes || matches!(c, plan::Change::Issue(_)))
-            .collect();
-        if changes.is_empty() {
-            return Ok(Applied::default());
-        }
-        let cause = Cause {
-            kind: kind.into(),
-            trigger_at: trigger_at.min(now),
-            detected_at: now,
-            actor: actor.into(),
-        };
-        let policy = self.policy();
-        Ok(plan::apply(
-            conn,
-            key,
-            &changes,
-            &ledger,
-            &cause,
-            |t| policy.approver_of(t).map(str::to_string),
-            now,
-        )
-        .await?)
-    }
-}
-
-/// What operators decided that changes what templates want for one person: doors moved to
-/// another connector, temporary access in force, an active suspension, doors a review withdrew.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Overrides<'a> {
-    pub moves: &'a [store::door_moves::DoorMoveRow],
-    pub requests: &'a [store::access_requests::RequestRow],
-    pub suspended: Option<&'a crate::suspension::Scope>,
-    pub withdrawn: &'a [store::reviews::WithdrawalRow],
-}
-
-/// Why a stored identity is evaluated: the change's kind (its cause in the audit log and the
-/// latency labels), who acts, whether revocations wait for an approver, and the moment the change
-/// was due (latency counts from it).
-#[derive(Debug, Clone, Copy)]
-pub struct Evaluation<'a> {
-    pub kind: &'a str,
-    pub actor: &'a str,
-    pub hold_revokes: bool,
-    pub trigger_at: DateTime<Utc>,
 }
 
 fn change_kind(before: Option<&IdentityRow>, after: &Derived) -> String {

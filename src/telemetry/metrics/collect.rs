@@ -1,0 +1,91 @@
+//! The gauges only the store knows: outbox depth and age per lane, dead letters, quarantined
+//! records and held changes per source, stuck revocations, break-glass and access reviews, and each
+//! source's last checkpoint move. Read on every scrape.
+
+use super::*;
+
+impl Metrics {
+    /// Read what only the store knows into the gauges. `now`: microseconds, from the engine's clock.
+    pub async fn collect(&self, store: &Store, now: i64) -> Result<(), StoreError> {
+        let pool = store.pool();
+        // Every configured lane is reported, so a lane that emptied shows 0 rather than its last value.
+        let mut depth: BTreeMap<(String, &'static str), (i64, Option<i64>, i64)> = BTreeMap::new();
+        for c in &self.connectors {
+            for lane in LANES {
+                depth.insert((c.clone(), lane), (0, None, 0));
+            }
+        }
+        for g in reports::outbox_groups(pool).await? {
+            let Some(lane) = Action::parse(&g.action).map(|a| a.as_str()) else {
+                continue;
+            };
+            // Only configured connectors: a connector removed from the configuration would otherwise
+            // keep a series forever.
+            let Some(e) = depth.get_mut(&(g.connector, lane)) else {
+                continue;
+            };
+            if g.status == "dead" {
+                e.2 += g.count;
+            } else {
+                e.0 += g.count;
+                e.1 = match (e.1, g.oldest) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        for ((connector, lane), (n, oldest, dead)) in depth {
+            let l = LaneLabels { connector, lane };
+            self.outbox_depth.get_or_create(&l).set(n);
+            self.outbox_oldest_age
+                .get_or_create(&l)
+                .set(oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1e6));
+            self.dead_letters.get_or_create(&l).set(dead);
+        }
+        for (what, family) in [
+            (PerSource::Quarantined, &self.quarantined),
+            (PerSource::Held, &self.held),
+            (PerSource::RejectedFiles, &self.rejected_files),
+        ] {
+            family.clear();
+            for (source, n) in reports::per_source(pool, what).await? {
+                family.get_or_create(&SourceLabel { source }).set(n);
+            }
+        }
+        self.held_oldest_age.clear();
+        for (source, oldest) in reports::oldest_held(pool).await? {
+            self.held_oldest_age
+                .get_or_create(&SourceLabel { source })
+                .set((now - oldest).max(0) as f64 / 1e6);
+        }
+        let stuck: BTreeMap<String, i64> = crate::store::stuck_counts(pool)
+            .await?
+            .into_iter()
+            .collect();
+        for c in &self.connectors {
+            self.revocations_stuck
+                .get_or_create(&ConnectorLabel {
+                    connector: c.clone(),
+                })
+                .set(stuck.get(c).copied().unwrap_or(0));
+        }
+        let (open, unreviewed, overdue) =
+            crate::store::access_requests::emergency_counts(pool, now).await?;
+        self.break_glass_open.set(open);
+        self.break_glass_unreviewed.set(unreviewed);
+        self.break_glass_overdue.set(overdue);
+        let (pending, overdue, open) = crate::store::reviews::counts(pool, now).await?;
+        self.review_pending.set(pending);
+        self.review_overdue.set(overdue);
+        self.reviews_open.set(open);
+        // After a restart no source has run in this process yet: its checkpoint's last move is the
+        // best known success, so a stalled source is not hidden by a restart.
+        for (source, at) in reports::checkpoint_moves(pool).await? {
+            let g = self.source_success.get_or_create(&SourceLabel { source });
+            if g.get() < at as f64 / 1e6 {
+                g.set(at as f64 / 1e6);
+            }
+        }
+        Ok(())
+    }
+}
