@@ -149,7 +149,13 @@ pub async fn start(
             closed_at: None,
         },
     )
-    .await?;
+    .await?
+    .ok_or_else(|| {
+        invalid(format!(
+            "`{}` at `{}` is already being moved: another migration of it started meanwhile (`latchkey migrations`)",
+            door.from_target, door.from_connector
+        ))
+    })?;
     audit::append(
         &mut tx,
         now_us,

@@ -32,11 +32,14 @@ fn read(r: &AnyRow) -> Result<DoorMoveRow> {
     })
 }
 
-pub async fn insert(conn: &mut AnyConnection, m: &DoorMoveRow) -> Result<i64> {
+/// A new migration; `None` when the door already has one (two starts racing: the unique index
+/// on the door lets one in).
+pub async fn insert(conn: &mut AnyConnection, m: &DoorMoveRow) -> Result<Option<i64>> {
     let row = sqlx::query(
         "INSERT INTO door_migrations
              (from_connector, from_target, to_connector, to_target, status, started_by, started_at)
-         VALUES ($1, $2, $3, $4, 'open', $5, $6) RETURNING id",
+         VALUES ($1, $2, $3, $4, 'open', $5, $6)
+         ON CONFLICT (from_connector, from_target) DO NOTHING RETURNING id",
     )
     .bind(&m.from_connector)
     .bind(&m.from_target)
@@ -44,9 +47,9 @@ pub async fn insert(conn: &mut AnyConnection, m: &DoorMoveRow) -> Result<i64> {
     .bind(&m.to_target)
     .bind(&m.started_by)
     .bind(m.started_at)
-    .fetch_one(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(row.try_get("id")?)
+    Ok(row.map(|r| r.try_get("id")).transpose()?)
 }
 
 /// Every migration, open or closed: all of them move their door for good.

@@ -395,11 +395,34 @@ async fn a_door_moves_from_mechanical_keys_to_a_smart_lock_and_closes_when_the_l
             );
         }
 
-        // Started: twenty new credentials and twenty keys to take back.
-        let (id, _, applied) = door_migration::start(&engine, &door, "os:sam")
-            .await
-            .unwrap();
+        // Started twice at once (two operators, or a double click): one migration starts, the
+        // other is refused by name; twenty new credentials and twenty keys to take back.
+        let (first, second) = tokio::join!(
+            door_migration::start(&engine, &door, "os:sam"),
+            door_migration::start(&engine, &door, "os:ada"),
+        );
+        let (started, refused) = match (first, second) {
+            (Ok(s), Err(e)) | (Err(e), Ok(s)) => (s, e),
+            (a, b) => panic!(
+                "{name}: exactly one start: {:?} / {:?}",
+                a.map(|r| r.0),
+                b.map(|r| r.0)
+            ),
+        };
+        assert!(
+            matches!(refused, MoveError::Invalid(_)) && refused.to_string().contains("already"),
+            "{name}: {refused}"
+        );
+        let (id, _, applied) = started;
         assert_eq!((applied.issues, applied.revokes), (20, 20), "{name}");
+        assert_eq!(
+            store::door_moves::all(c.app.store().pool())
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{name}"
+        );
         let e = door_migration::start(&engine, &door, "os:sam")
             .await
             .unwrap_err();
@@ -481,7 +504,14 @@ async fn a_door_moves_from_mechanical_keys_to_a_smart_lock_and_closes_when_the_l
             .into_iter()
             .map(|r| format!("{} {}", r.action, r.actor))
             .collect();
-        assert!(audit.iter().any(|a| a == "migration.started os:sam"));
+        assert_eq!(
+            audit
+                .iter()
+                .filter(|a| a.starts_with("migration.started os:"))
+                .count(),
+            1,
+            "{name}: one start audited"
+        );
         assert!(audit.iter().any(|a| a == "migration.closed schedule"));
 
         // The door stays moved: a joiner gets the smart lock, not a key; a reconciliation agrees.
