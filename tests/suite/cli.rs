@@ -1570,3 +1570,35 @@ async fn an_access_review_from_the_shell_starts_decides_and_exports_its_evidence
         assert!(out.contains("winter") && out.contains("open"), "{out}");
     }
 }
+
+/// The README's first command, as a newcomer runs it: the demo ends with one of each governance
+/// flow in its summary, every one finished (resumed, expired, reviewed, closed).
+#[test]
+fn the_demo_shows_a_suspension_temporary_access_break_glass_a_migration_and_a_review() {
+    let out = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .arg("demo")
+        .env("LATCHKEY_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = &text[text.find("what happened").expect("a summary")..];
+    for (flow, done) in [
+        ("lost phone:", "then resumed"),
+        ("temporary access:", "revoked at its end by the schedule"),
+        ("break-glass:", "reviewed by another approver"),
+        ("door migration:", "closed"),
+        ("access review:", "closed"),
+    ] {
+        let line = summary
+            .lines()
+            .find(|l| l.trim_start().starts_with(flow))
+            .unwrap_or_else(|| panic!("no `{flow}` line in:\n{summary}"));
+        assert!(line.contains(done), "{line}");
+    }
+    assert!(summary.contains(" 0 duplicate grants"), "{summary}");
+}

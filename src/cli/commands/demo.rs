@@ -130,6 +130,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
     let lost_phone = lost_phone(&app, &mut desk).await?;
     let temporary = temporary_access(&app, &mut desk).await?;
     let migrated = migrate_plant_room(&app, &mut desk).await?;
+    let reviewed = access_review(&app, &mut desk).await?;
     let _ = stop_tx.send(true);
     dispatcher.await?;
 
@@ -185,6 +186,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
         .iter()
         .chain(temporary.iter())
         .chain(migrated.iter())
+        .chain(reviewed.iter())
     {
         println!("  {line}");
     }
@@ -396,6 +398,56 @@ async fn migrate_plant_room(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Opt
         plan.holders.len(),
         p.new_confirmed,
         p.returns_done
+    )))
+}
+
+/// An access review: security certifies who holds the busiest lab door; one holder moved on and
+/// is revoked, the others are certified, and the campaign closes.
+async fn access_review(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Option<String>> {
+    use crate::reviews::{self, Decision, Scope, Start};
+    let pool = app.store().pool();
+    let mut by_target: BTreeMap<String, usize> = BTreeMap::new();
+    for g in store::all_grants(pool).await? {
+        if g.desired == "present" && g.target.ends_with("-lab") {
+            *by_target.entry(g.target).or_default() += 1;
+        }
+    }
+    let Some((target, _)) = by_target.into_iter().max_by_key(|(_, n)| *n) else {
+        return Ok(None);
+    };
+    println!(
+        "
+access review: who holds {target}, certified by security"
+    );
+    let start = Start {
+        name: Some(format!("{target}: quarterly review")),
+        scope: Scope::Target(target.clone()),
+        deadline: app.engine.clock.now() + chrono::Duration::days(14),
+        on_deadline: crate::config::OnDeadline::Revoke,
+    };
+    let (campaign, items) = reviews::start(&app.engine, &start, "os:security").await?;
+    let mut revoked = 0;
+    for (i, item) in items.iter().enumerate() {
+        let (decision, note) = if i == 0 {
+            (Decision::Revoke, Some("moved to another team"))
+        } else {
+            (Decision::Certify, None)
+        };
+        let (_, applied) =
+            reviews::decide(&app.engine, item.id, decision, note, "os:security-lead").await?;
+        revoked += applied.revokes;
+    }
+    let mut progress = Progress::new(revoked);
+    settle(app, &mut progress, desk).await?;
+    progress.finish();
+    let mut conn = pool.acquire().await?;
+    let closed = store::reviews::get_campaign(&mut conn, campaign.id).await?;
+    Ok(Some(format!(
+        "access review: {target}: {} holders, {} certified, 1 revoked ({revoked} revocation confirmed at the vendor); review {} {}",
+        items.len(),
+        items.len().saturating_sub(1),
+        campaign.id,
+        closed.map_or("?".into(), |c| c.status)
     )))
 }
 
