@@ -1933,3 +1933,86 @@ async fn in_a_browser_people_sign_in_with_sso_see_doors_approve_and_record_a_key
     }
     drop(idp);
 }
+
+/// A provider that is down, or whose discovery document is garbage or names another issuer: the
+/// sign-in page says which provider failed and why (502), sets no login cookie, and the token
+/// sign-in still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_sign_on_with_a_broken_provider_says_so_and_signs_nobody_in() {
+    // A port nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // A provider that answers, wrongly: HTML where JSON belongs, or another issuer's document.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bad = format!("http://{}", listener.local_addr().unwrap());
+    let other = bad.clone();
+    let app = axum::Router::new()
+        .route(
+            "/html/.well-known/openid-configuration",
+            axum::routing::get(|| async { "<html>maintenance</html>" }),
+        )
+        .route(
+            "/other/.well-known/openid-configuration",
+            axum::routing::get(move || {
+                let doc = serde_json::json!({
+                    "issuer": format!("{other}/somebody-else"),
+                    "authorization_endpoint": format!("{other}/auth"),
+                    "token_endpoint": format!("{other}/token"),
+                    "jwks_uri": format!("{other}/jwks"),
+                    "response_types_supported": ["code"],
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                });
+                async move { axum::Json(doc) }
+            }),
+        );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    for issuer in [
+        format!("http://127.0.0.1:{closed}"),
+        format!("{bad}/html"),
+        format!("{bad}/other"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", tmp.path().join("state.db").display());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (_, _app, _, _, _sim) = api_server_on(
+            tmp.path(),
+            &url,
+            listener,
+            &console_section(&base, Some(&issuer)),
+            &[("T_OIDC_SECRET", "s3cret")],
+            latchkey::clock::system(),
+        )
+        .await;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let resp = http
+            .get(format!("{base}/console/login/oidc"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 502, "{issuer}");
+        assert!(
+            resp.headers().get("set-cookie").is_none(),
+            "{issuer}: a login cookie for a sign-in that cannot happen"
+        );
+        let page = resp.text().await.unwrap();
+        assert!(
+            page.contains("could not be reached or described itself wrongly")
+                && page.contains(&issuer),
+            "{issuer}: {page}"
+        );
+        // The token sign-in is still on the page and works.
+        assert!(page.contains("/console/login/token"), "{issuer}: {page}");
+        let mut ada = ConsoleClient::new(&base);
+        ada.sign_in("lkop_admin-token").await;
+        let overview = ada.get("/console").await;
+        assert_eq!(overview.status().as_u16(), 200, "{issuer}");
+    }
+    server.abort();
+}
