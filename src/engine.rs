@@ -413,7 +413,15 @@ impl Engine {
         });
         for chunk in changed.chunks(BATCH) {
             let now = self.clock.now();
-            let mut tx = self.store.begin_write().await?;
+            // Leavers come first; their batch goes ahead of the dispatcher's issue writes.
+            let leavers = chunk.iter().any(|r| {
+                r.status == Some(RecordStatus::Terminated) || r.termination_date.is_some()
+            });
+            let mut tx = if leavers {
+                self.store.begin_write_urgent().await?
+            } else {
+                self.store.begin_write().await?
+            };
             for r in chunk {
                 let (kind, applied) = self
                     .apply_record_changed_at_tx(&mut tx, r, now, landed_at.unwrap_or(now))

@@ -60,7 +60,44 @@ pub enum Backend {
 #[derive(Debug)]
 pub struct Tx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
-    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _gate: Option<GateTurn>,
+}
+
+/// A writer's turn at SQLite's write gate. The gate is released before the lobby (fields drop in
+/// order), so an urgent writer already waiting at the gate goes before the next ordinary one.
+#[derive(Debug)]
+struct GateTurn {
+    _gate: tokio::sync::OwnedMutexGuard<()>,
+    _lobby: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// SQLite has one writer at a time and its busy handler polls rather than queues, so the writers of
+/// this process (feed batches, SCIM requests, dispatcher workers) take turns here, in arrival order.
+/// Without it a worker could wait out the busy timeout behind a long feed and strand its command
+/// until the lease expires. Writers in other processes still meet SQLite's busy timeout.
+///
+/// Revocation first (invariant 3) holds here too: ordinary writers queue in the lobby and only the
+/// one holding it waits at the gate, while an urgent writer (a revoke's claim and completion, a
+/// feed batch with leavers) goes straight to the gate. An urgent writer thus waits for at most the
+/// transaction in progress and one ordinary writer, however many issues' workers are queued.
+#[derive(Debug, Clone, Default)]
+struct WriteGate {
+    lobby: std::sync::Arc<tokio::sync::Mutex<()>>,
+    gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl WriteGate {
+    async fn turn(&self, urgent: bool) -> GateTurn {
+        let lobby = if urgent {
+            None
+        } else {
+            Some(self.lobby.clone().lock_owned().await)
+        };
+        GateTurn {
+            _gate: self.gate.clone().lock_owned().await,
+            _lobby: lobby,
+        }
+    }
 }
 
 impl std::ops::Deref for Tx {
@@ -90,11 +127,8 @@ impl Tx {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite has one writer at a time and its busy handler polls rather than queues, so writers of
-    /// this process (feed batches, dispatcher workers) take turns here first, in arrival order.
-    /// Without it a worker could wait out the busy timeout behind a long feed and strand its command
-    /// until the lease expires. Writers in other processes still meet SQLite's busy timeout.
-    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// SQLite's writers of this process take turns here (see [`WriteGate`]).
+    write_gate: WriteGate,
 }
 
 impl Store {
@@ -116,7 +150,7 @@ impl Store {
         let store = Self {
             pool,
             backend,
-            write_gate: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            write_gate: WriteGate::default(),
         };
         match backend {
             Backend::Sqlite => sqlite::migrate(&store.pool).await?,
@@ -136,9 +170,19 @@ impl Store {
     /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so a
     /// read-then-write transaction cannot fail half-way with SQLITE_BUSY.
     pub async fn begin_write(&self) -> Result<Tx> {
+        self.begin_write_as(false).await
+    }
+
+    /// [`Store::begin_write`] for a revocation's own writes (its claim and completion, a feed
+    /// batch with leavers): on SQLite it goes ahead of ordinary writers still waiting.
+    pub async fn begin_write_urgent(&self) -> Result<Tx> {
+        self.begin_write_as(true).await
+    }
+
+    async fn begin_write_as(&self, urgent: bool) -> Result<Tx> {
         Ok(match self.backend {
             Backend::Sqlite => {
-                let gate = self.write_gate.clone().lock_owned().await;
+                let gate = self.write_gate.turn(urgent).await;
                 Tx {
                     tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
                     _gate: Some(gate),
@@ -209,7 +253,10 @@ impl Store {
         lease_until: i64,
         max_priority: i64,
     ) -> Result<Option<CommandRow>> {
-        let mut tx = self.begin_write().await?;
+        // The worker reserved for revokes claims ahead of the issue workers queued for the gate.
+        let mut tx = self
+            .begin_write_as(max_priority <= Action::Revoke.priority())
+            .await?;
         // The write lock of `BEGIN IMMEDIATE` makes SQLite's claim exclusive; PostgreSQL's skips
         // rows other claims hold (`FOR UPDATE SKIP LOCKED`).
         let sql = match self.backend {
@@ -1780,4 +1827,42 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, &'static str)> {
             },
         ),
     ]
+}
+
+#[cfg(test)]
+mod write_gate_tests {
+    use super::WriteGate;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// A revoke's writer arriving behind three issue writers still gets the gate before them: it
+    /// waits for the transaction in progress and at most one ordinary writer.
+    #[tokio::test]
+    async fn an_urgent_writer_goes_ahead_of_the_ordinary_ones_waiting() {
+        let gate = WriteGate::default();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let holder = gate.turn(false).await;
+        let mut tasks = Vec::new();
+        for name in ["issue-1", "issue-2", "issue-3", "revoke"] {
+            let (gate, order) = (gate.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _turn = gate.turn(name == "revoke").await;
+                order.lock().unwrap().push(name);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }));
+            // Each arrives after the one before has queued.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(holder);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap().clone();
+        let revoke = order.iter().position(|n| *n == "revoke").unwrap();
+        assert!(
+            revoke <= 1,
+            "the revoke waited for {revoke} issue writers: {order:?}"
+        );
+        assert_eq!(order.len(), 4);
+    }
 }
