@@ -88,8 +88,15 @@ impl Cause {
             Some(source) => source.to_string(),
             None if self.actor == "schedule" => "schedule".to_string(),
             None if self.actor == "reconcile" => "reconcile".to_string(),
-            // An operator's suspension or resumption: operator names are not a bounded set.
-            None if self.kind == "suspension" || self.kind == "resume" => "operator".to_string(),
+            // An operator's own act (a suspension or resumption, a review's decision, a withdrawn
+            // door given back, a request ended early): operator names are not a bounded set.
+            None if matches!(
+                self.kind.as_str(),
+                "suspension" | "resume" | "review" | "reinstated" | "request_ended"
+            ) =>
+            {
+                "operator".to_string()
+            }
             None => "approval".to_string(),
         }
     }

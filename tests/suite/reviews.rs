@@ -249,6 +249,14 @@ async fn a_review_certifies_revokes_and_at_its_deadline_revokes_whom_nobody_vouc
         for key in ["E2", "E3", "E4"] {
             assert!(causes.contains(&(key, "review")), "{name}: {causes:?}");
         }
+        // The latency figures say who acted: the reviewer (an operator) or the deadline.
+        let source_of = |key: &str| {
+            done.iter()
+                .find(|c| c.action == Action::Revoke && c.identity_key == key)
+                .map(|c| c.source.clone())
+        };
+        assert_eq!(source_of("E2").as_deref(), Some("operator"), "{name}");
+        assert_eq!(source_of("E3").as_deref(), Some("schedule"), "{name}");
 
         // The tier's own SLA counts the revocations at its doors only.
         let now_us = latchkey::clock::to_micros(h.clock.now_utc());
