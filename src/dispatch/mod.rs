@@ -209,15 +209,6 @@ impl Dispatcher {
         }
     }
 
-    /// A write transaction about `cmd`: a revoke's goes ahead of issues' on SQLite's write gate.
-    async fn begin_write_for(&self, cmd: &CommandRow) -> Result<store::Tx, StoreError> {
-        if cmd.action == Action::Revoke {
-            self.store.begin_write_urgent().await
-        } else {
-            self.store.begin_write().await
-        }
-    }
-
     /// Workers of a lane that take any command; the lane runs one more, reserved for revokes.
     pub(crate) fn lane_concurrency(&self, connector: &str) -> usize {
         self.config
@@ -511,7 +502,7 @@ impl Dispatcher {
                 let deadline = cmd
                     .confirm_deadline
                     .unwrap_or(now + policy.confirm_deadline.as_micros() as i64);
-                let mut tx = self.begin_write_for(&cmd).await?;
+                let mut tx = self.store.begin_write_for(cmd.action).await?;
                 if confirming && now >= deadline {
                     // The vendor never showed the change: do it again (idempotent, so safe).
                     store::reissue(
@@ -611,7 +602,7 @@ impl Dispatcher {
         outcome: Option<&Outcome>,
     ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
-        let mut tx = self.begin_write_for(cmd).await?;
+        let mut tx = self.store.begin_write_for(cmd.action).await?;
         let moved = store::update_claimed(
             &mut tx,
             owner,
@@ -752,7 +743,7 @@ impl Dispatcher {
         stuck: bool,
     ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
-        let mut tx = self.begin_write_for(cmd).await?;
+        let mut tx = self.store.begin_write_for(cmd.action).await?;
         let moved = store::update_claimed(
             &mut tx,
             owner,

@@ -179,6 +179,12 @@ impl Store {
         self.begin_write_as(true).await
     }
 
+    /// A write transaction about a command: a revoke's goes ahead of issues' (see
+    /// [`Store::begin_write_urgent`]).
+    pub async fn begin_write_for(&self, action: Action) -> Result<Tx> {
+        self.begin_write_as(action == Action::Revoke).await
+    }
+
     async fn begin_write_as(&self, urgent: bool) -> Result<Tx> {
         Ok(match self.backend {
             Backend::Sqlite => {
