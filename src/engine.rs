@@ -406,18 +406,11 @@ impl Engine {
         report.unchanged = total - changed.len();
         // Revocation first (invariant 3) starts here: people the feed says are leaving are applied in
         // the first transactions, so their revokes reach the outbox before the joiners' issues.
-        changed.sort_by_key(|r| {
-            !(r.status == Some(RecordStatus::Terminated)
-                || r.termination_date.is_some()
-                || r.attrs.contains_key(identity::EXPIRES_AT))
-        });
+        changed.sort_by_key(|r| !leaving(r));
         for chunk in changed.chunks(BATCH) {
             let now = self.clock.now();
             // Leavers come first; their batch goes ahead of the dispatcher's issue writes.
-            let leavers = chunk.iter().any(|r| {
-                r.status == Some(RecordStatus::Terminated) || r.termination_date.is_some()
-            });
-            let mut tx = if leavers {
+            let mut tx = if chunk.iter().any(leaving) {
                 self.store.begin_write_urgent().await?
             } else {
                 self.store.begin_write().await?
@@ -735,6 +728,14 @@ impl Engine {
         let now = self.clock.now();
         crate::reconcile::plan(self, now).await
     }
+}
+
+/// Whether a record says its person is leaving (terminated, or with an end date): such records
+/// are applied first and their writes go ahead of the dispatcher's issues (invariant 3).
+fn leaving(r: &PersonRecord) -> bool {
+    r.status == Some(RecordStatus::Terminated)
+        || r.termination_date.is_some()
+        || r.attrs.contains_key(identity::EXPIRES_AT)
 }
 
 fn change_kind(before: Option<&IdentityRow>, after: &Derived) -> String {

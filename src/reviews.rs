@@ -202,17 +202,22 @@ pub async fn start(
         close(&mut tx, &campaign, "open", by, now_us).await?;
     }
     tx.commit().await?;
-    let mut conn = engine
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(StoreError::from)?;
+    let mut conn = reader(engine).await?;
     let campaign = store::reviews::get_campaign(&mut conn, campaign.id)
         .await?
         .ok_or(ReviewError::NoCampaign(campaign.id))?;
     let items = store::reviews::items(&mut conn, campaign.id).await?;
     Ok((campaign, items))
+}
+
+/// A connection for reading outside a write transaction.
+async fn reader(engine: &Engine) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, ReviewError> {
+    Ok(engine
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(StoreError::from)?)
 }
 
 /// The audit subject of a campaign's own records.
@@ -261,7 +266,7 @@ async fn holders(engine: &Engine, scope: &Scope) -> Result<Vec<store::GrantRow>,
         }
         Scope::Manager(m) => {
             let mut out = Vec::new();
-            let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+            let mut conn = reader(engine).await?;
             for key in store::reports_of(pool, m).await? {
                 out.extend(
                     store::grants_of(&mut conn, &key)
@@ -310,12 +315,7 @@ pub async fn decide(
     close_if_done(&mut tx, &campaign, by, to_micros(now)).await?;
     tx.commit().await?;
     engine.notify_outbox();
-    let mut conn = engine
-        .store
-        .pool()
-        .acquire()
-        .await
-        .map_err(StoreError::from)?;
+    let mut conn = reader(engine).await?;
     let item = store::reviews::get_item(&mut conn, item_id)
         .await?
         .ok_or(ReviewError::NoItem(item_id))?;
@@ -488,12 +488,7 @@ pub async fn tick(engine: &Engine) -> Result<Ticked, ReviewError> {
         let Some(every) = tier.review_every_days else {
             continue;
         };
-        let mut conn = engine
-            .store
-            .pool()
-            .acquire()
-            .await
-            .map_err(StoreError::from)?;
+        let mut conn = reader(engine).await?;
         let latest = store::reviews::latest_of_scope(&mut conn, "tier", name).await?;
         drop(conn);
         let due = latest
@@ -597,7 +592,7 @@ pub struct ChainHead {
 
 pub async fn evidence(engine: &Engine, id: i64) -> Result<Evidence, ReviewError> {
     let pool = engine.store.pool();
-    let mut conn = pool.acquire().await.map_err(StoreError::from)?;
+    let mut conn = reader(engine).await?;
     let campaign = store::reviews::get_campaign(&mut conn, id)
         .await?
         .ok_or(ReviewError::NoCampaign(id))?;

@@ -1839,7 +1839,6 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, &'static str)> {
 mod write_gate_tests {
     use super::WriteGate;
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
 
     /// A revoke's writer arriving behind three issue writers still gets the gate before them: it
     /// waits for the transaction in progress and at most one ordinary writer.
@@ -1854,10 +1853,13 @@ mod write_gate_tests {
             tasks.push(tokio::spawn(async move {
                 let _turn = gate.turn(name == "revoke").await;
                 order.lock().unwrap().push(name);
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::task::yield_now().await;
             }));
-            // Each arrives after the one before has queued.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // Each arrives after the one before has queued: on this single-threaded runtime a
+            // spawned task runs, when this one yields, until it waits for the gate.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
         }
         drop(holder);
         for t in tasks {

@@ -346,9 +346,10 @@ async fn an_escalated_review_keeps_the_undecided_and_a_tier_starts_its_reviews_o
              review_on_deadline = \"escalate\"\n",
         )
         .await;
+        // E2 reports to E1 (the feed's last column, `manager_id`).
         h.feed(&[
             employee("E1", "engineering", "berlin"),
-            employee("E2", "engineering", "berlin"),
+            format!("{}E1", employee("E2", "engineering", "berlin")),
         ])
         .await;
         h.drain().await;
@@ -415,6 +416,34 @@ async fn an_escalated_review_keeps_the_undecided_and_a_tier_starts_its_reviews_o
             store::reviews::campaigns(&pool, 10).await.unwrap().len(),
             2,
             "{name}"
+        );
+
+        // A manager's review covers their reports' doors only; a manager nobody reports to, who
+        // is nobody, is refused by name.
+        let manager = |m: &str| Start {
+            name: None,
+            scope: Scope::Manager(m.into()),
+            deadline: h.clock.now_utc() + chrono::Duration::days(7),
+            on_deadline: OnDeadline::Revoke,
+        };
+        let (_, items) = reviews::start(&engine, &manager("E1"), "os:rita")
+            .await
+            .unwrap();
+        let held: Vec<(&str, &str)> = items
+            .iter()
+            .map(|i| (i.identity_key.as_str(), i.target.as_str()))
+            .collect();
+        assert_eq!(
+            held,
+            vec![("E2", "berlin-engineering"), ("E2", "berlin-lab")],
+            "{name}"
+        );
+        let e = reviews::start(&engine, &manager("E99"), "os:rita")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, ReviewError::Invalid(_)) && e.to_string().contains("E99"),
+            "{name}: {e}"
         );
     }
 }
