@@ -70,7 +70,28 @@ pub struct ReconcileFigures {
     pub identities: usize,
     pub seconds: f64,
     pub per_second: f64,
+    /// The process's peak resident memory during the plan (Linux), in MiB.
+    pub peak_mib: Option<f64>,
     pub ok: bool,
+}
+
+/// Reset the process's peak resident memory (Linux `clear_refs` 5), so the next read of the peak
+/// covers only what follows.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident memory since the last reset, in MiB (Linux).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 fn attrs_of(i: usize) -> BTreeMap<String, String> {
@@ -158,8 +179,10 @@ pub async fn reconcile_plan(n: usize, dir: &Path) -> anyhow::Result<ReconcileFig
     let started = Instant::now();
     populate(&engine, n).await?;
     println!("  store filled in {:.1} s", started.elapsed().as_secs_f64());
+    reset_peak_rss();
     let started = Instant::now();
     let plan = engine.dry_run().await?;
+    let peak_mib = peak_rss_mib();
     let seconds = started.elapsed().as_secs_f64();
     let per_second = plan.identities as f64 / seconds.max(1e-9);
     println!("  {}", plan.summary());
@@ -173,6 +196,7 @@ pub async fn reconcile_plan(n: usize, dir: &Path) -> anyhow::Result<ReconcileFig
         identities: plan.identities,
         seconds,
         per_second,
+        peak_mib,
         ok: plan.identities == n && plan.to_issue() == engineers,
     })
 }

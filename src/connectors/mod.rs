@@ -127,6 +127,38 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
     async fn revoke(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError>;
     /// Read back whether the vendor now shows the result of `action`.
     async fn confirm(&self, req: &GrantRequest, action: Action) -> Result<Outcome, ConnectorError>;
+    /// Whether the vendor confirms a change only by a listing of its target that shows every
+    /// person's grants there, so one listing can confirm many pending changes (a mass drain then
+    /// costs about one request per change, not two).
+    fn confirms_by_target_listing(&self) -> bool {
+        false
+    }
+    /// Longest a written change waits for its read-back while more writes to its target are
+    /// queued (see [`Connector::confirms_by_target_listing`]).
+    fn confirm_gather(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// The vendor write of `action` alone, without reading it back: `Pending` means written, to be
+    /// confirmed later by [`Connector::confirm_on_target`]. Only called when
+    /// [`Connector::confirms_by_target_listing`] holds; by default the whole issue or revoke.
+    async fn write(&self, req: &GrantRequest, action: Action) -> Result<Outcome, ConnectorError> {
+        match action {
+            Action::Issue => self.issue(req).await,
+            Action::Revoke => self.revoke(req).await,
+        }
+    }
+    /// Confirm changes that are all on one target; one outcome per change, in order. A connector
+    /// that confirms by listing its target lists it once; by default each is read back alone.
+    async fn confirm_on_target(
+        &self,
+        changes: &[(GrantRequest, Action)],
+    ) -> Result<Vec<Outcome>, ConnectorError> {
+        let mut out = Vec::with_capacity(changes.len());
+        for (req, action) in changes {
+            out.push(self.confirm(req, *action).await?);
+        }
+        Ok(out)
+    }
     /// Counters the connector increments when a call waits for its rate budget (metrics).
     fn attach_rate_wait_counters(&self, _counters: RateWaitCounters) {}
     /// Every grant the vendor holds on a target (latchkey's target name), for the drift check.

@@ -207,6 +207,15 @@ pub struct ConfirmSpec {
     pub deadline_secs: u64,
     /// First read-back interval while a change is not visible yet.
     pub recheck_ms: u64,
+    /// Longest a change written while more writes to its target are queued waits for its
+    /// read-back, so that one listing of the target confirms them all (a mass drain then costs
+    /// about one request per change). A change with nothing queued behind it is read back at once.
+    #[serde(default = "default_gather_ms")]
+    pub gather_ms: u64,
+}
+
+fn default_gather_ms() -> u64 {
+    10_000
 }
 
 impl Default for ConfirmSpec {
@@ -215,6 +224,7 @@ impl Default for ConfirmSpec {
             mode: ConfirmMode::Response,
             deadline_secs: 300,
             recheck_ms: 1000,
+            gather_ms: default_gather_ms(),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! older versions. A worker that panics is restarted and its command released at once.
 
 pub mod breaker;
+mod confirm;
 pub mod lanes;
 pub mod recovery;
 mod supervise;
@@ -332,10 +333,10 @@ impl Dispatcher {
     }
 
     /// Tell the connector's breaker how the vendor call went.
-    async fn breaker_verdict(
+    async fn breaker_verdict<T>(
         &self,
         connector: &str,
-        result: &Result<Outcome, ConnectorError>,
+        result: &Result<T, ConnectorError>,
         now: i64,
     ) -> Result<(), StoreError> {
         let Some(b) = self.breakers.get(connector) else {
@@ -415,6 +416,58 @@ impl Dispatcher {
         cmd: CommandRow,
         probe: bool,
     ) -> Result<(), StoreError> {
+        let Some(req) = self.request_for(connector, owner, &cmd, probe).await? else {
+            return Ok(());
+        };
+        let confirming = cmd.dispatched_at.is_some();
+        // A vendor that confirms by listing a target: the write and its read-back are apart, so
+        // one listing can confirm every change written to the target (see `confirm`).
+        let by_listing = connector.confirms_by_target_listing();
+        if confirming && by_listing {
+            return self
+                .confirm_on_target(connector, owner, cmd, req, probe)
+                .await;
+        }
+        let started = (self.clock.now(), tokio::time::Instant::now());
+        let (result, sent) = call::scope(cmd.action == Action::Revoke, async {
+            match (confirming, cmd.action) {
+                (true, action) => connector.confirm(&req, action).await,
+                (false, action) if by_listing => connector.write(&req, action).await,
+                (false, Action::Issue) => connector.issue(&req).await,
+                (false, Action::Revoke) => connector.revoke(&req).await,
+            }
+        })
+        .await;
+        // The first attempt is when the first request left (after any wait for the rate budget),
+        // on this dispatcher's clock; a connector without HTTP requests acts at the call.
+        let sent_at = to_micros(started.0).saturating_add(sent.map_or(0, |s| {
+            s.saturating_duration_since(started.1).as_micros() as i64
+        }));
+        let mut cmd = cmd;
+        cmd.first_attempt_at = cmd.first_attempt_at.or(Some(sent_at));
+        let now = to_micros(self.clock.now());
+        self.breaker_verdict(connector.name(), &result, now).await?;
+        match result {
+            Ok(written @ Outcome::Pending { .. }) if by_listing && !confirming => {
+                self.written(connector, owner, cmd, req, written, probe)
+                    .await
+            }
+            result => {
+                self.settle(connector, owner, &cmd, result, probe, None)
+                    .await
+            }
+        }
+    }
+
+    /// The request for a claimed command, from the grant and the person as stored; `None` when a
+    /// newer decision about the grant overtook the command (then finished as superseded).
+    async fn request_for(
+        &self,
+        connector: &dyn Connector,
+        owner: &str,
+        cmd: &CommandRow,
+        probe: bool,
+    ) -> Result<Option<GrantRequest>, StoreError> {
         let mut conn = self.store.pool().acquire().await?;
         let grant = store::grant(&mut conn, &cmd.identity_key, &cmd.connector, &cmd.target).await?;
         // Only the latest decision about a grant is carried out: an older command was overtaken by a
@@ -425,16 +478,16 @@ impl Dispatcher {
                 // No vendor call, no verdict: the next command probes instead.
                 b.release_probe();
             }
-            return self
-                .finish(
-                    owner,
-                    &cmd,
-                    "superseded",
-                    None,
-                    Some("overtaken by a newer decision".into()),
-                    None,
-                )
-                .await;
+            self.finish(
+                owner,
+                cmd,
+                "superseded",
+                None,
+                Some("overtaken by a newer decision".into()),
+                None,
+            )
+            .await?;
+            return Ok(None);
         };
         let identity = store::get_identity(&mut conn, &cmd.identity_key).await?;
         let person_ref = store::vendor_person(&mut conn, &cmd.connector, &cmd.identity_key).await?;
@@ -450,7 +503,7 @@ impl Dispatcher {
                 .unwrap_or_default()
                 .to_string()
         };
-        let req = GrantRequest {
+        Ok(Some(GrantRequest {
             person: PersonRef {
                 key: cmd.identity_key.clone(),
                 name: text("name"),
@@ -472,30 +525,26 @@ impl Dispatcher {
             timezone: self
                 .config
                 .timezone_of(identity.as_ref().and_then(|i| i.site.as_deref())),
-        };
+        }))
+    }
+
+    /// Record what the vendor call came to: done, waiting for the vendor to show it (read back
+    /// after `recheck`, or the profile's recheck interval, doubling), or failed (retried).
+    async fn settle(
+        &self,
+        connector: &dyn Connector,
+        owner: &str,
+        cmd: &CommandRow,
+        result: Result<Outcome, ConnectorError>,
+        probe: bool,
+        recheck: Option<Duration>,
+    ) -> Result<(), StoreError> {
         let confirming = cmd.dispatched_at.is_some();
-        let started = (self.clock.now(), tokio::time::Instant::now());
-        let (result, sent) = call::scope(cmd.action == Action::Revoke, async {
-            match (confirming, cmd.action) {
-                (true, action) => connector.confirm(&req, action).await,
-                (false, Action::Issue) => connector.issue(&req).await,
-                (false, Action::Revoke) => connector.revoke(&req).await,
-            }
-        })
-        .await;
-        // The first attempt is when the first request left (after any wait for the rate budget),
-        // on this dispatcher's clock; a connector without HTTP requests acts at the call.
-        let sent_at = to_micros(started.0).saturating_add(sent.map_or(0, |s| {
-            s.saturating_duration_since(started.1).as_micros() as i64
-        }));
-        let mut cmd = cmd;
-        cmd.first_attempt_at = cmd.first_attempt_at.or(Some(sent_at));
         let now = to_micros(self.clock.now());
-        self.breaker_verdict(connector.name(), &result, now).await?;
         let policy = connector.retry_policy();
         match result {
             Ok(outcome @ Outcome::Confirmed { .. }) => {
-                self.finish(owner, &cmd, "done", Some(now), None, Some(&outcome))
+                self.finish(owner, cmd, "done", Some(now), None, Some(&outcome))
                     .await
             }
             Ok(outcome @ Outcome::Pending { .. }) => {
@@ -529,12 +578,15 @@ impl Dispatcher {
                     } else {
                         0
                     };
-                    let delay = policy
-                        .confirm_recheck
-                        .saturating_mul(1 << checks.clamp(0, 6))
-                        .min(policy.max)
+                    let delay = recheck
+                        .unwrap_or_else(|| {
+                            policy
+                                .confirm_recheck
+                                .saturating_mul(1 << checks.clamp(0, 6))
+                                .min(policy.max)
+                        })
                         .min(self.cap());
-                    self.record_refs(&mut tx, &cmd, &outcome).await?;
+                    self.record_refs(&mut tx, cmd, &outcome).await?;
                     store::update_claimed(
                         &mut tx,
                         owner,
@@ -554,11 +606,11 @@ impl Dispatcher {
                 }
                 tx.commit().await?;
                 if confirming && now >= deadline {
-                    self.metrics.command_retried(&cmd, Retry::Reissued);
+                    self.metrics.command_retried(cmd, Retry::Reissued);
                 }
                 Ok(())
             }
-            Err(e) => self.failed(owner, &cmd, connector, e, now, probe).await,
+            Err(e) => self.failed(owner, cmd, connector, e, now, probe).await,
         }
     }
 
@@ -603,29 +655,53 @@ impl Dispatcher {
     ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
         let mut tx = self.store.begin_write_for(cmd.action).await?;
+        let end = Finish {
+            status,
+            confirmed_at,
+            error,
+            outcome,
+        };
+        if !self.record_finish(&mut tx, owner, cmd, &end, now).await? {
+            // The lease ran out and another worker took the command: it will finish it.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        tx.commit().await?;
+        self.finished(cmd, status, confirmed_at);
+        Ok(())
+    }
+
+    /// Write a command's end in `tx`: its row, what the vendor now holds, the audit record.
+    /// `false` (nothing written): the lease ran out and another worker has the command.
+    async fn record_finish(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        owner: &str,
+        cmd: &CommandRow,
+        end: &Finish<'_>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let moved = store::update_claimed(
-            &mut tx,
+            tx,
             owner,
             &CommandUpdate {
                 id: cmd.id,
-                status: status.into(),
+                status: end.status.into(),
                 next_attempt_at: now,
-                dispatched_at: confirmed_at,
-                confirmed_at,
+                dispatched_at: end.confirmed_at,
+                confirmed_at: end.confirmed_at,
                 confirm_deadline: None,
-                last_error: error.clone(),
+                last_error: end.error.clone(),
                 refund_attempt: false,
                 first_attempt_at: cmd.first_attempt_at,
             },
         )
         .await?;
         if !moved {
-            // The lease ran out and another worker took the command: it will finish it.
-            tx.rollback().await?;
-            return Ok(());
+            return Ok(false);
         }
-        if let Some(o) = outcome {
-            self.record_refs(&mut tx, cmd, o).await?;
+        if let Some(o) = end.outcome {
+            self.record_refs(tx, cmd, o).await?;
             let observed = match cmd.action {
                 Action::Issue => "present",
                 Action::Revoke => "absent",
@@ -634,22 +710,28 @@ impl Dispatcher {
                 Action::Issue => o.refs().1,
                 Action::Revoke => None,
             };
-            store::observe_grant(&mut tx, cmd, observed, grant_ref, now).await?;
+            store::observe_grant(tx, cmd, observed, grant_ref, now).await?;
         }
-        let end_to_end_ms = confirmed_at.map(|c| (c - cmd.trigger_at) as f64 / 1000.0);
+        let end_to_end_ms = end
+            .confirmed_at
+            .map(|c| (c - cmd.trigger_at) as f64 / 1000.0);
         audit::append(
-            &mut tx,
+            tx,
             now,
             "dispatcher",
-            &format!("command.{status}"),
+            &format!("command.{}", end.status),
             &cmd.identity_key,
             &serde_json::json!({
                 "command": cmd.id, "action": cmd.action, "connector": cmd.connector, "target": cmd.target,
-                "attempts": cmd.attempts, "error": error, "end_to_end_ms": end_to_end_ms,
+                "attempts": cmd.attempts, "error": end.error, "end_to_end_ms": end_to_end_ms,
             }),
         )
         .await?;
-        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// After a command's end committed: its metrics and log line.
+    fn finished(&self, cmd: &CommandRow, status: &str, confirmed_at: Option<i64>) {
         if let Some(outcome) = Finished::parse(status) {
             // The row as stored now: the same times the latency report reads back later.
             let finished = CommandRow {
@@ -661,12 +743,12 @@ impl Dispatcher {
             self.metrics.command_finished(&finished, outcome);
         }
         if status == "done" && cmd.action == Action::Revoke {
+            let end_to_end_ms = confirmed_at.map(|c| (c - cmd.trigger_at) as f64 / 1000.0);
             tracing::debug!(
                 connector = %cmd.connector, identity = %cmd.identity_key, target = %cmd.target,
                 end_to_end_ms = end_to_end_ms.unwrap_or_default(), "revocation confirmed"
             );
         }
-        Ok(())
     }
 
     async fn failed(
@@ -756,7 +838,8 @@ impl Dispatcher {
                 }
                 .into(),
                 next_attempt_at: at,
-                dispatched_at: None,
+                // Kept if stored; a change written just now (its read-back failed) records it.
+                dispatched_at: cmd.dispatched_at,
                 confirmed_at: None,
                 confirm_deadline: None,
                 last_error,
@@ -771,6 +854,14 @@ impl Dispatcher {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// How a command ended, as [`Dispatcher::record_finish`] writes it.
+struct Finish<'a> {
+    status: &'a str,
+    confirmed_at: Option<i64>,
+    error: Option<String>,
+    outcome: Option<&'a Outcome>,
 }
 
 /// The class of a connector error, as the revoke failure metric labels it.

@@ -9,6 +9,7 @@
 mod absences;
 pub mod access_requests;
 pub mod audit;
+pub mod confirm_batch;
 pub mod console;
 pub mod door_moves;
 pub mod ldap;
@@ -1830,6 +1831,14 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, &'static str)> {
             match backend {
                 Backend::Sqlite => sqlite::CLAIM_SQL,
                 Backend::Postgres => postgres::CLAIM_SQL,
+            },
+        ),
+        ("more_due_on_target", confirm_batch::MORE_DUE_ON_TARGET_SQL),
+        (
+            "claim_confirming_on",
+            match backend {
+                Backend::Sqlite => confirm_batch::CLAIM_SQLITE,
+                Backend::Postgres => confirm_batch::CLAIM_POSTGRES,
             },
         ),
     ]

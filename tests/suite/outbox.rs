@@ -454,6 +454,80 @@ async fn a_revoke_is_sent_within_two_tokens_behind_thousands_of_queued_issues() 
     });
 }
 
+/// Confirming by target (issue 12, item 3): a vendor that shows a change only in its lock's list
+/// is asked once for many changes. Sixty leavers on one lock, drained at a limit that queues their
+/// DELETEs: every one is confirmed gone, and the lock's list is read far fewer times than there
+/// are revocations (one read-back each before). A read-back never precedes a DELETE it confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_termination_on_one_lock_is_confirmed_by_a_few_listings() {
+    const RATE: (u32, u32) = (100, 5);
+    each_backend!(RATE, |h| {
+        let people: Vec<Person> = (0..60)
+            .map(|i| Person {
+                key: format!("M{i:04}"),
+                dept: "sales",
+                site: "berlin",
+            })
+            .collect();
+        let rows: Vec<String> = people.iter().map(Person::row).collect();
+        h.feed(&rows).await;
+        h.drain().await;
+        let lock = h.lock("berlin-sales");
+        for p in &people {
+            assert!(h.holds(&p.key, "berlin-sales"), "{} was not issued", p.key);
+        }
+        let before = h.sim.requests().len();
+
+        let rows: Vec<String> = people.iter().map(Person::terminated).collect();
+        let r = h.feed(&rows).await;
+        assert_eq!(r.revokes, 60, "{r:?}");
+        h.drain().await;
+
+        assert_eq!(count(h.app.store(), "done", Action::Revoke).await, 60);
+        for p in &people {
+            assert!(
+                !h.holds(&p.key, "berlin-sales"),
+                "{} still holds the door",
+                p.key
+            );
+        }
+        let log: Vec<LoggedRequest> = h.sim.requests().into_iter().skip(before).collect();
+        let list = format!("/smartlock/{lock}/auth");
+        let deletes: Vec<u64> = log
+            .iter()
+            .filter(|r| is_delete_on(r, lock))
+            .map(|r| r.seq)
+            .collect();
+        let listings: Vec<u64> = log
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == list)
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(deletes.len(), 60, "{}: one DELETE per leaver", h.backend);
+        assert!(
+            listings.len() <= 12,
+            "{}: {} listings of the lock confirmed 60 revocations",
+            h.backend,
+            listings.len()
+        );
+        // Each revocation was confirmed by a listing sent after its DELETE was answered.
+        let last_listing = *listings.last().expect("no read-back at all");
+        assert!(
+            deletes.iter().all(|d| *d < last_listing),
+            "{}: a DELETE came after the last read-back",
+            h.backend
+        );
+        let mut conn = h.app.store().pool().acquire().await.unwrap();
+        for p in &people {
+            let g = store::grant(&mut conn, &p.key, "nuki", "berlin-sales")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(g.observed, "absent", "{}", p.key);
+        }
+    });
+}
+
 /// The first attempt is stamped when the request leaves (invariant 13), not when a worker claims
 /// the command: time spent waiting for the rate budget is queueing, and shows as such.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -324,6 +324,8 @@ fn plan_args(name: &str) -> Vec<Result<i64, &'static str>> {
             N(1),
         ],
         "claim_next" => vec![T("w"), N(2), N(1), T("nuki"), N(10)],
+        "more_due_on_target" => vec![T("nuki"), T("door-27"), N(0), N(1)],
+        "claim_confirming_on" => vec![T("w"), N(2), T("nuki"), T("door-27"), N(77), N(500)],
         other => panic!("no arguments for hot query {other}"),
     }
 }

@@ -239,6 +239,60 @@ impl HttpConnector {
         Ok((ids, all))
     }
 
+    /// Issue's vendor write: find before create (a repeat after a lost response must not make a
+    /// second grant), then create. `Confirmed` when the grant exists already, `Pending` once
+    /// written.
+    async fn write_issue(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError> {
+        let person_ref = self.person_ref(req, true).await?.ok_or_else(|| {
+            self.permanent("vendor has no person and the profile cannot create one".into())
+        })?;
+        let (ids, listed) = self.grants(req, &person_ref).await?;
+        if let Some(g) = ids.into_iter().next() {
+            return Ok(Outcome::Confirmed {
+                person_ref: Some(person_ref),
+                grant_ref: Some(g),
+            });
+        }
+        let ctx = self.with_listed(self.context(req, Some(&person_ref), None), listed);
+        let (_, body) = self.call("create_grant", &ctx).await?;
+        Ok(Outcome::Pending {
+            grant_ref: self.extract_id("create_grant", &body),
+            person_ref: Some(person_ref),
+        })
+    }
+
+    /// Revoke's vendor write: delete the person's grants on the target. `Confirmed` when the
+    /// vendor does not know the person (nothing to revoke), `Pending` once written.
+    async fn write_revoke(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError> {
+        let Some(person_ref) = self.person_ref(req, false).await? else {
+            return Ok(unknown_person_verdict(Action::Revoke));
+        };
+        let replace_all = self.profile.operations.delete_grant.replace_all;
+        let (grants, listed) = match &req.grant_ref {
+            // A known id saves the list call; the read-back still catches any other grant.
+            // A replace-all write needs the current list whatever is known.
+            Some(g) if !replace_all => (vec![g.clone()], vec![]),
+            _ => self.grants(req, &person_ref).await?,
+        };
+        if replace_all {
+            // One write of the whole list minus ours: writing once per match from the same
+            // stale listing would put back what the previous write removed.
+            if let Some(g) = grants.first() {
+                let ctx = self.with_listed(self.context(req, Some(&person_ref), Some(g)), listed);
+                self.call("delete_grant", &ctx).await?;
+            }
+        } else {
+            for g in &grants {
+                let ctx = self.context(req, Some(&person_ref), Some(g));
+                self.call("delete_grant", &ctx).await?;
+            }
+        }
+        Ok(Outcome::Pending {
+            person_ref: Some(person_ref),
+            grant_ref: req.grant_ref.clone(),
+        })
+    }
+
     fn with_listed(&self, mut ctx: Value, listed: Vec<Value>) -> Value {
         if let Value::Object(m) = &mut ctx {
             m.insert("listed".into(), Value::Array(listed));
@@ -316,111 +370,142 @@ impl Connector for HttpConnector {
     }
 
     async fn issue(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError> {
-        let person_ref = self.person_ref(req, true).await?.ok_or_else(|| {
-            self.permanent("vendor has no person and the profile cannot create one".into())
-        })?;
-        // Find before create: a repeat after a lost response must not make a second grant.
-        let (ids, listed) = self.grants(req, &person_ref).await?;
-        if let Some(g) = ids.into_iter().next() {
-            return Ok(Outcome::Confirmed {
-                person_ref: Some(person_ref),
-                grant_ref: Some(g),
-            });
-        }
-        let ctx = self.with_listed(self.context(req, Some(&person_ref), None), listed);
-        let (_, body) = self.call("create_grant", &ctx).await?;
-        let grant_ref = self.extract_id("create_grant", &body);
+        let (person_ref, grant_ref) = match self.write_issue(req).await? {
+            confirmed @ Outcome::Confirmed { .. } => return Ok(confirmed),
+            Outcome::Pending {
+                person_ref,
+                grant_ref,
+            } => (person_ref, grant_ref),
+        };
         if self.profile.confirm.mode == ConfirmMode::Response {
             return Ok(Outcome::Confirmed {
-                person_ref: Some(person_ref),
+                person_ref,
                 grant_ref,
             });
         }
         // Asynchronous vendors (Nuki answers 204 with no id): the grant counts once it is listed.
-        self.confirm(
-            &GrantRequest {
-                person_ref: Some(person_ref),
-                grant_ref,
-                ..req.clone()
-            },
-            Action::Issue,
-        )
-        .await
+        let req = GrantRequest {
+            person_ref,
+            grant_ref,
+            ..req.clone()
+        };
+        self.confirm(&req, Action::Issue).await
     }
 
     async fn revoke(&self, req: &GrantRequest) -> Result<Outcome, ConnectorError> {
-        let Some(person_ref) = self.person_ref(req, false).await? else {
-            // The vendor does not know the person: nothing to revoke.
-            return Ok(Outcome::Confirmed {
-                person_ref: None,
-                grant_ref: None,
-            });
-        };
-        let replace_all = self.profile.operations.delete_grant.replace_all;
-        let (grants, listed) = match &req.grant_ref {
-            // A known id saves the list call; the read-back below still catches any other grant.
-            // A replace-all write needs the current list whatever is known.
-            Some(g) if !replace_all => (vec![g.clone()], vec![]),
-            _ => self.grants(req, &person_ref).await?,
-        };
-        if replace_all {
-            // One write of the whole list minus ours: writing once per match from the same
-            // stale listing would put back what the previous write removed.
-            if let Some(g) = grants.first() {
-                let ctx = self.with_listed(self.context(req, Some(&person_ref), Some(g)), listed);
-                self.call("delete_grant", &ctx).await?;
-            }
-        } else {
-            for g in &grants {
-                let ctx = self.context(req, Some(&person_ref), Some(g));
-                self.call("delete_grant", &ctx).await?;
-            }
-        }
-        let req = GrantRequest {
-            person_ref: Some(person_ref.clone()),
-            ..req.clone()
+        let person_ref = match self.write_revoke(req).await? {
+            confirmed @ Outcome::Confirmed { .. } => return Ok(confirmed),
+            Outcome::Pending { person_ref, .. } => person_ref,
         };
         if self.profile.confirm.mode == ConfirmMode::Response && req.grant_ref.is_none() {
             return Ok(Outcome::Confirmed {
-                person_ref: Some(person_ref),
+                person_ref,
                 grant_ref: None,
             });
         }
+        let req = GrantRequest {
+            person_ref,
+            ..req.clone()
+        };
         self.confirm(&req, Action::Revoke).await
+    }
+
+    fn confirms_by_target_listing(&self) -> bool {
+        // With `matches`, `find_grant` lists the target (every person's grants), not one person.
+        self.profile.confirm.mode == ConfirmMode::ReadBack
+            && op(&self.profile, "find_grant").is_some_and(|o| o.matches.is_some())
+    }
+
+    fn confirm_gather(&self) -> Duration {
+        Duration::from_millis(self.profile.confirm.gather_ms)
+    }
+
+    async fn write(&self, req: &GrantRequest, action: Action) -> Result<Outcome, ConnectorError> {
+        match action {
+            Action::Issue => self.write_issue(req).await,
+            Action::Revoke => self.write_revoke(req).await,
+        }
     }
 
     async fn confirm(&self, req: &GrantRequest, action: Action) -> Result<Outcome, ConnectorError> {
         let Some(person_ref) = self.person_ref(req, false).await? else {
-            return Ok(match action {
-                Action::Revoke => Outcome::Confirmed {
-                    person_ref: None,
-                    grant_ref: None,
-                },
-                Action::Issue => Outcome::Pending {
-                    person_ref: None,
-                    grant_ref: None,
-                },
-            });
+            return Ok(unknown_person_verdict(action));
         };
         let (listed, _) = self.grants(req, &person_ref).await?;
-        let person_ref = Some(person_ref);
-        Ok(match (action, listed.first()) {
-            (Action::Issue, Some(g)) => Outcome::Confirmed {
-                person_ref,
-                grant_ref: Some(g.clone()),
-            },
-            (Action::Issue, None) => Outcome::Pending {
-                person_ref,
-                grant_ref: req.grant_ref.clone(),
-            },
-            (Action::Revoke, None) => Outcome::Confirmed {
-                person_ref,
-                grant_ref: None,
-            },
-            (Action::Revoke, Some(_)) => Outcome::Pending {
-                person_ref,
-                grant_ref: req.grant_ref.clone(),
-            },
-        })
+        Ok(verdict(action, person_ref, listed.first(), req))
+    }
+
+    async fn confirm_on_target(
+        &self,
+        changes: &[(GrantRequest, Action)],
+    ) -> Result<Vec<Outcome>, ConnectorError> {
+        let Some((first, _)) = changes.first() else {
+            return Ok(Vec::new());
+        };
+        if changes.len() == 1 || !self.confirms_by_target_listing() {
+            let mut out = Vec::with_capacity(changes.len());
+            for (req, action) in changes {
+                out.push(self.confirm(req, *action).await?);
+            }
+            return Ok(out);
+        }
+        // One listing of the target, then each change judged against it as `confirm` would.
+        let all = self
+            .list("find_grant", &self.context(first, Some(""), None))
+            .await?;
+        let mut out = Vec::with_capacity(changes.len());
+        for (req, action) in changes {
+            let Some(person_ref) = self.person_ref(req, false).await? else {
+                out.push(unknown_person_verdict(*action));
+                continue;
+            };
+            let ctx = self.context(req, Some(&person_ref), None);
+            let listed: Vec<String> = self
+                .matching_items("find_grant", &all, &ctx)?
+                .iter()
+                .filter_map(|i| self.extract_id("find_grant", i))
+                .collect();
+            out.push(verdict(*action, person_ref, listed.first(), req));
+        }
+        Ok(out)
+    }
+}
+
+/// What a read-back says when the vendor does not know the person: nothing of theirs to revoke;
+/// an issue not visible yet.
+fn unknown_person_verdict(action: Action) -> Outcome {
+    match action {
+        Action::Revoke => Outcome::Confirmed {
+            person_ref: None,
+            grant_ref: None,
+        },
+        Action::Issue => Outcome::Pending {
+            person_ref: None,
+            grant_ref: None,
+        },
+    }
+}
+
+/// What a read-back says, from the person's first grant on the listed target (if any).
+fn verdict(
+    action: Action,
+    person_ref: String,
+    listed: Option<&String>,
+    req: &GrantRequest,
+) -> Outcome {
+    let person_ref = Some(person_ref);
+    match (action, listed) {
+        (Action::Issue, Some(g)) => Outcome::Confirmed {
+            person_ref,
+            grant_ref: Some(g.clone()),
+        },
+        (Action::Revoke, None) => Outcome::Confirmed {
+            person_ref,
+            grant_ref: None,
+        },
+        (Action::Issue, None) | (Action::Revoke, Some(_)) => Outcome::Pending {
+            person_ref,
+            grant_ref: req.grant_ref.clone(),
+        },
     }
 }
