@@ -951,6 +951,19 @@ fn machine_load() -> Option<String> {
     )
 }
 
+/// A memory figure of this process's `/proc/self/status` (`VmRSS`, `VmHWM`) in MiB (Linux).
+pub(super) fn proc_status_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -83,15 +83,7 @@ fn reset_peak_rss() {
 
 /// The process's peak resident memory since the last reset, in MiB (Linux).
 fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
+    super::bench::proc_status_mib("VmHWM")
 }
 
 fn attrs_of(i: usize) -> BTreeMap<String, String> {

@@ -28,15 +28,8 @@ impl Dispatcher {
         probe: bool,
     ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
-        let more = store::confirm_batch::more_due_on_target(
-            self.store.pool(),
-            &cmd.connector,
-            &cmd.target,
-            cmd.action.priority(),
-            now,
-        )
-        .await?;
-        if more {
+        let on_target = self.on_target(&cmd, now).await?;
+        if on_target.more_due {
             let gather = connector.confirm_gather();
             return self
                 .settle(connector, owner, &cmd, Ok(written), probe, Some(gather))
@@ -49,7 +42,7 @@ impl Dispatcher {
             grant_ref: grant_ref.map(str::to_string).or(req.grant_ref),
             ..req
         };
-        self.confirm_on_target(connector, owner, cmd, req, probe)
+        self.confirm_with_waiting(connector, owner, cmd, req, probe, on_target.waiting)
             .await
     }
 
@@ -64,18 +57,38 @@ impl Dispatcher {
         probe: bool,
     ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
+        let waiting = self.on_target(&cmd, now).await?.waiting;
+        self.confirm_with_waiting(connector, owner, cmd, req, probe, waiting)
+            .await
+    }
+
+    /// [`Dispatcher::confirm_on_target`], knowing whether other changes wait on the target: a
+    /// single leaver's read-back adds no write when nothing else waits.
+    async fn confirm_with_waiting(
+        &self,
+        connector: &dyn Connector,
+        owner: &str,
+        cmd: CommandRow,
+        req: GrantRequest,
+        probe: bool,
+        waiting: bool,
+    ) -> Result<(), StoreError> {
+        let now = to_micros(self.clock.now());
         let lease = super::timing::secs_micros(self.config.engine.lease_seconds);
-        let others = self
-            .store
-            .claim_confirming_on(
-                &cmd.connector,
-                &cmd.target,
-                owner,
-                now.saturating_add(lease),
-                cmd.id,
-                MAX_PER_LISTING,
-            )
-            .await?;
+        let others = if waiting {
+            self.store
+                .claim_confirming_on(
+                    &cmd.connector,
+                    &cmd.target,
+                    owner,
+                    now.saturating_add(lease),
+                    cmd.id,
+                    MAX_PER_LISTING,
+                )
+                .await?
+        } else {
+            Vec::new()
+        };
         let mut batch = vec![(cmd, req)];
         for other in others {
             if let Some(req) = self.request_for(connector, owner, &other, false).await? {
@@ -110,6 +123,22 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+
+    async fn on_target(
+        &self,
+        cmd: &CommandRow,
+        now: i64,
+    ) -> Result<store::confirm_batch::OnTarget, StoreError> {
+        store::confirm_batch::on_target(
+            self.store.pool(),
+            &cmd.connector,
+            &cmd.target,
+            cmd.action.priority(),
+            now,
+            cmd.id,
+        )
+        .await
     }
 
     /// Every change one listing confirmed, finished in one transaction: a mass drain writes one

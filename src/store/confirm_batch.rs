@@ -1,55 +1,70 @@
-//! Confirming many changes on one target with one vendor listing (migration 0028): whether more
-//! writes to a target are queued (so its read-back waits to gather them), and claiming every change
-//! on a target that waits for its read-back, so one listing confirms them all.
+//! Confirming many changes on one target with one vendor listing (migration 0028): what else is
+//! queued or waiting on a target, and claiming every change on a target that waits for its
+//! read-back, so one listing confirms them all.
 
 use super::{Backend, CommandRow, Result, Store, StoreError, postgres};
 use sqlx::AnyPool;
 
-/// Whether another command on `target` of `connector`, at `max_priority` or more urgent, is queued
-/// and due (not yet written): the read-back of a change just written can wait to confirm it too.
-pub async fn more_due_on_target(
+/// What else is on a target beside one command: whether more writes at `max_priority` or more
+/// urgent are queued and due (so a change just written can wait to be read back with them), and
+/// whether other changes wait for a read-back (so one listing confirms them too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnTarget {
+    pub more_due: bool,
+    pub waiting: bool,
+}
+
+pub async fn on_target(
     pool: &AnyPool,
     connector: &str,
     target: &str,
     max_priority: i64,
     now: i64,
-) -> Result<bool> {
-    Ok(sqlx::query(MORE_DUE_ON_TARGET_SQL)
+    except: i64,
+) -> Result<OnTarget> {
+    use sqlx::Row;
+    let row = sqlx::query(ON_TARGET_SQL)
         .bind(connector)
         .bind(target)
         .bind(max_priority)
         .bind(now)
-        .fetch_optional(pool)
-        .await?
-        .is_some())
+        .bind(except)
+        .fetch_one(pool)
+        .await?;
+    Ok(OnTarget {
+        more_due: row.try_get::<i64, _>("more_due")? != 0,
+        waiting: row.try_get::<i64, _>("waiting")? != 0,
+    })
 }
 
-pub(super) const MORE_DUE_ON_TARGET_SQL: &str = "SELECT 1 AS x FROM commands
-     WHERE connector = $1 AND target = $2 AND status = 'pending'
-       AND priority <= $3 AND next_attempt_at <= $4 LIMIT 1";
+pub(super) const ON_TARGET_SQL: &str = "SELECT
+     (SELECT COUNT(*) FROM (SELECT 1 FROM commands
+        WHERE connector = $1 AND target = $2 AND status = 'pending'
+          AND priority <= $3 AND next_attempt_at <= $4 LIMIT 1) m) AS more_due,
+     (SELECT COUNT(*) FROM (SELECT 1 FROM commands
+        WHERE connector = $1 AND target = $2 AND status = 'confirming' AND id <> $5 LIMIT 1) w) AS waiting";
 
-pub(super) const CLAIM_SQLITE: &str =
-    "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2
+/// The claim of changes waiting for a read-back on one target; PostgreSQL adds its row locking.
+macro_rules! claim_confirming_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2
      WHERE id IN (
        SELECT c.id FROM commands c
        WHERE c.connector = $3 AND c.target = $4 AND c.status = 'confirming' AND c.id <> $5
          AND NOT EXISTS (SELECT 1 FROM commands o
              WHERE o.connector = c.connector AND o.identity_key = c.identity_key
                AND o.target = c.target AND o.status = 'inflight')
-       ORDER BY c.id LIMIT $6)
-     RETURNING *";
+       ORDER BY c.id LIMIT $6",
+            $lock,
+            ")
+     RETURNING *"
+        )
+    };
+}
 
-pub(super) const CLAIM_POSTGRES: &str =
-    "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2
-     WHERE id IN (
-       SELECT c.id FROM commands c
-       WHERE c.connector = $3 AND c.target = $4 AND c.status = 'confirming' AND c.id <> $5
-         AND NOT EXISTS (SELECT 1 FROM commands o
-             WHERE o.connector = c.connector AND o.identity_key = c.identity_key
-               AND o.target = c.target AND o.status = 'inflight')
-       ORDER BY c.id LIMIT $6
-       FOR UPDATE SKIP LOCKED)
-     RETURNING *";
+pub(super) const CLAIM_SQLITE: &str = claim_confirming_sql!("");
+pub(super) const CLAIM_POSTGRES: &str = claim_confirming_sql!("\n       FOR UPDATE SKIP LOCKED");
 
 impl Store {
     /// Claim, under `owner`'s lease, up to `limit` commands on `target` that wait for their

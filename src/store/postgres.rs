@@ -19,6 +19,8 @@ pub(super) async fn migrate(pool: &AnyPool) -> Result<()> {
     Ok(())
 }
 
+/// One walk of the open commands in claim order; concurrent claims skip each other's rows
+/// (`FOR UPDATE SKIP LOCKED`).
 pub(super) const CLAIM_SQL: &str = "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
            attempts = attempts + CASE WHEN dispatched_at IS NULL THEN 1 ELSE 0 END
          WHERE id = (

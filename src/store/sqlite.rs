@@ -68,16 +68,12 @@ pub(super) async fn migrate(pool: &AnyPool) -> Result<()> {
     Ok(())
 }
 
-pub(super) const CLAIM_SQL: &str = "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
+/// Claims are serialised by SQLite's write lock, so the best of one candidate per state is exact.
+pub(super) const CLAIM_SQL: &str = concat!(
+    "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
            attempts = attempts + CASE WHEN dispatched_at IS NULL THEN 1 ELSE 0 END
-         WHERE id = (
-           SELECT c.id FROM commands c
-           WHERE c.connector = $4 AND c.priority <= $5
-             AND c.status IN ('pending', 'confirming', 'inflight')
-             AND ((c.status <> 'inflight' AND c.next_attempt_at <= $3)
-                  OR (c.status = 'inflight' AND c.lease_expires_at < $3))
-             AND NOT EXISTS (SELECT 1 FROM commands o
-                 WHERE o.connector = c.connector AND o.identity_key = c.identity_key AND o.target = c.target
-                   AND o.status = 'inflight' AND o.id <> c.id)
-           ORDER BY c.priority, c.id LIMIT 1)
-         RETURNING *";
+         WHERE id = (SELECT id FROM (",
+    claim_candidates!("1"),
+    ") ORDER BY priority, id LIMIT 1)
+         RETURNING *"
+);

@@ -324,7 +324,7 @@ fn plan_args(name: &str) -> Vec<Result<i64, &'static str>> {
             N(1),
         ],
         "claim_next" => vec![T("w"), N(2), N(1), T("nuki"), N(10)],
-        "more_due_on_target" => vec![T("nuki"), T("door-27"), N(0), N(1)],
+        "on_target" => vec![T("nuki"), T("door-27"), N(0), N(1), N(77)],
         "claim_confirming_on" => vec![T("w"), N(2), T("nuki"), T("door-27"), N(77), N(500)],
         other => panic!("no arguments for hot query {other}"),
     }
@@ -366,10 +366,21 @@ async fn hot_queries_are_served_by_indexes_on_both_databases() {
                     }
                 })
                 .collect();
+            // A scan of a subquery's own rows (SQLite's co-routines) reads no table.
+            let derived: Vec<String> = plan
+                .iter()
+                .filter_map(|l| l.trim().strip_prefix("CO-ROUTINE "))
+                .map(|n| n.trim().to_string())
+                .collect();
             let scanned = plan.iter().any(|line| {
                 let line = line.trim_start_matches([' ', '-', '>']).trim();
-                (line.starts_with("SCAN ") && !line.contains(" USING "))
-                    || line.contains("Seq Scan on ")
+                let scan_of = line.strip_prefix("SCAN ").map(str::trim);
+                scan_of.is_some_and(|t| {
+                    !t.contains(" USING ")
+                        && t != "CONSTANT ROW"
+                        && !t.starts_with("(subquery")
+                        && !derived.iter().any(|d| d == t)
+                }) || line.contains("Seq Scan on ")
             });
             eprintln!("{name} {query}:\n  {}", plan.join("\n  "));
             if scanned {
