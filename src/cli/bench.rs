@@ -15,10 +15,11 @@ use crate::clock;
 use crate::config::{Config, ConfigInput};
 use crate::engine::FeedReport;
 use crate::model::Action;
-use crate::sim::{self, LoggedRequest, NukiOptions, SimServer};
+use crate::sim::{self, NukiOptions, SimServer};
 use crate::store;
 use crate::telemetry;
 use anyhow::{Context, bail};
+use drain::max_in_any_second;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -357,264 +358,8 @@ pub(super) fn bar(len: usize, what: &str) -> ProgressBar {
     b
 }
 
-/// Most arrivals inside any rolling one-second window (the log is in arrival order).
-fn max_in_any_second(log: &[LoggedRequest]) -> usize {
-    let mut best = 0;
-    let mut lo = 0;
-    for (hi, r) in log.iter().enumerate() {
-        while r.at.saturating_sub(log[lo].at) >= Duration::from_secs(1) {
-            lo += 1;
-        }
-        best = best.max(hi - lo + 1);
-    }
-    best
-}
-
-fn by_method(log: &[LoggedRequest]) -> String {
-    let mut m: BTreeMap<&str, usize> = BTreeMap::new();
-    for r in log {
-        *m.entry(r.method.as_str()).or_default() += 1;
-    }
-    m.iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn by_status(log: &[LoggedRequest]) -> String {
-    let mut m: BTreeMap<u16, usize> = BTreeMap::new();
-    for r in log {
-        *m.entry(r.status).or_default() += 1;
-    }
-    m.iter()
-        .map(|(k, v)| format!("{k}: {v}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 pub(super) fn ms(s: f64) -> String {
     format!("{:.1} ms", s * 1000.0)
-}
-
-struct DrainFigures {
-    wall: f64,
-    command_ratio: f64,
-    request_ratio: f64,
-    ok: bool,
-}
-
-async fn mass_termination(args: &BenchArgs, dir: &Path) -> anyhow::Result<DrainFigures> {
-    let n = args.revocations;
-    let rate = args.rate.max(1);
-    let burst = args.burst.unwrap_or(rate / 10).max(1);
-    println!("== 1. mass termination drain ==");
-    println!(
-        "  {n} people, one grant each, {} locks; connector concurrency {}",
-        n.div_ceil(PEOPLE_PER_LOCK).max(1),
-        args.concurrency
-    );
-    prepare(dir, n)?;
-    let server = start_sim().await?;
-    let keys: Vec<String> = (0..n).map(|i| format!("B{i:06}")).collect();
-
-    // Set-up: issue everyone's grant under a limit that is not the subject of the measurement.
-    let bed = Bed::open(dir, &server.base_url(), SETUP_RATE, args.concurrency).await?;
-    let rows: Vec<String> = keys.iter().map(|k| person_row(k, "Active")).collect();
-    let t = Instant::now();
-    let report = bed.feed(dir, "hr-0001.csv", &rows).await?;
-    let applied = t.elapsed();
-    let b = bar(report.issues as usize, "issuing   ");
-    bed.drain(Duration::from_millis(50), Some(&b)).await?;
-    b.finish_and_clear();
-    let setup = t.elapsed().as_secs_f64();
-    let (issued, dead) = bed.outcome(Action::Issue).await?;
-    let setup_requests = server.stats().requests;
-    println!(
-        "  set-up: {issued} grants issued ({dead} dead) in {setup:.2} s under {} req/s \
-         (feed apply {:.2} s; {setup_requests} requests, {:.0} req/s, {:.0} issues/s)",
-        SETUP_RATE.0,
-        applied.as_secs_f64(),
-        setup_requests as f64 / setup,
-        issued as f64 / setup
-    );
-    if issued != n as i64 || dead != 0 {
-        bail!("set-up did not issue every grant: {issued} of {n} issued, {dead} dead");
-    }
-    bed.close().await?;
-
-    // The measurement: the same store reopened with the rate limit under test.
-    let bed = Bed::open(dir, &server.base_url(), (rate, burst), args.concurrency).await?;
-    let seq0 = server.requests().len();
-    let rows: Vec<String> = keys.iter().map(|k| person_row(k, "Terminated")).collect();
-    let b = bar(n, "revoking  ");
-    let t = Instant::now();
-    let report = bed.feed(dir, "hr-0002.csv", &rows).await?;
-    let applied = t.elapsed().as_secs_f64();
-    b.set_length(report.revokes);
-    bed.drain(Duration::from_millis(20), Some(&b)).await?;
-    let wall = t.elapsed().as_secs_f64();
-    b.finish_and_clear();
-    let log: Vec<LoggedRequest> = server.requests().into_iter().skip(seq0).collect();
-    let (revoked, dead) = bed.outcome(Action::Revoke).await?;
-    let requests = log.len();
-    let floor = n as f64 / f64::from(rate);
-    let request_floor = requests as f64 / f64::from(rate);
-    let peak = max_in_any_second(&log);
-    let sent_for = log
-        .last()
-        .map_or(0.0, |l| l.at.saturating_sub(log[0].at).as_secs_f64());
-    println!(
-        "  feed: {} leavers -> {} revokes enqueued; feed apply took {applied:.2} s (the drain ran alongside)",
-        report.leavers, report.revokes
-    );
-    println!("  revocations confirmed       {revoked} ({dead} dead letters)");
-    println!("  rate limit R                {rate} req/s, burst {burst}");
-    println!("  wall time                   {wall:.2} s (feed apply -> outbox empty)");
-    println!("  floor in commands  N/R      {floor:.2} s");
-    println!(
-        "  ratio wall / (N/R)          {:.3}   (a revoke is more than one request: see below)",
-        wall / floor
-    );
-    println!(
-        "  HTTP requests in the drain  {requests} ({}), {:.2} per revocation",
-        by_method(&log),
-        requests as f64 / n.max(1) as f64
-    );
-    println!("  responses                   {}", by_status(&log));
-    println!("  floor in requests  req/R    {request_floor:.2} s");
-    println!(
-        "  ratio wall / (req/R)        {:.3}   (the limiter's own floor; 1.0 is the best possible)",
-        wall / request_floor
-    );
-    println!(
-        "  first to last request       {sent_for:.2} s, {:.0} req/s on average",
-        requests as f64 / sent_for.max(f64::EPSILON)
-    );
-    println!(
-        "  most requests in any second {peak} (limit R + burst = {})",
-        u64::from(rate) + u64::from(burst)
-    );
-    let stages = telemetry::latency_report(bed.app.store(), Action::Revoke).await?;
-    println!();
-    print!(
-        "{}",
-        telemetry::render_table("  revocation stages in the drain", &stages)
-    );
-    println!();
-    bed.close().await?;
-    server.shutdown().await;
-    Ok(DrainFigures {
-        wall,
-        command_ratio: wall / floor,
-        request_ratio: wall / request_floor,
-        ok: revoked == n as i64 && dead == 0 && peak as u64 <= u64::from(rate) + u64::from(burst),
-    })
-}
-
-struct LeaverFigures {
-    p50: f64,
-    p99: f64,
-    ok: bool,
-}
-
-async fn single_leaver(args: &BenchArgs, dir: &Path) -> anyhow::Result<LeaverFigures> {
-    let k = args.leavers.max(1);
-    let people = args.population.unwrap_or(300).max(k);
-    println!("== 2. single leaver, nothing queued ==");
-    println!(
-        "  {people} people in their own store, {} locks; {k} leavers one at a time, each its own feed",
-        people.div_ceil(PEOPLE_PER_LOCK).max(1)
-    );
-    prepare(dir, people)?;
-    let server = start_sim().await?;
-    // The limit is set far above what one leaver needs, so it never delays a request.
-    let bed = Bed::open(dir, &server.base_url(), SETUP_RATE, args.concurrency).await?;
-    let keys: Vec<String> = (0..people).map(|i| format!("L{i:06}")).collect();
-    let mut rows: Vec<String> = keys.iter().map(|k| person_row(k, "Active")).collect();
-    let report = bed.feed(dir, "hr-00000.csv", &rows).await?;
-    bed.drain(Duration::from_millis(20), None).await?;
-    let (issued, _) = bed.outcome(Action::Issue).await?;
-    if issued != report.issues as i64 {
-        bail!(
-            "set-up did not issue every grant: {issued} of {}",
-            report.issues
-        );
-    }
-    let b = bar(k, "leavers   ");
-    // Client-side: from handing the feed to the engine until the outbox is empty again. This adds the
-    // feed's parse and diff (and the poll interval) to what the commands' own timestamps show.
-    let mut client = Vec::with_capacity(k);
-    for (i, key) in keys.iter().take(k).enumerate() {
-        rows[i] = person_row(key, "Terminated");
-        let t = Instant::now();
-        let r = bed
-            .feed(dir, &format!("hr-{:05}.csv", i + 1), &rows)
-            .await
-            .with_context(|| format!("leaver {key}"))?;
-        if r.revokes != 1 {
-            bail!("leaver {key}: {} revokes enqueued, expected 1", r.revokes);
-        }
-        // A short poll: it bounds only this loop's pace, not the figures, which come from the store.
-        bed.drain(Duration::from_millis(1), None).await?;
-        client.push(t.elapsed().as_secs_f64());
-        b.inc(1);
-    }
-    b.finish_and_clear();
-    let (revoked, dead) = bed.outcome(Action::Revoke).await?;
-    let e2e: Vec<f64> = store::completed_commands(bed.app.store().pool())
-        .await?
-        .iter()
-        .filter(|c| c.action == Action::Revoke)
-        .filter_map(|c| telemetry::stages(c).map(|s| s[4]))
-        .collect();
-    let Some(s) = telemetry::summarize(e2e) else {
-        bail!("no revoke was confirmed");
-    };
-    let c = telemetry::summarize(client);
-    println!("  revocations confirmed       {revoked} ({dead} dead letters)");
-    println!(
-        "  trigger -> vendor confirmed p50 {}  p90 {}  p99 {}  max {}  (n = {})",
-        ms(s.p50),
-        ms(s.p90),
-        ms(s.p99),
-        ms(s.max),
-        s.count
-    );
-    if let Some(c) = &c {
-        println!(
-            "  feed handed in -> outbox empty (client side, incl. parse/diff of {people} rows): \
-             p50 {}  p99 {}  max {}",
-            ms(c.p50),
-            ms(c.p99),
-            ms(c.max)
-        );
-    }
-    let stats = server.stats();
-    println!(
-        "  simulator: {} requests in all ({}), most in any second {}",
-        stats.requests,
-        stats
-            .by_status
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        stats.max_requests_in_any_second
-    );
-    let stages = telemetry::latency_report(bed.app.store(), Action::Revoke).await?;
-    println!();
-    print!(
-        "{}",
-        telemetry::render_table("  single-leaver revocation stages", &stages)
-    );
-    println!();
-    bed.close().await?;
-    server.shutdown().await;
-    Ok(LeaverFigures {
-        p50: s.p50,
-        p99: s.p99,
-        ok: revoked == k as i64 && dead == 0,
-    })
 }
 
 struct ScimFigures {
@@ -811,7 +556,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let wants = |s: &str| args.sections.iter().any(|x| x == s);
     let mut ok = true;
     if wants("drain") {
-        let drain = mass_termination(&args, &root.join("drain")).await?;
+        let drain = drain::mass_termination(&args, &root.join("drain")).await?;
         println!(
             "summary: {} revocations at {} req/s drained in {:.2} s = {:.3} x N/R ({:.3} x requests/R)",
             args.revocations, args.rate, drain.wall, drain.command_ratio, drain.request_ratio
@@ -840,7 +585,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         ok &= drain.ok;
     }
     if wants("leaver") {
-        let leaver = single_leaver(&args, &root.join("leaver")).await?;
+        let leaver = drain::single_leaver(&args, &root.join("leaver")).await?;
         println!(
             "summary: single leaver trigger -> vendor confirmed p50 {} p99 {}",
             ms(leaver.p50),
@@ -991,6 +736,8 @@ fn print_rows() {
     }
 }
 
+#[path = "bench_drain.rs"]
+mod drain;
 #[path = "bench_ingest.rs"]
 mod ingest;
 #[path = "bench_scale.rs"]
