@@ -166,7 +166,7 @@ impl Dispatcher {
                     .await?;
                 let mut finished = Vec::with_capacity(confirmed.len());
                 for (cmd, outcome) in confirmed {
-                    let end = super::Finish {
+                    let end = super::finish::Finish {
                         status: "done",
                         confirmed_at: Some(now),
                         error: None,
