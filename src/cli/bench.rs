@@ -719,7 +719,13 @@ static ROWS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 /// A figure against its target: `ratio` >= 1 meets it (target / figure for a figure that should be
 /// low, figure / target for one that should be high).
 pub(super) fn row(what: &str, value: String, target: &str, ratio: f64) {
-    let line = format!("  {what:<64} {value:>16}   target {target:<14} ratio {ratio:.2}");
+    // A figure with nothing to compare against (no reference server installed) has no ratio.
+    let ratio = if ratio.is_finite() {
+        format!("{ratio:.2}")
+    } else {
+        "n/a".to_string()
+    };
+    let line = format!("  {what:<64} {value:>16}   target {target:<14} ratio {ratio}");
     println!("{line}");
     ROWS.lock().unwrap_or_else(|e| e.into_inner()).push(line);
 }

@@ -40,7 +40,7 @@ impl Dispatcher {
             .await
     }
 
-    pub(super) async fn finish_once(
+    async fn finish_once(
         &self,
         owner: &str,
         cmd: &CommandRow,
