@@ -4,22 +4,24 @@
 # The tag is the crate version (Cargo.toml), which is the chart's appVersion, so the chart's default
 # image is what this file builds; push it to the registry the chart's image.repository names.
 #
-# The binary is the normal release build: the vendor simulators are still compiled in (there is no
-# cargo feature to leave them out yet); they only run when asked (`latchkey sim`). `latchkey demo`
-# needs the repository's config/ folder and is not meant to run from the image.
+# The binary is the daemon alone (`--no-default-features`): no vendor simulators, no `latchkey sim`,
+# `demo` or `bench`; those are for a checkout of the repository.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Dependencies first, in their own layer: a source change does not rebuild them.
-COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+# The simulators' crate is a workspace member, so its manifest is needed even though the image
+# does not build it.
+COPY Cargo.toml Cargo.lock askama.toml ./
+COPY sim/Cargo.toml ./sim/
+RUN mkdir src sim/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && cargo build --release --locked --bin latchkey \
-    && rm -rf src
+    && touch src/lib.rs sim/src/lib.rs \
+    && cargo build --release --locked --no-default-features --bin latchkey \
+    && rm -rf src sim/src
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin latchkey \
+    && cargo build --release --locked --no-default-features --bin latchkey \
     && cp target/release/latchkey /latchkey
 
 # distroless/cc: glibc, libgcc, CA certificates and a nonroot user; no shell, no package manager.

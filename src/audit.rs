@@ -8,7 +8,6 @@
 
 pub mod export;
 pub mod forward;
-pub mod retention;
 
 use crate::store::audit::{self as sql, AuditFilter, AuditRow};
 use crate::store::{self, StoreError};

@@ -3,9 +3,7 @@
 use crate::app::App;
 use crate::clock;
 use crate::config::{Config, ConfigInput, process_env};
-use crate::sim;
 use crate::store;
-use anyhow::Context;
 use clap::{Arg, ArgAction, CommandFactory, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +59,7 @@ pub struct ConfigArg {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the whole flow on the embedded default: simulator, SQLite, sample HR feeds.
+    #[cfg(feature = "sim")]
     Demo {
         /// Keep the demo's database here instead of a temporary directory.
         #[arg(long)]
@@ -133,23 +132,11 @@ pub enum Command {
         keys: commands::keys::KeysCmd,
     },
     /// Run a vendor simulator on its own.
-    Sim {
-        vendor: String,
-        #[arg(long, default_value_t = 8701)]
-        port: u16,
-        #[arg(long, default_value = "nuki-sim-token")]
-        token: String,
-        /// Also serve a fault proxy in front of the simulator on this port, to rehearse a vendor's
-        /// bad day: point the connector's `base_url` at it and set its rules with
-        /// `POST /_proxy/rules` (docs/operations.md).
-        #[arg(long)]
-        fault_proxy_port: Option<u16>,
-        /// Rules the fault proxy starts with: a JSON file holding a list of rules.
-        #[arg(long, requires = "fault_proxy_port")]
-        fault_rules: Option<PathBuf>,
-    },
+    #[cfg(feature = "sim")]
+    Sim(commands::sim::SimArgs),
     /// Benchmarks (figures against the physical floor).
-    Bench(crate::cli::bench::BenchArgs),
+    #[cfg(feature = "sim")]
+    Bench(bench::BenchArgs),
     /// Take the configured canary through grant and revoke at a vendor, reading each back, and
     /// report every stage's latency. Exits 1 when the vendor path is broken.
     Drill(commands::drill::DrillArgs),
@@ -209,6 +196,7 @@ pub(crate) async fn open_reader(arg: &ConfigArg) -> anyhow::Result<App> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
+        #[cfg(feature = "sim")]
         Command::Demo { keep } => commands::demo::run(keep).await,
         Command::Redrive(args) => commands::redrive::run(args).await,
         Command::Run(c) => {
@@ -296,63 +284,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Report { report } => commands::report::run(report).await,
         Command::Drill(args) => commands::drill::run(args).await,
         Command::Audit { audit } => commands::audit::run(audit).await,
-        Command::Sim {
-            vendor,
-            port,
-            token,
-            fault_proxy_port,
-            fault_rules,
-        } => {
-            // Read the rules first: a bad file is refused before anything listens.
-            let rules = match &fault_rules {
-                Some(file) => Some(read_fault_rules(file)?),
-                None => None,
-            };
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-            let server = sim::start(&vendor, listener, token).await?;
-            println!(
-                "{vendor} simulator on {} (state: {}/_sim/stats); Ctrl-C stops it",
-                server.base_url(),
-                server.base_url()
-            );
-            let proxy = match fault_proxy_port {
-                Some(p) => {
-                    let listener = tokio::net::TcpListener::bind(("127.0.0.1", p))
-                        .await
-                        .with_context(|| format!("fault proxy port {p}"))?;
-                    let proxy = sim::proxy::FaultProxy::start(listener, &server.base_url()).await?;
-                    if let Some(rules) = rules {
-                        proxy.set_rules(rules);
-                    }
-                    println!(
-                        "fault proxy on {} in front of it ({} rules; set them with POST {}/_proxy/rules)",
-                        proxy.base_url(),
-                        proxy.rules().len(),
-                        proxy.base_url()
-                    );
-                    Some(proxy)
-                }
-                None => None,
-            };
-            shutdown_signal().await;
-            drop(proxy);
-            server.shutdown().await;
-            Ok(0)
-        }
+        #[cfg(feature = "sim")]
+        Command::Sim(args) => commands::sim::run(args).await,
+        #[cfg(feature = "sim")]
         Command::Bench(args) => bench::run(args).await,
         Command::Drift(args) => commands::drift::run(args).await,
         Command::Keys { keys } => commands::keys::run(keys).await,
         Command::Completions(args) => commands::completions::run(&args),
         Command::Operators { operators } => commands::operators::run(operators),
     }
-}
-
-/// The fault proxy's starting rules from a JSON file, with an error naming the file.
-fn read_fault_rules(file: &Path) -> anyhow::Result<Vec<sim::proxy::FaultRule>> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("fault rules {}", file.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("fault rules {}: not a JSON list of rules", file.display()))
 }
 
 pub fn describe_feed(r: &crate::engine::FeedReport) -> String {
@@ -417,7 +357,7 @@ pub async fn wait_for_outbox(
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -448,10 +388,8 @@ pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+#[cfg(feature = "sim")]
 pub mod bench;
-pub mod bench_console;
-pub mod bench_reconcile;
-pub mod bench_scim_groups;
 pub mod commands;
 pub mod lookup;
 pub mod output;

@@ -72,7 +72,7 @@ pub fn names(config: &Config) -> Vec<String> {
         out.push(crate::audit::forward::LEASE.to_string());
     }
     if config.audit.retain_days.is_some() {
-        out.push(crate::audit::retention::LEASE.to_string());
+        out.push(crate::jobs::retention::LEASE.to_string());
     }
     out
 }

@@ -33,7 +33,10 @@ fn log_filter(matches: &ArgMatches, env: &BTreeMap<String, String>) -> String {
 /// Servers keep ignoring SIGPIPE, so a log reader going away never stops the daemon.
 #[cfg(unix)]
 fn end_quietly_on_closed_stdout(command: &Command) {
-    if !matches!(command, Command::Run(_) | Command::Sim { .. }) {
+    let serves = matches!(command, Command::Run(_));
+    #[cfg(feature = "sim")]
+    let serves = serves || matches!(command, Command::Sim(_));
+    if !serves {
         // SAFETY: called before any thread is started; SIG_DFL is a valid disposition for SIGPIPE.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);

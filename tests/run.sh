@@ -85,4 +85,4 @@ export LATCHKEY_TEST_REQUIRE_POSTGRES=1
 export LATCHKEY_TEST_REQUIRE_LDAP=1
 export LATCHKEY_TEST_REQUIRE_BROWSER=1
 echo "== cargo test (SQLite and PostgreSQL at $LATCHKEY_TEST_POSTGRES_URL)"
-cargo test --all-targets --locked -- --test-threads=2
+cargo test --workspace --all-targets --locked -- --test-threads=2

@@ -1,7 +1,6 @@
 //! Latency measurement: every command carries its trigger, detection, enqueue, first attempt,
 //! dispatch and confirmation times; this module turns them into per-stage percentiles.
 
-pub mod drill;
 pub mod metrics;
 pub mod process;
 pub mod sla;

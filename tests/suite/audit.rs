@@ -7,7 +7,7 @@ use crate::common;
 
 use common::*;
 use latchkey::audit::{self, Verdict};
-use latchkey::sim::NukiOptions;
+use latchkey_sim::NukiOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -443,7 +443,9 @@ async fn retention_prunes_old_records_and_the_rest_verifies_from_the_anchor() {
         ])
         .await;
         h.drain().await;
-        let pruned = audit::retention::run_once(&h.app, 30).await.unwrap();
+        let pruned = latchkey::jobs::retention::run_once(&h.app.engine, 30)
+            .await
+            .unwrap();
         assert_eq!(pruned.anchor_seq, before, "{b}: {pruned:?}");
         assert_eq!(pruned.records, u64::try_from(before).unwrap());
         let kept = audit::query(h.app.store(), &Default::default(), i64::MAX)
@@ -473,7 +475,9 @@ async fn retention_prunes_old_records_and_the_rest_verifies_from_the_anchor() {
             0
         );
         // A second pass the same day prunes nothing.
-        let again = audit::retention::run_once(&h.app, 30).await.unwrap();
+        let again = latchkey::jobs::retention::run_once(&h.app.engine, 30)
+            .await
+            .unwrap();
         assert_eq!(again.records, 0, "{b}");
 
         // Tampering after the prune is found: the first kept record edited...
@@ -514,7 +518,9 @@ async fn retention_prunes_old_records_and_the_rest_verifies_from_the_anchor() {
         }
         // A broken chain is not pruned (that would move the evidence out of sight).
         h.clock.advance(chrono::Duration::days(40));
-        let refused = audit::retention::run_once(&h.app, 30).await.unwrap_err();
+        let refused = latchkey::jobs::retention::run_once(&h.app.engine, 30)
+            .await
+            .unwrap_err();
         assert!(refused.to_string().contains("not pruned"), "{b}: {refused}");
     }
 }

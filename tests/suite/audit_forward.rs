@@ -10,7 +10,7 @@ use common::*;
 use latchkey::app::App;
 use latchkey::clock::SharedClock;
 use latchkey::config::{Config, ConfigInput};
-use latchkey::sim::NukiOptions;
+use latchkey_sim::NukiOptions;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -9,9 +9,9 @@ use common::*;
 use latchkey::app::App;
 use latchkey::clock::{ManualClock, SharedClock, from_micros, to_micros};
 use latchkey::config::{Config, ConfigInput};
-use latchkey::sim::cabinet::{CabinetOptions, start_cabinet};
 use latchkey::sources::cabinet_events::{self, PollReport};
 use latchkey::store;
+use latchkey_sim::cabinet::{CabinetOptions, start_cabinet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -35,17 +35,17 @@ struct Ctx {
     clock: ManualClock,
     dir: std::path::PathBuf,
     feeds: std::cell::Cell<usize>,
-    cabinet: latchkey::sim::SimServer,
-    _nuki: latchkey::sim::SimServer,
+    cabinet: latchkey_sim::SimServer,
+    _nuki: latchkey_sim::SimServer,
     http: reqwest::Client,
 }
 
 async fn setup(dir: &Path, url: &str) -> Ctx {
     let clock = ManualClock::new(t("2026-11-25T09:00:00Z"));
     let shared: SharedClock = Arc::new(clock.clone());
-    let nuki = latchkey::sim::start_nuki(
+    let nuki = latchkey_sim::start_nuki(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        latchkey::sim::NukiOptions {
+        latchkey_sim::NukiOptions {
             token: TOKEN.into(),
             ..Default::default()
         },
@@ -64,7 +64,7 @@ async fn setup(dir: &Path, url: &str) -> Ctx {
             .into_iter()
             .map(|(k, g)| (k.to_string(), g.to_string()))
             .collect(),
-            clock: shared.clone(),
+            clock: Arc::new(crate::common::SimClock(shared.clone())),
             ..Default::default()
         },
     )
@@ -291,9 +291,9 @@ async fn a_cabinet_outage_is_skipped_and_caught_up() {
     c.feed(&[technician("F1", "Active", "")]).await;
     c.drain().await;
     sim.take_key("F1", "K-101").unwrap();
-    c.cabinet.set_faults(latchkey::sim::Faults {
+    c.cabinet.set_faults(latchkey_sim::Faults {
         outage: true,
-        ..latchkey::sim::Faults::none()
+        ..latchkey_sim::Faults::none()
     });
     assert!(
         cabinet_events::poll_all(&c.app.engine, &c.http)
@@ -302,7 +302,7 @@ async fn a_cabinet_outage_is_skipped_and_caught_up() {
         "a failing cabinet gives no report"
     );
     assert!(c.holders("K-101").await.is_empty());
-    c.cabinet.set_faults(latchkey::sim::Faults::none());
+    c.cabinet.set_faults(latchkey_sim::Faults::none());
     assert_eq!(c.poll().await.events, 1);
     assert_eq!(c.holders("K-101").await, [("F1".into(), "K-101".into())]);
 }

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::*;
-use latchkey::sim::{self, NukiOptions};
+use latchkey_sim::{self as sim, NukiOptions};
 use std::process::Command;
 
 fn latchkey(config: &std::path::Path, args: &[&str]) -> (i32, String) {

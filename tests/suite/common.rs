@@ -8,7 +8,7 @@ use latchkey::app::App;
 use latchkey::clock::{ManualClock, SharedClock};
 use latchkey::config::{Config, ConfigInput};
 use latchkey::dispatch::Dispatcher;
-use latchkey::sim::{self, NukiOptions, SimServer};
+use latchkey_sim::{self as sim, NukiOptions, SimServer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -277,5 +277,35 @@ impl ClockExt for ManualClock {
     fn now_utc(&self) -> DateTime<Utc> {
         use latchkey::clock::Clock;
         self.now()
+    }
+}
+
+/// A test's controlled clock, as the clock that stamps a simulator's events.
+#[derive(Debug)]
+pub struct SimClock(pub latchkey::clock::SharedClock);
+
+impl latchkey_sim::cabinet::EventClock for SimClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.now()
+    }
+}
+
+/// What the profile simulator reads of a vendor profile.
+pub fn sim_profile(p: &latchkey::connectors::profile::Profile) -> latchkey_sim::generic::Profile {
+    use latchkey::connectors::profile::AuthSpec;
+    use latchkey_sim::generic::AuthSpec as SimAuth;
+    latchkey_sim::generic::Profile {
+        origin: p.origin.clone(),
+        simulator: p.simulator.clone(),
+        auth: match &p.auth {
+            AuthSpec::Bearer { .. } => SimAuth::Bearer,
+            AuthSpec::Header { header, prefix, .. } => SimAuth::Header {
+                header: header.clone(),
+                prefix: prefix.clone(),
+            },
+            AuthSpec::None => SimAuth::None,
+            AuthSpec::Oauth2ClientCredentials { .. } => SimAuth::Other("oauth2".into()),
+            AuthSpec::Login { .. } => SimAuth::Other("login".into()),
+        },
     }
 }

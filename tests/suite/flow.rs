@@ -7,8 +7,8 @@ use crate::common;
 use common::*;
 use latchkey::audit::{self, Verdict};
 use latchkey::model::Lifecycle;
-use latchkey::sim::NukiOptions;
 use latchkey::store;
+use latchkey_sim::NukiOptions;
 
 /// Run `body` once per backend, each in its own directory and database.
 macro_rules! each_backend {
@@ -402,7 +402,7 @@ async fn an_edited_audit_row_is_found_by_verify() {
 #[tokio::test]
 async fn vendor_errors_are_retried_and_a_refused_command_is_dead_lettered() {
     each_backend!(|h| {
-        h.sim.set_faults(latchkey::sim::Faults {
+        h.sim.set_faults(latchkey_sim::Faults {
             error_rate: 0.2,
             ..Default::default()
         });

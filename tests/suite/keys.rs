@@ -53,14 +53,14 @@ struct Ctx {
     clock: ManualClock,
     dir: std::path::PathBuf,
     feeds: usize,
-    _sim: latchkey::sim::SimServer,
+    _sim: latchkey_sim::SimServer,
 }
 
 async fn setup(dir: &Path, url: &str, webhook: &str) -> Ctx {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim = latchkey::sim::start_nuki(
+    let sim = latchkey_sim::start_nuki(
         listener,
-        latchkey::sim::NukiOptions {
+        latchkey_sim::NukiOptions {
             token: TOKEN.into(),
             ..Default::default()
         },

@@ -10,10 +10,11 @@ use common::*;
 use latchkey::app::App;
 use latchkey::clock::{SharedClock, to_micros};
 use latchkey::config::{Config, ConfigInput};
-use latchkey::sim::{Faults, NukiOptions};
+use latchkey::jobs::drill;
 use latchkey::store;
 use latchkey::telemetry::metrics::METRIC_NAMES;
-use latchkey::telemetry::{drill, sla};
+use latchkey::telemetry::sla;
+use latchkey_sim::{Faults, NukiOptions};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::*;
-use latchkey::sim::{self, NukiOptions};
+use latchkey_sim::{self as sim, NukiOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

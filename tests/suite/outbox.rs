@@ -7,8 +7,8 @@ use crate::common;
 
 use common::*;
 use latchkey::model::Action;
-use latchkey::sim::{self, LoggedRequest, NukiOptions};
 use latchkey::store::{self, Store};
+use latchkey_sim::{self as sim, LoggedRequest, NukiOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -9,8 +9,8 @@ use latchkey::app::App;
 use latchkey::clock::{ManualClock, SharedClock, from_micros, to_micros};
 use latchkey::config::{Config, ConfigInput};
 use latchkey::dispatch::breaker::State;
-use latchkey::sim::{self, Faults, NukiOptions, SimServer};
 use latchkey::store;
+use latchkey_sim::{self as sim, Faults, NukiOptions, SimServer};
 use std::path::Path;
 use std::sync::Arc;
 

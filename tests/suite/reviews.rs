@@ -11,8 +11,8 @@ use latchkey::access_requests::{self, Ask};
 use latchkey::config::OnDeadline;
 use latchkey::model::Action;
 use latchkey::reviews::{self, Decision, ReviewError, Scope, Start};
-use latchkey::sim::NukiOptions;
 use latchkey::store;
+use latchkey_sim::NukiOptions;
 
 async fn reopen_with(h: &mut Harness, extra: &str) {
     let config_path = h.dir.join("latchkey.toml");

@@ -8,7 +8,7 @@ use common::*;
 use latchkey::app::App;
 use latchkey::clock::{ManualClock, SharedClock};
 use latchkey::config::{Config, ConfigInput};
-use latchkey::sim::{self, NukiOptions, SimServer};
+use latchkey_sim::{self as sim, NukiOptions, SimServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};

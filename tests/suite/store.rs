@@ -6,8 +6,8 @@ use crate::common;
 
 use common::*;
 use latchkey::model::Action;
-use latchkey::sim::NukiOptions;
 use latchkey::store::{self, NewCommand, Store};
+use latchkey_sim::NukiOptions;
 
 fn cmd(action: Action, key: &str, target: &str, generation: i64) -> NewCommand {
     NewCommand {

@@ -12,9 +12,9 @@ use latchkey::connectors::http::HttpConnector;
 use latchkey::connectors::profile::{AuthSpec, Profile};
 use latchkey::connectors::{Connector, ConnectorError, GrantRequest, Outcome};
 use latchkey::model::{Action, PersonRef};
-use latchkey::sim::proxy::{FaultProxy, FaultRule, ProxyFault};
-use latchkey::sim::{self, Faults, NukiOptions, SimServer};
 use latchkey::store;
+use latchkey_sim::proxy::{FaultProxy, FaultRule, ProxyFault};
+use latchkey_sim::{self as sim, Faults, NukiOptions, SimServer};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -1048,13 +1048,14 @@ async fn a_profile_only_vendor_passes_the_contract() {
     for file in files {
         let mut p = Profile::load(&file).unwrap();
         p.http.timeout_ms = 1000;
-        let spec = sim::generic::SimulatorSpec::from_profile(&p).unwrap();
+        let sp = crate::common::sim_profile(&p);
+        let spec = sim::generic::SimulatorSpec::from_profile(&sp).unwrap();
         let expect = spec
             .contract
             .clone()
             .unwrap_or_else(|| panic!("{}: no [simulator.contract]", file.display()));
         let token = "fixture-secret";
-        let sim = sim::generic::start_from_profile(&p, listener().await, token.into())
+        let sim = sim::generic::start_from_profile(&sp, listener().await, token.into())
             .await
             .unwrap();
         let names = p.secret_names();

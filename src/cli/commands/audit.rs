@@ -277,7 +277,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
                     config.config.display()
                 );
             };
-            let pruned = crate::audit::retention::run_once(&app, days).await?;
+            let pruned = crate::jobs::retention::run_once(&app.engine, days).await?;
             println!(
                 "pruned {} records; the chain now verifies from record {}",
                 pruned.records, pruned.anchor_seq

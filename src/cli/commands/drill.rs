@@ -3,7 +3,6 @@
 
 use crate::cli::output::{OutputArg, print_json};
 use crate::cli::{ConfigArg, open_app};
-use crate::telemetry;
 use anyhow::Context;
 use serde::Serialize;
 
@@ -49,7 +48,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<i32> {
         .connectors
         .get(&args.connector)
         .with_context(|| format!("connector `{}` is not configured", args.connector))?;
-    let report = telemetry::drill::run(&app.engine, c, args.target.as_deref()).await?;
+    let report = crate::jobs::drill::run(&app.engine, c, args.target.as_deref()).await?;
     if args.output.json() {
         let doc = Drill {
             connector: report.connector.clone(),

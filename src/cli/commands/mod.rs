@@ -6,6 +6,7 @@ pub mod apply;
 pub mod audit;
 pub mod check;
 pub mod completions;
+#[cfg(feature = "sim")]
 pub mod demo;
 pub mod drift;
 pub mod drill;
@@ -17,6 +18,8 @@ pub mod redrive;
 pub mod report;
 pub mod request;
 pub mod review;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod status;
 pub mod suspend;
 pub mod who_has;

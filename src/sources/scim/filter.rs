@@ -1,33 +1,8 @@
-//! Filters (RFC 7644 section 3.4.2.2) to SQL over `scim_values`, and searches.
+//! Filters (RFC 7644 section 3.4.2.2): parsed, checked against the tenant's schema, and resolved to
+//! the stored attribute names the store searches (`store::scim_search`).
 
 use super::*;
-
-#[derive(Debug, Clone)]
-pub enum Bind {
-    Text(String),
-    Num(f64),
-    Int(i64),
-}
-
-/// A WHERE clause under construction: SQL text with `$n` placeholders and the values they bind.
-/// Values never enter the SQL text.
-#[derive(Debug, Default)]
-pub struct Sql {
-    pub binds: Vec<Bind>,
-    /// The tenant's declared extensions, which filters may name.
-    pub profile: Profile,
-}
-
-impl Sql {
-    pub fn bind(&mut self, b: Bind) -> String {
-        self.binds.push(b);
-        format!("${}", self.binds.len())
-    }
-
-    pub(super) fn text(&mut self, s: impl Into<String>) -> String {
-        self.bind(Bind::Text(s.into()))
-    }
-}
+use crate::store::scim_search::{self as db, Cond, NumOp, TextOp};
 
 /// The stored (flattened) name of a filter's attribute path, checked against the schema.
 pub(super) fn stored_name(
@@ -94,43 +69,18 @@ pub(super) fn stored_name(
     })
 }
 
-pub(super) fn like_escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
-}
-
-/// `v` row condition for one leaf, inside an EXISTS that binds `v` to the resource `r` (and to the
-/// element `e` inside a value path).
-pub(super) fn leaf(
-    sql: &mut Sql,
-    e: &AttrExp,
-    kind: Option<Kind>,
-    parent: Option<&str>,
-) -> Result<String> {
-    let scope = if parent.is_some() {
-        "v.tenant = r.tenant AND v.resource_id = r.id AND v.elem = e.elem"
-    } else {
-        "v.tenant = r.tenant AND v.resource_id = r.id"
-    };
-    let exists =
-        |cond: String| format!("EXISTS (SELECT 1 FROM scim_values v WHERE {scope} AND {cond})");
+/// One comparison or presence test of a filter, as a condition on stored values. `parent` is the
+/// multi-valued attribute a value path is about.
+fn leaf(pr: &Profile, e: &AttrExp, kind: Option<Kind>, parent: Option<&str>) -> Result<Cond> {
     match e {
-        AttrExp::Present(p) => {
-            let name = stored_name(&sql.profile, kind, p, parent)?;
-            let a = sql.text(name.clone());
-            let b = sql.text(format!("{}.%", like_escape(&name)));
-            Ok(exists(format!(
-                "(v.attr = {a} OR v.attr LIKE {b} ESCAPE '\\') AND v.val <> ''"
-            )))
-        }
+        AttrExp::Present(p) => Ok(Cond::Present(stored_name(pr, kind, p, parent)?)),
         AttrExp::Comparison(p, op, value) => {
-            let name = stored_name(&sql.profile, kind, p, parent)?;
+            let attr = stored_name(pr, kind, p, parent)?;
             if matches!(value, CompValue::Null) {
                 // `x eq null` is "x is absent"; `x ne null` is "x is present" (RFC 7644 3.4.2.2).
-                let present = leaf(sql, &AttrExp::Present(p.clone()), kind, parent)?;
+                let present = Cond::Present(attr);
                 return match op {
-                    CompareOp::Eq => Ok(format!("NOT {present}")),
+                    CompareOp::Eq => Ok(Cond::Not(Box::new(present))),
                     CompareOp::Ne => Ok(present),
                     _ => Err(ScimError::bad(
                         "invalidFilter",
@@ -138,62 +88,59 @@ pub(super) fn leaf(
                     )),
                 };
             }
-            let a = sql.text(name);
-            let (text, num) = match value {
-                CompValue::Str(s) => (Some(s.to_lowercase()), None),
-                CompValue::True => (Some("true".to_string()), None),
-                CompValue::False => (Some("false".to_string()), None),
-                CompValue::Number(n) => (None, n.as_f64()),
-                CompValue::Null => (None, None),
+            let refused = || {
+                ScimError::bad(
+                    "invalidFilter",
+                    format!("`{op}` cannot compare `{p}` with {value}"),
+                )
             };
-            let is_bool = matches!(value, CompValue::True | CompValue::False);
-            let cond = match (op, text, num) {
-                (CompareOp::Eq | CompareOp::Ne, Some(t), _) => {
-                    format!("v.val = {}", sql.text(t))
-                }
-                (CompareOp::Eq | CompareOp::Ne, None, Some(n)) => {
-                    format!(
-                        "v.num = CAST({} AS DOUBLE PRECISION)",
-                        sql.bind(Bind::Num(n))
-                    )
-                }
-                (CompareOp::Co | CompareOp::Sw | CompareOp::Ew, Some(t), _) if !is_bool => {
-                    let t = like_escape(&t);
-                    let pattern = match op {
-                        CompareOp::Co => format!("%{t}%"),
-                        CompareOp::Sw => format!("{t}%"),
-                        _ => format!("%{t}"),
+            let found = match value {
+                CompValue::Number(n) => {
+                    let value = n
+                        .as_f64()
+                        .ok_or_else(|| ScimError::bad("invalidFilter", "bad comparison value"))?;
+                    let op = match op {
+                        CompareOp::Eq | CompareOp::Ne => NumOp::Eq,
+                        CompareOp::Gt => NumOp::Gt,
+                        CompareOp::Ge => NumOp::Ge,
+                        CompareOp::Lt => NumOp::Lt,
+                        CompareOp::Le => NumOp::Le,
+                        _ => return Err(refused()),
                     };
-                    format!("v.val LIKE {} ESCAPE '\\'", sql.text(pattern))
+                    Cond::Num { attr, op, value }
                 }
-                (CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le, t, n)
-                    if !is_bool =>
-                {
-                    let sym = match op {
-                        CompareOp::Gt => ">",
-                        CompareOp::Ge => ">=",
-                        CompareOp::Lt => "<",
-                        _ => "<=",
-                    };
-                    match (t, n) {
-                        (Some(t), _) => format!("v.val {sym} {}", sql.text(t)),
-                        (None, Some(n)) => format!(
-                            "v.num {sym} CAST({} AS DOUBLE PRECISION)",
-                            sql.bind(Bind::Num(n))
-                        ),
-                        _ => return Err(ScimError::bad("invalidFilter", "bad comparison value")),
+                CompValue::True | CompValue::False => {
+                    if !matches!(op, CompareOp::Eq | CompareOp::Ne) {
+                        return Err(refused());
+                    }
+                    let value = matches!(value, CompValue::True).to_string();
+                    Cond::Text {
+                        attr,
+                        op: TextOp::Eq,
+                        value,
                     }
                 }
-                _ => {
-                    return Err(ScimError::bad(
-                        "invalidFilter",
-                        format!("`{op}` cannot compare `{p}` with {value}"),
-                    ));
+                CompValue::Str(s) => {
+                    let op = match op {
+                        CompareOp::Eq | CompareOp::Ne => TextOp::Eq,
+                        CompareOp::Co => TextOp::Contains,
+                        CompareOp::Sw => TextOp::StartsWith,
+                        CompareOp::Ew => TextOp::EndsWith,
+                        CompareOp::Gt => TextOp::Gt,
+                        CompareOp::Ge => TextOp::Ge,
+                        CompareOp::Lt => TextOp::Lt,
+                        CompareOp::Le => TextOp::Le,
+                    };
+                    Cond::Text {
+                        attr,
+                        op,
+                        value: s.to_lowercase(),
+                    }
                 }
+                CompValue::Null => return Err(refused()),
             };
-            let found = exists(format!("v.attr = {a} AND {cond}"));
             Ok(if *op == CompareOp::Ne {
-                format!("NOT {found}")
+                Cond::Not(Box::new(found))
             } else {
                 found
             })
@@ -201,57 +148,50 @@ pub(super) fn leaf(
     }
 }
 
-pub(super) fn val_filter(
-    sql: &mut Sql,
-    f: &ValFilter,
-    kind: Option<Kind>,
-    parent: &str,
-) -> Result<String> {
+fn val_filter(pr: &Profile, f: &ValFilter, kind: Option<Kind>, parent: &str) -> Result<Cond> {
     Ok(match f {
-        ValFilter::Attr(e) => leaf(sql, e, kind, Some(parent))?,
-        ValFilter::Not(inner) => format!("NOT ({})", val_filter(sql, inner, kind, parent)?),
-        ValFilter::And(ops) => join(sql, ops.as_slice(), " AND ", |s, f| {
-            val_filter(s, f, kind, parent)
-        })?,
-        ValFilter::Or(ops) => join(sql, ops.as_slice(), " OR ", |s, f| {
-            val_filter(s, f, kind, parent)
-        })?,
+        ValFilter::Attr(e) => leaf(pr, e, kind, Some(parent))?,
+        ValFilter::Not(inner) => Cond::Not(Box::new(val_filter(pr, inner, kind, parent)?)),
+        ValFilter::And(ops) => Cond::And(
+            ops.iter()
+                .map(|f| val_filter(pr, f, kind, parent))
+                .collect::<Result<_>>()?,
+        ),
+        ValFilter::Or(ops) => Cond::Or(
+            ops.iter()
+                .map(|f| val_filter(pr, f, kind, parent))
+                .collect::<Result<_>>()?,
+        ),
     })
 }
 
-pub(super) fn join<T>(
-    sql: &mut Sql,
-    items: &[T],
-    sep: &str,
-    mut each: impl FnMut(&mut Sql, &T) -> Result<String>,
-) -> Result<String> {
-    let parts: Vec<String> = items
-        .iter()
-        .map(|i| each(sql, i).map(|s| format!("({s})")))
-        .collect::<Result<_>>()?;
-    Ok(parts.join(sep))
-}
-
-/// A filter as a SQL condition on `scim_resources r`.
-pub fn filter_sql(sql: &mut Sql, f: &Filter, kind: Option<Kind>) -> Result<String> {
+/// A filter checked against the tenant's schema, as a condition on stored values.
+pub fn resolve(pr: &Profile, f: &Filter, kind: Option<Kind>) -> Result<Cond> {
     Ok(match f {
-        Filter::Attr(e) => leaf(sql, e, kind, None)?,
+        Filter::Attr(e) => leaf(pr, e, kind, None)?,
         Filter::ValuePath(vp) => {
-            let parent = stored_name(&sql.profile, kind, &vp.attr, None)?;
+            let parent = stored_name(pr, kind, &vp.attr, None)?;
             let parent = parent
                 .strip_suffix(".value")
                 .map(str::to_string)
                 .unwrap_or(parent);
-            let inner = val_filter(sql, &vp.filter, kind, &parent)?;
-            let like = sql.text(format!("{}.%", like_escape(&parent)));
-            format!(
-                "EXISTS (SELECT 1 FROM scim_values e WHERE e.tenant = r.tenant AND e.resource_id = r.id
-                   AND e.attr LIKE {like} ESCAPE '\\' AND {inner})"
-            )
+            let inner = val_filter(pr, &vp.filter, kind, &parent)?;
+            Cond::Element {
+                parent,
+                inner: Box::new(inner),
+            }
         }
-        Filter::Not(inner) => format!("NOT ({})", filter_sql(sql, inner, kind)?),
-        Filter::And(ops) => join(sql, ops.as_slice(), " AND ", |s, f| filter_sql(s, f, kind))?,
-        Filter::Or(ops) => join(sql, ops.as_slice(), " OR ", |s, f| filter_sql(s, f, kind))?,
+        Filter::Not(inner) => Cond::Not(Box::new(resolve(pr, inner, kind)?)),
+        Filter::And(ops) => Cond::And(
+            ops.iter()
+                .map(|f| resolve(pr, f, kind))
+                .collect::<Result<_>>()?,
+        ),
+        Filter::Or(ops) => Cond::Or(
+            ops.iter()
+                .map(|f| resolve(pr, f, kind))
+                .collect::<Result<_>>()?,
+        ),
     })
 }
 
@@ -280,22 +220,6 @@ pub struct Query {
     pub profile: Profile,
 }
 
-pub(super) fn bind_all<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    binds: &[Bind],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    for b in binds {
-        query = match b {
-            Bind::Text(s) => query.bind(s.clone()),
-            // As text, cast in SQL: sqlx's Any driver sends an f64 in a binary form PostgreSQL
-            // refuses for a DOUBLE PRECISION parameter.
-            Bind::Num(n) => query.bind(n.to_string()),
-            Bind::Int(i) => query.bind(*i),
-        };
-    }
-    query
-}
-
 /// One page of a tenant's resources matching a query, and how many match in all.
 pub async fn search(
     pool: &sqlx::AnyPool,
@@ -303,49 +227,32 @@ pub async fn search(
     kind: Option<Kind>,
     q: &Query,
 ) -> Result<(i64, Vec<Resource>)> {
-    let mut sql = Sql {
-        profile: q.profile.clone(),
-        ..Sql::default()
-    };
-    let mut cond = format!("r.tenant = {}", sql.text(tenant));
-    if let Some(k) = kind {
-        cond.push_str(&format!(
-            " AND r.resource_type = {}",
-            sql.text(k.resource_type())
-        ));
-    }
-    if let Some(f) = &q.filter {
-        cond.push_str(&format!(" AND ({})", filter_sql(&mut sql, f, kind)?));
-    }
-    let total_sql = format!("SELECT COUNT(*) AS n FROM scim_resources r WHERE {cond}");
-    let query = bind_all(sqlx::query(sqlx::AssertSqlSafe(total_sql)), &sql.binds);
-    let total: i64 = query.fetch_one(pool).await?.try_get("n")?;
-    if q.count <= 0 {
-        return Ok((total, vec![]));
-    }
-    let order = match &q.sort_by {
+    let filter = q
+        .filter
+        .as_ref()
+        .map(|f| resolve(&q.profile, f, kind))
+        .transpose()?;
+    let sort_by = match &q.sort_by {
         Some(s) => {
-            let path = parse_attr(s)
-                .map_err(|_| ScimError::bad("invalidValue", format!("cannot sort by `{s}`")))?;
-            let name = stored_name(&sql.profile, kind, &path, None)
-                .map_err(|_| ScimError::bad("invalidValue", format!("cannot sort by `{s}`")))?;
-            let a = sql.text(name);
-            let dir = if q.descending { "DESC" } else { "ASC" };
-            format!(
-                "(SELECT MIN(v.val) FROM scim_values v WHERE v.tenant = r.tenant AND v.resource_id = r.id
-                  AND v.attr = {a}) {dir} NULLS LAST, r.created_at, r.id"
-            )
+            let unsortable = || ScimError::bad("invalidValue", format!("cannot sort by `{s}`"));
+            let path = parse_attr(s).map_err(|_| unsortable())?;
+            Some(stored_name(&q.profile, kind, &path, None).map_err(|_| unsortable())?)
         }
-        None => "r.created_at, r.id".to_string(),
+        None => None,
     };
-    let limit = sql.bind(Bind::Int(q.count));
-    let offset = sql.bind(Bind::Int((q.start_index.max(1) - 1).max(0)));
-    let page_sql = format!(
-        "SELECT r.* FROM scim_resources r WHERE {cond} ORDER BY {order} LIMIT {limit} OFFSET {offset}"
-    );
-    let query = bind_all(sqlx::query(sqlx::AssertSqlSafe(page_sql)), &sql.binds);
-    let rows = query.fetch_all(pool).await?;
-    let page = rows.iter().map(Resource::from_row).collect::<Result<_>>()?;
+    let search = db::Search {
+        resource_type: kind.map(Kind::resource_type),
+        filter,
+        sort_by,
+        descending: q.descending,
+        start_index: q.start_index,
+        count: q.count,
+    };
+    let (total, rows) = db::search(pool, tenant, &search).await?;
+    let page = rows
+        .into_iter()
+        .map(Resource::from_stored)
+        .collect::<Result<_>>()?;
     Ok((total, page))
 }
 

@@ -32,7 +32,7 @@ use scim_v2::filter::{AttrExp, AttrPath, CompValue, CompareOp, Filter, PatchPath
 use scim_v2::models::others::{OperationTarget, PatchOp, PatchOperation};
 use scim_v2::schema_urns;
 use serde_json::{Map, Value, json};
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]

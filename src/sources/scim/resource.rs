@@ -42,10 +42,6 @@ impl Resource {
             id: r.id,
         })
     }
-
-    pub(super) fn from_row(r: &sqlx::any::AnyRow) -> Result<Self> {
-        Self::from_stored(db::ScimRow::from_row(r)?)
-    }
 }
 
 pub fn new_id() -> String {

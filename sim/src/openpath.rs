@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::sim::{CommonOptions, Faults, Gate, GroupSim, SimServer, Vendor, serve_gated};
+use crate::{CommonOptions, Faults, Gate, GroupSim, SimServer, Vendor, serve_gated};
 
 #[derive(Debug, Clone)]
 pub struct OpenpathOptions {

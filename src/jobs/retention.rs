@@ -2,9 +2,9 @@
 //! `job:audit-retention` lease). The last pruned record's seq and hash become the anchor, so the
 //! records kept still verify; records a forwarding sink has not had yet are kept.
 
-use crate::app::App;
 use crate::audit::{self, Pruned, Verdict};
 use crate::clock::to_micros;
+use crate::engine::Engine;
 
 /// The lease of the retention job.
 pub const LEASE: &str = "job:audit-retention";
@@ -14,8 +14,7 @@ const DAY_MICROS: i64 = 86_400_000_000;
 
 /// Prune now: records older than `days`, never past what a forwarding sink has not had. A chain
 /// that does not verify is not pruned (that would move the evidence of tampering out of sight).
-pub async fn run_once(app: &App, days: u32) -> anyhow::Result<Pruned> {
-    let engine = &app.engine;
+pub async fn run_once(engine: &Engine, days: u32) -> anyhow::Result<Pruned> {
     if let Verdict::Broken { seq, reason } = audit::verify(&engine.store).await? {
         anyhow::bail!(
             "audit log broken at record {seq} ({reason}): not pruned; see `latchkey audit verify`"
@@ -32,16 +31,16 @@ pub async fn run_once(app: &App, days: u32) -> anyhow::Result<Pruned> {
 }
 
 /// The daily pass, when `retain_days` is set and a day has gone by since the last one.
-pub async fn if_due(app: &App) -> anyhow::Result<()> {
-    let Some(days) = app.engine.config.audit.retain_days else {
+pub async fn if_due(engine: &Engine) -> anyhow::Result<()> {
+    let Some(days) = engine.config.audit.retain_days else {
         return Ok(());
     };
-    let now = to_micros(app.engine.clock.now());
-    let last = crate::store::last_run(app.engine.store.pool(), JOB).await?;
+    let now = to_micros(engine.clock.now());
+    let last = crate::store::last_run(engine.store.pool(), JOB).await?;
     if last.is_some_and(|l| now - l < DAY_MICROS) {
         return Ok(());
     }
-    let p = run_once(app, days).await?;
+    let p = run_once(engine, days).await?;
     tracing::info!(
         records = p.records,
         anchor = p.anchor_seq,

@@ -6,7 +6,7 @@
 //! every change goes all the way through: the member's `groups` attribute, the template, the grant.
 //! The target: a one-member change on a 20,000-member group answered (durably) in under 20 ms.
 
-use super::bench::{
+use super::{
     Bed, BenchArgs, SCIM_TOKEN, SCIM_TOKEN_VAR, SETUP_RATE, bar, ms, prepare, scim_user, start_sim,
 };
 use crate::telemetry;

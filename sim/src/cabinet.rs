@@ -23,8 +23,26 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::clock::SharedClock;
-use crate::sim::{CommonOptions, Faults, GroupSim, SimServer, Vendor, json_error, serve};
+use crate::{CommonOptions, Faults, GroupSim, SimServer, Vendor, json_error, serve};
+
+/// What stamps the cabinet's events: the wall clock by default; a test passes its controlled
+/// clock so the events it reads back carry the times it set.
+pub trait EventClock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> chrono::DateTime<chrono::Utc>;
+}
+
+pub type SharedClock = Arc<dyn EventClock>;
+
+/// The wall clock.
+#[derive(Debug)]
+pub struct WallClock;
+
+impl EventClock for WallClock {
+    #[allow(clippy::disallowed_methods)] // a simulator stands for a vendor, which has its own clock
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+}
 
 /// Most events one `GET /events` answers; the client follows the cursor for more.
 const EVENT_PAGE: usize = 50;
@@ -47,7 +65,7 @@ impl Default for CabinetOptions {
         Self {
             token: "cabinet-sim-token".into(),
             keys: BTreeMap::new(),
-            clock: crate::clock::system(),
+            clock: Arc::new(WallClock),
             rate_limit_per_sec: None,
             faults: Faults::none(),
             timeout_hold: Duration::from_secs(30),

@@ -26,8 +26,34 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
-use crate::connectors::profile::{AuthSpec, Profile};
-use crate::sim::{CommonOptions, Faults, Gate, GroupSim, SimError, SimServer, Vendor, serve_gated};
+use crate::{CommonOptions, Faults, Gate, GroupSim, SimError, SimServer, Vendor, serve_gated};
+
+/// What this simulator needs of a vendor profile. The daemon's connector reads the same file;
+/// the caller fills this in from it, so the simulator does not depend on the daemon.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Where the profile came from, for errors.
+    pub origin: String,
+    /// The profile's `[simulator]` section, as written.
+    pub simulator: Option<toml::Value>,
+    /// How the profile authenticates.
+    pub auth: AuthSpec,
+}
+
+/// The auth schemes of a profile, as far as the simulator checks them.
+#[derive(Debug, Clone)]
+pub enum AuthSpec {
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+    /// `<header>: <prefix><secret>`.
+    Header {
+        header: String,
+        prefix: String,
+    },
+    None,
+    /// A scheme the simulator does not serve (OAuth2, a login), by name.
+    Other(String),
+}
 
 /// The `[simulator]` section of a profile.
 #[derive(Debug, Clone, Deserialize)]
@@ -389,16 +415,16 @@ fn expected_auth(profile: &Profile, token: &str) -> Result<Option<(HeaderName, S
         message,
     };
     match &profile.auth {
-        AuthSpec::Bearer { .. } => Ok(Some((header::AUTHORIZATION, format!("Bearer {token}")))),
-        AuthSpec::Header { header, prefix, .. } => {
+        AuthSpec::Bearer => Ok(Some((header::AUTHORIZATION, format!("Bearer {token}")))),
+        AuthSpec::Header { header, prefix } => {
             let name = HeaderName::from_bytes(header.as_bytes())
                 .map_err(|e| invalid(format!("auth header {header:?}: {e}")))?;
             Ok(Some((name, format!("{prefix}{token}"))))
         }
         AuthSpec::None => Ok(None),
-        AuthSpec::Oauth2ClientCredentials { .. } | AuthSpec::Login { .. } => Err(invalid(
-            "the profile simulator serves the bearer, header and none auth schemes only".into(),
-        )),
+        AuthSpec::Other(scheme) => Err(invalid(format!(
+            "the profile simulator serves the bearer, header and none auth schemes only, not {scheme}"
+        ))),
     }
 }
 

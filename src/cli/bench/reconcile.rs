@@ -83,7 +83,7 @@ fn reset_peak_rss() {
 
 /// The process's peak resident memory since the last reset, in MiB (Linux).
 fn peak_rss_mib() -> Option<f64> {
-    super::bench::proc_status_mib("VmHWM")
+    super::proc_status_mib("VmHWM")
 }
 
 fn attrs_of(i: usize) -> BTreeMap<String, String> {

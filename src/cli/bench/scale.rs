@@ -313,7 +313,7 @@ pub(super) async fn replicas(args: &super::BenchArgs, dir: &Path) -> anyhow::Res
     for mut c in children {
         let _ = c.kill().await;
     }
-    let log: Vec<crate::sim::LoggedRequest> = server.requests().into_iter().skip(seq0).collect();
+    let log: Vec<latchkey_sim::LoggedRequest> = server.requests().into_iter().skip(seq0).collect();
     let busiest = super::max_in_any_second(&log);
     bed.close().await?;
     server.shutdown().await;

@@ -2,7 +2,7 @@
 //! people (100,000 by default) with their grants and an audit trail, each page fetched over
 //! loopback HTTP by a signed-in operator, against the target of 100 ms server time a page.
 
-use super::bench_reconcile::{TEMPLATES, populate};
+use super::reconcile::{TEMPLATES, populate};
 use crate::clock::{self, to_micros};
 use crate::config::{Config, ConfigInput};
 use crate::engine::Engine;
@@ -154,7 +154,7 @@ pub async fn console_pages(n: usize, dir: &Path) -> anyhow::Result<bool> {
         let p99 = server_ms[FETCHES - 1];
         let target = TARGET.as_secs_f64() * 1000.0;
         ok &= p99 <= target;
-        super::bench::row(
+        super::row(
             &format!("{what} ({} KiB)", bytes / 1024),
             format!("p50 {p50:.1} ms p99 {p99:.1} ms"),
             "<= 100 ms",

@@ -15,12 +15,12 @@ use crate::clock;
 use crate::config::{Config, ConfigInput};
 use crate::engine::FeedReport;
 use crate::model::Action;
-use crate::sim::{self, NukiOptions, SimServer};
 use crate::store;
 use crate::telemetry;
 use anyhow::{Context, bail};
 use drain::max_in_any_second;
 use indicatif::{ProgressBar, ProgressStyle};
+use latchkey_sim::{self as sim, NukiOptions, SimServer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -632,19 +632,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     }
     if wants("reconcile") {
         let n = args.identities.or(args.population).unwrap_or(100_000);
-        let r = super::bench_reconcile::reconcile_plan(n, &root.join("reconcile")).await?;
+        let r = reconcile::reconcile_plan(n, &root.join("reconcile")).await?;
         println!(
             "summary: reconcile plan of {} identities in {:.2} s = {:.0} identities/s ({:.2} x target)",
             r.identities,
             r.seconds,
             r.per_second,
-            r.per_second / super::bench_reconcile::TARGET_PER_SECOND
+            r.per_second / reconcile::TARGET_PER_SECOND
         );
         row(
             &format!("plan over {} identities", r.identities),
             format!("{:.0} ids/s", r.per_second),
             ">= 20,000/s",
-            r.per_second / super::bench_reconcile::TARGET_PER_SECOND,
+            r.per_second / reconcile::TARGET_PER_SECOND,
         );
         if let Some(peak) = r.peak_mib {
             row(
@@ -657,8 +657,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         ok &= r.ok;
     }
     if wants("scim-groups") {
-        let g = super::bench_scim_groups::scim_groups(&args, &root.join("scim-groups")).await?;
-        println!("{}", super::bench_scim_groups::summary(&g));
+        let g = scim_groups::scim_groups(&args, &root.join("scim-groups")).await?;
+        println!("{}", scim_groups::summary(&g));
         ok &= g.ok;
     }
     if wants("ingest") {
@@ -678,7 +678,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     }
     if wants("console") {
         let n = args.population.unwrap_or(100_000);
-        ok &= super::bench_console::console_pages(n, &root.join("console")).await?;
+        ok &= console::console_pages(n, &root.join("console")).await?;
     }
     print_rows();
     Ok(if ok { 0 } else { 1 })
@@ -742,9 +742,9 @@ fn print_rows() {
     }
 }
 
-#[path = "bench_drain.rs"]
+mod console;
 mod drain;
-#[path = "bench_ingest.rs"]
 mod ingest;
-#[path = "bench_scale.rs"]
+mod reconcile;
 mod scale;
+mod scim_groups;

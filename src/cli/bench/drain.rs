@@ -4,10 +4,10 @@
 
 use super::{Bed, BenchArgs, PEOPLE_PER_LOCK, SETUP_RATE, bar, ms, person_row, prepare, start_sim};
 use crate::model::Action;
-use crate::sim::LoggedRequest;
 use crate::store;
 use crate::telemetry;
 use anyhow::{Context, bail};
+use latchkey_sim::LoggedRequest;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};

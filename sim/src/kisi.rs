@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::sim::{CommonOptions, Faults, Gate, GroupSim, SimServer, Vendor, serve_gated};
+use crate::{CommonOptions, Faults, Gate, GroupSim, SimServer, Vendor, serve_gated};
 
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 100;
