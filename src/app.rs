@@ -5,7 +5,7 @@ use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::connectors::{self, Connectors};
 use crate::dispatch::Dispatcher;
-use crate::engine::{Engine, FeedReport};
+use crate::engine::Engine;
 use crate::policy::Policy;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
@@ -223,20 +223,6 @@ impl App {
         }
         result
     }
-}
-
-pub fn log_report(r: &FeedReport) {
-    // A file set aside was logged as an error where it happened; it was not applied.
-    if r.rejected.is_some() {
-        return;
-    }
-    tracing::info!(
-        source = %r.source, file = %r.file, rows = r.rows, unchanged = r.unchanged, joiners = r.joiners,
-        movers = r.movers, leavers = r.leavers, rehires = r.rehires, quarantined = r.quarantined,
-        held = r.held, issues = r.issues, revokes = r.revokes, skipped = r.skipped_same_file,
-        absent = r.absent, released = r.released,
-        "HR feed applied"
-    );
 }
 
 /// Follow one LDAP source while this replica holds its lease: started when the lease is taken,

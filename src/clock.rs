@@ -62,3 +62,9 @@ pub fn to_micros(t: DateTime<Utc>) -> i64 {
 pub fn from_micros(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
+
+/// A timestamp in microseconds as RFC 3339 UTC with milliseconds, as every JSON document (the
+/// CLI's `--output json`, the admin API) writes times.
+pub fn rfc3339(us: i64) -> String {
+    from_micros(us).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

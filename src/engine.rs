@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 mod evaluate;
 mod hr_feed;
+pub mod scim;
 
 pub use evaluate::{Evaluation, Overrides};
 
@@ -124,11 +125,11 @@ impl Engine {
             config.connectors.keys().cloned().collect(),
         );
         Ok(Self {
+            outbox_notify: store.outbox_wakeup(),
             store,
             clock,
             config,
             policy,
-            outbox_notify: Arc::new(Notify::new()),
             metrics,
             mappings,
             operator: std::sync::OnceLock::new(),

@@ -140,9 +140,7 @@ pub fn print_json<T: Serialize>(schema: &str, body: &T) -> anyhow::Result<()> {
 }
 
 /// A timestamp in microseconds as RFC 3339 UTC, as every JSON document writes times.
-pub fn time(us: i64) -> String {
-    crate::clock::from_micros(us).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+pub use crate::clock::rfc3339 as time;
 
 #[cfg(test)]
 mod tests {

@@ -192,7 +192,7 @@ impl Engine {
             }
             if !hr_drop::grace_is_none(grace) {
                 let a = store::bump_absence(conn, source, k, now_us).await?;
-                if !hr_drop::grace_over(&a, grace, now_us) {
+                if !hr_drop::grace_over(a.feeds, a.since, grace, now_us) {
                     report.absent += 1;
                     if a.feeds == 1 {
                         audit::append(conn, now_us, &actor, "identity.absent", k,

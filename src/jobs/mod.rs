@@ -5,6 +5,7 @@
 //! One loop runs them all, each only on the replica holding its lease, and one rule ([`due`])
 //! says when a crontab job is due: never run, or its next occurrence after the last run has come.
 
+pub mod cabinet_events;
 pub mod drill;
 pub mod retention;
 
@@ -111,7 +112,7 @@ impl Jobs {
                 // checkpoint, so the next holder carries on from there.
                 match leases.while_held(&lease, engine.run_hr_source(name)).await {
                     None => continue,
-                    Some(Ok(reports)) => reports.iter().for_each(crate::app::log_report),
+                    Some(Ok(reports)) => reports.iter().for_each(log_report),
                     Some(Err(e)) => {
                         tracing::error!(source = %name, error = %e, "HR feed not applied")
                     }
@@ -215,7 +216,7 @@ impl Jobs {
         leases
             .while_held(
                 crate::leases::CABINET_EVENTS,
-                crate::sources::cabinet_events::poll_all(&self.engine, &self.webhooks),
+                cabinet_events::poll_all(&self.engine, &self.webhooks),
             )
             .await;
         let drills = leases
@@ -303,4 +304,19 @@ impl Jobs {
         }
         Ok(out)
     }
+}
+
+/// An HR feed applied, in the log.
+pub fn log_report(r: &crate::engine::FeedReport) {
+    // A file set aside was logged as an error where it happened; it was not applied.
+    if r.rejected.is_some() {
+        return;
+    }
+    tracing::info!(
+        source = %r.source, file = %r.file, rows = r.rows, unchanged = r.unchanged, joiners = r.joiners,
+        movers = r.movers, leavers = r.leavers, rehires = r.rehires, quarantined = r.quarantined,
+        held = r.held, issues = r.issues, revokes = r.revokes, skipped = r.skipped_same_file,
+        absent = r.absent, released = r.released,
+        "HR feed applied"
+    );
 }

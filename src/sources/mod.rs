@@ -1,7 +1,6 @@
 //! Sources of joiner / mover / leaver changes. Each turns its input into [`crate::model::PersonRecord`]s
 //! and [`crate::model::Quarantined`] rows; the engine does the rest.
 
-pub mod cabinet_events;
 pub mod hr;
 pub mod hr_drop;
 pub mod ldap;

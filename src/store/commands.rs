@@ -125,6 +125,9 @@ pub async fn enqueue(conn: &mut AnyConnection, c: &NewCommand, now: i64) -> Resu
     .bind(&c.traceparent)
     .fetch_optional(&mut *conn)
     .await?;
+    if row.is_some() {
+        command_queued();
+    }
     row.map(|r| Ok(r.try_get("id")?)).transpose()
 }
 
@@ -220,7 +223,11 @@ pub async fn reissue(
     .bind(owner)
     .execute(&mut *conn)
     .await?;
-    Ok(r.rows_affected() == 1)
+    let due = r.rows_affected() == 1;
+    if due {
+        command_queued();
+    }
+    Ok(due)
 }
 
 /// The earliest time a command of this connector becomes due, for the lane to sleep until.

@@ -84,7 +84,7 @@ pub use ledger::*;
 pub use reconcile::*;
 
 pub use outbox::*;
-pub use retry::{MAX_ATTEMPTS, is_lost_race};
+pub use retry::{MAX_ATTEMPTS, db_error, is_lost_race};
 
 use crate::model::{Action, Lifecycle};
 pub use absences::*;
@@ -92,6 +92,9 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -118,10 +121,26 @@ pub enum Backend {
 
 /// A write transaction. On SQLite it also holds the process's write gate (see [`Store::begin_write`]).
 /// It dereferences to the sqlx transaction, and through it to the connection.
+///
+/// It knows whether it queued work for the dispatcher: committing one that enqueued, reissued or
+/// redrove a command wakes the dispatcher by itself, so no caller has to remember to.
 #[derive(Debug)]
 pub struct Tx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     _gate: Option<GateTurn>,
+    outbox: Arc<Notify>,
+    queued_at_begin: u64,
+}
+
+/// Moved by every write that makes a command due ([`enqueue`], [`reissue`], [`redrive`]). A
+/// transaction that sees it move between its begin and its commit wakes the dispatcher when it
+/// commits. Another transaction's write can move it too: that costs a spurious wake-up (the
+/// dispatcher finds nothing new and waits again), never a missed one.
+static COMMANDS_QUEUED: AtomicU64 = AtomicU64::new(0);
+
+/// Note that the current transaction made a command due (see [`Tx`]).
+pub(crate) fn command_queued() {
+    COMMANDS_QUEUED.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A writer's turn at SQLite's write gate. The gate is released before the lobby (fields drop in
@@ -175,8 +194,13 @@ impl std::ops::DerefMut for Tx {
 }
 
 impl Tx {
+    /// Commit; then, if this transaction queued a command, wake the dispatcher.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+        self.tx.commit().await?;
+        if COMMANDS_QUEUED.load(Ordering::Relaxed) != self.queued_at_begin {
+            self.outbox.notify_waiters();
+        }
+        Ok(())
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
@@ -190,6 +214,8 @@ pub struct Store {
     backend: Backend,
     /// SQLite's writers of this process take turns here (see [`WriteGate`]).
     write_gate: WriteGate,
+    /// Wakes the dispatcher when a committed transaction queued a command (see [`Tx`]).
+    outbox: Arc<Notify>,
 }
 
 impl Store {
@@ -212,6 +238,7 @@ impl Store {
             pool,
             backend,
             write_gate: WriteGate::default(),
+            outbox: Arc::new(Notify::new()),
         };
         match backend {
             Backend::Sqlite => sqlite::migrate(&store.pool).await?,
@@ -226,6 +253,11 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// What the dispatcher waits on: woken when a committed transaction queued a command.
+    pub fn outbox_wakeup(&self) -> Arc<Notify> {
+        self.outbox.clone()
     }
 
     /// A write transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`), so a
@@ -247,18 +279,18 @@ impl Store {
     }
 
     async fn begin_write_as(&self, urgent: bool) -> Result<Tx> {
-        Ok(match self.backend {
+        let (tx, gate) = match self.backend {
             Backend::Sqlite => {
                 let gate = self.write_gate.turn(urgent).await;
-                Tx {
-                    tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
-                    _gate: Some(gate),
-                }
+                (self.pool.begin_with("BEGIN IMMEDIATE").await?, Some(gate))
             }
-            Backend::Postgres => Tx {
-                tx: self.pool.begin().await?,
-                _gate: None,
-            },
+            Backend::Postgres => (self.pool.begin().await?, None),
+        };
+        Ok(Tx {
+            tx,
+            _gate: gate,
+            outbox: self.outbox.clone(),
+            queued_at_begin: COMMANDS_QUEUED.load(Ordering::Relaxed),
         })
     }
 

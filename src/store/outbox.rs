@@ -2,7 +2,7 @@
 //! (stuck), dead letters put back in the queue, leases of a dead worker or process released, and
 //! retry times pulled back under the cap.
 
-use super::{CommandRow, Result};
+use super::{CommandRow, Result, command_queued};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 /// Mark a revoke as stuck (it used up its attempts and goes on retrying at the capped interval).
@@ -77,7 +77,11 @@ pub async fn requeue_dead(conn: &mut AnyConnection, id: i64, now: i64) -> Result
     .bind(id)
     .execute(&mut *conn)
     .await?;
-    Ok(r.rows_affected() == 1)
+    let due = r.rows_affected() == 1;
+    if due {
+        command_queued();
+    }
+    Ok(due)
 }
 
 /// (id, lease owner) of every command in flight.

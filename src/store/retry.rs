@@ -28,7 +28,7 @@ pub fn is_lost_race(backend: Backend, e: &sqlx::Error) -> bool {
 }
 
 /// The database error under an error, found through its `source` chain.
-fn db_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a sqlx::Error> {
+pub fn db_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a sqlx::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(db) = err.downcast_ref::<sqlx::Error>() {

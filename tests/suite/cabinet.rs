@@ -9,7 +9,7 @@ use common::*;
 use latchkey::app::App;
 use latchkey::clock::{ManualClock, SharedClock, from_micros, to_micros};
 use latchkey::config::{Config, ConfigInput};
-use latchkey::sources::cabinet_events::{self, PollReport};
+use latchkey::jobs::cabinet_events::{self, PollReport};
 use latchkey::store;
 use latchkey_sim::cabinet::{CabinetOptions, start_cabinet};
 use std::path::Path;

@@ -1174,7 +1174,7 @@ async fn a_tenant_cannot_terminate_or_promote_people_it_does_not_own() {
 /// removals, each answered 204 and rewriting only that member's rows. Prints the figures.
 #[tokio::test]
 async fn twenty_thousand_member_group() {
-    use latchkey::sources::scim as src;
+    use latchkey::store::scim as db;
     const N: usize = 20_000;
     let tmp = tempfile::tempdir().unwrap();
     let h = Scim::new(
@@ -1188,14 +1188,15 @@ async fn twenty_thousand_member_group() {
         .collect();
     let mut tx = h.app.store().begin_write().await.unwrap();
     for (i, id) in ids.iter().enumerate() {
-        let r = src::Resource {
-            id: id.clone(),
-            kind: src::Kind::User,
+        let raw = json!({ "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": id, "userName": format!("u{i}@example.com") });
+        let r = db::ScimPut {
+            id,
+            resource_type: "User",
             person_key: None,
-            raw: json!({ "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": id, "userName": format!("u{i}@example.com") }),
+            raw: &raw,
             version: 1,
         };
-        src::put(&mut tx, "okta", &r, None, 0, 0).await.unwrap();
+        db::put(&mut tx, "okta", &r, None, 0, 0).await.unwrap();
     }
     tx.commit().await.unwrap();
     let (st, g) = h

@@ -13,6 +13,7 @@ mod discovery;
 mod projection;
 mod reads;
 mod response;
+mod stored;
 mod writes;
 
 use discovery::*;
@@ -26,7 +27,15 @@ use crate::audit;
 use crate::clock::to_micros;
 use crate::config::ScimConfig;
 use crate::engine::Engine;
-use crate::sources::scim::{self as src, Kind, Mapping, Query, Resource, ScimError};
+use src::{Kind, Mapping, Query, Resource, ScimError};
+
+/// Under one name for the handlers: the SCIM source (parsing, canonical form, PATCH, users as
+/// person records), the engine's application of a person, and the server's stored resources.
+mod src {
+    pub use super::stored::*;
+    pub use crate::engine::scim::*;
+    pub use crate::sources::scim::*;
+}
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

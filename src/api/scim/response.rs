@@ -90,9 +90,8 @@ impl IntoResponse for Failure {
 /// The database cannot be reached (no connection within the pool's timeout, the pool closed, a
 /// broken connection): the provider should retry, as after a timeout, so 503 rather than 500.
 fn store_unavailable(e: &ScimError) -> bool {
-    let db = match e {
-        ScimError::Db(e) | ScimError::Store(crate::store::StoreError::Db(e)) => e,
-        _ => return false,
+    let Some(db) = crate::store::db_error(e) else {
+        return false;
     };
     matches!(
         db,

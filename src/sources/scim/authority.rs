@@ -9,8 +9,6 @@
 //! `may_terminate = true`, in which case it revokes and still contributes no attributes.
 
 use super::*;
-use crate::clock::to_micros;
-use crate::model::Quarantined;
 
 /// `*` matches any run of characters; everything else matches itself.
 pub fn key_matches(pattern: &str, key: &str) -> bool {
@@ -32,27 +30,9 @@ pub fn key_matches(pattern: &str, key: &str) -> bool {
     true
 }
 
-/// Whether this tenant may speak for the person with this key.
-pub async fn is_authoritative(conn: &mut AnyConnection, m: &Mapping, key: &str) -> Result<bool> {
-    if m.authoritative_keys.iter().any(|p| key_matches(p, key)) {
-        return Ok(true);
-    }
-    let mine = source_name(&m.tenant);
-    let records = crate::store::source_records_of(conn, key).await?;
-    let my_first = records
-        .iter()
-        .find(|r| r.source == mine)
-        .map(|r| r.first_seen_at);
-    // The creator is the source that knew the person first; a tie is not a creation.
-    Ok(records
-        .iter()
-        .filter(|r| r.source != mine)
-        .all(|o| my_first.is_some_and(|f| f < o.first_seen_at)))
-}
-
 /// What a tenant that is not authoritative may still say: nothing but, with `may_terminate`, that
 /// the person is terminated.
-fn stripped(m: &Mapping, r: &PersonRecord) -> PersonRecord {
+pub fn stripped(m: &Mapping, r: &PersonRecord) -> PersonRecord {
     let terminated = r.status == Some(RecordStatus::Terminated) && m.may_terminate;
     PersonRecord {
         status: Some(if terminated {
@@ -67,94 +47,6 @@ fn stripped(m: &Mapping, r: &PersonRecord) -> PersonRecord {
         attrs: BTreeMap::new(),
         ..r.clone()
     }
-}
-
-/// Record and alert a change this tenant is not allowed to make.
-async fn refuse(
-    conn: &mut AnyConnection,
-    m: &Mapping,
-    key: &str,
-    location: &str,
-    what: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    let source = source_name(&m.tenant);
-    tracing::warn!(source = %source, identity = %key, change = what,
-        "SCIM tenant is not authoritative for this person; change recorded, not executed");
-    crate::audit::append(
-        conn,
-        to_micros(now),
-        &source,
-        "scim.not_authoritative",
-        key,
-        &json!({ "change": what, "location": location, "may_terminate": m.may_terminate }),
-    )
-    .await?;
-    if what == "attributes" {
-        // Audited only: the person keeps what the authoritative sources say.
-        return Ok(());
-    }
-    crate::store::quarantine(
-        conn,
-        &Quarantined {
-            source: source.clone(),
-            location: location.to_string(),
-            record_key: Some(key.to_string()),
-            field: "authority".into(),
-            reason: format!(
-                "{source} is not authoritative for {key}: its {what} was not executed \
-                 (authoritative_keys, may_terminate)"
-            ),
-            raw: String::new(),
-        },
-        &format!("{}:{what}", to_micros(now)),
-        to_micros(now),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Store a tenant's view of a person, within its authority.
-pub async fn apply_person(
-    engine: &Engine,
-    conn: &mut AnyConnection,
-    m: &Mapping,
-    r: PersonRecord,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    if is_authoritative(conn, m, &r.key).await? {
-        engine.apply_record_tx(conn, &r, now).await?;
-        return Ok(());
-    }
-    let terminated = r.status == Some(RecordStatus::Terminated);
-    if !r.attrs.is_empty() || terminated {
-        let what = if terminated && !m.may_terminate {
-            "termination"
-        } else {
-            "attributes"
-        };
-        refuse(conn, m, &r.key, &r.location, what, now).await?;
-    }
-    engine.apply_record_tx(conn, &stripped(m, &r), now).await?;
-    Ok(())
-}
-
-/// A tenant says the person is gone (user deleted, or out of the tenant's scope).
-pub async fn remove_person(
-    engine: &Engine,
-    conn: &mut AnyConnection,
-    m: &Mapping,
-    key: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    if m.may_terminate || is_authoritative(conn, m, key).await? {
-        engine
-            .remove_record_tx(conn, &source_name(&m.tenant), key, now)
-            .await?;
-        return Ok(());
-    }
-    let location = format!("scim:{}/person/{key}", m.tenant);
-    refuse(conn, m, key, &location, "removal", now).await
 }
 
 #[cfg(test)]

@@ -24,15 +24,13 @@ pub use profile::*;
 pub use resource::*;
 
 use crate::config::CorrelateBy;
-use crate::engine::{Engine, EngineError};
 use crate::model::{PersonRecord, RecordStatus};
-use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use scim_v2::filter::{AttrExp, AttrPath, CompValue, CompareOp, Filter, PatchPath, ValFilter};
 use scim_v2::models::others::{OperationTarget, PatchOp, PatchOperation};
 use scim_v2::schema_urns;
 use serde_json::{Map, Value, json};
-use sqlx::AnyConnection;
+
 use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +42,11 @@ pub enum ScimError {
         scim_type: Option<&'static str>,
         detail: String,
     },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    /// A failure below the protocol (the store, the engine, the database): answered 500, or 503
+    /// when the store cannot be reached. Kept whole, so a lost lock race is still recognised (and
+    /// the transaction run again) through its `source` chain.
+    #[error("{0}")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     #[error("stored SCIM resource {id} is not valid JSON: {source}")]
     Corrupt {
         id: String,
@@ -117,7 +114,7 @@ impl Kind {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "User" => Some(Kind::User),
             "Group" => Some(Kind::Group),

@@ -51,46 +51,6 @@ fn okta_patch_without_path_and_member_removal_by_filter() {
 }
 
 #[test]
-fn filters_resolve_to_stored_names_and_lower_cased_values() {
-    use crate::store::scim_search::{Cond, TextOp};
-    let f = parse_filter(
-            r#"userName sw "J'; DROP TABLE x" and (emails[type eq "work" and value co "@ex"] or not (title pr))"#,
-        )
-        .unwrap();
-    let c = resolve(&Profile::default(), &f, Some(Kind::User)).unwrap();
-    let text = |attr: &str, op, value: &str| Cond::Text {
-        attr: attr.into(),
-        op,
-        value: value.into(),
-    };
-    assert_eq!(
-        c,
-        Cond::And(vec![
-            text("username", TextOp::StartsWith, "j'; drop table x"),
-            Cond::Or(vec![
-                Cond::Element {
-                    parent: "emails".into(),
-                    inner: Box::new(Cond::And(vec![
-                        text("emails.type", TextOp::Eq, "work"),
-                        text("emails.value", TextOp::Contains, "@ex"),
-                    ])),
-                },
-                Cond::Not(Box::new(Cond::Present("title".into()))),
-            ]),
-        ])
-    );
-    let unknown = parse_filter(r#"nope eq "x""#).unwrap();
-    let err = resolve(&Profile::default(), &unknown, Some(Kind::User)).unwrap_err();
-    assert!(matches!(
-        err,
-        ScimError::Client {
-            scim_type: Some("invalidFilter"),
-            ..
-        }
-    ));
-}
-
-#[test]
 fn user_maps_to_a_person_record_with_slugs() {
     let u = json!({"userName":"e1@example.com","externalId":"E1","active":false,
             "title":"Technician","userType":"Employee",

@@ -3,7 +3,7 @@
 use super::{PersonSummary, naming_problem};
 use crate::api::ApiState;
 use crate::api::admin::Problem;
-use crate::cli::output::time;
+use crate::clock::rfc3339 as time;
 use crate::operators::Operator;
 use crate::store;
 use axum::http::StatusCode;

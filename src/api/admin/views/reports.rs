@@ -2,7 +2,7 @@
 
 use crate::api::ApiState;
 use crate::api::admin::{Page, Paging, Problem};
-use crate::cli::output::time;
+use crate::clock::rfc3339 as time;
 use crate::clock::to_micros;
 use crate::model::Action;
 use crate::store;

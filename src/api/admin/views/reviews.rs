@@ -2,7 +2,7 @@
 
 use crate::api::ApiState;
 use crate::api::admin::Problem;
-use crate::cli::output::time;
+use crate::clock::rfc3339 as time;
 use crate::config::OnDeadline;
 use crate::operators::Operator;
 use crate::reviews::{self, Decision, ReviewError, Scope};
