@@ -7,7 +7,6 @@ use crate::store;
 use clap::{Arg, ArgAction, CommandFactory, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -199,18 +198,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         #[cfg(feature = "sim")]
         Command::Demo { keep } => commands::demo::run(keep).await,
         Command::Redrive(args) => commands::redrive::run(args).await,
-        Command::Run(c) => {
-            let app = open(&c).await?;
-            let (tx, rx) = watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                tracing::info!("shutting down: finishing in-flight commands");
-                let _ = tx.send(true);
-            });
-            tracing::info!(config = %c.config.display(), "latchkey running");
-            app.run(rx).await?;
-            Ok(0)
-        }
+        Command::Run(c) => commands::run::run(c).await,
         Command::Check(args) => commands::check::run(args).await,
         Command::Plan(args) => commands::plan::run(args).await,
         Command::Apply(args) => commands::apply::run(args).await,
@@ -230,57 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             all,
             reject,
             config,
-        } => {
-            let by = crate::operators::os_actor();
-            let app = open_reader(&config).await?;
-            let ids: Vec<i64> = if all {
-                store::held_changes(app.store().pool())
-                    .await?
-                    .iter()
-                    .map(|h| h.id)
-                    .collect()
-            } else {
-                ids
-            };
-            if ids.is_empty() {
-                println!("nothing to approve");
-            }
-            let from_reconcile: std::collections::BTreeSet<i64> =
-                store::held_changes(app.store().pool())
-                    .await?
-                    .iter()
-                    .filter(|h| h.source == crate::reconcile::HOLD_SOURCE)
-                    .map(|h| h.id)
-                    .collect();
-            let mut reconcile_approved = false;
-            let mut refused = 0;
-            for id in ids {
-                let a = match app.engine.decide(id, !reject, &by).await {
-                    Ok(a) => a,
-                    Err(e @ crate::engine::EngineError::DualControl { .. }) => {
-                        eprintln!("refused: {e}");
-                        refused += 1;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                reconcile_approved |= !reject && from_reconcile.contains(&id);
-                println!(
-                    "{} held change {id}: {} revokes enqueued",
-                    if reject { "rejected" } else { "approved" },
-                    a.revokes
-                );
-            }
-            // Held revocations of a reconciliation are carried out by one, now.
-            if reconcile_approved {
-                let (_, r) = crate::reconcile::run(&app.engine, "approval").await?;
-                println!(
-                    "reconcile: {} revokes enqueued, {} still held",
-                    r.revokes, r.held
-                );
-            }
-            Ok(if refused > 0 { 1 } else { 0 })
-        }
+        } => commands::approve::run(ids, all, reject, config).await,
         Command::Report { report } => commands::report::run(report).await,
         Command::Drill(args) => commands::drill::run(args).await,
         Command::Audit { audit } => commands::audit::run(audit).await,

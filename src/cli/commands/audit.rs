@@ -10,7 +10,7 @@ use crate::store::audit::AuditFilter;
 use anyhow::Context;
 use serde::Serialize;
 use std::fmt::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const LIST_SCHEMA: &str = "latchkey.audit.list/v1";
 pub const VERIFY_SCHEMA: &str = "latchkey.audit.verify/v1";
@@ -128,7 +128,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
             actor,
             action,
             range,
-            list,
+            list: list_arg,
             config,
         } => {
             let filter = AuditFilter {
@@ -139,37 +139,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
                 since: range.since,
                 until: range.until,
             };
-            let app = open_reader(&config).await?;
-            let total = audit::count(app.store(), &filter).await?;
-            let rows = audit::query(app.store(), &filter, list.sql_limit())
-                .await?
-                .into_iter()
-                .map(|r| Record {
-                    seq: r.seq,
-                    at: time(r.at),
-                    details: serde_json::from_str(&r.details)
-                        .unwrap_or(serde_json::Value::String(r.details)),
-                    actor: r.actor,
-                    action: r.action,
-                    subject: r.subject,
-                })
-                .collect();
-            let records = Capped::of_total(rows, usize::try_from(total).unwrap_or(0));
-            if list.json() {
-                print_json(LIST_SCHEMA, &Listed { records })?;
-            } else {
-                let mut out = format!("audit records: {}\n", records.total);
-                for r in &records.items {
-                    let _ = writeln!(
-                        out,
-                        "  #{:<6} {} {:<24} {:<28} {:<14} {}",
-                        r.seq, r.at, r.actor, r.action, r.subject, r.details
-                    );
-                }
-                records.more_line(&mut out, "  ");
-                print!("{out}");
-            }
-            Ok(0)
+            list(&filter, &list_arg, &config).await
         }
         AuditCmd::Export {
             range,
@@ -177,112 +147,165 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<i32> {
             out,
             output,
             config,
-        } => {
-            let app = open_reader(&config).await?;
-            let written = export::export(
-                app.store(),
-                range.since,
-                range.until,
-                format,
-                &out,
-                crate::clock::to_micros(app.engine.clock.now()),
-            )
-            .await
-            .with_context(|| format!("audit export to {}", out.display()))?;
-            if output.json() {
-                // The manifest names its own schema (`latchkey.audit.manifest/v1`).
-                println!("{}", serde_json::to_string_pretty(&written.manifest)?);
-            } else {
-                let m = &written.manifest;
-                println!(
-                    "exported {} records (seq {}..{}) to {}\nmanifest {}",
-                    m.count,
-                    m.first_seq,
-                    m.last_seq,
-                    written.data.display(),
-                    written.manifest_path.display()
-                );
-            }
-            Ok(0)
-        }
+        } => export_range(&range, format, &out, &output, &config).await,
         AuditCmd::Verify {
             file: Some(file),
             output,
             config: _,
-        } => {
-            let report = export::verify_file(&file)?;
-            let doc = Verified {
-                intact: report.broken.is_none(),
-                records: report.broken.is_none().then_some(report.records),
-                broken_at: report.broken.as_ref().and_then(|b| b.seq),
-                reason: report.broken.as_ref().map(|b| b.reason.clone()),
-                file: Some(report.data.display().to_string()),
-                line: report.broken.as_ref().and_then(|b| b.line),
-            };
-            if output.json() {
-                print_json(VERIFY_SCHEMA, &doc)?;
-            } else {
-                match &report.broken {
-                    None => println!(
-                        "export intact: {} records (seq {}..{}), manifest matches",
-                        report.records, report.first_seq, report.last_seq
-                    ),
-                    Some(b) => println!("export BROKEN: {b}"),
-                }
-            }
-            Ok(if doc.intact { 0 } else { 2 })
-        }
+        } => verify_export(&file, &output),
         AuditCmd::Verify {
             file: None,
             output,
             config,
-        } => {
-            let app = open_reader(&config).await?;
-            let verdict = audit::verify(app.store()).await?;
-            let doc = match &verdict {
-                Verdict::Intact { records } => Verified {
-                    intact: true,
-                    records: Some(*records),
-                    broken_at: None,
-                    reason: None,
-                    file: None,
-                    line: None,
-                },
-                Verdict::Broken { seq, reason } => Verified {
-                    intact: false,
-                    records: None,
-                    broken_at: Some(*seq),
-                    reason: Some(reason.clone()),
-                    file: None,
-                    line: None,
-                },
-            };
-            if output.json() {
-                print_json(VERIFY_SCHEMA, &doc)?;
-            } else {
-                match verdict {
-                    Verdict::Intact { records } => println!("audit log intact: {records} records"),
-                    Verdict::Broken { seq, reason } => {
-                        println!("audit log BROKEN at record {seq}: {reason}")
-                    }
-                }
-            }
-            Ok(if doc.intact { 0 } else { 2 })
-        }
-        AuditCmd::Prune { config } => {
-            let app = open_reader(&config).await?;
-            let Some(days) = app.engine.config.audit.retain_days else {
-                anyhow::bail!(
-                    "audit.retain_days is not set in {}",
-                    config.config.display()
-                );
-            };
-            let pruned = crate::jobs::retention::run_once(&app.engine, days).await?;
-            println!(
-                "pruned {} records; the chain now verifies from record {}",
-                pruned.records, pruned.anchor_seq
+        } => verify_store(&output, &config).await,
+        AuditCmd::Prune { config } => prune(&config).await,
+    }
+}
+
+/// `audit list`: the newest records matching `filter`, as a table or JSON.
+async fn list(filter: &AuditFilter, list: &ListArg, config: &ConfigArg) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let total = audit::count(app.store(), filter).await?;
+    let rows = audit::query(app.store(), filter, list.sql_limit())
+        .await?
+        .into_iter()
+        .map(|r| Record {
+            seq: r.seq,
+            at: time(r.at),
+            details: serde_json::from_str(&r.details)
+                .unwrap_or(serde_json::Value::String(r.details)),
+            actor: r.actor,
+            action: r.action,
+            subject: r.subject,
+        })
+        .collect();
+    let records = Capped::of_total(rows, usize::try_from(total).unwrap_or(0));
+    if list.json() {
+        print_json(LIST_SCHEMA, &Listed { records })?;
+    } else {
+        let mut out = format!("audit records: {}\n", records.total);
+        for r in &records.items {
+            let _ = writeln!(
+                out,
+                "  #{:<6} {} {:<24} {:<28} {:<14} {}",
+                r.seq, r.at, r.actor, r.action, r.subject, r.details
             );
-            Ok(0)
+        }
+        records.more_line(&mut out, "  ");
+        print!("{out}");
+    }
+    Ok(0)
+}
+
+/// `audit export`: a time range's records with their hash chain and a manifest.
+async fn export_range(
+    range: &TimeRange,
+    format: Format,
+    out: &Path,
+    output: &OutputArg,
+    config: &ConfigArg,
+) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let written = export::export(
+        app.store(),
+        range.since,
+        range.until,
+        format,
+        out,
+        crate::clock::to_micros(app.engine.clock.now()),
+    )
+    .await
+    .with_context(|| format!("audit export to {}", out.display()))?;
+    if output.json() {
+        // The manifest names its own schema (`latchkey.audit.manifest/v1`).
+        println!("{}", serde_json::to_string_pretty(&written.manifest)?);
+    } else {
+        let m = &written.manifest;
+        println!(
+            "exported {} records (seq {}..{}) to {}\nmanifest {}",
+            m.count,
+            m.first_seq,
+            m.last_seq,
+            written.data.display(),
+            written.manifest_path.display()
+        );
+    }
+    Ok(0)
+}
+
+/// `audit verify --file`: an export checked offline, with no database and no configuration.
+fn verify_export(file: &Path, output: &OutputArg) -> anyhow::Result<i32> {
+    let report = export::verify_file(file)?;
+    let doc = Verified {
+        intact: report.broken.is_none(),
+        records: report.broken.is_none().then_some(report.records),
+        broken_at: report.broken.as_ref().and_then(|b| b.seq),
+        reason: report.broken.as_ref().map(|b| b.reason.clone()),
+        file: Some(report.data.display().to_string()),
+        line: report.broken.as_ref().and_then(|b| b.line),
+    };
+    if output.json() {
+        print_json(VERIFY_SCHEMA, &doc)?;
+    } else {
+        match &report.broken {
+            None => println!(
+                "export intact: {} records (seq {}..{}), manifest matches",
+                report.records, report.first_seq, report.last_seq
+            ),
+            Some(b) => println!("export BROKEN: {b}"),
         }
     }
+    Ok(if doc.intact { 0 } else { 2 })
+}
+
+/// `audit verify`: the hash chain in the store.
+async fn verify_store(output: &OutputArg, config: &ConfigArg) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let verdict = audit::verify(app.store()).await?;
+    let doc = match &verdict {
+        Verdict::Intact { records } => Verified {
+            intact: true,
+            records: Some(*records),
+            broken_at: None,
+            reason: None,
+            file: None,
+            line: None,
+        },
+        Verdict::Broken { seq, reason } => Verified {
+            intact: false,
+            records: None,
+            broken_at: Some(*seq),
+            reason: Some(reason.clone()),
+            file: None,
+            line: None,
+        },
+    };
+    if output.json() {
+        print_json(VERIFY_SCHEMA, &doc)?;
+    } else {
+        match verdict {
+            Verdict::Intact { records } => println!("audit log intact: {records} records"),
+            Verdict::Broken { seq, reason } => {
+                println!("audit log BROKEN at record {seq}: {reason}")
+            }
+        }
+    }
+    Ok(if doc.intact { 0 } else { 2 })
+}
+
+/// `audit prune`: records older than `[audit] retain_days`, now.
+async fn prune(config: &ConfigArg) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let Some(days) = app.engine.config.audit.retain_days else {
+        anyhow::bail!(
+            "audit.retain_days is not set in {}",
+            config.config.display()
+        );
+    };
+    let pruned = crate::jobs::retention::run_once(&app.engine, days).await?;
+    println!(
+        "pruned {} records; the chain now verifies from record {}",
+        pruned.records, pruned.anchor_seq
+    );
+    Ok(0)
 }

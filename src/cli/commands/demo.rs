@@ -71,9 +71,40 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
     let dir = keep.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&dir)?;
     let sims = start_sims().await?;
+    let env = announce_setup(&dir, &sims);
+    let config_path = repo_path("config/demo.toml");
+    let config = Config::load(&ConfigInput::from_file(&config_path, env)?)?;
+    let app = App::open(config, clock::system()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dispatcher = tokio::spawn(app.dispatcher().run(stop_rx));
+
+    let mut desk = KeyDesk::default();
+    apply_sample_feeds(&app, &config_path, &dir, &mut desk).await?;
+    // What the feeds did, before the lost phone below adds its own.
+    let counts = store::command_counts(app.store().pool()).await?;
+    let mut scenarios: Vec<String> = lost_phone(&app, &mut desk).await?.into_iter().collect();
+    scenarios.extend(temporary_access(&app, &mut desk).await?);
+    scenarios.extend(migrate_plant_room(&app, &mut desk).await?);
+    scenarios.extend(access_review(&app, &mut desk).await?);
+    let _ = stop_tx.send(true);
+    dispatcher.await?;
+
+    let total = print_what_happened(counts);
+    print_simulators_and_keys(&sims, &desk);
+    print_scenarios_and_latency(&app, &scenarios).await?;
+    for (_, server) in sims {
+        server.shutdown().await;
+    }
+    print!("{}", next_steps(keep_dir.as_deref()));
+    Ok(if total[2] == 0 && total[1] > 0 { 0 } else { 1 })
+}
+
+/// Names each simulator and the store, and returns the environment that points the demo's
+/// configuration at them.
+fn announce_setup(dir: &Path, sims: &[(&'static str, SimServer)]) -> BTreeMap<String, String> {
     println!("latchkey demo");
     let mut env = process_env();
-    for (vendor, server) in &sims {
+    for (vendor, server) in sims {
         println!(
             "  {:<18} {}",
             format!("{vendor} simulator"),
@@ -99,17 +130,20 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
     env.insert("LATCHKEY_DEMO_NUKI_TOKEN".into(), SIM_TOKEN.into());
     env.insert("LATCHKEY_DEMO_KISI_KEY".into(), KISI_KEY.into());
     env.insert("LATCHKEY_DEMO_VERKADA_KEY".into(), VERKADA_KEY.into());
-    let config_path = repo_path("config/demo.toml");
-    let config = Config::load(&ConfigInput::from_file(&config_path, env)?)?;
-    let app = App::open(config, clock::system()).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let dispatcher = tokio::spawn(app.dispatcher().run(stop_rx));
+    env
+}
 
+/// The sample HR feeds, the initial load then the next day's, each applied and delivered.
+async fn apply_sample_feeds(
+    app: &App,
+    config_path: &Path,
+    dir: &Path,
+    desk: &mut KeyDesk,
+) -> anyhow::Result<()> {
     let sample = config_path
         .parent()
         .map(|p| p.join("sample"))
         .unwrap_or_default();
-    let mut desk = KeyDesk::default();
     for (step, file) in [
         ("initial load", "hr-initial.csv"),
         ("next day's feed", "hr-update.csv"),
@@ -121,19 +155,15 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
         let report = app.engine.apply_hr_file("hr", &dropped).await?;
         println!("\n{step}: {}", describe_feed(&report));
         let mut progress = Progress::new(report.issues + report.revokes);
-        settle(&app, &mut progress, &mut desk).await?;
+        settle(app, &mut progress, desk).await?;
         progress.finish();
     }
-    let pool = app.store().pool();
-    // What the feeds did, before the lost phone below adds its own.
-    let counts = store::command_counts(pool).await?;
-    let lost_phone = lost_phone(&app, &mut desk).await?;
-    let temporary = temporary_access(&app, &mut desk).await?;
-    let migrated = migrate_plant_room(&app, &mut desk).await?;
-    let reviewed = access_review(&app, &mut desk).await?;
-    let _ = stop_tx.send(true);
-    dispatcher.await?;
+    Ok(())
+}
 
+/// The table of what the feeds did per connector, with a total row; returns that total
+/// (issues done, revocations done, dead letters).
+fn print_what_happened(counts: Vec<(String, String, String, i64)>) -> [i64; 3] {
     // connector -> [issues done, revocations done, dead letters]
     let mut per: BTreeMap<String, [i64; 3]> = BTreeMap::new();
     for (connector, status, action, n) in counts {
@@ -163,7 +193,12 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
         "  {:<10} {:>8} {:>12} {:>6}",
         "all", total[0], total[1], total[2]
     );
-    for (vendor, server) in &sims {
+    total
+}
+
+/// What each simulator holds and was asked, and the keys the demo recorded.
+fn print_simulators_and_keys(sims: &[(&'static str, SimServer)], desk: &KeyDesk) {
+    for (vendor, server) in sims {
         let stats = server.stats();
         println!(
             "  {vendor} simulator: {} grants held, {} users, {} requests, {} duplicate grants",
@@ -176,18 +211,18 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
          until its key is checked in",
         desk.handed_over, desk.returned
     );
+}
+
+/// Scheduled changes, each scenario's line, quarantined rows and the revocation latency table.
+async fn print_scenarios_and_latency(app: &App, scenarios: &[String]) -> anyhow::Result<()> {
+    let pool = app.store().pool();
     let scheduled = store::list_identities(pool)
         .await?
         .into_iter()
         .filter(|i| i.next_change_at.is_some() && i.lifecycle == Lifecycle::Active)
         .count();
     println!("  effective-dated changes scheduled   {scheduled}");
-    for line in lost_phone
-        .iter()
-        .chain(temporary.iter())
-        .chain(migrated.iter())
-        .chain(reviewed.iter())
-    {
+    for line in scenarios {
         println!("  {line}");
     }
     let quarantined = store::list_quarantine(pool, 10).await?;
@@ -207,11 +242,7 @@ pub async fn run(keep: Option<PathBuf>) -> anyhow::Result<i32> {
             &report
         )
     );
-    for (_, server) in sims {
-        server.shutdown().await;
-    }
-    print!("{}", next_steps(keep_dir.as_deref()));
-    Ok(if total[2] == 0 && total[1] > 0 { 0 } else { 1 })
+    Ok(())
 }
 
 /// A lost phone: the first active person holding doors at two vendors or more is suspended at
@@ -268,31 +299,7 @@ lost phone: suspending {key} at every connector"
 /// the grant is issued and confirmed, and at the window's end the schedule revokes it.
 async fn temporary_access(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Vec<String>> {
     const WINDOW_SECONDS: i64 = 3;
-    let pool = app.store().pool();
-    let mut chosen = None;
-    {
-        let mut conn = pool.acquire().await?;
-        'people: for ident in store::list_identities(pool).await? {
-            if !ident.lifecycle.entitled() {
-                continue;
-            }
-            let held = store::grants_of(&mut conn, &ident.key).await?;
-            for (name, c) in &app.engine.config.connectors {
-                if c.kind != crate::config::ConnectorKind::Http {
-                    continue;
-                }
-                if let Some(target) = c
-                    .targets
-                    .keys()
-                    .find(|t| !held.iter().any(|g| &g.connector == name && &g.target == *t))
-                {
-                    chosen = Some((ident.key.clone(), name.clone(), target.clone()));
-                    break 'people;
-                }
-            }
-        }
-    }
-    let Some((key, connector, target)) = chosen else {
+    let Some((key, connector, target)) = door_not_held(app).await? else {
         return Ok(Vec::new());
     };
     println!(
@@ -321,14 +328,53 @@ async fn temporary_access(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Vec<S
     let mut progress = Progress::new(ended.revokes);
     settle(app, &mut progress, desk).await?;
     progress.finish();
-    let mut lines = vec![format!(
+    let temporary = format!(
         "temporary access: {target} for {key} (request {}) issued on approval ({} grant), revoked \
          at its end by the schedule ({} revocation, `cause=expiry`)",
         request.id, issued.issues, ended.revokes
-    )];
+    );
+    let emergency = break_glass(app, desk, ask).await?;
+    Ok(vec![temporary, emergency])
+}
 
-    // Break-glass: the same door, now, in an emergency: in force at once on one approver's word,
-    // ended when the emergency is over, and reviewed by another approver.
+/// The first active person and a door at an HTTP connector they do not hold:
+/// `(person, connector, target)`.
+async fn door_not_held(app: &App) -> anyhow::Result<Option<(String, String, String)>> {
+    let pool = app.store().pool();
+    let mut conn = pool.acquire().await?;
+    for ident in store::list_identities(pool).await? {
+        if !ident.lifecycle.entitled() {
+            continue;
+        }
+        let held = store::grants_of(&mut conn, &ident.key).await?;
+        for (name, c) in &app.engine.config.connectors {
+            if c.kind != crate::config::ConnectorKind::Http {
+                continue;
+            }
+            if let Some(target) = c
+                .targets
+                .keys()
+                .find(|t| !held.iter().any(|g| &g.connector == name && &g.target == *t))
+            {
+                return Ok(Some((ident.key.clone(), name.clone(), target.clone())));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Break-glass: the same door as `ask`, now, in an emergency: in force at once on one approver's
+/// word, ended when the emergency is over, and reviewed by another approver.
+async fn break_glass(
+    app: &App,
+    desk: &mut KeyDesk,
+    ask: crate::access_requests::Ask,
+) -> anyhow::Result<String> {
+    let (key, connector, target) = (
+        ask.person.clone(),
+        ask.connector.clone(),
+        ask.target.clone(),
+    );
     println!(
         "\nbreak-glass: {target} at {connector} for {key}, opened by security, reviewed by its lead"
     );
@@ -354,12 +400,11 @@ async fn temporary_access(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Vec<S
         "os:security-lead",
     )
     .await?;
-    lines.push(format!(
+    Ok(format!(
         "break-glass: {target} for {key} (emergency {}) in force at once ({} grant, \
          LatchkeyBreakGlassOpen pages), ended ({} revocation) and reviewed by another approver",
         opened.id, issued.issues, ended.revokes
-    ));
-    Ok(lines)
+    ))
 }
 
 /// A door migrated: the Berlin plant room moves from mechanical keys to its new Nuki lock. Everyone

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod apply;
+pub mod approve;
 pub mod audit;
 pub mod check;
 pub mod completions;
@@ -18,6 +19,7 @@ pub mod redrive;
 pub mod report;
 pub mod request;
 pub mod review;
+pub mod run;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod status;

@@ -1,6 +1,7 @@
 //! `latchkey redrive`: put dead letters back in the queue, audited with the operator's OS user;
 //! `--list` shows them first and moves nothing.
 
+use crate::app::App;
 use crate::cli::ConfigArg;
 use crate::cli::commands::status::DeadLetter;
 use crate::cli::output::{Capped, ListArg, print_json};
@@ -65,28 +66,7 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<i32> {
     }
     let connector = args.connector.as_deref();
     if args.list {
-        let mut conn = app.store().pool().acquire().await?;
-        let dead = crate::store::dead_letters(&mut conn, connector, None)
-            .await?
-            .into_iter()
-            .map(DeadLetter::from)
-            .collect();
-        let listed = Listed {
-            dead_letters: args.list_arg.cap(dead),
-        };
-        if args.list_arg.json() {
-            print_json(LIST_SCHEMA, &listed)?;
-        } else {
-            let d = &listed.dead_letters;
-            println!("dead letters: {}", d.total);
-            for c in &d.items {
-                println!("  {}", c.line());
-            }
-            let mut more = String::new();
-            d.more_line(&mut more, "  ");
-            print!("{more}");
-        }
-        return Ok(0);
+        return list(&app, connector, &args.list_arg).await;
     }
     let selection = if args.all {
         Selection::All {
@@ -105,39 +85,9 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<i32> {
         Ok(moved) => {
             let done = Redriven {
                 by: actor,
-                requeued: moved
-                    .into_iter()
-                    .map(|c| Requeued {
-                        id: c.id,
-                        action: c.action.to_string(),
-                        identity: c.identity_key,
-                        connector: c.connector,
-                        target: c.target,
-                        last_error: c.last_error,
-                    })
-                    .collect(),
+                requeued: moved.into_iter().map(Requeued::from).collect(),
             };
-            if args.list_arg.json() {
-                print_json(SCHEMA, &done)?;
-                return Ok(0);
-            }
-            for c in &done.requeued {
-                println!(
-                    "re-queued #{} {} {} {}:{} (was: {})",
-                    c.id,
-                    c.action,
-                    c.identity,
-                    c.connector,
-                    c.target,
-                    c.last_error.as_deref().unwrap_or("-")
-                );
-            }
-            println!(
-                "{} dead letters re-queued by {}",
-                done.requeued.len(),
-                done.by
-            );
-            Ok(0)
+            report(&done, &args.list_arg)
         }
         Err(e @ RedriveError::NotFound { .. }) => {
             eprintln!("nothing re-queued: {e}");
@@ -145,4 +95,68 @@ pub async fn run(args: RedriveArgs) -> anyhow::Result<i32> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `--list`: the dead letters (of `connector`, when given), oldest first; nothing moves.
+async fn list(app: &App, connector: Option<&str>, list_arg: &ListArg) -> anyhow::Result<i32> {
+    let mut conn = app.store().pool().acquire().await?;
+    let dead = crate::store::dead_letters(&mut conn, connector, None)
+        .await?
+        .into_iter()
+        .map(DeadLetter::from)
+        .collect();
+    let listed = Listed {
+        dead_letters: list_arg.cap(dead),
+    };
+    if list_arg.json() {
+        print_json(LIST_SCHEMA, &listed)?;
+    } else {
+        let d = &listed.dead_letters;
+        println!("dead letters: {}", d.total);
+        for c in &d.items {
+            println!("  {}", c.line());
+        }
+        let mut more = String::new();
+        d.more_line(&mut more, "  ");
+        print!("{more}");
+    }
+    Ok(0)
+}
+
+impl From<crate::store::CommandRow> for Requeued {
+    fn from(c: crate::store::CommandRow) -> Self {
+        Requeued {
+            id: c.id,
+            action: c.action.to_string(),
+            identity: c.identity_key,
+            connector: c.connector,
+            target: c.target,
+            last_error: c.last_error,
+        }
+    }
+}
+
+/// What was re-queued and by whom, one line per command and a total (or the JSON document).
+fn report(done: &Redriven, list_arg: &ListArg) -> anyhow::Result<i32> {
+    if list_arg.json() {
+        print_json(SCHEMA, done)?;
+        return Ok(0);
+    }
+    for c in &done.requeued {
+        println!(
+            "re-queued #{} {} {} {}:{} (was: {})",
+            c.id,
+            c.action,
+            c.identity,
+            c.connector,
+            c.target,
+            c.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    println!(
+        "{} dead letters re-queued by {}",
+        done.requeued.len(),
+        done.by
+    );
+    Ok(0)
 }

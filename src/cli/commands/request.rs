@@ -100,82 +100,104 @@ pub async fn run(args: RequestArgs) -> anyhow::Result<i32> {
             reason,
             config,
         } => {
-            let app = open_reader(&config).await?;
-            let Some(key) = lookup::person_key(&app, &person, "request").await? else {
-                return Ok(1);
-            };
-            let start = from.unwrap_or_else(|| app.engine.clock.now());
-            let ends_at = match (until, hours) {
-                (Some(u), _) => u,
-                (None, Some(h)) => start + chrono::Duration::hours(i64::from(h)),
-                (None, None) => unreachable!("clap requires --until or --hours"),
-            };
-            let ask = access_requests::Ask {
-                person: key,
-                connector,
-                target,
-                starts_at: from,
-                ends_at,
-                reason,
-            };
-            match access_requests::ask(&app.engine, &ask, &by).await {
-                Ok(r) => {
-                    println!(
-                        "request {} for {} at {} ({}) by {by}: waiting for an approver (`latchkey request approve {}`)",
-                        r.id, r.identity_key, r.target, r.connector, r.id
-                    );
-                    Ok(0)
-                }
-                Err(e) => refused(e),
-            }
+            let window = Window { from, until, hours };
+            ask(person, connector, target, window, reason, &config, &by).await
         }
-        RequestCommand::List { status, config } => {
-            let app = open_reader(&config).await?;
-            let rows = crate::store::access_requests::list(
-                app.store().pool(),
-                status.as_deref(),
-                None,
-                1000,
-            )
-            .await?;
-            if rows.is_empty() {
-                println!("no requests");
-            }
-            for r in rows {
-                let time = crate::cli::output::time;
-                println!(
-                    "#{:<5} {:<9} {:<12} {}@{}  {} .. {}  asked by {}{}: {}",
-                    r.id,
-                    r.status,
-                    r.identity_key,
-                    r.target,
-                    r.connector,
-                    time(r.starts_at),
-                    time(r.ends_at),
-                    r.requested_by,
-                    r.decided_by
-                        .map(|d| format!(", decided by {d}"))
-                        .unwrap_or_default(),
-                    r.reason
-                );
-            }
-            Ok(0)
-        }
+        RequestCommand::List { status, config } => list(status.as_deref(), &config).await,
         RequestCommand::Approve { id, config } => decide(id, true, &config, &by).await,
         RequestCommand::Reject { id, config } => decide(id, false, &config, &by).await,
-        RequestCommand::End { id, config } => {
-            let app = open_reader(&config).await?;
-            match access_requests::end(&app.engine, id, &by).await {
-                Ok((r, a)) => {
-                    println!(
-                        "request {id} ended by {by}: {} revocations enqueued for {} at {}",
-                        a.revokes, r.identity_key, r.target
-                    );
-                    Ok(0)
-                }
-                Err(e) => refused(e),
-            }
+        RequestCommand::End { id, config } => end(id, &config, &by).await,
+    }
+}
+
+/// The window `request ask` asks for, as given: `--from` (or now) until `--until` or for `--hours`.
+struct Window {
+    from: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    hours: Option<u32>,
+}
+
+/// `request ask`: a door for a person, for a window, waiting for an approver.
+async fn ask(
+    person: String,
+    connector: String,
+    target: String,
+    window: Window,
+    reason: String,
+    config: &ConfigArg,
+    by: &str,
+) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let Some(key) = lookup::person_key(&app, &person, "request").await? else {
+        return Ok(1);
+    };
+    let Window { from, until, hours } = window;
+    let start = from.unwrap_or_else(|| app.engine.clock.now());
+    let ends_at = match (until, hours) {
+        (Some(u), _) => u,
+        (None, Some(h)) => start + chrono::Duration::hours(i64::from(h)),
+        (None, None) => unreachable!("clap requires --until or --hours"),
+    };
+    let ask = access_requests::Ask {
+        person: key,
+        connector,
+        target,
+        starts_at: from,
+        ends_at,
+        reason,
+    };
+    match access_requests::ask(&app.engine, &ask, by).await {
+        Ok(r) => {
+            println!(
+                "request {} for {} at {} ({}) by {by}: waiting for an approver (`latchkey request approve {}`)",
+                r.id, r.identity_key, r.target, r.connector, r.id
+            );
+            Ok(0)
         }
+        Err(e) => refused(e),
+    }
+}
+
+/// `request list`: requests (of one status, when given), newest first.
+async fn list(status: Option<&str>, config: &ConfigArg) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let rows = crate::store::access_requests::list(app.store().pool(), status, None, 1000).await?;
+    if rows.is_empty() {
+        println!("no requests");
+    }
+    for r in rows {
+        let time = crate::cli::output::time;
+        println!(
+            "#{:<5} {:<9} {:<12} {}@{}  {} .. {}  asked by {}{}: {}",
+            r.id,
+            r.status,
+            r.identity_key,
+            r.target,
+            r.connector,
+            time(r.starts_at),
+            time(r.ends_at),
+            r.requested_by,
+            r.decided_by
+                .map(|d| format!(", decided by {d}"))
+                .unwrap_or_default(),
+            r.reason
+        );
+    }
+    Ok(0)
+}
+
+/// `request end`: the request ends now; its door is revoked unless a template grants it.
+async fn end(id: i64, config: &ConfigArg, by: &str) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    match access_requests::end(&app.engine, id, by).await {
+        Ok((r, a)) => {
+            println!(
+                "request {id} ended by {by}: {} revocations enqueued for {} at {}",
+                a.revokes, r.identity_key, r.target
+            );
+            Ok(0)
+        }
+        Err(e) => refused(e),
     }
 }
 
@@ -260,87 +282,105 @@ pub async fn break_glass(args: BreakGlassArgs) -> anyhow::Result<i32> {
             minutes,
             reason,
             config,
-        } => {
-            let app = open_reader(&config).await?;
-            let Some(key) = lookup::person_key(&app, &person, "break-glass").await? else {
-                return Ok(1);
-            };
-            let ask = access_requests::Ask {
-                person: key,
-                connector,
-                target,
-                starts_at: None,
-                ends_at: app.engine.clock.now(),
-                reason,
-            };
-            match access_requests::open_emergency(&app.engine, &ask, minutes, &by).await {
-                Ok((r, a)) => {
-                    let time = crate::cli::output::time;
-                    if r.status == "active" {
-                        println!(
-                            "EMERGENCY {}: {} at {} for {} until {} by {by} ({} issue enqueued); \
-                             another approver must review it by {} (`latchkey break-glass review {} --note ...`)",
-                            r.id,
-                            r.target,
-                            r.connector,
-                            r.identity_key,
-                            time(r.ends_at),
-                            a.issues,
-                            r.review_due_at.map(time).unwrap_or_default(),
-                            r.id
-                        );
-                    } else {
-                        println!(
-                            "EMERGENCY {}: {} at {} for {} asked by {by}; a second approver must \
-                             approve it (`latchkey request approve {}`)",
-                            r.id, r.target, r.connector, r.identity_key, r.id
-                        );
-                    }
-                    Ok(0)
-                }
-                Err(e) => refused(e),
-            }
-        }
-        BreakGlassCommand::List { config } => {
-            let app = open_reader(&config).await?;
-            // The whole queue, however old: an unreviewed emergency is never paged out of sight.
-            let rows = crate::store::access_requests::awaiting_review(app.store().pool()).await?;
-            if rows.is_empty() {
-                println!("no emergency awaits review");
-            }
-            let now = crate::clock::to_micros(app.engine.clock.now());
+        } => open_emergency(person, connector, target, minutes, reason, &config, &by).await,
+        BreakGlassCommand::List { config } => awaiting_review(&config).await,
+        BreakGlassCommand::Review { id, note, config } => review(id, &note, &config, &by).await,
+    }
+}
+
+/// `break-glass open`: a door now, in an emergency; in force at once (reviewed afterwards by
+/// another approver) or waiting for a second approver.
+async fn open_emergency(
+    person: String,
+    connector: String,
+    target: String,
+    minutes: Option<u32>,
+    reason: String,
+    config: &ConfigArg,
+    by: &str,
+) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let Some(key) = lookup::person_key(&app, &person, "break-glass").await? else {
+        return Ok(1);
+    };
+    let ask = access_requests::Ask {
+        person: key,
+        connector,
+        target,
+        starts_at: None,
+        ends_at: app.engine.clock.now(),
+        reason,
+    };
+    match access_requests::open_emergency(&app.engine, &ask, minutes, by).await {
+        Ok((r, a)) => {
             let time = crate::cli::output::time;
-            for r in rows {
-                let due = r.review_due_at.unwrap_or_default();
+            if r.status == "active" {
                 println!(
-                    "#{:<5} {:<8} {}@{} for {} opened by {} at {}: {}; review due {}{}",
+                    "EMERGENCY {}: {} at {} for {} until {} by {by} ({} issue enqueued); \
+                     another approver must review it by {} (`latchkey break-glass review {} --note ...`)",
                     r.id,
-                    r.status,
                     r.target,
                     r.connector,
                     r.identity_key,
-                    r.requested_by,
-                    time(r.requested_at),
-                    r.reason,
-                    time(due),
-                    if due <= now { " (OVERDUE)" } else { "" }
+                    time(r.ends_at),
+                    a.issues,
+                    r.review_due_at.map(time).unwrap_or_default(),
+                    r.id
+                );
+            } else {
+                println!(
+                    "EMERGENCY {}: {} at {} for {} asked by {by}; a second approver must \
+                     approve it (`latchkey request approve {}`)",
+                    r.id, r.target, r.connector, r.identity_key, r.id
                 );
             }
             Ok(0)
         }
-        BreakGlassCommand::Review { id, note, config } => {
-            let app = open_reader(&config).await?;
-            match access_requests::review(&app.engine, id, &note, &by).await {
-                Ok(r) => {
-                    println!(
-                        "emergency {id} ({} for {}, opened by {}) reviewed by {by}",
-                        r.target, r.identity_key, r.requested_by
-                    );
-                    Ok(0)
-                }
-                Err(e) => refused(e),
-            }
+        Err(e) => refused(e),
+    }
+}
+
+/// `break-glass list`: emergencies awaiting review, oldest deadline first.
+async fn awaiting_review(config: &ConfigArg) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    // The whole queue, however old: an unreviewed emergency is never paged out of sight.
+    let rows = crate::store::access_requests::awaiting_review(app.store().pool()).await?;
+    if rows.is_empty() {
+        println!("no emergency awaits review");
+    }
+    let now = crate::clock::to_micros(app.engine.clock.now());
+    let time = crate::cli::output::time;
+    for r in rows {
+        let due = r.review_due_at.unwrap_or_default();
+        println!(
+            "#{:<5} {:<8} {}@{} for {} opened by {} at {}: {}; review due {}{}",
+            r.id,
+            r.status,
+            r.target,
+            r.connector,
+            r.identity_key,
+            r.requested_by,
+            time(r.requested_at),
+            r.reason,
+            time(due),
+            if due <= now { " (OVERDUE)" } else { "" }
+        );
+    }
+    Ok(0)
+}
+
+/// `break-glass review`: the review of an emergency someone else opened.
+async fn review(id: i64, note: &str, config: &ConfigArg, by: &str) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    match access_requests::review(&app.engine, id, note, by).await {
+        Ok(r) => {
+            println!(
+                "emergency {id} ({} for {}, opened by {}) reviewed by {by}",
+                r.target, r.identity_key, r.requested_by
+            );
+            Ok(0)
         }
+        Err(e) => refused(e),
     }
 }
 

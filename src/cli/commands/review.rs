@@ -2,6 +2,7 @@
 //! shell, as the OS user (see `crate::reviews`). The running daemon revokes what is enqueued here
 //! and applies each campaign's deadline on its schedule.
 
+use crate::cli::output::time;
 use crate::cli::{ConfigArg, lookup, open_reader};
 use crate::config::OnDeadline;
 use crate::reviews::{self, Decision, ReviewError, Scope};
@@ -131,7 +132,6 @@ fn refused(e: ReviewError) -> anyhow::Result<i32> {
 
 pub async fn run(args: ReviewArgs) -> anyhow::Result<i32> {
     let by = crate::operators::os_actor();
-    let time = crate::cli::output::time;
     match args.command {
         ReviewCommand::Start {
             scope,
@@ -140,92 +140,9 @@ pub async fn run(args: ReviewArgs) -> anyhow::Result<i32> {
             on_deadline,
             name,
             config,
-        } => {
-            let app = open_reader(&config).await?;
-            let deadline = match (deadline, days) {
-                (Some(d), _) => d,
-                (None, Some(days)) => {
-                    app.engine.clock.now() + chrono::Duration::days(i64::from(days))
-                }
-                (None, None) => unreachable!("clap requires --deadline or --days"),
-            };
-            let start = reviews::Start {
-                name,
-                scope: scope.scope(),
-                deadline,
-                on_deadline: OnDeadline::parse(&on_deadline).unwrap_or_default(),
-            };
-            match reviews::start(&app.engine, &start, &by).await {
-                Ok((c, items)) => {
-                    println!(
-                        "review {} ({}) started by {by}: {} items to decide by {} (then {}); `latchkey review show {}`",
-                        c.id,
-                        c.name,
-                        items.len(),
-                        time(c.deadline_at),
-                        c.on_deadline,
-                        c.id
-                    );
-                    Ok(0)
-                }
-                Err(e) => refused(e),
-            }
-        }
-        ReviewCommand::List { config } => {
-            let app = open_reader(&config).await?;
-            let rows = crate::store::reviews::campaigns(app.store().pool(), 1000).await?;
-            if rows.is_empty() {
-                println!("no review campaigns");
-            }
-            let mut conn = app.store().pool().acquire().await?;
-            for c in rows {
-                let pending = crate::store::reviews::pending_count(&mut conn, c.id).await?;
-                println!(
-                    "#{:<4} {:<9} {:<28} deadline {}  {} to decide  (then {}; started by {})",
-                    c.id,
-                    c.status,
-                    c.name,
-                    time(c.deadline_at),
-                    pending,
-                    c.on_deadline,
-                    c.started_by
-                );
-            }
-            Ok(0)
-        }
-        ReviewCommand::Show { id, config } => {
-            let app = open_reader(&config).await?;
-            let mut conn = app.store().pool().acquire().await?;
-            let Some(c) = crate::store::reviews::get_campaign(&mut conn, id).await? else {
-                return refused(ReviewError::NoCampaign(id));
-            };
-            println!(
-                "review {} ({}): {} {}, {}, deadline {} (then {})",
-                c.id,
-                c.name,
-                c.scope_kind,
-                c.scope_value,
-                c.status,
-                time(c.deadline_at),
-                c.on_deadline
-            );
-            for i in crate::store::reviews::items(&mut conn, id).await? {
-                println!(
-                    "  item {:<5} {:<12} {}@{}  by {} ({})  {}",
-                    i.id,
-                    i.identity_key,
-                    i.target,
-                    i.connector,
-                    i.template,
-                    i.basis,
-                    match (&i.decision, &i.decided_by) {
-                        (Some(d), Some(by)) => format!("{d} by {by}"),
-                        _ => "to decide".into(),
-                    }
-                );
-            }
-            Ok(0)
-        }
+        } => start(scope, deadline, days, &on_deadline, name, &config, &by).await,
+        ReviewCommand::List { config } => list(&config).await,
+        ReviewCommand::Show { id, config } => show(id, &config).await,
         ReviewCommand::Certify { item, note, config } => {
             decide(item, Decision::Certify, note.as_deref(), &config, &by).await
         }
@@ -238,32 +155,145 @@ pub async fn run(args: ReviewArgs) -> anyhow::Result<i32> {
             target,
             reason,
             config,
-        } => {
-            let app = open_reader(&config).await?;
-            let Some(key) = lookup::person_key(&app, &person, "review").await? else {
-                return Ok(1);
-            };
-            match reviews::reinstate(&app.engine, &key, &connector, &target, &reason, &by).await {
-                Ok(a) => {
-                    println!(
-                        "{target} at {connector} reinstated for {key} by {by}: {} issues enqueued",
-                        a.issues
-                    );
-                    Ok(0)
-                }
-                Err(e) => refused(e),
-            }
+        } => reinstate(&person, &connector, &target, &reason, &config, &by).await,
+        ReviewCommand::Export { id, config } => export(id, &config).await,
+    }
+}
+
+/// `review start`: the current holders of the doors in scope become items to decide by the
+/// deadline (`--deadline`, or `--days` from now).
+async fn start(
+    scope: ScopeArgs,
+    deadline: Option<DateTime<Utc>>,
+    days: Option<u32>,
+    on_deadline: &str,
+    name: Option<String>,
+    config: &ConfigArg,
+    by: &str,
+) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let deadline = match (deadline, days) {
+        (Some(d), _) => d,
+        (None, Some(days)) => app.engine.clock.now() + chrono::Duration::days(i64::from(days)),
+        (None, None) => unreachable!("clap requires --deadline or --days"),
+    };
+    let start = reviews::Start {
+        name,
+        scope: scope.scope(),
+        deadline,
+        on_deadline: OnDeadline::parse(on_deadline).unwrap_or_default(),
+    };
+    match reviews::start(&app.engine, &start, by).await {
+        Ok((c, items)) => {
+            println!(
+                "review {} ({}) started by {by}: {} items to decide by {} (then {}); `latchkey review show {}`",
+                c.id,
+                c.name,
+                items.len(),
+                time(c.deadline_at),
+                c.on_deadline,
+                c.id
+            );
+            Ok(0)
         }
-        ReviewCommand::Export { id, config } => {
-            let app = open_reader(&config).await?;
-            match reviews::evidence(&app.engine, id).await {
-                Ok(e) => {
-                    println!("{}", serde_json::to_string_pretty(&e)?);
-                    Ok(0)
-                }
-                Err(e) => refused(e),
+        Err(e) => refused(e),
+    }
+}
+
+/// `review list`: campaigns, newest first, with how many items are still to decide.
+async fn list(config: &ConfigArg) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let rows = crate::store::reviews::campaigns(app.store().pool(), 1000).await?;
+    if rows.is_empty() {
+        println!("no review campaigns");
+    }
+    let mut conn = app.store().pool().acquire().await?;
+    for c in rows {
+        let pending = crate::store::reviews::pending_count(&mut conn, c.id).await?;
+        println!(
+            "#{:<4} {:<9} {:<28} deadline {}  {} to decide  (then {}; started by {})",
+            c.id,
+            c.status,
+            c.name,
+            time(c.deadline_at),
+            pending,
+            c.on_deadline,
+            c.started_by
+        );
+    }
+    Ok(0)
+}
+
+/// `review show`: a campaign and its items, each with its decision.
+async fn show(id: i64, config: &ConfigArg) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let mut conn = app.store().pool().acquire().await?;
+    let Some(c) = crate::store::reviews::get_campaign(&mut conn, id).await? else {
+        return refused(ReviewError::NoCampaign(id));
+    };
+    println!(
+        "review {} ({}): {} {}, {}, deadline {} (then {})",
+        c.id,
+        c.name,
+        c.scope_kind,
+        c.scope_value,
+        c.status,
+        time(c.deadline_at),
+        c.on_deadline
+    );
+    for i in crate::store::reviews::items(&mut conn, id).await? {
+        println!(
+            "  item {:<5} {:<12} {}@{}  by {} ({})  {}",
+            i.id,
+            i.identity_key,
+            i.target,
+            i.connector,
+            i.template,
+            i.basis,
+            match (&i.decision, &i.decided_by) {
+                (Some(d), Some(by)) => format!("{d} by {by}"),
+                _ => "to decide".into(),
             }
+        );
+    }
+    Ok(0)
+}
+
+/// `review reinstate`: a door a review withdrew is given back; policy grants it again if a
+/// template still does.
+async fn reinstate(
+    person: &str,
+    connector: &str,
+    target: &str,
+    reason: &str,
+    config: &ConfigArg,
+    by: &str,
+) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    let Some(key) = lookup::person_key(&app, person, "review").await? else {
+        return Ok(1);
+    };
+    match reviews::reinstate(&app.engine, &key, connector, target, reason, by).await {
+        Ok(a) => {
+            println!(
+                "{target} at {connector} reinstated for {key} by {by}: {} issues enqueued",
+                a.issues
+            );
+            Ok(0)
         }
+        Err(e) => refused(e),
+    }
+}
+
+/// `review export`: a campaign's evidence as JSON.
+async fn export(id: i64, config: &ConfigArg) -> anyhow::Result<i32> {
+    let app = open_reader(config).await?;
+    match reviews::evidence(&app.engine, id).await {
+        Ok(e) => {
+            println!("{}", serde_json::to_string_pretty(&e)?);
+            Ok(0)
+        }
+        Err(e) => refused(e),
     }
 }
 

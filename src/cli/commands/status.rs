@@ -2,8 +2,8 @@
 //! then the outbox, quarantined records, breakers, drift, key tasks and held changes.
 //!
 //! Each section is one field of [`Status`], gathered by its own function and printed by its own
-//! arm of [`Status::render`]: a new section is a field, a gatherer, a few table lines and its
-//! entry in docs/schemas/status.v1.json.
+//! writer, called in order by [`Status::render`]: a new section is a field, a gatherer, a writer of
+//! a few table lines and its entry in docs/schemas/status.v1.json.
 
 use super::keys::{self, KeyTask};
 use crate::app::App;
@@ -307,6 +307,20 @@ impl Status {
     /// The table: one header line with the count per section, its rows, and the cap's line.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.render_stuck_revocations(&mut out);
+        self.render_dead_letters(&mut out);
+        self.render_outbox(&mut out);
+        self.render_quarantined(&mut out);
+        self.render_breakers(&mut out);
+        self.render_drift(&mut out);
+        keys::render_tasks(&self.key_tasks, &mut out);
+        self.render_held(&mut out);
+        self.render_leases(&mut out);
+        out
+    }
+
+    /// Stuck revocations: what may leave a leaver with access, first.
+    fn render_stuck_revocations(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "revocations stuck (retrying past their attempts): {}",
@@ -326,15 +340,23 @@ impl Status {
                 c.last_error.as_deref().unwrap_or("-")
             );
         }
-        self.stuck_revocations.more_line(&mut out, "  ");
+        self.stuck_revocations.more_line(out, "  ");
+    }
+
+    /// Dead letters, and how to re-queue them.
+    fn render_dead_letters(&self, out: &mut String) {
         let _ = writeln!(out, "dead letters: {}", self.dead_letters.total);
         for c in &self.dead_letters.items {
             let _ = writeln!(out, "  {}", c.line());
         }
-        self.dead_letters.more_line(&mut out, "  ");
+        self.dead_letters.more_line(out, "  ");
         if self.dead_letters.total > 0 {
             let _ = writeln!(out, "  re-queue with `latchkey redrive --all` or by id");
         }
+    }
+
+    /// The outbox: commands per connector, status and action.
+    fn render_outbox(&self, out: &mut String) {
         let _ = writeln!(out, "outbox (connector / status / action: count)");
         for c in &self.outbox {
             let _ = writeln!(
@@ -343,6 +365,10 @@ impl Status {
                 c.connector, c.status, c.action, c.count
             );
         }
+    }
+
+    /// Quarantined records: what a source set aside, and why.
+    fn render_quarantined(&self, out: &mut String) {
         let _ = writeln!(out, "quarantined records: {}", self.quarantined.total);
         for r in &self.quarantined.items {
             let _ = writeln!(
@@ -355,7 +381,11 @@ impl Status {
                 r.reason
             );
         }
-        self.quarantined.more_line(&mut out, "  ");
+        self.quarantined.more_line(out, "  ");
+    }
+
+    /// Circuit breakers: how many are open, and every connector's state.
+    fn render_breakers(&self, out: &mut String) {
         let _ = writeln!(out, "circuit breakers open: {}", self.breakers_open);
         for b in &self.breakers {
             let _ = writeln!(
@@ -367,6 +397,10 @@ impl Status {
                 b.last_error.as_deref().unwrap_or("")
             );
         }
+    }
+
+    /// Open drift findings: where a vendor differs from the ledger.
+    fn render_drift(&self, out: &mut String) {
         let _ = writeln!(out, "drift findings open: {}", self.drift_findings.total);
         for f in &self.drift_findings.items {
             let _ = writeln!(
@@ -382,8 +416,11 @@ impl Status {
                 f.last_seen_at
             );
         }
-        self.drift_findings.more_line(&mut out, "  ");
-        keys::render_tasks(&self.key_tasks, &mut out);
+        self.drift_findings.more_line(out, "  ");
+    }
+
+    /// Held changes, and how to approve them.
+    fn render_held(&self, out: &mut String) {
         let _ = writeln!(out, "held for approval: {}", self.held.total);
         for h in &self.held.items {
             let _ = writeln!(
@@ -392,13 +429,17 @@ impl Status {
                 h.id, h.source, h.identity, h.kind, h.reason
             );
         }
-        self.held.more_line(&mut out, "  ");
+        self.held.more_line(out, "  ");
         if self.held.total > 0 {
             let _ = writeln!(
                 out,
                 "  approve with `latchkey approve --all` or by id (someone other than who caused them)"
             );
         }
+    }
+
+    /// Leases: which replica holds which source, job and lane.
+    fn render_leases(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "leases (source, job, lane: holder): {}",
@@ -415,7 +456,6 @@ impl Status {
                 let _ = writeln!(out, "  {} free (last held by {})", l.name, l.holder);
             }
         }
-        out
     }
 }
 
