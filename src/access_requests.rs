@@ -151,13 +151,37 @@ async fn insert_checked(
     if ask.reason.trim().is_empty() {
         return Err(invalid("a request needs a reason"));
     }
-    let Some(connector) = engine.config.connectors.get(&ask.connector) else {
-        let known: Vec<&str> = engine
-            .config
-            .connectors
-            .keys()
-            .map(String::as_str)
-            .collect();
+    check_door(&engine.config, ask)?;
+    let starts_at = check_window(&engine.config, ask, kind, longest, now)?;
+    let now_us = to_micros(now);
+    check_entitled(tx, ask).await?;
+    let mut row = requested_row(ask, by, kind, starts_at, now_us);
+    row.id = store::access_requests::insert(tx, &row).await?;
+    let action = match kind {
+        Kind::Temporary => "request.created",
+        Kind::Emergency { .. } => "emergency.opened",
+    };
+    audit::append(
+        tx,
+        now_us,
+        by,
+        action,
+        &row.identity_key,
+        &serde_json::json!({
+            "request": row.id, "kind": row.kind, "connector": row.connector, "target": row.target,
+            "starts_at": starts_at, "ends_at": ask.ends_at, "reason": row.reason,
+            "review_due_at": row.review_due_at.map(from_micros),
+            "tier": engine.config.tier_of(&row.target).map(|(name, _)| name),
+        }),
+    )
+    .await?;
+    Ok(row)
+}
+
+/// The connector asked for is configured, and its target map (when it has one) names the door.
+fn check_door(config: &Config, ask: &Ask) -> Result<(), RequestError> {
+    let Some(connector) = config.connectors.get(&ask.connector) else {
+        let known: Vec<&str> = config.connectors.keys().map(String::as_str).collect();
         return Err(invalid(format!(
             "unknown connector `{}`; configured: {}",
             ask.connector,
@@ -178,6 +202,18 @@ async fn insert_checked(
             some.join(", ")
         )));
     }
+    Ok(())
+}
+
+/// The window ends after it starts, has not ended, and lasts no longer than `longest`. Returns
+/// when it starts.
+fn check_window(
+    config: &Config,
+    ask: &Ask,
+    kind: Kind,
+    longest: Duration,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, RequestError> {
     let starts_at = ask.starts_at.unwrap_or(now);
     if ask.ends_at <= starts_at {
         return Err(invalid("the window must end after it starts"));
@@ -186,8 +222,7 @@ async fn insert_checked(
         return Err(invalid("the window has already ended"));
     }
     if ask.ends_at - starts_at > longest {
-        let tier = engine
-            .config
+        let tier = config
             .tier_of(&ask.target)
             .map(|(name, _)| format!(" (risk tier `{name}`)"))
             .unwrap_or_default();
@@ -204,7 +239,11 @@ async fn insert_checked(
             ),
         }));
     }
-    let now_us = to_micros(now);
+    Ok(starts_at)
+}
+
+/// The person exists and is entitled to access at all.
+async fn check_entitled(tx: &mut sqlx::AnyConnection, ask: &Ask) -> Result<(), RequestError> {
     let Some(person) = store::get_identity(tx, &ask.person).await? else {
         return Err(invalid(format!("no person with key `{}`", ask.person)));
     };
@@ -214,11 +253,22 @@ async fn insert_checked(
             ask.person, person.lifecycle
         )));
     }
+    Ok(())
+}
+
+/// The row of a new request, `requested` by `by`, not stored yet.
+fn requested_row(
+    ask: &Ask,
+    by: &str,
+    kind: Kind,
+    starts_at: DateTime<Utc>,
+    now_us: i64,
+) -> RequestRow {
     let (kind_name, review_due_at) = match kind {
         Kind::Temporary => ("temporary", None),
         Kind::Emergency { review_due_at } => ("emergency", review_due_at),
     };
-    let mut row = RequestRow {
+    RequestRow {
         id: 0,
         kind: kind_name.into(),
         identity_key: ask.person.clone(),
@@ -238,27 +288,7 @@ async fn insert_checked(
         reviewed_by: None,
         reviewed_at: None,
         review: None,
-    };
-    row.id = store::access_requests::insert(tx, &row).await?;
-    let action = match kind {
-        Kind::Temporary => "request.created",
-        Kind::Emergency { .. } => "emergency.opened",
-    };
-    audit::append(
-        tx,
-        now_us,
-        by,
-        action,
-        &row.identity_key,
-        &serde_json::json!({
-            "request": row.id, "kind": row.kind, "connector": row.connector, "target": row.target,
-            "starts_at": starts_at, "ends_at": ask.ends_at, "reason": row.reason,
-            "review_due_at": review_due_at.map(from_micros),
-            "tier": engine.config.tier_of(&row.target).map(|(name, _)| name),
-        }),
-    )
-    .await?;
-    Ok(row)
+    }
 }
 
 /// Break-glass: give `person` a door now, for `minutes` (the configured default when absent), as
@@ -392,49 +422,11 @@ pub async fn decide(
             requested_by: row.requested_by,
         });
     }
-    if let Some((tier_name, tier)) = engine.config.tier_of(&row.target) {
-        let person = crate::operators::person_of(&engine.config, by);
-        let named = tier
-            .approvers
-            .iter()
-            .any(|a| person == format!("operator:{a}"));
-        if !tier.approvers.is_empty() && !named {
-            return Err(RequestError::NotAnApprover {
-                id,
-                target: row.target,
-                tier: tier_name.to_string(),
-                approvers: tier.approvers.join(", "),
-            });
-        }
-        // A tier that needs two approvers: the first approval is recorded and the request waits
-        // for a second person. An emergency's second person is its approver already.
-        if approve && tier.approvals > 1 && row.kind == "temporary" {
-            if !store::access_requests::add_approval(&mut tx, id, &person, by, now_us).await? {
-                return Err(RequestError::AlreadyApproved {
-                    id,
-                    by: by.to_string(),
-                    tier: tier_name.to_string(),
-                    needed: tier.approvals,
-                });
-            }
-            let so_far = store::access_requests::approvals(&mut tx, id).await?;
-            if (so_far.len() as u32) < tier.approvals {
-                audit::append(
-                    &mut tx,
-                    now_us,
-                    by,
-                    "request.approval_recorded",
-                    &row.identity_key,
-                    &serde_json::json!({
-                        "request": id, "connector": row.connector, "target": row.target,
-                        "tier": tier_name, "approvals": so_far, "needed": tier.approvals,
-                    }),
-                )
-                .await?;
-                tx.commit().await?;
-                return Ok((refetch(engine, id).await?, Applied::default()));
-            }
-        }
+    // A first approval where the risk tier needs more is durable on its own; the request stays
+    // `requested` until another approver decides it.
+    if tier_approval_recorded(engine, &mut tx, &row, approve, by, now_us).await? {
+        tx.commit().await?;
+        return Ok((refetch(engine, id).await?, Applied::default()));
     }
     let status = if approve { "approved" } else { "rejected" };
     store::access_requests::decide(&mut tx, id, status, by, now_us).await?;
@@ -455,6 +447,67 @@ pub async fn decide(
     engine.notify_outbox();
     let row = refetch(engine, id).await?;
     Ok((row, applied))
+}
+
+/// A risk tier's rules for deciding `row` as `by`, on the caller's transaction: only the tier's
+/// named approvers may decide it, and a tier that needs more than one approver records a first
+/// approval of a temporary request, audited. Returns whether the request waits for another
+/// approver.
+async fn tier_approval_recorded(
+    engine: &Engine,
+    tx: &mut sqlx::AnyConnection,
+    row: &RequestRow,
+    approve: bool,
+    by: &str,
+    now_us: i64,
+) -> Result<bool, RequestError> {
+    let id = row.id;
+    let Some((tier_name, tier)) = engine.config.tier_of(&row.target) else {
+        return Ok(false);
+    };
+    let person = crate::operators::person_of(&engine.config, by);
+    let named = tier
+        .approvers
+        .iter()
+        .any(|a| person == format!("operator:{a}"));
+    if !tier.approvers.is_empty() && !named {
+        return Err(RequestError::NotAnApprover {
+            id,
+            target: row.target.clone(),
+            tier: tier_name.to_string(),
+            approvers: tier.approvers.join(", "),
+        });
+    }
+    // A tier that needs two approvers: the first approval is recorded and the request waits
+    // for a second person. An emergency's second person is its approver already.
+    if !(approve && tier.approvals > 1 && row.kind == "temporary") {
+        return Ok(false);
+    }
+    if !store::access_requests::add_approval(tx, id, &person, by, now_us).await? {
+        return Err(RequestError::AlreadyApproved {
+            id,
+            by: by.to_string(),
+            tier: tier_name.to_string(),
+            needed: tier.approvals,
+        });
+    }
+    let so_far = store::access_requests::approvals(tx, id).await?;
+    if (so_far.len() as u32) >= tier.approvals {
+        return Ok(false);
+    }
+    audit::append(
+        tx,
+        now_us,
+        by,
+        "request.approval_recorded",
+        &row.identity_key,
+        &serde_json::json!({
+            "request": id, "connector": row.connector, "target": row.target,
+            "tier": tier_name, "approvals": so_far, "needed": tier.approvals,
+        }),
+    )
+    .await?;
+    Ok(true)
 }
 
 /// End a request early (before or during its window), as `by`: its grant is revoked unless a

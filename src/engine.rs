@@ -6,7 +6,7 @@ use crate::clock::{SharedClock, from_micros, to_micros};
 use crate::config::Config;
 use crate::identity::{self, Derived, SourceView};
 use crate::live_policy::{LivePolicy, PolicyReload};
-use crate::model::{Lifecycle, PersonRecord, Quarantined, RecordStatus};
+use crate::model::{Lifecycle, PersonRecord, RecordStatus};
 use crate::plan::Applied;
 use crate::policy::{Policy, PolicyError};
 use crate::sources::hr::{self, HrError, HrMapping};
@@ -15,7 +15,7 @@ use crate::store::{self, IdentityRow, SourceRecordRow, Store, StoreError};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 mod evaluate;
 mod hr_feed;
 pub mod scim;
+mod snapshot;
 
 pub use evaluate::{Evaluation, Overrides};
 
@@ -320,162 +321,6 @@ impl Engine {
         )
         .await?;
         Ok(report)
-    }
-
-    /// The source-independent part of applying a full snapshot of a source's people.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn apply_snapshot(
-        &self,
-        source: &str,
-        batch_id: &str,
-        records: Vec<PersonRecord>,
-        quarantined: Vec<Quarantined>,
-        mass_threshold: f64,
-        checkpoint_value: &str,
-        report: &mut FeedReport,
-    ) -> Result<(), EngineError> {
-        self.apply_snapshot_landed(
-            source,
-            batch_id,
-            records,
-            quarantined,
-            mass_threshold,
-            checkpoint_value,
-            report,
-            None,
-        )
-        .await
-    }
-
-    /// [`Engine::apply_snapshot`] of a snapshot that landed at `landed_at` (an HR file's
-    /// modification time): its changes count as observed then, not when they were picked up.
-    #[allow(clippy::too_many_arguments)]
-    async fn apply_snapshot_landed(
-        &self,
-        source: &str,
-        batch_id: &str,
-        records: Vec<PersonRecord>,
-        quarantined: Vec<Quarantined>,
-        mass_threshold: f64,
-        checkpoint_value: &str,
-        report: &mut FeedReport,
-        landed_at: Option<DateTime<Utc>>,
-    ) -> Result<(), EngineError> {
-        let known: BTreeMap<String, (String, bool)> =
-            store::source_hashes(self.store.pool(), source)
-                .await?
-                .into_iter()
-                .map(|(k, h, gone)| (k, (h, gone)))
-                .collect();
-        let in_feed: BTreeSet<String> = records
-            .iter()
-            .map(|r| r.key.clone())
-            .chain(quarantined.iter().filter_map(|q| q.record_key.clone()))
-            .collect();
-        // Quarantine first, in its own transaction: nothing is lost even if the rest fails.
-        {
-            let now = to_micros(self.clock.now());
-            let mut tx = self.store.begin_write().await?;
-            for q in &quarantined {
-                if store::quarantine(&mut tx, q, batch_id, now).await? {
-                    audit::append(
-                        &mut tx,
-                        now,
-                        &format!("source:{source}"),
-                        "record.quarantined",
-                        q.record_key.as_deref().unwrap_or("-"),
-                        &serde_json::json!({"location": q.location, "field": q.field, "reason": q.reason}),
-                    )
-                    .await?;
-                }
-            }
-            // Holds are re-evaluated against every feed: a held disappearance whose person is
-            // back is released here, before anything else can act on it.
-            self.release_returned(&mut tx, source, &in_feed, now, report)
-                .await?;
-            tx.commit().await?;
-            report.quarantined = quarantined.len();
-        }
-        let total = records.len();
-        let mut changed: Vec<PersonRecord> = records
-            .into_iter()
-            .filter(|r| match known.get(&r.key) {
-                Some((h, gone)) => *gone || *h != record_hash(r),
-                None => true,
-            })
-            .collect();
-        report.unchanged = total - changed.len();
-        // Revocation first (invariant 3) starts here: people the feed says are leaving are applied in
-        // the first transactions, so their revokes reach the outbox before the joiners' issues.
-        changed.sort_by_key(|r| !leaving(r));
-        for chunk in changed.chunks(BATCH) {
-            let now = self.clock.now();
-            // Leavers come first; their batch goes ahead of the dispatcher's issue writes.
-            let mut tx = if chunk.iter().any(leaving) {
-                self.store.begin_write_urgent().await?
-            } else {
-                self.store.begin_write().await?
-            };
-            for r in chunk {
-                let (kind, applied) = self
-                    .apply_record_changed_at_tx(&mut tx, r, now, landed_at.unwrap_or(now))
-                    .await?;
-                tally(report, &kind, applied);
-            }
-            tx.commit().await?;
-            self.outbox_notify.notify_waiters();
-        }
-        // People who vanished from a full feed: leavers, unless so many vanish at once that the file
-        // is more likely truncated than the company halved (invariant 4).
-        let vanished: Vec<&String> = known
-            .iter()
-            .filter(|(k, (_, gone))| !gone && !in_feed.contains(*k))
-            .map(|(k, _)| k)
-            .collect();
-        let present = known.values().filter(|(_, gone)| !gone).count();
-        let now = self.clock.now();
-        let mut tx = self.store.begin_write().await?;
-        if !vanished.is_empty() && vanished.len() as f64 > mass_threshold * present as f64 {
-            let reason = format!(
-                "{} of {present} people ({:.1} %) vanished from one feed, above the {:.0} % threshold",
-                vanished.len(),
-                100.0 * vanished.len() as f64 / present.max(1) as f64,
-                100.0 * mass_threshold
-            );
-            for k in &vanished {
-                let by = self.requester(&format!("source:{source}"));
-                if store::hold(
-                    &mut tx,
-                    source,
-                    k,
-                    "disappearance",
-                    &reason,
-                    &by,
-                    to_micros(now),
-                )
-                .await?
-                {
-                    report.held += 1;
-                }
-            }
-            audit::append(
-                &mut tx,
-                to_micros(now),
-                &format!("source:{source}"),
-                "feed.mass_change_held",
-                source,
-                &serde_json::json!({"held": vanished.len(), "reason": reason}),
-            )
-            .await?;
-        } else {
-            // Absence is weaker than a termination: a leaver only once past the source's grace.
-            self.settle_vanished(&mut tx, source, &vanished, now, report)
-                .await?;
-        }
-        store::set_checkpoint(&mut tx, source, checkpoint_value, to_micros(now)).await?;
-        tx.commit().await?;
-        self.outbox_notify.notify_waiters();
-        Ok(())
     }
 
     /// Store one source's new view of one person and plan what follows, on the caller's

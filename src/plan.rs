@@ -118,118 +118,29 @@ pub async fn apply(
     approver: impl Fn(&str) -> Option<String>,
     now: DateTime<Utc>,
 ) -> Result<Applied, StoreError> {
-    let now_us = to_micros(now);
     let mut applied = Applied::default();
     for change in changes {
         let existing = ledger
             .iter()
             .find(|g| g.connector == change.connector() && g.target == change.target());
-        let generation = existing.map_or(0, |g| g.generation) + 1;
-        let mut trigger_at = cause.trigger_at;
-        let enqueue = match change {
+        let write = GrantWrite {
+            identity_key,
+            cause,
+            generation: existing.map_or(0, |g| g.generation) + 1,
+            now,
+            now_us: to_micros(now),
+        };
+        let trigger_at = match change {
             Change::Issue(d) => {
-                store::put_grant(
-                    conn,
-                    &GrantRow {
-                        identity_key: identity_key.to_string(),
-                        connector: d.connector.clone(),
-                        target: d.target.clone(),
-                        desired: "present".into(),
-                        observed: existing
-                            .map_or_else(|| "absent".to_string(), |g| g.observed.clone()),
-                        generation,
-                        vendor_ref: existing.and_then(|g| g.vendor_ref.clone()),
-                        template: d.template.clone(),
-                        credential: d.credential.clone(),
-                        window: d
-                            .window
-                            .as_ref()
-                            .and_then(|w| serde_json::to_string(w).ok()),
-                        valid_until: d.valid_until.map(to_micros),
-                        updated_at: now_us,
-                    },
-                )
-                .await?;
-                audit::append(
-                    conn,
-                    now_us,
-                    &cause.actor,
-                    "grant.desired",
-                    identity_key,
-                    &serde_json::json!({
-                        "connector": d.connector, "target": d.target, "credential": d.credential,
-                        "template": d.template, "template_approved_by": approver(&d.template),
-                        "valid_until": d.valid_until, "cause": cause.kind, "generation": generation,
-                    }),
-                )
-                .await?;
-                true
+                write.want_present(conn, d, existing, &approver).await?;
+                Some(cause.trigger_at)
             }
-            Change::Revoke(g) => {
-                let (_, attempted) =
-                    store::supersede_issues(conn, &g.connector, identity_key, &g.target, now_us)
-                        .await?;
-                // An issue that never left the outbox left nothing at the vendor to take back.
-                let must_revoke = attempted > 0 || g.observed != "absent";
-                if let Some(until) = g.valid_until
-                    && until <= now_us
-                    && cause.kind != "leaver"
-                {
-                    trigger_at = crate::clock::from_micros(until).max(cause.trigger_at.min(now));
-                }
-                store::put_grant(
-                    conn,
-                    &GrantRow {
-                        desired: "absent".into(),
-                        generation,
-                        updated_at: now_us,
-                        ..g.clone()
-                    },
-                )
-                .await?;
-                audit::append(
-                    conn,
-                    now_us,
-                    &cause.actor,
-                    "grant.undesired",
-                    identity_key,
-                    &serde_json::json!({
-                        "connector": g.connector, "target": g.target, "template": g.template,
-                        "cause": cause.kind, "generation": generation, "vendor_contacted": must_revoke,
-                    }),
-                )
-                .await?;
-                must_revoke
-            }
+            Change::Revoke(g) => write.want_absent(conn, g).await?,
         };
-        if !enqueue {
+        let Some(trigger_at) = trigger_at else {
             continue;
-        }
-        let cmd = NewCommand {
-            connector: change.connector().to_string(),
-            action: change.action(),
-            identity_key: identity_key.to_string(),
-            target: change.target().to_string(),
-            generation,
-            cause: cause.kind.clone(),
-            trigger_at: to_micros(trigger_at.min(cause.detected_at)),
-            detected_at: to_micros(cause.detected_at),
-            source: cause.source_label(),
-            traceparent: crate::telemetry::tracing::current_traceparent(),
         };
-        if let Some(id) = store::enqueue(conn, &cmd, now_us).await? {
-            audit::append(
-                conn,
-                now_us,
-                &cause.actor,
-                "command.enqueued",
-                identity_key,
-                &serde_json::json!({
-                    "command": id, "action": cmd.action, "connector": cmd.connector, "target": cmd.target,
-                    "idempotency_key": cmd.idem_key(), "cause": cmd.cause,
-                }),
-            )
-            .await?;
+        if write.enqueue(conn, change, trigger_at).await? {
             match change.action() {
                 Action::Issue => applied.issues += 1,
                 Action::Revoke => applied.revokes += 1,
@@ -237,6 +148,147 @@ pub async fn apply(
         }
     }
     Ok(applied)
+}
+
+/// One change's writes on the caller's transaction: whose grant, why, the generation it becomes
+/// and when.
+struct GrantWrite<'a> {
+    identity_key: &'a str,
+    cause: &'a Cause,
+    generation: i64,
+    now: DateTime<Utc>,
+    now_us: i64,
+}
+
+impl GrantWrite<'_> {
+    /// The ledger row now wants the grant present, audited with the template and its approver.
+    async fn want_present(
+        &self,
+        conn: &mut AnyConnection,
+        d: &DesiredGrant,
+        existing: Option<&GrantRow>,
+        approver: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), StoreError> {
+        let (cause, generation) = (self.cause, self.generation);
+        store::put_grant(
+            conn,
+            &GrantRow {
+                identity_key: self.identity_key.to_string(),
+                connector: d.connector.clone(),
+                target: d.target.clone(),
+                desired: "present".into(),
+                observed: existing.map_or_else(|| "absent".to_string(), |g| g.observed.clone()),
+                generation,
+                vendor_ref: existing.and_then(|g| g.vendor_ref.clone()),
+                template: d.template.clone(),
+                credential: d.credential.clone(),
+                window: d
+                    .window
+                    .as_ref()
+                    .and_then(|w| serde_json::to_string(w).ok()),
+                valid_until: d.valid_until.map(to_micros),
+                updated_at: self.now_us,
+            },
+        )
+        .await?;
+        audit::append(
+            conn,
+            self.now_us,
+            &cause.actor,
+            "grant.desired",
+            self.identity_key,
+            &serde_json::json!({
+                "connector": d.connector, "target": d.target, "credential": d.credential,
+                "template": d.template, "template_approved_by": approver(&d.template),
+                "valid_until": d.valid_until, "cause": cause.kind, "generation": generation,
+            }),
+        )
+        .await
+    }
+
+    /// The ledger row now wants the grant absent, audited, and any issue still waiting for the
+    /// vendor superseded. Returns the moment the revoke counts from, or `None` when nothing
+    /// reached the vendor and there is nothing to take back.
+    async fn want_absent(
+        &self,
+        conn: &mut AnyConnection,
+        g: &GrantRow,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let (cause, generation, now_us) = (self.cause, self.generation, self.now_us);
+        let (_, attempted) =
+            store::supersede_issues(conn, &g.connector, self.identity_key, &g.target, now_us)
+                .await?;
+        // An issue that never left the outbox left nothing at the vendor to take back.
+        let must_revoke = attempted > 0 || g.observed != "absent";
+        let mut trigger_at = cause.trigger_at;
+        if let Some(until) = g.valid_until
+            && until <= now_us
+            && cause.kind != "leaver"
+        {
+            trigger_at = crate::clock::from_micros(until).max(cause.trigger_at.min(self.now));
+        }
+        store::put_grant(
+            conn,
+            &GrantRow {
+                desired: "absent".into(),
+                generation,
+                updated_at: now_us,
+                ..g.clone()
+            },
+        )
+        .await?;
+        audit::append(
+            conn,
+            now_us,
+            &cause.actor,
+            "grant.undesired",
+            self.identity_key,
+            &serde_json::json!({
+                "connector": g.connector, "target": g.target, "template": g.template,
+                "cause": cause.kind, "generation": generation, "vendor_contacted": must_revoke,
+            }),
+        )
+        .await?;
+        Ok(must_revoke.then_some(trigger_at))
+    }
+
+    /// Put the change's command in the outbox, audited; `false` when the outbox already had it.
+    async fn enqueue(
+        &self,
+        conn: &mut AnyConnection,
+        change: &Change,
+        trigger_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let cause = self.cause;
+        let cmd = NewCommand {
+            connector: change.connector().to_string(),
+            action: change.action(),
+            identity_key: self.identity_key.to_string(),
+            target: change.target().to_string(),
+            generation: self.generation,
+            cause: cause.kind.clone(),
+            trigger_at: to_micros(trigger_at.min(cause.detected_at)),
+            detected_at: to_micros(cause.detected_at),
+            source: cause.source_label(),
+            traceparent: crate::telemetry::tracing::current_traceparent(),
+        };
+        let Some(id) = store::enqueue(conn, &cmd, self.now_us).await? else {
+            return Ok(false);
+        };
+        audit::append(
+            conn,
+            self.now_us,
+            &cause.actor,
+            "command.enqueued",
+            self.identity_key,
+            &serde_json::json!({
+                "command": id, "action": cmd.action, "connector": cmd.connector, "target": cmd.target,
+                "idempotency_key": cmd.idem_key(), "cause": cmd.cause,
+            }),
+        )
+        .await?;
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

@@ -138,6 +138,122 @@ pub fn sandboxed_env() -> Environment<'static> {
     env
 }
 
+/// A load error naming the file, the template and the field.
+fn template_error(origin: &str, template: &str, field: &str, message: String) -> PolicyError {
+    PolicyError::Template {
+        file: origin.to_string(),
+        template: template.to_string(),
+        field: field.to_string(),
+        message,
+    }
+}
+
+/// Compile one template's condition and grants into `env`.
+fn compile_template(
+    env: &mut Environment<'static>,
+    t: &TemplateSpec,
+    origin: &str,
+    connectors: &[String],
+) -> Result<Compiled, PolicyError> {
+    // The condition becomes a tiny template so it is compiled once and stored by name.
+    let cond = format!("{{% if {} %}}1{{% endif %}}", t.when);
+    env.add_template_owned(format!("when:{}", t.name), cond)
+        .map_err(|e| template_error(origin, &t.name, "when", format!("`{}`: {e}", t.when)))?;
+    let mut grants = Vec::new();
+    for (i, g) in t.grants.iter().enumerate() {
+        grants.push(compile_grant(env, &t.name, i, g, origin, connectors)?);
+    }
+    Ok(Compiled {
+        when_template: format!("when:{}", t.name),
+        name: t.name.clone(),
+        approved_by: t.approved_by.clone(),
+        grants,
+    })
+}
+
+/// Check grant `i` of template `template` (its connector is configured, its credential known)
+/// and compile its target into `env`.
+fn compile_grant(
+    env: &mut Environment<'static>,
+    template: &str,
+    i: usize,
+    g: &GrantSpec,
+    origin: &str,
+    connectors: &[String],
+) -> Result<CompiledGrant, PolicyError> {
+    let field = format!("grants[{i}]");
+    if !connectors.is_empty() && !connectors.contains(&g.connector) {
+        return Err(template_error(
+            origin,
+            template,
+            &format!("{field}.connector"),
+            format!(
+                "unknown connector `{}` (configured: {})",
+                g.connector,
+                connectors.join(", ")
+            ),
+        ));
+    }
+    if !CREDENTIALS.contains(&g.credential.as_str()) {
+        return Err(template_error(
+            origin,
+            template,
+            &format!("{field}.credential"),
+            format!(
+                "unknown credential `{}` (one of {})",
+                g.credential,
+                CREDENTIALS.join(", ")
+            ),
+        ));
+    }
+    let target_template = format!("target:{template}:{i}");
+    env.add_template_owned(target_template.clone(), g.target.clone())
+        .map_err(|e| template_error(origin, template, &format!("{field}.target"), e.to_string()))?;
+    let window = g
+        .window
+        .as_ref()
+        .map(|w| compile_window(w, origin, template, &format!("{field}.window")))
+        .transpose()?;
+    Ok(CompiledGrant {
+        connector: g.connector.clone(),
+        target_template,
+        credential: g.credential.clone(),
+        window,
+    })
+}
+
+/// A grant's weekly window: `HH:MM` times with from < until, on weekdays 1 (Monday) ..= 7.
+fn compile_window(
+    w: &WindowSpec,
+    origin: &str,
+    template: &str,
+    field: &str,
+) -> Result<Window, PolicyError> {
+    let from = parse_hhmm(&w.from);
+    let until = parse_hhmm(&w.until);
+    let (Some(from), Some(until)) = (from, until) else {
+        return Err(template_error(
+            origin,
+            template,
+            field,
+            "times must be HH:MM".into(),
+        ));
+    };
+    if from >= until || w.weekdays.is_empty() || w.weekdays.iter().any(|d| !(1..=7).contains(d)) {
+        return Err(template_error(
+            origin,
+            template,
+            field,
+            "need from < until and weekdays in 1 (Monday) ..= 7 (Sunday)".into(),
+        ));
+    }
+    Ok(Window {
+        weekdays: w.weekdays.clone(),
+        from_minute: from,
+        until_minute: until,
+    })
+}
+
 impl Policy {
     pub fn load(path: &Path, connectors: &[String]) -> Result<Self, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -149,14 +265,9 @@ impl Policy {
 
     pub fn parse(text: &str, origin: &str, connectors: &[String]) -> Result<Self, PolicyError> {
         let file: TemplatesFile = crate::config::parse_toml(text, origin)?;
-        let err = |template: &str, field: &str, message: String| PolicyError::Template {
-            file: origin.to_string(),
-            template: template.to_string(),
-            field: field.to_string(),
-            message,
-        };
         if file.version != 1 {
-            return Err(err(
+            return Err(template_error(
+                origin,
                 "-",
                 "version",
                 format!("version {} is not supported (expected 1)", file.version),
@@ -171,83 +282,14 @@ impl Policy {
                     .find(&format!("\"{}\"", t.name))
                     .map(|o| line_col(text, o).0)
                     .unwrap_or(0);
-                return Err(err(&t.name, "name", format!("defined twice (line {line})")));
+                return Err(template_error(
+                    origin,
+                    &t.name,
+                    "name",
+                    format!("defined twice (line {line})"),
+                ));
             }
-            // The condition becomes a tiny template so it is compiled once and stored by name.
-            let cond = format!("{{% if {} %}}1{{% endif %}}", t.when);
-            env.add_template_owned(format!("when:{}", t.name), cond)
-                .map_err(|e| err(&t.name, "when", format!("`{}`: {e}", t.when)))?;
-            let mut grants = Vec::new();
-            for (i, g) in t.grants.iter().enumerate() {
-                let field = format!("grants[{i}]");
-                if !connectors.is_empty() && !connectors.contains(&g.connector) {
-                    return Err(err(
-                        &t.name,
-                        &format!("{field}.connector"),
-                        format!(
-                            "unknown connector `{}` (configured: {})",
-                            g.connector,
-                            connectors.join(", ")
-                        ),
-                    ));
-                }
-                if !CREDENTIALS.contains(&g.credential.as_str()) {
-                    return Err(err(
-                        &t.name,
-                        &format!("{field}.credential"),
-                        format!(
-                            "unknown credential `{}` (one of {})",
-                            g.credential,
-                            CREDENTIALS.join(", ")
-                        ),
-                    ));
-                }
-                let target_template = format!("target:{}:{i}", t.name);
-                env.add_template_owned(target_template.clone(), g.target.clone())
-                    .map_err(|e| err(&t.name, &format!("{field}.target"), e.to_string()))?;
-                let window = match &g.window {
-                    None => None,
-                    Some(w) => {
-                        let from = parse_hhmm(&w.from);
-                        let until = parse_hhmm(&w.until);
-                        let (Some(from), Some(until)) = (from, until) else {
-                            return Err(err(
-                                &t.name,
-                                &format!("{field}.window"),
-                                "times must be HH:MM".into(),
-                            ));
-                        };
-                        if from >= until
-                            || w.weekdays.is_empty()
-                            || w.weekdays.iter().any(|d| !(1..=7).contains(d))
-                        {
-                            return Err(err(
-                                &t.name,
-                                &format!("{field}.window"),
-                                "need from < until and weekdays in 1 (Monday) ..= 7 (Sunday)"
-                                    .into(),
-                            ));
-                        }
-                        Some(Window {
-                            weekdays: w.weekdays.clone(),
-                            from_minute: from,
-                            until_minute: until,
-                        })
-                    }
-                };
-                grants.push(CompiledGrant {
-                    connector: g.connector.clone(),
-                    target_template,
-                    credential: g.credential.clone(),
-                    window,
-                });
-            }
-            templates.push(Compiled {
-                when_template: format!("when:{}", t.name),
-                name: t.name.clone(),
-                approved_by: t.approved_by.clone(),
-                grants,
-            });
+            templates.push(compile_template(&mut env, t, origin, connectors)?);
         }
         use sha2::Digest;
         Ok(Self {

@@ -132,57 +132,11 @@ pub async fn start(
     let holders = holders(engine, &start.scope).await?;
     let now_us = to_micros(now);
     let mut tx = engine.store.begin_write().await?;
-    let mut campaign = CampaignRow {
-        id: 0,
-        name: start
-            .name
-            .clone()
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| format!("{} {}", start.scope.kind(), start.scope.value())),
-        scope_kind: start.scope.kind().into(),
-        scope_value: start.scope.value().into(),
-        on_deadline: start.on_deadline.as_str().into(),
-        status: "open".into(),
-        started_by: by.into(),
-        started_at: now_us,
-        deadline_at: to_micros(start.deadline),
-        closed_at: None,
-    };
+    let mut campaign = new_campaign(start, by, now_us);
     campaign.id = store::reviews::insert_campaign(&mut tx, &campaign).await?;
     for g in &holders {
-        let basis = match g.template.strip_prefix("request:") {
-            None => "template".to_string(),
-            Some(id) => match id.parse() {
-                Ok(id) => store::access_requests::get(&mut tx, id).await?.map_or(
-                    "request".to_string(),
-                    |r| {
-                        if r.kind == "emergency" {
-                            "emergency".into()
-                        } else {
-                            "request".into()
-                        }
-                    },
-                ),
-                Err(_) => "request".into(),
-            },
-        };
-        store::reviews::insert_item(
-            &mut tx,
-            &ItemRow {
-                id: 0,
-                campaign_id: campaign.id,
-                identity_key: g.identity_key.clone(),
-                connector: g.connector.clone(),
-                target: g.target.clone(),
-                template: g.template.clone(),
-                basis,
-                decision: None,
-                decided_by: None,
-                decided_at: None,
-                note: None,
-            },
-        )
-        .await?;
+        let basis = basis_of(&mut tx, g).await?;
+        store::reviews::insert_item(&mut tx, &new_item(campaign.id, g, basis)).await?;
     }
     audit::append(
         &mut tx,
@@ -208,6 +162,68 @@ pub async fn start(
         .ok_or(ReviewError::NoCampaign(campaign.id))?;
     let items = store::reviews::items(&mut conn, campaign.id).await?;
     Ok((campaign, items))
+}
+
+/// The row of a campaign `by` starts, open, not stored yet; named after its scope unless given a
+/// name.
+fn new_campaign(start: &Start, by: &str, now_us: i64) -> CampaignRow {
+    CampaignRow {
+        id: 0,
+        name: start
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| format!("{} {}", start.scope.kind(), start.scope.value())),
+        scope_kind: start.scope.kind().into(),
+        scope_value: start.scope.value().into(),
+        on_deadline: start.on_deadline.as_str().into(),
+        status: "open".into(),
+        started_by: by.into(),
+        started_at: now_us,
+        deadline_at: to_micros(start.deadline),
+        closed_at: None,
+    }
+}
+
+/// Why a holder holds the door: a template, a temporary request or an emergency.
+async fn basis_of(
+    tx: &mut sqlx::AnyConnection,
+    g: &store::GrantRow,
+) -> Result<String, ReviewError> {
+    Ok(match g.template.strip_prefix("request:") {
+        None => "template".to_string(),
+        Some(id) => match id.parse() {
+            Ok(id) => {
+                store::access_requests::get(tx, id)
+                    .await?
+                    .map_or("request".to_string(), |r| {
+                        if r.kind == "emergency" {
+                            "emergency".into()
+                        } else {
+                            "request".into()
+                        }
+                    })
+            }
+            Err(_) => "request".into(),
+        },
+    })
+}
+
+/// The undecided item of one holder in campaign `campaign_id`, not stored yet.
+fn new_item(campaign_id: i64, g: &store::GrantRow, basis: String) -> ItemRow {
+    ItemRow {
+        id: 0,
+        campaign_id,
+        identity_key: g.identity_key.clone(),
+        connector: g.connector.clone(),
+        target: g.target.clone(),
+        template: g.template.clone(),
+        basis,
+        decision: None,
+        decided_by: None,
+        decided_at: None,
+        note: None,
+    }
 }
 
 /// A connection for reading outside a write transaction.

@@ -21,7 +21,9 @@ pub mod timing;
 use crate::audit;
 use crate::clock::{SharedClock, from_micros, to_micros};
 use crate::config::Config;
-use crate::connectors::{Connector, ConnectorError, Connectors, GrantRequest, Outcome, call};
+use crate::connectors::{
+    Connector, ConnectorError, Connectors, GrantRequest, Outcome, RetryPolicy, call,
+};
 use crate::model::{Action, PersonRef, Window};
 use crate::store::{self, CommandRow, CommandUpdate, Store, StoreError};
 use crate::telemetry::metrics::{Metrics, Retry};
@@ -540,7 +542,6 @@ impl Dispatcher {
         probe: bool,
         recheck: Option<Duration>,
     ) -> Result<(), StoreError> {
-        let confirming = cmd.dispatched_at.is_some();
         let now = to_micros(self.clock.now());
         let policy = connector.retry_policy();
         match result {
@@ -549,70 +550,98 @@ impl Dispatcher {
                     .await
             }
             Ok(outcome @ Outcome::Pending { .. }) => {
-                let deadline = cmd
-                    .confirm_deadline
-                    .unwrap_or(now + policy.confirm_deadline.as_micros() as i64);
-                let mut tx = self.store.begin_write_for(cmd.action).await?;
-                if confirming && now >= deadline {
-                    // The vendor never showed the change: do it again (idempotent, so safe).
-                    store::reissue(
-                        &mut tx,
-                        owner,
-                        cmd.id,
-                        now,
-                        "not confirmed by the vendor before the deadline",
-                    )
-                    .await?;
-                    audit::append(
-                        &mut tx,
-                        now,
-                        "dispatcher",
-                        "command.reissued",
-                        &cmd.identity_key,
-                        &serde_json::json!({"command": cmd.id}),
-                    )
-                    .await?;
-                } else {
-                    let checks = if confirming {
-                        (now - cmd.dispatched_at.unwrap_or(now))
-                            / policy.confirm_recheck.as_micros().max(1) as i64
-                    } else {
-                        0
-                    };
-                    let delay = recheck
-                        .unwrap_or_else(|| {
-                            policy
-                                .confirm_recheck
-                                .saturating_mul(1 << checks.clamp(0, 6))
-                                .min(policy.max)
-                        })
-                        .min(self.cap());
-                    self.record_refs(&mut tx, cmd, &outcome).await?;
-                    store::update_claimed(
-                        &mut tx,
-                        owner,
-                        &CommandUpdate {
-                            id: cmd.id,
-                            status: "confirming".into(),
-                            next_attempt_at: timing::after(now, delay, self.cap()),
-                            dispatched_at: Some(now),
-                            confirmed_at: None,
-                            confirm_deadline: Some(deadline),
-                            last_error: Some("accepted by the vendor, not visible yet".into()),
-                            refund_attempt: false,
-                            first_attempt_at: cmd.first_attempt_at,
-                        },
-                    )
-                    .await?;
-                }
-                tx.commit().await?;
-                if confirming && now >= deadline {
-                    self.metrics.command_retried(cmd, Retry::Reissued);
-                }
-                Ok(())
+                self.settle_pending(owner, cmd, &outcome, &policy, recheck, now)
+                    .await
             }
             Err(e) => self.failed(owner, cmd, connector, e, now, probe).await,
         }
+    }
+
+    /// The vendor accepted the command but does not show it yet: it waits to be read back, or,
+    /// past its confirmation deadline, it is issued again.
+    async fn settle_pending(
+        &self,
+        owner: &str,
+        cmd: &CommandRow,
+        outcome: &Outcome,
+        policy: &RetryPolicy,
+        recheck: Option<Duration>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let confirming = cmd.dispatched_at.is_some();
+        let deadline = cmd
+            .confirm_deadline
+            .unwrap_or(now + policy.confirm_deadline.as_micros() as i64);
+        let mut tx = self.store.begin_write_for(cmd.action).await?;
+        if confirming && now >= deadline {
+            // The vendor never showed the change: do it again (idempotent, so safe).
+            store::reissue(
+                &mut tx,
+                owner,
+                cmd.id,
+                now,
+                "not confirmed by the vendor before the deadline",
+            )
+            .await?;
+            audit::append(
+                &mut tx,
+                now,
+                "dispatcher",
+                "command.reissued",
+                &cmd.identity_key,
+                &serde_json::json!({"command": cmd.id}),
+            )
+            .await?;
+        } else {
+            let delay = self.recheck_delay(cmd, policy, recheck, now);
+            self.record_refs(&mut tx, cmd, outcome).await?;
+            store::update_claimed(
+                &mut tx,
+                owner,
+                &CommandUpdate {
+                    id: cmd.id,
+                    status: "confirming".into(),
+                    next_attempt_at: timing::after(now, delay, self.cap()),
+                    dispatched_at: Some(now),
+                    confirmed_at: None,
+                    confirm_deadline: Some(deadline),
+                    last_error: Some("accepted by the vendor, not visible yet".into()),
+                    refund_attempt: false,
+                    first_attempt_at: cmd.first_attempt_at,
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        if confirming && now >= deadline {
+            self.metrics.command_retried(cmd, Retry::Reissued);
+        }
+        Ok(())
+    }
+
+    /// How long until a pending command is read back: `recheck` when the connector names it, else
+    /// the profile's recheck interval doubled for every read-back so far, within the caps.
+    fn recheck_delay(
+        &self,
+        cmd: &CommandRow,
+        policy: &RetryPolicy,
+        recheck: Option<Duration>,
+        now: i64,
+    ) -> Duration {
+        let checks = match cmd.dispatched_at {
+            Some(dispatched_at) => {
+                (now - dispatched_at) / policy.confirm_recheck.as_micros().max(1) as i64
+            }
+            None => 0,
+        };
+        recheck
+            .unwrap_or_else(|| {
+                policy
+                    .confirm_recheck
+                    .saturating_mul(1 << checks.clamp(0, 6))
+                    .min(policy.max)
+            })
+            .min(self.cap())
     }
 
     async fn failed(

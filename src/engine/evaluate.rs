@@ -6,7 +6,7 @@
 use super::{Engine, EngineError};
 use crate::clock::to_micros;
 use crate::identity::Derived;
-use crate::model::{Lifecycle, Quarantined};
+use crate::model::{DesiredGrant, Lifecycle, Quarantined};
 use crate::plan::{self, Applied, Cause};
 use crate::policy::PolicyError;
 use crate::store::{self, IdentityRow};
@@ -15,6 +15,8 @@ use sqlx::AnyConnection;
 use std::collections::BTreeMap;
 
 impl Engine {
+    /// Plan one freshly derived person on the caller's transaction: what templates want, changed
+    /// by what operators decided, against the ledger, and the plan applied.
     pub(super) async fn plan_identity(
         &self,
         conn: &mut AnyConnection,
@@ -24,12 +26,51 @@ impl Engine {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Applied, EngineError> {
+        let Some(desired) = self.desired_or_quarantine(conn, key, derived, now).await? else {
+            return Ok(Applied::default());
+        };
+        let desired = self
+            .with_operator_decisions(conn, key, derived, desired, actor, now)
+            .await?;
+        let ledger = store::grants_of(conn, key).await?;
+        let changes = plan::diff(&desired, &ledger);
+        if changes.is_empty() {
+            return Ok(Applied::default());
+        }
+        let cause = Cause {
+            kind: kind.to_string(),
+            trigger_at: trigger_of(derived, kind, now),
+            detected_at: now,
+            actor: actor.to_string(),
+        };
+        let policy = self.policy();
+        Ok(plan::apply(
+            conn,
+            key,
+            &changes,
+            &ledger,
+            &cause,
+            |t| policy.approver_of(t).map(str::to_string),
+            now,
+        )
+        .await?)
+    }
+
+    /// What templates want for a derived person, or `None` (and the person quarantined) when a
+    /// template cannot be evaluated.
+    async fn desired_or_quarantine(
+        &self,
+        conn: &mut AnyConnection,
+        key: &str,
+        derived: &Derived,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<DesiredGrant>>, EngineError> {
         let tz = self.config.timezone_of(derived.site.as_deref());
-        let desired = match tracing::info_span!("policy.evaluate", identity = %key).in_scope(|| {
+        match tracing::info_span!("policy.evaluate", identity = %key).in_scope(|| {
             self.policy()
                 .desired(key, derived.lifecycle, &derived.attrs, tz, now)
         }) {
-            Ok(d) => d,
+            Ok(d) => Ok(Some(d)),
             Err(e) => {
                 // A template that cannot be evaluated must not revoke anything: keep the ledger as it
                 // is and report the person.
@@ -48,11 +89,23 @@ impl Engine {
                     to_micros(now),
                 )
                 .await?;
-                return Ok(Applied::default());
+                Ok(None)
             }
-        };
+        }
+    }
+
+    /// What templates want, changed by what operators decided for the person: door moves, review
+    /// withdrawals, temporary access in force, and a suspension.
+    async fn with_operator_decisions(
+        &self,
+        conn: &mut AnyConnection,
+        key: &str,
+        derived: &Derived,
+        mut desired: Vec<DesiredGrant>,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DesiredGrant>, EngineError> {
         // A door moved to another connector is wanted there instead.
-        let mut desired = desired;
         crate::door_migration::rewrite(&store::door_moves::all_on(conn).await?, &mut desired);
         // A door a review took away stays away while a template still gives it.
         crate::reviews::withhold(
@@ -67,42 +120,7 @@ impl Engine {
         }
         // An operator's suspension outlasts whatever the sources say, until resumed or the person
         // leaves (which ends it).
-        let desired =
-            crate::suspension::apply(conn, key, derived.lifecycle, desired, actor, now).await?;
-        let ledger = store::grants_of(conn, key).await?;
-        let changes = plan::diff(&desired, &ledger);
-        if changes.is_empty() {
-            return Ok(Applied::default());
-        }
-        let trigger_at = match derived.lifecycle {
-            Lifecycle::Terminated | Lifecycle::Suspended | Lifecycle::Active => {
-                derived.trigger_at().min(now)
-            }
-            Lifecycle::PreHire => now,
-        };
-        // Attribute changes (movers) have no effective date: they trigger when seen.
-        let trigger_at = if kind == "mover" || kind == "reconcile" {
-            now
-        } else {
-            trigger_at
-        };
-        let cause = Cause {
-            kind: kind.to_string(),
-            trigger_at,
-            detected_at: now,
-            actor: actor.to_string(),
-        };
-        let policy = self.policy();
-        Ok(plan::apply(
-            conn,
-            key,
-            &changes,
-            &ledger,
-            &cause,
-            |t| policy.approver_of(t).map(str::to_string),
-            now,
-        )
-        .await?)
+        crate::suspension::apply(conn, key, derived.lifecycle, desired, actor, now).await
     }
 
     /// What one stored identity should change now under current policy and what operators decided
@@ -236,6 +254,23 @@ impl Engine {
             now,
         )
         .await?)
+    }
+}
+
+/// The moment a derived person's change counts from: its effective time, never later than now;
+/// now for a pre-hire, and for attribute changes, which have no effective date.
+fn trigger_of(derived: &Derived, kind: &str, now: DateTime<Utc>) -> DateTime<Utc> {
+    let trigger_at = match derived.lifecycle {
+        Lifecycle::Terminated | Lifecycle::Suspended | Lifecycle::Active => {
+            derived.trigger_at().min(now)
+        }
+        Lifecycle::PreHire => now,
+    };
+    // Attribute changes (movers) have no effective date: they trigger when seen.
+    if kind == "mover" || kind == "reconcile" {
+        now
+    } else {
+        trigger_at
     }
 }
 

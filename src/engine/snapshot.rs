@@ -1,0 +1,241 @@
+//! Applying a full snapshot of a source's people: quarantine and returned holds first, then the
+//! changed people in batches (leavers first), then the people who vanished from it, and only then
+//! the source's checkpoint.
+
+use super::{BATCH, Engine, EngineError, FeedReport, leaving, record_hash, tally};
+use crate::audit;
+use crate::clock::to_micros;
+use crate::model::{PersonRecord, Quarantined};
+use crate::store;
+use chrono::{DateTime, Utc};
+use sqlx::AnyConnection;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a source held before a snapshot, by person key: the record's hash, and whether the person
+/// had already disappeared.
+type Known = BTreeMap<String, (String, bool)>;
+
+impl Engine {
+    /// The source-independent part of applying a full snapshot of a source's people.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply_snapshot(
+        &self,
+        source: &str,
+        batch_id: &str,
+        records: Vec<PersonRecord>,
+        quarantined: Vec<Quarantined>,
+        mass_threshold: f64,
+        checkpoint_value: &str,
+        report: &mut FeedReport,
+    ) -> Result<(), EngineError> {
+        self.apply_snapshot_landed(
+            source,
+            batch_id,
+            records,
+            quarantined,
+            mass_threshold,
+            checkpoint_value,
+            report,
+            None,
+        )
+        .await
+    }
+
+    /// [`Engine::apply_snapshot`] of a snapshot that landed at `landed_at` (an HR file's
+    /// modification time): its changes count as observed then, not when they were picked up.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn apply_snapshot_landed(
+        &self,
+        source: &str,
+        batch_id: &str,
+        records: Vec<PersonRecord>,
+        quarantined: Vec<Quarantined>,
+        mass_threshold: f64,
+        checkpoint_value: &str,
+        report: &mut FeedReport,
+        landed_at: Option<DateTime<Utc>>,
+    ) -> Result<(), EngineError> {
+        let known: Known = store::source_hashes(self.store.pool(), source)
+            .await?
+            .into_iter()
+            .map(|(k, h, gone)| (k, (h, gone)))
+            .collect();
+        let in_feed: BTreeSet<String> = records
+            .iter()
+            .map(|r| r.key.clone())
+            .chain(quarantined.iter().filter_map(|q| q.record_key.clone()))
+            .collect();
+        self.quarantine_and_release(source, batch_id, &quarantined, &in_feed, report)
+            .await?;
+        let total = records.len();
+        let changed = changed_records(&known, records);
+        report.unchanged = total - changed.len();
+        self.apply_changed(changed, landed_at, report).await?;
+        self.settle_disappearances(
+            source,
+            &known,
+            &in_feed,
+            mass_threshold,
+            checkpoint_value,
+            report,
+        )
+        .await
+    }
+
+    /// Quarantine first, in its own transaction: nothing is lost even if the rest fails.
+    async fn quarantine_and_release(
+        &self,
+        source: &str,
+        batch_id: &str,
+        quarantined: &[Quarantined],
+        in_feed: &BTreeSet<String>,
+        report: &mut FeedReport,
+    ) -> Result<(), EngineError> {
+        let now = to_micros(self.clock.now());
+        let mut tx = self.store.begin_write().await?;
+        for q in quarantined {
+            if store::quarantine(&mut tx, q, batch_id, now).await? {
+                audit::append(
+                    &mut tx,
+                    now,
+                    &format!("source:{source}"),
+                    "record.quarantined",
+                    q.record_key.as_deref().unwrap_or("-"),
+                    &serde_json::json!({"location": q.location, "field": q.field, "reason": q.reason}),
+                )
+                .await?;
+            }
+        }
+        // Holds are re-evaluated against every feed: a held disappearance whose person is
+        // back is released here, before anything else can act on it.
+        self.release_returned(&mut tx, source, in_feed, now, report)
+            .await?;
+        tx.commit().await?;
+        report.quarantined = quarantined.len();
+        Ok(())
+    }
+
+    /// The changed people, one transaction per batch, each committed before the next begins.
+    async fn apply_changed(
+        &self,
+        mut changed: Vec<PersonRecord>,
+        landed_at: Option<DateTime<Utc>>,
+        report: &mut FeedReport,
+    ) -> Result<(), EngineError> {
+        // Revocation first (invariant 3) starts here: people the feed says are leaving are applied in
+        // the first transactions, so their revokes reach the outbox before the joiners' issues.
+        changed.sort_by_key(|r| !leaving(r));
+        for chunk in changed.chunks(BATCH) {
+            let now = self.clock.now();
+            // Leavers come first; their batch goes ahead of the dispatcher's issue writes.
+            let mut tx = if chunk.iter().any(leaving) {
+                self.store.begin_write_urgent().await?
+            } else {
+                self.store.begin_write().await?
+            };
+            for r in chunk {
+                let (kind, applied) = self
+                    .apply_record_changed_at_tx(&mut tx, r, now, landed_at.unwrap_or(now))
+                    .await?;
+                tally(report, &kind, applied);
+            }
+            tx.commit().await?;
+            self.outbox_notify.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// People who vanished from a full feed: leavers, unless so many vanish at once that the file
+    /// is more likely truncated than the company halved (invariant 4). The checkpoint moves in the
+    /// same transaction.
+    async fn settle_disappearances(
+        &self,
+        source: &str,
+        known: &Known,
+        in_feed: &BTreeSet<String>,
+        mass_threshold: f64,
+        checkpoint_value: &str,
+        report: &mut FeedReport,
+    ) -> Result<(), EngineError> {
+        let vanished: Vec<&String> = known
+            .iter()
+            .filter(|(k, (_, gone))| !gone && !in_feed.contains(*k))
+            .map(|(k, _)| k)
+            .collect();
+        let present = known.values().filter(|(_, gone)| !gone).count();
+        let now = self.clock.now();
+        let mut tx = self.store.begin_write().await?;
+        if !vanished.is_empty() && vanished.len() as f64 > mass_threshold * present as f64 {
+            let reason = mass_change_reason(vanished.len(), present, mass_threshold);
+            self.hold_vanished(&mut tx, source, &vanished, &reason, now, report)
+                .await?;
+        } else {
+            // Absence is weaker than a termination: a leaver only once past the source's grace.
+            self.settle_vanished(&mut tx, source, &vanished, now, report)
+                .await?;
+        }
+        store::set_checkpoint(&mut tx, source, checkpoint_value, to_micros(now)).await?;
+        tx.commit().await?;
+        self.outbox_notify.notify_waiters();
+        Ok(())
+    }
+
+    /// A mass disappearance: every vanished person's disappearance is held for an approver, on
+    /// the caller's transaction, audited once for the feed.
+    async fn hold_vanished(
+        &self,
+        conn: &mut AnyConnection,
+        source: &str,
+        vanished: &[&String],
+        reason: &str,
+        now: DateTime<Utc>,
+        report: &mut FeedReport,
+    ) -> Result<(), EngineError> {
+        for k in vanished {
+            let by = self.requester(&format!("source:{source}"));
+            if store::hold(
+                conn,
+                source,
+                k,
+                "disappearance",
+                reason,
+                &by,
+                to_micros(now),
+            )
+            .await?
+            {
+                report.held += 1;
+            }
+        }
+        audit::append(
+            conn,
+            to_micros(now),
+            &format!("source:{source}"),
+            "feed.mass_change_held",
+            source,
+            &serde_json::json!({"held": vanished.len(), "reason": reason}),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The records that are new, changed, or of people who had disappeared, in feed order.
+fn changed_records(known: &Known, records: Vec<PersonRecord>) -> Vec<PersonRecord> {
+    records
+        .into_iter()
+        .filter(|r| match known.get(&r.key) {
+            Some((h, gone)) => *gone || *h != record_hash(r),
+            None => true,
+        })
+        .collect()
+}
+
+/// Why a feed's disappearances are held: how many vanished, of how many, against the threshold.
+fn mass_change_reason(vanished: usize, present: usize, mass_threshold: f64) -> String {
+    format!(
+        "{vanished} of {present} people ({:.1} %) vanished from one feed, above the {:.0} % threshold",
+        100.0 * vanished as f64 / present.max(1) as f64,
+        100.0 * mass_threshold
+    )
+}
