@@ -247,32 +247,8 @@ pub(super) async fn write(
     members: MemberPlan,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Resource, Failure> {
-    if kind == Kind::User
-        && let Some(un) = body.get("userName").and_then(Value::as_str)
-        && src::user_name_taken(conn, &t.name, un, Some(id)).await?
-    {
-        return Err(Failure(ScimError::Client {
-            status: 409,
-            scim_type: Some("uniqueness"),
-            detail: format!("userName `{un}` is already in use"),
-        }));
-    }
-    if kind == Kind::Group {
-        check_group_name(conn, t, id, before, &body).await?;
-    }
-    let version = before.map_or(1, |b| b.version + 1);
-    let created = before
-        .and_then(|b| b.raw.pointer("/meta/created"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| src::scim_time(now));
-    let mut r = Resource {
-        id: id.to_string(),
-        kind,
-        person_key: before.and_then(|b| b.person_key.clone()),
-        raw: stamp(kind, id, body, version, &created, now),
-        version,
-    };
+    check_unique(conn, t, kind, id, before, &body).await?;
+    let mut r = next_version(kind, id, before, body, now);
     let at = to_micros(now);
     // Stored first, so a user's groups are there for the person record and a group's members are
     // visible to the users re-evaluated below.
@@ -288,54 +264,15 @@ pub(super) async fn write(
         src::delete_member(conn, &t.name, id, mid).await?;
     }
     match kind {
-        Kind::User => {
-            let key = src::sync_user(
-                &s.engine,
-                conn,
-                &t.mapping,
-                Some(&r),
-                before.and_then(|b| b.person_key.as_deref()),
-                now,
-            )
-            .await?;
-            if key != r.person_key {
-                r.person_key = key;
-                src::set_person_key(conn, &t.name, &r.id, r.person_key.as_deref()).await?;
-            }
-        }
+        Kind::User => sync_written_user(s, conn, t, before, &mut r, now).await?,
         Kind::Group => {
-            let mut affected: BTreeSet<String> = joined
+            let affected: BTreeSet<String> = joined
                 .iter()
                 .chain(left.iter())
                 .map(|x| (*x).clone())
                 .collect();
-            // A rename changes every member's `groups` attribute.
-            let renamed =
-                before.is_some_and(|b| b.raw.get("displayName") != r.raw.get("displayName"));
-            if renamed {
-                affected.extend(
-                    src::members(conn, &t.name, id)
-                        .await?
-                        .into_iter()
-                        .map(|m| m.0),
-                );
-            }
-            resync_members(s, conn, t, affected, now).await?;
+            resync_group_members(s, conn, t, before, &r, affected, now).await?;
         }
-    }
-    let mut details = json!({
-        "userName": r.raw.get("userName"),
-        "externalId": r.raw.get("externalId"),
-        "displayName": r.raw.get("displayName"),
-        "active": r.raw.get("active"),
-        "version": version,
-    });
-    // Who joined or left the group: what an auditor asks of a door group.
-    if !joined.is_empty() {
-        details["membersAdded"] = json!(joined);
-    }
-    if !left.is_empty() {
-        details["membersRemoved"] = json!(left);
     }
     audit::append(
         conn,
@@ -351,10 +288,127 @@ pub(super) async fn write(
             }
         ),
         id,
-        &details,
+        &write_details(&r, &joined, &left),
     )
     .await?;
     Ok(r)
+}
+
+/// A user's userName and a group's displayName are unique per tenant.
+async fn check_unique(
+    conn: &mut sqlx::AnyConnection,
+    t: &Tenant,
+    kind: Kind,
+    id: &str,
+    before: Option<&Resource>,
+    body: &Value,
+) -> Result<(), Failure> {
+    if kind == Kind::User
+        && let Some(un) = body.get("userName").and_then(Value::as_str)
+        && src::user_name_taken(conn, &t.name, un, Some(id)).await?
+    {
+        return Err(Failure(ScimError::Client {
+            status: 409,
+            scim_type: Some("uniqueness"),
+            detail: format!("userName `{un}` is already in use"),
+        }));
+    }
+    if kind == Kind::Group {
+        check_group_name(conn, t, id, before, body).await?;
+    }
+    Ok(())
+}
+
+/// The resource as a write leaves it: the next version, stamped, keeping when it was created and
+/// whose it is.
+fn next_version(
+    kind: Kind,
+    id: &str,
+    before: Option<&Resource>,
+    body: Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Resource {
+    let version = before.map_or(1, |b| b.version + 1);
+    let created = before
+        .and_then(|b| b.raw.pointer("/meta/created"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| src::scim_time(now));
+    Resource {
+        id: id.to_string(),
+        kind,
+        person_key: before.and_then(|b| b.person_key.clone()),
+        raw: stamp(kind, id, body, version, &created, now),
+        version,
+    }
+}
+
+/// A written user's person record brought up to date, and the person it now belongs to.
+async fn sync_written_user(
+    s: &Scim,
+    conn: &mut sqlx::AnyConnection,
+    t: &Tenant,
+    before: Option<&Resource>,
+    r: &mut Resource,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), Failure> {
+    let key = src::sync_user(
+        &s.engine,
+        conn,
+        &t.mapping,
+        Some(&*r),
+        before.and_then(|b| b.person_key.as_deref()),
+        now,
+    )
+    .await?;
+    if key != r.person_key {
+        r.person_key = key;
+        src::set_person_key(conn, &t.name, &r.id, r.person_key.as_deref()).await?;
+    }
+    Ok(())
+}
+
+/// The users a group write affects re-evaluated: those who joined or left it, and after a rename
+/// every member.
+async fn resync_group_members(
+    s: &Scim,
+    conn: &mut sqlx::AnyConnection,
+    t: &Tenant,
+    before: Option<&Resource>,
+    r: &Resource,
+    mut affected: BTreeSet<String>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), Failure> {
+    // A rename changes every member's `groups` attribute.
+    let renamed = before.is_some_and(|b| b.raw.get("displayName") != r.raw.get("displayName"));
+    if renamed {
+        affected.extend(
+            src::members(conn, &t.name, &r.id)
+                .await?
+                .into_iter()
+                .map(|m| m.0),
+        );
+    }
+    resync_members(s, conn, t, affected, now).await
+}
+
+/// The audit details of a write: the resource as it now is, and its version.
+fn write_details(r: &Resource, joined: &[&String], left: &[&String]) -> Value {
+    let mut details = json!({
+        "userName": r.raw.get("userName"),
+        "externalId": r.raw.get("externalId"),
+        "displayName": r.raw.get("displayName"),
+        "active": r.raw.get("active"),
+        "version": r.version,
+    });
+    // Who joined or left the group: what an auditor asks of a door group.
+    if !joined.is_empty() {
+        details["membersAdded"] = json!(joined);
+    }
+    if !left.is_empty() {
+        details["membersRemoved"] = json!(left);
+    }
+    details
 }
 
 /// The members of a group's representation taken out and planned as member rows; for a user,

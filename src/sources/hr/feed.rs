@@ -44,6 +44,45 @@ pub fn parse_feed(
 ) -> Result<ParsedFeed, HrError> {
     let digest = hex::encode(Sha256::digest(bytes));
     let body = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+    check_utf8(file_name, body)?;
+
+    // Flexible, so that a short or long row is ours to quarantine instead of a reader error.
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(mapping.delimiter)
+        .from_reader(body);
+    let mut records = reader.records();
+    let header = header_row(file_name, &mut records)?;
+    let mut rows = FeedRows {
+        source,
+        file_name,
+        mapping,
+        layout: layout(file_name, &header, mapping)?,
+        first_seen: HashMap::new(),
+        lines: LineCounter::new(body),
+        delimiter: char::from(mapping.delimiter).to_string(),
+    };
+
+    let mut feed = ParsedFeed {
+        records: Vec::new(),
+        quarantined: Vec::new(),
+        digest,
+        rows: 0,
+    };
+    for row in records {
+        let row = row.map_err(|e| csv_error(file_name, e))?;
+        // Spreadsheet exports pad with lines of bare delimiters; they carry nothing.
+        if is_blank(&row) {
+            continue;
+        }
+        feed.rows += 1;
+        rows.read(&row, &mut feed);
+    }
+    Ok(feed)
+}
+
+fn check_utf8(file_name: &str, body: &[u8]) -> Result<(), HrError> {
     if let Err(e) = std::str::from_utf8(body) {
         return Err(HrError::NotUtf8 {
             file: file_name.to_string(),
@@ -54,21 +93,23 @@ pub fn parse_feed(
                 + 1,
         });
     }
+    Ok(())
+}
 
-    // Flexible, so that a short or long row is ours to quarantine instead of a reader error.
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(mapping.delimiter)
-        .from_reader(body);
-    let csv_error = |e: csv::Error| HrError::Csv {
+fn csv_error(file_name: &str, e: csv::Error) -> HrError {
+    HrError::Csv {
         file: file_name.to_string(),
         line: e.position().map(|p| p.line()).unwrap_or(0),
         message: e.to_string(),
-    };
+    }
+}
 
-    let mut records = reader.records();
-    let header = loop {
+/// The first row that is not blank: the header.
+fn header_row(
+    file_name: &str,
+    records: &mut csv::StringRecordsIter<'_, &[u8]>,
+) -> Result<csv::StringRecord, HrError> {
+    loop {
         match records.next() {
             None => {
                 return Err(HrError::Empty {
@@ -76,80 +117,88 @@ pub fn parse_feed(
                 });
             }
             Some(row) => {
-                let row = row.map_err(csv_error)?;
+                let row = row.map_err(|e| csv_error(file_name, e))?;
                 if !is_blank(&row) {
-                    break row;
+                    return Ok(row);
                 }
             }
         }
-    };
-    let layout = layout(file_name, &header, mapping)?;
+    }
+}
 
-    let mut feed = ParsedFeed {
-        records: Vec::new(),
-        quarantined: Vec::new(),
-        digest,
-        rows: 0,
-    };
-    // Key -> line it first appeared on, whether or not that row was usable: two rows for one
-    // person is a data error even if one of them is also broken.
-    let mut first_seen: HashMap<String, usize> = HashMap::new();
-    let mut lines = LineCounter::new(body);
-    let delimiter = char::from(mapping.delimiter).to_string();
+/// The data rows of one file as they are read: where each is, and which keys came before.
+struct FeedRows<'a> {
+    source: &'a str,
+    file_name: &'a str,
+    mapping: &'a HrMapping,
+    layout: Layout,
+    /// Key -> line it first appeared on, whether or not that row was usable: two rows for one
+    /// person is a data error even if one of them is also broken.
+    first_seen: HashMap<String, usize>,
+    lines: LineCounter<'a>,
+    delimiter: String,
+}
 
-    for row in records {
-        let row = row.map_err(csv_error)?;
-        // Spreadsheet exports pad with lines of bare delimiters; they carry nothing.
-        if is_blank(&row) {
-            continue;
-        }
-        feed.rows += 1;
+impl FeedRows<'_> {
+    /// One non-blank data row, into a record or quarantined with its location.
+    fn read(&mut self, row: &csv::StringRecord, feed: &mut ParsedFeed) {
         let start = row.position().map(|p| p.byte()).unwrap_or(0);
-        let line = lines.line_at(usize::try_from(start).unwrap_or(usize::MAX));
-        let location = format!("{file_name}:{line}");
+        let line = self
+            .lines
+            .line_at(usize::try_from(start).unwrap_or(usize::MAX));
+        let location = format!("{}:{line}", self.file_name);
         let key = row
-            .get(layout.key)
+            .get(self.layout.key)
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .map(str::to_string);
+        match self.record(row, key.as_deref(), line, &location) {
+            Ok(record) => feed.records.push(record),
+            Err(p) => feed.quarantined.push(Quarantined {
+                source: self.source.to_string(),
+                location,
+                record_key: key,
+                field: p.field,
+                reason: p.reason,
+                raw: row.iter().collect::<Vec<_>>().join(&self.delimiter),
+            }),
+        }
+    }
 
-        let outcome = match &key {
-            _ if row.len() != layout.width => Err(problem(
+    /// The row's record: its width checked, then its key (present, and not seen before), then
+    /// its cells.
+    fn record(
+        &mut self,
+        row: &csv::StringRecord,
+        key: Option<&str>,
+        line: usize,
+        location: &str,
+    ) -> Result<PersonRecord, RowProblem> {
+        match key {
+            _ if row.len() != self.layout.width => Err(problem(
                 ROW_FIELD,
                 format!(
                     "row has {} fields, expected {} as in the header",
                     row.len(),
-                    layout.width
+                    self.layout.width
                 ),
             )),
             None => Err(problem(
                 KEY_ATTR,
-                format!("empty key column '{}'", mapping.key),
+                format!("empty key column '{}'", self.mapping.key),
             )),
-            Some(k) => match first_seen.get(k) {
+            Some(k) => match self.first_seen.get(k) {
                 Some(first) => Err(problem(
                     KEY_ATTR,
                     format!("duplicate {KEY_ATTR} '{k}', first seen on line {first}"),
                 )),
                 None => {
-                    first_seen.insert(k.clone(), line);
-                    build_record(source, k, &location, &row, &layout, mapping)
+                    self.first_seen.insert(k.to_string(), line);
+                    build_record(self.source, k, location, row, &self.layout, self.mapping)
                 }
             },
-        };
-        match outcome {
-            Ok(record) => feed.records.push(record),
-            Err(p) => feed.quarantined.push(Quarantined {
-                source: source.to_string(),
-                location,
-                record_key: key,
-                field: p.field,
-                reason: p.reason,
-                raw: row.iter().collect::<Vec<_>>().join(&delimiter),
-            }),
         }
     }
-    Ok(feed)
 }
 
 /// Physical line numbers from byte offsets. The csv reader's own line count lags behind after a
@@ -248,42 +297,79 @@ fn build_record(
     layout: &Layout,
     mapping: &HrMapping,
 ) -> Result<PersonRecord, RowProblem> {
-    let cell = |attr: &str| -> Option<&str> {
-        layout
+    let cells = Cells { row, layout };
+    let status = row_status(&cells, mapping)?;
+    let dates = row_dates(&cells, mapping)?;
+    check_required(&cells, mapping)?;
+    let attrs = row_attrs(&cells, key, dates.terminates_at);
+    Ok(PersonRecord {
+        source: source.to_string(),
+        key: key.to_string(),
+        location: location.to_string(),
+        status,
+        hire_date: dates.hire_date,
+        termination_date: dates.termination_date,
+        contract_end: dates.contract_end,
+        site: cells.get(SITE).map(str::to_string),
+        attrs,
+    })
+}
+
+/// A row's cells by attribute, trimmed; an empty cell is none.
+struct Cells<'a> {
+    row: &'a csv::StringRecord,
+    layout: &'a Layout,
+}
+
+impl<'a> Cells<'a> {
+    fn get(&self, attr: &str) -> Option<&'a str> {
+        self.layout
             .columns
             .get(attr)
-            .and_then(|(_, i)| row.get(*i))
+            .and_then(|(_, i)| self.row.get(*i))
             .map(str::trim)
             .filter(|v| !v.is_empty())
-    };
+    }
+}
 
-    let status = match cell(STATUS) {
-        None => None,
-        Some(raw) => match mapping.status_of(raw) {
-            Some(s) => Some(s),
-            None => {
-                let known: Vec<String> = mapping
-                    .status_values
-                    .keys()
-                    .map(|k| format!("'{k}'"))
-                    .collect();
-                return Err(problem(
-                    STATUS,
-                    format!(
-                        "unknown status value '{raw}', expected one of {}",
-                        known.join(", ")
-                    ),
-                ));
-            }
-        },
+fn row_status(cells: &Cells, mapping: &HrMapping) -> Result<Option<RecordStatus>, RowProblem> {
+    let Some(raw) = cells.get(STATUS) else {
+        return Ok(None);
     };
+    match mapping.status_of(raw) {
+        Some(s) => Ok(Some(s)),
+        None => {
+            let known: Vec<String> = mapping
+                .status_values
+                .keys()
+                .map(|k| format!("'{k}'"))
+                .collect();
+            Err(problem(
+                STATUS,
+                format!(
+                    "unknown status value '{raw}', expected one of {}",
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
+}
 
+/// A row's dates.
+struct RowDates {
+    hire_date: Option<NaiveDate>,
+    termination_date: Option<NaiveDate>,
+    contract_end: Option<NaiveDate>,
+    /// A termination given with a time of day (`2026-11-30T14:00:00+01:00`) ends access at that
+    /// instant, not at the end of the day.
+    terminates_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn row_dates(cells: &Cells, mapping: &HrMapping) -> Result<RowDates, RowProblem> {
     let mut dates = [None; 3];
-    // A termination given with a time of day (`2026-11-30T14:00:00+01:00`) ends access at that
-    // instant, not at the end of the day.
     let mut terminates_at = None;
     for (slot, attr) in dates.iter_mut().zip(DATE_ATTRS) {
-        let Some(raw) = cell(attr) else { continue };
+        let Some(raw) = cells.get(attr) else { continue };
         if let Ok(date) = NaiveDate::parse_from_str(raw, &mapping.date_format) {
             *slot = Some(date);
             continue;
@@ -308,10 +394,19 @@ fn build_record(
         }
     }
     let [hire_date, termination_date, contract_end] = dates;
+    Ok(RowDates {
+        hire_date,
+        termination_date,
+        contract_end,
+        terminates_at,
+    })
+}
 
+fn check_required(cells: &Cells, mapping: &HrMapping) -> Result<(), RowProblem> {
     for attr in &mapping.required {
-        if cell(attr).is_none() {
-            let column = layout
+        if cells.get(attr).is_none() {
+            let column = cells
+                .layout
                 .columns
                 .get(attr)
                 .map(|(c, _)| c.as_str())
@@ -322,13 +417,22 @@ fn build_record(
             ));
         }
     }
+    Ok(())
+}
 
+/// The free-form attributes (everything but the status and the dates), with the key and the
+/// instant access ends.
+fn row_attrs(
+    cells: &Cells,
+    key: &str,
+    terminates_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> BTreeMap<String, String> {
     let mut attrs = BTreeMap::new();
-    for attr in layout.columns.keys() {
+    for attr in cells.layout.columns.keys() {
         if attr == STATUS || DATE_ATTRS.contains(&attr.as_str()) {
             continue;
         }
-        if let Some(value) = cell(attr) {
+        if let Some(value) = cells.get(attr) {
             // Templates compare employment types literally; HR systems capitalise at will.
             let value = if attr == EMPLOYMENT_TYPE {
                 value.to_lowercase()
@@ -345,16 +449,5 @@ fn build_record(
             t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         );
     }
-
-    Ok(PersonRecord {
-        source: source.to_string(),
-        key: key.to_string(),
-        location: location.to_string(),
-        status,
-        hire_date,
-        termination_date,
-        contract_end,
-        site: cell(SITE).map(str::to_string),
-        attrs,
-    })
+    attrs
 }

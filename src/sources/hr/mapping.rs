@@ -65,69 +65,124 @@ pub fn load_mapping(path: &Path) -> Result<HrMapping, HrError> {
 /// Parses and validates mapping text; `origin` names it in errors.
 pub fn parse_mapping(text: &str, origin: &str) -> Result<HrMapping, HrError> {
     let raw: RawMapping = toml::from_str(text).map_err(|e| toml_error(text, origin, &e))?;
-    let err = |span: Range<usize>, key: &str, message: String| HrError::Mapping {
-        origin: origin.to_string(),
-        line: Some(line_of(text, span.start)),
-        key: Some(key.to_string()),
-        message,
-    };
+    let at = MappingText { text, origin };
 
-    if *raw.version.get_ref() != 1 {
-        return Err(err(
-            raw.version.span(),
+    check_version(&raw.version, &at)?;
+    let key = parse_key(&raw.key, &at)?;
+    let delimiter = parse_delimiter(raw.delimiter.as_ref(), &at)?;
+    let date_format = parse_date_format(raw.date_format.as_ref(), &at)?;
+    let columns = parse_columns(&raw.columns, &key, &at)?;
+    let status_values = parse_status_values(&raw.status_values, &at)?;
+    if columns.contains_key(STATUS) && status_values.is_empty() {
+        return Err(HrError::Mapping {
+            origin: origin.to_string(),
+            line: None,
+            key: Some("status_values".to_string()),
+            message: "attribute 'status' is mapped but [status_values] is empty".to_string(),
+        });
+    }
+    let required = parse_required(raw.required.as_ref(), &columns, &at)?;
+
+    Ok(HrMapping {
+        origin: origin.to_string(),
+        key,
+        delimiter,
+        date_format,
+        columns,
+        status_values,
+        required,
+    })
+}
+
+/// The mapping text and where it came from: what an error needs to name its line and key.
+struct MappingText<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl MappingText<'_> {
+    fn error(&self, span: Range<usize>, key: &str, message: String) -> HrError {
+        HrError::Mapping {
+            origin: self.origin.to_string(),
+            line: Some(line_of(self.text, span.start)),
+            key: Some(key.to_string()),
+            message,
+        }
+    }
+}
+
+fn check_version(version: &Spanned<i64>, at: &MappingText) -> Result<(), HrError> {
+    if *version.get_ref() != 1 {
+        return Err(at.error(
+            version.span(),
             "version",
-            format!("unsupported version {}, expected 1", raw.version.get_ref()),
+            format!("unsupported version {}, expected 1", version.get_ref()),
         ));
     }
-    let key = raw.key.get_ref().trim().to_string();
-    if key.is_empty() {
-        return Err(err(
-            raw.key.span(),
+    Ok(())
+}
+
+fn parse_key(key: &Spanned<String>, at: &MappingText) -> Result<String, HrError> {
+    let name = key.get_ref().trim().to_string();
+    if name.is_empty() {
+        return Err(at.error(
+            key.span(),
             "key",
             "key must name the column holding the employee id".to_string(),
         ));
     }
+    Ok(name)
+}
 
-    let delimiter = match &raw.delimiter {
-        None => b',',
-        Some(d) => match d.get_ref().as_bytes() {
-            [b] if b.is_ascii() && *b != b'"' && *b != b'\n' && *b != b'\r' => *b,
-            _ => {
-                return Err(err(
-                    d.span(),
-                    "delimiter",
-                    format!(
-                        "delimiter '{}' must be a single ASCII character other than a quote or newline",
-                        d.get_ref()
-                    ),
-                ));
-            }
-        },
+fn parse_delimiter(delimiter: Option<&Spanned<String>>, at: &MappingText) -> Result<u8, HrError> {
+    let Some(d) = delimiter else {
+        return Ok(b',');
     };
+    match d.get_ref().as_bytes() {
+        [b] if b.is_ascii() && *b != b'"' && *b != b'\n' && *b != b'\r' => Ok(*b),
+        _ => Err(at.error(
+            d.span(),
+            "delimiter",
+            format!(
+                "delimiter '{}' must be a single ASCII character other than a quote or newline",
+                d.get_ref()
+            ),
+        )),
+    }
+}
 
-    let date_format = match &raw.date_format {
-        None => "%Y-%m-%d".to_string(),
-        Some(f) => {
-            if !date_format_round_trips(f.get_ref()) {
-                return Err(err(
-                    f.span(),
-                    "date_format",
-                    format!(
-                        "date_format '{}' cannot write and read back a calendar date",
-                        f.get_ref()
-                    ),
-                ));
-            }
-            f.get_ref().clone()
-        }
+fn parse_date_format(
+    date_format: Option<&Spanned<String>>,
+    at: &MappingText,
+) -> Result<String, HrError> {
+    let Some(f) = date_format else {
+        return Ok("%Y-%m-%d".to_string());
     };
+    if !date_format_round_trips(f.get_ref()) {
+        return Err(at.error(
+            f.span(),
+            "date_format",
+            format!(
+                "date_format '{}' cannot write and read back a calendar date",
+                f.get_ref()
+            ),
+        ));
+    }
+    Ok(f.get_ref().clone())
+}
 
+/// Attribute -> column, each column named and the key attribute only on the key column.
+fn parse_columns(
+    raw: &BTreeMap<String, Spanned<String>>,
+    key: &str,
+    at: &MappingText,
+) -> Result<BTreeMap<String, String>, HrError> {
     let mut columns = BTreeMap::new();
-    for (attr, column) in &raw.columns {
+    for (attr, column) in raw {
         let path = format!("columns.{attr}");
         let column_name = column.get_ref().trim();
         if column_name.is_empty() {
-            return Err(err(
+            return Err(at.error(
                 column.span(),
                 &path,
                 format!("attribute '{attr}' is mapped to an empty column name"),
@@ -135,7 +190,7 @@ pub fn parse_mapping(text: &str, origin: &str) -> Result<HrMapping, HrError> {
         }
         // The key is always published as `employee_id`; a second source for it would be ambiguous.
         if attr == KEY_ATTR && column_name != key {
-            return Err(err(
+            return Err(at.error(
                 column.span(),
                 &path,
                 format!(
@@ -145,17 +200,24 @@ pub fn parse_mapping(text: &str, origin: &str) -> Result<HrMapping, HrError> {
         }
         columns.insert(attr.clone(), column_name.to_string());
     }
+    Ok(columns)
+}
 
+/// Raw status value -> status, each a known status and no two the same ignoring case.
+fn parse_status_values(
+    raw: &BTreeMap<String, Spanned<String>>,
+    at: &MappingText,
+) -> Result<BTreeMap<String, RecordStatus>, HrError> {
     let mut status_values = BTreeMap::new();
     let mut seen_status: HashMap<String, String> = HashMap::new();
-    for (raw_value, target) in &raw.status_values {
+    for (raw_value, target) in raw {
         let path = format!("status_values.\"{raw_value}\"");
         let status = match target.get_ref().as_str() {
             "active" => RecordStatus::Active,
             "suspended" => RecordStatus::Suspended,
             "terminated" => RecordStatus::Terminated,
             other => {
-                return Err(err(
+                return Err(at.error(
                     target.span(),
                     &path,
                     format!(
@@ -167,7 +229,7 @@ pub fn parse_mapping(text: &str, origin: &str) -> Result<HrMapping, HrError> {
         // Matching is case-insensitive, so two spellings of one value would be ambiguous.
         let normalized = raw_value.trim().to_lowercase();
         if let Some(previous) = seen_status.insert(normalized, raw_value.clone()) {
-            return Err(err(
+            return Err(at.error(
                 target.span(),
                 &path,
                 format!("'{raw_value}' and '{previous}' are the same status value ignoring case"),
@@ -175,41 +237,33 @@ pub fn parse_mapping(text: &str, origin: &str) -> Result<HrMapping, HrError> {
         }
         status_values.insert(raw_value.clone(), status);
     }
-    if columns.contains_key(STATUS) && status_values.is_empty() {
-        return Err(HrError::Mapping {
-            origin: origin.to_string(),
-            line: None,
-            key: Some("status_values".to_string()),
-            message: "attribute 'status' is mapped but [status_values] is empty".to_string(),
-        });
-    }
+    Ok(status_values)
+}
 
+/// The required attributes, each mapped; the key is always required, so it is not listed.
+fn parse_required(
+    raw: Option<&RawRequired>,
+    columns: &BTreeMap<String, String>,
+    at: &MappingText,
+) -> Result<Vec<String>, HrError> {
     let mut required = Vec::new();
-    if let Some(req) = &raw.required {
-        for attr in &req.attributes {
-            let name = attr.get_ref();
-            if name != KEY_ATTR && !columns.contains_key(name) {
-                return Err(err(
-                    attr.span(),
-                    "required.attributes",
-                    format!("required attribute '{name}' is not mapped in [columns]"),
-                ));
-            }
-            if name != KEY_ATTR {
-                required.push(name.clone());
-            }
+    let Some(req) = raw else {
+        return Ok(required);
+    };
+    for attr in &req.attributes {
+        let name = attr.get_ref();
+        if name != KEY_ATTR && !columns.contains_key(name) {
+            return Err(at.error(
+                attr.span(),
+                "required.attributes",
+                format!("required attribute '{name}' is not mapped in [columns]"),
+            ));
+        }
+        if name != KEY_ATTR {
+            required.push(name.clone());
         }
     }
-
-    Ok(HrMapping {
-        origin: origin.to_string(),
-        key,
-        delimiter,
-        date_format,
-        columns,
-        status_values,
-        required,
-    })
+    Ok(required)
 }
 
 /// A format that cannot render and re-read a date would quarantine every dated row; fail early.

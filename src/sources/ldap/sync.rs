@@ -1,11 +1,11 @@
 //! RFC 4533 content synchronisation: the sync search, its cookie, and how a refresh is applied.
 
 use super::*;
-use ldap3::ResultEntry;
 use ldap3::controls::{
     EntryState, MakeCritical, RefreshMode, SyncDone, SyncInfo, SyncRequest, SyncState,
     parse_syncinfo,
 };
+use ldap3::{LdapResult, ResultEntry};
 
 const SYNC_STATE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.2";
 const SYNC_DONE_OID: &str = "1.3.6.1.4.1.4203.1.9.1.3";
@@ -111,50 +111,9 @@ impl LdapSource {
         while let Some(re) = stream.next().await.map_err(self.ldap_err("sync search"))? {
             if re.is_intermediate() {
                 let info = parse_syncinfo(re);
-                let done = match info {
-                    SyncInfo::NewCookie(c) => {
-                        if refreshing {
-                            refresh.cookie = Some(c);
-                        } else {
-                            self.persist_cookie(&c).await?;
-                        }
-                        false
-                    }
-                    SyncInfo::RefreshPresent {
-                        cookie,
-                        refresh_done,
-                    } => {
-                        refresh.present_phase = true;
-                        refresh.cookie = cookie.or(refresh.cookie.take());
-                        refresh_done
-                    }
-                    SyncInfo::RefreshDelete {
-                        cookie,
-                        refresh_done,
-                    } => {
-                        refresh.cookie = cookie.or(refresh.cookie.take());
-                        refresh_done
-                    }
-                    SyncInfo::SyncIdSet {
-                        cookie,
-                        refresh_deletes,
-                        sync_uuids,
-                    } => {
-                        let uuids = sync_uuids.iter().map(|u| uuid_string(u));
-                        if refreshing {
-                            refresh.cookie = cookie.or(refresh.cookie.take());
-                            if refresh_deletes {
-                                refresh.deleted.extend(uuids);
-                            } else {
-                                refresh.present.extend(uuids);
-                            }
-                        } else if refresh_deletes {
-                            let uuids: Vec<String> = uuids.collect();
-                            self.apply_deletes(&uuids, cookie.as_deref()).await?;
-                        }
-                        false
-                    }
-                };
+                let done = self
+                    .receive_sync_info(info, &mut refresh, refreshing)
+                    .await?;
                 if done && refreshing {
                     refreshing = false;
                     self.finish_refresh(std::mem::take(&mut refresh)).await?;
@@ -164,35 +123,114 @@ impl LdapSource {
             if re.is_ref() {
                 continue;
             }
-            let (state, entry) = self.sync_entry(re)?;
-            let uuid = uuid_string(&state.entry_uuid);
-            if refreshing {
-                match state.state {
-                    EntryState::Present => {
-                        refresh.present.insert(uuid);
-                    }
-                    EntryState::Add | EntryState::Modify => refresh.changed.push((uuid, entry)),
-                    EntryState::Delete => {
-                        refresh.deleted.insert(uuid);
-                    }
+            self.receive_sync_entry(re, &mut refresh, refreshing)
+                .await?;
+        }
+        let res = stream.finish().await;
+        self.end_sync_search(res, refresh, refreshing).await
+    }
+
+    /// A Sync Info message: gathered into the refresh while it lasts, applied at once after.
+    /// Whether it ends the refresh.
+    async fn receive_sync_info(
+        &self,
+        info: SyncInfo,
+        refresh: &mut Refresh,
+        refreshing: bool,
+    ) -> Result<bool> {
+        let done = match info {
+            SyncInfo::NewCookie(c) => {
+                if refreshing {
+                    refresh.cookie = Some(c);
+                } else {
+                    self.persist_cookie(&c).await?;
                 }
-                if state.cookie.is_some() {
-                    refresh.cookie = state.cookie;
+                false
+            }
+            SyncInfo::RefreshPresent {
+                cookie,
+                refresh_done,
+            } => {
+                refresh.present_phase = true;
+                refresh.cookie = cookie.or(refresh.cookie.take());
+                refresh_done
+            }
+            SyncInfo::RefreshDelete {
+                cookie,
+                refresh_done,
+            } => {
+                refresh.cookie = cookie.or(refresh.cookie.take());
+                refresh_done
+            }
+            SyncInfo::SyncIdSet {
+                cookie,
+                refresh_deletes,
+                sync_uuids,
+            } => {
+                let uuids = sync_uuids.iter().map(|u| uuid_string(u));
+                if refreshing {
+                    refresh.cookie = cookie.or(refresh.cookie.take());
+                    if refresh_deletes {
+                        refresh.deleted.extend(uuids);
+                    } else {
+                        refresh.present.extend(uuids);
+                    }
+                } else if refresh_deletes {
+                    let uuids: Vec<String> = uuids.collect();
+                    self.apply_deletes(&uuids, cookie.as_deref()).await?;
                 }
-            } else {
-                match state.state {
-                    EntryState::Present => {}
-                    EntryState::Add | EntryState::Modify => {
-                        self.apply_change(&uuid, &entry, state.cookie.as_deref())
-                            .await?;
-                    }
-                    EntryState::Delete => {
-                        self.apply_deletes(&[uuid], state.cookie.as_deref()).await?;
-                    }
+                false
+            }
+        };
+        Ok(done)
+    }
+
+    /// An entry with its Sync State: gathered into the refresh while it lasts, applied at once
+    /// after.
+    async fn receive_sync_entry(
+        &self,
+        re: ResultEntry,
+        refresh: &mut Refresh,
+        refreshing: bool,
+    ) -> Result<()> {
+        let (state, entry) = self.sync_entry(re)?;
+        let uuid = uuid_string(&state.entry_uuid);
+        if refreshing {
+            match state.state {
+                EntryState::Present => {
+                    refresh.present.insert(uuid);
+                }
+                EntryState::Add | EntryState::Modify => refresh.changed.push((uuid, entry)),
+                EntryState::Delete => {
+                    refresh.deleted.insert(uuid);
+                }
+            }
+            if state.cookie.is_some() {
+                refresh.cookie = state.cookie;
+            }
+        } else {
+            match state.state {
+                EntryState::Present => {}
+                EntryState::Add | EntryState::Modify => {
+                    self.apply_change(&uuid, &entry, state.cookie.as_deref())
+                        .await?;
+                }
+                EntryState::Delete => {
+                    self.apply_deletes(&[uuid], state.cookie.as_deref()).await?;
                 }
             }
         }
-        let res = stream.finish().await;
+        Ok(())
+    }
+
+    /// The search's end: a refresh still open is finished with the Sync Done cookie, and the
+    /// result code says whether to poll again or reload in full.
+    async fn end_sync_search(
+        &self,
+        res: LdapResult,
+        mut refresh: Refresh,
+        refreshing: bool,
+    ) -> Result<SyncEnd> {
         match res.rc {
             0 => {
                 if let Some(done) = res
@@ -328,37 +366,83 @@ impl LdapSource {
     pub(super) async fn apply_full_refresh(&self, refresh: Refresh, cookie: &[u8]) -> Result<()> {
         let known = self.all_entries().await?;
         let now = self.engine.clock.now();
-        let mut records = Vec::new();
-        let mut quarantined = Vec::new();
-        let mut seen: HashMap<String, (String, Option<String>)> = HashMap::new();
+        let MappedRefresh {
+            mut records,
+            quarantined,
+            seen,
+        } = self.map_changed(&refresh.changed, &known);
+        self.add_unchanged(&refresh.present, &known, &seen, &mut records)
+            .await?;
+        // Map rows first: a crash after this leaves a map that is a superset, which is harmless.
+        self.put_entries(&seen).await?;
+        let threshold = self.mass_change_threshold();
+        let mut report = self.snapshot_report(records.len() + quarantined.len());
+        let batch = format!("refresh-{}", to_micros(now));
+        self.engine
+            .apply_snapshot(
+                &self.name,
+                &batch,
+                records,
+                quarantined,
+                threshold,
+                &Self::cookie_value(cookie),
+                &mut report,
+            )
+            .await
+            .map_err(self.engine_err())?;
+        self.forget_gone(&known, &seen, &refresh.present).await?;
+        log_report(&report);
+        Ok(())
+    }
+
+    /// A full refresh's added and changed entries mapped to records, duplicates and unmappable
+    /// entries quarantined, and every one of them seen.
+    fn map_changed(
+        &self,
+        changed: &[(String, Entry)],
+        known: &HashMap<String, Option<String>>,
+    ) -> MappedRefresh {
+        let mut mapped = MappedRefresh::default();
         let (primaries, duplicates) = self
             .mapping
-            .dedupe(&self.name, refresh.changed.iter().map(|(_, e)| e));
+            .dedupe(&self.name, changed.iter().map(|(_, e)| e));
         // By address: which of the changed entries are the ones to map.
         let primaries: HashSet<usize> = primaries
             .into_iter()
             .map(|e| e as *const Entry as usize)
             .collect();
-        quarantined.extend(duplicates);
-        for (uuid, e) in &refresh.changed {
+        mapped.quarantined.extend(duplicates);
+        for (uuid, e) in changed {
             if !primaries.contains(&(e as *const Entry as usize)) {
                 let key = e.first(&self.mapping.key).map(str::to_string);
-                seen.insert(uuid.clone(), (e.dn.clone(), key));
+                mapped.seen.insert(uuid.clone(), (e.dn.clone(), key));
                 continue;
             }
             match self.map(e) {
                 Ok(r) => {
-                    seen.insert(uuid.clone(), (e.dn.clone(), Some(r.key.clone())));
-                    records.push(r);
+                    mapped
+                        .seen
+                        .insert(uuid.clone(), (e.dn.clone(), Some(r.key.clone())));
+                    mapped.records.push(r);
                 }
                 Err(q) => {
                     let key = known.get(uuid).cloned().flatten();
-                    seen.insert(uuid.clone(), (e.dn.clone(), key));
-                    quarantined.push(*q);
+                    mapped.seen.insert(uuid.clone(), (e.dn.clone(), key));
+                    mapped.quarantined.push(*q);
                 }
             }
         }
-        // Entries the server says are unchanged: their last stored view stands.
+        mapped
+    }
+
+    /// Entries the server says are unchanged: their last stored view stands.
+    async fn add_unchanged(
+        &self,
+        present: &HashSet<String>,
+        known: &HashMap<String, Option<String>>,
+        seen: &HashMap<String, SeenEntry>,
+        records: &mut Vec<PersonRecord>,
+    ) -> Result<()> {
         let mut conn = self
             .engine
             .store
@@ -366,7 +450,7 @@ impl LdapSource {
             .acquire()
             .await
             .map_err(self.db_err())?;
-        for uuid in &refresh.present {
+        for uuid in present {
             if seen.contains_key(uuid) {
                 continue;
             }
@@ -399,54 +483,61 @@ impl LdapSource {
                 }
             }
         }
-        drop(conn);
-        // Map rows first: a crash after this leaves a map that is a superset, which is harmless.
-        {
-            let mut tx = self
-                .engine
-                .store
-                .begin_write()
-                .await
-                .map_err(self.store_err())?;
-            for (uuid, (dn, key)) in &seen {
-                self.put_entry(&mut tx, uuid, dn, key.as_deref()).await?;
-            }
-            tx.commit().await.map_err(self.db_err())?;
-        }
-        let threshold = self.mass_change_threshold();
-        let mut report = self.snapshot_report(records.len() + quarantined.len());
-        let batch = format!("refresh-{}", to_micros(now));
-        self.engine
-            .apply_snapshot(
-                &self.name,
-                &batch,
-                records,
-                quarantined,
-                threshold,
-                &Self::cookie_value(cookie),
-                &mut report,
-            )
-            .await
-            .map_err(self.engine_err())?;
-        // Forget entries that are gone.
-        let keep: HashSet<&String> = seen.keys().chain(refresh.present.iter()).collect();
-        let stale: Vec<&String> = known.keys().filter(|u| !keep.contains(u)).collect();
-        if !stale.is_empty() {
-            let mut tx = self
-                .engine
-                .store
-                .begin_write()
-                .await
-                .map_err(self.store_err())?;
-            let conn: &mut AnyConnection = &mut tx;
-            for uuid in stale {
-                store::ldap::delete_entry(conn, &self.name, uuid)
-                    .await
-                    .map_err(self.store_err())?;
-            }
-            tx.commit().await.map_err(self.db_err())?;
-        }
-        log_report(&report);
         Ok(())
     }
+
+    /// The entry map rows of every entry a full refresh saw, in one transaction.
+    async fn put_entries(&self, seen: &HashMap<String, SeenEntry>) -> Result<()> {
+        let mut tx = self
+            .engine
+            .store
+            .begin_write()
+            .await
+            .map_err(self.store_err())?;
+        for (uuid, (dn, key)) in seen {
+            self.put_entry(&mut tx, uuid, dn, key.as_deref()).await?;
+        }
+        tx.commit().await.map_err(self.db_err())?;
+        Ok(())
+    }
+
+    /// Forget entries that are gone: those a full refresh neither sent nor reported present.
+    async fn forget_gone(
+        &self,
+        known: &HashMap<String, Option<String>>,
+        seen: &HashMap<String, SeenEntry>,
+        present: &HashSet<String>,
+    ) -> Result<()> {
+        let keep: HashSet<&String> = seen.keys().chain(present.iter()).collect();
+        let stale: Vec<&String> = known.keys().filter(|u| !keep.contains(u)).collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self
+            .engine
+            .store
+            .begin_write()
+            .await
+            .map_err(self.store_err())?;
+        let conn: &mut AnyConnection = &mut tx;
+        for uuid in stale {
+            store::ldap::delete_entry(conn, &self.name, uuid)
+                .await
+                .map_err(self.store_err())?;
+        }
+        tx.commit().await.map_err(self.db_err())?;
+        Ok(())
+    }
+}
+
+/// An entry a full refresh saw: its DN and, when known, its key.
+type SeenEntry = (String, Option<String>);
+
+/// A full refresh's changed entries mapped.
+#[derive(Default)]
+struct MappedRefresh {
+    records: Vec<PersonRecord>,
+    quarantined: Vec<Quarantined>,
+    /// Every changed entry by UUID, mapped or not.
+    seen: HashMap<String, SeenEntry>,
 }

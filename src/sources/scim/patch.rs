@@ -1,6 +1,7 @@
 //! PATCH (RFC 7644 section 3.5.2), on the JSON representation.
 
 use super::*;
+use scim_v2::filter::PatchValuePath;
 
 pub fn parse_patch(v: Value) -> Result<Vec<PatchOperation>> {
     let has_schema = v
@@ -287,159 +288,219 @@ pub(super) fn apply_path(
     if let PatchPath::Attr(p) = path
         && let Some(urn) = whole_extension(pr, kind, p)
     {
-        match (op, value) {
-            (Op::Remove, _) | (_, None | Some(Value::Null)) => {
-                root.remove(&urn);
-            }
-            (_, Some(Value::Object(ext))) => {
-                // scim2-models repeats the extension's `schemas` inside its object; it is not an
-                // attribute.
-                for (ek, ev) in ext.into_iter().filter(|(k, _)| k != "schemas") {
-                    let p = AttrPath {
-                        uri: Some(urn.clone()),
-                        name: ek,
-                        sub_attr: None,
-                    };
-                    apply_path(root, pr, kind, op, &PatchPath::Attr(p), Some(ev))?;
-                }
-            }
-            _ => {
-                return Err(ScimError::bad(
-                    "invalidValue",
-                    format!("the extension `{urn}` must be an object"),
-                ));
-            }
-        }
-        return Ok(());
+        return apply_whole_extension(root, pr, kind, op, urn, value);
     }
     match path {
-        PatchPath::Attr(p) => {
-            let multi = multi(pr, kind, p, p.name.as_str());
-            let (map, name) = locate(root, pr, kind, p)?;
-            let multi = multi || is_multi(&name);
-            match (&p.sub_attr, op) {
-                (None, Op::Remove) => {
-                    // Entra ID removes members as `{"path":"members","value":[{"value":"id"}]}`.
-                    if let (Some(Value::Array(gone)), true) = (&value, multi) {
-                        let ids: Vec<&Value> = gone.iter().filter_map(|g| g.get("value")).collect();
-                        if let Some(Value::Array(a)) =
-                            key_of(map, &name).and_then(|k| map.get_mut(&k))
-                        {
-                            a.retain(|x| x.get("value").is_none_or(|v| !ids.contains(&v)));
-                        }
-                    } else if let Some(k) = key_of(map, &name) {
-                        map.remove(&k);
-                    }
-                }
-                (None, _) => set_attr(map, &name, multi, op, value.unwrap_or(Value::Null)),
-                (Some(sub), _) => {
-                    let key = key_of(map, &name).unwrap_or(name.clone());
-                    let slot = map.entry(key).or_insert_with(|| json!({}));
-                    match slot {
-                        Value::Object(obj) => {
-                            let sk = key_of(obj, sub).unwrap_or(sub.clone());
-                            match (op, value) {
-                                (Op::Remove, _) | (_, None | Some(Value::Null)) => {
-                                    obj.remove(&sk);
-                                }
-                                (_, Some(v)) => {
-                                    obj.insert(sk, v);
-                                }
-                            }
-                        }
-                        // `emails.type`: the sub-attribute of every element.
-                        Value::Array(items) => {
-                            for it in items.iter_mut() {
-                                if let Value::Object(obj) = it {
-                                    let sk = key_of(obj, sub).unwrap_or(sub.clone());
-                                    match (&op, &value) {
-                                        (Op::Remove, _) | (_, None) => {
-                                            obj.remove(&sk);
-                                        }
-                                        (_, Some(v)) => {
-                                            obj.insert(sk, v.clone());
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                        _ => {
-                            return Err(ScimError::bad(
-                                "invalidPath",
-                                format!("`{name}` has no sub-attributes"),
-                            ));
-                        }
-                    }
-                }
+        PatchPath::Attr(p) => apply_attr_path(root, pr, kind, op, p, value),
+        PatchPath::Value(vp) => apply_value_path(root, pr, kind, op, vp, value),
+    }
+}
+
+/// A path naming a whole extension: the extension removed, or each of its attributes applied.
+fn apply_whole_extension(
+    root: &mut Map<String, Value>,
+    pr: &Profile,
+    kind: Kind,
+    op: Op,
+    urn: String,
+    value: Option<Value>,
+) -> Result<()> {
+    match (op, value) {
+        (Op::Remove, _) | (_, None | Some(Value::Null)) => {
+            root.remove(&urn);
+        }
+        (_, Some(Value::Object(ext))) => {
+            // scim2-models repeats the extension's `schemas` inside its object; it is not an
+            // attribute.
+            for (ek, ev) in ext.into_iter().filter(|(k, _)| k != "schemas") {
+                let p = AttrPath {
+                    uri: Some(urn.clone()),
+                    name: ek,
+                    sub_attr: None,
+                };
+                apply_path(root, pr, kind, op, &PatchPath::Attr(p), Some(ev))?;
             }
         }
-        PatchPath::Value(vp) => {
-            let declared_multi = multi(pr, kind, &vp.attr, vp.attr.name.as_str());
-            let (map, name) = locate(root, pr, kind, &vp.attr)?;
-            if !is_multi(&name) && !declared_multi {
-                return Err(ScimError::bad(
-                    "invalidPath",
-                    format!("`{name}` is not multi-valued"),
-                ));
-            }
-            let key = key_of(map, &name).unwrap_or(name.clone());
-            let mut items = match map.remove(&key) {
-                Some(Value::Array(a)) => a,
-                _ => vec![],
-            };
-            let hits: Vec<usize> = (0..items.len())
-                .filter(|i| matches(&vp.filter, &items[*i]))
-                .collect();
-            if hits.is_empty() && op != Op::Remove {
-                // Entra ID replaces `emails[type eq "work"].value` on users that have no work email
-                // yet: create the element the filter describes instead of failing with noTarget.
-                let mut el = Map::new();
-                if !eq_pairs(&vp.filter, &mut el) {
-                    return Err(ScimError::bad(
-                        "noTarget",
-                        format!("no value of `{name}` matches the path"),
-                    ));
-                }
-                items.push(Value::Object(el));
-            }
-            let hits: Vec<usize> = (0..items.len())
-                .filter(|i| matches(&vp.filter, &items[*i]))
-                .collect();
-            if op == Op::Remove && vp.sub_attr.is_none() {
-                let mut i = 0;
-                items.retain(|_| {
-                    let keep = !hits.contains(&i);
-                    i += 1;
-                    keep
-                });
-            } else {
-                for i in hits {
-                    let el = &mut items[i];
-                    match (&vp.sub_attr, op, &value) {
-                        (Some(sub), Op::Remove, _) | (Some(sub), _, None) => {
-                            if let Value::Object(o) = el
-                                && let Some(k) = key_of(o, sub)
-                            {
-                                o.remove(&k);
-                            }
-                        }
-                        (Some(sub), _, Some(v)) => {
-                            if let Value::Object(o) = el {
-                                let k = key_of(o, sub).unwrap_or(sub.clone());
-                                o.insert(k, v.clone());
-                            }
-                        }
-                        (None, _, Some(v)) => merge(el, v.clone()),
-                        (None, _, None) => {}
-                    }
-                }
-            }
-            if !items.is_empty() {
-                map.insert(key, Value::Array(items));
-            }
+        _ => {
+            return Err(ScimError::bad(
+                "invalidValue",
+                format!("the extension `{urn}` must be an object"),
+            ));
         }
     }
     Ok(())
+}
+
+/// A plain attribute path: the attribute, or one of its sub-attributes, set or removed.
+fn apply_attr_path(
+    root: &mut Map<String, Value>,
+    pr: &Profile,
+    kind: Kind,
+    op: Op,
+    p: &AttrPath,
+    value: Option<Value>,
+) -> Result<()> {
+    let multi = multi(pr, kind, p, p.name.as_str());
+    let (map, name) = locate(root, pr, kind, p)?;
+    let multi = multi || is_multi(&name);
+    match (&p.sub_attr, op) {
+        (None, Op::Remove) => remove_attr(map, &name, multi, value.as_ref()),
+        (None, _) => set_attr(map, &name, multi, op, value.unwrap_or(Value::Null)),
+        (Some(sub), _) => apply_sub_attr(map, &name, sub, op, value)?,
+    }
+    Ok(())
+}
+
+/// A remove without a filter: the whole attribute, or of a multi-valued one given a list of
+/// elements, only those elements.
+fn remove_attr(map: &mut Map<String, Value>, name: &str, multi: bool, value: Option<&Value>) {
+    // Entra ID removes members as `{"path":"members","value":[{"value":"id"}]}`.
+    if let (Some(Value::Array(gone)), true) = (value, multi) {
+        let ids: Vec<&Value> = gone.iter().filter_map(|g| g.get("value")).collect();
+        if let Some(Value::Array(a)) = key_of(map, name).and_then(|k| map.get_mut(&k)) {
+            a.retain(|x| x.get("value").is_none_or(|v| !ids.contains(&v)));
+        }
+    } else if let Some(k) = key_of(map, name) {
+        map.remove(&k);
+    }
+}
+
+/// A sub-attribute path (`name.givenName`): set or removed in the attribute's object.
+fn apply_sub_attr(
+    map: &mut Map<String, Value>,
+    name: &str,
+    sub: &str,
+    op: Op,
+    value: Option<Value>,
+) -> Result<()> {
+    let key = key_of(map, name).unwrap_or_else(|| name.to_string());
+    let slot = map.entry(key).or_insert_with(|| json!({}));
+    match slot {
+        Value::Object(obj) => {
+            let sk = key_of(obj, sub).unwrap_or_else(|| sub.to_string());
+            match (op, value) {
+                (Op::Remove, _) | (_, None | Some(Value::Null)) => {
+                    obj.remove(&sk);
+                }
+                (_, Some(v)) => {
+                    obj.insert(sk, v);
+                }
+            }
+        }
+        // `emails.type`: the sub-attribute of every element.
+        Value::Array(items) => {
+            for it in items.iter_mut() {
+                if let Value::Object(obj) = it {
+                    let sk = key_of(obj, sub).unwrap_or_else(|| sub.to_string());
+                    match (&op, &value) {
+                        (Op::Remove, _) | (_, None) => {
+                            obj.remove(&sk);
+                        }
+                        (_, Some(v)) => {
+                            obj.insert(sk, v.clone());
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            return Err(ScimError::bad(
+                "invalidPath",
+                format!("`{name}` has no sub-attributes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A value path (`emails[type eq "work"]`, maybe with `.value`): the elements the filter matches
+/// changed or removed.
+fn apply_value_path(
+    root: &mut Map<String, Value>,
+    pr: &Profile,
+    kind: Kind,
+    op: Op,
+    vp: &PatchValuePath,
+    value: Option<Value>,
+) -> Result<()> {
+    let declared_multi = multi(pr, kind, &vp.attr, vp.attr.name.as_str());
+    let (map, name) = locate(root, pr, kind, &vp.attr)?;
+    if !is_multi(&name) && !declared_multi {
+        return Err(ScimError::bad(
+            "invalidPath",
+            format!("`{name}` is not multi-valued"),
+        ));
+    }
+    let key = key_of(map, &name).unwrap_or(name.clone());
+    let mut items = match map.remove(&key) {
+        Some(Value::Array(a)) => a,
+        _ => vec![],
+    };
+    let hits = matching(&vp.filter, &items);
+    if hits.is_empty() && op != Op::Remove {
+        // Entra ID replaces `emails[type eq "work"].value` on users that have no work email
+        // yet: create the element the filter describes instead of failing with noTarget.
+        let mut el = Map::new();
+        if !eq_pairs(&vp.filter, &mut el) {
+            return Err(ScimError::bad(
+                "noTarget",
+                format!("no value of `{name}` matches the path"),
+            ));
+        }
+        items.push(Value::Object(el));
+    }
+    let hits = matching(&vp.filter, &items);
+    if op == Op::Remove && vp.sub_attr.is_none() {
+        let mut i = 0;
+        items.retain(|_| {
+            let keep = !hits.contains(&i);
+            i += 1;
+            keep
+        });
+    } else {
+        change_matched(&mut items, hits, vp.sub_attr.as_deref(), op, value.as_ref());
+    }
+    if !items.is_empty() {
+        map.insert(key, Value::Array(items));
+    }
+    Ok(())
+}
+
+/// The positions of the elements a value filter matches.
+fn matching(filter: &ValFilter, items: &[Value]) -> Vec<usize> {
+    (0..items.len())
+        .filter(|i| matches(filter, &items[*i]))
+        .collect()
+}
+
+/// The matched elements changed: a sub-attribute set or removed, or the value merged in.
+fn change_matched(
+    items: &mut [Value],
+    hits: Vec<usize>,
+    sub_attr: Option<&str>,
+    op: Op,
+    value: Option<&Value>,
+) {
+    for i in hits {
+        let el = &mut items[i];
+        match (sub_attr, op, value) {
+            (Some(sub), Op::Remove, _) | (Some(sub), _, None) => {
+                if let Value::Object(o) = el
+                    && let Some(k) = key_of(o, sub)
+                {
+                    o.remove(&k);
+                }
+            }
+            (Some(sub), _, Some(v)) => {
+                if let Value::Object(o) = el {
+                    let k = key_of(o, sub).unwrap_or_else(|| sub.to_string());
+                    o.insert(k, v.clone());
+                }
+            }
+            (None, _, Some(v)) => merge(el, v.clone()),
+            (None, _, None) => {}
+        }
+    }
 }
 
 /// Apply PATCH operations to a stored representation; the result still has to pass [`canonical`].
