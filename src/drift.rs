@@ -12,10 +12,11 @@
 
 use crate::audit;
 use crate::clock::to_micros;
-use crate::connectors::{Connector, Connectors};
+use crate::connectors::{Connector, Connectors, VendorGrant};
 use crate::engine::Engine;
 use crate::model::Action;
-use crate::store::{self, GrantRow, NewCommand, StoreError};
+use crate::store::{self, DriftFindingRow, GrantRow, NewCommand, StoreError};
+use sqlx::AnyConnection;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -77,6 +78,8 @@ pub async fn check(engine: &Engine, connectors: &Connectors) -> Result<DriftRepo
     Ok(report)
 }
 
+/// Check one connector on every target it knows, then set its drift gauges. A connector that
+/// cannot list its grants is reported as not checked.
 async fn check_connector(
     engine: &Engine,
     name: &str,
@@ -84,7 +87,6 @@ async fn check_connector(
     report: &mut DriftReport,
 ) -> Result<(), StoreError> {
     let pool = engine.store.pool();
-    let policy = &engine.config.drift;
     let now = to_micros(engine.clock.now());
     let ledger: Vec<GrantRow> = store::all_grants(pool)
         .await?
@@ -96,14 +98,7 @@ async fn check_connector(
         targets.extend(cc.targets.keys().cloned());
     }
     let people = store::vendor_people_of(pool, name).await?;
-    let by_ref: BTreeMap<&str, &str> = people
-        .iter()
-        .map(|(k, r)| (r.as_str(), k.as_str()))
-        .collect();
-    let ref_of: BTreeMap<&str, &str> = people
-        .iter()
-        .map(|(k, r)| (k.as_str(), r.as_str()))
-        .collect();
+    let check = ConnectorCheck::new(engine, name, c, now, &people);
     let refs: Vec<String> = people.iter().map(|(_, r)| r.clone()).collect();
     let (mut orphans, mut missing) = (0i64, 0i64);
     for target in &targets {
@@ -121,15 +116,92 @@ async fn check_connector(
                 continue;
             }
         };
+        let (o, m) = check.target(target, &listed, &ledger, report).await?;
+        orphans += o;
+        missing += m;
+    }
+    engine.metrics.set_drift_findings(name, orphans, missing);
+    engine.notify_outbox();
+    Ok(())
+}
+
+/// One connector's check: what each of its targets is compared with.
+struct ConnectorCheck<'a> {
+    engine: &'a Engine,
+    name: &'a str,
+    connector: &'a Arc<dyn Connector>,
+    now: i64,
+    /// Vendor person id -> identity key.
+    by_ref: BTreeMap<&'a str, &'a str>,
+    /// Identity key -> vendor person id.
+    ref_of: BTreeMap<&'a str, &'a str>,
+}
+
+impl<'a> ConnectorCheck<'a> {
+    fn new(
+        engine: &'a Engine,
+        name: &'a str,
+        connector: &'a Arc<dyn Connector>,
+        now: i64,
+        people: &'a [(String, String)],
+    ) -> Self {
+        Self {
+            engine,
+            name,
+            connector,
+            now,
+            by_ref: people
+                .iter()
+                .map(|(k, r)| (r.as_str(), k.as_str()))
+                .collect(),
+            ref_of: people
+                .iter()
+                .map(|(k, r)| (k.as_str(), r.as_str()))
+                .collect(),
+        }
+    }
+
+    /// Compare one target's listed grants with the ledger: (orphans, missing grants) found.
+    async fn target(
+        &self,
+        target: &str,
+        listed: &[VendorGrant],
+        ledger: &[GrantRow],
+        report: &mut DriftReport,
+    ) -> Result<(i64, i64), StoreError> {
         let on_target: BTreeMap<&str, &GrantRow> = ledger
             .iter()
-            .filter(|g| &g.target == target)
+            .filter(|g| g.target == target)
             .map(|g| (g.identity_key.as_str(), g))
             .collect();
         let mut seen: BTreeSet<i64> = BTreeSet::new();
+        let (orphans, holders) = self
+            .orphans(target, listed, &on_target, &mut seen, report)
+            .await?;
+        let missing = self
+            .missing(target, &on_target, &holders, &mut seen, report)
+            .await?;
+        self.clear_stale(target, &seen).await?;
+        Ok((orphans, missing))
+    }
+
+    /// Listed grants latchkey did not issue: each recorded, and revoked when the policy says so.
+    /// Returns their count and the people the vendor lists on the target.
+    async fn orphans(
+        &self,
+        target: &str,
+        listed: &[VendorGrant],
+        on_target: &BTreeMap<&str, &GrantRow>,
+        seen: &mut BTreeSet<i64>,
+        report: &mut DriftReport,
+    ) -> Result<(i64, BTreeSet<&'a str>), StoreError> {
+        let mut orphans = 0i64;
         let mut holders: BTreeSet<&str> = BTreeSet::new();
-        for v in &listed {
-            let owner = v.person_ref.as_deref().and_then(|r| by_ref.get(r).copied());
+        for v in listed {
+            let owner = v
+                .person_ref
+                .as_deref()
+                .and_then(|r| self.by_ref.get(r).copied());
             if let Some(o) = owner {
                 holders.insert(o);
             }
@@ -141,164 +213,236 @@ async fn check_connector(
                 continue;
             }
             orphans += 1;
-            let subject = owner
-                .map(str::to_string)
-                .or_else(|| v.person_ref.clone())
-                .unwrap_or_else(|| "-".into());
-            let mut tx = engine.store.begin_write().await?;
-            let f = store::see_drift(
+            let finding = self.orphan(target, v, owner, seen).await?;
+            report.findings.push(finding);
+        }
+        Ok((orphans, holders))
+    }
+
+    /// Record an orphan (audited when first seen), and revoke it when `[drift] revoke_orphans`.
+    async fn orphan(
+        &self,
+        target: &str,
+        v: &VendorGrant,
+        owner: Option<&str>,
+        seen: &mut BTreeSet<i64>,
+    ) -> Result<Finding, StoreError> {
+        let (name, now) = (self.name, self.now);
+        let subject = owner
+            .map(str::to_string)
+            .or_else(|| v.person_ref.clone())
+            .unwrap_or_else(|| "-".into());
+        let mut tx = self.engine.store.begin_write().await?;
+        let f = store::see_drift(
+            &mut tx,
+            name,
+            target,
+            "orphan",
+            &subject,
+            v.grant_ref.as_deref(),
+            now,
+        )
+        .await?;
+        seen.insert(f.id);
+        if f.first_seen_at == now {
+            audit::append(
                 &mut tx,
-                name,
-                target,
-                "orphan",
-                &subject,
-                v.grant_ref.as_deref(),
                 now,
+                "drift",
+                "drift.orphan",
+                &subject,
+                &serde_json::json!({"connector": name, "target": target, "grant": v.grant_ref}),
             )
             .await?;
-            seen.insert(f.id);
-            if f.first_seen_at == now {
-                audit::append(
-                    &mut tx,
-                    now,
-                    "drift",
-                    "drift.orphan",
-                    &subject,
-                    &serde_json::json!({"connector": name, "target": target, "grant": v.grant_ref}),
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            let mut action = "reported".to_string();
-            if policy.revoke_orphans
-                && let Some(g) = &v.grant_ref
-            {
-                action = match c.delete_listed(target, g).await {
-                    Ok(true) => "revoked".into(),
-                    Ok(false) => "reported".into(),
-                    Err(e) => {
-                        tracing::warn!(connector = name, target, error = %e, "drift check: orphan not revoked");
-                        "failed".into()
-                    }
-                };
-                if action == "revoked" {
-                    let mut tx = engine.store.begin_write().await?;
-                    store::resolve_drift(&mut tx, f.id, "revoked", now).await?;
-                    audit::append(
-                        &mut tx,
-                        now,
-                        "drift",
-                        "drift.orphan_revoked",
-                        &subject,
-                        &serde_json::json!({"connector": name, "target": target, "grant": g}),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                }
-            }
-            report.findings.push(Finding {
-                connector: name.to_string(),
-                target: target.clone(),
-                kind: "orphan".into(),
-                subject,
-                vendor_ref: v.grant_ref.clone(),
-                action,
-            });
         }
-        for (key, g) in &on_target {
+        tx.commit().await?;
+        let mut action = "reported".to_string();
+        if self.engine.config.drift.revoke_orphans
+            && let Some(g) = &v.grant_ref
+        {
+            action = self.revoke_orphan(target, g, f.id, &subject).await?;
+        }
+        Ok(Finding {
+            connector: name.to_string(),
+            target: target.to_string(),
+            kind: "orphan".into(),
+            subject,
+            vendor_ref: v.grant_ref.clone(),
+            action,
+        })
+    }
+
+    /// Delete an orphan at the vendor; once deleted, its finding is resolved and audited.
+    async fn revoke_orphan(
+        &self,
+        target: &str,
+        g: &str,
+        finding: i64,
+        subject: &str,
+    ) -> Result<String, StoreError> {
+        let (name, now) = (self.name, self.now);
+        let action: String = match self.connector.delete_listed(target, g).await {
+            Ok(true) => "revoked".into(),
+            Ok(false) => "reported".into(),
+            Err(e) => {
+                tracing::warn!(connector = name, target, error = %e, "drift check: orphan not revoked");
+                "failed".into()
+            }
+        };
+        if action == "revoked" {
+            let mut tx = self.engine.store.begin_write().await?;
+            store::resolve_drift(&mut tx, finding, "revoked", now).await?;
+            audit::append(
+                &mut tx,
+                now,
+                "drift",
+                "drift.orphan_revoked",
+                subject,
+                &serde_json::json!({"connector": name, "target": target, "grant": g}),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(action)
+    }
+
+    /// Grants the vendor confirmed that it no longer lists: each recorded, and issued again once
+    /// missing for the tolerance. Returns their count.
+    async fn missing(
+        &self,
+        target: &str,
+        on_target: &BTreeMap<&str, &GrantRow>,
+        holders: &BTreeSet<&str>,
+        seen: &mut BTreeSet<i64>,
+        report: &mut DriftReport,
+    ) -> Result<i64, StoreError> {
+        let mut missing = 0i64;
+        for (key, g) in on_target {
             // Only what the vendor confirmed and latchkey still wants; a person whose vendor id is
             // unknown cannot be told apart in the list.
             if g.desired != "present" || g.observed != "present" || holders.contains(key) {
                 continue;
             }
-            if !ref_of.contains_key(key) || busy(engine, name, key, target).await? {
+            if !self.ref_of.contains_key(key) || busy(self.engine, self.name, key, target).await? {
                 continue;
             }
             missing += 1;
-            let mut tx = engine.store.begin_write().await?;
-            let f = store::see_drift(&mut tx, name, target, "missing", key, None, now).await?;
-            seen.insert(f.id);
-            let due = f.first_seen_at + (policy.tolerance_seconds as i64) * 1_000_000;
-            let action = if now >= due {
-                let generation = g.generation + 1;
-                store::put_grant(
-                    &mut tx,
-                    &GrantRow {
-                        observed: "absent".into(),
-                        vendor_ref: None,
-                        generation,
-                        updated_at: now,
-                        ..(*g).clone()
-                    },
-                )
-                .await?;
-                let cmd = NewCommand {
-                    connector: name.to_string(),
-                    action: Action::Issue,
-                    identity_key: key.to_string(),
-                    target: target.clone(),
-                    generation,
-                    cause: "drift".into(),
-                    trigger_at: f.first_seen_at,
-                    detected_at: f.first_seen_at,
-                    source: "drift".into(),
-                    traceparent: None,
-                };
-                let id = store::enqueue(&mut tx, &cmd, now).await?;
-                store::resolve_drift(&mut tx, f.id, "reissued", now).await?;
+            let finding = self.missing_grant(target, key, g, seen).await?;
+            report.findings.push(finding);
+        }
+        Ok(missing)
+    }
+
+    /// Record a missing grant: issued again when it has been missing for `tolerance_seconds`,
+    /// else waiting (audited when first seen).
+    async fn missing_grant(
+        &self,
+        target: &str,
+        key: &str,
+        g: &GrantRow,
+        seen: &mut BTreeSet<i64>,
+    ) -> Result<Finding, StoreError> {
+        let (name, now) = (self.name, self.now);
+        let mut tx = self.engine.store.begin_write().await?;
+        let f = store::see_drift(&mut tx, name, target, "missing", key, None, now).await?;
+        seen.insert(f.id);
+        let due = f.first_seen_at + (self.engine.config.drift.tolerance_seconds as i64) * 1_000_000;
+        let action = if now >= due {
+            self.reissue(&mut tx, target, key, g, &f).await?;
+            "reissued"
+        } else {
+            if f.first_seen_at == now {
                 audit::append(
                     &mut tx,
                     now,
                     "drift",
-                    "drift.missing_reissued",
+                    "drift.missing",
                     key,
-                    &serde_json::json!({"connector": name, "target": target, "command": id,
-                        "missing_since": crate::clock::from_micros(f.first_seen_at)}),
+                    &serde_json::json!({"connector": name, "target": target}),
                 )
                 .await?;
-                "reissued"
-            } else {
-                if f.first_seen_at == now {
-                    audit::append(
-                        &mut tx,
-                        now,
-                        "drift",
-                        "drift.missing",
-                        key,
-                        &serde_json::json!({"connector": name, "target": target}),
-                    )
-                    .await?;
-                }
-                "waiting"
-            };
-            tx.commit().await?;
-            report.findings.push(Finding {
-                connector: name.to_string(),
-                target: target.clone(),
-                kind: "missing".into(),
-                subject: key.to_string(),
-                vendor_ref: g.vendor_ref.clone(),
-                action: action.into(),
-            });
-        }
+            }
+            "waiting"
+        };
+        tx.commit().await?;
+        Ok(Finding {
+            connector: name.to_string(),
+            target: target.to_string(),
+            kind: "missing".into(),
+            subject: key.to_string(),
+            vendor_ref: g.vendor_ref.clone(),
+            action: action.into(),
+        })
+    }
+
+    /// Mark the grant absent at a new generation and enqueue its issue; the finding is resolved
+    /// as reissued.
+    async fn reissue(
+        &self,
+        tx: &mut AnyConnection,
+        target: &str,
+        key: &str,
+        g: &GrantRow,
+        f: &DriftFindingRow,
+    ) -> Result<(), StoreError> {
+        let (name, now) = (self.name, self.now);
+        let generation = g.generation + 1;
+        store::put_grant(
+            tx,
+            &GrantRow {
+                observed: "absent".into(),
+                vendor_ref: None,
+                generation,
+                updated_at: now,
+                ..g.clone()
+            },
+        )
+        .await?;
+        let cmd = NewCommand {
+            connector: name.to_string(),
+            action: Action::Issue,
+            identity_key: key.to_string(),
+            target: target.to_string(),
+            generation,
+            cause: "drift".into(),
+            trigger_at: f.first_seen_at,
+            detected_at: f.first_seen_at,
+            source: "drift".into(),
+            traceparent: None,
+        };
+        let id = store::enqueue(tx, &cmd, now).await?;
+        store::resolve_drift(tx, f.id, "reissued", now).await?;
+        audit::append(
+            tx,
+            now,
+            "drift",
+            "drift.missing_reissued",
+            key,
+            &serde_json::json!({"connector": name, "target": target, "command": id,
+                "missing_since": crate::clock::from_micros(f.first_seen_at)}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Resolve the target's open findings not seen in this check.
+    async fn clear_stale(&self, target: &str, seen: &BTreeSet<i64>) -> Result<(), StoreError> {
         // Findings no longer seen went away by themselves (a late sync, a manual fix).
-        let stale: Vec<i64> = store::open_drift(pool)
+        let stale: Vec<i64> = store::open_drift(self.engine.store.pool())
             .await?
             .into_iter()
-            .filter(|f| f.connector == name && &f.target == target && !seen.contains(&f.id))
+            .filter(|f| f.connector == self.name && f.target == target && !seen.contains(&f.id))
             .map(|f| f.id)
             .collect();
         if !stale.is_empty() {
-            let mut tx = engine.store.begin_write().await?;
+            let mut tx = self.engine.store.begin_write().await?;
             for id in stale {
-                store::resolve_drift(&mut tx, id, "cleared", now).await?;
+                store::resolve_drift(&mut tx, id, "cleared", self.now).await?;
             }
             tx.commit().await?;
         }
+        Ok(())
     }
-    engine.metrics.set_drift_findings(name, orphans, missing);
-    engine.notify_outbox();
-    Ok(())
 }
 
 /// A command for this grant is still on its way: the vendor may be about to change.

@@ -198,46 +198,7 @@ pub async fn export(
         inner: std::io::BufWriter::new(file),
         hash: Sha256::new(),
     };
-    let mut anchor = None;
-    let mut last_hash = String::new();
-    let mut count = 0i64;
-    let mut after = first - 1;
-    {
-        enum Out<'a, W: Write> {
-            Csv(Box<csv::Writer<&'a mut W>>),
-            Jsonl(&'a mut W),
-        }
-        let mut out = match format {
-            Format::Csv => Out::Csv(Box::new(csv::Writer::from_writer(&mut w))),
-            Format::Jsonl => Out::Jsonl(&mut w),
-        };
-        let invalid = |e: String| ExportError::Invalid {
-            path: data.display().to_string(),
-            message: e,
-        };
-        loop {
-            let page = sql::page(store.pool(), after, last, PAGE).await?;
-            let Some(tail) = page.last() else { break };
-            after = tail.seq;
-            for r in page {
-                anchor.get_or_insert_with(|| r.prev_hash.clone());
-                last_hash.clone_from(&r.hash);
-                count += 1;
-                let line = Line::from(r);
-                match &mut out {
-                    Out::Csv(c) => c.serialize(&line).map_err(|e| invalid(e.to_string()))?,
-                    Out::Jsonl(w) => {
-                        let text =
-                            serde_json::to_string(&line).map_err(|e| invalid(e.to_string()))?;
-                        writeln!(w, "{text}").map_err(io(&data))?;
-                    }
-                }
-            }
-        }
-        if let Out::Csv(c) = &mut out {
-            c.flush().map_err(io(&data))?;
-        }
-    }
+    let run = write_records(store, first, last, format, &mut w, &data).await?;
     w.flush().map_err(io(&data))?;
     let manifest = Manifest {
         schema: MANIFEST_SCHEMA.to_string(),
@@ -249,24 +210,91 @@ pub async fn export(
         since: since.map(time),
         until: until.map(time),
         first_seq: first,
-        last_seq: first + count - 1,
-        count,
-        anchor: anchor.unwrap_or_default(),
-        last_hash,
+        last_seq: first + run.count - 1,
+        count: run.count,
+        anchor: run.anchor.unwrap_or_default(),
+        last_hash: run.last_hash,
         sha256: hex::encode(w.hash.finalize()),
         exported_at: time(now),
     };
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| ExportError::Invalid {
-        path: manifest_path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let mut m = create(&manifest_path)?;
-    writeln!(m, "{text}").map_err(io(&manifest_path))?;
+    write_manifest(&manifest_path, &manifest)?;
     Ok(Written {
         data,
         manifest_path,
         manifest,
     })
+}
+
+/// What [`write_records`] wrote: the chain's anchor and last hash, and the number of records.
+struct Run {
+    anchor: Option<String>,
+    last_hash: String,
+    count: i64,
+}
+
+/// Where records go: through a CSV writer, or straight to the file as JSON lines.
+enum Out<'a, W: Write> {
+    Csv(Box<csv::Writer<&'a mut W>>),
+    Jsonl(&'a mut W),
+}
+
+/// Write the records `first..=last` to `w` in `format`, a page at a time. `data`: the file `w`
+/// writes, for errors.
+async fn write_records<W: Write>(
+    store: &store::Store,
+    first: i64,
+    last: i64,
+    format: Format,
+    w: &mut W,
+    data: &Path,
+) -> Result<Run, ExportError> {
+    let mut run = Run {
+        anchor: None,
+        last_hash: String::new(),
+        count: 0,
+    };
+    let mut after = first - 1;
+    let mut out = match format {
+        Format::Csv => Out::Csv(Box::new(csv::Writer::from_writer(w))),
+        Format::Jsonl => Out::Jsonl(w),
+    };
+    let invalid = |e: String| ExportError::Invalid {
+        path: data.display().to_string(),
+        message: e,
+    };
+    loop {
+        let page = sql::page(store.pool(), after, last, PAGE).await?;
+        let Some(tail) = page.last() else { break };
+        after = tail.seq;
+        for r in page {
+            run.anchor.get_or_insert_with(|| r.prev_hash.clone());
+            run.last_hash.clone_from(&r.hash);
+            run.count += 1;
+            let line = Line::from(r);
+            match &mut out {
+                Out::Csv(c) => c.serialize(&line).map_err(|e| invalid(e.to_string()))?,
+                Out::Jsonl(w) => {
+                    let text = serde_json::to_string(&line).map_err(|e| invalid(e.to_string()))?;
+                    writeln!(w, "{text}").map_err(io(data))?;
+                }
+            }
+        }
+    }
+    if let Out::Csv(c) = &mut out {
+        c.flush().map_err(io(data))?;
+    }
+    Ok(run)
+}
+
+/// Write the manifest, pretty-printed, to a new file.
+fn write_manifest(manifest_path: &Path, manifest: &Manifest) -> Result<(), ExportError> {
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| ExportError::Invalid {
+        path: manifest_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let mut m = create(manifest_path)?;
+    writeln!(m, "{text}").map_err(io(manifest_path))?;
+    Ok(())
 }
 
 /// The first thing wrong with an export.
@@ -388,6 +416,36 @@ impl Walk {
         self.count += 1;
         None
     }
+
+    /// Once the file is read: the first thing where its end disagrees with the manifest (count
+    /// and last seq, last hash, then the file's SHA-256), if any.
+    fn check_end(&self, manifest: &Manifest, sha256: &str) -> Option<Broken> {
+        let last_seq = self.expected - 1;
+        if self.count != manifest.count || last_seq != manifest.last_seq {
+            Some(Broken {
+                line: None,
+                seq: Some(last_seq + 1),
+                reason: format!(
+                    "the file ends at record {last_seq} ({} records) but the manifest says {} ({} records): records at the end were deleted",
+                    self.count, manifest.last_seq, manifest.count
+                ),
+            })
+        } else if self.prev != manifest.last_hash {
+            Some(Broken {
+                line: None,
+                seq: Some(last_seq),
+                reason: "the last hash differs from the manifest's".into(),
+            })
+        } else if sha256 != manifest.sha256 {
+            Some(Broken {
+                line: None,
+                seq: None,
+                reason: "the data file's SHA-256 differs from the manifest's (the file changed after export)".into(),
+            })
+        } else {
+            None
+        }
+    }
 }
 
 /// Verify an export offline: the chain from the anchor, then the manifest (count, last hash,
@@ -405,91 +463,14 @@ pub fn verify_file(path: &Path) -> Result<FileReport, ExportError> {
         expected: manifest.first_seq,
         count: 0,
     };
-    let mut broken = None;
-    match manifest.format {
-        Format::Jsonl => {
-            let lines = std::io::BufReader::new(&mut reader).lines();
-            for (i, text) in lines.enumerate() {
-                let line_no = i as u64 + 1;
-                let text = text.map_err(io(&data))?;
-                if broken.is_some() {
-                    continue; // read on to the end for the file's hash
-                }
-                broken = match serde_json::from_str::<Line>(&text) {
-                    Ok(l) => walk.step(line_no, &l),
-                    Err(e) => Some(Broken {
-                        line: Some(line_no),
-                        seq: None,
-                        reason: format!("not an audit record: {e}"),
-                    }),
-                };
-            }
-        }
-        Format::Csv => {
-            let mut csv = csv::Reader::from_reader(&mut reader);
-            let mut record = csv::StringRecord::new();
-            let headers = csv.headers().cloned().map_err(|e| ExportError::Invalid {
-                path: data.display().to_string(),
-                message: format!("no CSV header: {e}"),
-            })?;
-            loop {
-                let read = csv.read_record(&mut record);
-                let line_no = record.position().map_or(0, |p| p.line());
-                match read {
-                    Ok(false) => break,
-                    Ok(true) if broken.is_some() => {}
-                    Ok(true) => {
-                        broken = match record.deserialize::<Line>(Some(&headers)) {
-                            Ok(l) => walk.step(line_no, &l),
-                            Err(e) => Some(Broken {
-                                line: Some(line_no),
-                                seq: None,
-                                reason: format!("not an audit record: {e}"),
-                            }),
-                        }
-                    }
-                    Err(e) => {
-                        broken.get_or_insert(Broken {
-                            line: e.position().map(|p| p.line()),
-                            seq: None,
-                            reason: format!("unreadable CSV: {e}"),
-                        });
-                        break;
-                    }
-                }
-            }
-        }
-    }
+    let broken = match manifest.format {
+        Format::Jsonl => walk_jsonl(&mut reader, &mut walk, &data)?,
+        Format::Csv => walk_csv(&mut reader, &mut walk, &data)?,
+    };
     let mut rest = Vec::new();
     reader.read_to_end(&mut rest).map_err(io(&data))?;
     let sha256 = hex::encode(reader.hash.finalize());
-    let broken = broken.or_else(|| {
-        let last_seq = walk.expected - 1;
-        if walk.count != manifest.count || last_seq != manifest.last_seq {
-            Some(Broken {
-                line: None,
-                seq: Some(last_seq + 1),
-                reason: format!(
-                    "the file ends at record {last_seq} ({} records) but the manifest says {} ({} records): records at the end were deleted",
-                    walk.count, manifest.last_seq, manifest.count
-                ),
-            })
-        } else if walk.prev != manifest.last_hash {
-            Some(Broken {
-                line: None,
-                seq: Some(last_seq),
-                reason: "the last hash differs from the manifest's".into(),
-            })
-        } else if sha256 != manifest.sha256 {
-            Some(Broken {
-                line: None,
-                seq: None,
-                reason: "the data file's SHA-256 differs from the manifest's (the file changed after export)".into(),
-            })
-        } else {
-            None
-        }
-    });
+    let broken = broken.or_else(|| walk.check_end(&manifest, &sha256));
     Ok(FileReport {
         data,
         records: walk.count,
@@ -497,4 +478,74 @@ pub fn verify_file(path: &Path) -> Result<FileReport, ExportError> {
         last_seq: manifest.last_seq,
         broken,
     })
+}
+
+/// Walk a JSON lines export to its first broken record. Reads on to the end either way, so the
+/// file's hash covers all of it.
+fn walk_jsonl<R: Read>(
+    reader: &mut R,
+    walk: &mut Walk,
+    data: &Path,
+) -> Result<Option<Broken>, ExportError> {
+    let mut broken = None;
+    let lines = std::io::BufReader::new(reader).lines();
+    for (i, text) in lines.enumerate() {
+        let line_no = i as u64 + 1;
+        let text = text.map_err(io(data))?;
+        if broken.is_some() {
+            continue; // read on to the end for the file's hash
+        }
+        broken = match serde_json::from_str::<Line>(&text) {
+            Ok(l) => walk.step(line_no, &l),
+            Err(e) => Some(Broken {
+                line: Some(line_no),
+                seq: None,
+                reason: format!("not an audit record: {e}"),
+            }),
+        };
+    }
+    Ok(broken)
+}
+
+/// Walk a CSV export to its first broken record, reading on past it; CSV that cannot be read
+/// stops the walk there.
+fn walk_csv<R: Read>(
+    reader: &mut R,
+    walk: &mut Walk,
+    data: &Path,
+) -> Result<Option<Broken>, ExportError> {
+    let mut broken = None;
+    let mut csv = csv::Reader::from_reader(reader);
+    let mut record = csv::StringRecord::new();
+    let headers = csv.headers().cloned().map_err(|e| ExportError::Invalid {
+        path: data.display().to_string(),
+        message: format!("no CSV header: {e}"),
+    })?;
+    loop {
+        let read = csv.read_record(&mut record);
+        let line_no = record.position().map_or(0, |p| p.line());
+        match read {
+            Ok(false) => break,
+            Ok(true) if broken.is_some() => {}
+            Ok(true) => {
+                broken = match record.deserialize::<Line>(Some(&headers)) {
+                    Ok(l) => walk.step(line_no, &l),
+                    Err(e) => Some(Broken {
+                        line: Some(line_no),
+                        seq: None,
+                        reason: format!("not an audit record: {e}"),
+                    }),
+                }
+            }
+            Err(e) => {
+                broken.get_or_insert(Broken {
+                    line: e.position().map(|p| p.line()),
+                    seq: None,
+                    reason: format!("unreadable CSV: {e}"),
+                });
+                break;
+            }
+        }
+    }
+    Ok(broken)
 }

@@ -322,10 +322,29 @@ impl Config {
         }
     }
 
+    /// Checks within and across sections, in a fixed order: the first that fails is the error.
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_audit()?;
         self.validate_console()?;
         self.validate_break_glass()?;
+        self.check_drill_schedule()?;
+        self.check_version()?;
+        self.check_store()?;
+        self.check_engine()?;
+        self.check_slas()?;
+        self.check_connector_kinds()?;
+        self.check_schedules()?;
+        self.check_sites()?;
+        self.check_hr_sources()?;
+        self.check_authority()?;
+        self.check_operators()?;
+        self.check_scim()?;
+        self.check_ldap_sources()?;
+        self.check_connector_limits()
+    }
+
+    /// The revocation drill's schedule, when it has one, is a crontab line.
+    fn check_drill_schedule(&self) -> Result<(), ConfigError> {
         if let Some(schedule) = self
             .telemetry
             .drill
@@ -338,6 +357,11 @@ impl Config {
                 format!("`{schedule}` is not a crontab line: {e}"),
             ));
         }
+        Ok(())
+    }
+
+    /// The file is written for the configuration version this build reads.
+    fn check_version(&self) -> Result<(), ConfigError> {
         if self.version != CONFIG_VERSION {
             return Err(self.invalid(
                 "version",
@@ -347,6 +371,12 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The database, given once and not in clear; the replicas it can serve, and the lease that
+    /// coordinates them.
+    fn check_store(&self) -> Result<(), ConfigError> {
         if self.store.url.is_none() == self.store.url_secret.is_none() {
             return Err(self.invalid("store", "set exactly one of `url` and `url_secret`"));
         }
@@ -382,6 +412,11 @@ impl Config {
                  (or `{ file = \"...\" }`) so it is not kept in clear",
             ));
         }
+        Ok(())
+    }
+
+    /// The engine's default time zone and mass-change threshold.
+    fn check_engine(&self) -> Result<(), ConfigError> {
         if self
             .engine
             .default_timezone
@@ -396,6 +431,11 @@ impl Config {
         if !(0.0..=1.0).contains(&self.engine.mass_change_threshold) {
             return Err(self.invalid("engine.mass_change_threshold", "must be between 0 and 1"));
         }
+        Ok(())
+    }
+
+    /// The default SLA and each connector's override.
+    fn check_slas(&self) -> Result<(), ConfigError> {
         // An objective of 1 leaves no error budget, so burn rates would divide by zero.
         let slas = std::iter::once((
             "sla".to_string(),
@@ -417,6 +457,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// What each kind of connector needs: a profile for HTTP, a return window for keys.
+    fn check_connector_kinds(&self) -> Result<(), ConfigError> {
         for (name, c) in &self.connectors {
             if c.kind == ConnectorKind::Http && c.profile.as_os_str().is_empty() {
                 return Err(self.invalid(
@@ -432,6 +477,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The reconcile and drift schedules, when set, are crontab lines.
+    fn check_schedules(&self) -> Result<(), ConfigError> {
         if !self.reconcile.schedule.trim().is_empty()
             && let Err(e) = self.reconcile.schedule.parse::<croner::Cron>()
         {
@@ -449,6 +499,11 @@ impl Config {
                 format!("`{s}` is not a crontab line: {e}"),
             ));
         }
+        Ok(())
+    }
+
+    /// Each site's time zone.
+    fn check_sites(&self) -> Result<(), ConfigError> {
         for (name, site) in &self.sites {
             if site.timezone.parse::<chrono_tz::Tz>().is_err() {
                 return Err(self.invalid(
@@ -457,6 +512,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Each HR source: one input, a schedule, and a grace for people missing from a feed.
+    fn check_hr_sources(&self) -> Result<(), ConfigError> {
         for (name, hr) in &self.sources.hr {
             if hr.path.is_none() == hr.drop_dir.is_none() {
                 return Err(self.invalid(
@@ -478,6 +538,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Each attribute's authority lists sources that exist.
+    fn check_authority(&self) -> Result<(), ConfigError> {
         let known_sources: Vec<String> = (self.sources.hr.keys().cloned())
             .chain(self.sources.ldap.keys().cloned())
             .chain(self.scim.tenants.keys().map(|t| format!("scim:{t}")))
@@ -497,6 +562,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Each operator's token hash is well formed and the operator's own.
+    fn check_operators(&self) -> Result<(), ConfigError> {
         let mut hashes = BTreeMap::new();
         for (name, o) in &self.operators {
             let key = format!("operators.{name}.token_sha256");
@@ -514,6 +584,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// SCIM tenants' tokens and rate limits, the schema extensions, and request limits.
+    fn check_scim(&self) -> Result<(), ConfigError> {
         for (name, t) in &self.scim.tenants {
             let key = format!("scim.tenants.{name}");
             match (&t.token_sha256, &t.token) {
@@ -553,6 +628,11 @@ impl Config {
                 "max_body_bytes and request_timeout_seconds must be at least 1",
             ));
         }
+        Ok(())
+    }
+
+    /// Each LDAP source: its URL, TLS, bind and paging.
+    fn check_ldap_sources(&self) -> Result<(), ConfigError> {
         for (name, l) in &self.sources.ldap {
             let key = format!("sources.ldap.{name}");
             if !(l.url.starts_with("ldap://") || l.url.starts_with("ldaps://")) {
@@ -579,6 +659,11 @@ impl Config {
                 return Err(self.invalid(&key, "mass_change_threshold must be between 0 and 1"));
             }
         }
+        Ok(())
+    }
+
+    /// Each connector's rate limit and concurrency.
+    fn check_connector_limits(&self) -> Result<(), ConfigError> {
         for (name, c) in &self.connectors {
             if let Some(rl) = c.rate_limit
                 && (rl.per_second == 0 || rl.burst == 0)

@@ -75,91 +75,98 @@ impl ManualConnector {
         create: bool,
         now: i64,
     ) -> Result<Outcome, StoreError> {
-        let key = &req.person.key;
-        let hand = store::latest_key_task(conn, &self.name, key, &req.target, HAND_OVER).await?;
-        let ret = store::latest_key_task(conn, &self.name, key, &req.target, RETURN).await?;
-        let newer = |a: &Option<KeyTaskRow>, b: &Option<KeyTaskRow>| match (a, b) {
-            (Some(a), Some(b)) => a.id > b.id,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        let open = |t: &Option<KeyTaskRow>| t.as_ref().is_some_and(|t| t.status == "open");
-        let done = |t: &Option<KeyTaskRow>| t.as_ref().is_some_and(|t| t.status == "done");
-        let confirmed = Outcome::Confirmed {
-            person_ref: None,
-            grant_ref: None,
-        };
-        let pending = |id: Option<i64>| Outcome::Pending {
-            person_ref: None,
-            grant_ref: id.map(|i| i.to_string()),
-        };
-        // The person holds the key once a hand-over is recorded and no later return is.
-        let holds = done(&hand) && !(newer(&ret, &hand) && done(&ret));
-        Ok(match action {
-            Action::Issue => {
-                if newer(&ret, &hand) && open(&ret) {
-                    // Entitled again before the key came back: they keep it, the return is moot.
-                    if create {
-                        if let Some(r) = &ret {
-                            store::close_key_task(conn, r.id, "cancelled", now, "latchkey").await?;
-                            self.audit_task(conn, now, "key.return_cancelled", r)
-                                .await?;
-                        }
-                        return Ok(confirmed);
-                    }
-                    return Ok(pending(ret.map(|r| r.id)));
-                }
-                if holds {
-                    confirmed
-                } else if open(&hand) || !create {
-                    pending(hand.map(|h| h.id))
-                } else {
-                    let id = store::create_key_task(
-                        conn,
-                        &self.name,
-                        key,
-                        &req.target,
-                        HAND_OVER,
-                        now,
-                        None,
-                    )
-                    .await?;
-                    self.audit_new(conn, now, id, HAND_OVER, req, None).await?;
-                    pending(Some(id))
-                }
-            }
-            Action::Revoke => {
-                if open(&hand) && newer(&hand, &ret) {
-                    // Never handed over: nothing to take back.
-                    if create && let Some(h) = &hand {
-                        store::close_key_task(conn, h.id, "cancelled", now, "latchkey").await?;
-                        self.audit_task(conn, now, "key.hand_over_cancelled", h)
-                            .await?;
-                        return Ok(confirmed);
-                    }
-                    return Ok(pending(hand.map(|h| h.id)));
-                }
-                if !holds {
-                    confirmed
-                } else if open(&ret) && newer(&ret, &hand) || !create {
-                    pending(ret.map(|r| r.id))
-                } else {
-                    let due = now + (self.settings.return_due_hours * 3_600_000_000.0) as i64;
-                    let id = store::create_key_task(
-                        conn,
-                        &self.name,
-                        key,
-                        &req.target,
-                        RETURN,
-                        now,
-                        Some(due),
-                    )
-                    .await?;
-                    self.audit_new(conn, now, id, RETURN, req, Some(due))
+        let tasks = LatestTasks::load(conn, &self.name, &req.person.key, &req.target).await?;
+        match action {
+            Action::Issue => self.issue_in(conn, req, tasks, create, now).await,
+            Action::Revoke => self.revoke_in(conn, req, tasks, create, now).await,
+        }
+    }
+
+    /// Issue: confirmed once the key is handed over. `create`: cancel a moot return, or create the
+    /// hand-over task.
+    async fn issue_in(
+        &self,
+        conn: &mut AnyConnection,
+        req: &GrantRequest,
+        tasks: LatestTasks,
+        create: bool,
+        now: i64,
+    ) -> Result<Outcome, StoreError> {
+        let holds = tasks.holds();
+        let LatestTasks { hand, ret } = tasks;
+        if newer(&ret, &hand) && open(&ret) {
+            // Entitled again before the key came back: they keep it, the return is moot.
+            if create {
+                if let Some(r) = &ret {
+                    store::close_key_task(conn, r.id, "cancelled", now, "latchkey").await?;
+                    self.audit_task(conn, now, "key.return_cancelled", r)
                         .await?;
-                    pending(Some(id))
                 }
+                return Ok(confirmed());
             }
+            return Ok(pending(ret.map(|r| r.id)));
+        }
+        Ok(if holds {
+            confirmed()
+        } else if open(&hand) || !create {
+            pending(hand.map(|h| h.id))
+        } else {
+            let id = store::create_key_task(
+                conn,
+                &self.name,
+                &req.person.key,
+                &req.target,
+                HAND_OVER,
+                now,
+                None,
+            )
+            .await?;
+            self.audit_new(conn, now, id, HAND_OVER, req, None).await?;
+            pending(Some(id))
+        })
+    }
+
+    /// Revoke: confirmed once the key is back (or was never handed over). `create`: cancel a
+    /// hand-over that never happened, or create the return task, due after `return_due_hours`.
+    async fn revoke_in(
+        &self,
+        conn: &mut AnyConnection,
+        req: &GrantRequest,
+        tasks: LatestTasks,
+        create: bool,
+        now: i64,
+    ) -> Result<Outcome, StoreError> {
+        let holds = tasks.holds();
+        let LatestTasks { hand, ret } = tasks;
+        if open(&hand) && newer(&hand, &ret) {
+            // Never handed over: nothing to take back.
+            if create && let Some(h) = &hand {
+                store::close_key_task(conn, h.id, "cancelled", now, "latchkey").await?;
+                self.audit_task(conn, now, "key.hand_over_cancelled", h)
+                    .await?;
+                return Ok(confirmed());
+            }
+            return Ok(pending(hand.map(|h| h.id)));
+        }
+        Ok(if !holds {
+            confirmed()
+        } else if open(&ret) && newer(&ret, &hand) || !create {
+            pending(ret.map(|r| r.id))
+        } else {
+            let due = now + (self.settings.return_due_hours * 3_600_000_000.0) as i64;
+            let id = store::create_key_task(
+                conn,
+                &self.name,
+                &req.person.key,
+                &req.target,
+                RETURN,
+                now,
+                Some(due),
+            )
+            .await?;
+            self.audit_new(conn, now, id, RETURN, req, Some(due))
+                .await?;
+            pending(Some(id))
         })
     }
 
@@ -204,6 +211,63 @@ impl ManualConnector {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// A person's latest hand-over and return task for one key.
+struct LatestTasks {
+    hand: Option<KeyTaskRow>,
+    ret: Option<KeyTaskRow>,
+}
+
+impl LatestTasks {
+    async fn load(
+        conn: &mut AnyConnection,
+        connector: &str,
+        key: &str,
+        target: &str,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            hand: store::latest_key_task(conn, connector, key, target, HAND_OVER).await?,
+            ret: store::latest_key_task(conn, connector, key, target, RETURN).await?,
+        })
+    }
+
+    /// The person holds the key once a hand-over is recorded and no later return is.
+    fn holds(&self) -> bool {
+        done(&self.hand) && !(newer(&self.ret, &self.hand) && done(&self.ret))
+    }
+}
+
+/// `a` exists and is later than `b`.
+fn newer(a: &Option<KeyTaskRow>, b: &Option<KeyTaskRow>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.id > b.id,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+fn open(t: &Option<KeyTaskRow>) -> bool {
+    t.as_ref().is_some_and(|t| t.status == "open")
+}
+
+fn done(t: &Option<KeyTaskRow>) -> bool {
+    t.as_ref().is_some_and(|t| t.status == "done")
+}
+
+fn confirmed() -> Outcome {
+    Outcome::Confirmed {
+        person_ref: None,
+        grant_ref: None,
+    }
+}
+
+/// Waiting on a person: the task's id is the grant's reference.
+fn pending(id: Option<i64>) -> Outcome {
+    Outcome::Pending {
+        person_ref: None,
+        grant_ref: id.map(|i| i.to_string()),
     }
 }
 
@@ -280,22 +344,7 @@ pub async fn record(
     at: i64,
 ) -> Result<KeyTaskRow, KeyError> {
     let mut tx = store.begin_write().await?;
-    let task = store::key_task(&mut tx, id)
-        .await?
-        .ok_or(KeyError::NoSuchTask(id))?;
-    if task.kind != expected {
-        return Err(KeyError::WrongKind {
-            id,
-            kind: task.kind,
-            expected,
-        });
-    }
-    if !store::close_key_task(&mut tx, id, "done", at, by).await? {
-        return Err(KeyError::NotOpen {
-            id,
-            status: task.status,
-        });
-    }
+    let task = close_task(&mut tx, id, expected, by, at).await?;
     let action = if expected == RETURN {
         Action::Revoke
     } else {
@@ -309,35 +358,10 @@ pub async fn record(
         action,
     )
     .await?;
-    let mut finished = None;
-    if let Some(c) = &cmd
-        && store::complete_command(&mut tx, c.id, at).await?
-    {
-        let observed = if expected == RETURN {
-            "absent"
-        } else {
-            "present"
-        };
-        store::observe_grant(&mut tx, c, observed, None, at).await?;
-        audit::append(
-            &mut tx,
-            at,
-            by,
-            "command.done",
-            &c.identity_key,
-            &serde_json::json!({
-                "command": c.id, "action": c.action, "connector": c.connector, "target": c.target,
-                "attempts": c.attempts, "end_to_end_ms": (at - c.trigger_at) as f64 / 1000.0,
-            }),
-        )
-        .await?;
-        finished = Some(store::CommandRow {
-            status: "done".into(),
-            dispatched_at: c.dispatched_at.or(Some(at)),
-            confirmed_at: Some(at),
-            ..c.clone()
-        });
-    }
+    let finished = match &cmd {
+        Some(c) => finish_command(&mut tx, c, expected, by, at).await?,
+        None => None,
+    };
     audit::append(
         &mut tx,
         at,
@@ -364,6 +388,71 @@ pub async fn record(
         done_by: Some(by.to_string()),
         ..task
     })
+}
+
+/// Close an open task of the kind expected as done; the task as it was before.
+async fn close_task(
+    conn: &mut AnyConnection,
+    id: i64,
+    expected: &'static str,
+    by: &str,
+    at: i64,
+) -> Result<KeyTaskRow, KeyError> {
+    let task = store::key_task(conn, id)
+        .await?
+        .ok_or(KeyError::NoSuchTask(id))?;
+    if task.kind != expected {
+        return Err(KeyError::WrongKind {
+            id,
+            kind: task.kind,
+            expected,
+        });
+    }
+    if !store::close_key_task(conn, id, "done", at, by).await? {
+        return Err(KeyError::NotOpen {
+            id,
+            status: task.status,
+        });
+    }
+    Ok(task)
+}
+
+/// Finish the command waiting on the task, confirmed at `at`: the grant observed absent after a
+/// return, present after a hand-over. The command as finished, unless it was finished already.
+async fn finish_command(
+    conn: &mut AnyConnection,
+    c: &store::CommandRow,
+    expected: &'static str,
+    by: &str,
+    at: i64,
+) -> Result<Option<store::CommandRow>, KeyError> {
+    if !store::complete_command(conn, c.id, at).await? {
+        return Ok(None);
+    }
+    let observed = if expected == RETURN {
+        "absent"
+    } else {
+        "present"
+    };
+    store::observe_grant(conn, c, observed, None, at).await?;
+    audit::append(
+        conn,
+        at,
+        by,
+        "command.done",
+        &c.identity_key,
+        &serde_json::json!({
+            "command": c.id, "action": c.action, "connector": c.connector, "target": c.target,
+            "attempts": c.attempts, "end_to_end_ms": (at - c.trigger_at) as f64 / 1000.0,
+        }),
+    )
+    .await?;
+    Ok(Some(store::CommandRow {
+        status: "done".into(),
+        dispatched_at: c.dispatched_at.or(Some(at)),
+        confirmed_at: Some(at),
+        ..c.clone()
+    }))
 }
 
 /// Open and overdue return tasks after an overdue check, and the alerts sent by it.

@@ -3,13 +3,40 @@
 //! source's last checkpoint move. Read on every scrape.
 
 use super::*;
+use sqlx::AnyPool;
+
+/// Per connector lane: unfinished commands, when the oldest was enqueued, dead letters.
+type LaneCounts = BTreeMap<(String, &'static str), (i64, Option<i64>, i64)>;
 
 impl Metrics {
     /// Read what only the store knows into the gauges. `now`: microseconds, from the engine's clock.
     pub async fn collect(&self, store: &Store, now: i64) -> Result<(), StoreError> {
         let pool = store.pool();
+        self.collect_outbox(pool, now).await?;
+        self.collect_per_source(pool, now).await?;
+        self.collect_stuck(pool).await?;
+        self.collect_break_glass_and_reviews(pool, now).await?;
+        self.collect_checkpoint_moves(pool).await
+    }
+
+    /// Depth, oldest age and dead letters of every configured lane.
+    async fn collect_outbox(&self, pool: &AnyPool, now: i64) -> Result<(), StoreError> {
+        let depth = self.lane_counts(pool).await?;
+        for ((connector, lane), (n, oldest, dead)) in depth {
+            let l = LaneLabels { connector, lane };
+            self.outbox_depth.get_or_create(&l).set(n);
+            self.outbox_oldest_age
+                .get_or_create(&l)
+                .set(oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1e6));
+            self.dead_letters.get_or_create(&l).set(dead);
+        }
+        Ok(())
+    }
+
+    /// The outbox summed per configured lane.
+    async fn lane_counts(&self, pool: &AnyPool) -> Result<LaneCounts, StoreError> {
         // Every configured lane is reported, so a lane that emptied shows 0 rather than its last value.
-        let mut depth: BTreeMap<(String, &'static str), (i64, Option<i64>, i64)> = BTreeMap::new();
+        let mut depth: LaneCounts = BTreeMap::new();
         for c in &self.connectors {
             for lane in LANES {
                 depth.insert((c.clone(), lane), (0, None, 0));
@@ -34,14 +61,11 @@ impl Metrics {
                 };
             }
         }
-        for ((connector, lane), (n, oldest, dead)) in depth {
-            let l = LaneLabels { connector, lane };
-            self.outbox_depth.get_or_create(&l).set(n);
-            self.outbox_oldest_age
-                .get_or_create(&l)
-                .set(oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1e6));
-            self.dead_letters.get_or_create(&l).set(dead);
-        }
+        Ok(depth)
+    }
+
+    /// Quarantined records, held changes, rejected files and the oldest held change, per source.
+    async fn collect_per_source(&self, pool: &AnyPool, now: i64) -> Result<(), StoreError> {
         for (what, family) in [
             (PerSource::Quarantined, &self.quarantined),
             (PerSource::Held, &self.held),
@@ -58,6 +82,11 @@ impl Metrics {
                 .get_or_create(&SourceLabel { source })
                 .set((now - oldest).max(0) as f64 / 1e6);
         }
+        Ok(())
+    }
+
+    /// Stuck revocations of every configured connector.
+    async fn collect_stuck(&self, pool: &AnyPool) -> Result<(), StoreError> {
         let stuck: BTreeMap<String, i64> = crate::store::stuck_counts(pool)
             .await?
             .into_iter()
@@ -69,6 +98,15 @@ impl Metrics {
                 })
                 .set(stuck.get(c).copied().unwrap_or(0));
         }
+        Ok(())
+    }
+
+    /// Emergencies open, unreviewed and overdue; access reviews open, pending and overdue.
+    async fn collect_break_glass_and_reviews(
+        &self,
+        pool: &AnyPool,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let (open, unreviewed, overdue) =
             crate::store::access_requests::emergency_counts(pool, now).await?;
         self.break_glass_open.set(open);
@@ -78,6 +116,11 @@ impl Metrics {
         self.review_pending.set(pending);
         self.review_overdue.set(overdue);
         self.reviews_open.set(open);
+        Ok(())
+    }
+
+    /// Each source's last success, raised to its checkpoint's last move.
+    async fn collect_checkpoint_moves(&self, pool: &AnyPool) -> Result<(), StoreError> {
         // After a restart no source has run in this process yet: its checkpoint's last move is the
         // best known success, so a stalled source is not hidden by a restart.
         for (source, at) in reports::checkpoint_moves(pool).await? {
