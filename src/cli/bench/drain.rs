@@ -3,11 +3,12 @@
 //! confirmed).
 
 use super::{Bed, BenchArgs, PEOPLE_PER_LOCK, SETUP_RATE, bar, ms, person_row, prepare, start_sim};
+use crate::engine::FeedReport;
 use crate::model::Action;
 use crate::store;
-use crate::telemetry;
+use crate::telemetry::{self, Summary};
 use anyhow::{Context, bail};
-use latchkey_sim::LoggedRequest;
+use latchkey_sim::{LoggedRequest, SimServer};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -67,8 +68,26 @@ pub(super) async fn mass_termination(args: &BenchArgs, dir: &Path) -> anyhow::Re
     prepare(dir, n)?;
     let server = start_sim().await?;
     let keys: Vec<String> = (0..n).map(|i| format!("B{i:06}")).collect();
+    issue_everyone(args, dir, &server, &keys).await?;
 
-    // Set-up: issue everyone's grant under a limit that is not the subject of the measurement.
+    // The measurement: the same store reopened with the rate limit under test.
+    let bed = Bed::open(dir, &server.base_url(), (rate, burst), args.concurrency).await?;
+    let drained = terminate_everyone(&bed, dir, &server, &keys).await?;
+    let figures = drained.print_figures(n, rate, burst);
+    print_stages(&bed, "  revocation stages in the drain").await?;
+    bed.close().await?;
+    server.shutdown().await;
+    Ok(figures)
+}
+
+/// Set-up: issue everyone's grant under a limit that is not the subject of the measurement.
+async fn issue_everyone(
+    args: &BenchArgs,
+    dir: &Path,
+    server: &SimServer,
+    keys: &[String],
+) -> anyhow::Result<()> {
+    let n = keys.len();
     let bed = Bed::open(dir, &server.base_url(), SETUP_RATE, args.concurrency).await?;
     let rows: Vec<String> = keys.iter().map(|k| person_row(k, "Active")).collect();
     let t = Instant::now();
@@ -91,13 +110,30 @@ pub(super) async fn mass_termination(args: &BenchArgs, dir: &Path) -> anyhow::Re
     if issued != n as i64 || dead != 0 {
         bail!("set-up did not issue every grant: {issued} of {n} issued, {dead} dead");
     }
-    bed.close().await?;
+    bed.close().await
+}
 
-    // The measurement: the same store reopened with the rate limit under test.
-    let bed = Bed::open(dir, &server.base_url(), (rate, burst), args.concurrency).await?;
+/// What the measured drain left behind: the feed's report and timings, the requests the vendor
+/// saw during it, and the revokes' outcome (done, dead).
+struct Drained {
+    report: FeedReport,
+    applied: f64,
+    wall: f64,
+    log: Vec<LoggedRequest>,
+    revoked: i64,
+    dead: i64,
+}
+
+/// One feed terminates everyone; the outbox is drained under the limit being measured.
+async fn terminate_everyone(
+    bed: &Bed,
+    dir: &Path,
+    server: &SimServer,
+    keys: &[String],
+) -> anyhow::Result<Drained> {
     let seq0 = server.requests().len();
     let rows: Vec<String> = keys.iter().map(|k| person_row(k, "Terminated")).collect();
-    let b = bar(n, "revoking  ");
+    let b = bar(keys.len(), "revoking  ");
     let t = Instant::now();
     let report = bed.feed(dir, "hr-0002.csv", &rows).await?;
     let applied = t.elapsed().as_secs_f64();
@@ -107,59 +143,80 @@ pub(super) async fn mass_termination(args: &BenchArgs, dir: &Path) -> anyhow::Re
     b.finish_and_clear();
     let log: Vec<LoggedRequest> = server.requests().into_iter().skip(seq0).collect();
     let (revoked, dead) = bed.outcome(Action::Revoke).await?;
-    let requests = log.len();
-    let floor = n as f64 / f64::from(rate);
-    let request_floor = requests as f64 / f64::from(rate);
-    let peak = max_in_any_second(&log);
-    let sent_for = log
-        .last()
-        .map_or(0.0, |l| l.at.saturating_sub(log[0].at).as_secs_f64());
-    println!(
-        "  feed: {} leavers -> {} revokes enqueued; feed apply took {applied:.2} s (the drain ran alongside)",
-        report.leavers, report.revokes
-    );
-    println!("  revocations confirmed       {revoked} ({dead} dead letters)");
-    println!("  rate limit R                {rate} req/s, burst {burst}");
-    println!("  wall time                   {wall:.2} s (feed apply -> outbox empty)");
-    println!("  floor in commands  N/R      {floor:.2} s");
-    println!(
-        "  ratio wall / (N/R)          {:.3}   (a revoke is more than one request: see below)",
-        wall / floor
-    );
-    println!(
-        "  HTTP requests in the drain  {requests} ({}), {:.2} per revocation",
-        by_method(&log),
-        requests as f64 / n.max(1) as f64
-    );
-    println!("  responses                   {}", by_status(&log));
-    println!("  floor in requests  req/R    {request_floor:.2} s");
-    println!(
-        "  ratio wall / (req/R)        {:.3}   (the limiter's own floor; 1.0 is the best possible)",
-        wall / request_floor
-    );
-    println!(
-        "  first to last request       {sent_for:.2} s, {:.0} req/s on average",
-        requests as f64 / sent_for.max(f64::EPSILON)
-    );
-    println!(
-        "  most requests in any second {peak} (limit R + burst = {})",
-        u64::from(rate) + u64::from(burst)
-    );
+    Ok(Drained {
+        report,
+        applied,
+        wall,
+        log,
+        revoked,
+        dead,
+    })
+}
+
+impl Drained {
+    /// The drain set against its floors (N / R in commands, requests / R in HTTP requests), printed;
+    /// the figures for the summary returned.
+    fn print_figures(&self, n: usize, rate: u32, burst: u32) -> DrainFigures {
+        let (log, wall) = (&self.log, self.wall);
+        let requests = log.len();
+        let floor = n as f64 / f64::from(rate);
+        let request_floor = requests as f64 / f64::from(rate);
+        let peak = max_in_any_second(log);
+        let sent_for = log
+            .last()
+            .map_or(0.0, |l| l.at.saturating_sub(log[0].at).as_secs_f64());
+        println!(
+            "  feed: {} leavers -> {} revokes enqueued; feed apply took {:.2} s (the drain ran alongside)",
+            self.report.leavers, self.report.revokes, self.applied
+        );
+        println!(
+            "  revocations confirmed       {} ({} dead letters)",
+            self.revoked, self.dead
+        );
+        println!("  rate limit R                {rate} req/s, burst {burst}");
+        println!("  wall time                   {wall:.2} s (feed apply -> outbox empty)");
+        println!("  floor in commands  N/R      {floor:.2} s");
+        println!(
+            "  ratio wall / (N/R)          {:.3}   (a revoke is more than one request: see below)",
+            wall / floor
+        );
+        println!(
+            "  HTTP requests in the drain  {requests} ({}), {:.2} per revocation",
+            by_method(log),
+            requests as f64 / n.max(1) as f64
+        );
+        println!("  responses                   {}", by_status(log));
+        println!("  floor in requests  req/R    {request_floor:.2} s");
+        println!(
+            "  ratio wall / (req/R)        {:.3}   (the limiter's own floor; 1.0 is the best possible)",
+            wall / request_floor
+        );
+        println!(
+            "  first to last request       {sent_for:.2} s, {:.0} req/s on average",
+            requests as f64 / sent_for.max(f64::EPSILON)
+        );
+        println!(
+            "  most requests in any second {peak} (limit R + burst = {})",
+            u64::from(rate) + u64::from(burst)
+        );
+        DrainFigures {
+            wall,
+            command_ratio: wall / floor,
+            request_ratio: wall / request_floor,
+            ok: self.revoked == n as i64
+                && self.dead == 0
+                && peak as u64 <= u64::from(rate) + u64::from(burst),
+        }
+    }
+}
+
+/// The revokes' latency by stage, as a table between blank lines.
+async fn print_stages(bed: &Bed, title: &str) -> anyhow::Result<()> {
     let stages = telemetry::latency_report(bed.app.store(), Action::Revoke).await?;
     println!();
-    print!(
-        "{}",
-        telemetry::render_table("  revocation stages in the drain", &stages)
-    );
+    print!("{}", telemetry::render_table(title, &stages));
     println!();
-    bed.close().await?;
-    server.shutdown().await;
-    Ok(DrainFigures {
-        wall,
-        command_ratio: wall / floor,
-        request_ratio: wall / request_floor,
-        ok: revoked == n as i64 && dead == 0 && peak as u64 <= u64::from(rate) + u64::from(burst),
-    })
+    Ok(())
 }
 
 pub(super) struct LeaverFigures {
@@ -182,7 +239,24 @@ pub(super) async fn single_leaver(args: &BenchArgs, dir: &Path) -> anyhow::Resul
     let bed = Bed::open(dir, &server.base_url(), SETUP_RATE, args.concurrency).await?;
     let keys: Vec<String> = (0..people).map(|i| format!("L{i:06}")).collect();
     let mut rows: Vec<String> = keys.iter().map(|k| person_row(k, "Active")).collect();
-    let report = bed.feed(dir, "hr-00000.csv", &rows).await?;
+    issue_all(&bed, dir, &rows).await?;
+    let client = time_leavers(&bed, dir, &keys[..k], &mut rows).await?;
+    let (revoked, dead) = bed.outcome(Action::Revoke).await?;
+    let s = print_latencies(&bed, (revoked, dead), people, client).await?;
+    print_simulator(&server);
+    print_stages(&bed, "  single-leaver revocation stages").await?;
+    bed.close().await?;
+    server.shutdown().await;
+    Ok(LeaverFigures {
+        p50: s.p50,
+        p99: s.p99,
+        ok: revoked == k as i64 && dead == 0,
+    })
+}
+
+/// Everyone joins in one feed; their grants are issued before any leaver is timed.
+async fn issue_all(bed: &Bed, dir: &Path, rows: &[String]) -> anyhow::Result<()> {
+    let report = bed.feed(dir, "hr-00000.csv", rows).await?;
     bed.drain(Duration::from_millis(20), None).await?;
     let (issued, _) = bed.outcome(Action::Issue).await?;
     if issued != report.issues as i64 {
@@ -191,15 +265,26 @@ pub(super) async fn single_leaver(args: &BenchArgs, dir: &Path) -> anyhow::Resul
             report.issues
         );
     }
-    let b = bar(k, "leavers   ");
+    Ok(())
+}
+
+/// Each leaver terminated in a feed of its own, one after another: the seconds each took, client
+/// side.
+async fn time_leavers(
+    bed: &Bed,
+    dir: &Path,
+    leavers: &[String],
+    rows: &mut [String],
+) -> anyhow::Result<Vec<f64>> {
+    let b = bar(leavers.len(), "leavers   ");
     // Client-side: from handing the feed to the engine until the outbox is empty again. This adds the
     // feed's parse and diff (and the poll interval) to what the commands' own timestamps show.
-    let mut client = Vec::with_capacity(k);
-    for (i, key) in keys.iter().take(k).enumerate() {
+    let mut client = Vec::with_capacity(leavers.len());
+    for (i, key) in leavers.iter().enumerate() {
         rows[i] = person_row(key, "Terminated");
         let t = Instant::now();
         let r = bed
-            .feed(dir, &format!("hr-{:05}.csv", i + 1), &rows)
+            .feed(dir, &format!("hr-{:05}.csv", i + 1), rows)
             .await
             .with_context(|| format!("leaver {key}"))?;
         if r.revokes != 1 {
@@ -211,7 +296,17 @@ pub(super) async fn single_leaver(args: &BenchArgs, dir: &Path) -> anyhow::Resul
         b.inc(1);
     }
     b.finish_and_clear();
-    let (revoked, dead) = bed.outcome(Action::Revoke).await?;
+    Ok(client)
+}
+
+/// The leavers' latencies, printed: trigger -> vendor confirmed from the store (returned), and the
+/// client-side times of `time_leavers`.
+async fn print_latencies(
+    bed: &Bed,
+    (revoked, dead): (i64, i64),
+    people: usize,
+    client: Vec<f64>,
+) -> anyhow::Result<Summary> {
     let e2e: Vec<f64> = store::completed_commands(bed.app.store().pool())
         .await?
         .iter()
@@ -240,6 +335,11 @@ pub(super) async fn single_leaver(args: &BenchArgs, dir: &Path) -> anyhow::Resul
             ms(c.max)
         );
     }
+    Ok(s)
+}
+
+/// What the simulator saw over the whole section.
+fn print_simulator(server: &SimServer) {
     let stats = server.stats();
     println!(
         "  simulator: {} requests in all ({}), most in any second {}",
@@ -252,18 +352,4 @@ pub(super) async fn single_leaver(args: &BenchArgs, dir: &Path) -> anyhow::Resul
             .join(", "),
         stats.max_requests_in_any_second
     );
-    let stages = telemetry::latency_report(bed.app.store(), Action::Revoke).await?;
-    println!();
-    print!(
-        "{}",
-        telemetry::render_table("  single-leaver revocation stages", &stages)
-    );
-    println!();
-    bed.close().await?;
-    server.shutdown().await;
-    Ok(LeaverFigures {
-        p50: s.p50,
-        p99: s.p99,
-        ok: revoked == k as i64 && dead == 0,
-    })
 }

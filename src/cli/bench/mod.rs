@@ -16,7 +16,6 @@ use crate::config::{Config, ConfigInput};
 use crate::engine::FeedReport;
 use crate::model::Action;
 use crate::store;
-use crate::telemetry;
 use anyhow::{Context, bail};
 use drain::max_in_any_second;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -362,13 +361,6 @@ pub(super) fn ms(s: f64) -> String {
     format!("{:.1} ms", s * 1000.0)
 }
 
-struct ScimFigures {
-    p50: f64,
-    p99: f64,
-    writes_per_second: f64,
-    ok: bool,
-}
-
 /// A user as Okta pushes one; the key fits the benchmark template's lock spread.
 pub(super) fn scim_user(key: &str) -> serde_json::Value {
     let email = format!("{}@example.com", key.to_lowercase());
@@ -383,169 +375,13 @@ pub(super) fn scim_user(key: &str) -> serde_json::Value {
     })
 }
 
-async fn scim_deactivations(args: &BenchArgs, dir: &Path) -> anyhow::Result<ScimFigures> {
-    use futures::StreamExt;
-    let k = args.scim_deactivations.max(1);
-    println!("== 3. SCIM deactivations, nothing queued ==");
-    println!(
-        "  {k} users created over SCIM ({} clients at once), then deactivated one at a time with PATCH active=false",
-        args.scim_clients.max(1)
-    );
-    prepare(dir, k)?;
-    let server = start_sim().await?;
-    // The bench measures latchkey, not the tenant's default request budget.
-    let extra = format!(
-        "\n[scim.tenants.bench]\ntoken = {{ env = \"{SCIM_TOKEN_VAR}\" }}\n\
-         rate_limit = {{ per_second = 1000000, burst = 1000000 }}\n"
-    );
-    let bed = Bed::open_with(
-        dir,
-        &server.base_url(),
-        SETUP_RATE,
-        args.concurrency,
-        &extra,
-    )
-    .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}/scim/v2", listener.local_addr()?);
-    let (stop_http, mut stopped) = watch::channel(false);
-    let http = tokio::spawn(crate::api::serve(listener, bed.app.router(), async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
-    let client = reqwest::Client::new();
-
-    // Durable writes: every 201 is answered only after the user, the identity change, its commands
-    // and their audit records have committed.
-    let keys: Vec<String> = (0..k).map(|i| format!("S{i:06}")).collect();
-    let t = Instant::now();
-    let created: Vec<anyhow::Result<String>> = futures::stream::iter(keys.iter())
-        .map(|key| {
-            let client = client.clone();
-            let url = format!("{base}/Users");
-            async move {
-                let resp = client
-                    .post(url)
-                    .bearer_auth(SCIM_TOKEN)
-                    .json(&scim_user(key))
-                    .send()
-                    .await?;
-                if resp.status() != reqwest::StatusCode::CREATED {
-                    bail!("create {key}: HTTP {}", resp.status());
-                }
-                let body: serde_json::Value = resp.json().await?;
-                body["id"]
-                    .as_str()
-                    .map(str::to_string)
-                    .context("create answered without an id")
-            }
-        })
-        .buffer_unordered(args.scim_clients.max(1))
-        .collect()
-        .await;
-    let create_secs = t.elapsed().as_secs_f64();
-    let ids: Vec<String> = created.into_iter().collect::<anyhow::Result<_>>()?;
-    let writes_per_second = k as f64 / create_secs;
-    println!(
-        "  creates: {k} durable SCIM writes in {create_secs:.2} s = {writes_per_second:.0} writes/s (while the dispatcher issued their grants)"
-    );
-    bed.drain(Duration::from_millis(20), None).await?;
-
-    let b = bar(k, "deactivate");
-    let patch = serde_json::json!({
-        "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-        "Operations": [{ "op": "replace", "path": "active", "value": false }]
-    });
-    let mut answered = Vec::with_capacity(k);
-    for id in &ids {
-        let t = Instant::now();
-        let resp = client
-            .patch(format!("{base}/Users/{id}"))
-            .bearer_auth(SCIM_TOKEN)
-            .json(&patch)
-            .send()
-            .await?;
-        if !resp.status().is_success() {
-            bail!("deactivate {id}: HTTP {}", resp.status());
-        }
-        answered.push(t.elapsed().as_secs_f64());
-        bed.drain(Duration::from_millis(1), None).await?;
-        b.inc(1);
-    }
-    b.finish_and_clear();
-    let revokes: Vec<store::CommandRow> = store::completed_commands(bed.app.store().pool())
-        .await?
-        .into_iter()
-        .filter(|c| c.action == Action::Revoke)
-        .collect();
-    // Received (the change's trigger: SCIM changes take effect when they arrive) -> the worker takes
-    // the command and sends the first vendor request (a DELETE with the stored authorisation id).
-    let to_first_request: Vec<f64> = revokes
-        .iter()
-        .filter_map(|c| {
-            c.first_attempt_at
-                .map(|f| (f - c.trigger_at).max(0) as f64 / 1e6)
-        })
-        .collect();
-    let e2e: Vec<f64> = revokes
-        .iter()
-        .filter_map(|c| telemetry::stages(c).map(|s| s[4]))
-        .collect();
-    let Some(first) = telemetry::summarize(to_first_request) else {
-        bail!("no SCIM deactivation was revoked");
-    };
-    println!(
-        "  PATCH active=false received -> first vendor revoke request sent: p50 {}  p90 {}  p99 {}  max {}  (n = {})",
-        ms(first.p50),
-        ms(first.p90),
-        ms(first.p99),
-        ms(first.max),
-        first.count
-    );
-    if let Some(e) = telemetry::summarize(e2e) {
-        println!(
-            "  PATCH received -> vendor confirmed the revoke:          p50 {}  p90 {}  p99 {}  max {}",
-            ms(e.p50),
-            ms(e.p90),
-            ms(e.p99),
-            ms(e.max)
-        );
-    }
-    if let Some(a) = telemetry::summarize(answered.clone()) {
-        let total: f64 = answered.iter().sum();
-        println!(
-            "  PATCH answered (durable) client side: p50 {}  p99 {}; {:.0} sequential durable writes/s",
-            ms(a.p50),
-            ms(a.p99),
-            k as f64 / total
-        );
-    }
-    println!();
-    let _ = stop_http.send(true);
-    http.await??;
-    let ok = revokes.len() == k;
-    bed.close().await?;
-    server.shutdown().await;
-    Ok(ScimFigures {
-        p50: first.p50,
-        p99: first.p99,
-        writes_per_second,
-        ok,
-    })
-}
-
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let tmp = tempfile::tempdir()?;
     let root = args
         .keep
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
-    let backend = match &args.store_url {
-        Some(url) => {
-            let _ = STORE_SERVER.set(url.clone());
-            format!("PostgreSQL at {}", store::redact_url(url))
-        }
-        None => format!("SQLite in {}", root.display()),
-    };
+    let backend = choose_backend(&args, &root);
     println!(
         "latchkey bench ({backend}, in-process Nuki simulator over loopback HTTP, wall clock)"
     );
@@ -556,105 +392,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let wants = |s: &str| args.sections.iter().any(|x| x == s);
     let mut ok = true;
     if wants("drain") {
-        let drain = drain::mass_termination(&args, &root.join("drain")).await?;
-        println!(
-            "summary: {} revocations at {} req/s drained in {:.2} s = {:.3} x N/R ({:.3} x requests/R)",
-            args.revocations, args.rate, drain.wall, drain.command_ratio, drain.request_ratio
-        );
-        row(
-            &format!(
-                "{} revocations at R = {}/s: wall / (N/R)",
-                args.revocations, args.rate
-            ),
-            format!("{:.3}", drain.command_ratio),
-            "<= 1.02",
-            1.02 / drain.command_ratio.max(f64::EPSILON),
-        );
-        row(
-            &format!(
-                "revocations/s through the outbox (R = {}/s, concurrency {})",
-                args.rate, args.concurrency
-            ),
-            format!(
-                "{:.0}/s",
-                args.revocations as f64 / drain.wall.max(f64::EPSILON)
-            ),
-            ">= 5,000/s",
-            args.revocations as f64 / drain.wall.max(f64::EPSILON) / 5000.0,
-        );
-        ok &= drain.ok;
+        ok &= drain_section(&args, &root.join("drain")).await?;
     }
     if wants("leaver") {
-        let leaver = drain::single_leaver(&args, &root.join("leaver")).await?;
-        println!(
-            "summary: single leaver trigger -> vendor confirmed p50 {} p99 {}",
-            ms(leaver.p50),
-            ms(leaver.p99)
-        );
-        ok &= leaver.ok;
+        ok &= leaver_section(&args, &root.join("leaver")).await?;
     }
     if wants("scim") {
-        let scim = scim_deactivations(&args, &root.join("scim")).await?;
-        println!(
-            "summary: SCIM PATCH active=false received -> first vendor revoke request p50 {} p99 {}; {:.0} durable SCIM writes/s",
-            ms(scim.p50),
-            ms(scim.p99),
-            scim.writes_per_second
-        );
-        let reference =
-            scale::reference_scim_writes(args.scim_deactivations.max(1), args.scim_clients).await?;
-        let store = if args.store_url.is_some() {
-            ("PostgreSQL", 5.0)
-        } else {
-            ("SQLite", 10.0)
-        };
-        match reference {
-            Some(r) => row(
-                &format!(
-                    "durable SCIM creates, {} clients, {} / reference server",
-                    args.scim_clients, store.0
-                ),
-                format!("{:.2} x", scim.writes_per_second / r),
-                &format!(">= {} x", store.1),
-                scim.writes_per_second / r / store.1,
-            ),
-            None => row(
-                &format!(
-                    "durable SCIM creates/s, {} clients, {} (no reference)",
-                    args.scim_clients, store.0
-                ),
-                format!("{:.0}/s", scim.writes_per_second),
-                &format!(">= {} x ref.", store.1),
-                f64::NAN,
-            ),
-        }
-        ok &= scim.ok;
+        ok &= scim_section(&args, &root.join("scim")).await?;
     }
     if wants("reconcile") {
-        let n = args.identities.or(args.population).unwrap_or(100_000);
-        let r = reconcile::reconcile_plan(n, &root.join("reconcile")).await?;
-        println!(
-            "summary: reconcile plan of {} identities in {:.2} s = {:.0} identities/s ({:.2} x target)",
-            r.identities,
-            r.seconds,
-            r.per_second,
-            r.per_second / reconcile::TARGET_PER_SECOND
-        );
-        row(
-            &format!("plan over {} identities", r.identities),
-            format!("{:.0} ids/s", r.per_second),
-            ">= 20,000/s",
-            r.per_second / reconcile::TARGET_PER_SECOND,
-        );
-        if let Some(peak) = r.peak_mib {
-            row(
-                "plan: peak resident memory of the process",
-                format!("{peak:.0} MiB"),
-                "<= 200 MiB",
-                200.0 / peak.max(1.0),
-            );
-        }
-        ok &= r.ok;
+        ok &= reconcile_section(&args, &root.join("reconcile")).await?;
     }
     if wants("scim-groups") {
         let g = scim_groups::scim_groups(&args, &root.join("scim-groups")).await?;
@@ -682,6 +429,128 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     }
     print_rows();
     Ok(if ok { 0 } else { 1 })
+}
+
+/// The store every section opens: the PostgreSQL server of `--store-url` (remembered for
+/// [`store_url_for`]), else SQLite files under `root`. Returns its description for the heading.
+fn choose_backend(args: &BenchArgs, root: &Path) -> String {
+    match &args.store_url {
+        Some(url) => {
+            let _ = STORE_SERVER.set(url.clone());
+            format!("PostgreSQL at {}", store::redact_url(url))
+        }
+        None => format!("SQLite in {}", root.display()),
+    }
+}
+
+/// Section `drain` with its summary and figures. Returns whether it met its checks.
+async fn drain_section(args: &BenchArgs, dir: &Path) -> anyhow::Result<bool> {
+    let drain = drain::mass_termination(args, dir).await?;
+    println!(
+        "summary: {} revocations at {} req/s drained in {:.2} s = {:.3} x N/R ({:.3} x requests/R)",
+        args.revocations, args.rate, drain.wall, drain.command_ratio, drain.request_ratio
+    );
+    row(
+        &format!(
+            "{} revocations at R = {}/s: wall / (N/R)",
+            args.revocations, args.rate
+        ),
+        format!("{:.3}", drain.command_ratio),
+        "<= 1.02",
+        1.02 / drain.command_ratio.max(f64::EPSILON),
+    );
+    row(
+        &format!(
+            "revocations/s through the outbox (R = {}/s, concurrency {})",
+            args.rate, args.concurrency
+        ),
+        format!(
+            "{:.0}/s",
+            args.revocations as f64 / drain.wall.max(f64::EPSILON)
+        ),
+        ">= 5,000/s",
+        args.revocations as f64 / drain.wall.max(f64::EPSILON) / 5000.0,
+    );
+    Ok(drain.ok)
+}
+
+/// Section `leaver` with its summary. Returns whether it met its checks.
+async fn leaver_section(args: &BenchArgs, dir: &Path) -> anyhow::Result<bool> {
+    let leaver = drain::single_leaver(args, dir).await?;
+    println!(
+        "summary: single leaver trigger -> vendor confirmed p50 {} p99 {}",
+        ms(leaver.p50),
+        ms(leaver.p99)
+    );
+    Ok(leaver.ok)
+}
+
+/// Section `scim` with its summary, and its write rate against the reference SCIM server when one
+/// is installed. Returns whether it met its checks.
+async fn scim_section(args: &BenchArgs, dir: &Path) -> anyhow::Result<bool> {
+    let scim = scim::scim_deactivations(args, dir).await?;
+    println!(
+        "summary: SCIM PATCH active=false received -> first vendor revoke request p50 {} p99 {}; {:.0} durable SCIM writes/s",
+        ms(scim.p50),
+        ms(scim.p99),
+        scim.writes_per_second
+    );
+    let reference =
+        scale::reference_scim_writes(args.scim_deactivations.max(1), args.scim_clients).await?;
+    let store = if args.store_url.is_some() {
+        ("PostgreSQL", 5.0)
+    } else {
+        ("SQLite", 10.0)
+    };
+    match reference {
+        Some(r) => row(
+            &format!(
+                "durable SCIM creates, {} clients, {} / reference server",
+                args.scim_clients, store.0
+            ),
+            format!("{:.2} x", scim.writes_per_second / r),
+            &format!(">= {} x", store.1),
+            scim.writes_per_second / r / store.1,
+        ),
+        None => row(
+            &format!(
+                "durable SCIM creates/s, {} clients, {} (no reference)",
+                args.scim_clients, store.0
+            ),
+            format!("{:.0}/s", scim.writes_per_second),
+            &format!(">= {} x ref.", store.1),
+            f64::NAN,
+        ),
+    }
+    Ok(scim.ok)
+}
+
+/// Section `reconcile` with its summary and figures. Returns whether it met its checks.
+async fn reconcile_section(args: &BenchArgs, dir: &Path) -> anyhow::Result<bool> {
+    let n = args.identities.or(args.population).unwrap_or(100_000);
+    let r = reconcile::reconcile_plan(n, dir).await?;
+    println!(
+        "summary: reconcile plan of {} identities in {:.2} s = {:.0} identities/s ({:.2} x target)",
+        r.identities,
+        r.seconds,
+        r.per_second,
+        r.per_second / reconcile::TARGET_PER_SECOND
+    );
+    row(
+        &format!("plan over {} identities", r.identities),
+        format!("{:.0} ids/s", r.per_second),
+        ">= 20,000/s",
+        r.per_second / reconcile::TARGET_PER_SECOND,
+    );
+    if let Some(peak) = r.peak_mib {
+        row(
+            "plan: peak resident memory of the process",
+            format!("{peak:.0} MiB"),
+            "<= 200 MiB",
+            200.0 / peak.max(1.0),
+        );
+    }
+    Ok(r.ok)
 }
 
 /// The 1, 5 and 15 minute load averages: the machine may be shared, and figures mean little
@@ -747,4 +616,5 @@ mod drain;
 mod ingest;
 mod reconcile;
 mod scale;
+mod scim;
 mod scim_groups;

@@ -237,23 +237,69 @@ pub(super) async fn reference_scim_writes(k: usize, clients: usize) -> anyhow::R
     Ok(Some(per_second))
 }
 
+/// The connector limit the two replicas share: 20 requests/s with a burst of 5.
+const REPLICA_RATE: (u32, u32) = (20, 5);
+/// Joiners in the feed the replicas deliver.
+const REPLICA_PEOPLE: usize = 150;
+
 /// Section `replicas` (PostgreSQL only, `--store-url`): two `latchkey run` processes of this
 /// binary on one database share a connector limited to 20 requests/s with a burst of 5, while a
 /// feed of joiners goes out: the busiest second at the vendor must stay within the one limit.
 pub(super) async fn replicas(args: &super::BenchArgs, dir: &Path) -> anyhow::Result<bool> {
-    const RATE: (u32, u32) = (20, 5);
-    const PEOPLE: usize = 150;
     println!("== two replicas on one PostgreSQL database, connector limit 20/s burst 5 ==");
     if args.store_url.is_none() {
         println!("  needs PostgreSQL (--store-url): skipped");
         println!();
         return Ok(true);
     }
-    super::prepare(dir, PEOPLE)?;
+    super::prepare(dir, REPLICA_PEOPLE)?;
     let server = start_sim().await?;
     // Migrated here, before the replicas start.
-    let bed = Bed::open_full(dir, &server.base_url(), RATE, args.concurrency, "", false).await?;
-    let path = dir.join("latchkey.toml");
+    let bed = Bed::open_full(
+        dir,
+        &server.base_url(),
+        REPLICA_RATE,
+        args.concurrency,
+        "",
+        false,
+    )
+    .await?;
+    let children = start_replicas(&dir.join("latchkey.toml"))?;
+    let seq0 = server.requests().len();
+    let text = joiners_feed();
+    let t = Instant::now();
+    // Landed whole: written beside the drop folder, then moved in.
+    let part = dir.join("hr-0001.csv.part");
+    std::fs::write(&part, text)?;
+    std::fs::rename(&part, dir.join("feeds").join("hr-0001.csv"))?;
+    wait_until_delivered(bed.app.store().pool()).await?;
+    let wall = t.elapsed().as_secs_f64();
+    for mut c in children {
+        let _ = c.kill().await;
+    }
+    let log: Vec<latchkey_sim::LoggedRequest> = server.requests().into_iter().skip(seq0).collect();
+    let busiest = super::max_in_any_second(&log);
+    bed.close().await?;
+    server.shutdown().await;
+    println!(
+        "  {REPLICA_PEOPLE} grants delivered by two replicas in {wall:.1} s: {} requests, {:.1} req/s, busiest second {busiest}",
+        log.len(),
+        log.len() as f64 / wall.max(f64::EPSILON)
+    );
+    let limit = f64::from(REPLICA_RATE.0 + REPLICA_RATE.1);
+    row(
+        "two replicas, limit 20/s burst 5: busiest second at the vendor",
+        format!("{busiest} req"),
+        "<= 25",
+        limit / (busiest as f64).max(1.0),
+    );
+    println!();
+    Ok(busiest as f64 <= limit)
+}
+
+/// Two `latchkey run` processes of this binary on the configuration at `config`, each with its
+/// own instance name and HTTP port; killed when dropped.
+fn start_replicas(config: &Path) -> anyhow::Result<Vec<tokio::process::Child>> {
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for i in 0..2 {
@@ -263,7 +309,7 @@ pub(super) async fn replicas(args: &super::BenchArgs, dir: &Path) -> anyhow::Res
         children.push(
             tokio::process::Command::new(&exe)
                 .args(["run", "--config"])
-                .arg(&path)
+                .arg(config)
                 .env(super::TOKEN_VAR, super::SIM_TOKEN)
                 .env("LATCHKEY_LOG", "warn")
                 .env("LATCHKEY_INSTANCE", format!("bench-replica{i}"))
@@ -277,8 +323,12 @@ pub(super) async fn replicas(args: &super::BenchArgs, dir: &Path) -> anyhow::Res
                 .spawn()?,
         );
     }
-    let seq0 = server.requests().len();
-    let rows: Vec<String> = (0..PEOPLE)
+    Ok(children)
+}
+
+/// The HR file of `REPLICA_PEOPLE` joiners, header first.
+fn joiners_feed() -> String {
+    let rows: Vec<String> = (0..REPLICA_PEOPLE)
         .map(|i| person_row(&format!("P{i:06}"), "Active"))
         .collect();
     let mut text = String::from(super::HEADER);
@@ -287,48 +337,27 @@ pub(super) async fn replicas(args: &super::BenchArgs, dir: &Path) -> anyhow::Res
         text.push_str(r);
         text.push('\n');
     }
-    let t = Instant::now();
-    // Landed whole: written beside the drop folder, then moved in.
-    let part = dir.join("hr-0001.csv.part");
-    std::fs::write(&part, text)?;
-    std::fs::rename(&part, dir.join("feeds").join("hr-0001.csv"))?;
-    let pool = bed.app.store().pool().clone();
+    text
+}
+
+/// Poll until every joiner's grant is done and nothing is open; at most 600 s.
+async fn wait_until_delivered(pool: &sqlx::AnyPool) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let done: i64 = store::command_counts(&pool)
+        let done: i64 = store::command_counts(pool)
             .await?
             .into_iter()
             .filter(|(_, status, _, _)| status == "done")
             .map(|(_, _, _, n)| n)
             .sum();
-        if done >= PEOPLE as i64 && store::open_commands(&pool).await? == 0 {
-            break;
+        if done >= REPLICA_PEOPLE as i64 && store::open_commands(pool).await? == 0 {
+            return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the replicas did not deliver {PEOPLE} grants within 600 s ({done} done)");
+            bail!(
+                "the replicas did not deliver {REPLICA_PEOPLE} grants within 600 s ({done} done)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let wall = t.elapsed().as_secs_f64();
-    for mut c in children {
-        let _ = c.kill().await;
-    }
-    let log: Vec<latchkey_sim::LoggedRequest> = server.requests().into_iter().skip(seq0).collect();
-    let busiest = super::max_in_any_second(&log);
-    bed.close().await?;
-    server.shutdown().await;
-    println!(
-        "  {PEOPLE} grants delivered by two replicas in {wall:.1} s: {} requests, {:.1} req/s, busiest second {busiest}",
-        log.len(),
-        log.len() as f64 / wall.max(f64::EPSILON)
-    );
-    let limit = f64::from(RATE.0 + RATE.1);
-    row(
-        "two replicas, limit 20/s burst 5: busiest second at the vendor",
-        format!("{busiest} req"),
-        "<= 25",
-        limit / (busiest as f64).max(1.0),
-    );
-    println!();
-    Ok(busiest as f64 <= limit)
 }

@@ -6,16 +6,14 @@
 //! every change goes all the way through: the member's `groups` attribute, the template, the grant.
 //! The target: a one-member change on a 20,000-member group answered (durably) in under 20 ms.
 
-use super::{
-    Bed, BenchArgs, SCIM_TOKEN, SCIM_TOKEN_VAR, SETUP_RATE, bar, ms, prepare, scim_user, start_sim,
-};
-use crate::telemetry;
+use super::scim::ScimBed;
+use super::{BenchArgs, SCIM_TOKEN, bar, ms, prepare, scim_user, start_sim};
+use crate::telemetry::{self, Summary};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// A one-member add or remove on a 20,000-member group, answered, in seconds.
 pub const TARGET_SECONDS: f64 = 0.020;
@@ -77,33 +75,47 @@ pub async fn scim_groups(args: &BenchArgs, dir: &Path) -> anyhow::Result<GroupFi
     prepare(dir, n)?;
     std::fs::write(dir.join("templates.toml"), templates(n + OPS))?;
     let server = start_sim().await?;
-    let extra = format!(
-        "\n[scim.tenants.bench]\ntoken = {{ env = \"{SCIM_TOKEN_VAR}\" }}\n\
-         rate_limit = {{ per_second = 1000000, burst = 1000000 }}\n"
-    );
-    let bed = Bed::open_with(
-        dir,
-        &server.base_url(),
-        SETUP_RATE,
-        args.concurrency,
-        &extra,
-    )
-    .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}/scim/v2", listener.local_addr()?);
-    let (stop_http, mut stopped) = watch::channel(false);
-    let http = tokio::spawn(crate::api::serve(listener, bed.app.router(), async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
-    let client = reqwest::Client::new();
-
+    let scim = ScimBed::open(dir, &server, args.concurrency).await?;
     // The members, and OPS more users to add and remove one at a time.
-    let b = bar(n + OPS, "users");
-    let keys: Vec<String> = (0..n + OPS).map(|i| format!("G{i:06}")).collect();
+    let ids = create_users(&scim, n + OPS, args.scim_clients.max(1)).await?;
+    let (members, extra_ids) = ids.split_at(n);
+    let url = create_group(&scim).await?;
+    build_group(&scim.client, &url, members).await?;
+    // The grants the build caused, so the timed changes below run with nothing queued.
+    scim.bed.drain(Duration::from_millis(20), None).await?;
+    let measured = measure(&scim, &url, extra_ids).await?;
+    measured.print(n);
+    // What a user would check: the members hold the door, the ones added and removed again do not.
+    let held = server.nuki().map_or(0, |s| s.auths_live());
+    println!("  door holders at the vendor: {held} (expected {n})");
+    println!();
+    let ok = measured.with_count == n && measured.without_count == 0 && held == n;
+    scim.close().await?;
+    server.shutdown().await;
+    Ok(GroupFigures {
+        members: n,
+        add_p50: measured.add.p50,
+        add_p99: measured.add.p99,
+        remove_p50: measured.remove.p50,
+        remove_p99: measured.remove.p99,
+        get_with: measured.with.p50,
+        get_without: measured.without.p50,
+        ok,
+    })
+}
+
+/// `count` users created by `clients` clients at once; their SCIM ids in the order of their keys.
+async fn create_users(scim: &ScimBed, count: usize, clients: usize) -> anyhow::Result<Vec<String>> {
+    let b = bar(count, "users");
+    let keys: Vec<String> = (0..count).map(|i| format!("G{i:06}")).collect();
     let t = Instant::now();
     let created: Vec<anyhow::Result<String>> = futures::stream::iter(keys.iter())
         .map(|key| {
-            let (client, url, b) = (client.clone(), format!("{base}/Users"), b.clone());
+            let (client, url, b) = (
+                scim.client.clone(),
+                format!("{}/Users", scim.base),
+                b.clone(),
+            );
             async move {
                 let resp = client
                     .post(url)
@@ -122,7 +134,7 @@ pub async fn scim_groups(args: &BenchArgs, dir: &Path) -> anyhow::Result<GroupFi
                     .context("create answered without an id")
             }
         })
-        .buffered(args.scim_clients.max(1))
+        .buffered(clients)
         .collect()
         .await;
     b.finish_and_clear();
@@ -132,10 +144,14 @@ pub async fn scim_groups(args: &BenchArgs, dir: &Path) -> anyhow::Result<GroupFi
         ids.len(),
         t.elapsed().as_secs_f64()
     );
-    let (members, extra_ids) = ids.split_at(n);
+    Ok(ids)
+}
 
-    let resp = client
-        .post(format!("{base}/Groups"))
+/// The empty group, created; its URL.
+async fn create_group(scim: &ScimBed) -> anyhow::Result<String> {
+    let resp = scim
+        .client
+        .post(format!("{}/Groups", scim.base))
         .bearer_auth(SCIM_TOKEN)
         .json(&json!({
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
@@ -151,35 +167,48 @@ pub async fn scim_groups(args: &BenchArgs, dir: &Path) -> anyhow::Result<GroupFi
         .as_str()
         .context("group without an id")?
         .to_string();
-    let url = format!("{base}/Groups/{gid}");
+    Ok(format!("{}/Groups/{gid}", scim.base))
+}
 
-    let send = |body: Value| {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            let t = Instant::now();
-            let resp = client
-                .patch(url)
-                .bearer_auth(SCIM_TOKEN)
-                .json(&body)
-                .send()
-                .await?;
-            if !resp.status().is_success() {
-                bail!(
-                    "group PATCH: HTTP {} {}",
-                    resp.status(),
-                    resp.text().await.unwrap_or_default()
-                );
-            }
-            Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64())
-        }
-    };
+/// Send one PATCH to the group; the seconds it took to be answered.
+async fn send_patch(client: &reqwest::Client, url: &str, body: Value) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let resp = client
+        .patch(url)
+        .bearer_auth(SCIM_TOKEN)
+        .json(&body)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!(
+            "group PATCH: HTTP {} {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
 
+/// Add the members in PATCHes of `BATCH`, as identity providers do.
+async fn build_group(
+    client: &reqwest::Client,
+    url: &str,
+    members: &[String],
+) -> anyhow::Result<()> {
+    let n = members.len();
     let b = bar(n, "members");
     let t = Instant::now();
     let mut batch_times = Vec::new();
     for chunk in members.chunks(BATCH) {
         let value: Vec<Value> = chunk.iter().map(|id| json!({ "value": id })).collect();
-        batch_times.push(send(patch("add", "members", Some(Value::Array(value)))).await?);
+        batch_times.push(
+            send_patch(
+                client,
+                url,
+                patch("add", "members", Some(Value::Array(value))),
+            )
+            .await?,
+        );
         b.inc(chunk.len() as u64);
     }
     b.finish_and_clear();
@@ -192,50 +221,60 @@ pub async fn scim_groups(args: &BenchArgs, dir: &Path) -> anyhow::Result<GroupFi
         ms(first),
         ms(last)
     );
-    // The grants the build caused, so the timed changes below run with nothing queued.
-    bed.drain(Duration::from_millis(20), None).await?;
+    Ok(())
+}
 
-    let mut adds = Vec::with_capacity(OPS);
-    for id in extra_ids {
-        adds.push(send(patch("add", "members", Some(json!([{ "value": id }])))).await?);
-        bed.drain(Duration::from_millis(1), None).await?;
+/// What the timed part measured: the one-member changes and the two reads of the group.
+struct Measured {
+    add: Summary,
+    remove: Summary,
+    with: Summary,
+    with_size: usize,
+    with_count: usize,
+    without: Summary,
+    without_size: usize,
+    without_count: usize,
+}
+
+impl Measured {
+    fn print(&self, n: usize) {
+        let (add, remove) = (&self.add, &self.remove);
+        println!(
+            "  one-member add    on a {n}-member group: p50 {}  p99 {}  max {}  (n = {})",
+            ms(add.p50),
+            ms(add.p99),
+            ms(add.max),
+            add.count
+        );
+        println!(
+            "  one-member remove on a {n}-member group: p50 {}  p99 {}  max {}  (n = {})",
+            ms(remove.p50),
+            ms(remove.p99),
+            ms(remove.max),
+            remove.count
+        );
+        println!(
+            "  GET the group with its members:             p50 {}  ({} members, {} KiB)",
+            ms(self.with.p50),
+            self.with_count,
+            self.with_size / 1024
+        );
+        println!(
+            "  GET the group, excludedAttributes=members:  p50 {}  ({} members, {} bytes)",
+            ms(self.without.p50),
+            self.without_count,
+            self.without_size
+        );
     }
-    let mut removes = Vec::with_capacity(OPS);
-    for id in extra_ids {
-        // Entra ID's shape for a removal; Okta sends the same with a value list.
-        let path = format!("members[value eq \"{id}\"]");
-        removes.push(send(patch("remove", &path, None)).await?);
-        bed.drain(Duration::from_millis(1), None).await?;
-    }
+}
 
-    let get = |query: &'static str| {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            let mut times = Vec::with_capacity(READS);
-            let mut size = 0;
-            let mut count = 0;
-            for _ in 0..READS {
-                let t = Instant::now();
-                let resp = client
-                    .get(format!("{url}{query}"))
-                    .bearer_auth(SCIM_TOKEN)
-                    .send()
-                    .await?;
-                if !resp.status().is_success() {
-                    bail!("group GET: HTTP {}", resp.status());
-                }
-                let body = resp.bytes().await?;
-                times.push(t.elapsed().as_secs_f64());
-                size = body.len();
-                let v: Value = serde_json::from_slice(&body)?;
-                count = v["members"].as_array().map_or(0, Vec::len);
-            }
-            Ok::<_, anyhow::Error>((telemetry::summarize(times), size, count))
-        }
-    };
-    let (with, with_size, with_count) = get("").await?;
-    let (without, without_size, without_count) = get("?excludedAttributes=members").await?;
-
+/// Each extra user added on its own, then each removed on its own; then the group read with and
+/// without its members.
+async fn measure(scim: &ScimBed, url: &str, extra_ids: &[String]) -> anyhow::Result<Measured> {
+    let (adds, removes) = one_member_changes(scim, url, extra_ids).await?;
+    let (with, with_size, with_count) = read_group(&scim.client, url, "").await?;
+    let (without, without_size, without_count) =
+        read_group(&scim.client, url, "?excludedAttributes=members").await?;
     let (Some(add), Some(remove), Some(with), Some(without)) = (
         telemetry::summarize(adds),
         telemetry::summarize(removes),
@@ -244,49 +283,73 @@ pub async fn scim_groups(args: &BenchArgs, dir: &Path) -> anyhow::Result<GroupFi
     ) else {
         bail!("no figures");
     };
-    println!(
-        "  one-member add    on a {n}-member group: p50 {}  p99 {}  max {}  (n = {})",
-        ms(add.p50),
-        ms(add.p99),
-        ms(add.max),
-        add.count
-    );
-    println!(
-        "  one-member remove on a {n}-member group: p50 {}  p99 {}  max {}  (n = {})",
-        ms(remove.p50),
-        ms(remove.p99),
-        ms(remove.max),
-        remove.count
-    );
-    println!(
-        "  GET the group with its members:             p50 {}  ({with_count} members, {} KiB)",
-        ms(with.p50),
-        with_size / 1024
-    );
-    println!(
-        "  GET the group, excludedAttributes=members:  p50 {}  ({without_count} members, {} bytes)",
-        ms(without.p50),
-        without_size
-    );
-    // What a user would check: the members hold the door, the ones added and removed again do not.
-    let held = server.nuki().map_or(0, |s| s.auths_live());
-    println!("  door holders at the vendor: {held} (expected {n})");
-    println!();
-    let ok = with_count == n && without_count == 0 && held == n;
-    let _ = stop_http.send(true);
-    http.await??;
-    bed.close().await?;
-    server.shutdown().await;
-    Ok(GroupFigures {
-        members: n,
-        add_p50: add.p50,
-        add_p99: add.p99,
-        remove_p50: remove.p50,
-        remove_p99: remove.p99,
-        get_with: with.p50,
-        get_without: without.p50,
-        ok,
+    Ok(Measured {
+        add,
+        remove,
+        with,
+        with_size,
+        with_count,
+        without,
+        without_size,
+        without_count,
     })
+}
+
+/// The seconds each one-member add, then each one-member remove, took to be answered; the outbox
+/// is drained after each.
+async fn one_member_changes(
+    scim: &ScimBed,
+    url: &str,
+    extra_ids: &[String],
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let mut adds = Vec::with_capacity(OPS);
+    for id in extra_ids {
+        adds.push(
+            send_patch(
+                &scim.client,
+                url,
+                patch("add", "members", Some(json!([{ "value": id }]))),
+            )
+            .await?,
+        );
+        scim.bed.drain(Duration::from_millis(1), None).await?;
+    }
+    let mut removes = Vec::with_capacity(OPS);
+    for id in extra_ids {
+        // Entra ID's shape for a removal; Okta sends the same with a value list.
+        let path = format!("members[value eq \"{id}\"]");
+        removes.push(send_patch(&scim.client, url, patch("remove", &path, None)).await?);
+        scim.bed.drain(Duration::from_millis(1), None).await?;
+    }
+    Ok((adds, removes))
+}
+
+/// `READS` GETs of the group with `query`: their times, and the size and member count of the last.
+async fn read_group(
+    client: &reqwest::Client,
+    url: &str,
+    query: &str,
+) -> anyhow::Result<(Option<Summary>, usize, usize)> {
+    let mut times = Vec::with_capacity(READS);
+    let mut size = 0;
+    let mut count = 0;
+    for _ in 0..READS {
+        let t = Instant::now();
+        let resp = client
+            .get(format!("{url}{query}"))
+            .bearer_auth(SCIM_TOKEN)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("group GET: HTTP {}", resp.status());
+        }
+        let body = resp.bytes().await?;
+        times.push(t.elapsed().as_secs_f64());
+        size = body.len();
+        let v: Value = serde_json::from_slice(&body)?;
+        count = v["members"].as_array().map_or(0, Vec::len);
+    }
+    Ok((telemetry::summarize(times), size, count))
 }
 
 /// The summary line: the slower of add and remove at p50 and p99, against the target.
