@@ -235,11 +235,11 @@ async fn follow_ldap(
 ) -> anyhow::Result<()> {
     let lease = crate::leases::ldap_source(&name);
     // A source that cannot be built is a configuration error, reported at once.
-    crate::sources::ldap::LdapSource::from_config(engine.clone(), &name)?;
+    crate::engine::ldap::LdapSource::from_config(engine.clone(), &name)?;
     while leases.wait_held(&lease, &mut shutdown).await {
-        let src = crate::sources::ldap::LdapSource::from_config(engine.clone(), &name)?;
+        let src = crate::engine::ldap::LdapSource::from_config(engine.clone(), &name)?;
         let (stop, stopped) = watch::channel(false);
-        let mut task = tokio::spawn(crate::sources::ldap::supervise(src, stopped));
+        let mut task = tokio::spawn(crate::engine::ldap::supervise(src, stopped));
         let mut down = shutdown.clone();
         tokio::select! {
             _ = leases.lost(&lease) => {}

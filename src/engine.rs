@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 mod evaluate;
 mod hr_feed;
+pub mod ldap;
 pub mod scim;
 mod snapshot;
 

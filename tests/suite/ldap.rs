@@ -10,8 +10,9 @@ use crate::common;
 
 use common::*;
 use latchkey::config::LdapSourceConfig;
+use latchkey::engine::ldap::LdapSource;
 use latchkey::model::Action;
-use latchkey::sources::ldap::{LdapSource, load_mapping};
+use latchkey::sources::ldap::load_mapping;
 use latchkey::store;
 use latchkey_sim::NukiOptions;
 use ldap3::{LdapConnAsync, Mod};

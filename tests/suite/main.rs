@@ -5,6 +5,7 @@
 
 mod common;
 
+mod architecture;
 mod audit;
 mod audit_forward;
 mod cabinet;

@@ -1,7 +1,7 @@
 //! How a directory entry becomes a person: the mapping file, leaver signals, dates, groups.
 
 use super::groups::GroupIndex;
-use super::{LdapSourceError, Result, watermark_attribute};
+use super::{MappingError, watermark_attribute};
 use crate::config::{LdapDialect, parse_toml};
 use crate::identity::{self, When, parse_when};
 use crate::model::{PersonRecord, Quarantined, RecordStatus};
@@ -137,8 +137,8 @@ pub struct Required {
     pub attributes: Vec<String>,
 }
 
-pub fn load_mapping(name: &str, path: &Path) -> Result<LdapMapping> {
-    let err = |message: String| LdapSourceError::Mapping {
+pub fn load_mapping(name: &str, path: &Path) -> Result<LdapMapping, MappingError> {
+    let err = |message: String| MappingError {
         name: name.to_string(),
         path: path.display().to_string(),
         message,

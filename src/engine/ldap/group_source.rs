@@ -3,8 +3,8 @@
 //! overlay, or with OpenLDAP's, which rewrites `memberOf` without a new entryCSN, so syncprov
 //! never sends the person.
 
-use super::groups::GroupIndex;
-use super::{Entry, LdapSource, Result, dn, uuid_string};
+use super::{LdapSource, Result};
+use crate::sources::ldap::{Entry, GroupIndex, GroupMapping, dn, uuid_string};
 use ldap3::adapters::{EntriesOnly, PagedResults};
 use ldap3::controls::{
     EntryState, MakeCritical, RefreshMode, SyncInfo, SyncRequest, parse_syncinfo,
@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 impl LdapSource {
-    fn group_base(&self) -> Option<(&str, &super::GroupMapping)> {
+    fn group_base(&self) -> Option<(&str, &GroupMapping)> {
         let g = self.mapping.groups.as_ref()?;
         Some((g.base.as_deref()?, g))
     }
