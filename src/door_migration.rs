@@ -14,6 +14,7 @@ use crate::audit;
 use crate::clock::to_micros;
 use crate::engine::{Engine, EngineError, Evaluation};
 use crate::model::DesiredGrant;
+use crate::model::GrantState;
 use crate::plan::Applied;
 use crate::store::{self, door_moves::DoorMoveRow};
 
@@ -113,10 +114,13 @@ pub async fn plan(engine: &Engine, door: &Door) -> Result<MovePlan, MoveError> {
         .collect();
     let holders = grants
         .iter()
-        .filter(|g| g.desired == "present")
+        .filter(|g| g.desired == GrantState::Present)
         .map(|g| g.identity_key.clone())
         .collect();
-    let old_out = grants.iter().filter(|g| g.observed == "present").count();
+    let old_out = grants
+        .iter()
+        .filter(|g| g.observed == GrantState::Present)
+        .count();
     Ok(MovePlan {
         door: door.clone(),
         holders,

@@ -15,6 +15,7 @@ use crate::clock::to_micros;
 use crate::connectors::{Connector, Connectors, VendorGrant};
 use crate::engine::Engine;
 use crate::model::Action;
+use crate::model::GrantState;
 use crate::store::{self, DriftFindingRow, GrantRow, NewCommand, StoreError};
 use sqlx::AnyConnection;
 use std::collections::{BTreeMap, BTreeSet};
@@ -206,9 +207,9 @@ impl<'a> ConnectorCheck<'a> {
                 holders.insert(o);
             }
             // Latchkey's if the ledger wants it there, or a revoke of it is not confirmed yet.
-            let ours = owner
-                .and_then(|o| on_target.get(o))
-                .is_some_and(|g| g.desired == "present" || g.observed != "absent");
+            let ours = owner.and_then(|o| on_target.get(o)).is_some_and(|g| {
+                g.desired == GrantState::Present || g.observed != GrantState::Absent
+            });
             if ours {
                 continue;
             }
@@ -320,7 +321,10 @@ impl<'a> ConnectorCheck<'a> {
         for (key, g) in on_target {
             // Only what the vendor confirmed and latchkey still wants; a person whose vendor id is
             // unknown cannot be told apart in the list.
-            if g.desired != "present" || g.observed != "present" || holders.contains(key) {
+            if g.desired != GrantState::Present
+                || g.observed != GrantState::Present
+                || holders.contains(key)
+            {
                 continue;
             }
             if !self.ref_of.contains_key(key) || busy(self.engine, self.name, key, target).await? {
@@ -390,7 +394,7 @@ impl<'a> ConnectorCheck<'a> {
         store::put_grant(
             tx,
             &GrantRow {
-                observed: "absent".into(),
+                observed: GrantState::Absent,
                 vendor_ref: None,
                 generation,
                 updated_at: now,

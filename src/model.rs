@@ -111,6 +111,42 @@ pub struct DesiredGrant {
     pub valid_until: Option<DateTime<Utc>>,
 }
 
+/// Where a command stands in the outbox. Its spelling in the database and in reports is the
+/// store's (`store::states`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum CommandStatus {
+    /// Queued, due at `next_attempt_at`.
+    #[default]
+    Pending,
+    /// Claimed by a worker under a lease; its request may be out.
+    Inflight,
+    /// Sent and answered; waiting for the vendor to show it (read-back).
+    Confirming,
+    /// Confirmed at the vendor.
+    Done,
+    /// Given up on: a dead letter for an operator.
+    Dead,
+    /// Made moot by a later command for the same grant (an issue overtaken by a revoke).
+    Superseded,
+}
+
+impl CommandStatus {
+    /// Still to be carried out or confirmed.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Inflight | Self::Confirming)
+    }
+}
+
+/// A grant in the ledger, as policy wants it (`desired`) or as the vendor last confirmed it
+/// (`observed`). Its spelling is the store's (`store::states`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GrantState {
+    Present,
+    Absent,
+    /// Not known yet: never confirmed either way.
+    Unknown,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {

@@ -6,6 +6,7 @@
 
 use crate::audit;
 use crate::clock::to_micros;
+use crate::model::GrantState;
 use crate::model::{Action, DesiredGrant};
 use crate::store::{self, GrantRow, NewCommand, StoreError};
 use chrono::{DateTime, Utc};
@@ -45,7 +46,7 @@ pub fn diff(desired: &[DesiredGrant], ledger: &[GrantRow]) -> Vec<Change> {
     let wanted = |c: &str, t: &str| desired.iter().any(|d| d.connector == c && d.target == t);
     let mut out: Vec<Change> = ledger
         .iter()
-        .filter(|g| g.desired == "present" && !wanted(&g.connector, &g.target))
+        .filter(|g| g.desired == GrantState::Present && !wanted(&g.connector, &g.target))
         .cloned()
         .map(Change::Revoke)
         .collect();
@@ -56,9 +57,9 @@ pub fn diff(desired: &[DesiredGrant], ledger: &[GrantRow]) -> Vec<Change> {
         if !seen.insert((d.connector.as_str(), d.target.as_str())) {
             continue;
         }
-        let held = ledger
-            .iter()
-            .any(|g| g.connector == d.connector && g.target == d.target && g.desired == "present");
+        let held = ledger.iter().any(|g| {
+            g.connector == d.connector && g.target == d.target && g.desired == GrantState::Present
+        });
         if !held {
             out.push(Change::Issue(d.clone()));
         }
@@ -176,8 +177,8 @@ impl GrantWrite<'_> {
                 identity_key: self.identity_key.to_string(),
                 connector: d.connector.clone(),
                 target: d.target.clone(),
-                desired: "present".into(),
-                observed: existing.map_or_else(|| "absent".to_string(), |g| g.observed.clone()),
+                desired: GrantState::Present,
+                observed: existing.map_or(GrantState::Absent, |g| g.observed),
                 generation,
                 vendor_ref: existing.and_then(|g| g.vendor_ref.clone()),
                 template: d.template.clone(),
@@ -219,7 +220,7 @@ impl GrantWrite<'_> {
             store::supersede_issues(conn, &g.connector, self.identity_key, &g.target, now_us)
                 .await?;
         // An issue that never left the outbox left nothing at the vendor to take back.
-        let must_revoke = attempted > 0 || g.observed != "absent";
+        let must_revoke = attempted > 0 || g.observed != GrantState::Absent;
         let mut trigger_at = cause.trigger_at;
         if let Some(until) = g.valid_until
             && until <= now_us
@@ -230,7 +231,7 @@ impl GrantWrite<'_> {
         store::put_grant(
             conn,
             &GrantRow {
-                desired: "absent".into(),
+                desired: GrantState::Absent,
                 generation,
                 updated_at: now_us,
                 ..g.clone()
@@ -306,13 +307,13 @@ mod tests {
         }
     }
 
-    fn held(t: &str, desired: &str) -> GrantRow {
+    fn held(t: &str, desired: GrantState) -> GrantRow {
         GrantRow {
             identity_key: "E1".into(),
             connector: "nuki".into(),
             target: t.into(),
-            desired: desired.into(),
-            observed: "present".into(),
+            desired,
+            observed: GrantState::Present,
             generation: 1,
             vendor_ref: None,
             template: "x".into(),
@@ -341,14 +342,17 @@ mod tests {
 
     #[test]
     fn mover_revokes_old_and_issues_new_and_a_repeat_does_nothing() {
-        let changes = diff(&[desired("b")], &[held("a", "present")]);
+        let changes = diff(&[desired("b")], &[held("a", GrantState::Present)]);
         assert_eq!(changes.len(), 2);
         assert!(matches!(&changes[0], Change::Revoke(g) if g.target == "a"));
         assert!(matches!(&changes[1], Change::Issue(d) if d.target == "b"));
         assert!(
             diff(
                 &[desired("b")],
-                &[held("a", "absent"), held("b", "present")]
+                &[
+                    held("a", GrantState::Absent),
+                    held("b", GrantState::Present)
+                ]
             )
             .is_empty()
         );

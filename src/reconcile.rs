@@ -15,6 +15,7 @@
 use crate::audit;
 use crate::clock::{from_micros, to_micros};
 use crate::engine::{Engine, EngineError};
+use crate::model::GrantState;
 use crate::plan::Change;
 use crate::store::{self, GrantRow};
 use chrono::{DateTime, Utc};
@@ -288,7 +289,7 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
             out.identities += 1;
             let ledger = by_key.get(&ident.key).map_or(&[][..], |v| v);
             let entitled = ident.lifecycle.entitled();
-            if entitled && ledger.iter().any(|g| g.desired == "present") {
+            if entitled && ledger.iter().any(|g| g.desired == GrantState::Present) {
                 out.population += 1;
             }
             let granted = requests.get(&ident.key).map_or(&[][..], |v| v);
@@ -534,8 +535,8 @@ mod tests {
             identity_key: key.into(),
             connector: "nuki".into(),
             target: "berlin-lab".into(),
-            desired: "present".into(),
-            observed: "present".into(),
+            desired: GrantState::Present,
+            observed: GrantState::Present,
             generation: 1,
             vendor_ref: None,
             template: "lab".into(),

@@ -17,6 +17,7 @@ use crate::clock::{from_micros, to_micros};
 use crate::config::OnDeadline;
 use crate::engine::{Engine, EngineError, Evaluation};
 use crate::model::DesiredGrant;
+use crate::model::GrantState;
 use crate::plan::Applied;
 use crate::store::{self, StoreError, reviews::CampaignRow, reviews::ItemRow};
 use chrono::{DateTime, Duration, Utc};
@@ -288,7 +289,9 @@ async fn holders(engine: &Engine, scope: &Scope) -> Result<Vec<store::GrantRow>,
                     store::grants_of(&mut conn, &key)
                         .await?
                         .into_iter()
-                        .filter(|g| g.desired == "present" || g.observed == "present"),
+                        .filter(|g| {
+                            g.desired == GrantState::Present || g.observed == GrantState::Present
+                        }),
                 );
             }
             if out.is_empty() && store::get_identity(&mut conn, m).await?.is_none() {

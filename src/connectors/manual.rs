@@ -8,7 +8,7 @@ use super::{Connector, ConnectorError, GrantRequest, Outcome, RetryPolicy};
 use crate::audit;
 use crate::clock::{SharedClock, from_micros, to_micros};
 use crate::config::{Config, ConnectorKind, ManualConfig};
-use crate::model::Action;
+use crate::model::{Action, CommandStatus, GrantState};
 use crate::store::{self, KeyTaskRow, Store, StoreError};
 use crate::telemetry::metrics::{Finished, Metrics};
 use sqlx::AnyConnection;
@@ -430,9 +430,9 @@ async fn finish_command(
         return Ok(None);
     }
     let observed = if expected == RETURN {
-        "absent"
+        GrantState::Absent
     } else {
-        "present"
+        GrantState::Present
     };
     store::observe_grant(conn, c, observed, None, at).await?;
     audit::append(
@@ -448,7 +448,7 @@ async fn finish_command(
     )
     .await?;
     Ok(Some(store::CommandRow {
-        status: "done".into(),
+        status: CommandStatus::Done,
         dispatched_at: c.dispatched_at.or(Some(at)),
         confirmed_at: Some(at),
         ..c.clone()

@@ -8,7 +8,7 @@
 use super::Dispatcher;
 use crate::clock::to_micros;
 use crate::connectors::{Connector, GrantRequest, Outcome, call};
-use crate::model::Action;
+use crate::model::{Action, CommandStatus};
 use crate::store::{self, CommandRow, StoreError};
 
 /// Most changes one listing confirms: bounds the claim and the work of one worker.
@@ -167,7 +167,7 @@ impl Dispatcher {
                 let mut finished = Vec::with_capacity(confirmed.len());
                 for (cmd, outcome) in confirmed {
                     let end = super::finish::Finish {
-                        status: "done",
+                        status: CommandStatus::Done,
                         confirmed_at: Some(now),
                         error: None,
                         outcome: Some(outcome),
@@ -181,7 +181,7 @@ impl Dispatcher {
             })
             .await?;
         for cmd in finished {
-            self.finished(cmd, "done", Some(now));
+            self.finished(cmd, CommandStatus::Done, Some(now));
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use super::Dispatcher;
 use crate::audit;
 use crate::clock::to_micros;
 use crate::connectors::Outcome;
-use crate::model::Action;
+use crate::model::{Action, CommandStatus, GrantState};
 use crate::store::{self, CommandRow, CommandUpdate, StoreError};
 use crate::telemetry::metrics::Finished;
 
@@ -28,7 +28,7 @@ impl Dispatcher {
         &self,
         owner: &str,
         cmd: &CommandRow,
-        status: &str,
+        status: CommandStatus,
         confirmed_at: Option<i64>,
         error: Option<String>,
         outcome: Option<&Outcome>,
@@ -44,7 +44,7 @@ impl Dispatcher {
         &self,
         owner: &str,
         cmd: &CommandRow,
-        status: &str,
+        status: CommandStatus,
         confirmed_at: Option<i64>,
         error: Option<String>,
         outcome: Option<&Outcome>,
@@ -82,7 +82,7 @@ impl Dispatcher {
             owner,
             &CommandUpdate {
                 id: cmd.id,
-                status: end.status.into(),
+                status: end.status,
                 next_attempt_at: now,
                 dispatched_at: end.confirmed_at,
                 confirmed_at: end.confirmed_at,
@@ -99,8 +99,8 @@ impl Dispatcher {
         if let Some(o) = end.outcome {
             self.record_refs(tx, cmd, o).await?;
             let observed = match cmd.action {
-                Action::Issue => "present",
-                Action::Revoke => "absent",
+                Action::Issue => GrantState::Present,
+                Action::Revoke => GrantState::Absent,
             };
             let grant_ref = match cmd.action {
                 Action::Issue => o.refs().1,
@@ -127,18 +127,23 @@ impl Dispatcher {
     }
 
     /// After a command's end committed: its metrics and log line.
-    pub(super) fn finished(&self, cmd: &CommandRow, status: &str, confirmed_at: Option<i64>) {
-        if let Some(outcome) = Finished::parse(status) {
+    pub(super) fn finished(
+        &self,
+        cmd: &CommandRow,
+        status: CommandStatus,
+        confirmed_at: Option<i64>,
+    ) {
+        if let Some(outcome) = Finished::of(status) {
             // The row as stored now: the same times the latency report reads back later.
             let finished = CommandRow {
                 dispatched_at: cmd.dispatched_at.or(confirmed_at),
                 confirmed_at,
-                status: status.to_string(),
+                status,
                 ..cmd.clone()
             };
             self.metrics.command_finished(&finished, outcome);
         }
-        if status == "done" && cmd.action == Action::Revoke {
+        if status == CommandStatus::Done && cmd.action == Action::Revoke {
             let end_to_end_ms = confirmed_at.map(|c| (c - cmd.trigger_at) as f64 / 1000.0);
             tracing::debug!(
                 connector = %cmd.connector, identity = %cmd.identity_key, target = %cmd.target,
@@ -150,7 +155,7 @@ impl Dispatcher {
 
 /// How a command ended, as [`Dispatcher::record_finish`] writes it.
 pub(super) struct Finish<'a> {
-    pub(super) status: &'a str,
+    pub(super) status: CommandStatus,
     pub(super) confirmed_at: Option<i64>,
     pub(super) error: Option<String>,
     pub(super) outcome: Option<&'a Outcome>,

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::connectors::{
     Connector, ConnectorError, Connectors, GrantRequest, Outcome, RetryPolicy, call,
 };
-use crate::model::{Action, PersonRef, Window};
+use crate::model::{Action, CommandStatus, PersonRef, Window};
 use crate::store::{self, CommandRow, CommandUpdate, Store, StoreError};
 use crate::telemetry::metrics::{Metrics, Retry};
 use breaker::{Admit, Breaker};
@@ -484,7 +484,7 @@ impl Dispatcher {
             self.finish(
                 owner,
                 cmd,
-                "superseded",
+                CommandStatus::Superseded,
                 None,
                 Some("overtaken by a newer decision".into()),
                 None,
@@ -546,8 +546,15 @@ impl Dispatcher {
         let policy = connector.retry_policy();
         match result {
             Ok(outcome @ Outcome::Confirmed { .. }) => {
-                self.finish(owner, cmd, "done", Some(now), None, Some(&outcome))
-                    .await
+                self.finish(
+                    owner,
+                    cmd,
+                    CommandStatus::Done,
+                    Some(now),
+                    None,
+                    Some(&outcome),
+                )
+                .await
             }
             Ok(outcome @ Outcome::Pending { .. }) => {
                 self.settle_pending(owner, cmd, &outcome, &policy, recheck, now)
@@ -600,7 +607,7 @@ impl Dispatcher {
                 owner,
                 &CommandUpdate {
                     id: cmd.id,
-                    status: "confirming".into(),
+                    status: CommandStatus::Confirming,
                     next_attempt_at: timing::after(now, delay, self.cap()),
                     dispatched_at: Some(now),
                     confirmed_at: None,
@@ -673,7 +680,14 @@ impl Dispatcher {
         if !revoke && (class == "permanent" || exhausted) {
             tracing::warn!(connector = %cmd.connector, command = cmd.id, error = %err, "command dead-lettered");
             return self
-                .finish(owner, cmd, "dead", None, Some(err.to_string()), None)
+                .finish(
+                    owner,
+                    cmd,
+                    CommandStatus::Dead,
+                    None,
+                    Some(err.to_string()),
+                    None,
+                )
                 .await;
         }
         // A revoke never dead-letters (a leaver must not keep access quietly): past its attempts,
@@ -725,11 +739,10 @@ impl Dispatcher {
             &CommandUpdate {
                 id: cmd.id,
                 status: if cmd.dispatched_at.is_some() {
-                    "confirming"
+                    CommandStatus::Confirming
                 } else {
-                    "pending"
-                }
-                .into(),
+                    CommandStatus::Pending
+                },
                 next_attempt_at: at,
                 // Kept if stored; a change written just now (its read-back failed) records it.
                 dispatched_at: cmd.dispatched_at,

@@ -4,6 +4,7 @@
 //! that moves a command is audited.
 
 use crate::audit;
+use crate::model::CommandStatus;
 use crate::store::{self, CommandRow, Store, StoreError};
 
 /// Which dead letters to put back in the queue.
@@ -51,7 +52,10 @@ pub async fn redrive(
             let mut missing = Vec::new();
             for &id in ids {
                 match store::command(&mut tx, id).await? {
-                    Some(c) if c.status == "dead" && connector.is_none_or(|n| n == c.connector) => {
+                    Some(c)
+                        if c.status == CommandStatus::Dead
+                            && connector.is_none_or(|n| n == c.connector) =>
+                    {
                         found.push(c)
                     }
                     _ => missing.push(id),

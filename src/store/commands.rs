@@ -12,8 +12,7 @@ pub struct CommandRow {
     pub target: String,
     pub generation: i64,
     pub priority: i64,
-    /// pending | inflight | confirming | done | dead | superseded
-    pub status: String,
+    pub status: CommandStatus,
     pub attempts: i64,
     pub next_attempt_at: i64,
     pub lease_owner: Option<String>,
@@ -45,7 +44,7 @@ impl CommandRow {
             target: r.try_get("target")?,
             generation: r.try_get("generation")?,
             priority: r.try_get("priority")?,
-            status: r.try_get("status")?,
+            status: super::states::command_status(r, "commands")?,
             attempts: r.try_get("attempts")?,
             next_attempt_at: r.try_get("next_attempt_at")?,
             lease_owner: r.try_get("lease_owner")?,
@@ -173,7 +172,7 @@ pub async fn update_claimed(
     u: &CommandUpdate,
 ) -> Result<bool> {
     let r = sqlx::query(UPDATE_CLAIMED_SQL)
-        .bind(&u.status)
+        .bind(u.status.as_str())
         .bind(u.next_attempt_at)
         .bind(u.dispatched_at)
         .bind(u.confirmed_at)
@@ -193,7 +192,7 @@ pub struct CommandUpdate {
     /// A rate-limited try gives its attempt back.
     pub refund_attempt: bool,
     pub id: i64,
-    pub status: String,
+    pub status: CommandStatus,
     pub next_attempt_at: i64,
     pub dispatched_at: Option<i64>,
     pub confirmed_at: Option<i64>,
@@ -241,11 +240,11 @@ pub async fn next_due(pool: &AnyPool, connector: &str) -> Result<Option<i64>> {
 
 pub async fn commands_where_status(
     pool: &AnyPool,
-    status: &str,
+    status: CommandStatus,
     limit: i64,
 ) -> Result<Vec<CommandRow>> {
     sqlx::query("SELECT * FROM commands WHERE status = $1 ORDER BY id LIMIT $2")
-        .bind(status)
+        .bind(status.as_str())
         .bind(limit)
         .fetch_all(pool)
         .await?
@@ -264,7 +263,7 @@ pub async fn completed_commands(pool: &AnyPool) -> Result<Vec<CommandRow>> {
 }
 
 /// (connector, status, action, count) over the whole outbox.
-pub async fn command_counts(pool: &AnyPool) -> Result<Vec<(String, String, String, i64)>> {
+pub async fn command_counts(pool: &AnyPool) -> Result<Vec<(String, CommandStatus, String, i64)>> {
     let rows = sqlx::query(
         "SELECT connector, status, action, COUNT(*) AS n FROM commands GROUP BY connector, status, action
          ORDER BY connector, status, action",
@@ -275,7 +274,7 @@ pub async fn command_counts(pool: &AnyPool) -> Result<Vec<(String, String, Strin
         .map(|r| {
             Ok((
                 r.try_get("connector")?,
-                r.try_get("status")?,
+                super::states::command_status(r, "commands")?,
                 r.try_get("action")?,
                 r.try_get("n")?,
             ))

@@ -7,10 +7,12 @@ pub struct GrantRow {
     pub identity_key: String,
     pub connector: String,
     pub target: String,
-    /// `present` or `absent`: what policy wants.
-    pub desired: String,
-    /// `present`, `absent` or `unknown`: what the vendor last confirmed.
-    pub observed: String,
+    /// What policy wants: present or absent.
+    #[sqlx(try_from = "String")]
+    pub desired: GrantState,
+    /// What the vendor last confirmed.
+    #[sqlx(try_from = "String")]
+    pub observed: GrantState,
     pub generation: i64,
     pub vendor_ref: Option<String>,
     pub template: String,
@@ -119,8 +121,8 @@ pub async fn put_grant(conn: &mut AnyConnection, g: &GrantRow) -> Result<()> {
     .bind(&g.identity_key)
     .bind(&g.connector)
     .bind(&g.target)
-    .bind(&g.desired)
-    .bind(&g.observed)
+    .bind(g.desired.as_str())
+    .bind(g.observed.as_str())
     .bind(g.generation)
     .bind(&g.vendor_ref)
     .bind(&g.template)
@@ -138,7 +140,7 @@ pub async fn put_grant(conn: &mut AnyConnection, g: &GrantRow) -> Result<()> {
 pub async fn observe_grant(
     conn: &mut AnyConnection,
     cmd: &CommandRow,
-    observed: &str,
+    observed: GrantState,
     vendor_ref: Option<&str>,
     now: i64,
 ) -> Result<()> {
@@ -146,7 +148,7 @@ pub async fn observe_grant(
         "UPDATE grants SET observed = $1, vendor_ref = COALESCE($2, vendor_ref), updated_at = $3
          WHERE identity_key = $4 AND connector = $5 AND target = $6",
     )
-    .bind(observed)
+    .bind(observed.as_str())
     .bind(vendor_ref)
     .bind(now)
     .bind(&cmd.identity_key)

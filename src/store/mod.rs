@@ -60,6 +60,7 @@ pub mod reviews;
 pub mod scim;
 pub mod scim_search;
 pub mod sqlite;
+mod states;
 pub mod suspensions;
 
 mod cabinet;
@@ -86,7 +87,7 @@ pub use reconcile::*;
 pub use outbox::*;
 pub use retry::{MAX_ATTEMPTS, db_error, is_lost_race};
 
-use crate::model::{Action, Lifecycle};
+use crate::model::{Action, CommandStatus, GrantState, Lifecycle};
 pub use absences::*;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;

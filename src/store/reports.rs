@@ -1,6 +1,7 @@
 //! What the SLA report reads from the outbox.
 
 use super::Result;
+use crate::model::CommandStatus;
 use sqlx::{AnyPool, Row};
 
 /// Which revocations an SLA covers: one connector's, or those of some doors at any connector (a
@@ -14,7 +15,7 @@ pub enum SlaScope<'a> {
 /// One revocation an SLA counts: its status, trigger and confirmation (microseconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlaSample {
-    pub status: String,
+    pub status: CommandStatus,
     pub trigger_at: i64,
     pub confirmed_at: Option<i64>,
 }
@@ -58,7 +59,7 @@ pub async fn sla_revocations(
     rows.iter()
         .map(|r| {
             Ok(SlaSample {
-                status: r.try_get("status")?,
+                status: super::states::command_status(r, "commands")?,
                 trigger_at: r.try_get("trigger_at")?,
                 confirmed_at: r.try_get("confirmed_at")?,
             })
@@ -71,7 +72,7 @@ pub async fn sla_revocations(
 pub struct OutboxGroup {
     pub connector: String,
     pub action: String,
-    pub status: String,
+    pub status: CommandStatus,
     pub count: i64,
     /// When the oldest of them was enqueued (microseconds).
     pub oldest: Option<i64>,
@@ -90,7 +91,7 @@ pub async fn outbox_groups(pool: &AnyPool) -> Result<Vec<OutboxGroup>> {
         Ok(OutboxGroup {
             connector: r.try_get("connector")?,
             action: r.try_get("action")?,
-            status: r.try_get("status")?,
+            status: super::states::command_status(r, "commands")?,
             count: r.try_get("n")?,
             oldest: r.try_get("oldest")?,
         })

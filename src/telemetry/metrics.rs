@@ -8,7 +8,7 @@
 //! change that was not traced has no exemplar.
 
 use crate::config::{Config, SlaConfig};
-use crate::model::Action;
+use crate::model::{Action, CommandStatus};
 use crate::store::reports::{self, PerSource};
 use crate::store::{CommandRow, Store, StoreError};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -196,21 +196,26 @@ pub enum Finished {
 }
 
 impl Finished {
-    pub fn parse(status: &str) -> Option<Self> {
+    /// How a command in this status ended; none while it is still open.
+    pub fn of(status: CommandStatus) -> Option<Self> {
         match status {
-            "done" => Some(Self::Done),
-            "dead" => Some(Self::Dead),
-            "superseded" => Some(Self::Superseded),
+            CommandStatus::Done => Some(Self::Done),
+            CommandStatus::Dead => Some(Self::Dead),
+            CommandStatus::Superseded => Some(Self::Superseded),
             _ => None,
         }
     }
 
-    fn as_str(self) -> &'static str {
+    fn status(self) -> CommandStatus {
         match self {
-            Self::Done => "done",
-            Self::Dead => "dead",
-            Self::Superseded => "superseded",
+            Self::Done => CommandStatus::Done,
+            Self::Dead => CommandStatus::Dead,
+            Self::Superseded => CommandStatus::Superseded,
         }
+    }
+
+    pub(crate) fn as_str(self) -> &'static str {
+        self.status().as_str()
     }
 }
 

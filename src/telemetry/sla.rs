@@ -7,6 +7,7 @@
 
 use super::metrics::sla_of;
 use crate::config::{Config, SlaConfig};
+use crate::model::CommandStatus;
 use crate::store::reports::{self, SlaScope};
 use crate::store::{Store, StoreError};
 
@@ -87,9 +88,9 @@ async fn attainment(
         open_overdue: 0,
     };
     for r in reports::sla_revocations(store.pool(), scope, since).await? {
-        match (r.status.as_str(), r.confirmed_at) {
-            ("done", Some(c)) if c - r.trigger_at <= target => row.met += 1,
-            ("done", _) | ("dead", _) => row.missed += 1,
+        match (r.status, r.confirmed_at) {
+            (CommandStatus::Done, Some(c)) if c - r.trigger_at <= target => row.met += 1,
+            (CommandStatus::Done | CommandStatus::Dead, _) => row.missed += 1,
             _ if now - r.trigger_at > target => {
                 row.missed += 1;
                 row.open_overdue += 1;

@@ -270,3 +270,41 @@ fn imports_follow_the_flow() {
         wrong.into_iter().collect::<Vec<_>>().join("\n")
     );
 }
+/// Command status, grant state and change kind are enums; their spellings live in the store's
+/// mapping only.
+#[test]
+fn states_are_spelled_only_in_the_store() {
+    let spellings = [
+        "\"pending\"",
+        "\"inflight\"",
+        "\"confirming\"",
+        "\"dead\"",
+        "\"superseded\"",
+        "'pending'",
+        "'inflight'",
+        "'confirming'",
+        "'dead'",
+        "'superseded'",
+        "\"present\"",
+        "\"absent\"",
+        "'present'",
+        "'absent'",
+    ];
+    let mut found = vec![];
+    for f in rust_files(&root().join("src")) {
+        if f.starts_with(root().join("src/store")) {
+            continue;
+        }
+        for (i, line) in code_lines(&f).iter().enumerate() {
+            let code = without_comment(line);
+            if spellings.iter().any(|s| code.contains(s)) {
+                found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "state spellings outside src/store/:\n{}",
+        found.join("\n")
+    );
+}

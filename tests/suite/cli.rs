@@ -4,6 +4,7 @@
 use crate::common;
 
 use common::*;
+use latchkey::model::CommandStatus;
 use latchkey_sim::{self as sim, NukiOptions};
 use std::process::Command;
 
@@ -434,7 +435,7 @@ async fn redrive_requeues_dead_letters_audited_and_refuses_unknown_ids() {
         assert!(out.contains("#999999"), "{out}");
         assert_eq!(
             status().await.status,
-            "dead",
+            CommandStatus::Dead,
             "{name}: nothing moves on an error"
         );
         // Listed first, moving nothing: the same dead letter, in a table and in JSON.
@@ -459,7 +460,7 @@ async fn redrive_requeues_dead_letters_audited_and_refuses_unknown_ids() {
         assert_eq!(doc["dead_letters"]["items"][0]["id"], id, "{doc}");
         assert_eq!(
             status().await.status,
-            "dead",
+            CommandStatus::Dead,
             "{name}: --list moves nothing"
         );
         let (code, out) = redrive(&["--list", "--all"]);

@@ -6,6 +6,7 @@ use crate::common;
 
 use common::*;
 use latchkey::audit::{self, Verdict};
+use latchkey::model::CommandStatus;
 use latchkey::model::Lifecycle;
 use latchkey::store;
 use latchkey_sim::NukiOptions;
@@ -411,7 +412,7 @@ async fn vendor_errors_are_retried_and_a_refused_command_is_dead_lettered() {
             .collect();
         h.feed(&people).await;
         h.drain().await;
-        let dead = store::commands_where_status(h.app.store().pool(), "dead", 10)
+        let dead = store::commands_where_status(h.app.store().pool(), CommandStatus::Dead, 10)
             .await
             .unwrap();
         assert!(dead.is_empty(), "{dead:?}");
@@ -419,7 +420,7 @@ async fn vendor_errors_are_retried_and_a_refused_command_is_dead_lettered() {
             .filter(|i| !h.holds(&format!("E{i}"), "london-finance"))
             .collect();
         if !missing.is_empty() {
-            let done = store::commands_where_status(h.app.store().pool(), "done", 100)
+            let done = store::commands_where_status(h.app.store().pool(), CommandStatus::Done, 100)
                 .await
                 .unwrap();
             eprintln!(
@@ -452,7 +453,7 @@ async fn a_refused_command_is_dead_lettered_and_shown_in_status() {
         .await;
         h.drain().await;
         assert!(h.holds("E1", "london-finance"));
-        let dead = store::commands_where_status(h.app.store().pool(), "dead", 10)
+        let dead = store::commands_where_status(h.app.store().pool(), CommandStatus::Dead, 10)
             .await
             .unwrap();
         assert_eq!(dead.len(), 1, "{name}");

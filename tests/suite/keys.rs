@@ -10,6 +10,8 @@ use latchkey::clock::{ManualClock, SharedClock, from_micros, to_micros};
 use latchkey::config::{Config, ConfigInput};
 use latchkey::connectors::manual::{self, HAND_OVER, RETURN};
 use latchkey::model::Action;
+use latchkey::model::CommandStatus;
+use latchkey::model::GrantState;
 use latchkey::store;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -183,7 +185,7 @@ async fn termination_return_task_overdue_alert_check_in_and_latency() {
             ("F1", "berlin-master-key")
         );
         let issue = c.open_command("F1", Action::Issue).await.unwrap();
-        assert_eq!(issue.status, "confirming");
+        assert_eq!(issue.status, CommandStatus::Confirming);
         let listed = latchkey::cli::keys_text(&c.app).await.unwrap();
         assert!(listed.contains("hand_over F1"), "{listed}");
         c.advance_hours(1.0);
@@ -198,7 +200,7 @@ async fn termination_return_task_overdue_alert_check_in_and_latency() {
         .await
         .unwrap();
         assert!(c.open_command("F1", Action::Issue).await.is_none());
-        assert_eq!(c.grant("F1").await.observed, "present");
+        assert_eq!(c.grant("F1").await.observed, GrantState::Present);
         // A second recording of the same task is refused, as is recording it as the wrong kind.
         assert!(
             manual::record(c.app.store(), None, hand.id, HAND_OVER, "alice", c.now())
@@ -215,7 +217,7 @@ async fn termination_return_task_overdue_alert_check_in_and_latency() {
         let ret = c.task(RETURN).await;
         assert_eq!(ret.due_at, Some(terminated_at + 24 * 3_600_000_000));
         let revoke = c.open_command("F1", Action::Revoke).await.unwrap();
-        assert_eq!(revoke.status, "confirming");
+        assert_eq!(revoke.status, CommandStatus::Confirming);
         assert!(
             manual::record(c.app.store(), None, ret.id, HAND_OVER, "bob", c.now())
                 .await
@@ -275,10 +277,10 @@ async fn termination_return_task_overdue_alert_check_in_and_latency() {
         .await
         .unwrap()
         .unwrap();
-        assert_eq!(finished.status, "done");
+        assert_eq!(finished.status, CommandStatus::Done);
         assert_eq!(finished.confirmed_at, Some(returned_at));
         assert!(returned_at - finished.trigger_at >= 27 * 3_600_000_000);
-        assert_eq!(c.grant("F1").await.observed, "absent");
+        assert_eq!(c.grant("F1").await.observed, GrantState::Absent);
         let report = latchkey::telemetry::latency_report(c.app.store(), Action::Revoke)
             .await
             .unwrap();

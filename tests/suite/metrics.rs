@@ -11,6 +11,7 @@ use latchkey::app::App;
 use latchkey::clock::{SharedClock, to_micros};
 use latchkey::config::{Config, ConfigInput};
 use latchkey::jobs::drill;
+use latchkey::model::CommandStatus;
 use latchkey::store;
 use latchkey::telemetry::metrics::METRIC_NAMES;
 use latchkey::telemetry::sla;
@@ -81,9 +82,9 @@ fn promtool() -> Option<std::path::PathBuf> {
     found
 }
 
-fn done_count(rows: &[(String, String, String, i64)], status: &str, action: &str) -> f64 {
+fn done_count(rows: &[(String, CommandStatus, String, i64)], status: &str, action: &str) -> f64 {
     rows.iter()
-        .filter(|(c, s, a, _)| c == "nuki" && s == status && a == action)
+        .filter(|(c, s, a, _)| c == "nuki" && s.as_str() == status && a == action)
         .map(|r| r.3 as f64)
         .sum()
 }

@@ -7,6 +7,8 @@ use crate::common;
 
 use common::*;
 use latchkey::model::Action;
+use latchkey::model::CommandStatus;
+use latchkey::model::GrantState;
 use latchkey::store::{self, Store};
 use latchkey_sim::{self as sim, LoggedRequest, NukiOptions};
 use std::collections::{BTreeMap, BTreeSet};
@@ -118,7 +120,7 @@ async fn count(store: &Store, status: &str, action: Action) -> i64 {
         .await
         .unwrap()
         .into_iter()
-        .filter(|(_, s, a, _)| s == status && a == action.as_str())
+        .filter(|(_, s, a, _)| s.as_str() == status && a == action.as_str())
         .map(|(_, _, _, n)| n)
         .sum()
 }
@@ -128,7 +130,7 @@ async fn observed(h: &Harness, key: &str, target: &str) -> Option<String> {
     store::grant(&mut conn, key, "nuki", target)
         .await
         .unwrap()
-        .map(|g| g.observed)
+        .map(|g| g.observed.to_string())
 }
 
 /// Poll `cond` every 20 ms until it holds; fail after `limit`.
@@ -523,7 +525,7 @@ async fn a_mass_termination_on_one_lock_is_confirmed_by_a_few_listings() {
                 .await
                 .unwrap()
                 .unwrap();
-            assert_eq!(g.observed, "absent", "{}", p.key);
+            assert_eq!(g.observed, GrantState::Absent, "{}", p.key);
         }
     });
 }
@@ -601,7 +603,7 @@ async fn an_hr_termination_is_triggered_when_its_file_landed() {
             .unwrap();
         let r = h.app.engine.apply_hr_file("hr", &path).await.unwrap();
         assert_eq!((r.leavers, r.revokes), (1, 1), "{r:?}");
-        let revoke = store::commands_where_status(h.app.store().pool(), "pending", 10)
+        let revoke = store::commands_where_status(h.app.store().pool(), CommandStatus::Pending, 10)
             .await
             .unwrap()
             .into_iter()
@@ -794,7 +796,7 @@ async fn daemon_killed_at_random_ends_with_exact_access_and_no_duplicates() {
         assert_eq!(nuki.duplicates_created(), 0, "{name}");
         let counts = store::command_counts(store.pool()).await.unwrap();
         assert!(
-            counts.iter().all(|(_, s, _, _)| s == "done"),
+            counts.iter().all(|(_, s, _, _)| *s == CommandStatus::Done),
             "{name}: {counts:?}"
         );
         assert_eq!(
@@ -833,7 +835,7 @@ async fn daemon_killed_at_random_ends_with_exact_access_and_no_duplicates() {
                         "{name}: {} lacks {} at the vendor",
                         g.identity_key, g.target
                     );
-                    assert_eq!(g.observed, "present", "{name}: {g:?}");
+                    assert_eq!(g.observed, GrantState::Present, "{name}: {g:?}");
                     present.insert((g.identity_key.clone(), g.target.clone()));
                 }
                 _ => {
@@ -842,7 +844,7 @@ async fn daemon_killed_at_random_ends_with_exact_access_and_no_duplicates() {
                         "{name}: {} still holds {} at the vendor",
                         g.identity_key, g.target
                     );
-                    assert_eq!(g.observed, "absent", "{name}: {g:?}");
+                    assert_eq!(g.observed, GrantState::Absent, "{name}: {g:?}");
                 }
             }
         }

@@ -9,6 +9,7 @@ use latchkey::app::App;
 use latchkey::clock::{ManualClock, SharedClock, from_micros, to_micros};
 use latchkey::config::{Config, ConfigInput};
 use latchkey::dispatch::breaker::State;
+use latchkey::model::CommandStatus;
 use latchkey::store;
 use latchkey_sim::{self as sim, Faults, NukiOptions, SimServer};
 use std::path::Path;
@@ -142,14 +143,7 @@ impl Ctx {
 
     async fn commands(&self, connector: &str) -> Vec<store::CommandRow> {
         let mut out = Vec::new();
-        for status in [
-            "pending",
-            "inflight",
-            "confirming",
-            "done",
-            "dead",
-            "superseded",
-        ] {
+        for status in CommandStatus::ALL {
             out.extend(
                 store::commands_where_status(self.app.store().pool(), status, 10_000)
                     .await
@@ -225,7 +219,7 @@ async fn ten_minute_outage_opens_the_breaker_without_burning_attempts_and_spares
         let other = c.commands("nuki2").await;
         assert_eq!(other.len(), 3);
         for cmd in &other {
-            assert_eq!(cmd.status, "done", "{cmd:?}");
+            assert_eq!(cmd.status, CommandStatus::Done, "{cmd:?}");
             assert!(
                 cmd.confirmed_at.unwrap() - cmd.trigger_at < 5_000_000,
                 "{cmd:?}"
@@ -271,7 +265,7 @@ async fn ten_minute_outage_opens_the_breaker_without_burning_attempts_and_spares
         c.sim.set_faults(Faults::none());
         c.run_until(None).await;
         for cmd in c.commands("nuki").await {
-            assert_eq!(cmd.status, "done", "{cmd:?}");
+            assert_eq!(cmd.status, CommandStatus::Done, "{cmd:?}");
         }
         for (key, lock) in [("E1", 1001), ("E2", 1002), ("E3", 1004)] {
             assert!(c.holds(&c.sim, key, lock), "{key}");
@@ -646,7 +640,7 @@ mod fail_closed {
             let now = to_micros(h.clock.now_utc());
             let row = command(&h, "L1").await;
             assert_eq!(row.id, cmd.id);
-            assert_eq!(row.status, "pending", "{}: {row:?}", h.backend);
+            assert_eq!(row.status, CommandStatus::Pending, "{}: {row:?}", h.backend);
             assert!(row.attempts > i64::from(c.retry_policy().max_attempts));
             assert!(row.next_attempt_at <= now + 300_000_000, "{row:?}");
             assert!(h.holds("L1", "berlin-finance"));
@@ -674,7 +668,7 @@ mod fail_closed {
             // The token is fixed (this process has the right one): the revoke completes.
             h.drain().await;
             assert!(!h.holds("L1", "berlin-finance"), "{}", h.backend);
-            assert_eq!(command(&h, "L1").await.status, "done");
+            assert_eq!(command(&h, "L1").await.status, CommandStatus::Done);
             let status = latchkey::cli::status_text(&h.app).await.unwrap();
             assert!(status.starts_with("revocations stuck (retrying past their attempts): 0\n"));
         }
@@ -711,14 +705,14 @@ mod fail_closed {
                 let now = to_micros(h.clock.now_utc());
                 assert!(d.step(&c, "test-worker").await.unwrap());
                 let row = command(&h, "L2").await;
-                assert_eq!(row.status, "pending", "{}", h.backend);
+                assert_eq!(row.status, CommandStatus::Pending, "{}", h.backend);
                 assert!(row.next_attempt_at >= now, "{row:?}");
                 assert!(row.next_attempt_at <= now + expect_at_most, "{row:?}");
                 h.clock.set(from_micros(row.next_attempt_at));
             }
             steps(&h, &d, &c, 20).await;
             assert!(!h.holds("L2", "berlin-finance"), "{}", h.backend);
-            assert_eq!(command(&h, "L2").await.status, "done");
+            assert_eq!(command(&h, "L2").await.status, CommandStatus::Done);
         }
     }
 
@@ -755,7 +749,7 @@ mod fail_closed {
             assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
             let _ = tx.send(true);
             run.await.unwrap();
-            assert_eq!(command(&h, "L3").await.status, "done");
+            assert_eq!(command(&h, "L3").await.status, CommandStatus::Done);
             // Stopped: the lane has no live worker, and the process says so.
             let r = reqwest::get(&readyz).await.unwrap();
             assert_eq!(r.status(), 503);
@@ -898,7 +892,7 @@ mod fail_closed {
                 "{}",
                 h.backend
             );
-            assert_eq!(command(&h, "L6").await.status, "dead");
+            assert_eq!(command(&h, "L6").await.status, CommandStatus::Dead);
             assert!(h.holds("L6", "berlin-finance"));
 
             // The vendor is back: the probe closes the breaker, which re-drives the revoke.
@@ -907,7 +901,7 @@ mod fail_closed {
             assert_eq!(h.app.breakers["nuki"].state(), State::Closed);
             assert!(h.holds("J6", "berlin-finance"), "{}", h.backend);
             assert!(!h.holds("L6", "berlin-finance"), "{}", h.backend);
-            assert_eq!(command(&h, "L6").await.status, "done");
+            assert_eq!(command(&h, "L6").await.status, CommandStatus::Done);
             let reasons: Vec<String> = sqlx::query_scalar(
                 "SELECT details FROM audit_log WHERE action = 'command.redriven' AND actor = 'dispatcher'",
             )
@@ -1330,7 +1324,7 @@ mod replicas {
             .await
             .unwrap()
             .iter()
-            .filter(|c| c.1 == "done")
+            .filter(|c| c.1 == CommandStatus::Done)
             .map(|c| c.3)
             .sum()
     }

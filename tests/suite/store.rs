@@ -6,6 +6,7 @@ use crate::common;
 
 use common::*;
 use latchkey::model::Action;
+use latchkey::model::CommandStatus;
 use latchkey::store::{self, NewCommand, Store};
 use latchkey_sim::NukiOptions;
 
@@ -107,7 +108,7 @@ async fn outbox_claims_revokes_first_honours_leases_and_dedupes() {
             "w1",
             &store::CommandUpdate {
                 id: revoke,
-                status: "done".into(),
+                status: CommandStatus::Done,
                 ..Default::default()
             },
         )

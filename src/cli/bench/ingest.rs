@@ -9,6 +9,7 @@
 
 use super::{Bed, SETUP_RATE, bar, ms, person_row, prepare, row, start_sim};
 use crate::model::Action;
+use crate::model::CommandStatus;
 use crate::store;
 use crate::telemetry;
 use anyhow::bail;
@@ -89,7 +90,7 @@ async fn leavers_one_by_one(
     let revoked = |pool: sqlx::AnyPool| async move {
         let mut done = 0;
         for (_, status, action, n) in store::command_counts(&pool).await? {
-            if action == Action::Revoke.as_str() && status == "done" {
+            if action == Action::Revoke.as_str() && status == CommandStatus::Done {
                 done += n;
             }
         }

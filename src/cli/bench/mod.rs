@@ -15,6 +15,7 @@ use crate::clock;
 use crate::config::{Config, ConfigInput};
 use crate::engine::FeedReport;
 use crate::model::Action;
+use crate::model::CommandStatus;
 use crate::store;
 use anyhow::{Context, bail};
 use drain::max_in_any_second;
@@ -249,9 +250,9 @@ impl Bed {
             if a != action.to_string() {
                 continue;
             }
-            match status.as_str() {
-                "done" => out.0 += n,
-                "dead" => out.1 += n,
+            match status {
+                CommandStatus::Done => out.0 += n,
+                CommandStatus::Dead => out.1 += n,
                 _ => {}
             }
         }

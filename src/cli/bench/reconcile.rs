@@ -5,6 +5,7 @@
 use crate::clock::{self, to_micros};
 use crate::config::{Config, ConfigInput};
 use crate::engine::Engine;
+use crate::model::GrantState;
 use crate::model::Lifecycle;
 use crate::policy::Policy;
 use crate::store::{self, GrantRow, IdentityRow, Store};
@@ -131,8 +132,8 @@ pub(super) async fn populate(engine: &Engine, n: usize) -> anyhow::Result<()> {
                     identity_key: row.key.clone(),
                     connector: d.connector.clone(),
                     target: d.target.clone(),
-                    desired: "present".into(),
-                    observed: "present".into(),
+                    desired: GrantState::Present,
+                    observed: GrantState::Present,
                     generation: 1,
                     vendor_ref: None,
                     template: d.template.clone(),

@@ -10,6 +10,7 @@
 
 use super::{Bed, SETUP_RATE, ms, person_row, row, start_sim};
 use crate::model::Action;
+use crate::model::CommandStatus;
 use crate::store;
 use anyhow::bail;
 use std::path::Path;
@@ -347,7 +348,7 @@ async fn wait_until_delivered(pool: &sqlx::AnyPool) -> anyhow::Result<()> {
         let done: i64 = store::command_counts(pool)
             .await?
             .into_iter()
-            .filter(|(_, status, _, _)| status == "done")
+            .filter(|(_, status, _, _)| *status == CommandStatus::Done)
             .map(|(_, _, _, n)| n)
             .sum();
         if done >= REPLICA_PEOPLE as i64 && store::open_commands(pool).await? == 0 {

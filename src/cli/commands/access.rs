@@ -117,8 +117,8 @@ async fn gather(app: &App, who: &str, list: &ListArg) -> anyhow::Result<Result<A
         .into_iter()
         .map(|g| Grant {
             state: crate::api::admin::views::grant_state(
-                &g.desired,
-                &g.observed,
+                g.desired,
+                g.observed,
                 withheld.as_ref().is_some_and(|sc| sc.covers(&g.connector)),
                 &g.template,
             )
@@ -130,8 +130,8 @@ async fn gather(app: &App, who: &str, list: &ListArg) -> anyhow::Result<Result<A
                 .map(str::to_string),
             connector: g.connector,
             target: g.target,
-            desired: g.desired,
-            observed: g.observed,
+            desired: g.desired.to_string(),
+            observed: g.observed.to_string(),
             template: g.template,
         })
         .collect();

@@ -12,7 +12,8 @@ use crate::cli::{describe_feed, repo_path};
 use crate::clock;
 use crate::config::{Config, ConfigInput, process_env};
 use crate::connectors::manual;
-use crate::model::{Action, Lifecycle};
+use crate::model::GrantState;
+use crate::model::{Action, CommandStatus, Lifecycle};
 use crate::store;
 use crate::telemetry;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -163,15 +164,15 @@ async fn apply_sample_feeds(
 
 /// The table of what the feeds did per connector, with a total row; returns that total
 /// (issues done, revocations done, dead letters).
-fn print_what_happened(counts: Vec<(String, String, String, i64)>) -> [i64; 3] {
+fn print_what_happened(counts: Vec<(String, CommandStatus, String, i64)>) -> [i64; 3] {
     // connector -> [issues done, revocations done, dead letters]
     let mut per: BTreeMap<String, [i64; 3]> = BTreeMap::new();
     for (connector, status, action, n) in counts {
         let row = per.entry(connector).or_default();
-        match (status.as_str(), action.as_str()) {
-            ("done", "issue") => row[0] += n,
-            ("done", "revoke") => row[1] += n,
-            ("dead", _) => row[2] += n,
+        match (status, action.as_str()) {
+            (CommandStatus::Done, "issue") => row[0] += n,
+            (CommandStatus::Done, "revoke") => row[1] += n,
+            (CommandStatus::Dead, _) => row[2] += n,
             _ => {}
         }
     }
@@ -184,7 +185,10 @@ fn print_what_happened(counts: Vec<(String, String, String, i64)>) -> [i64; 3] {
     println!("\nwhat happened");
     println!(
         "  {:<10} {:>8} {:>12} {:>6}",
-        "connector", "issues", "revocations", "dead"
+        "connector",
+        "issues",
+        "revocations",
+        CommandStatus::Dead.as_str()
     );
     for (connector, [issues, revokes, dead]) in &per {
         println!("  {connector:<10} {issues:>8} {revokes:>12} {dead:>6}");
@@ -259,7 +263,7 @@ async fn lost_phone(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Option<Stri
             let grants = store::grants_of(&mut conn, &ident.key).await?;
             let mut vendors: Vec<&str> = grants
                 .iter()
-                .filter(|g| g.desired == "present")
+                .filter(|g| g.desired == GrantState::Present)
                 .map(|g| g.connector.as_str())
                 .collect();
             vendors.dedup();
@@ -453,7 +457,7 @@ async fn access_review(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Option<S
     let pool = app.store().pool();
     let mut by_target: BTreeMap<String, usize> = BTreeMap::new();
     for g in store::all_grants(pool).await? {
-        if g.desired == "present" && g.target.ends_with("-lab") {
+        if g.desired == GrantState::Present && g.target.ends_with("-lab") {
             *by_target.entry(g.target).or_default() += 1;
         }
     }
@@ -621,7 +625,7 @@ impl Progress {
 async fn waiting_on(app: &App) -> anyhow::Result<String> {
     let mut open: BTreeMap<String, i64> = BTreeMap::new();
     for (connector, status, _, n) in store::command_counts(app.store().pool()).await? {
-        if matches!(status.as_str(), "pending" | "inflight" | "confirming") {
+        if status.is_open() {
             *open.entry(connector).or_default() += n;
         }
     }
@@ -658,7 +662,7 @@ async fn settle(app: &App, progress: &mut Progress, desk: &mut KeyDesk) -> anyho
                     action,
                 )
                 .await?
-                .is_some_and(|c| c.status == "confirming")
+                .is_some_and(|c| c.status == CommandStatus::Confirming)
             };
             if !waiting {
                 continue;

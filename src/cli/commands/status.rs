@@ -9,6 +9,7 @@ use super::keys::{self, KeyTask};
 use crate::app::App;
 use crate::cli::output::{Capped, ListArg, print_json, sql_limit, time};
 use crate::cli::{ConfigArg, open_reader};
+use crate::model::CommandStatus;
 use crate::store;
 use serde::Serialize;
 use std::fmt::Write;
@@ -171,7 +172,7 @@ pub async fn gather(app: &App, limit: usize) -> anyhow::Result<Status> {
         .into_iter()
         .map(|(connector, status, action, count)| OutboxCount {
             connector,
-            status,
+            status: status.to_string(),
             action,
             count,
         })
@@ -238,10 +239,10 @@ async fn stuck_and_dead(
     let dead_total: i64 = store::command_counts(pool)
         .await?
         .iter()
-        .filter(|c| c.1 == "dead")
+        .filter(|c| c.1 == CommandStatus::Dead)
         .map(|c| c.3)
         .sum();
-    let dead = store::commands_where_status(pool, "dead", sql_limit(limit))
+    let dead = store::commands_where_status(pool, CommandStatus::Dead, sql_limit(limit))
         .await?
         .into_iter()
         .map(DeadLetter::from)

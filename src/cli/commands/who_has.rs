@@ -5,6 +5,7 @@
 use crate::app::App;
 use crate::cli::output::{Capped, ListArg, print_json, time};
 use crate::cli::{ConfigArg, lookup, open_reader};
+use crate::model::GrantState;
 use crate::store;
 use serde::Serialize;
 use std::fmt::Write;
@@ -90,12 +91,12 @@ async fn holders(app: &App, name: &str, query: &str, list: &ListArg) -> anyhow::
     let held = store::grants_on_target(pool, name)
         .await?
         .into_iter()
-        .filter(|g| g.observed == "present")
+        .filter(|g| g.observed == GrantState::Present)
         .map(|g| Holder {
             identity: g.identity_key,
             connector: g.connector,
             template: g.template,
-            desired: g.desired,
+            desired: g.desired.to_string(),
         })
         .collect();
     let keys = store::cabinet_holders(pool, name)

@@ -3,6 +3,7 @@
 //! source's last checkpoint move. Read on every scrape.
 
 use super::*;
+use crate::model::CommandStatus;
 use sqlx::AnyPool;
 
 /// Per connector lane: unfinished commands, when the oldest was enqueued, dead letters.
@@ -51,7 +52,7 @@ impl Metrics {
             let Some(e) = depth.get_mut(&(g.connector, lane)) else {
                 continue;
             };
-            if g.status == "dead" {
+            if g.status == CommandStatus::Dead {
                 e.2 += g.count;
             } else {
                 e.0 += g.count;

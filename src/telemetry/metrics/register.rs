@@ -381,7 +381,9 @@ impl Metrics {
             let _ = self.rate_limit_wait_seconds.get_or_create(&l);
             let name = name.clone();
             for action in LANES {
-                for outcome in ["done", "dead", "superseded"] {
+                for outcome in
+                    [Finished::Done, Finished::Dead, Finished::Superseded].map(Finished::as_str)
+                {
                     let _ = self.commands.get_or_create(&CommandLabels {
                         connector: name.clone(),
                         action,

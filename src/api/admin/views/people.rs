@@ -3,6 +3,7 @@
 use crate::api::ApiState;
 use crate::api::admin::Problem;
 use crate::clock::rfc3339 as time;
+use crate::model::GrantState;
 use crate::store;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -83,8 +84,16 @@ pub struct Grant {
 /// A grant's lifecycle state from what policy wants, what the vendor confirmed, whether a
 /// suspension withholds it, and what caused it (a temporary request's grant that is gone has
 /// `expired`).
-pub fn grant_state(desired: &str, observed: &str, suspended: bool, template: &str) -> &'static str {
-    match (desired == "present", observed == "present") {
+pub fn grant_state(
+    desired: GrantState,
+    observed: GrantState,
+    suspended: bool,
+    template: &str,
+) -> &'static str {
+    match (
+        desired == GrantState::Present,
+        observed == GrantState::Present,
+    ) {
         (true, true) => "active",
         (true, false) => "issued",
         (false, true) => "revoking",
@@ -116,16 +125,16 @@ pub async fn person_access(s: &ApiState, who: &str) -> Result<PersonAccess, Prob
         .map(|g| Grant {
             approved_by: policy.approver_of(&g.template).map(str::to_string),
             state: grant_state(
-                &g.desired,
-                &g.observed,
+                g.desired,
+                g.observed,
                 suspended.as_ref().is_some_and(|sc| sc.covers(&g.connector)),
                 &g.template,
             )
             .to_string(),
             connector: g.connector,
             target: g.target,
-            desired: g.desired,
-            observed: g.observed,
+            desired: g.desired.to_string(),
+            observed: g.observed.to_string(),
             template: g.template,
         })
         .collect();
@@ -187,7 +196,7 @@ pub async fn who_has_page(
                 identity: g.identity_key,
                 connector: g.connector,
                 template: g.template,
-                desired: g.desired,
+                desired: g.desired.to_string(),
             })
             .collect();
         let cabinet_keys = store::cabinet_holders(pool, &name)
@@ -221,23 +230,41 @@ pub(crate) fn naming_problem(
 
 #[cfg(test)]
 mod tests {
-    use super::grant_state;
+    use super::{GrantState, grant_state};
 
     #[test]
     fn a_grant_state_follows_policy_the_vendor_and_suspension() {
         let door = "department-door";
-        assert_eq!(grant_state("present", "present", false, door), "active");
-        assert_eq!(grant_state("present", "absent", false, door), "issued");
-        assert_eq!(grant_state("present", "unknown", false, door), "issued");
-        assert_eq!(grant_state("absent", "present", true, door), "revoking");
-        assert_eq!(grant_state("absent", "absent", true, door), "suspended");
-        assert_eq!(grant_state("absent", "absent", false, door), "revoked");
         assert_eq!(
-            grant_state("absent", "absent", false, "request:7"),
+            grant_state(GrantState::Present, GrantState::Present, false, door),
+            "active"
+        );
+        assert_eq!(
+            grant_state(GrantState::Present, GrantState::Absent, false, door),
+            "issued"
+        );
+        assert_eq!(
+            grant_state(GrantState::Present, GrantState::Unknown, false, door),
+            "issued"
+        );
+        assert_eq!(
+            grant_state(GrantState::Absent, GrantState::Present, true, door),
+            "revoking"
+        );
+        assert_eq!(
+            grant_state(GrantState::Absent, GrantState::Absent, true, door),
+            "suspended"
+        );
+        assert_eq!(
+            grant_state(GrantState::Absent, GrantState::Absent, false, door),
+            "revoked"
+        );
+        assert_eq!(
+            grant_state(GrantState::Absent, GrantState::Absent, false, "request:7"),
             "expired"
         );
         assert_eq!(
-            grant_state("present", "present", false, "request:7"),
+            grant_state(GrantState::Present, GrantState::Present, false, "request:7"),
             "active"
         );
     }
