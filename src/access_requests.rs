@@ -16,6 +16,7 @@ use crate::audit;
 use crate::clock::{from_micros, to_micros};
 use crate::config::{Config, ConnectorKind};
 use crate::engine::{Engine, EngineError, Evaluation};
+use crate::model::ChangeKind;
 use crate::model::DesiredGrant;
 use crate::plan::Applied;
 use crate::store::{self, StoreError, access_requests::RequestRow};
@@ -541,7 +542,7 @@ pub async fn end(
     )
     .await?;
     let why = Evaluation {
-        kind: "request_ended",
+        kind: ChangeKind::RequestEnded,
         actor: by,
         hold_revokes: false,
         trigger_at: now,
@@ -587,7 +588,7 @@ async fn start(
     )
     .await?;
     let why = Evaluation {
-        kind: "temporary_access",
+        kind: ChangeKind::TemporaryAccess,
         actor,
         hold_revokes: false,
         trigger_at: from_micros(row.starts_at).max(from_micros(row.requested_at)),
@@ -625,7 +626,7 @@ pub async fn tick(engine: &Engine) -> Result<Applied, EngineError> {
                 )
                 .await?;
                 let why = Evaluation {
-                    kind: "expiry",
+                    kind: ChangeKind::Expiry,
                     actor: "schedule",
                     hold_revokes: false,
                     trigger_at: from_micros(row.ends_at),

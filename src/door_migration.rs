@@ -13,6 +13,7 @@
 use crate::audit;
 use crate::clock::to_micros;
 use crate::engine::{Engine, EngineError, Evaluation};
+use crate::model::ChangeKind;
 use crate::model::DesiredGrant;
 use crate::model::GrantState;
 use crate::plan::Applied;
@@ -174,7 +175,7 @@ pub async fn start(
     )
     .await?;
     let why = Evaluation {
-        kind: "migration",
+        kind: ChangeKind::Migration,
         actor: by,
         hold_revokes: false,
         trigger_at: now,

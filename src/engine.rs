@@ -6,6 +6,7 @@ use crate::clock::{SharedClock, from_micros, to_micros};
 use crate::config::Config;
 use crate::identity::{self, Derived, SourceView};
 use crate::live_policy::{LivePolicy, PolicyReload};
+use crate::model::ChangeKind;
 use crate::model::{Lifecycle, PersonRecord, RecordStatus};
 use crate::plan::Applied;
 use crate::policy::{Policy, PolicyError};
@@ -332,7 +333,7 @@ impl Engine {
         conn: &mut AnyConnection,
         r: &PersonRecord,
         now: DateTime<Utc>,
-    ) -> Result<(String, Applied), EngineError> {
+    ) -> Result<(ChangeKind, Applied), EngineError> {
         self.apply_record_changed_at_tx(conn, r, now, now).await
     }
 
@@ -347,14 +348,14 @@ impl Engine {
         r: &PersonRecord,
         now: DateTime<Utc>,
         changed_at: DateTime<Utc>,
-    ) -> Result<(String, Applied), EngineError> {
+    ) -> Result<(ChangeKind, Applied), EngineError> {
         let existing = store::source_record(conn, &r.source, &r.key).await?;
         let hash = record_hash(r);
         if existing
             .as_ref()
             .is_some_and(|e| e.hash == hash && e.disappeared_at.is_none())
         {
-            return Ok(("unchanged".into(), Applied::default()));
+            return Ok((ChangeKind::Unchanged, Applied::default()));
         }
         let seen_at = to_micros(changed_at.min(now));
         store::put_source_record(
@@ -460,7 +461,7 @@ impl Engine {
         key: &str,
         actor: &str,
         now: DateTime<Utc>,
-    ) -> Result<(String, Applied), EngineError> {
+    ) -> Result<(ChangeKind, Applied), EngineError> {
         let rows = store::source_records_of(conn, key).await?;
         let views: Vec<SourceView> = rows
             .iter()
@@ -476,7 +477,7 @@ impl Engine {
         let Some(mut derived) =
             identity::derive(&views, now, self.tz_of(), &self.config.authority.attributes)
         else {
-            return Ok(("none".into(), Applied::default()));
+            return Ok((ChangeKind::NoIdentity, Applied::default()));
         };
         for v in &views {
             if let Some(d) = v.record.contract_end {
@@ -530,7 +531,7 @@ impl Engine {
             .await?;
         }
         let applied = self
-            .plan_identity(conn, key, &derived, &kind, actor, now)
+            .plan_identity(conn, key, &derived, kind, actor, now)
             .await?;
         Ok((kind, applied))
     }
@@ -585,38 +586,40 @@ fn leaving(r: &PersonRecord) -> bool {
         || r.attrs.contains_key(identity::EXPIRES_AT)
 }
 
-fn change_kind(before: Option<&IdentityRow>, after: &Derived) -> String {
+fn change_kind(before: Option<&IdentityRow>, after: &Derived) -> ChangeKind {
     let Some(b) = before else {
         // Someone first seen already gone was never given anything here.
         return match after.lifecycle {
-            Lifecycle::Terminated => "already_gone",
-            _ => "joiner",
-        }
-        .into();
+            Lifecycle::Terminated => ChangeKind::AlreadyGone,
+            _ => ChangeKind::Joiner,
+        };
     };
     match (b.lifecycle, after.lifecycle) {
-        (Lifecycle::Terminated, Lifecycle::Active | Lifecycle::PreHire) => "rehire",
-        (x, y) if x != y && y == Lifecycle::Terminated => "leaver",
-        (Lifecycle::PreHire, Lifecycle::Active) => "joiner",
-        (x, y) if x != y => "lifecycle",
+        (Lifecycle::Terminated, Lifecycle::Active | Lifecycle::PreHire) => ChangeKind::Rehire,
+        (x, y) if x != y && y == Lifecycle::Terminated => ChangeKind::Leaver,
+        (Lifecycle::PreHire, Lifecycle::Active) => ChangeKind::Joiner,
+        (x, y) if x != y => ChangeKind::Lifecycle,
         _ => {
             let same = b.attrs.len() == after.attrs.len()
                 && after
                     .attrs
                     .iter()
                     .all(|(k, v)| b.attr(k) == Some(v.as_str()));
-            if same { "reconcile" } else { "mover" }
+            if same {
+                ChangeKind::Reconcile
+            } else {
+                ChangeKind::Mover
+            }
         }
     }
-    .into()
 }
 
-fn tally(report: &mut FeedReport, kind: &str, a: Applied) {
+fn tally(report: &mut FeedReport, kind: ChangeKind, a: Applied) {
     match kind {
-        "joiner" => report.joiners += 1,
-        "mover" => report.movers += 1,
-        "leaver" => report.leavers += 1,
-        "rehire" => report.rehires += 1,
+        ChangeKind::Joiner => report.joiners += 1,
+        ChangeKind::Mover => report.movers += 1,
+        ChangeKind::Leaver => report.leavers += 1,
+        ChangeKind::Rehire => report.rehires += 1,
         _ => report.other_changes += 1,
     }
     report.issues += a.issues;

@@ -137,6 +137,57 @@ impl CommandStatus {
     }
 }
 
+/// Why a person's access changes: the cause every command and audit record carries. Its spelling
+/// is the store's (`store::states`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    Joiner,
+    Mover,
+    Leaver,
+    Rehire,
+    /// First seen already terminated: never given anything here.
+    AlreadyGone,
+    /// Another lifecycle step (suspended, back from a suspension, a pre-hire date moved).
+    Lifecycle,
+    /// Nothing of the person changed: policy or the ledger did (a full reconciliation).
+    Reconcile,
+    /// An operator suspended the person's access.
+    Suspension,
+    /// An operator lifted a suspension.
+    Resume,
+    /// A door moved from one connector to another.
+    Migration,
+    /// An access review withdrew a door.
+    Review,
+    /// A door a review withdrew was given back.
+    Reinstated,
+    /// Temporary access ended early.
+    RequestEnded,
+    /// Temporary access or break-glass came into force.
+    TemporaryAccess,
+    /// Temporary access ran out.
+    Expiry,
+    /// The record is the one already stored: nothing to do.
+    Unchanged,
+    /// No source has a view of the person any more: nothing to plan.
+    NoIdentity,
+}
+
+impl ChangeKind {
+    /// An operator's own act, not a source's change or the schedule's.
+    pub fn by_operator(self) -> bool {
+        matches!(
+            self,
+            Self::Suspension | Self::Resume | Self::Review | Self::Reinstated | Self::RequestEnded
+        )
+    }
+
+    /// A change with no effective date of its own: it triggers when seen.
+    pub fn triggers_when_seen(self) -> bool {
+        matches!(self, Self::Mover | Self::Reconcile)
+    }
+}
+
 /// A grant in the ledger, as policy wants it (`desired`) or as the vendor last confirmed it
 /// (`observed`). Its spelling is the store's (`store::states`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,6 +6,7 @@
 
 use crate::audit;
 use crate::clock::to_micros;
+use crate::model::ChangeKind;
 use crate::model::GrantState;
 use crate::model::{Action, DesiredGrant};
 use crate::store::{self, GrantRow, NewCommand, StoreError};
@@ -70,8 +71,7 @@ pub fn diff(desired: &[DesiredGrant], ledger: &[GrantRow]) -> Vec<Change> {
 /// Why a change happened, and the times latency is measured from.
 #[derive(Debug, Clone)]
 pub struct Cause {
-    /// joiner | mover | leaver | rehire | expiry | approval | reconcile | suspension | resume
-    pub kind: String,
+    pub kind: ChangeKind,
     /// The original trigger: the effective time of the change, or when it was first observed if later.
     pub trigger_at: DateTime<Utc>,
     /// When latchkey saw it.
@@ -91,13 +91,7 @@ impl Cause {
             None if self.actor == "reconcile" => "reconcile".to_string(),
             // An operator's own act (a suspension or resumption, a review's decision, a withdrawn
             // door given back, a request ended early): operator names are not a bounded set.
-            None if matches!(
-                self.kind.as_str(),
-                "suspension" | "resume" | "review" | "reinstated" | "request_ended"
-            ) =>
-            {
-                "operator".to_string()
-            }
+            None if self.kind.by_operator() => "operator".to_string(),
             None => "approval".to_string(),
         }
     }
@@ -224,7 +218,7 @@ impl GrantWrite<'_> {
         let mut trigger_at = cause.trigger_at;
         if let Some(until) = g.valid_until
             && until <= now_us
-            && cause.kind != "leaver"
+            && cause.kind != ChangeKind::Leaver
         {
             trigger_at = crate::clock::from_micros(until).max(cause.trigger_at.min(self.now));
         }
@@ -267,7 +261,7 @@ impl GrantWrite<'_> {
             identity_key: self.identity_key.to_string(),
             target: change.target().to_string(),
             generation: self.generation,
-            cause: cause.kind.clone(),
+            cause: cause.kind.to_string(),
             trigger_at: to_micros(trigger_at.min(cause.detected_at)),
             detected_at: to_micros(cause.detected_at),
             source: cause.source_label(),
@@ -327,7 +321,7 @@ mod tests {
     #[test]
     fn source_labels_are_bounded() {
         let cause = |actor: &str| Cause {
-            kind: "leaver".into(),
+            kind: ChangeKind::Leaver,
             trigger_at: DateTime::<Utc>::UNIX_EPOCH,
             detected_at: DateTime::<Utc>::UNIX_EPOCH,
             actor: actor.into(),

@@ -16,6 +16,7 @@ use crate::audit;
 use crate::clock::{from_micros, to_micros};
 use crate::config::OnDeadline;
 use crate::engine::{Engine, EngineError, Evaluation};
+use crate::model::ChangeKind;
 use crate::model::DesiredGrant;
 use crate::model::GrantState;
 use crate::plan::Applied;
@@ -406,7 +407,7 @@ async fn record(
     )
     .await?;
     let why = Evaluation {
-        kind: "review",
+        kind: ChangeKind::Review,
         actor: by,
         hold_revokes: false,
         trigger_at: now,
@@ -478,7 +479,7 @@ pub async fn reinstate(
     )
     .await?;
     let why = Evaluation {
-        kind: "reinstated",
+        kind: ChangeKind::Reinstated,
         actor: by,
         hold_revokes: false,
         trigger_at: now,

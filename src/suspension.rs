@@ -9,6 +9,7 @@
 use crate::audit;
 use crate::clock::to_micros;
 use crate::engine::{Engine, EngineError};
+use crate::model::ChangeKind;
 use crate::model::{DesiredGrant, Lifecycle};
 use crate::plan::Applied;
 use crate::store::{self, suspensions::SuspensionRow};
@@ -134,7 +135,7 @@ pub async fn suspend(
     )
     .await?;
     let applied = engine
-        .evaluate_stored(&mut tx, key, "suspension", by, false, now)
+        .evaluate_stored(&mut tx, key, ChangeKind::Suspension, by, false, now)
         .await?;
     tx.commit().await?;
     engine.notify_outbox();
@@ -166,7 +167,7 @@ pub async fn resume(
     )
     .await?;
     let applied = engine
-        .evaluate_stored(&mut tx, key, "resume", by, false, now)
+        .evaluate_stored(&mut tx, key, ChangeKind::Resume, by, false, now)
         .await?;
     tx.commit().await?;
     engine.notify_outbox();

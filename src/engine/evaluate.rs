@@ -6,6 +6,7 @@
 use super::{Engine, EngineError};
 use crate::clock::to_micros;
 use crate::identity::Derived;
+use crate::model::ChangeKind;
 use crate::model::{DesiredGrant, Lifecycle, Quarantined};
 use crate::plan::{self, Applied, Cause};
 use crate::policy::PolicyError;
@@ -22,7 +23,7 @@ impl Engine {
         conn: &mut AnyConnection,
         key: &str,
         derived: &Derived,
-        kind: &str,
+        kind: ChangeKind,
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Applied, EngineError> {
@@ -38,7 +39,7 @@ impl Engine {
             return Ok(Applied::default());
         }
         let cause = Cause {
-            kind: kind.to_string(),
+            kind,
             trigger_at: trigger_of(derived, kind, now),
             detected_at: now,
             actor: actor.to_string(),
@@ -168,8 +169,15 @@ impl Engine {
         hold_revokes: bool,
         now: DateTime<Utc>,
     ) -> Result<Applied, EngineError> {
-        self.evaluate_stored(conn, key, "reconcile", "reconcile", hold_revokes, now)
-            .await
+        self.evaluate_stored(
+            conn,
+            key,
+            ChangeKind::Reconcile,
+            "reconcile",
+            hold_revokes,
+            now,
+        )
+        .await
     }
 
     /// [`Engine::reconcile_identity`] for any cause (`reconcile`, `suspension`, `resume`), acted
@@ -179,7 +187,7 @@ impl Engine {
         &self,
         conn: &mut AnyConnection,
         key: &str,
-        kind: &str,
+        kind: ChangeKind,
         actor: &str,
         hold_revokes: bool,
         now: DateTime<Utc>,
@@ -238,7 +246,7 @@ impl Engine {
             return Ok(Applied::default());
         }
         let cause = Cause {
-            kind: kind.into(),
+            kind,
             trigger_at: trigger_at.min(now),
             detected_at: now,
             actor: actor.into(),
@@ -259,7 +267,7 @@ impl Engine {
 
 /// The moment a derived person's change counts from: its effective time, never later than now;
 /// now for a pre-hire, and for attribute changes, which have no effective date.
-fn trigger_of(derived: &Derived, kind: &str, now: DateTime<Utc>) -> DateTime<Utc> {
+fn trigger_of(derived: &Derived, kind: ChangeKind, now: DateTime<Utc>) -> DateTime<Utc> {
     let trigger_at = match derived.lifecycle {
         Lifecycle::Terminated | Lifecycle::Suspended | Lifecycle::Active => {
             derived.trigger_at().min(now)
@@ -267,7 +275,7 @@ fn trigger_of(derived: &Derived, kind: &str, now: DateTime<Utc>) -> DateTime<Utc
         Lifecycle::PreHire => now,
     };
     // Attribute changes (movers) have no effective date: they trigger when seen.
-    if kind == "mover" || kind == "reconcile" {
+    if kind.triggers_when_seen() {
         now
     } else {
         trigger_at
@@ -289,7 +297,7 @@ pub struct Overrides<'a> {
 /// was due (latency counts from it).
 #[derive(Debug, Clone, Copy)]
 pub struct Evaluation<'a> {
-    pub kind: &'a str,
+    pub kind: ChangeKind,
     pub actor: &'a str,
     pub hold_revokes: bool,
     pub trigger_at: DateTime<Utc>,

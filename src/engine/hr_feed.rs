@@ -6,6 +6,7 @@ use super::{Engine, EngineError, FeedReport, tally};
 use crate::audit;
 use crate::clock::to_micros;
 use crate::config::AbsentGrace;
+use crate::model::ChangeKind;
 use crate::model::Quarantined;
 use crate::sources::hr::HrError;
 use crate::sources::hr_drop;
@@ -207,7 +208,7 @@ impl Engine {
             let applied = self
                 .apply_disappearance(conn, source, k, now, &actor)
                 .await?;
-            tally(report, "leaver", applied);
+            tally(report, ChangeKind::Leaver, applied);
         }
         Ok(())
     }

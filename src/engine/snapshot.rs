@@ -137,7 +137,7 @@ impl Engine {
                 let (kind, applied) = self
                     .apply_record_changed_at_tx(&mut tx, r, now, landed_at.unwrap_or(now))
                     .await?;
-                tally(report, &kind, applied);
+                tally(report, kind, applied);
             }
             tx.commit().await?;
             self.outbox_notify.notify_waiters();

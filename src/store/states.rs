@@ -2,7 +2,7 @@
 //! documents: the one place that knows the words. Everything else uses the enums.
 
 use super::{Result, corrupt};
-use crate::model::{CommandStatus, GrantState};
+use crate::model::{ChangeKind, CommandStatus, GrantState};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -87,6 +87,67 @@ impl serde::Serialize for GrantState {
     }
 }
 
+impl ChangeKind {
+    pub const ALL: [ChangeKind; 17] = [
+        Self::Joiner,
+        Self::Mover,
+        Self::Leaver,
+        Self::Rehire,
+        Self::AlreadyGone,
+        Self::Lifecycle,
+        Self::Reconcile,
+        Self::Suspension,
+        Self::Resume,
+        Self::Migration,
+        Self::Review,
+        Self::Reinstated,
+        Self::RequestEnded,
+        Self::TemporaryAccess,
+        Self::Expiry,
+        Self::Unchanged,
+        Self::NoIdentity,
+    ];
+
+    /// As a command's `cause` and an audit record's `change` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Joiner => "joiner",
+            Self::Mover => "mover",
+            Self::Leaver => "leaver",
+            Self::Rehire => "rehire",
+            Self::AlreadyGone => "already_gone",
+            Self::Lifecycle => "lifecycle",
+            Self::Reconcile => "reconcile",
+            Self::Suspension => "suspension",
+            Self::Resume => "resume",
+            Self::Migration => "migration",
+            Self::Review => "review",
+            Self::Reinstated => "reinstated",
+            Self::RequestEnded => "request_ended",
+            Self::TemporaryAccess => "temporary_access",
+            Self::Expiry => "expiry",
+            Self::Unchanged => "unchanged",
+            Self::NoIdentity => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ChangeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ChangeKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +158,9 @@ mod tests {
             assert_eq!(CommandStatus::parse(c.as_str()), Some(c));
         }
         assert_eq!(CommandStatus::parse("Pending"), None);
+        for k in ChangeKind::ALL {
+            assert_eq!(ChangeKind::parse(k.as_str()), Some(k));
+        }
         for g in GrantState::ALL {
             assert_eq!(GrantState::parse(g.as_str()), Some(g));
         }

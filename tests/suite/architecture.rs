@@ -289,6 +289,12 @@ fn states_are_spelled_only_in_the_store() {
         "\"absent\"",
         "'present'",
         "'absent'",
+        "\"joiner\"",
+        "\"mover\"",
+        "\"rehire\"",
+        "\"already_gone\"",
+        "\"request_ended\"",
+        "\"temporary_access\"",
     ];
     let mut found = vec![];
     for f in rust_files(&root().join("src")) {

@@ -1,6 +1,7 @@
 //! USN (Active Directory) and modifyTimestamp polling, and the periodic full comparison.
 
 use super::*;
+use crate::model::ChangeKind;
 use ldap3::adapters::{EntriesOnly, PagedResults};
 
 /// Orders watermark values: USNs as numbers, generalized times as text (same width, so text order
@@ -203,7 +204,7 @@ impl LdapSource {
                             .apply_record_tx(&mut tx, &r, now)
                             .await
                             .map_err(self.engine_err())?;
-                        if kind != "unchanged" {
+                        if kind != ChangeKind::Unchanged {
                             tracing::info!(source = %self.name, dn = %e.dn, key = %r.key, change = %kind,
                                 issues = applied.issues, revokes = applied.revokes, "LDAP change applied");
                         }
