@@ -332,7 +332,6 @@ pub async fn open_emergency(
         applied = start(engine, &mut tx, &row, by, now).await?;
     }
     tx.commit().await?;
-    engine.notify_outbox();
     tracing::warn!(
         request = row.id,
         person = %row.identity_key,
@@ -445,7 +444,6 @@ pub async fn decide(
         applied = start(engine, &mut tx, &row, by, now).await?;
     }
     tx.commit().await?;
-    engine.notify_outbox();
     let row = refetch(engine, id).await?;
     Ok((row, applied))
 }
@@ -551,7 +549,6 @@ pub async fn end(
         .evaluate(&mut tx, &row.identity_key, &why, now)
         .await?;
     tx.commit().await?;
-    engine.notify_outbox();
     Ok((refetch(engine, id).await?, applied))
 }
 
@@ -641,7 +638,6 @@ pub async fn tick(engine: &Engine) -> Result<Applied, EngineError> {
             total.revokes += a.revokes;
         }
         tx.commit().await?;
-        engine.notify_outbox();
     }
 }
 

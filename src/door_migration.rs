@@ -187,7 +187,6 @@ pub async fn start(
         applied.revokes += a.revokes;
     }
     tx.commit().await?;
-    engine.notify_outbox();
     Ok((id, plan, applied))
 }
 

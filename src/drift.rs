@@ -122,7 +122,6 @@ async fn check_connector(
         missing += m;
     }
     engine.metrics.set_drift_findings(name, orphans, missing);
-    engine.notify_outbox();
     Ok(())
 }
 

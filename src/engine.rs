@@ -85,7 +85,8 @@ pub struct Engine {
     pub config: Arc<Config>,
     /// The policy in force, following the templates file (see [`crate::live_policy`]).
     policy: LivePolicy,
-    /// Woken whenever commands were enqueued, so the dispatcher starts at once.
+    /// The store's wake-up for the dispatcher (see `store::Tx`): a committed transaction that
+    /// queued a command wakes it, so it starts at once.
     pub outbox_notify: Arc<Notify>,
     /// Prometheus metrics of this process, shared with the dispatcher and the HTTP server.
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
@@ -389,11 +390,6 @@ impl Engine {
             .await
     }
 
-    /// Wake the dispatcher after the caller committed commands.
-    pub fn notify_outbox(&self) {
-        self.outbox_notify.notify_waiters();
-    }
-
     #[tracing::instrument(name = "source.change", parent = None, skip_all, fields(source = %source, identity = %key, disappeared = true))]
     async fn apply_disappearance(
         &self,
@@ -448,7 +444,6 @@ impl Engine {
             Applied::default()
         };
         tx.commit().await?;
-        self.outbox_notify.notify_waiters();
         Ok(applied)
     }
 
@@ -565,7 +560,6 @@ impl Engine {
                 total.revokes += a.revokes;
             }
             tx.commit().await?;
-            self.outbox_notify.notify_waiters();
         }
         Ok(total)
     }

@@ -445,7 +445,6 @@ async fn execute(
             report.revokes += a.revokes;
         }
         tx.commit().await?;
-        engine.notify_outbox();
     }
     finish(engine, plan, why, report, now).await?;
     Ok(report)

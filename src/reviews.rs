@@ -334,7 +334,6 @@ pub async fn decide(
     let applied = record(engine, &mut tx, &item, decision, note, by, now).await?;
     close_if_done(&mut tx, &campaign, by, to_micros(now)).await?;
     tx.commit().await?;
-    engine.notify_outbox();
     let mut conn = reader(engine).await?;
     let item = store::reviews::get_item(&mut conn, item_id)
         .await?
@@ -486,7 +485,6 @@ pub async fn reinstate(
     };
     let applied = engine.evaluate(&mut tx, person, &why, now).await?;
     tx.commit().await?;
-    engine.notify_outbox();
     Ok(applied)
 }
 
@@ -575,7 +573,6 @@ pub async fn tick(engine: &Engine) -> Result<Ticked, ReviewError> {
             }
         }
         tx.commit().await?;
-        engine.notify_outbox();
     }
     Ok(done)
 }

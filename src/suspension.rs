@@ -138,7 +138,6 @@ pub async fn suspend(
         .evaluate_stored(&mut tx, key, ChangeKind::Suspension, by, false, now)
         .await?;
     tx.commit().await?;
-    engine.notify_outbox();
     Ok(applied)
 }
 
@@ -170,7 +169,6 @@ pub async fn resume(
         .evaluate_stored(&mut tx, key, ChangeKind::Resume, by, false, now)
         .await?;
     tx.commit().await?;
-    engine.notify_outbox();
     Ok(applied)
 }
 

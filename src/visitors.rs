@@ -107,6 +107,5 @@ pub async fn add(engine: &Engine, v: &Visitor, by: &str) -> Result<(), RequestEr
     )
     .await?;
     tx.commit().await?;
-    engine.notify_outbox();
     Ok(())
 }

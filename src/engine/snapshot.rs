@@ -140,7 +140,6 @@ impl Engine {
                 tally(report, kind, applied);
             }
             tx.commit().await?;
-            self.outbox_notify.notify_waiters();
         }
         Ok(())
     }
@@ -176,7 +175,6 @@ impl Engine {
         }
         store::set_checkpoint(&mut tx, source, checkpoint_value, to_micros(now)).await?;
         tx.commit().await?;
-        self.outbox_notify.notify_waiters();
         Ok(())
     }
 

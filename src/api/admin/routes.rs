@@ -224,7 +224,6 @@ async fn redrive(
                 RedriveError::NotFound { .. } => Problem::not_found(e.to_string()),
                 other => Problem::internal(other),
             })?;
-    engine.notify_outbox();
     Ok(Json(moved.into_iter().map(DeadLetter::from).collect()))
 }
 

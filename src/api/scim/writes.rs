@@ -453,7 +453,6 @@ pub(super) async fn create(
             Ok::<_, Failure>((r, out))
         })
         .await?;
-    s.engine.notify_outbox();
     Ok(with_etag(
         scim_json(StatusCode::CREATED, &out),
         &r,
@@ -490,7 +489,6 @@ pub(super) async fn replace(
             Ok::<_, Failure>((r, out))
         })
         .await?;
-    s.engine.notify_outbox();
     Ok(with_etag(scim_json(StatusCode::OK, &out), &r, None))
 }
 
@@ -528,7 +526,6 @@ pub(super) async fn patch(
             Ok::<_, Failure>((r, out))
         })
         .await?;
-    s.engine.notify_outbox();
     let Some(out) = out else {
         return Ok(with_etag(StatusCode::NO_CONTENT.into_response(), &r, None));
     };
@@ -661,6 +658,5 @@ pub(super) async fn remove(
             Ok::<_, Failure>(())
         })
         .await?;
-    s.engine.notify_outbox();
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -126,7 +126,6 @@ impl LdapSource {
                 self.leaver_by_entry_tx(&mut tx, id, e, field, now).await?;
             }
             tx.commit().await.map_err(self.db_err())?;
-            self.engine.notify_outbox();
         }
         let batch = format!("full-{}", to_micros(self.engine.clock.now()));
         self.engine
@@ -223,7 +222,6 @@ impl LdapSource {
                 .map_err(self.store_err())?;
             }
             tx.commit().await.map_err(self.db_err())?;
-            self.engine.notify_outbox();
         }
         Ok(())
     }

@@ -326,7 +326,6 @@ impl LdapSource {
                 .map_err(self.store_err())?;
         }
         tx.commit().await.map_err(self.db_err())?;
-        self.engine.notify_outbox();
         Ok(())
     }
 
@@ -356,7 +355,6 @@ impl LdapSource {
                 self.change_tx(&mut tx, uuid, e, now).await?;
             }
             tx.commit().await.map_err(self.db_err())?;
-            self.engine.notify_outbox();
         }
         self.persist_cookie(&cookie).await?;
         tracing::info!(source = %self.name, changed = refresh.changed.len(), deleted = deleted.len(), "LDAP refresh applied");

@@ -206,6 +206,5 @@ pub async fn record_key(
         }
         other => Problem::internal(other),
     })?;
-    engine.notify_outbox();
     Ok(key_task(t, now))
 }
