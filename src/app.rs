@@ -13,6 +13,35 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Why the daemon could not be assembled, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error(transparent)]
+    Connectors(#[from] crate::connectors::BuildError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error(transparent)]
+    Job(#[from] crate::jobs::JobError),
+    #[error(transparent)]
+    Ldap(#[from] crate::engine::ldap::LdapSourceError),
+    #[error(transparent)]
+    Forward(#[from] crate::audit::forward::ForwardError),
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("HTTP listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a task of the daemon ended unexpectedly: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
+
 #[derive(Debug)]
 pub struct App {
     pub engine: Arc<Engine>,
@@ -39,20 +68,16 @@ pub enum Vendors {
 
 impl App {
     /// Open the store (migrating it), load policy and mappings, build connectors.
-    pub async fn open(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+    pub async fn open(config: Config, clock: SharedClock) -> Result<Self> {
         Self::open_for(config, clock, Vendors::Reach).await
     }
 
     /// [`App::open`] without connectors: no vendor secret is needed, and none can be reached.
-    pub async fn open_reader(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+    pub async fn open_reader(config: Config, clock: SharedClock) -> Result<Self> {
         Self::open_for(config, clock, Vendors::Untouched).await
     }
 
-    pub async fn open_for(
-        config: Config,
-        clock: SharedClock,
-        vendors: Vendors,
-    ) -> anyhow::Result<Self> {
+    pub async fn open_for(config: Config, clock: SharedClock, vendors: Vendors) -> Result<Self> {
         let config = Arc::new(config);
         let names: Vec<String> = config.connectors.keys().cloned().collect();
         let policy = Arc::new(Policy::load(
@@ -99,15 +124,13 @@ impl App {
     }
 
     /// Compare every vendor's grants with the ledger once (see [`crate::drift`]).
-    pub async fn drift_check(&self) -> anyhow::Result<crate::drift::DriftReport> {
-        self.jobs().drift_check().await
+    pub async fn drift_check(&self) -> Result<crate::drift::DriftReport> {
+        Ok(self.jobs().drift_check().await?)
     }
 
     /// Alert on mechanical key returns past their due time, and refresh the key-return gauges.
-    pub async fn check_overdue_keys(
-        &self,
-    ) -> anyhow::Result<crate::connectors::manual::OverdueReport> {
-        self.jobs().check_overdue_keys().await
+    pub async fn check_overdue_keys(&self) -> Result<crate::connectors::manual::OverdueReport> {
+        Ok(self.jobs().check_overdue_keys().await?)
     }
 
     /// The scheduled jobs, with what they work on.
@@ -125,8 +148,8 @@ impl App {
     pub async fn run_due_drills(
         &self,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Vec<(String, crate::jobs::drill::DrillReport)>> {
-        self.jobs().run_due_drills(now).await
+    ) -> Result<Vec<(String, crate::jobs::drill::DrillReport)>> {
+        Ok(self.jobs().run_due_drills(now).await?)
     }
 
     pub fn store(&self) -> &Store {
@@ -156,7 +179,7 @@ impl App {
     }
 
     /// Run sources' schedules, effective-dated changes and the dispatcher until `shutdown`.
-    pub async fn run(&self, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<()> {
         // A SIEM sink that cannot be built (a CA file that does not load, a header secret that is
         // not set) is a configuration error, reported before anything starts.
         crate::audit::forward::check(&self.engine.config)?;
@@ -209,7 +232,7 @@ impl App {
             }
             None => None,
         };
-        let result = self.jobs().run(shutdown).await;
+        let result = self.jobs().run(shutdown).await.map_err(AppError::from);
         for source in ldap_sources {
             source.await??;
         }
@@ -232,7 +255,7 @@ async fn follow_ldap(
     leases: Arc<crate::leases::Leases>,
     name: String,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     let lease = crate::leases::ldap_source(&name);
     // A source that cannot be built is a configuration error, reported at once.
     crate::engine::ldap::LdapSource::from_config(engine.clone(), &name)?;

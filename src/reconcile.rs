@@ -216,8 +216,19 @@ const SCIM_ATTRIBUTES: &[&str] = &[
     "groups",
 ];
 
+/// A source's mapping that does not load.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingLoadError {
+    #[error(transparent)]
+    Hr(#[from] crate::sources::hr::HrError),
+    #[error(transparent)]
+    Ldap(#[from] crate::sources::ldap::MappingError),
+}
+
 /// Every identity attribute some configured source can set, for `latchkey check`.
-pub fn produced_attributes(config: &crate::config::Config) -> anyhow::Result<BTreeSet<String>> {
+pub fn produced_attributes(
+    config: &crate::config::Config,
+) -> Result<BTreeSet<String>, MappingLoadError> {
     let mut out: BTreeSet<String> = ["site", "contract_end"].map(String::from).into();
     for src in config.sources.hr.values() {
         let m = crate::sources::hr::load_mapping(&config.resolve(&src.mapping))?;

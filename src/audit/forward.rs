@@ -99,7 +99,7 @@ pub async fn run(
     engine: Arc<Engine>,
     leases: Arc<Leases>,
     mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), ForwardError> {
     if engine.config.audit.forward.is_empty() {
         return Ok(());
     }

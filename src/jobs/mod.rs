@@ -11,13 +11,39 @@ pub mod retention;
 
 use crate::clock::{from_micros, to_micros};
 use crate::connectors::Connectors;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::leases::Leases;
-use crate::store::{self, Store};
+use crate::store::{self, Store, StoreError};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// Why a scheduled job did not run to its end. The loop logs it and tries again on the next tick.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("job `{job}`: schedule `{schedule}`: {error}")]
+    Schedule {
+        job: String,
+        schedule: String,
+        #[source]
+        error: croner::errors::CronError,
+    },
+    #[error(transparent)]
+    Keys(#[from] crate::connectors::manual::KeyError),
+    #[error(transparent)]
+    Drill(#[from] drill::DrillError),
+    #[error("audit log broken at record {seq} ({reason}): not pruned; see `latchkey audit verify`")]
+    AuditBroken { seq: i64, reason: String },
+}
+
+pub type Result<T, E = JobError> = std::result::Result<T, E>;
 
 /// `job_runs` names of the crontab jobs.
 const DRIFT: &str = "drift";
@@ -30,23 +56,22 @@ pub fn hr_job(source: &str) -> String {
 
 /// Whether a job on `schedule` (a crontab line) is due at `now`: it never ran, or the schedule's
 /// next occurrence after its last run has come (so a run missed while stopped is caught up once).
-pub async fn due(
-    store: &Store,
-    job: &str,
-    schedule: &str,
-    now: DateTime<Utc>,
-) -> anyhow::Result<bool> {
+pub async fn due(store: &Store, job: &str, schedule: &str, now: DateTime<Utc>) -> Result<bool> {
     let Some(last) = store::last_run(store.pool(), job).await? else {
         return Ok(true);
     };
-    let cron: croner::Cron = schedule.parse()?;
+    let cron: croner::Cron = schedule.parse().map_err(|error| JobError::Schedule {
+        job: job.to_string(),
+        schedule: schedule.to_string(),
+        error,
+    })?;
     Ok(cron
         .find_next_occurrence(&from_micros(last), false)
         .is_ok_and(|next| next <= now))
 }
 
 /// Record that `job` ran at `now`.
-pub async fn ran(store: &Store, job: &str, now: DateTime<Utc>) -> anyhow::Result<()> {
+pub async fn ran(store: &Store, job: &str, now: DateTime<Utc>) -> Result<()> {
     let mut tx = store.begin_write().await?;
     store::set_last_run(&mut tx, job, to_micros(now)).await?;
     tx.commit().await?;
@@ -65,14 +90,12 @@ pub struct Jobs {
 
 impl Jobs {
     /// Compare every vendor's grants with the ledger once (see [`crate::drift`]).
-    pub async fn drift_check(&self) -> anyhow::Result<crate::drift::DriftReport> {
+    pub async fn drift_check(&self) -> Result<crate::drift::DriftReport> {
         Ok(crate::drift::check(&self.engine, &self.connectors).await?)
     }
 
     /// Alert on mechanical key returns past their due time, and refresh the key-return gauges.
-    pub async fn check_overdue_keys(
-        &self,
-    ) -> anyhow::Result<crate::connectors::manual::OverdueReport> {
+    pub async fn check_overdue_keys(&self) -> Result<crate::connectors::manual::OverdueReport> {
         let now = to_micros(self.engine.clock.now());
         Ok(crate::connectors::manual::check_overdue(
             &self.engine.store,
@@ -85,7 +108,7 @@ impl Jobs {
     }
 
     /// Run every job on its schedule until `shutdown`, each on the replica holding its lease.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let engine = &self.engine;
         let tick = Duration::from_millis(engine.config.engine.tick_millis.max(10));
         loop {
@@ -150,7 +173,7 @@ impl Jobs {
     /// the reconciliation its new fingerprint makes due; a file that does not load is refused,
     /// logged, audited and shown by `latchkey_policy_reload_refused`, and the last good policy
     /// stays in force.
-    async fn reload_policy(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
+    async fn reload_policy(&self, now: DateTime<Utc>) -> Result<()> {
         let (action, details) = match self.engine.reload_policy() {
             crate::live_policy::PolicyReload::Unchanged => return Ok(()),
             crate::live_policy::PolicyReload::Reloaded { from, to } => {
@@ -185,7 +208,7 @@ impl Jobs {
 
     /// A full reconciliation of every identity when one is due: at start when what decides desired
     /// state changed, on `[reconcile] schedule`, and after held revocations were approved.
-    async fn reconcile_if_due(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
+    async fn reconcile_if_due(&self, now: DateTime<Utc>) -> Result<()> {
         let Some(why) = crate::reconcile::due(&self.engine, now).await? else {
             return Ok(());
         };
@@ -205,7 +228,7 @@ impl Jobs {
     }
 
     /// The drift check on its schedule, and overdue key returns on every tick (one small query).
-    async fn scheduled_checks(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
+    async fn scheduled_checks(&self, now: DateTime<Utc>) -> Result<()> {
         let leases = &self.leases;
         if let Some(r) = leases
             .while_held(crate::leases::OVERDUE_KEYS, self.check_overdue_keys())
@@ -247,7 +270,7 @@ impl Jobs {
     }
 
     /// The drift check, when `[drift] schedule` says one is due.
-    async fn drift_if_due(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
+    async fn drift_if_due(&self, now: DateTime<Utc>) -> Result<()> {
         let Some(schedule) = self
             .engine
             .config
@@ -276,7 +299,7 @@ impl Jobs {
     pub async fn run_due_drills(
         &self,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<Vec<(String, drill::DrillReport)>> {
+    ) -> Result<Vec<(String, drill::DrillReport)>> {
         let config = &self.engine.config;
         let Some(schedule) = config
             .telemetry

@@ -14,11 +14,9 @@ const DAY_MICROS: i64 = 86_400_000_000;
 
 /// Prune now: records older than `days`, never past what a forwarding sink has not had. A chain
 /// that does not verify is not pruned (that would move the evidence of tampering out of sight).
-pub async fn run_once(engine: &Engine, days: u32) -> anyhow::Result<Pruned> {
+pub async fn run_once(engine: &Engine, days: u32) -> super::Result<Pruned> {
     if let Verdict::Broken { seq, reason } = audit::verify(&engine.store).await? {
-        anyhow::bail!(
-            "audit log broken at record {seq} ({reason}): not pruned; see `latchkey audit verify`"
-        );
+        return Err(super::JobError::AuditBroken { seq, reason });
     }
     let now = to_micros(engine.clock.now());
     let before = now - i64::from(days) * DAY_MICROS;
@@ -31,7 +29,7 @@ pub async fn run_once(engine: &Engine, days: u32) -> anyhow::Result<Pruned> {
 }
 
 /// The daily pass, when `retain_days` is set and a day has gone by since the last one.
-pub async fn if_due(engine: &Engine) -> anyhow::Result<()> {
+pub async fn if_due(engine: &Engine) -> super::Result<()> {
     let Some(days) = engine.config.audit.retain_days else {
         return Ok(());
     };

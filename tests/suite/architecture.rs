@@ -101,6 +101,31 @@ fn no_sql_outside_the_store() {
     );
 }
 
+/// Library code returns typed errors; `anyhow` is for the command layer (`src/cli`, `src/main.rs`),
+/// which only reports them.
+#[test]
+fn anyhow_only_in_the_command_layer() {
+    let mut found = vec![];
+    for f in rust_files(&root().join("src")) {
+        if f.starts_with(root().join("src/cli"))
+            || f.ends_with("src/cli.rs")
+            || f.ends_with("src/main.rs")
+        {
+            continue;
+        }
+        for (i, line) in code_lines(&f).iter().enumerate() {
+            if without_comment(line).contains("anyhow") {
+                found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "anyhow outside the command layer:\n{}",
+        found.join("\n")
+    );
+}
+
 #[test]
 fn no_file_over_800_lines() {
     let mut long = vec![];

@@ -152,7 +152,7 @@ async fn head(store: &latchkey::store::Store) -> i64 {
 struct Daemon {
     app: Arc<App>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<latchkey::app::Result<()>>,
 }
 
 impl Daemon {
