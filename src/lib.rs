@@ -34,3 +34,8 @@ pub mod store;
 pub mod suspension;
 pub mod telemetry;
 pub mod visitors;
+
+/// The vendor simulators (crate `latchkey-sim`), under the name they had when they lived here, in
+/// a build with the `sim` feature; the daemon alone (`--no-default-features`) has none.
+#[cfg(feature = "sim")]
+pub use latchkey_sim as sim;

@@ -44,6 +44,13 @@ impl std::fmt::Display for CommandStatus {
     }
 }
 
+/// `status == "done"` reads as the column does.
+impl PartialEq<&str> for CommandStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl serde::Serialize for CommandStatus {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
@@ -78,6 +85,12 @@ impl TryFrom<String> for GrantState {
 impl std::fmt::Display for GrantState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for GrantState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -139,6 +152,12 @@ impl ChangeKind {
 impl std::fmt::Display for ChangeKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ChangeKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
