@@ -36,12 +36,24 @@ fn code_lines(path: &Path) -> Vec<String> {
         return vec![];
     }
     let text = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let end = lines
-        .windows(2)
-        .position(|w| w[0].trim() == "#[cfg(test)]" && w[1].trim_start().starts_with("mod tests {"))
-        .unwrap_or(lines.len());
-    lines[..end].to_vec()
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let start = lines.windows(2).position(|w| {
+        w[0].trim() == "#[cfg(test)]" && w[1].trim_start().starts_with("mod tests {")
+    });
+    if let Some(start) = start {
+        // The module ends at the closing brace with its own indentation; code after it counts.
+        let indent =
+            &lines[start + 1][..lines[start + 1].len() - lines[start + 1].trim_start().len()];
+        let close = format!("{indent}}}");
+        let end = (start + 2..lines.len())
+            .find(|&i| lines[i] == close)
+            .unwrap_or(lines.len() - 1);
+        // Kept as blank lines, so the line numbers reported stay the file's.
+        for l in &mut lines[start..=end] {
+            l.clear();
+        }
+    }
+    lines
 }
 
 /// The line without its comment (a `//` outside a string is taken as the start of one; good
@@ -69,6 +81,27 @@ fn room(path: &Path) -> String {
     first.trim_end_matches(".rs").to_string()
 }
 
+/// Lines of code under `src/` outside the files `allowed` accepts that contain any of `needles`,
+/// as `path:line: text`.
+fn lines_containing(needles: &[&str], allowed: impl Fn(&Path) -> bool) -> Vec<String> {
+    let mut found = vec![];
+    for f in rust_files(&root().join("src")) {
+        if allowed(&f) {
+            continue;
+        }
+        for (i, line) in code_lines(&f).iter().enumerate() {
+            if needles.iter().any(|n| without_comment(line).contains(n)) {
+                found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    found
+}
+
+fn in_store(f: &Path) -> bool {
+    f.starts_with(root().join("src/store"))
+}
+
 #[test]
 fn no_sql_outside_the_store() {
     let keywords = [
@@ -82,18 +115,7 @@ fn no_sql_outside_the_store() {
         "\"WITH ",
         "sqlx::query",
     ];
-    let mut found = vec![];
-    for f in rust_files(&root().join("src")) {
-        if f.starts_with(root().join("src/store")) {
-            continue;
-        }
-        for (i, line) in code_lines(&f).iter().enumerate() {
-            let code = without_comment(line);
-            if keywords.iter().any(|k| code.contains(k)) {
-                found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
-            }
-        }
-    }
+    let found = lines_containing(&keywords, in_store);
     assert!(
         found.is_empty(),
         "SQL outside src/store/:\n{}",
@@ -105,20 +127,12 @@ fn no_sql_outside_the_store() {
 /// which only reports them.
 #[test]
 fn anyhow_only_in_the_command_layer() {
-    let mut found = vec![];
-    for f in rust_files(&root().join("src")) {
-        if f.starts_with(root().join("src/cli"))
+    let command_layer = |f: &Path| {
+        f.starts_with(root().join("src/cli"))
             || f.ends_with("src/cli.rs")
             || f.ends_with("src/main.rs")
-        {
-            continue;
-        }
-        for (i, line) in code_lines(&f).iter().enumerate() {
-            if without_comment(line).contains("anyhow") {
-                found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
-            }
-        }
-    }
+    };
+    let found = lines_containing(&["anyhow"], command_layer);
     assert!(
         found.is_empty(),
         "anyhow outside the command layer:\n{}",
@@ -321,18 +335,7 @@ fn states_are_spelled_only_in_the_store() {
         "\"request_ended\"",
         "\"temporary_access\"",
     ];
-    let mut found = vec![];
-    for f in rust_files(&root().join("src")) {
-        if f.starts_with(root().join("src/store")) {
-            continue;
-        }
-        for (i, line) in code_lines(&f).iter().enumerate() {
-            let code = without_comment(line);
-            if spellings.iter().any(|s| code.contains(s)) {
-                found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
-            }
-        }
-    }
+    let found = lines_containing(&spellings, in_store);
     assert!(
         found.is_empty(),
         "state spellings outside src/store/:\n{}",
