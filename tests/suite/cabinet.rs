@@ -73,7 +73,7 @@ async fn setup(dir: &Path, url: &str) -> Ctx {
     std::fs::create_dir_all(dir.join("feeds")).unwrap();
     let templates = dir.join("templates.toml");
     std::fs::write(&templates, TEMPLATES).unwrap();
-    let text = config_text(url, &nuki.base_url(), (1000, 50)).replace(
+    let text = config_text(url, &nuki.base_url(), (1000, 50)).patch(
         &format!("\"{}\"", templates_path().display()),
         &format!("\"{}\"", templates.display()),
     );

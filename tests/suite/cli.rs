@@ -604,7 +604,7 @@ fn configuration_errors_never_show_a_secret_and_a_store_password_is_refused() {
     };
     let secret = "nuki_live_7Hq2xSECRETvalue";
     // A literal where a secret reference belongs, in the file and through the environment overlay.
-    let literal = base.replace(
+    let literal = base.patch(
         "secrets = { token = { env = \"LATCHKEY_DEMO_NUKI_TOKEN\" } }",
         &format!("secrets = {{ token = \"{secret}\" }}"),
     );
@@ -616,7 +616,7 @@ fn configuration_errors_never_show_a_secret_and_a_store_password_is_refused() {
         out.contains("literal.toml:") && out.contains("secret reference"),
         "{out}"
     );
-    let whole = base.replace(
+    let whole = base.patch(
         "secrets = { token = { env = \"LATCHKEY_DEMO_NUKI_TOKEN\" } }",
         &format!("secrets = \"{secret}\""),
     );
@@ -626,7 +626,7 @@ fn configuration_errors_never_show_a_secret_and_a_store_password_is_refused() {
 
     // A database URL with a password is refused, without repeating the password.
     let password = "hunter2-db-pass";
-    let pg = base.replace(
+    let pg = base.patch(
         &format!("url = \"{store}\""),
         &format!("url = \"postgres://latchkey:{password}@127.0.0.1:5432/latchkey\""),
     );
@@ -636,7 +636,7 @@ fn configuration_errors_never_show_a_secret_and_a_store_password_is_refused() {
         out.contains("url_secret") && !out.contains(password),
         "{out}"
     );
-    let query = base.replace(
+    let query = base.patch(
         &format!("url = \"{store}\""),
         &format!("url = \"postgres://latchkey@127.0.0.1/latchkey?password={password}\""),
     );
@@ -693,7 +693,7 @@ async fn a_template_edit_is_planned_with_exit_code_2_and_applied_and_a_typo_fail
     let original = std::fs::read_to_string(templates_path()).unwrap();
     std::fs::write(&templates, &original).unwrap();
     let config = tmp.path().join("latchkey.toml");
-    let text = config_text(&store, &server.base_url(), (1000, 50)).replace(
+    let text = config_text(&store, &server.base_url(), (1000, 50)).patch(
         &format!("\"{}\"", templates_path().display()),
         &format!("\"{}\"", templates.display()),
     );
@@ -720,7 +720,7 @@ async fn a_template_edit_is_planned_with_exit_code_2_and_applied_and_a_typo_fail
     assert!(server.nuki().unwrap().holds(1006, e1));
 
     // The lab door dropped from its template: planned (exit 2), then revoked by one `apply`.
-    let dropped = original.replace("target = \"{{ site }}-lab\"", "target = \"\"");
+    let dropped = original.patch("target = \"{{ site }}-lab\"", "target = \"\"");
     std::fs::write(&templates, &dropped).unwrap();
     let (code, out) = latchkey(&config, &["plan", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{out}");
@@ -743,11 +743,11 @@ async fn a_template_edit_is_planned_with_exit_code_2_and_applied_and_a_typo_fail
 
     // A misspelt attribute and a target no lock is mapped to: `check` names file, template, field.
     let typo = original
-        .replace(
+        .patch(
             "department == 'engineering' and",
             "departmnt == 'engineering' and",
         )
-        .replace("{{ site }}-management", "{{ site }}-managment");
+        .patch("{{ site }}-management", "{{ site }}-managment");
     std::fs::write(&templates, &typo).unwrap();
     let (code, out) = latchkey(&config, &["check"]);
     assert_eq!(code, 1, "{out}");
@@ -761,7 +761,7 @@ async fn a_template_edit_is_planned_with_exit_code_2_and_applied_and_a_typo_fail
     );
 
     // A condition that matches nobody any more: `apply` holds the revocations and shows the diff.
-    let nobody = dropped.replace(
+    let nobody = dropped.patch(
         "when = \"employment_type == 'employee'\"",
         "when = \"employment_type == 'employe'\"",
     );
@@ -1080,7 +1080,7 @@ async fn json_plan_and_check_match_their_schemas() {
         let edited = dir.join("edited.toml");
         std::fs::write(
             &edited,
-            std::fs::read_to_string(&s.config).unwrap().replace(
+            std::fs::read_to_string(&s.config).unwrap().patch(
                 &format!("\"{}\"", templates_path().display()),
                 &format!("\"{}\"", templates.display()),
             ),

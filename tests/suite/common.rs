@@ -124,38 +124,57 @@ pub fn templates_path() -> PathBuf {
     repo().join("tests/fixtures/nuki-only-templates.toml")
 }
 
+/// A configuration text with `from` replaced by `to`. A `from` that is not there is a failure,
+/// not a silent no-op: a fixture that changed under a test must not leave the test testing
+/// something else.
+pub trait Patch {
+    fn patch(&self, from: &str, to: &str) -> String;
+}
+
+impl Patch for str {
+    #[track_caller]
+    fn patch(&self, from: &str, to: &str) -> String {
+        let text = self;
+        assert!(
+            text.contains(from),
+            "the configuration no longer contains `{from}`: the fixture changed, patch it anew"
+        );
+        text.replace(from, to)
+    }
+}
+
 pub fn config_text(store_url: &str, sim_url: &str, rate: (u32, u32)) -> String {
     let demo = std::fs::read_to_string(fixture_config()).unwrap();
     // The fixture's targets and sites, with this test's store, simulator and rate limit.
     let root = repo();
-    demo.replace(
+    demo.patch(
         "url = \"sqlite://latchkey-demo.db\"",
         &format!("url = \"{store_url}\""),
     )
-    .replace(
+    .patch(
         "base_url = \"http://127.0.0.1:8701\"",
         &format!("base_url = \"{sim_url}\""),
     )
-    .replace(
+    .patch(
         "rate_limit = { per_second = 1000, burst = 50 }",
         &format!(
             "rate_limit = {{ per_second = {}, burst = {} }}",
             rate.0, rate.1
         ),
     )
-    .replace(
+    .patch(
         "\"nuki-only-templates.toml\"",
         &format!("\"{}\"", templates_path().display()),
     )
-    .replace(
+    .patch(
         "\"../../mappings/",
         &format!("\"{}/mappings/", root.display()),
     )
-    .replace(
+    .patch(
         "\"../../connectors/",
         &format!("\"{}/connectors/", root.display()),
     )
-    .replace(
+    .patch(
         "path = \"../../config/sample/hr-initial.csv\"",
         "drop_dir = \"feeds\"",
     )

@@ -477,7 +477,7 @@ fn shipped_configurations_pass_check_and_errors_name_file_line_key() {
     }
     let bad = std::fs::read_to_string(repo().join("config/demo.toml"))
         .unwrap()
-        .replace("mass_change_threshold = 0.2", "mass_change_treshold = 0.2");
+        .patch("mass_change_threshold = 0.2", "mass_change_treshold = 0.2");
     let err = Config::load(&ConfigInput {
         text: bad,
         path: "config/demo.toml".into(),
@@ -849,7 +849,7 @@ async fn a_template_edit_reaches_everyone_and_a_typo_that_revokes_everyone_is_he
         assert_eq!((r.issues, r.revokes, r.held), (0, 0, 0));
 
         // A door dropped from a template: revoked at the vendor by the next reconciliation.
-        let drop_lab = |t: String| t.replace("target = \"{{ site }}-lab\"", "target = \"\"");
+        let drop_lab = |t: String| t.patch("target = \"{{ site }}-lab\"", "target = \"\"");
         reopen_with_templates(&mut h, drop_lab).await;
         let now = h.clock.now_utc();
         let why = reconcile::due(&h.app.engine, now).await.unwrap();
