@@ -143,7 +143,7 @@ impl Ctx {
 
     async fn commands(&self, connector: &str) -> Vec<store::CommandRow> {
         let mut out = Vec::new();
-        for status in CommandStatus::ALL {
+        for &status in CommandStatus::ALL {
             out.extend(
                 store::commands_where_status(self.app.store().pool(), status, 10_000)
                     .await
