@@ -282,7 +282,7 @@ impl Engine {
             .unwrap_or_default();
         let feed = hr::parse_feed(source, &file_name, bytes, mapping)?;
         hr_drop::truncation(&file_name, bytes, mapping.delimiter)?;
-        let checkpoint_value = format!("{file_name}@{}", feed.digest);
+        let checkpoint = hr::checkpoint(&file_name, &feed.digest);
         let mut report = FeedReport {
             source: source.to_string(),
             file: path.display().to_string(),
@@ -292,13 +292,13 @@ impl Engine {
         if store::checkpoint(self.store.pool(), source)
             .await?
             .as_deref()
-            == Some(checkpoint_value.as_str())
+            == Some(checkpoint.as_str())
         {
             report.skipped_same_file = true;
             report.unchanged = feed.records.len();
             return Ok(report);
         }
-        let threshold = self
+        let hold_above = self
             .config
             .sources
             .hr
@@ -312,17 +312,8 @@ impl Engine {
             .and_then(|m| m.modified())
             .ok()
             .map(DateTime::<Utc>::from);
-        self.apply_snapshot_landed(
-            source,
-            &feed.digest,
-            feed.records,
-            feed.quarantined,
-            threshold,
-            &checkpoint_value,
-            &mut report,
-            landed_at,
-        )
-        .await?;
+        let snapshot = feed.into_snapshot(source, &file_name, hold_above, landed_at);
+        self.apply_snapshot(snapshot, &mut report).await?;
         Ok(report)
     }
 

@@ -88,6 +88,27 @@ pub struct Quarantined {
     pub raw: String,
 }
 
+/// One full read of a source's people, as the source hands it over (an HR file, an LDAP full
+/// refresh): everyone the source holds, the rows it could not use, and where it resumes. The
+/// engine applies it whole (see `engine::snapshot`): quarantine first, leavers first, the
+/// mass-disappearance hold, and the checkpoint last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub source: String,
+    /// Names this read in quarantine rows (a file's digest, a refresh's time).
+    pub batch_id: String,
+    /// Where the source resumes once this is applied, stored with the last write.
+    pub checkpoint: String,
+    pub records: Vec<PersonRecord>,
+    pub quarantined: Vec<Quarantined>,
+    /// Above this share of the present people vanishing at once, the disappearances are held for
+    /// an approver instead of applied (invariant 4).
+    pub hold_above: f64,
+    /// When the read landed (an HR file's modification time), if the source knows: its changes
+    /// count as observed then, not when they were picked up.
+    pub landed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// A weekly time window a grant is valid in, in the site's local time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {

@@ -23,7 +23,6 @@ use axum::routing::{get, post, put};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
 use crate::{CommonOptions, Faults, Gate, GroupSim, SimServer, Vendor, serve_gated};
 
@@ -33,6 +32,8 @@ pub struct BrivoOptions {
     pub client_id: String,
     pub client_secret: String,
     pub token_lifetime: Duration,
+    /// What a token's lifetime is measured on.
+    pub clock: crate::clock::SharedClock,
     /// Mashery's queries-per-second limit.
     pub qps: Option<u32>,
     pub faults: Faults,
@@ -46,6 +47,7 @@ impl Default for BrivoOptions {
             client_id: "brivo-client".into(),
             client_secret: "brivo-secret".into(),
             token_lifetime: Duration::from_secs(300),
+            clock: crate::clock::wall(),
             qps: None,
             faults: Faults::none(),
             timeout_hold: Duration::from_secs(30),
@@ -69,7 +71,7 @@ struct St {
     users: Vec<BrivoUser>,
     /// (group, user) -> effectiveTo
     members: BTreeMap<(i64, i64), Option<String>>,
-    tokens: HashMap<String, Instant>,
+    tokens: HashMap<String, chrono::DateTime<chrono::Utc>>,
     tokens_issued: u64,
     next: i64,
     duplicates: u64,
@@ -176,8 +178,10 @@ async fn token(State(s): Sim, headers: HeaderMap) -> Response {
     st.next += 1;
     st.tokens_issued += 1;
     let t = format!("brivo-at-{}-{}", st.next, st.tokens_issued * 104_729);
-    st.tokens
-        .insert(t.clone(), Instant::now() + s.opts.token_lifetime);
+    st.tokens.insert(
+        t.clone(),
+        crate::clock::lapses_at(&s.opts.clock, s.opts.token_lifetime),
+    );
     axum::Json(json!({
         "access_token": t,
         "token_type": "bearer",
@@ -302,7 +306,7 @@ pub async fn start_brivo(listener: TcpListener, opts: BrivoOptions) -> std::io::
             .st()
             .tokens
             .get(token)
-            .is_some_and(|t| Instant::now() < *t);
+            .is_some_and(|t| gs.opts.clock.now() < *t);
         (!fresh).then(|| error(StatusCode::UNAUTHORIZED, 401, "Unauthorized"))
     });
     let routes = Router::new()

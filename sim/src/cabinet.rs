@@ -25,24 +25,9 @@ use tokio::net::TcpListener;
 
 use crate::{CommonOptions, Faults, GroupSim, SimServer, Vendor, json_error, serve};
 
-/// What stamps the cabinet's events: the wall clock by default; a test passes its controlled
-/// clock so the events it reads back carry the times it set.
-pub trait EventClock: Send + Sync + std::fmt::Debug {
-    fn now(&self) -> chrono::DateTime<chrono::Utc>;
-}
-
-pub type SharedClock = Arc<dyn EventClock>;
-
-/// The wall clock.
-#[derive(Debug)]
-pub struct WallClock;
-
-impl EventClock for WallClock {
-    #[allow(clippy::disallowed_methods)] // a simulator stands for a vendor, which has its own clock
-    fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::Utc::now()
-    }
-}
+/// What stamps the cabinet's events: the simulators' clock (the wall clock by default; a test
+/// passes its controlled clock so the events it reads back carry the times it set).
+pub use crate::clock::{Clock as EventClock, SharedClock, WallClock};
 
 /// Most events one `GET /events` answers; the client follows the cursor for more.
 const EVENT_PAGE: usize = 50;

@@ -14,6 +14,7 @@
 
 pub mod brivo;
 pub mod cabinet;
+pub mod clock;
 pub mod generic;
 pub mod kisi;
 pub mod nuki;
@@ -77,6 +78,18 @@ pub struct Faults {
     pub outage: bool,
     /// While set, every request answers 429 with `Retry-After: <secs>`.
     pub storm_429: Option<u64>,
+    /// A 429 storm placed by request count rather than by time, so a test knows it lands in
+    /// the middle of its run.
+    pub storm_429_at: Option<Storm>,
+}
+
+/// A 429 storm by count: once `after` requests have reached the fault stage (since these faults
+/// were set), the next `answers` are refused with `429` and `Retry-After: <retry_after_secs>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Storm {
+    pub after: u64,
+    pub answers: u64,
+    pub retry_after_secs: u64,
 }
 
 impl Faults {
@@ -87,6 +100,7 @@ impl Faults {
             latency_ms: (0, 0),
             outage: false,
             storm_429: None,
+            storm_429_at: None,
         }
     }
 }
@@ -156,6 +170,8 @@ struct Shared {
     rate_limit_per_sec: Option<u32>,
     timeout_hold: Duration,
     faults: Mutex<Faults>,
+    /// Requests that reached the fault stage since the faults were last set (for [`Storm`]).
+    fault_stage: std::sync::atomic::AtomicU64,
     log: Mutex<Vec<LoggedRequest>>,
     shutdown: watch::Sender<bool>,
 }
@@ -166,6 +182,22 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn set_faults(&self, faults: Faults) {
+        let mut current = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        *current = faults;
+        self.fault_stage
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Is this request, the next to reach the fault stage, inside the storm?
+    fn in_storm(&self, storm: Option<Storm>) -> Option<u64> {
+        let n = self
+            .fault_stage
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let s = storm?;
+        (n >= s.after && n - s.after < s.answers).then_some(s.retry_after_secs)
     }
 
     /// Appends the arrival and reports whether it exceeds the rate limit.
@@ -341,7 +373,7 @@ async fn faulted(shared: &Shared, seq: u64, req: Request, next: Next) -> Respons
     if faults.outage {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable");
     }
-    if let Some(secs) = faults.storm_429 {
+    if let Some(secs) = faults.storm_429.or(shared.in_storm(faults.storm_429_at)) {
         let mut resp = json_error(StatusCode::TOO_MANY_REQUESTS, "too many requests");
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -434,7 +466,7 @@ async fn admin_requests(State(st): State<AdminState>) -> Json<Vec<LoggedRequest>
 async fn admin_faults(State(st): State<AdminState>, body: Bytes) -> Response {
     match serde_json::from_slice::<Faults>(&body) {
         Ok(f) => {
-            *st.shared.faults.lock().unwrap_or_else(|e| e.into_inner()) = f.clone();
+            st.shared.set_faults(f.clone());
             Json(f).into_response()
         }
         Err(e) => json_error(StatusCode::BAD_REQUEST, &format!("invalid faults: {e}")),
@@ -472,7 +504,7 @@ impl SimServer {
     }
 
     pub fn set_faults(&self, faults: Faults) {
-        *self.shared.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
+        self.shared.set_faults(faults);
     }
 
     pub fn nuki(&self) -> Option<&NukiSim> {
@@ -579,6 +611,7 @@ async fn serve_gated(
         rate_limit_per_sec: common.rate_limit_per_sec,
         timeout_hold: common.timeout_hold,
         faults: Mutex::new(common.faults),
+        fault_stage: Default::default(),
         log: Mutex::new(Vec::new()),
         shutdown,
     });

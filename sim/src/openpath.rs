@@ -19,7 +19,6 @@ use axum::routing::{delete, get, post, put};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
 use crate::{CommonOptions, Faults, Gate, GroupSim, SimServer, Vendor, serve_gated};
 
@@ -28,6 +27,8 @@ pub struct OpenpathOptions {
     pub email: String,
     pub password: String,
     pub token_lifetime: Duration,
+    /// What a token's lifetime is measured on.
+    pub clock: crate::clock::SharedClock,
     pub rate_limit_per_sec: Option<u32>,
     pub faults: Faults,
     pub timeout_hold: Duration,
@@ -39,6 +40,7 @@ impl Default for OpenpathOptions {
             email: "api@example.com".into(),
             password: "openpath-sim-password".into(),
             token_lifetime: Duration::from_secs(3600),
+            clock: crate::clock::wall(),
             rate_limit_per_sec: None,
             faults: Faults::none(),
             timeout_hold: Duration::from_secs(30),
@@ -62,7 +64,7 @@ pub struct OpenpathUser {
 #[derive(Debug, Default)]
 struct St {
     users: Vec<OpenpathUser>,
-    tokens: HashMap<String, Instant>,
+    tokens: HashMap<String, chrono::DateTime<chrono::Utc>>,
     tokens_issued: u64,
     next: i64,
     duplicates: u64,
@@ -156,8 +158,10 @@ async fn login(State(s): Sim, body: Bytes) -> Response {
     st.next += 1;
     st.tokens_issued += 1;
     let t = format!("op-{}-{}", st.next, st.tokens_issued * 6151);
-    st.tokens
-        .insert(t.clone(), Instant::now() + s.opts.token_lifetime);
+    st.tokens.insert(
+        t.clone(),
+        crate::clock::lapses_at(&s.opts.clock, s.opts.token_lifetime),
+    );
     axum::Json(json!({"data": {"token": t}})).into_response()
 }
 
@@ -301,7 +305,7 @@ pub async fn start_openpath(
             .st()
             .tokens
             .get(token)
-            .is_some_and(|t| Instant::now() < *t);
+            .is_some_and(|t| gs.opts.clock.now() < *t);
         (!fresh).then(|| error(StatusCode::UNAUTHORIZED, "Unauthorized"))
     });
     let routes = Router::new()

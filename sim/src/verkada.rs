@@ -30,6 +30,8 @@ use crate::{CommonOptions, Faults, Gate, GroupSim, SimServer, Vendor, serve_gate
 pub struct VerkadaOptions {
     pub api_key: String,
     pub token_lifetime: Duration,
+    /// What a token's lifetime is measured on.
+    pub clock: crate::clock::SharedClock,
     pub per_minute: usize,
     pub cooldown: Duration,
     pub per_cooldown: usize,
@@ -42,6 +44,7 @@ impl Default for VerkadaOptions {
         Self {
             api_key: "verkada-sim-key".into(),
             token_lifetime: Duration::from_secs(30 * 60),
+            clock: crate::clock::wall(),
             per_minute: 300,
             cooldown: Duration::from_secs(5),
             per_cooldown: 25,
@@ -74,7 +77,7 @@ struct St {
     users: BTreeMap<String, VerkadaUser>,
     /// (group, user_id) -> end_date
     members: BTreeMap<(String, String), Option<i64>>,
-    tokens: HashMap<String, Instant>,
+    tokens: HashMap<String, chrono::DateTime<chrono::Utc>>,
     tokens_issued: u64,
     next: u64,
     duplicates: u64,
@@ -188,8 +191,10 @@ async fn token(State(s): Sim, headers: axum::http::HeaderMap) -> Response {
     st.next += 1;
     st.tokens_issued += 1;
     let t = format!("vk-token-{}-{}", st.next, st.tokens_issued * 7919);
-    st.tokens
-        .insert(t.clone(), Instant::now() + s.opts.token_lifetime);
+    st.tokens.insert(
+        t.clone(),
+        crate::clock::lapses_at(&s.opts.clock, s.opts.token_lifetime),
+    );
     axum::Json(json!({"token": t})).into_response()
 }
 
@@ -311,7 +316,7 @@ pub async fn start_verkada(
         let expires = gs.st().tokens.get(token).copied();
         match expires {
             None => Some(error(StatusCode::UNAUTHORIZED, "Invalid token")),
-            Some(t) if Instant::now() >= t => {
+            Some(t) if gs.opts.clock.now() >= t => {
                 Some(error(StatusCode::UNAUTHORIZED, "Token expired"))
             }
             Some(_) => None,

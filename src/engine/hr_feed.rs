@@ -8,7 +8,7 @@ use crate::clock::to_micros;
 use crate::config::AbsentGrace;
 use crate::model::ChangeKind;
 use crate::model::Quarantined;
-use crate::sources::hr::HrError;
+use crate::sources::hr::{self, HrError};
 use crate::sources::hr_drop;
 use crate::store;
 use chrono::{DateTime, Utc};
@@ -34,7 +34,7 @@ impl Engine {
         path: &Path,
         bytes: &[u8],
     ) -> Result<bool, EngineError> {
-        let value = format!("{}@{}", file_name(path), hex::encode(Sha256::digest(bytes)));
+        let value = hr::checkpoint(&file_name(path), &hex::encode(Sha256::digest(bytes)));
         Ok(store::checkpoint(self.store.pool(), source)
             .await?
             .as_deref()

@@ -5,7 +5,7 @@
 use super::{BATCH, Engine, EngineError, FeedReport, leaving, record_hash, tally};
 use crate::audit;
 use crate::clock::to_micros;
-use crate::model::{PersonRecord, Quarantined};
+use crate::model::{PersonRecord, Quarantined, Snapshot};
 use crate::store;
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
@@ -16,45 +16,22 @@ use std::collections::{BTreeMap, BTreeSet};
 type Known = BTreeMap<String, (String, bool)>;
 
 impl Engine {
-    /// The source-independent part of applying a full snapshot of a source's people.
-    #[allow(clippy::too_many_arguments)]
+    /// Apply a source's full snapshot: the source-independent part of every full read.
     pub async fn apply_snapshot(
         &self,
-        source: &str,
-        batch_id: &str,
-        records: Vec<PersonRecord>,
-        quarantined: Vec<Quarantined>,
-        mass_threshold: f64,
-        checkpoint_value: &str,
+        snapshot: Snapshot,
         report: &mut FeedReport,
     ) -> Result<(), EngineError> {
-        self.apply_snapshot_landed(
+        let Snapshot {
             source,
             batch_id,
+            checkpoint,
             records,
             quarantined,
-            mass_threshold,
-            checkpoint_value,
-            report,
-            None,
-        )
-        .await
-    }
-
-    /// [`Engine::apply_snapshot`] of a snapshot that landed at `landed_at` (an HR file's
-    /// modification time): its changes count as observed then, not when they were picked up.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn apply_snapshot_landed(
-        &self,
-        source: &str,
-        batch_id: &str,
-        records: Vec<PersonRecord>,
-        quarantined: Vec<Quarantined>,
-        mass_threshold: f64,
-        checkpoint_value: &str,
-        report: &mut FeedReport,
-        landed_at: Option<DateTime<Utc>>,
-    ) -> Result<(), EngineError> {
+            hold_above,
+            landed_at,
+        } = snapshot;
+        let source = source.as_str();
         let known: Known = store::source_hashes(self.store.pool(), source)
             .await?
             .into_iter()
@@ -65,21 +42,14 @@ impl Engine {
             .map(|r| r.key.clone())
             .chain(quarantined.iter().filter_map(|q| q.record_key.clone()))
             .collect();
-        self.quarantine_and_release(source, batch_id, &quarantined, &in_feed, report)
+        self.quarantine_and_release(source, &batch_id, &quarantined, &in_feed, report)
             .await?;
         let total = records.len();
         let changed = changed_records(&known, records);
         report.unchanged = total - changed.len();
         self.apply_changed(changed, landed_at, report).await?;
-        self.settle_disappearances(
-            source,
-            &known,
-            &in_feed,
-            mass_threshold,
-            checkpoint_value,
-            report,
-        )
-        .await
+        self.settle_disappearances(source, &known, &in_feed, hold_above, &checkpoint, report)
+            .await
     }
 
     /// Quarantine first, in its own transaction: nothing is lost even if the rest fails.

@@ -7,6 +7,7 @@
 use crate::common;
 
 use chrono::{DateTime, TimeZone, Utc};
+use latchkey::clock::ManualClock;
 use latchkey::config::{Config, ConfigInput, ConnectorConfig};
 use latchkey::connectors::http::HttpConnector;
 use latchkey::connectors::profile::{AuthSpec, Profile};
@@ -17,6 +18,7 @@ use latchkey_sim::proxy::{FaultProxy, FaultRule, ProxyFault};
 use latchkey_sim::{self as sim, Faults, NukiOptions, SimServer};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -76,6 +78,39 @@ fn connector_via(
 
 const CAP_SECS: u64 = 2;
 
+/// What the vendor and the connector measure a token's life on: two controlled clocks, so a test
+/// ages a token by moving both on, or has the vendor drop it early by moving the vendor's alone.
+#[derive(Debug, Clone)]
+struct Clocks {
+    vendor: ManualClock,
+    connector: ManualClock,
+}
+
+impl Clocks {
+    fn new() -> Self {
+        let start = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+        Self {
+            vendor: ManualClock::new(start),
+            connector: ManualClock::new(start),
+        }
+    }
+
+    fn for_vendor(&self) -> sim::clock::SharedClock {
+        Arc::new(common::SimClock(Arc::new(self.vendor.clone())))
+    }
+
+    fn attach(&self, conn: &HttpConnector) {
+        conn.use_clock(Arc::new(self.connector.clone()));
+    }
+
+    /// Time passes for both sides.
+    fn advance(&self, by: Duration) {
+        let by = chrono::Duration::from_std(by).unwrap();
+        self.vendor.advance(by);
+        self.connector.advance(by);
+    }
+}
+
 /// A fault proxy in front of the simulator when asked, and the URL the connector should use.
 async fn front_of(sim: &SimServer, proxied: bool) -> (Option<FaultProxy>, String) {
     if !proxied {
@@ -123,6 +158,8 @@ type ReadWindow = fn(&SimServer, &str, &str) -> Option<String>;
 /// How a vendor's simulator is read in the contract suite.
 struct Case {
     vendor: &'static str,
+    /// What the simulator and the connector measure a token's life on.
+    clocks: Clocks,
     /// The fault proxy the connector talks through, when the case was built behind one.
     proxy: Option<FaultProxy>,
     sim: SimServer,
@@ -151,6 +188,7 @@ async fn nuki_case_at(faults: Faults, rate: Option<u32>, proxied: bool) -> Case 
     )
     .await
     .unwrap();
+    let clocks = Clocks::new();
     let (proxy, front) = front_of(&sim, proxied).await;
     let conn = connector_via(
         proxied,
@@ -159,7 +197,9 @@ async fn nuki_case_at(faults: Faults, rate: Option<u32>, proxied: bool) -> Case 
         front.clone(),
         &[("token", NUKI_TOKEN)],
     );
+    clocks.attach(&conn);
     Case {
+        clocks,
         proxy,
         vendor: "nuki",
         conn,
@@ -202,6 +242,7 @@ async fn kisi_case_at(faults: Faults, rate: Option<u32>, proxied: bool) -> Case 
     )
     .await
     .unwrap();
+    let clocks = Clocks::new();
     let (proxy, front) = front_of(&sim, proxied).await;
     let conn = connector_via(
         proxied,
@@ -210,7 +251,9 @@ async fn kisi_case_at(faults: Faults, rate: Option<u32>, proxied: bool) -> Case 
         front.clone(),
         &[("api_key", "kisi-key")],
     );
+    clocks.attach(&conn);
     Case {
+        clocks,
         proxy,
         vendor: "kisi",
         conn,
@@ -241,9 +284,11 @@ async fn verkada_case(faults: Faults, token_lifetime: Duration) -> Case {
 }
 
 async fn verkada_case_at(faults: Faults, token_lifetime: Duration, proxied: bool) -> Case {
+    let clocks = Clocks::new();
     let sim = sim::verkada::start_verkada(
         listener().await,
         sim::verkada::VerkadaOptions {
+            clock: clocks.for_vendor(),
             api_key: "vk-key".into(),
             token_lifetime,
             faults,
@@ -261,7 +306,9 @@ async fn verkada_case_at(faults: Faults, token_lifetime: Duration, proxied: bool
         front.clone(),
         &[("api_key", "vk-key")],
     );
+    clocks.attach(&conn);
     Case {
+        clocks,
         proxy,
         vendor: "verkada",
         conn,
@@ -285,9 +332,11 @@ async fn brivo_case_at(
     qps: Option<u32>,
     proxied: bool,
 ) -> Case {
+    let clocks = Clocks::new();
     let sim = sim::brivo::start_brivo(
         listener().await,
         sim::brivo::BrivoOptions {
+            clock: clocks.for_vendor(),
             token_lifetime,
             qps,
             faults,
@@ -314,7 +363,9 @@ async fn brivo_case_at(
             ("api_key", "brivo-sim-key"),
         ],
     );
+    clocks.attach(&conn);
     Case {
+        clocks,
         proxy,
         vendor: "brivo",
         conn,
@@ -347,9 +398,11 @@ async fn openpath_case_at(
     rate: Option<u32>,
     proxied: bool,
 ) -> Case {
+    let clocks = Clocks::new();
     let sim = sim::openpath::start_openpath(
         listener().await,
         sim::openpath::OpenpathOptions {
+            clock: clocks.for_vendor(),
             token_lifetime,
             rate_limit_per_sec: rate,
             faults,
@@ -370,7 +423,9 @@ async fn openpath_case_at(
             ("password", "openpath-sim-password"),
         ],
     );
+    clocks.attach(&conn);
     Case {
+        clocks,
         proxy,
         vendor: "openpath",
         conn,
@@ -410,6 +465,7 @@ async fn salto_case_at(
     )
     .await
     .unwrap();
+    let clocks = Clocks::new();
     let (proxy, front) = front_of(&sim, proxied).await;
     let mut p = profile("salto");
     // The identity server is another host in production; the simulator serves both.
@@ -426,7 +482,9 @@ async fn salto_case_at(
             ("client_secret", "salto-secret"),
         ],
     );
+    clocks.attach(&conn);
     Case {
+        clocks,
         proxy,
         vendor: "salto",
         conn,
@@ -464,6 +522,7 @@ async fn cabinet_case_at(faults: Faults, rate: Option<u32>, proxied: bool) -> Ca
     )
     .await
     .unwrap();
+    let clocks = Clocks::new();
     let (proxy, front) = front_of(&sim, proxied).await;
     let conn = connector_via(
         proxied,
@@ -472,7 +531,9 @@ async fn cabinet_case_at(faults: Faults, rate: Option<u32>, proxied: bool) -> Ca
         front.clone(),
         &[("api_token", "cabinet-key")],
     );
+    clocks.attach(&conn);
     Case {
+        clocks,
         proxy,
         vendor: "cabinet",
         conn,
@@ -597,26 +658,22 @@ fn chaos() -> Faults {
 async fn fault_suite(c: Case, limit: u64) {
     let v = c.vendor;
     let people: Vec<u32> = (1..=6).collect();
-    let storm = {
-        let faults = c.sim.faults();
-        let storm = Faults {
-            storm_429: Some(1),
-            ..faults.clone()
-        };
-        (faults, storm)
-    };
+    // The storm begins at the fourth request and refuses the twelve after it: in the middle of
+    // the issues, however fast they run.
+    c.sim.set_faults(Faults {
+        storm_429_at: Some(sim::Storm {
+            after: 3,
+            answers: 12,
+            retry_after_secs: 1,
+        }),
+        ..c.sim.faults()
+    });
     let issue_all = futures::future::join_all(
         people
             .iter()
             .map(|n| async { drive(&c.conn, &request(*n, &c.target), Action::Issue).await }),
     );
-    let storm_task = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        c.sim.set_faults(storm.1.clone());
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        c.sim.set_faults(storm.0.clone());
-    };
-    let (failures, ()) = tokio::join!(issue_all, storm_task);
+    let failures = issue_all.await;
     eprintln!("{v}: issue retries per command {failures:?}");
     for n in &people {
         let r = c.conn.confirm(&request(*n, &c.target), Action::Issue).await;
@@ -744,16 +801,22 @@ async fn faults_verkada() {
 
 #[tokio::test]
 async fn verkada_token_expiry_mid_run_fails_nothing() {
-    // 30 min in production, 1 s here: every few commands meet "Token expired".
-    let c = verkada_case(Faults::none(), Duration::from_secs(1)).await;
+    // The production lifetime (30 min), and 31 minutes between each issue and its revoke: every
+    // revoke meets "Token expired" (Verkada's token answer says nothing of its lifetime, so the
+    // connector learns it from the refusal), logs in again and completes.
+    let c = verkada_case(Faults::none(), Duration::from_secs(1800)).await;
     for n in 1..=8 {
         let req = request(n, &c.target);
-        c.conn.issue(&req).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let issued = c.conn.issue(&req).await.unwrap();
+        let who = issued.refs().0.unwrap().to_string();
+        assert!((c.holds)(&c.sim, &who, &c.target));
+        c.clocks.advance(Duration::from_secs(31 * 60));
         c.conn.revoke(&req).await.unwrap();
+        assert!(!(c.holds)(&c.sim, &who, &c.target), "person {n} still held");
     }
     let vk = c.sim.verkada().unwrap();
-    assert!(vk.tokens_issued() >= 3, "{} tokens", vk.tokens_issued());
+    assert_eq!(vk.tokens_issued(), 9, "one login, then one per lapse");
+    assert_eq!(c.sim.stats().by_status.get(&401), Some(&8));
     assert_eq!(c.sim.stats().auths_live, 0);
 }
 
@@ -826,17 +889,47 @@ async fn faults_brivo() {
 
 #[tokio::test]
 async fn brivo_token_expiry_mid_run_fails_nothing() {
-    // 300 s in production, 2 s here: the engine renews ahead of `expires_in`.
-    let c = brivo_case(Faults::none(), Duration::from_secs(2), None).await;
+    // The production lifetime (300 s). 280 s after each issue the token has 20 s left, inside the
+    // 30 s margin: the connector renews it before the revoke instead of sending it stale.
+    let c = brivo_case(Faults::none(), Duration::from_secs(300), None).await;
     for n in 1..=6 {
         let req = request(n, &c.target);
         c.conn.issue(&req).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.clocks.advance(Duration::from_secs(280));
         c.conn.revoke(&req).await.unwrap();
     }
-    assert!(c.sim.brivo().unwrap().tokens_issued() >= 3);
+    assert_eq!(
+        c.sim.brivo().unwrap().tokens_issued(),
+        7,
+        "renewed once per gap"
+    );
     // Renewed in time: no call was refused for a stale token.
     assert_eq!(c.sim.stats().by_status.get(&401), None);
+    assert_eq!(c.sim.stats().auths_live, 0);
+}
+
+#[tokio::test]
+async fn brivo_token_still_fresh_is_not_fetched_again() {
+    // 200 s after it was issued a 300 s token has 100 s left, beyond the margin: reused.
+    let c = brivo_case(Faults::none(), Duration::from_secs(300), None).await;
+    let req = request(1, &c.target);
+    c.conn.issue(&req).await.unwrap();
+    c.clocks.advance(Duration::from_secs(200));
+    c.conn.revoke(&req).await.unwrap();
+    assert_eq!(c.sim.brivo().unwrap().tokens_issued(), 1);
+}
+
+#[tokio::test]
+async fn brivo_token_dropped_early_by_the_vendor_is_fetched_again() {
+    // The vendor ends the token before its `expires_in` (a revoked session, a restart on its side):
+    // the connector still believes it fresh, meets a 401, fetches another and the revoke completes.
+    let c = brivo_case(Faults::none(), Duration::from_secs(300), None).await;
+    let req = request(1, &c.target);
+    c.conn.issue(&req).await.unwrap();
+    c.clocks.vendor.advance(chrono::Duration::seconds(301));
+    c.conn.revoke(&req).await.unwrap();
+    assert_eq!(c.sim.brivo().unwrap().tokens_issued(), 2);
+    assert_eq!(c.sim.stats().by_status.get(&401), Some(&1));
     assert_eq!(c.sim.stats().auths_live, 0);
 }
 
@@ -941,14 +1034,18 @@ async fn openpath_groups_set_by_others_survive() {
 
 #[tokio::test]
 async fn openpath_token_expiry_logs_in_again() {
-    let c = openpath_case(Faults::none(), Duration::from_secs(1), None).await;
+    // An hour's token (the login answer states no lifetime, so the connector learns of the lapse
+    // from the 401) and an hour and a minute between each issue and its revoke.
+    let c = openpath_case(Faults::none(), Duration::from_secs(3600), None).await;
     for n in 1..=4 {
         let req = request(n, &c.target);
         c.conn.issue(&req).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        c.clocks.advance(Duration::from_secs(3660));
         c.conn.revoke(&req).await.unwrap();
     }
-    assert!(c.sim.openpath().unwrap().tokens_issued() >= 2);
+    assert_eq!(c.sim.openpath().unwrap().tokens_issued(), 5);
+    assert_eq!(c.sim.stats().by_status.get(&401), Some(&4));
+    assert_eq!(c.sim.stats().auths_live, 0);
 }
 
 #[tokio::test]
@@ -1064,6 +1161,7 @@ async fn a_profile_only_vendor_passes_the_contract() {
         let conn = connector(vendor, p, sim.base_url(), &secrets);
         let case = Case {
             vendor,
+            clocks: Clocks::new(),
             proxy: None,
             sim,
             conn,
@@ -1401,8 +1499,21 @@ async fn a_five_million_item_list_is_an_error_not_memory() {
 // revoke must complete by itself, and at no moment may the ledger call a revoke done while the
 // simulator still holds the grant.
 
-/// How long the unlimited faults play before they are cleared.
-const DAEMON_FAULT: Duration = Duration::from_millis(2500);
+/// The fault classes the revokes have not yet met in full: a limited rule must be used up, an
+/// unlimited one must have answered each leaver's revoke (or its read-back) twice, so every
+/// class has been met by a first attempt and a retry before the faults are cleared.
+fn faults_unmet(lanes: &[FaultLane], before: &[u64]) -> Vec<&'static str> {
+    let wanted = 2 * LEAVERS.len() as u64;
+    lanes
+        .iter()
+        .zip(before)
+        .filter(|(lane, before)| {
+            let proxy = lane.case.proxy.as_ref().unwrap();
+            !proxy.rules().is_empty() && proxy.injected() - **before < wanted
+        })
+        .map(|(lane, _)| lane.class)
+        .collect()
+}
 /// The leavers and the bystander of the daemon-level bad day.
 const LEAVERS: [&str; 2] = ["L1", "L2"];
 const BYSTANDER: &str = "B1";
@@ -1718,13 +1829,28 @@ async fn daemon_bad_day(
         .apply_hr_file("hr", &hr_feed(dir, 2, &rows))
         .await
         .unwrap();
-    let fault_ends = Instant::now() + DAEMON_FAULT;
+    let before: Vec<u64> = lanes
+        .iter()
+        .map(|l| l.case.proxy.as_ref().unwrap().injected())
+        .collect();
+    let refused = format!(" {vendor}-400:berlin-door stuck since");
     let watch = async {
-        while Instant::now() < fault_ends {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
             let wrong = confirmed_while_held(&app, &lanes).await;
             assert!(
                 wrong.is_empty(),
                 "{vendor} {backend}: confirmed while the vendor holds the grant: {wrong:?}"
+            );
+            let unmet = faults_unmet(&lanes, &before);
+            let status = latchkey::cli::status_text(&app).await.unwrap();
+            let stuck = status.lines().filter(|l| l.contains(&refused)).count();
+            if unmet.is_empty() && stuck == LEAVERS.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{vendor} {backend}: fault classes not met by the revokes: {unmet:?}\n{status}"
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -1740,7 +1866,6 @@ async fn daemon_bad_day(
     // and shown stuck at the top of `latchkey status`.
     let status = latchkey::cli::status_text(&app).await.unwrap();
     assert!(status.starts_with("revocations stuck"), "{status}");
-    let refused = format!(" {vendor}-400:berlin-door stuck since");
     assert_eq!(
         status.lines().filter(|l| l.contains(&refused)).count(),
         LEAVERS.len(),

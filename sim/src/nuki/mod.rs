@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::clock::{Moment, SharedClock};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -16,7 +17,6 @@ use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
 use crate::{CommonOptions, Faults, SimServer, Vendor, json_error, serve};
 
@@ -45,6 +45,8 @@ pub struct NukiOptions {
     /// Per-lock sync delay overriding `sync_delay`: a lock that is offline
     /// and syncs late.
     pub offline_locks: HashMap<i64, Duration>,
+    /// What the sync delays run on: the wall clock, or a test's controlled clock.
+    pub clock: SharedClock,
     /// Answer 423 to mutations on a lock while a change on it is still syncing.
     pub locked_while_pending: bool,
     /// Let a second auth for the same (lock, accountUserId) be created instead
@@ -68,6 +70,7 @@ impl Default for NukiOptions {
             token: "nuki-sim-token".to_owned(),
             sync_delay: Duration::ZERO,
             offline_locks: HashMap::new(),
+            clock: crate::clock::wall(),
             locked_while_pending: true,
             allow_duplicates: false,
             auto_create_locks: true,
@@ -125,11 +128,11 @@ struct Auth {
     allowed_week_days: Option<u8>,
     allowed_from_time: Option<u16>,
     allowed_until_time: Option<u16>,
-    visible_at: Instant,
+    visible_at: Moment,
     /// Set by DELETE; the auth is purged once this passes.
-    gone_at: Option<Instant>,
+    gone_at: Option<Moment>,
     /// Operation still syncing to the lock, and when it completes.
-    operation: Option<(String, Instant)>,
+    operation: Option<(String, Moment)>,
 }
 
 impl Auth {
@@ -137,11 +140,11 @@ impl Auth {
         self.gone_at.is_some()
     }
 
-    fn visible(&self, now: Instant) -> bool {
+    fn visible(&self, now: Moment) -> bool {
         now >= self.visible_at && self.gone_at.is_none_or(|g| now < g)
     }
 
-    fn to_json(&self, now: Instant) -> Value {
+    fn to_json(&self, now: Moment) -> Value {
         let mut v = json!({
             "id": self.id,
             "smartlockId": self.smartlock_id,
@@ -169,7 +172,7 @@ impl Auth {
         v
     }
 
-    fn snapshot(&self, now: Instant) -> AuthSnapshot {
+    fn snapshot(&self, now: Moment) -> AuthSnapshot {
         AuthSnapshot {
             id: self.id.clone(),
             smartlock_id: self.smartlock_id,
@@ -195,7 +198,7 @@ struct NukiState {
     users: BTreeMap<i64, UserSnapshot>,
     next_user_id: i64,
     /// Known locks and until when a change on each is still syncing.
-    locks: BTreeMap<i64, Option<Instant>>,
+    locks: BTreeMap<i64, Option<Moment>>,
     auths: Vec<Auth>,
     next_auth: u64,
     next_operation: u64,
@@ -203,7 +206,7 @@ struct NukiState {
 }
 
 impl NukiState {
-    fn purge(&mut self, now: Instant) {
+    fn purge(&mut self, now: Moment) {
         self.auths.retain(|a| a.gone_at.is_none_or(|g| now < g));
     }
 
@@ -217,6 +220,7 @@ impl NukiState {
 pub struct NukiSim {
     sync_delay: Duration,
     offline_locks: HashMap<i64, Duration>,
+    clock: SharedClock,
     locked_while_pending: bool,
     allow_duplicates: bool,
     auto_create_locks: bool,
@@ -319,6 +323,7 @@ impl NukiSim {
         Self {
             sync_delay: opts.sync_delay,
             offline_locks: opts.offline_locks.clone(),
+            clock: opts.clock.clone(),
             locked_while_pending: opts.locked_while_pending,
             allow_duplicates: opts.allow_duplicates,
             auto_create_locks: opts.auto_create_locks,
@@ -327,7 +332,7 @@ impl NukiSim {
     }
 
     /// Locks the state with expired deletions already purged.
-    fn state(&self, now: Instant) -> MutexGuard<'_, NukiState> {
+    fn state(&self, now: Moment) -> MutexGuard<'_, NukiState> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.purge(now);
         st
@@ -342,7 +347,7 @@ impl NukiSim {
 
     /// Every stored auth, including ones not yet (or no longer) listed.
     pub fn auths(&self) -> Vec<AuthSnapshot> {
-        let now = Instant::now();
+        let now = self.clock.now();
         self.state(now)
             .auths
             .iter()
@@ -351,19 +356,23 @@ impl NukiSim {
     }
 
     pub fn users(&self) -> Vec<UserSnapshot> {
-        self.state(Instant::now()).users.values().cloned().collect()
+        self.state(self.clock.now())
+            .users
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// A live (not deleted) auth exists for the pair, synced or not.
     pub fn holds(&self, smartlock_id: i64, account_user_id: i64) -> bool {
-        self.state(Instant::now())
+        self.state(self.clock.now())
             .live()
             .any(|a| a.smartlock_id == smartlock_id && a.account_user_id == Some(account_user_id))
     }
 
     /// Number of (lock, accountUserId) pairs with more than one live auth.
     pub fn duplicate_pairs(&self) -> usize {
-        let st = self.state(Instant::now());
+        let st = self.state(self.clock.now());
         let mut counts: BTreeMap<(i64, i64), usize> = BTreeMap::new();
         for a in st.live() {
             if let Some(user) = a.account_user_id {
@@ -375,20 +384,20 @@ impl NukiSim {
 
     /// Auths created although one for the same (lock, user) already existed.
     pub fn duplicates_created(&self) -> u64 {
-        self.state(Instant::now()).duplicates_created
+        self.state(self.clock.now()).duplicates_created
     }
 
     /// Stored auths that are not deleted, synced or not.
     pub fn auths_live(&self) -> usize {
-        self.state(Instant::now()).live().count()
+        self.state(self.clock.now()).live().count()
     }
 
     pub fn user_count(&self) -> usize {
-        self.state(Instant::now()).users.len()
+        self.state(self.clock.now()).users.len()
     }
 
     /// Ensures the lock exists (creating it when allowed) and is not busy.
-    fn lock_for_mutation(&self, st: &mut NukiState, lock: i64, now: Instant) -> Result<(), Reject> {
+    fn lock_for_mutation(&self, st: &mut NukiState, lock: i64, now: Moment) -> Result<(), Reject> {
         let pending = match st.locks.get(&lock) {
             Some(p) => *p,
             None if self.auto_create_locks => {
@@ -400,7 +409,7 @@ impl NukiSim {
         self.check_not_busy(pending, now)
     }
 
-    fn check_not_busy(&self, pending: Option<Instant>, now: Instant) -> Result<(), Reject> {
+    fn check_not_busy(&self, pending: Option<Moment>, now: Moment) -> Result<(), Reject> {
         if self.locked_while_pending && pending.is_some_and(|until| now < until) {
             // vendor-apis.md Nuki: 423 while an operation is pending.
             return Err(Reject::new(
@@ -413,15 +422,15 @@ impl NukiSim {
 
     /// Records a change on a lock and returns the operation id and when the
     /// lock will have synced it.
-    fn begin_operation(&self, st: &mut NukiState, lock: i64, now: Instant) -> (String, Instant) {
-        let until = now + self.delay(lock);
+    fn begin_operation(&self, st: &mut NukiState, lock: i64, now: Moment) -> (String, Moment) {
+        let until = crate::clock::after(now, self.delay(lock));
         let entry = st.locks.entry(lock).or_insert(None);
         *entry = Some(entry.map_or(until, |u| u.max(until)));
         st.next_operation += 1;
         (format!("0a{:022x}", st.next_operation), until)
     }
 
-    fn mark_deleted(&self, st: &mut NukiState, index: usize, now: Instant) {
+    fn mark_deleted(&self, st: &mut NukiState, index: usize, now: Moment) {
         let lock = st.auths[index].smartlock_id;
         let (op, until) = self.begin_operation(st, lock, now);
         // vendor-apis.md Nuki: DELETE has returned 204 while the auth stayed listed.
@@ -442,7 +451,7 @@ impl NukiSim {
             .get("email")
             .filter(|e| !e.is_empty())
             .map(|e| e.to_lowercase());
-        let st = self.state(Instant::now());
+        let st = self.state(self.clock.now());
         let users: Vec<Value> = st
             .users
             .values()
@@ -460,7 +469,7 @@ impl NukiSim {
         if email.is_empty() {
             return Err(bad_request("email is required"));
         }
-        let mut st = self.state(Instant::now());
+        let mut st = self.state(self.clock.now());
         let lower = email.to_lowercase();
         if st.users.values().any(|u| u.email.to_lowercase() == lower) {
             return Err(Reject::new(
@@ -482,7 +491,7 @@ impl NukiSim {
     }
 
     fn delete_user(&self, id: i64) -> Answer {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut st = self.state(now);
         if !st.users.contains_key(&id) {
             return Err(Reject::new(StatusCode::NOT_FOUND, "account user not found"));
@@ -524,7 +533,7 @@ impl NukiSim {
         if auth_type == TYPE_KEYPAD && b.code.is_none() {
             return Err(bad_request("code is required for keypad auths"));
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut st = self.state(now);
         self.lock_for_mutation(&mut st, lock, now)?;
         if let Some(user) = b.account_user_id
@@ -605,7 +614,7 @@ impl NukiSim {
     fn update_auth(&self, lock: i64, auth_id: &str, body: &Bytes) -> Answer {
         let b: AuthBody = parse_json(body)?;
         b.validate()?;
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut st = self.state(now);
         let index = Self::find_live(&st, lock, auth_id)?;
         self.lock_for_mutation(&mut st, lock, now)?;
@@ -647,7 +656,7 @@ impl NukiSim {
     }
 
     fn delete_auth(&self, lock: i64, auth_id: &str) -> Answer {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut st = self.state(now);
         let index = Self::find_live(&st, lock, auth_id)?;
         self.lock_for_mutation(&mut st, lock, now)?;
@@ -659,7 +668,7 @@ impl NukiSim {
     /// Unknown or already deleted ids in the list are skipped, not an error.
     fn bulk_delete(&self, body: &Bytes) -> Answer {
         let ids: Vec<String> = parse_json(body)?;
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut st = self.state(now);
         let targets: Vec<usize> = st
             .auths
@@ -680,7 +689,7 @@ impl NukiSim {
     }
 
     fn list_lock_auths(&self, lock: i64) -> Answer {
-        let now = Instant::now();
+        let now = self.clock.now();
         let st = self.state(now);
         if !self.auto_create_locks && !st.locks.contains_key(&lock) {
             return Err(Reject::new(StatusCode::NOT_FOUND, "smartlock not found"));
@@ -713,7 +722,7 @@ impl NukiSim {
                     .map_err(|_| bad_request("invalid types"))
             })
             .transpose()?;
-        let now = Instant::now();
+        let now = self.clock.now();
         let st = self.state(now);
         let out: Vec<Value> = st
             .auths

@@ -1,6 +1,7 @@
 //! The Nuki simulator as the Web API documents it, quirks included.
 
 use super::*;
+use crate::clock::ManualClock;
 use reqwest::Client;
 
 const TOKEN: &str = "nuki-test";
@@ -86,11 +87,17 @@ impl T {
     }
 }
 
-fn delayed(ms: u64) -> NukiOptions {
+/// Locks that take `ms` to sync, on a clock the test moves.
+fn delayed(ms: u64, clock: &ManualClock) -> NukiOptions {
     NukiOptions {
         sync_delay: Duration::from_millis(ms),
+        clock: Arc::new(clock.clone()),
         ..NukiOptions::default()
     }
+}
+
+fn stopped_clock() -> ManualClock {
+    ManualClock::new(chrono::DateTime::UNIX_EPOCH)
 }
 
 #[tokio::test]
@@ -316,9 +323,10 @@ async fn bulk_delete() {
 
 #[tokio::test]
 async fn sync_delay_hides_new_and_keeps_deleted_listed() {
+    let clock = stopped_clock();
     let t = T::new(NukiOptions {
         locked_while_pending: false,
-        ..delayed(300)
+        ..delayed(300, &clock)
     })
     .await;
     let u = t.user("a@example.com").await;
@@ -327,7 +335,9 @@ async fn sync_delay_hides_new_and_keeps_deleted_listed() {
     assert!(t.list(1).await.is_empty());
     assert!(t.sim().holds(1, u));
     assert!(!t.sim().auths()[0].visible);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(Duration::from_millis(299));
+    assert!(t.list(1).await.is_empty(), "listed before the lock synced");
+    clock.advance(Duration::from_millis(1));
     let listed = t.list(1).await;
     assert_eq!(listed.len(), 1);
     let id = listed[0]["id"].as_str().unwrap().to_owned();
@@ -340,14 +350,17 @@ async fn sync_delay_hides_new_and_keeps_deleted_listed() {
     let snap = &t.sim().auths()[0];
     assert!(snap.pending_delete && snap.visible);
     assert!(!t.sim().holds(1, u));
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(Duration::from_millis(299));
+    assert_eq!(t.list(1).await.len(), 1, "gone before the lock synced");
+    clock.advance(Duration::from_millis(1));
     assert!(t.list(1).await.is_empty());
     assert!(t.sim().auths().is_empty());
 }
 
 #[tokio::test]
 async fn locked_while_pending_is_423() {
-    let t = T::new(delayed(300)).await;
+    let clock = stopped_clock();
+    let t = T::new(delayed(300, &clock)).await;
     let a = t.user("a@example.com").await;
     let b = t.user("b@example.com").await;
     assert_eq!(t.grant(1, a).await.0, 204);
@@ -356,14 +369,18 @@ async fn locked_while_pending_is_423() {
     assert!(body.contains("locked for another operation"));
     // Other locks are unaffected.
     assert_eq!(t.grant(2, b).await.0, 204);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    clock.advance(Duration::from_millis(299));
+    assert_eq!(t.grant(1, b).await.0, 423, "free before the lock synced");
+    clock.advance(Duration::from_millis(1));
     assert_eq!(t.grant(1, b).await.0, 204);
 }
 
 #[tokio::test]
 async fn offline_lock_syncs_late() {
+    let clock = stopped_clock();
     let t = T::new(NukiOptions {
-        offline_locks: HashMap::from([(9, Duration::from_millis(400))]),
+        offline_locks: HashMap::from([(9, Duration::from_secs(6 * 3600))]),
+        clock: Arc::new(clock.clone()),
         ..NukiOptions::default()
     })
     .await;
@@ -372,7 +389,10 @@ async fn offline_lock_syncs_late() {
     t.grant(9, u).await;
     assert_eq!(t.list(1).await.len(), 1);
     assert!(t.list(9).await.is_empty());
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    // An offline lock syncs when it comes back, hours later.
+    clock.advance(Duration::from_secs(6 * 3600 - 1));
+    assert!(t.list(9).await.is_empty());
+    clock.advance(Duration::from_secs(1));
     assert_eq!(t.list(9).await.len(), 1);
 }
 

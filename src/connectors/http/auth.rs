@@ -5,12 +5,11 @@ use super::super::ConnectorError;
 use super::super::profile::AuthSpec;
 use super::classify::{Class, Received, status_class};
 use super::connector::HttpConnector;
+use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::Value;
 use serde_json_path::JsonPath;
 use std::collections::BTreeMap;
-use std::time::Duration;
-use tokio::time::Instant;
 
 /// Secret values by name; Debug shows the names only.
 pub(super) struct Secrets(pub(super) BTreeMap<String, String>);
@@ -26,7 +25,8 @@ impl std::fmt::Debug for Secrets {
 pub(super) struct Token {
     /// Already `<prefix><token>`, marked sensitive.
     value: HeaderValue,
-    renew_at: Option<Instant>,
+    /// On the connector's clock (the daemon's), so a test moves a token's life on without sleeping.
+    renew_at: Option<DateTime<Utc>>,
 }
 
 /// Auth whose token is fetched at run time (OAuth2 client credentials, login).
@@ -122,7 +122,7 @@ impl HttpConnector {
     pub(super) async fn token(&self, ta: &TokenAuth) -> Result<HeaderValue, ConnectorError> {
         let mut current = ta.current.lock().await;
         if let Some(t) = current.as_ref()
-            && t.renew_at.is_none_or(|r| Instant::now() < r)
+            && t.renew_at.is_none_or(|r| self.now() < r)
         {
             return Ok(t.value.clone());
         }
@@ -257,7 +257,9 @@ impl HttpConnector {
         let renew_at = margin.and_then(|m| {
             let life = body.get("expires_in").and_then(Value::as_u64)?;
             let early = m.min(life / 2);
-            Instant::now().checked_add(Duration::from_secs(life.saturating_sub(early)))
+            let life = i64::try_from(life.saturating_sub(early)).ok()?;
+            self.now()
+                .checked_add_signed(chrono::Duration::try_seconds(life)?)
         });
         Ok(Token { value, renew_at })
     }

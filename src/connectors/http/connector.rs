@@ -48,6 +48,9 @@ pub struct HttpConnector {
     person_refs: Mutex<HashMap<String, String>>,
     /// Waits for the rate budget (count, seconds), once the daemon's metrics are attached.
     pub(super) rate_waits: std::sync::OnceLock<super::super::RateWaitCounters>,
+    /// The daemon's clock once attached (the wall clock until then): what a token's lifetime is
+    /// measured on.
+    clock: std::sync::OnceLock<crate::clock::SharedClock>,
 }
 
 impl HttpConnector {
@@ -107,6 +110,7 @@ impl HttpConnector {
             targets: cc.targets.clone(),
             person_refs: Mutex::new(HashMap::new()),
             rate_waits: std::sync::OnceLock::new(),
+            clock: std::sync::OnceLock::new(),
         })
     }
 
@@ -299,6 +303,20 @@ impl HttpConnector {
         }
         ctx
     }
+
+    /// Measure token lifetimes on this clock: the daemon attaches its own, a test its controlled
+    /// one. The first clock attached stays.
+    pub fn use_clock(&self, clock: crate::clock::SharedClock) {
+        let _ = self.clock.set(clock);
+    }
+
+    pub(super) fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        use crate::clock::Clock;
+        match self.clock.get() {
+            Some(c) => c.now(),
+            None => crate::clock::SystemClock.now(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -309,6 +327,10 @@ impl Connector for HttpConnector {
 
     fn attach_rate_wait_counters(&self, counters: super::super::RateWaitCounters) {
         let _ = self.rate_waits.set(counters);
+    }
+
+    fn attach_store(&self, _store: crate::store::Store, clock: crate::clock::SharedClock) {
+        self.use_clock(clock);
     }
 
     /// The drift check's listing: `find_grant` on the target, each item attributed by the

@@ -1,7 +1,7 @@
 //! USN (Active Directory) and modifyTimestamp polling, and the periodic full comparison.
 
 use super::*;
-use crate::model::ChangeKind;
+use crate::model::{ChangeKind, Snapshot};
 use ldap3::adapters::{EntriesOnly, PagedResults};
 
 /// Orders watermark values: USNs as numbers, generalized times as text (same width, so text order
@@ -130,12 +130,15 @@ impl LdapSource {
         let batch = format!("full-{}", to_micros(self.engine.clock.now()));
         self.engine
             .apply_snapshot(
-                &self.name,
-                &batch,
-                records,
-                quarantined,
-                threshold,
-                &self.watermark_value(&wm),
+                Snapshot {
+                    source: self.name.clone(),
+                    batch_id: batch,
+                    checkpoint: self.watermark_value(&wm),
+                    records,
+                    quarantined,
+                    hold_above: threshold,
+                    landed_at: None,
+                },
                 &mut report,
             )
             .await

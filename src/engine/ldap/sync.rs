@@ -1,6 +1,7 @@
 //! RFC 4533 content synchronisation: the sync search, its cookie, and how a refresh is applied.
 
 use super::*;
+use crate::model::Snapshot;
 use ldap3::controls::{
     EntryState, MakeCritical, RefreshMode, SyncDone, SyncInfo, SyncRequest, SyncState,
     parse_syncinfo,
@@ -378,12 +379,15 @@ impl LdapSource {
         let batch = format!("refresh-{}", to_micros(now));
         self.engine
             .apply_snapshot(
-                &self.name,
-                &batch,
-                records,
-                quarantined,
-                threshold,
-                &Self::cookie_value(cookie),
+                Snapshot {
+                    source: self.name.clone(),
+                    batch_id: batch,
+                    checkpoint: Self::cookie_value(cookie),
+                    records,
+                    quarantined,
+                    hold_above: threshold,
+                    landed_at: None,
+                },
                 &mut report,
             )
             .await

@@ -13,6 +13,33 @@ pub struct ParsedFeed {
     pub rows: usize,
 }
 
+impl ParsedFeed {
+    /// The file as a snapshot of `source`: its checkpoint is the file's name and content hash, so
+    /// the same name delivered again with other content is applied again.
+    pub fn into_snapshot(
+        self,
+        source: &str,
+        file_name: &str,
+        hold_above: f64,
+        landed_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> crate::model::Snapshot {
+        crate::model::Snapshot {
+            source: source.to_string(),
+            checkpoint: checkpoint(file_name, &self.digest),
+            batch_id: self.digest,
+            records: self.records,
+            quarantined: self.quarantined,
+            hold_above,
+            landed_at,
+        }
+    }
+}
+
+/// An HR source's checkpoint: the last file applied, by name and content hash.
+pub fn checkpoint(file_name: &str, digest: &str) -> String {
+    format!("{file_name}@{digest}")
+}
+
 /// One row's problem, before it is given its location.
 struct RowProblem {
     field: String,
