@@ -8,8 +8,6 @@ use crate::common;
 
 use common::*;
 use latchkey::app::App;
-use latchkey::clock::SharedClock;
-use latchkey::config::{Config, ConfigInput};
 use latchkey_sim::NukiOptions;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,14 +160,7 @@ impl Daemon {
 
     /// With extra environment (the secrets the configuration refers to).
     async fn start_with(h: &Harness, extra: &str, vars: &[(&str, &str)]) -> Self {
-        let path = h.dir.join("daemon.toml");
-        let base = std::fs::read_to_string(h.dir.join("latchkey.toml")).unwrap();
-        std::fs::write(&path, format!("{base}\n{extra}")).unwrap();
-        let mut e = env();
-        e.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let config = Config::load(&ConfigInput::from_file(&path, e).unwrap()).unwrap();
-        let clock: SharedClock = Arc::new(h.clock.clone());
-        let app = Arc::new(App::open(config, clock).await.unwrap());
+        let app = Arc::new(h.open_with(extra, vars).await);
         let (stop, rx) = watch::channel(false);
         let runner = app.clone();
         let task = tokio::spawn(async move { runner.run(rx).await });

@@ -6,14 +6,11 @@
 use crate::common;
 
 use common::*;
-use latchkey::app::App;
-use latchkey::clock::{ManualClock, SharedClock, from_micros, to_micros};
-use latchkey::config::{Config, ConfigInput};
+use latchkey::clock::{from_micros, to_micros};
 use latchkey::jobs::cabinet_events::{self, PollReport};
 use latchkey::store;
 use latchkey_sim::cabinet::{CabinetOptions, start_cabinet};
 use std::path::Path;
-use std::sync::Arc;
 
 const CABINET_TOKEN: &str = "cabinet-test-token";
 const GROUP: &str = "berlin-facilities-keys";
@@ -30,28 +27,23 @@ target = "{{ site }}-facilities-keys"
 credential = "cabinet"
 "#;
 
+/// The shared harness with a key cabinet beside the Nuki account: its simulator tells the
+/// harness's time, so the events it stamps are the times the test set.
 struct Ctx {
-    app: App,
-    clock: ManualClock,
-    dir: std::path::PathBuf,
+    h: Harness,
     feeds: std::cell::Cell<usize>,
-    cabinet: latchkey_sim::SimServer,
-    _nuki: latchkey_sim::SimServer,
     http: reqwest::Client,
 }
 
+impl std::ops::Deref for Ctx {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.h
+    }
+}
+
 async fn setup(dir: &Path, url: &str) -> Ctx {
-    let clock = ManualClock::new(t("2026-11-25T09:00:00Z"));
-    let shared: SharedClock = Arc::new(clock.clone());
-    let nuki = latchkey_sim::start_nuki(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        latchkey_sim::NukiOptions {
-            token: TOKEN.into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let builder = Harness::builder(backend_of(url), url, dir);
     let cabinet = start_cabinet(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         CabinetOptions {
@@ -64,43 +56,36 @@ async fn setup(dir: &Path, url: &str) -> Ctx {
             .into_iter()
             .map(|(k, g)| (k.to_string(), g.to_string()))
             .collect(),
-            clock: Arc::new(crate::common::SimClock(shared.clone())),
+            clock: builder.sim_clock(),
             ..Default::default()
         },
     )
     .await
     .unwrap();
-    std::fs::create_dir_all(dir.join("feeds")).unwrap();
-    let templates = dir.join("templates.toml");
-    std::fs::write(&templates, TEMPLATES).unwrap();
-    let text = config_text(url, &nuki.base_url(), (1000, 50)).patch(
-        &format!("\"{}\"", templates_path().display()),
-        &format!("\"{}\"", templates.display()),
-    );
-    let text = format!(
-        "{text}\n[connectors.cabinet]\nprofile = \"{}\"\nbase_url = \"{}\"\n\
-         secrets = {{ api_token = {{ env = \"CABINET_TOKEN\" }} }}\n",
-        repo().join("connectors/cabinet.toml").display(),
-        cabinet.base_url()
-    );
-    let path = dir.join("latchkey.toml");
-    std::fs::write(&path, text).unwrap();
-    let mut env = env();
-    env.insert("CABINET_TOKEN".into(), CABINET_TOKEN.into());
-    let config = Config::load(&ConfigInput::from_file(&path, env).unwrap()).unwrap();
-    let app = App::open(config, shared).await.unwrap();
+    let h = builder
+        .templates(TEMPLATES)
+        .config(&format!(
+            "[connectors.cabinet]\nprofile = \"{}\"\nbase_url = \"{}\"\n\
+             secrets = {{ api_token = {{ env = \"CABINET_TOKEN\" }} }}",
+            repo().join("connectors/cabinet.toml").display(),
+            cabinet.base_url()
+        ))
+        .secret("CABINET_TOKEN", CABINET_TOKEN)
+        .sim("cabinet", cabinet)
+        .build()
+        .await;
     Ctx {
-        app,
-        clock,
-        dir: dir.to_path_buf(),
+        h,
         feeds: std::cell::Cell::new(0),
-        cabinet,
-        _nuki: nuki,
         http: reqwest::Client::new(),
     }
 }
 
 impl Ctx {
+    fn cabinet(&self) -> &latchkey_sim::SimServer {
+        self.other("cabinet")
+    }
+
     async fn feed(&self, rows: &[String]) {
         self.feeds.set(self.feeds.get() + 1);
         let path = self
@@ -194,7 +179,7 @@ async fn joiner_key_out_leaver_alert_and_return() {
     for (name, url) in backends(tmp.path()).await {
         eprintln!("-- backend {name}");
         let c = setup(&tmp.path().join(&name), &url).await;
-        let sim = c.cabinet.cabinet().unwrap();
+        let sim = c.cabinet().cabinet().unwrap();
 
         // Joiners: a cabinet user keyed by the HR id, with the key-group permission.
         c.feed(&[
@@ -208,7 +193,7 @@ async fn joiner_key_out_leaver_alert_and_return() {
         assert!(users.iter().all(|u| u.enabled));
         assert!(sim.has_access("F1", GROUP));
         assert!(!sim.has_access("F1", "london-vault"));
-        assert_eq!(c.cabinet.stats().duplicates_created, 0);
+        assert_eq!(c.cabinet().stats().duplicates_created, 0);
         // Nothing happened at the cabinet yet.
         assert_eq!(c.poll().await.events, 0);
 
@@ -287,11 +272,11 @@ async fn a_cabinet_outage_is_skipped_and_caught_up() {
     let tmp = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", tmp.path().join("state.db").display());
     let c = setup(tmp.path(), &url).await;
-    let sim = c.cabinet.cabinet().unwrap();
+    let sim = c.cabinet().cabinet().unwrap();
     c.feed(&[technician("F1", "Active", "")]).await;
     c.drain().await;
     sim.take_key("F1", "K-101").unwrap();
-    c.cabinet.set_faults(latchkey_sim::Faults {
+    c.cabinet().set_faults(latchkey_sim::Faults {
         outage: true,
         ..latchkey_sim::Faults::none()
     });
@@ -302,7 +287,7 @@ async fn a_cabinet_outage_is_skipped_and_caught_up() {
         "a failing cabinet gives no report"
     );
     assert!(c.holders("K-101").await.is_empty());
-    c.cabinet.set_faults(latchkey_sim::Faults::none());
+    c.cabinet().set_faults(latchkey_sim::Faults::none());
     assert_eq!(c.poll().await.events, 1);
     assert_eq!(c.holders("K-101").await, [("F1".into(), "K-101".into())]);
 }

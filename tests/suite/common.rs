@@ -67,6 +67,15 @@ fn uuid_like() -> String {
         .collect()
 }
 
+/// The backend a store URL names, as the harness reports it.
+pub fn backend_of(store_url: &str) -> &'static str {
+    if store_url.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
 pub fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
@@ -110,6 +119,10 @@ pub struct Harness {
     pub dir: PathBuf,
     pub backend: String,
     pub feed_no: usize,
+    /// The secrets the configuration names, by environment variable.
+    pub secrets: BTreeMap<String, String>,
+    /// Simulators besides Nuki, by name.
+    pub others: BTreeMap<String, SimServer>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -184,9 +197,156 @@ pub fn env() -> BTreeMap<String, String> {
     [("LATCHKEY_DEMO_NUKI_TOKEN".to_string(), TOKEN.to_string())].into()
 }
 
+/// The environment of a test, put together in one place: the store, the Nuki simulator (and any
+/// other the test started), the templates, extra configuration (connectors, sources, tenants),
+/// the secrets it names, and the controlled clock. Every fixture change goes through here, and a
+/// textual patch whose pattern is gone fails (see [`Patch`]).
+pub struct HarnessBuilder {
+    backend: String,
+    store_url: String,
+    dir: PathBuf,
+    nuki: NukiOptions,
+    rate: (u32, u32),
+    templates: Option<String>,
+    patches: Vec<(String, String)>,
+    extra: Vec<String>,
+    secrets: BTreeMap<String, String>,
+    others: BTreeMap<String, SimServer>,
+    clock: ManualClock,
+}
+
+impl HarnessBuilder {
+    pub fn nuki(mut self, opts: NukiOptions) -> Self {
+        self.nuki = opts;
+        self
+    }
+
+    /// The Nuki connector's rate limit (per second, burst).
+    pub fn rate(mut self, rate: (u32, u32)) -> Self {
+        self.rate = rate;
+        self
+    }
+
+    /// Entitlement templates of the test's own, instead of the fixture's.
+    pub fn templates(mut self, text: &str) -> Self {
+        self.templates = Some(text.to_string());
+        self
+    }
+
+    /// The fixture's templates followed by these.
+    pub fn more_templates(self, text: &str) -> Self {
+        let base = std::fs::read_to_string(templates_path()).unwrap();
+        self.templates(&format!("{base}\n{text}"))
+    }
+
+    /// Configuration appended after the fixture's (connectors, sources, tenants, sections).
+    pub fn config(mut self, text: &str) -> Self {
+        self.extra.push(text.to_string());
+        self
+    }
+
+    /// Replace text of the fixture's configuration; the pattern must be there.
+    pub fn patch(mut self, from: &str, to: &str) -> Self {
+        self.patches.push((from.to_string(), to.to_string()));
+        self
+    }
+
+    /// An environment variable the configuration reads a secret from.
+    pub fn secret(mut self, var: &str, value: &str) -> Self {
+        self.secrets.insert(var.to_string(), value.to_string());
+        self
+    }
+
+    /// Another simulator the test started, kept running as long as the harness.
+    pub fn sim(mut self, name: &str, sim: SimServer) -> Self {
+        self.others.insert(name.to_string(), sim);
+        self
+    }
+
+    /// The harness's clock, for a simulator that must tell the same time (start it before
+    /// `build`).
+    pub fn clock(&self) -> ManualClock {
+        self.clock.clone()
+    }
+
+    /// The harness's clock as a simulator reads it.
+    pub fn sim_clock(&self) -> latchkey_sim::clock::SharedClock {
+        Arc::new(SimClock(Arc::new(self.clock.clone())))
+    }
+
+    pub async fn build(self) -> Harness {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = sim::start_nuki(
+            listener,
+            NukiOptions {
+                token: TOKEN.into(),
+                ..self.nuki
+            },
+        )
+        .await
+        .unwrap();
+        let dir = self.dir;
+        std::fs::create_dir_all(dir.join("feeds")).unwrap();
+        let mut text = config_text(&self.store_url, &sim.base_url(), self.rate);
+        if let Some(templates) = &self.templates {
+            let path = dir.join("templates.toml");
+            std::fs::write(&path, templates).unwrap();
+            text = text.patch(
+                &format!("\"{}\"", templates_path().display()),
+                &format!("\"{}\"", path.display()),
+            );
+        }
+        for (from, to) in &self.patches {
+            text = text.patch(from, to);
+        }
+        for extra in &self.extra {
+            text = format!("{text}\n{extra}\n");
+        }
+        let path = dir.join("latchkey.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut vars = env();
+        vars.extend(self.secrets.clone());
+        let config = Config::load(&ConfigInput::from_file(&path, vars).unwrap()).unwrap();
+        let shared: SharedClock = Arc::new(self.clock.clone());
+        let app = App::open(config, shared).await.unwrap();
+        Harness {
+            app,
+            clock: self.clock,
+            sim,
+            dir,
+            backend: self.backend,
+            feed_no: 0,
+            secrets: self.secrets,
+            others: self.others,
+            _tmp: None,
+        }
+    }
+}
+
 impl Harness {
+    /// The environment every test starts from: the fixture configuration on this store, a Nuki
+    /// simulator, and the clock at 2026-11-25 09:00 UTC.
+    pub fn builder(backend: &str, store_url: &str, dir: &Path) -> HarnessBuilder {
+        HarnessBuilder {
+            backend: backend.to_string(),
+            store_url: store_url.to_string(),
+            dir: dir.to_path_buf(),
+            nuki: NukiOptions::default(),
+            rate: (1000, 50),
+            templates: None,
+            patches: Vec::new(),
+            extra: Vec::new(),
+            secrets: BTreeMap::new(),
+            others: BTreeMap::new(),
+            clock: ManualClock::new(t("2026-11-25T09:00:00Z")),
+        }
+    }
+
     pub async fn new(backend: &str, store_url: &str, dir: &Path, opts: NukiOptions) -> Self {
-        Self::with_rate(backend, store_url, dir, opts, (1000, 50)).await
+        Self::builder(backend, store_url, dir)
+            .nuki(opts)
+            .build()
+            .await
     }
 
     pub async fn with_rate(
@@ -196,32 +356,59 @@ impl Harness {
         opts: NukiOptions,
         rate: (u32, u32),
     ) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sim = sim::start_nuki(
-            listener,
-            NukiOptions {
-                token: TOKEN.into(),
-                ..opts
-            },
-        )
-        .await
-        .unwrap();
-        let clock = ManualClock::new(t("2026-11-25T09:00:00Z"));
-        std::fs::create_dir_all(dir.join("feeds")).unwrap();
-        let path = dir.join("latchkey.toml");
-        std::fs::write(&path, config_text(store_url, &sim.base_url(), rate)).unwrap();
-        let config = Config::load(&ConfigInput::from_file(&path, env()).unwrap()).unwrap();
-        let shared: SharedClock = Arc::new(clock.clone());
-        let app = App::open(config, shared).await.unwrap();
-        Self {
-            app,
-            clock,
-            sim,
-            dir: dir.to_path_buf(),
-            backend: backend.to_string(),
-            feed_no: 0,
-            _tmp: None,
+        Self::builder(backend, store_url, dir)
+            .nuki(opts)
+            .rate(rate)
+            .build()
+            .await
+    }
+
+    /// The configuration this harness runs on, patched (each pattern must be there) and with
+    /// `extra` appended, written to `name` in its directory and loaded with its secrets (and
+    /// `vars`): what a restarted or differently configured daemon on the same store and
+    /// simulators reads.
+    pub fn config_with(
+        &self,
+        name: &str,
+        patches: &[(&str, &str)],
+        extra: &str,
+        vars: &[(&str, &str)],
+    ) -> Config {
+        let mut text = std::fs::read_to_string(self.dir.join("latchkey.toml")).unwrap();
+        for (from, to) in patches {
+            text = text.patch(from, to);
         }
+        let path = self.dir.join(name);
+        std::fs::write(&path, format!("{text}\n{extra}\n")).unwrap();
+        let mut all = env();
+        all.extend(self.secrets.clone());
+        all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::load(&ConfigInput::from_file(&path, all).unwrap()).unwrap()
+    }
+
+    /// Another daemon on this harness's store, simulators and clock, with `extra` configuration.
+    pub async fn open_with(&self, extra: &str, vars: &[(&str, &str)]) -> App {
+        self.open_patched(&[], extra, vars).await
+    }
+
+    /// [`Harness::open_with`] on a patched configuration.
+    pub async fn open_patched(
+        &self,
+        patches: &[(&str, &str)],
+        extra: &str,
+        vars: &[(&str, &str)],
+    ) -> App {
+        let config = self.config_with("reopened.toml", patches, extra, vars);
+        App::open(config, Arc::new(self.clock.clone()))
+            .await
+            .unwrap()
+    }
+
+    /// A simulator the builder was given.
+    pub fn other(&self, name: &str) -> &SimServer {
+        self.others
+            .get(name)
+            .unwrap_or_else(|| panic!("no simulator {name} in this harness"))
     }
 
     /// Write a feed file with these rows and apply it.

@@ -806,13 +806,7 @@ async fn reopen_with_templates(h: &mut Harness, edit: impl Fn(String) -> String)
 
 /// Another daemon on the harness's configuration file, store, simulator and clock.
 async fn open_again(h: &Harness) -> latchkey::app::App {
-    let config_path = h.dir.join("latchkey.toml");
-    let config = latchkey::config::Config::load(
-        &latchkey::config::ConfigInput::from_file(&config_path, env()).unwrap(),
-    )
-    .unwrap();
-    let clock: latchkey::clock::SharedClock = std::sync::Arc::new(h.clock.clone());
-    latchkey::app::App::open(config, clock).await.unwrap()
+    h.open_with("", &[]).await
 }
 
 /// The `[policy] templates` line pointing at `path`, whichever file it named before.

@@ -5,9 +5,7 @@
 use crate::common;
 
 use common::*;
-use latchkey::app::App;
-use latchkey::clock::{ManualClock, SharedClock, from_micros, to_micros};
-use latchkey::config::{Config, ConfigInput};
+use latchkey::clock::{from_micros, to_micros};
 use latchkey::connectors::manual::{self, HAND_OVER, RETURN};
 use latchkey::model::Action;
 use latchkey::model::CommandStatus;
@@ -50,62 +48,36 @@ async fn receiver() -> (String, Alerts) {
     (format!("http://{addr}/alerts"), alerts)
 }
 
-struct Ctx {
-    app: App,
-    clock: ManualClock,
-    dir: std::path::PathBuf,
-    feeds: usize,
-    _sim: latchkey_sim::SimServer,
+/// The shared harness with a `keys` connector (manual, alerting `webhook` when a key is overdue)
+/// and templates that hand facilities staff a master key.
+struct Ctx(Harness);
+
+impl std::ops::Deref for Ctx {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ctx {
+    fn deref_mut(&mut self) -> &mut Harness {
+        &mut self.0
+    }
 }
 
 async fn setup(dir: &Path, url: &str, webhook: &str) -> Ctx {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim = latchkey_sim::start_nuki(
-        listener,
-        latchkey_sim::NukiOptions {
-            token: TOKEN.into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    std::fs::create_dir_all(dir.join("feeds")).unwrap();
-    let templates = dir.join("templates.toml");
-    std::fs::write(&templates, TEMPLATES).unwrap();
-    let text = config_text(url, &sim.base_url(), (1000, 50)).replace(
-        &format!("\"{}\"", templates_path().display()),
-        &format!("\"{}\"", templates.display()),
-    );
-    let text = format!(
-        "{text}\n[connectors.keys]\nkind = \"manual\"\n\
-         manual = {{ return_due_hours = 24, overdue_webhook = \"{webhook}\" }}\n"
-    );
-    let path = dir.join("latchkey.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&ConfigInput::from_file(&path, env()).unwrap()).unwrap();
-    let clock = ManualClock::new(t("2026-11-25T09:00:00Z"));
-    let shared: SharedClock = Arc::new(clock.clone());
-    let app = App::open(config, shared).await.unwrap();
-    Ctx {
-        app,
-        clock,
-        dir: dir.to_path_buf(),
-        feeds: 0,
-        _sim: sim,
-    }
+    let h = Harness::builder(backend_of(url), url, dir)
+        .templates(TEMPLATES)
+        .config(&format!(
+            "[connectors.keys]\nkind = \"manual\"\n\
+             manual = {{ return_due_hours = 24, overdue_webhook = \"{webhook}\" }}"
+        ))
+        .build()
+        .await;
+    Ctx(h)
 }
 
 impl Ctx {
-    async fn feed(&mut self, rows: &[String]) {
-        self.feeds += 1;
-        let path = self
-            .dir
-            .join("feeds")
-            .join(format!("hr-{:04}.csv", self.feeds));
-        std::fs::write(&path, format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
-        self.app.engine.apply_hr_file("hr", &path).await.unwrap();
-    }
-
     fn now(&self) -> i64 {
         to_micros(self.clock.now_utc())
     }
@@ -434,7 +406,7 @@ async fn a_door_moves_from_mechanical_keys_to_a_smart_lock_and_closes_when_the_l
         while d.step(&nuki, "test-worker").await.unwrap() {}
         c.dispatch().await;
         let lock = 1007;
-        let sim = c._sim.nuki().unwrap();
+        let sim = c.sim.nuki().unwrap();
         for p in &people {
             let email = format!("{}@example.com", p.to_lowercase());
             let user = sim

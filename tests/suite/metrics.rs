@@ -8,8 +8,7 @@ use crate::common;
 
 use common::*;
 use latchkey::app::App;
-use latchkey::clock::{SharedClock, to_micros};
-use latchkey::config::{Config, ConfigInput};
+use latchkey::clock::to_micros;
 use latchkey::jobs::drill;
 use latchkey::model::CommandStatus;
 use latchkey::store;
@@ -17,7 +16,6 @@ use latchkey::telemetry::metrics::METRIC_NAMES;
 use latchkey::telemetry::sla;
 use latchkey_sim::{Faults, NukiOptions};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// Serve the app's router on a loopback port; returns its base URL.
 async fn serve(app: &App) -> String {
@@ -278,21 +276,16 @@ async fn scrape_after_a_run_matches_the_outbox() {
 
 /// An app on the harness's store and simulator, with a drill canary configured.
 async fn drill_app(h: &Harness) -> App {
-    let text = std::fs::read_to_string(h.dir.join("latchkey.toml"))
-        .unwrap()
-        .replacen(
+    h.open_patched(
+        &[(
             "[connectors.nuki]\n",
             "[connectors.nuki]\ndrill_target = \"berlin-lab\"\n",
-            1,
-        );
-    let text = format!(
-        "{text}\n[telemetry.drill]\nperson = \"canary-drill\"\nname = \"Drill Canary\"\nemail = \"canary@example.invalid\"\nschedule = \"*/5 * * * *\"\n"
-    );
-    let path = h.dir.join("drill.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&ConfigInput::from_file(&path, env()).unwrap()).unwrap();
-    let clock: SharedClock = Arc::new(h.clock.clone());
-    App::open(config, clock).await.unwrap()
+        )],
+        "[telemetry.drill]\nperson = \"canary-drill\"\nname = \"Drill Canary\"\n\
+         email = \"canary@example.invalid\"\nschedule = \"*/5 * * * *\"",
+        &[],
+    )
+    .await
 }
 
 #[tokio::test]

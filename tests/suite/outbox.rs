@@ -892,7 +892,6 @@ fn scim_user(key: &str) -> serde_json::Value {
 /// revocation reaches the vendor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_scim_deactivations_on_postgres_never_fail() {
-    use latchkey::clock::{ManualClock, SharedClock};
     use sha2::Digest;
     const SCIM_TOKEN: &str = "race-token";
     const CLIENTS: usize = 8;
@@ -901,26 +900,15 @@ async fn concurrent_scim_deactivations_on_postgres_never_fail() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    std::fs::create_dir_all(dir.join("feeds")).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let opts = NukiOptions {
-        token: TOKEN.into(),
-        ..NukiOptions::default()
-    };
-    let sim = sim::start_nuki(listener, opts).await.unwrap();
-    let text = format!(
-        "{}\n[scim.tenants.okta]\ntoken_sha256 = \"{}\"\n",
-        config_text(&url, &sim.base_url(), (100_000, 1000)),
-        hex::encode(sha2::Sha256::digest(SCIM_TOKEN.as_bytes())),
-    );
-    let path = dir.join("latchkey.toml");
-    std::fs::write(&path, text).unwrap();
-    let input = latchkey::config::ConfigInput::from_file(&path, env()).unwrap();
-    let config = latchkey::config::Config::load(&input).unwrap();
-    let clock = ManualClock::new(t("2026-11-25T09:00:00Z"));
-    let shared: SharedClock = std::sync::Arc::new(clock.clone());
-    let app = latchkey::app::App::open(config, shared).await.unwrap();
+    let h = Harness::builder("postgres", &url, tmp.path())
+        .rate((100_000, 1000))
+        .config(&format!(
+            "[scim.tenants.okta]\ntoken_sha256 = \"{}\"",
+            hex::encode(sha2::Sha256::digest(SCIM_TOKEN.as_bytes())),
+        ))
+        .build()
+        .await;
+    let (app, clock, sim) = (&h.app, h.clock.clone(), &h.sim);
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/scim/v2", http_listener.local_addr().unwrap());
     let (stop_http, http_rx) = tokio::sync::oneshot::channel::<()>();

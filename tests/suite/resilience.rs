@@ -6,7 +6,7 @@ use crate::common;
 
 use common::*;
 use latchkey::app::App;
-use latchkey::clock::{ManualClock, SharedClock, from_micros, to_micros};
+use latchkey::clock::{from_micros, to_micros};
 use latchkey::config::{Config, ConfigInput};
 use latchkey::dispatch::breaker::State;
 use latchkey::model::CommandStatus;
@@ -38,13 +38,21 @@ target = "{{ site }}-annex"
 credential = "app"
 "#;
 
-struct Ctx {
-    app: App,
-    clock: ManualClock,
-    sim: SimServer,
-    sim2: SimServer,
-    dir: std::path::PathBuf,
-    feeds: usize,
+/// The shared harness with a second Nuki account (`nuki2`, one worker) beside the first, and
+/// `extra` configuration.
+struct Ctx(Harness);
+
+impl std::ops::Deref for Ctx {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ctx {
+    fn deref_mut(&mut self) -> &mut Harness {
+        &mut self.0
+    }
 }
 
 async fn start_sim() -> SimServer {
@@ -61,47 +69,26 @@ async fn start_sim() -> SimServer {
 }
 
 async fn setup(dir: &Path, url: &str, extra: &str) -> Ctx {
-    let sim = start_sim().await;
     let sim2 = start_sim().await;
-    std::fs::create_dir_all(dir.join("feeds")).unwrap();
-    let templates = dir.join("templates.toml");
-    std::fs::write(&templates, TEMPLATES).unwrap();
-    let text = config_text(url, &sim.base_url(), (1000, 50)).replace(
-        &format!("\"{}\"", templates_path().display()),
-        &format!("\"{}\"", templates.display()),
-    );
-    let text = format!(
-        "{text}\n{extra}\n[connectors.nuki2]\nprofile = \"{}/connectors/nuki.toml\"\nbase_url = \"{}\"\n\
-         concurrency = 1\nsecrets = {{ token = {{ env = \"LATCHKEY_DEMO_NUKI_TOKEN\" }} }}\n\
-         targets = {{ \"berlin-annex\" = \"9001\" }}\n",
-        repo().display(),
-        sim2.base_url()
-    );
-    let path = dir.join("latchkey.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = Config::load(&ConfigInput::from_file(&path, env()).unwrap()).unwrap();
-    let clock = ManualClock::new(t("2026-11-25T09:00:00Z"));
-    let shared: SharedClock = Arc::new(clock.clone());
-    let app = App::open(config, shared).await.unwrap();
-    Ctx {
-        app,
-        clock,
-        sim,
-        sim2,
-        dir: dir.to_path_buf(),
-        feeds: 0,
-    }
+    let h = Harness::builder(backend_of(url), url, dir)
+        .templates(TEMPLATES)
+        .config(extra)
+        .config(&format!(
+            "[connectors.nuki2]\nprofile = \"{}/connectors/nuki.toml\"\nbase_url = \"{}\"\n\
+             concurrency = 1\nsecrets = {{ token = {{ env = \"LATCHKEY_DEMO_NUKI_TOKEN\" }} }}\n\
+             targets = {{ \"berlin-annex\" = \"9001\" }}",
+            repo().display(),
+            sim2.base_url()
+        ))
+        .sim("nuki2", sim2)
+        .build()
+        .await;
+    Ctx(h)
 }
 
 impl Ctx {
-    async fn feed(&mut self, rows: &[String]) {
-        self.feeds += 1;
-        let path = self
-            .dir
-            .join("feeds")
-            .join(format!("hr-{:04}.csv", self.feeds));
-        std::fs::write(&path, format!("{HEADER}\n{}\n", rows.join("\n"))).unwrap();
-        self.app.engine.apply_hr_file("hr", &path).await.unwrap();
+    fn sim2(&self) -> &SimServer {
+        self.other("nuki2")
     }
 
     fn now(&self) -> i64 {
@@ -269,7 +256,7 @@ async fn ten_minute_outage_opens_the_breaker_without_burning_attempts_and_spares
         }
         for (key, lock) in [("E1", 1001), ("E2", 1002), ("E3", 1004)] {
             assert!(c.holds(&c.sim, key, lock), "{key}");
-            assert!(c.holds(&c.sim2, key, 9001), "{key}");
+            assert!(c.holds(c.sim2(), key, 9001), "{key}");
         }
         assert_eq!(c.app.breakers["nuki"].state(), State::Closed);
         let metrics = c.app.engine.metrics.encode_openmetrics();

@@ -12,19 +12,6 @@ use latchkey::config::OnDeadline;
 use latchkey::model::Action;
 use latchkey::reviews::{self, Decision, ReviewError, Scope, Start};
 use latchkey::store;
-use latchkey_sim::NukiOptions;
-
-async fn reopen_with(h: &mut Harness, extra: &str) {
-    let config_path = h.dir.join("latchkey.toml");
-    let text = std::fs::read_to_string(&config_path).unwrap();
-    std::fs::write(&config_path, format!("{text}\n{extra}")).unwrap();
-    let config = latchkey::config::Config::load(
-        &latchkey::config::ConfigInput::from_file(&config_path, env()).unwrap(),
-    )
-    .unwrap();
-    let clock: latchkey::clock::SharedClock = std::sync::Arc::new(h.clock.clone());
-    h.app = latchkey::app::App::open(config, clock).await.unwrap();
-}
 
 fn decision_of<'a>(items: &'a [store::reviews::ItemRow], key: &str) -> Option<&'a str> {
     items
@@ -39,12 +26,12 @@ async fn a_review_certifies_revokes_and_at_its_deadline_revokes_whom_nobody_vouc
     for (name, url) in backends(tmp.path()).await {
         eprintln!("-- backend {name}");
         let dir = tmp.path().join(&name);
-        let mut h = Harness::new(&name, &url, &dir, NukiOptions::default()).await;
-        reopen_with(
-            &mut h,
-            "[tiers.high]\ntargets = [\"berlin-lab\"]\n[tiers.high.sla]\nrevoke_within_seconds = 30\n",
-        )
-        .await;
+        let mut h = Harness::builder(&name, &url, &dir)
+            .config(
+                "[tiers.high]\ntargets = [\"berlin-lab\"]\n[tiers.high.sla]\nrevoke_within_seconds = 30\n",
+            )
+            .build()
+            .await;
         let people = [
             employee("E1", "engineering", "berlin"),
             employee("E2", "engineering", "berlin"),
@@ -339,13 +326,13 @@ async fn an_escalated_review_keeps_the_undecided_and_a_tier_starts_its_reviews_o
     for (name, url) in backends(tmp.path()).await {
         eprintln!("-- backend {name}");
         let dir = tmp.path().join(&name);
-        let mut h = Harness::new(&name, &url, &dir, NukiOptions::default()).await;
-        reopen_with(
-            &mut h,
-            "[tiers.high]\ntargets = [\"berlin-lab\"]\nreview_every_days = 90\nreview_days = 14\n\
+        let mut h = Harness::builder(&name, &url, &dir)
+            .config(
+                "[tiers.high]\ntargets = [\"berlin-lab\"]\nreview_every_days = 90\nreview_days = 14\n\
              review_on_deadline = \"escalate\"\n",
-        )
-        .await;
+            )
+            .build()
+            .await;
         // E2 reports to E1 (the feed's last column, `manager_id`).
         h.feed(&[
             employee("E1", "engineering", "berlin"),

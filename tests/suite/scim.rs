@@ -5,15 +5,10 @@
 use crate::common;
 
 use common::*;
-use latchkey::app::App;
-use latchkey::clock::{ManualClock, SharedClock};
-use latchkey::config::{Config, ConfigInput};
-use latchkey_sim::{self as sim, NukiOptions, SimServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 const OKTA: &str = "okta-token-1";
@@ -25,15 +20,21 @@ const PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
 const CUSTOM: &str = "urn:ietf:params:scim:schemas:extension:CustomExtensionName:2.0:User";
 const SCIM_JSON: &str = "application/scim+json";
 
+/// The shared harness with four SCIM tenants (Okta, Entra ID with a custom extension, one
+/// scoped to a group, one rate limited) and the SCIM server listening over HTTP.
 struct Scim {
-    app: App,
-    sim: SimServer,
-    clock: ManualClock,
+    h: Harness,
     base: String,
     http: reqwest::Client,
-    backend: String,
     _server: tokio::task::JoinHandle<()>,
     _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::ops::Deref for Scim {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.h
+    }
 }
 
 fn sha(s: &str) -> String {
@@ -47,65 +48,39 @@ impl Scim {
 
     /// `scim`: lines of the `[scim]` section (its defaults otherwise).
     async fn with_settings(backend: &str, store_url: &str, dir: &Path, scim: &str) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let sim = sim::start_nuki(
-            listener,
-            NukiOptions {
-                token: TOKEN.into(),
-                ..NukiOptions::default()
-            },
-        )
-        .await
-        .unwrap();
-        std::fs::create_dir_all(dir.join("feeds")).unwrap();
         // The fixture's templates plus one that grants a door from a declared extension attribute.
-        let templates = dir.join("templates.toml");
-        std::fs::write(
-            &templates,
-            format!(
-                "{}\n[[templates]]\nname = \"lab-clearance\"\nwhen = \"lab_clearance == 'granted'\"\n\
-                 [[templates.grants]]\nconnector = \"nuki\"\ntarget = \"{{{{ site }}}}-lab\"\n",
-                std::fs::read_to_string(templates_path()).unwrap()
-            ),
-        )
-        .unwrap();
-        let text = format!(
-            "{}\n[scim.tenants.okta]\ntoken_sha256 = \"{}\"\nmay_terminate = true\n\
-             [scim.tenants.entra]\ntoken = {{ env = \"LATCHKEY_TEST_SCIM_ENTRA\" }}\n\
-             provider = \"entra\"\n\
-             [scim.tenants.entra.extensions.\"{CUSTOM}\"]\n\
-             attributes = [{{ name = \"CustomAttribute\", maps_to = \"lab_clearance\" }},\
-             {{ name = \"badgeNumbers\", type = \"integer\", multi_valued = true }},\
-             {{ name = \"remote\", type = \"boolean\" }}]\n\
-             [scim.tenants.scoped]\ntoken_sha256 = \"{}\"\ncorrelate_by = \"userName\"\n\
-             scope_groups = [\"Door access\"]\n\
-             [scim.tenants.limited]\ntoken_sha256 = \"{}\"\n\
-             rate_limit = {{ per_second = 1, burst = 3 }}\n\
-             [authority.attributes]\n\
-             department = [\"scim:okta\", \"hr\", \"scim:entra\", \"scim:scoped\", \"scim:limited\"]\n",
-            config_text(store_url, &sim.base_url(), (1000, 50)),
-            sha(OKTA),
-            sha(SCOPED),
-            sha(LIMITED),
-        )
-        .replace(
-            &format!("\"{}\"", templates_path().display()),
-            &format!("\"{}\"", templates.display()),
-        )
-        // The fixture has a `[scim]` section: the settings go into it.
-        .replacen("[scim]\n", &format!("[scim]\n{scim}\n"), 1);
-        let path = dir.join("latchkey.toml");
-        std::fs::write(&path, text).unwrap();
-        let mut env = env();
-        env.insert("LATCHKEY_TEST_SCIM_ENTRA".into(), ENTRA.into());
-        let config = Config::load(&ConfigInput::from_file(&path, env).unwrap()).unwrap();
-        let clock = ManualClock::new(t("2026-11-25T09:00:00Z"));
-        let shared: SharedClock = Arc::new(clock.clone());
-        let app = App::open(config, shared).await.unwrap();
+        let h = Harness::builder(backend, store_url, dir)
+            .more_templates(
+                "[[templates]]\nname = \"lab-clearance\"\nwhen = \"lab_clearance == 'granted'\"\n\
+                 [[templates.grants]]\nconnector = \"nuki\"\ntarget = \"{{ site }}-lab\"\n",
+            )
+            // The fixture has a `[scim]` section: the settings go into it.
+            .patch("[scim]\n", &format!("[scim]\n{scim}\n"))
+            .config(&format!(
+                "[scim.tenants.okta]\ntoken_sha256 = \"{}\"\nmay_terminate = true\n\
+                 [scim.tenants.entra]\ntoken = {{ env = \"LATCHKEY_TEST_SCIM_ENTRA\" }}\n\
+                 provider = \"entra\"\n\
+                 [scim.tenants.entra.extensions.\"{CUSTOM}\"]\n\
+                 attributes = [{{ name = \"CustomAttribute\", maps_to = \"lab_clearance\" }},\
+                 {{ name = \"badgeNumbers\", type = \"integer\", multi_valued = true }},\
+                 {{ name = \"remote\", type = \"boolean\" }}]\n\
+                 [scim.tenants.scoped]\ntoken_sha256 = \"{}\"\ncorrelate_by = \"userName\"\n\
+                 scope_groups = [\"Door access\"]\n\
+                 [scim.tenants.limited]\ntoken_sha256 = \"{}\"\n\
+                 rate_limit = {{ per_second = 1, burst = 3 }}\n\
+                 [authority.attributes]\n\
+                 department = [\"scim:okta\", \"hr\", \"scim:entra\", \"scim:scoped\", \"scim:limited\"]",
+                sha(OKTA),
+                sha(SCOPED),
+                sha(LIMITED),
+            ))
+            .secret("LATCHKEY_TEST_SCIM_ENTRA", ENTRA)
+            .build()
+            .await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/scim/v2", listener.local_addr().unwrap());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let router = app.router();
+        let router = h.app.router();
         let server = tokio::spawn(async move {
             latchkey::api::serve(listener, router, async move {
                 let _ = rx.await;
@@ -114,12 +89,9 @@ impl Scim {
             .unwrap();
         });
         Self {
-            app,
-            sim,
-            clock,
+            h,
             base,
             http: reqwest::Client::new(),
-            backend: backend.into(),
             _server: server,
             _stop: stop,
         }
