@@ -122,6 +122,49 @@ async fn outbox_claims_revokes_first_honours_leases_and_dedupes() {
     }
 }
 
+/// Committing a transaction that queued a command wakes the dispatcher by itself: no caller has
+/// to remember to. Not before the commit (the dispatcher would find nothing), and not for a
+/// command rolled back.
+#[tokio::test]
+async fn committing_a_queued_command_wakes_the_dispatcher() {
+    use futures::FutureExt;
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let s = Store::connect(&url, 4).await.unwrap();
+        let wakeup = s.outbox_wakeup();
+        let woken = wakeup.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let mut tx = s.begin_write().await.unwrap();
+        store::enqueue(&mut tx, &cmd(Action::Revoke, "E1", "berlin-lab", 1), 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            woken.as_mut().now_or_never().is_none(),
+            "{name}: woken before the commit"
+        );
+        tx.commit().await.unwrap();
+        assert!(
+            woken.now_or_never().is_some(),
+            "{name}: the commit did not wake the dispatcher"
+        );
+        let woken = wakeup.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let mut tx = s.begin_write().await.unwrap();
+        store::enqueue(&mut tx, &cmd(Action::Revoke, "E2", "berlin-lab", 1), 10)
+            .await
+            .unwrap()
+            .unwrap();
+        tx.rollback().await.unwrap();
+        assert!(
+            woken.now_or_never().is_none(),
+            "{name}: a rolled-back command woke the dispatcher"
+        );
+    }
+}
+
 #[tokio::test]
 async fn two_commands_for_one_grant_never_run_at_once() {
     let tmp = tempfile::tempdir().unwrap();
