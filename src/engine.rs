@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 mod evaluate;
 mod hr_feed;
 pub mod ldap;
+mod mass_change;
 pub mod scim;
 mod snapshot;
 

@@ -134,14 +134,16 @@ impl Engine {
         let present = known.values().filter(|(_, gone)| !gone).count();
         let now = self.clock.now();
         let mut tx = self.store.begin_write().await?;
-        if !vanished.is_empty() && vanished.len() as f64 > mass_threshold * present as f64 {
-            let reason = mass_change_reason(vanished.len(), present, mass_threshold);
-            self.hold_vanished(&mut tx, source, &vanished, &reason, now, report)
-                .await?;
-        } else {
+        match super::mass_change::snapshot_hold(vanished.len(), present, mass_threshold) {
+            Some(reason) => {
+                self.hold_vanished(&mut tx, source, &vanished, &reason, now, report)
+                    .await?
+            }
             // Absence is weaker than a termination: a leaver only once past the source's grace.
-            self.settle_vanished(&mut tx, source, &vanished, now, report)
-                .await?;
+            None => {
+                self.settle_vanished(&mut tx, source, &vanished, now, report)
+                    .await?
+            }
         }
         store::set_checkpoint(&mut tx, source, checkpoint_value, to_micros(now)).await?;
         tx.commit().await?;
@@ -160,30 +162,15 @@ impl Engine {
         report: &mut FeedReport,
     ) -> Result<(), EngineError> {
         for k in vanished {
-            let by = self.requester(&format!("source:{source}"));
-            if store::hold(
-                conn,
-                source,
-                k,
-                "disappearance",
-                reason,
-                &by,
-                to_micros(now),
-            )
-            .await?
+            if self
+                .hold_disappearance_tx(conn, source, k, reason, now)
+                .await?
             {
                 report.held += 1;
             }
         }
-        audit::append(
-            conn,
-            to_micros(now),
-            &format!("source:{source}"),
-            "feed.mass_change_held",
-            source,
-            &serde_json::json!({"held": vanished.len(), "reason": reason}),
-        )
-        .await?;
+        self.audit_mass_hold_tx(conn, source, vanished.len(), reason, now)
+            .await?;
         Ok(())
     }
 }
@@ -197,13 +184,4 @@ fn changed_records(known: &Known, records: Vec<PersonRecord>) -> Vec<PersonRecor
             None => true,
         })
         .collect()
-}
-
-/// Why a feed's disappearances are held: how many vanished, of how many, against the threshold.
-fn mass_change_reason(vanished: usize, present: usize, mass_threshold: f64) -> String {
-    format!(
-        "{vanished} of {present} people ({:.1} %) vanished from one feed, above the {:.0} % threshold",
-        100.0 * vanished as f64 / present.max(1) as f64,
-        100.0 * mass_threshold
-    )
 }

@@ -106,17 +106,10 @@ impl LdapSource {
             return Ok(false);
         };
         tracing::warn!(source = %self.name, key = %r.key, %reason, "LDAP disable held for approval");
-        crate::store::hold(
-            conn,
-            &self.name,
-            &r.key,
-            "disappearance",
-            &reason,
-            &format!("source:{}", self.name),
-            crate::clock::to_micros(now),
-        )
-        .await
-        .map_err(self.store_err())?;
+        self.engine
+            .hold_disappearance_tx(conn, &self.name, &r.key, &reason, now)
+            .await
+            .map_err(self.engine_err())?;
         Ok(true)
     }
 }

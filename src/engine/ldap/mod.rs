@@ -29,13 +29,14 @@ use crate::sources::ldap::{
 use crate::audit;
 use crate::clock::to_micros;
 use crate::config::{ConfigError, LdapDialect, LdapScope, LdapSourceConfig};
+use crate::engine::mass_change::{RemovalWindow, WindowRule};
 use crate::engine::{Engine, EngineError, FeedReport};
 use crate::model::{PersonRecord, Quarantined};
 use crate::store::{self, StoreError};
 use backon::BackoffBuilder;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry};
 use sqlx::AnyConnection;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -91,10 +92,6 @@ type Result<T, E = LdapSourceError> = std::result::Result<T, E>;
 // ---------------------------------------------------------------------------------------------
 // The source
 
-/// When explicit deletions and disables happened, how many, and whether they left the
-/// population (deletions applied, not held).
-type RecentDeletes = VecDeque<(chrono::DateTime<chrono::Utc>, usize, bool)>;
-
 /// One configured directory, followed until shutdown.
 #[derive(Debug, Clone)]
 pub struct LdapSource {
@@ -107,7 +104,7 @@ pub struct LdapSource {
     /// Group entries followed under `groups.base`, shared by the source's tasks.
     groups: Arc<std::sync::Mutex<GroupIndex>>,
     /// Explicit deletions of the recent window, for the mass-deletion safeguard.
-    recent_deletes: Arc<std::sync::Mutex<RecentDeletes>>,
+    recent_deletes: Arc<std::sync::Mutex<RemovalWindow>>,
     /// The session's connection, for reading entries that share a key while a search runs.
     lookup: Arc<std::sync::Mutex<Option<Ldap>>>,
 }
@@ -515,17 +512,10 @@ impl LdapSource {
             }
         }
         if let Some(reason) = &held {
-            tracing::warn!(source = %self.name, deleted = uuids.len(), %reason, "LDAP deletions held for approval");
-            audit::append(
-                &mut tx,
-                to_micros(now),
-                &format!("source:{}", self.name),
-                "feed.mass_change_held",
-                &self.name,
-                &serde_json::json!({"held": uuids.len(), "reason": reason}),
-            )
-            .await
-            .map_err(self.store_err())?;
+            self.engine
+                .audit_mass_hold_tx(&mut tx, &self.name, uuids.len(), reason, now)
+                .await
+                .map_err(self.engine_err())?;
         }
         self.commit_with_cookie(tx, cookie, now).await
     }
@@ -546,32 +536,16 @@ impl LdapSource {
             .values()
             .filter(|k| k.is_some())
             .count();
-        let threshold = self.mass_change_threshold();
-        let window = chrono::Duration::seconds(self.cfg.mass_delete_window_seconds as i64);
-        let mut recent = self
+        let rule = WindowRule {
+            threshold: self.mass_change_threshold(),
+            window_seconds: self.cfg.mass_delete_window_seconds,
+            min: self.cfg.mass_delete_min,
+        };
+        Ok(self
             .recent_deletes
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        while recent.front().is_some_and(|(t, _, _)| *t + window < now) {
-            recent.pop_front();
-        }
-        // Applied deletions already left the population: count them back in.
-        let applied: usize = recent.iter().filter(|r| r.2).map(|r| r.1).sum();
-        let population = population + applied;
-        let total = n + recent.iter().map(|r| r.1).sum::<usize>();
-        let hold = population > 0
-            && total > self.cfg.mass_delete_min
-            && (total as f64) > threshold * population as f64;
-        recent.push_back((now, n, leaves && !hold));
-        if !hold {
-            return Ok(None);
-        }
-        Ok(Some(format!(
-            "{total} of {population} entries ({:.1} %) deleted, disabled or moved out of scope within {} s, above the {:.0} % threshold",
-            100.0 * total as f64 / population as f64,
-            self.cfg.mass_delete_window_seconds,
-            100.0 * threshold
-        )))
+            .unwrap_or_else(|p| p.into_inner())
+            .judge(n, leaves, population, rule, now))
     }
 
     async fn hold_delete_tx(
@@ -582,17 +556,10 @@ impl LdapSource {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<()> {
         if let Some(Some(key)) = self.entry_key(conn, uuid).await? {
-            store::hold(
-                conn,
-                &self.name,
-                &key,
-                "disappearance",
-                reason,
-                &format!("source:{}", self.name),
-                to_micros(now),
-            )
-            .await
-            .map_err(self.store_err())?;
+            self.engine
+                .hold_disappearance_tx(conn, &self.name, &key, reason, now)
+                .await
+                .map_err(self.engine_err())?;
         }
         Ok(())
     }
