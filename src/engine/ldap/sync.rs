@@ -344,7 +344,12 @@ impl LdapSource {
         if !deleted.is_empty() {
             self.apply_deletes(&deleted, None).await?;
         }
-        for chunk in refresh.changed.chunks(BATCH) {
+        // Leavers first (invariant 3): disabled accounts are applied in the first transactions, so
+        // their revokes reach the outbox before the joiners' issues. The cookie moves only after
+        // the last chunk, so the order inside the refresh is free.
+        let mut changed = refresh.changed;
+        changed.sort_by_key(|(_, e)| !self.is_leaver_entry(e));
+        for chunk in changed.chunks(BATCH) {
             let now = self.engine.clock.now();
             let mut tx = self
                 .engine
@@ -358,7 +363,7 @@ impl LdapSource {
             tx.commit().await.map_err(self.db_err())?;
         }
         self.persist_cookie(&cookie).await?;
-        tracing::info!(source = %self.name, changed = refresh.changed.len(), deleted = deleted.len(), "LDAP refresh applied");
+        tracing::info!(source = %self.name, changed = changed.len(), deleted = deleted.len(), "LDAP refresh applied");
         Ok(())
     }
 
