@@ -132,6 +132,50 @@ pub struct DesiredGrant {
     pub valid_until: Option<DateTime<Utc>>,
 }
 
+/// A command's id in the outbox: what `latchkey redrive`, the audit trail and the logs name.
+// `Default` only because a `store::CommandUpdate` is built with `..Default::default()`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct CommandId(pub i64);
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl From<i64> for CommandId {
+    fn from(id: i64) -> Self {
+        Self(id)
+    }
+}
+
+impl From<CommandId> for i64 {
+    fn from(id: CommandId) -> Self {
+        id.0
+    }
+}
+
+impl PartialEq<i64> for CommandId {
+    fn eq(&self, other: &i64) -> bool {
+        self.0 == *other
+    }
+}
+
 /// Where a command stands in the outbox. Its spelling in the database and in reports is the
 /// store's (`store::states`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]

@@ -678,7 +678,7 @@ impl Dispatcher {
             self.metrics.revoke_failed(&cmd.connector, class);
         }
         if !revoke && (class == "permanent" || exhausted) {
-            tracing::warn!(connector = %cmd.connector, command = cmd.id, error = %err, "command dead-lettered");
+            tracing::warn!(connector = %cmd.connector, command = cmd.id.0, error = %err, "command dead-lettered");
             return self
                 .finish(
                     owner,
@@ -708,7 +708,7 @@ impl Dispatcher {
         )
         .await?;
         if stuck {
-            tracing::error!(connector = %cmd.connector, command = cmd.id, attempts = cmd.attempts, error = %err, "revocation stuck; retrying");
+            tracing::error!(connector = %cmd.connector, command = cmd.id.0, attempts = cmd.attempts, error = %err, "revocation stuck; retrying");
         }
         self.metrics.command_retried(
             cmd,

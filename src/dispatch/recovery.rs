@@ -4,7 +4,7 @@
 //! that moves a command is audited.
 
 use crate::audit;
-use crate::model::CommandStatus;
+use crate::model::{CommandId, CommandStatus};
 use crate::store::{self, CommandRow, Store, StoreError};
 
 /// Which dead letters to put back in the queue.
@@ -17,7 +17,7 @@ pub enum Selection<'a> {
     },
     /// These ids, which must all be dead letters (of `connector`, when given).
     Ids {
-        ids: &'a [i64],
+        ids: &'a [CommandId],
         connector: Option<&'a str>,
     },
 }
@@ -28,7 +28,7 @@ pub enum RedriveError {
     Store(#[from] StoreError),
     #[error("not dead letters{}: {}", connector.as_ref().map(|c| format!(" of connector `{c}`")).unwrap_or_default(), ids.iter().map(|i| format!("#{i}")).collect::<Vec<_>>().join(", "))]
     NotFound {
-        ids: Vec<i64>,
+        ids: Vec<CommandId>,
         connector: Option<String>,
     },
 }
@@ -101,7 +101,7 @@ pub async fn release_owner(
     owner: &str,
     now: i64,
     why: &str,
-) -> Result<Vec<i64>, StoreError> {
+) -> Result<Vec<CommandId>, StoreError> {
     let mut tx = store.begin_write().await?;
     let mut released = Vec::new();
     for id in store::leased_by(&mut tx, owner).await? {

@@ -4,7 +4,7 @@ use super::*;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandRow {
-    pub id: i64,
+    pub id: CommandId,
     pub idem_key: String,
     pub connector: String,
     pub action: Action,
@@ -101,7 +101,11 @@ impl NewCommand {
 }
 
 /// Returns the new command's id, or None when the same command was already enqueued.
-pub async fn enqueue(conn: &mut AnyConnection, c: &NewCommand, now: i64) -> Result<Option<i64>> {
+pub async fn enqueue(
+    conn: &mut AnyConnection,
+    c: &NewCommand,
+    now: i64,
+) -> Result<Option<CommandId>> {
     let row = sqlx::query(
         "INSERT INTO commands (idem_key, connector, action, identity_key, target, generation, priority, status,
            attempts, next_attempt_at, cause, trigger_at, detected_at, enqueued_at, source, traceparent)
@@ -156,7 +160,7 @@ pub async fn supersede_issues(
     Ok((r.rows_affected(), attempted))
 }
 
-pub async fn command(conn: &mut AnyConnection, id: i64) -> Result<Option<CommandRow>> {
+pub async fn command(conn: &mut AnyConnection, id: CommandId) -> Result<Option<CommandRow>> {
     sqlx::query("SELECT * FROM commands WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
@@ -191,7 +195,7 @@ pub async fn update_claimed(
 pub struct CommandUpdate {
     /// A rate-limited try gives its attempt back.
     pub refund_attempt: bool,
-    pub id: i64,
+    pub id: CommandId,
     pub status: CommandStatus,
     pub next_attempt_at: i64,
     pub dispatched_at: Option<i64>,
@@ -207,7 +211,7 @@ pub struct CommandUpdate {
 pub async fn reissue(
     conn: &mut AnyConnection,
     owner: &str,
-    id: i64,
+    id: CommandId,
     now: i64,
     why: &str,
 ) -> Result<bool> {

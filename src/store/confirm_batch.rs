@@ -2,7 +2,7 @@
 //! queued or waiting on a target, and claiming every change on a target that waits for its
 //! read-back, so one listing confirms them all.
 
-use super::{Backend, CommandRow, Result, Store, StoreError, postgres};
+use super::{Backend, CommandId, CommandRow, Result, Store, StoreError, postgres};
 use sqlx::AnyPool;
 
 /// What else is on a target beside one command: whether more writes at `max_priority` or more
@@ -20,7 +20,7 @@ pub async fn on_target(
     target: &str,
     max_priority: i64,
     now: i64,
-    except: i64,
+    except: CommandId,
 ) -> Result<OnTarget> {
     use sqlx::Row;
     let row = sqlx::query(ON_TARGET_SQL)
@@ -77,7 +77,7 @@ impl Store {
         target: &str,
         owner: &str,
         lease_until: i64,
-        except: i64,
+        except: CommandId,
         limit: i64,
     ) -> Result<Vec<CommandRow>> {
         let sql = match self.backend() {

@@ -136,7 +136,7 @@ pub async fn open_command_for(
 /// worker that holds it in flight loses its lease: its own update then matches nothing.
 pub async fn complete_command(
     conn: &mut AnyConnection,
-    id: i64,
+    id: CommandId,
     confirmed_at: i64,
 ) -> Result<bool> {
     let r = sqlx::query(

@@ -2,12 +2,12 @@
 //! (stuck), dead letters put back in the queue, leases of a dead worker or process released, and
 //! retry times pulled back under the cap.
 
-use super::{CommandRow, Result, command_queued};
+use super::{CommandId, CommandRow, Result, command_queued};
 use sqlx::{AnyConnection, AnyPool, Row};
 
 /// Mark a revoke as stuck (it used up its attempts and goes on retrying at the capped interval).
 /// The first time is kept, so `latchkey status` tells how long it has been stuck.
-pub async fn mark_stuck(conn: &mut AnyConnection, id: i64, now: i64) -> Result<()> {
+pub async fn mark_stuck(conn: &mut AnyConnection, id: CommandId, now: i64) -> Result<()> {
     sqlx::query("UPDATE commands SET stuck_since = COALESCE(stuck_since, $1) WHERE id = $2")
         .bind(now)
         .bind(id)
@@ -66,7 +66,7 @@ pub async fn dead_letters(
 
 /// Put a dead letter back in the queue as a fresh command: attempts from zero, sent again rather
 /// than only read back (connectors are idempotent). Returns false when it was not dead.
-pub async fn requeue_dead(conn: &mut AnyConnection, id: i64, now: i64) -> Result<bool> {
+pub async fn requeue_dead(conn: &mut AnyConnection, id: CommandId, now: i64) -> Result<bool> {
     let r = sqlx::query(
         "UPDATE commands SET status = 'pending', attempts = 0, next_attempt_at = $1, dispatched_at = NULL,
            confirmed_at = NULL, confirm_deadline = NULL, stuck_since = NULL, lease_owner = NULL,
@@ -85,7 +85,7 @@ pub async fn requeue_dead(conn: &mut AnyConnection, id: i64, now: i64) -> Result
 }
 
 /// (id, lease owner) of every command in flight.
-pub async fn inflight_leases(pool: &AnyPool) -> Result<Vec<(i64, String)>> {
+pub async fn inflight_leases(pool: &AnyPool) -> Result<Vec<(CommandId, String)>> {
     let rows = sqlx::query(
         "SELECT id, lease_owner FROM commands WHERE status = 'inflight' AND lease_owner IS NOT NULL
          ORDER BY id",
@@ -102,7 +102,7 @@ pub async fn inflight_leases(pool: &AnyPool) -> Result<Vec<(i64, String)>> {
 /// `owner` no longer holds it.
 pub async fn release_lease(
     conn: &mut AnyConnection,
-    id: i64,
+    id: CommandId,
     owner: &str,
     at: i64,
     why: &str,
@@ -122,7 +122,7 @@ pub async fn release_lease(
 }
 
 /// Ids of the commands one lease owner holds in flight.
-pub async fn leased_by(conn: &mut AnyConnection, owner: &str) -> Result<Vec<i64>> {
+pub async fn leased_by(conn: &mut AnyConnection, owner: &str) -> Result<Vec<CommandId>> {
     let rows = sqlx::query(
         "SELECT id FROM commands WHERE status = 'inflight' AND lease_owner = $1 ORDER BY id",
     )

@@ -449,7 +449,7 @@ pub fn command_span(cmd: &CommandRow) -> tracing::Span {
     let span = tracing::info_span!(
         parent: None,
         "dispatch.command",
-        command = cmd.id,
+        command = cmd.id.0,
         connector = %cmd.connector,
         action = cmd.action.as_str(),
         source = %cmd.source,

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::*;
-use latchkey::model::CommandStatus;
+use latchkey::model::{CommandId, CommandStatus};
 use latchkey_sim::{self as sim, NukiOptions};
 use std::process::Command;
 
@@ -423,7 +423,7 @@ async fn redrive_requeues_dead_letters_audited_and_refuses_unknown_ids() {
         };
         let status = || async {
             let mut conn = pool.acquire().await.unwrap();
-            latchkey::store::command(&mut conn, id)
+            latchkey::store::command(&mut conn, CommandId(id))
                 .await
                 .unwrap()
                 .unwrap()

@@ -9,7 +9,7 @@ use latchkey::app::App;
 use latchkey::clock::{from_micros, to_micros};
 use latchkey::config::{Config, ConfigInput};
 use latchkey::dispatch::breaker::State;
-use latchkey::model::CommandStatus;
+use latchkey::model::{CommandId, CommandStatus};
 use latchkey::store;
 use latchkey_sim::{self as sim, Faults, NukiOptions, SimServer};
 use std::path::Path;
@@ -579,7 +579,10 @@ mod fail_closed {
         .fetch_one(&mut *conn)
         .await
         .unwrap();
-        store::command(&mut conn, id).await.unwrap().unwrap()
+        store::command(&mut conn, CommandId(id))
+            .await
+            .unwrap()
+            .unwrap()
     }
 
     /// Step `d` up to `n` times, moving the clock to the next due command when none is due.

@@ -6,7 +6,7 @@ use crate::common;
 
 use common::*;
 use latchkey::model::Action;
-use latchkey::model::CommandStatus;
+use latchkey::model::{CommandId, CommandStatus};
 use latchkey::store::{self, NewCommand, Store};
 use latchkey_sim::NukiOptions;
 
@@ -25,7 +25,7 @@ fn cmd(action: Action, key: &str, target: &str, generation: i64) -> NewCommand {
     }
 }
 
-async fn enqueue(s: &Store, c: &NewCommand, now: i64) -> Option<i64> {
+async fn enqueue(s: &Store, c: &NewCommand, now: i64) -> Option<CommandId> {
     let mut tx = s.begin_write().await.unwrap();
     let id = store::enqueue(&mut tx, c, now).await.unwrap();
     tx.commit().await.unwrap();

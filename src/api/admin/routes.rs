@@ -8,6 +8,7 @@ use super::views::{
 };
 use super::{AdminState, Caller, Page, Paging, Problem};
 use crate::clock::to_micros;
+use crate::model::CommandId;
 use crate::operators::Role;
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -185,7 +186,8 @@ async fn list_dead_letters(
 pub struct RedriveRequest {
     /// Dead letter ids; every one must be a dead letter, or nothing moves.
     #[serde(default)]
-    pub ids: Vec<i64>,
+    #[schema(value_type = Vec<i64>)]
+    pub ids: Vec<CommandId>,
     /// Every dead letter (of `connector`, when given) instead of `ids`.
     #[serde(default)]
     pub all: bool,

@@ -7,13 +7,15 @@ use crate::cli::commands::status::DeadLetter;
 use crate::cli::output::{Capped, ListArg, print_json};
 use crate::clock::to_micros;
 use crate::dispatch::recovery::{self, RedriveError, Selection};
+use crate::model::CommandId;
+use clap::builder::TypedValueParser as _;
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("selection").required(true).args(["ids", "all", "list"])))]
 pub struct RedriveArgs {
     /// Dead letter ids (see `latchkey status`).
-    #[arg(conflicts_with = "all")]
-    pub ids: Vec<i64>,
+    #[arg(conflicts_with = "all", value_parser = clap::value_parser!(i64).map(CommandId))]
+    pub ids: Vec<CommandId>,
     /// Every dead letter (of `--connector`, when given).
     #[arg(long)]
     pub all: bool,
@@ -47,7 +49,7 @@ struct Redriven {
 
 #[derive(Debug, serde::Serialize)]
 struct Requeued {
-    id: i64,
+    id: CommandId,
     action: String,
     identity: String,
     connector: String,

@@ -9,7 +9,7 @@ use super::keys::{self, KeyTask};
 use crate::app::App;
 use crate::cli::output::{Capped, ListArg, print_json, sql_limit, time};
 use crate::cli::{ConfigArg, open_reader};
-use crate::model::CommandStatus;
+use crate::model::{CommandId, CommandStatus};
 use crate::store;
 use serde::Serialize;
 use std::fmt::Write;
@@ -51,7 +51,7 @@ pub struct Lease {
 
 #[derive(Debug, Serialize)]
 pub struct StuckRevocation {
-    pub id: i64,
+    pub id: CommandId,
     pub identity: String,
     pub connector: String,
     pub target: String,
@@ -63,7 +63,7 @@ pub struct StuckRevocation {
 
 #[derive(Debug, Serialize)]
 pub struct DeadLetter {
-    pub id: i64,
+    pub id: CommandId,
     pub action: String,
     pub identity: String,
     pub connector: String,

@@ -4,6 +4,7 @@ use crate::api::ApiState;
 use crate::api::admin::Problem;
 use crate::clock::rfc3339 as time;
 use crate::clock::to_micros;
+use crate::model::CommandId;
 use crate::operators::Operator;
 use crate::store;
 use axum::http::StatusCode;
@@ -91,7 +92,8 @@ pub async fn decide(
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetter {
-    pub id: i64,
+    #[schema(value_type = i64)]
+    pub id: CommandId,
     /// `issue` | `revoke`
     pub action: String,
     pub identity: String,
