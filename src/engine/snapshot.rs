@@ -32,7 +32,7 @@ impl Engine {
             landed_at,
         } = snapshot;
         let source = source.as_str();
-        let known: Known = store::source_hashes(self.store.pool(), source)
+        let known: Known = store::source_hashes(&self.store, source)
             .await?
             .into_iter()
             .map(|(k, h, gone)| (k, (h, gone)))

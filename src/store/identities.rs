@@ -162,18 +162,38 @@ pub async fn source_records_of(
 }
 
 /// (key, hash, disappeared) of every record a source has given.
-pub async fn source_hashes(pool: &AnyPool, source: &str) -> Result<Vec<(String, String, bool)>> {
-    let rows =
-        sqlx::query("SELECT key, hash, disappeared_at FROM source_records WHERE source = $1")
-            .bind(source)
-            .fetch_all(pool)
-            .await?;
-    rows.iter()
-        .map(|r| {
-            let gone: Option<i64> = r.try_get("disappeared_at")?;
-            Ok((r.try_get("key")?, r.try_get("hash")?, gone.is_some()))
+/// Every person a source holds: key, record hash, and whether they had disappeared. Read as one
+/// aggregated row rather than a row per person: SQLite's driver hands every row from its worker
+/// thread to the caller on its own, and a 100,000-person source paid a hand-off per person on
+/// every feed.
+pub async fn source_hashes(store: &Store, source: &str) -> Result<Vec<(String, String, bool)>> {
+    let sql = match store.backend() {
+        Backend::Sqlite => {
+            "SELECT json_group_array(json_array(key, hash, disappeared_at IS NOT NULL))
+             FROM source_records WHERE source = $1"
+        }
+        Backend::Postgres => {
+            "SELECT COALESCE(json_agg(json_build_array(key, hash, disappeared_at IS NOT NULL))::text, '[]')
+             FROM source_records WHERE source = $1"
+        }
+    };
+    let text: String = sqlx::query_scalar(sql)
+        .bind(source)
+        .fetch_one(store.pool())
+        .await?;
+    let rows: Vec<(String, String, serde_json::Value)> =
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            table: "source_records",
+            message: format!("source {source}: {e}"),
+        })?;
+    Ok(rows
+        .into_iter()
+        // SQLite writes the flag as 0 / 1, PostgreSQL as false / true.
+        .map(|(key, hash, gone)| {
+            let gone = gone.as_bool().unwrap_or_else(|| gone.as_i64().is_some_and(|n| n != 0));
+            (key, hash, gone)
         })
-        .collect()
+        .collect())
 }
 
 pub async fn put_source_record(conn: &mut AnyConnection, s: &SourceRecordRow) -> Result<()> {
