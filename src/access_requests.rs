@@ -17,7 +17,7 @@ use crate::clock::{from_micros, to_micros};
 use crate::config::{Config, ConnectorKind};
 use crate::engine::{Engine, EngineError, Evaluation};
 use crate::model::ChangeKind;
-use crate::model::DesiredGrant;
+use crate::model::{DesiredGrant, PersonKey};
 use crate::plan::Applied;
 use crate::store::{self, StoreError, access_requests::RequestRow};
 use chrono::{DateTime, Duration, Utc};
@@ -72,7 +72,7 @@ pub enum RequestError {
 #[derive(Debug, Clone)]
 pub struct Ask {
     /// The person's key.
-    pub person: String,
+    pub person: PersonKey,
     pub connector: String,
     pub target: String,
     /// When the window opens (now when absent).

@@ -14,8 +14,8 @@ use crate::audit;
 use crate::clock::to_micros;
 use crate::engine::{Engine, EngineError, Evaluation};
 use crate::model::ChangeKind;
-use crate::model::DesiredGrant;
 use crate::model::GrantState;
+use crate::model::{DesiredGrant, PersonKey};
 use crate::plan::Applied;
 use crate::store::{self, door_moves::DoorMoveRow};
 
@@ -45,7 +45,7 @@ pub struct Door {
 pub struct MovePlan {
     pub door: Door,
     /// Everyone entitled to the door now: each gets the new credential.
-    pub holders: Vec<String>,
+    pub holders: Vec<PersonKey>,
     /// Of those, how many hold the old credential (a mechanical key out: a return task each).
     pub old_out: usize,
 }

@@ -14,8 +14,8 @@ use crate::audit;
 use crate::clock::to_micros;
 use crate::connectors::{Connector, Connectors, VendorGrant};
 use crate::engine::Engine;
-use crate::model::Action;
 use crate::model::GrantState;
+use crate::model::{Action, PersonKey};
 use crate::store::{self, DriftFindingRow, GrantRow, NewCommand, StoreError};
 use sqlx::AnyConnection;
 use std::collections::{BTreeMap, BTreeSet};
@@ -143,7 +143,7 @@ impl<'a> ConnectorCheck<'a> {
         name: &'a str,
         connector: &'a Arc<dyn Connector>,
         now: i64,
-        people: &'a [(String, String)],
+        people: &'a [(PersonKey, String)],
     ) -> Self {
         Self {
             engine,
@@ -404,7 +404,7 @@ impl<'a> ConnectorCheck<'a> {
         let cmd = NewCommand {
             connector: name.to_string(),
             action: Action::Issue,
-            identity_key: key.to_string(),
+            identity_key: key.into(),
             target: target.to_string(),
             generation,
             cause: "drift".into(),

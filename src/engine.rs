@@ -504,7 +504,7 @@ impl Engine {
         tracing::Span::current().record("change", kind.as_str());
         let now_us = to_micros(now);
         let row = IdentityRow {
-            key: key.to_string(),
+            key: key.into(),
             lifecycle: derived.lifecycle,
             lifecycle_since: match &before {
                 Some(b) if b.lifecycle == derived.lifecycle => b.lifecycle_since,

@@ -3,8 +3,10 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Deref;
 
 /// Where a person is in their working life, as latchkey has concluded from all sources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -63,7 +65,7 @@ pub struct PersonRecord {
     /// The configured source name (`hr`, `ldap-corp`, ...).
     pub source: String,
     /// The correlation key (employee id).
-    pub key: String,
+    pub key: PersonKey,
     /// Where this record came from, for messages: `hr-2026-11-25.csv:17`.
     pub location: String,
     pub status: Option<RecordStatus>,
@@ -82,7 +84,7 @@ pub struct Quarantined {
     pub source: String,
     /// `file:line` (HR), DN (LDAP), resource id (SCIM).
     pub location: String,
-    pub record_key: Option<String>,
+    pub record_key: Option<PersonKey>,
     pub field: String,
     pub reason: String,
     pub raw: String,
@@ -173,6 +175,92 @@ impl From<CommandId> for i64 {
 impl PartialEq<i64> for CommandId {
     fn eq(&self, other: &i64) -> bool {
         self.0 == *other
+    }
+}
+
+/// A person's correlation key (an HR employee id, a directory's key attribute, what a SCIM user
+/// correlates by): what every source's record, every grant and every command is about.
+// `Default` only because a connector request about a target alone carries no person
+// (`connectors::GrantRequest::for_target`).
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct PersonKey(String);
+
+impl PersonKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for PersonKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for PersonKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+// Maps and sets keyed by person are looked up with a plain `&str` (a CLI argument, a URL path).
+impl Borrow<str> for PersonKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PersonKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for PersonKey {
+    fn from(key: String) -> Self {
+        Self(key)
+    }
+}
+
+impl From<&str> for PersonKey {
+    fn from(key: &str) -> Self {
+        Self(key.to_owned())
+    }
+}
+
+impl From<&String> for PersonKey {
+    fn from(key: &String) -> Self {
+        Self(key.clone())
+    }
+}
+
+impl From<PersonKey> for String {
+    fn from(key: PersonKey) -> Self {
+        key.0
+    }
+}
+
+impl PartialEq<str> for PersonKey {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for PersonKey {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for PersonKey {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
     }
 }
 
@@ -304,7 +392,7 @@ impl fmt::Display for Action {
 /// The person as a connector needs to see them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PersonRef {
-    pub key: String,
+    pub key: PersonKey,
     pub name: String,
     pub email: String,
     pub attrs: BTreeMap<String, String>,

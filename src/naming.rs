@@ -3,6 +3,7 @@
 //! vendor's app). Not found is an error, never an empty answer that looks like "nobody".
 
 use crate::config::Config;
+use crate::model::PersonKey;
 use crate::store::{self, IdentityRow, StoreError};
 use sqlx::AnyConnection;
 
@@ -11,7 +12,7 @@ pub enum NamingError {
     #[error("no person with key, e-mail or name `{0}`")]
     NoPerson(String),
     #[error("`{who}` names {} people ({}): give the key", keys.len(), keys.join(", "))]
-    Ambiguous { who: String, keys: Vec<String> },
+    Ambiguous { who: String, keys: Vec<PersonKey> },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

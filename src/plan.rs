@@ -168,7 +168,7 @@ impl GrantWrite<'_> {
         store::put_grant(
             conn,
             &GrantRow {
-                identity_key: self.identity_key.to_string(),
+                identity_key: self.identity_key.into(),
                 connector: d.connector.clone(),
                 target: d.target.clone(),
                 desired: GrantState::Present,
@@ -258,7 +258,7 @@ impl GrantWrite<'_> {
         let cmd = NewCommand {
             connector: change.connector().to_string(),
             action: change.action(),
-            identity_key: self.identity_key.to_string(),
+            identity_key: self.identity_key.into(),
             target: change.target().to_string(),
             generation: self.generation,
             cause: cause.kind.to_string(),

@@ -15,7 +15,7 @@
 use crate::audit;
 use crate::clock::{from_micros, to_micros};
 use crate::engine::{Engine, EngineError};
-use crate::model::GrantState;
+use crate::model::{GrantState, PersonKey};
 use crate::plan::Change;
 use crate::store::{self, GrantRow};
 use chrono::{DateTime, Utc};
@@ -36,7 +36,7 @@ const BATCH: usize = 50;
 /// One identity with something to change.
 #[derive(Debug, Clone)]
 pub struct IdentityPlan {
-    pub key: String,
+    pub key: PersonKey,
     /// Entitled (active) people's revocations are subject to the safeguard; leavers' never are.
     pub entitled: bool,
     pub changes: Vec<Change>,
@@ -67,7 +67,7 @@ pub struct ReconcilePlan {
     /// Why revocations are held, when they are.
     pub hold_reason: Option<String>,
     /// (identity, error) of people whose templates could not be evaluated: left unchanged.
-    pub failed: Vec<(String, String)>,
+    pub failed: Vec<(PersonKey, String)>,
 }
 
 impl ReconcilePlan {
@@ -266,22 +266,22 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
         ..Default::default()
     };
     // Suspended people keep what their suspension withholds withheld (a small set, read once).
-    let mut suspended: BTreeMap<String, Vec<store::suspensions::SuspensionRow>> = BTreeMap::new();
+    let mut suspended: BTreeMap<PersonKey, Vec<_>> = BTreeMap::new();
     for s in store::suspensions::all_active(pool).await? {
         suspended.entry(s.identity_key.clone()).or_default().push(s);
     }
-    let suspended: BTreeMap<String, crate::suspension::Scope> = suspended
+    let suspended: BTreeMap<PersonKey, crate::suspension::Scope> = suspended
         .into_iter()
         .filter_map(|(k, rows)| Some((k, crate::suspension::Scope::of(&rows)?)))
         .collect();
     // Temporary access in force is wanted like a template's grant (a small set, read once).
-    let mut requests: BTreeMap<String, Vec<store::access_requests::RequestRow>> = BTreeMap::new();
+    let mut requests: BTreeMap<PersonKey, Vec<_>> = BTreeMap::new();
     for r in store::access_requests::all_in_force(pool, crate::clock::to_micros(now)).await? {
         requests.entry(r.identity_key.clone()).or_default().push(r);
     }
     let moves = store::door_moves::all(pool).await?;
     // Doors reviews withdrew stay withheld (a small set, read once).
-    let mut withdrawn: BTreeMap<String, Vec<store::reviews::WithdrawalRow>> = BTreeMap::new();
+    let mut withdrawn: BTreeMap<PersonKey, Vec<_>> = BTreeMap::new();
     for w in store::reviews::all_withdrawn(pool).await? {
         withdrawn.entry(w.identity_key.clone()).or_default().push(w);
     }
@@ -292,7 +292,7 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
             break;
         };
         let grants = store::grants_in_key_range(pool, &first.key, &last.key).await?;
-        let mut by_key: BTreeMap<String, Vec<GrantRow>> = BTreeMap::new();
+        let mut by_key: BTreeMap<PersonKey, Vec<GrantRow>> = BTreeMap::new();
         for g in grants {
             by_key.entry(g.identity_key.clone()).or_default().push(g);
         }
@@ -322,14 +322,14 @@ pub async fn plan(engine: &Engine, now: DateTime<Utc>) -> Result<ReconcilePlan, 
                 Err(e) => out.failed.push((ident.key.clone(), e.to_string())),
             }
         }
-        after = last.key.clone();
+        after = last.key.to_string();
     }
-    let approved: BTreeSet<String> = store::approved_holds(pool, HOLD_SOURCE, HOLD_KIND)
+    let approved: BTreeSet<PersonKey> = store::approved_holds(pool, HOLD_SOURCE, HOLD_KIND)
         .await?
         .into_iter()
         .map(|h| h.key)
         .collect();
-    let rejected: BTreeSet<String> =
+    let rejected: BTreeSet<PersonKey> =
         store::rejected_hold_keys(pool, HOLD_SOURCE, HOLD_KIND, &out.fingerprint)
             .await?
             .into_iter()
@@ -347,8 +347,8 @@ fn apply_safeguard(
     plan: &mut ReconcilePlan,
     threshold: f64,
     minimum: usize,
-    approved: &BTreeSet<String>,
-    rejected: &BTreeSet<String>,
+    approved: &BTreeSet<PersonKey>,
+    rejected: &BTreeSet<PersonKey>,
 ) {
     for p in plan.people.iter_mut() {
         p.rejected = p.entitled && p.revokes().next().is_some() && rejected.contains(&p.key);
@@ -476,7 +476,7 @@ async fn finish(
         .filter(|p| p.held)
         .map(|p| p.key.as_str())
         .collect();
-    let stale: Vec<String> = store::held_changes(engine.store.pool())
+    let stale: Vec<PersonKey> = store::held_changes(engine.store.pool())
         .await?
         .into_iter()
         .filter(|h| h.source == HOLD_SOURCE && !still.contains(h.key.as_str()))
@@ -592,7 +592,7 @@ mod tests {
             &mut plan,
             0.2,
             1,
-            &["E1".to_string()].into(),
+            &[PersonKey::from("E1")].into(),
             &BTreeSet::new(),
         );
         assert_eq!(plan.summary(), "Plan: 1 to issue, 1 to revoke, 2 held");

@@ -87,7 +87,7 @@ pub async fn add(engine: &Engine, v: &Visitor, by: &str) -> Result<(), RequestEr
     }
     let record = PersonRecord {
         source: SOURCE.into(),
-        key: v.key.trim().to_string(),
+        key: v.key.trim().into(),
         location: format!("visitor recorded by {by}"),
         status: Some(RecordStatus::Active),
         hire_date: Some(today),

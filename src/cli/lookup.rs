@@ -9,7 +9,7 @@ pub async fn person_key(
     app: &crate::app::App,
     who: &str,
     command: &str,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Option<crate::model::PersonKey>> {
     let mut conn = app.store().pool().acquire().await?;
     match person(&mut conn, who).await {
         Ok(i) => Ok(Some(i.key)),

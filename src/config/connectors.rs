@@ -1,6 +1,7 @@
 //! Connectors' settings (profile, rate limit, breaker, the manual connector) and the scheduled checks on them: drift, reconciliation, SLA, telemetry, drills.
 
 use super::*;
+use crate::model::PersonKey;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -254,7 +255,7 @@ pub enum OtlpProtocol {
 #[serde(deny_unknown_fields)]
 pub struct DrillConfig {
     /// Identity key of the canary; it must not be a real person.
-    pub person: String,
+    pub person: PersonKey,
     pub name: String,
     pub email: String,
     /// Standard 5-field crontab line: the daemon drills every connector that has a `drill_target`

@@ -11,7 +11,7 @@ pub mod manual;
 pub mod profile;
 
 use crate::config::{Config, ConfigError};
-use crate::model::{Action, PersonRef, Window};
+use crate::model::{Action, PersonKey, PersonRef, Window};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,7 +38,7 @@ impl GrantRequest {
     pub fn for_target(target: &str, grant_ref: Option<&str>) -> Self {
         Self {
             person: PersonRef {
-                key: String::new(),
+                key: PersonKey::default(),
                 name: String::new(),
                 email: String::new(),
                 attrs: BTreeMap::new(),

@@ -81,7 +81,7 @@ impl Engine {
                     &Quarantined {
                         source: "policy".into(),
                         location: key.to_string(),
-                        record_key: Some(key.to_string()),
+                        record_key: Some(key.into()),
                         field: "template".into(),
                         reason: e.to_string(),
                         raw: String::new(),

@@ -6,8 +6,8 @@ use super::{Engine, EngineError, FeedReport, tally};
 use crate::audit;
 use crate::clock::to_micros;
 use crate::config::AbsentGrace;
-use crate::model::ChangeKind;
 use crate::model::Quarantined;
+use crate::model::{ChangeKind, PersonKey};
 use crate::sources::hr::{self, HrError};
 use crate::sources::hr_drop;
 use crate::store;
@@ -132,7 +132,7 @@ impl Engine {
         &self,
         conn: &mut AnyConnection,
         source: &str,
-        in_feed: &BTreeSet<String>,
+        in_feed: &BTreeSet<PersonKey>,
         now: i64,
         report: &mut FeedReport,
     ) -> Result<(), EngineError> {
@@ -168,7 +168,7 @@ impl Engine {
         &self,
         conn: &mut AnyConnection,
         source: &str,
-        vanished: &[&String],
+        vanished: &[&PersonKey],
         now: DateTime<Utc>,
         report: &mut FeedReport,
     ) -> Result<(), EngineError> {
@@ -181,7 +181,7 @@ impl Engine {
             },
             |s| s.absent_grace,
         );
-        let held: BTreeSet<String> = store::open_holds(conn, source)
+        let held: BTreeSet<PersonKey> = store::open_holds(conn, source)
             .await?
             .into_iter()
             .map(|(_, k)| k)

@@ -5,7 +5,7 @@
 
 use crate::clock::to_micros;
 use crate::engine::{Engine, EngineError};
-use crate::model::{PersonRecord, Quarantined, RecordStatus};
+use crate::model::{PersonKey, PersonRecord, Quarantined, RecordStatus};
 use crate::sources::scim::{
     Mapping, Resource, Result, ScimError, extension_attrs, key_matches, person_record, source_name,
     stripped,
@@ -46,7 +46,7 @@ pub async fn sync_user(
     user: Option<&Resource>,
     old_key: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<Option<String>> {
+) -> Result<Option<PersonKey>> {
     let record = match user {
         Some(u) => {
             let groups: Vec<String> = crate::store::scim::groups_of(conn, &m.tenant, &u.id)
@@ -127,7 +127,7 @@ async fn refuse(
         &Quarantined {
             source: source.clone(),
             location: location.to_string(),
-            record_key: Some(key.to_string()),
+            record_key: Some(key.into()),
             field: "authority".into(),
             reason: format!(
                 "{source} is not authoritative for {key}: its {what} was not executed \

@@ -5,7 +5,7 @@
 use super::{BATCH, Engine, EngineError, FeedReport, leaving, record_hash, tally};
 use crate::audit;
 use crate::clock::to_micros;
-use crate::model::{PersonRecord, Quarantined, Snapshot};
+use crate::model::{PersonKey, PersonRecord, Quarantined, Snapshot};
 use crate::store;
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// What a source held before a snapshot, by person key: the record's hash, and whether the person
 /// had already disappeared.
-type Known = BTreeMap<String, (String, bool)>;
+type Known = BTreeMap<PersonKey, (String, bool)>;
 
 impl Engine {
     /// Apply a source's full snapshot: the source-independent part of every full read.
@@ -37,7 +37,7 @@ impl Engine {
             .into_iter()
             .map(|(k, h, gone)| (k, (h, gone)))
             .collect();
-        let in_feed: BTreeSet<String> = records
+        let in_feed: BTreeSet<PersonKey> = records
             .iter()
             .map(|r| r.key.clone())
             .chain(quarantined.iter().filter_map(|q| q.record_key.clone()))
@@ -58,7 +58,7 @@ impl Engine {
         source: &str,
         batch_id: &str,
         quarantined: &[Quarantined],
-        in_feed: &BTreeSet<String>,
+        in_feed: &BTreeSet<PersonKey>,
         report: &mut FeedReport,
     ) -> Result<(), EngineError> {
         let now = to_micros(self.clock.now());
@@ -121,12 +121,12 @@ impl Engine {
         &self,
         source: &str,
         known: &Known,
-        in_feed: &BTreeSet<String>,
+        in_feed: &BTreeSet<PersonKey>,
         mass_threshold: f64,
         checkpoint_value: &str,
         report: &mut FeedReport,
     ) -> Result<(), EngineError> {
-        let vanished: Vec<&String> = known
+        let vanished: Vec<&PersonKey> = known
             .iter()
             .filter(|(k, (_, gone))| !gone && !in_feed.contains(*k))
             .map(|(k, _)| k)
@@ -156,7 +156,7 @@ impl Engine {
         &self,
         conn: &mut AnyConnection,
         source: &str,
-        vanished: &[&String],
+        vanished: &[&PersonKey],
         reason: &str,
         now: DateTime<Utc>,
         report: &mut FeedReport,

@@ -1,12 +1,13 @@
 //! Absences from snapshot feeds (people missing but within their grace) and HR files set aside.
 
 use super::Result;
+use crate::model::PersonKey;
 use sqlx::{AnyConnection, AnyPool, Row};
 
 /// One person missing from a source's feeds: since when, and from how many feeds in a row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AbsenceRow {
-    pub key: String,
+    pub key: PersonKey,
     pub since: i64,
     pub feeds: i64,
 }
@@ -50,7 +51,7 @@ pub async fn bump_absence(
         .fetch_one(&mut *conn)
         .await?;
     Ok(AbsenceRow {
-        key: key.to_string(),
+        key: key.into(),
         since: r.try_get("since")?,
         feeds: r.try_get("feeds")?,
     })
@@ -67,7 +68,7 @@ pub async fn clear_absence(conn: &mut AnyConnection, source: &str, key: &str) ->
 }
 
 /// Held disappearances of a source still waiting for a decision: (id, key).
-pub async fn open_holds(conn: &mut AnyConnection, source: &str) -> Result<Vec<(i64, String)>> {
+pub async fn open_holds(conn: &mut AnyConnection, source: &str) -> Result<Vec<(i64, PersonKey)>> {
     let rows = sqlx::query(
         "SELECT id, key FROM held_changes WHERE status = 'held' AND source = $1 AND kind = 'disappearance'",
     )

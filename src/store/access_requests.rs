@@ -1,6 +1,7 @@
 //! Temporary access requests (see `crate::access_requests`).
 
 use super::Result;
+use crate::model::PersonKey;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 
@@ -10,7 +11,7 @@ pub struct RequestRow {
     pub id: i64,
     /// `temporary` (asked, then approved) or `emergency` (break-glass).
     pub kind: String,
-    pub identity_key: String,
+    pub identity_key: PersonKey,
     pub connector: String,
     pub target: String,
     pub reason: String,

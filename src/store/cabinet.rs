@@ -9,7 +9,7 @@ pub struct CabinetHoldingRow {
     pub connector: String,
     pub key_id: String,
     pub key_group: Option<String>,
-    pub identity_key: String,
+    pub identity_key: PersonKey,
     pub taken_at: i64,
     /// When the cabinet reported the key overdue, if it did.
     pub overdue_at: Option<i64>,

@@ -8,7 +8,7 @@ pub struct CommandRow {
     pub idem_key: String,
     pub connector: String,
     pub action: Action,
-    pub identity_key: String,
+    pub identity_key: PersonKey,
     pub target: String,
     pub generation: i64,
     pub priority: i64,
@@ -67,7 +67,7 @@ impl CommandRow {
 pub struct NewCommand {
     pub connector: String,
     pub action: Action,
-    pub identity_key: String,
+    pub identity_key: PersonKey,
     pub target: String,
     pub generation: i64,
     pub cause: String,

@@ -7,7 +7,7 @@ pub struct QuarantineRow {
     pub id: i64,
     pub source: String,
     pub location: String,
-    pub record_key: Option<String>,
+    pub record_key: Option<PersonKey>,
     pub field: String,
     pub reason: String,
     pub created_at: i64,
@@ -64,7 +64,7 @@ pub async fn list_quarantine(pool: &AnyPool, limit: i64) -> Result<Vec<Quarantin
 pub struct HeldRow {
     pub id: i64,
     pub source: String,
-    pub key: String,
+    pub key: PersonKey,
     pub kind: String,
     pub reason: String,
     pub status: String,

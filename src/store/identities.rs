@@ -4,7 +4,7 @@ use super::*;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdentityRow {
-    pub key: String,
+    pub key: PersonKey,
     pub lifecycle: Lifecycle,
     pub lifecycle_since: i64,
     pub attrs: serde_json::Map<String, serde_json::Value>,
@@ -46,7 +46,7 @@ pub async fn get_identity(conn: &mut AnyConnection, key: &str) -> Result<Option<
 
 /// The keys of the people whose `manager` attribute is `manager`, for a review of a manager's
 /// reports. The LIKE narrows the rows (the value as stored JSON); the match is exact.
-pub async fn reports_of(pool: &AnyPool, manager: &str) -> Result<Vec<String>> {
+pub async fn reports_of(pool: &AnyPool, manager: &str) -> Result<Vec<PersonKey>> {
     let needle = serde_json::json!({ "manager": manager }).to_string();
     let needle = needle.trim_start_matches('{').trim_end_matches('}');
     let rows = sqlx::query("SELECT * FROM identities WHERE attrs LIKE $1 ORDER BY key")
@@ -103,7 +103,7 @@ pub async fn put_identity(conn: &mut AnyConnection, i: &IdentityRow) -> Result<(
 }
 
 /// Identities whose effective-dated change (hire, termination, grant expiry) has come.
-pub async fn identities_due(pool: &AnyPool, now: i64, limit: i64) -> Result<Vec<String>> {
+pub async fn identities_due(pool: &AnyPool, now: i64, limit: i64) -> Result<Vec<PersonKey>> {
     let rows = sqlx::query(IDENTITIES_DUE_SQL)
         .bind(now)
         .bind(limit)
@@ -124,7 +124,7 @@ pub async fn list_identities(pool: &AnyPool) -> Result<Vec<IdentityRow>> {
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct SourceRecordRow {
     pub source: String,
-    pub key: String,
+    pub key: PersonKey,
     pub hash: String,
     pub record: String,
     pub first_seen_at: i64,
@@ -161,12 +161,11 @@ pub async fn source_records_of(
         .collect()
 }
 
-/// (key, hash, disappeared) of every record a source has given.
 /// Every person a source holds: key, record hash, and whether they had disappeared. Read as one
 /// aggregated row rather than a row per person: SQLite's driver hands every row from its worker
 /// thread to the caller on its own, and a 100,000-person source paid a hand-off per person on
 /// every feed.
-pub async fn source_hashes(store: &Store, source: &str) -> Result<Vec<(String, String, bool)>> {
+pub async fn source_hashes(store: &Store, source: &str) -> Result<Vec<(PersonKey, String, bool)>> {
     let sql = match store.backend() {
         Backend::Sqlite => {
             "SELECT json_group_array(json_array(key, hash, disappeared_at IS NOT NULL))
@@ -181,7 +180,7 @@ pub async fn source_hashes(store: &Store, source: &str) -> Result<Vec<(String, S
         .bind(source)
         .fetch_one(store.pool())
         .await?;
-    let rows: Vec<(String, String, serde_json::Value)> =
+    let rows: Vec<(PersonKey, String, serde_json::Value)> =
         serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
             table: "source_records",
             message: format!("source {source}: {e}"),

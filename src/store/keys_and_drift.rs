@@ -7,7 +7,7 @@ use super::*;
 pub struct KeyTaskRow {
     pub id: i64,
     pub connector: String,
-    pub identity_key: String,
+    pub identity_key: PersonKey,
     pub target: String,
     /// `hand_over` | `return`
     pub kind: String,
@@ -280,7 +280,7 @@ pub async fn open_drift(pool: &AnyPool) -> Result<Vec<DriftFindingRow>> {
 }
 
 /// (identity key, vendor person id) of every person a connector knows.
-pub async fn vendor_people_of(pool: &AnyPool, connector: &str) -> Result<Vec<(String, String)>> {
+pub async fn vendor_people_of(pool: &AnyPool, connector: &str) -> Result<Vec<(PersonKey, String)>> {
     let rows = sqlx::query(
         "SELECT identity_key, vendor_ref FROM vendor_people WHERE connector = $1 ORDER BY identity_key",
     )

@@ -3,6 +3,7 @@
 //! person it was.
 
 use super::Result;
+use crate::model::PersonKey;
 use sqlx::{AnyConnection, AnyPool, Row};
 use std::collections::HashMap;
 
@@ -11,7 +12,7 @@ pub async fn entry_key(
     conn: &mut AnyConnection,
     source: &str,
     uuid: &str,
-) -> Result<Option<Option<String>>> {
+) -> Result<Option<Option<PersonKey>>> {
     let row =
         sqlx::query("SELECT record_key FROM ldap_entries WHERE source = $1 AND entry_uuid = $2")
             .bind(source)
@@ -19,7 +20,7 @@ pub async fn entry_key(
             .fetch_optional(&mut *conn)
             .await?;
     Ok(row
-        .map(|r| r.try_get::<Option<String>, _>("record_key"))
+        .map(|r| r.try_get::<Option<PersonKey>, _>("record_key"))
         .transpose()?)
 }
 
@@ -54,7 +55,10 @@ pub async fn delete_entry(conn: &mut AnyConnection, source: &str, uuid: &str) ->
 }
 
 /// Every entry of the source: entry id -> person (None: quarantined).
-pub async fn all_entries(pool: &AnyPool, source: &str) -> Result<HashMap<String, Option<String>>> {
+pub async fn all_entries(
+    pool: &AnyPool,
+    source: &str,
+) -> Result<HashMap<String, Option<PersonKey>>> {
     let rows = sqlx::query("SELECT entry_uuid, record_key FROM ldap_entries WHERE source = $1")
         .bind(source)
         .fetch_all(pool)

@@ -4,7 +4,7 @@ use super::*;
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct GrantRow {
-    pub identity_key: String,
+    pub identity_key: PersonKey,
     pub connector: String,
     pub target: String,
     /// What policy wants: present or absent.

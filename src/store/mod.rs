@@ -87,7 +87,7 @@ pub use reconcile::*;
 pub use outbox::*;
 pub use retry::{MAX_ATTEMPTS, db_error, is_lost_race};
 
-use crate::model::{Action, CommandId, CommandStatus, GrantState, Lifecycle};
+use crate::model::{Action, CommandId, CommandStatus, GrantState, Lifecycle, PersonKey};
 pub use absences::*;
 use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;

@@ -76,7 +76,7 @@ pub async fn rejected_hold_keys(
     source: &str,
     kind: &str,
     fingerprint: &str,
-) -> Result<Vec<String>> {
+) -> Result<Vec<PersonKey>> {
     sqlx::query(
         "SELECT DISTINCT key FROM held_changes
          WHERE status = 'rejected' AND source = $1 AND kind = $2 AND fingerprint = $3",

@@ -1,6 +1,7 @@
 //! Access review campaigns, their items and the doors reviews withdrew (see `crate::reviews`).
 
 use super::Result;
+use crate::model::PersonKey;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 
@@ -27,7 +28,7 @@ pub struct CampaignRow {
 pub struct ItemRow {
     pub id: i64,
     pub campaign_id: i64,
-    pub identity_key: String,
+    pub identity_key: PersonKey,
     pub connector: String,
     pub target: String,
     /// The template's name, or `request:ID`.
@@ -44,7 +45,7 @@ pub struct ItemRow {
 /// A door a review withdrew from a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WithdrawalRow {
-    pub identity_key: String,
+    pub identity_key: PersonKey,
     pub connector: String,
     pub target: String,
     pub item_id: i64,

@@ -3,6 +3,7 @@
 //! (`scim_members`), so a membership change writes the member's rows and not the group's.
 
 use super::{Result, StoreError};
+use crate::model::PersonKey;
 use scim_v2::schema_urns;
 use serde_json::Value;
 use sqlx::{AnyConnection, Row};
@@ -13,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 pub struct ScimRow {
     pub id: String,
     pub resource_type: String,
-    pub person_key: Option<String>,
+    pub person_key: Option<PersonKey>,
     pub raw: String,
     pub version: i64,
 }

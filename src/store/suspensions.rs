@@ -1,6 +1,7 @@
 //! Operator suspensions of a person's access (see `crate::suspension`).
 
 use super::Result;
+use crate::model::PersonKey;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Row};
 
@@ -8,7 +9,7 @@ use sqlx::{AnyConnection, AnyPool, Row};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SuspensionRow {
     pub id: i64,
-    pub identity_key: String,
+    pub identity_key: PersonKey,
     /// The connectors it covers; `None`: every connector.
     pub connectors: Option<Vec<String>>,
     pub reason: String,

@@ -134,7 +134,7 @@ impl Ctx {
             .await
             .unwrap()
             .into_iter()
-            .map(|h| (h.identity_key, h.key_id))
+            .map(|h| (h.identity_key.into(), h.key_id))
             .collect()
     }
 

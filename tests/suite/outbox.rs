@@ -836,7 +836,7 @@ async fn daemon_killed_at_random_ends_with_exact_access_and_no_duplicates() {
                         g.identity_key, g.target
                     );
                     assert_eq!(g.observed, GrantState::Present, "{name}: {g:?}");
-                    present.insert((g.identity_key.clone(), g.target.clone()));
+                    present.insert((g.identity_key.to_string(), g.target.clone()));
                 }
                 _ => {
                     assert!(

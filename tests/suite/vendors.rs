@@ -129,7 +129,7 @@ async fn listener() -> TcpListener {
 
 fn person(n: u32) -> PersonRef {
     PersonRef {
-        key: format!("E{n}"),
+        key: format!("E{n}").into(),
         name: format!("Ada Lovelace{n}"),
         email: format!("ada{n}@example.com"),
         attrs: BTreeMap::new(),

@@ -117,7 +117,7 @@ async fn leavers_one_by_one(
     let mut out = Vec::new();
     for c in store::completed_commands(&pool).await? {
         if c.action == Action::Revoke
-            && keys.contains(&c.identity_key)
+            && keys.iter().any(|k| c.identity_key == *k)
             && let Some(confirmed) = c.confirmed_at
         {
             out.push((confirmed - c.detected_at).max(0) as f64 / 1e6);

@@ -108,7 +108,7 @@ pub(super) async fn populate(engine: &Engine, n: usize) -> anyhow::Result<()> {
         for i in start..(start + 5_000).min(n) {
             let attrs = attrs_of(i);
             let row = IdentityRow {
-                key: format!("E{i:07}"),
+                key: format!("E{i:07}").into(),
                 lifecycle: Lifecycle::Active,
                 lifecycle_since: 0,
                 attrs: attrs

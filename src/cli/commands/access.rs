@@ -138,7 +138,7 @@ async fn gather(app: &App, who: &str, list: &ListArg) -> anyhow::Result<Result<A
     let access = Access {
         person: Person {
             name: ident.attr("name").map(str::to_string),
-            key: ident.key,
+            key: ident.key.into(),
             lifecycle: ident.lifecycle.to_string(),
             since: time(ident.lifecycle_since),
             suspension,

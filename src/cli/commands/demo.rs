@@ -13,7 +13,7 @@ use crate::clock;
 use crate::config::{Config, ConfigInput, process_env};
 use crate::connectors::manual;
 use crate::model::GrantState;
-use crate::model::{Action, CommandStatus, Lifecycle};
+use crate::model::{Action, CommandStatus, Lifecycle, PersonKey};
 use crate::store;
 use crate::telemetry;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -343,7 +343,7 @@ async fn temporary_access(app: &App, desk: &mut KeyDesk) -> anyhow::Result<Vec<S
 
 /// The first active person and a door at an HTTP connector they do not hold:
 /// `(person, connector, target)`.
-async fn door_not_held(app: &App) -> anyhow::Result<Option<(String, String, String)>> {
+async fn door_not_held(app: &App) -> anyhow::Result<Option<(PersonKey, String, String)>> {
     let pool = app.store().pool();
     let mut conn = pool.acquire().await?;
     for ident in store::list_identities(pool).await? {

@@ -99,7 +99,7 @@ pub async fn run(cmd: KeysCmd) -> anyhow::Result<i32> {
     let done = Recorded {
         task: t.id,
         kind: t.kind,
-        identity: t.identity_key,
+        identity: t.identity_key.into(),
         target: t.target,
         by,
         at: time(now),
@@ -126,7 +126,7 @@ pub async fn open_tasks(app: &App, limit: usize) -> anyhow::Result<Capped<KeyTas
             overdue: t.due_at.is_some_and(|d| d <= now),
             due_at: t.due_at.map(time),
             kind: t.kind,
-            identity: t.identity_key,
+            identity: t.identity_key.into(),
             connector: t.connector,
             target: t.target,
             created_at: time(t.created_at),

@@ -86,7 +86,7 @@ fn build(plan: &ReconcilePlan, list: &ListArg) -> Plan {
             };
             changes.push(PlannedChange {
                 action,
-                identity: p.key.clone(),
+                identity: p.key.to_string(),
                 connector: c.connector().to_string(),
                 target: c.target().to_string(),
                 template,
@@ -101,7 +101,7 @@ fn build(plan: &ReconcilePlan, list: &ListArg) -> Plan {
             .failed
             .iter()
             .map(|(identity, error)| Failed {
-                identity: identity.clone(),
+                identity: identity.to_string(),
                 error: error.clone(),
             })
             .collect(),

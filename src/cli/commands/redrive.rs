@@ -130,7 +130,7 @@ impl From<crate::store::CommandRow> for Requeued {
         Requeued {
             id: c.id,
             action: c.action.to_string(),
-            identity: c.identity_key,
+            identity: c.identity_key.into(),
             connector: c.connector,
             target: c.target,
             last_error: c.last_error,

@@ -77,7 +77,7 @@ impl From<crate::store::CommandRow> for DeadLetter {
         DeadLetter {
             id: c.id,
             action: c.action.to_string(),
-            identity: c.identity_key,
+            identity: c.identity_key.into(),
             connector: c.connector,
             target: c.target,
             attempts: c.attempts,
@@ -227,7 +227,7 @@ async fn stuck_and_dead(
         .into_iter()
         .map(|(c, since)| StuckRevocation {
             id: c.id,
-            identity: c.identity_key,
+            identity: c.identity_key.into(),
             connector: c.connector,
             target: c.target,
             stuck_since: time(since),
@@ -261,7 +261,7 @@ async fn quarantined(app: &App, limit: usize) -> anyhow::Result<Capped<Quarantin
             id: r.id,
             source: r.source,
             location: r.location,
-            record: r.record_key,
+            record: r.record_key.map(Into::into),
             field: r.field,
             reason: r.reason,
             created_at: time(r.created_at),
@@ -295,7 +295,7 @@ async fn held(app: &App, limit: usize) -> anyhow::Result<Capped<Held>> {
         .map(|h| Held {
             id: h.id,
             source: h.source,
-            identity: h.key,
+            identity: h.key.into(),
             kind: h.kind,
             reason: h.reason,
             created_at: time(h.created_at),

@@ -93,7 +93,7 @@ async fn holders(app: &App, name: &str, query: &str, list: &ListArg) -> anyhow::
         .into_iter()
         .filter(|g| g.observed == GrantState::Present)
         .map(|g| Holder {
-            identity: g.identity_key,
+            identity: g.identity_key.into(),
             connector: g.connector,
             template: g.template,
             desired: g.desired.to_string(),
@@ -103,7 +103,7 @@ async fn holders(app: &App, name: &str, query: &str, list: &ListArg) -> anyhow::
         .await?
         .into_iter()
         .map(|k| CabinetKey {
-            identity: k.identity_key,
+            identity: k.identity_key.into(),
             key_id: k.key_id,
             key_group: k.key_group,
             connector: k.connector,

@@ -10,7 +10,7 @@ use super::super::{Connector, ConnectorError, GrantRequest, Outcome, RetryPolicy
 use super::auth::{Credentials, Secrets, credentials};
 use super::compile::{Paths, Rule, compile, op, rules};
 use crate::config::ConnectorConfig;
-use crate::model::Action;
+use crate::model::{Action, PersonKey};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use minijinja::Environment;
 use serde_json::Value;
@@ -45,7 +45,7 @@ pub struct HttpConnector {
     max_attempts: u32,
     /// Vendor person ids learnt in this process, so a retry after a failed later step does not
     /// look the person up again (the store keeps them too, once a command completes).
-    person_refs: Mutex<HashMap<String, String>>,
+    person_refs: Mutex<HashMap<PersonKey, String>>,
     /// Waits for the rate budget (count, seconds), once the daemon's metrics are attached.
     pub(super) rate_waits: std::sync::OnceLock<super::super::RateWaitCounters>,
     /// The daemon's clock once attached (the wall clock until then): what a token's lifetime is

@@ -31,7 +31,7 @@ use crate::clock::to_micros;
 use crate::config::{ConfigError, LdapDialect, LdapScope, LdapSourceConfig};
 use crate::engine::mass_change::{RemovalWindow, WindowRule};
 use crate::engine::{Engine, EngineError, FeedReport};
-use crate::model::{PersonRecord, Quarantined};
+use crate::model::{PersonKey, PersonRecord, Quarantined};
 use crate::store::{self, StoreError};
 use backon::BackoffBuilder;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, Scope, SearchEntry};
@@ -644,7 +644,7 @@ impl LdapSource {
         &self,
         conn: &mut AnyConnection,
         uuid: &str,
-    ) -> Result<Option<Option<String>>> {
+    ) -> Result<Option<Option<PersonKey>>> {
         store::ldap::entry_key(conn, &self.name, uuid)
             .await
             .map_err(self.store_err())
@@ -662,7 +662,7 @@ impl LdapSource {
             .map_err(self.store_err())
     }
 
-    async fn all_entries(&self) -> Result<HashMap<String, Option<String>>> {
+    async fn all_entries(&self) -> Result<HashMap<String, Option<PersonKey>>> {
         store::ldap::all_entries(self.engine.store.pool(), &self.name)
             .await
             .map_err(self.store_err())

@@ -407,7 +407,7 @@ impl LdapSource {
     fn map_changed(
         &self,
         changed: &[(String, Entry)],
-        known: &HashMap<String, Option<String>>,
+        known: &HashMap<String, Option<PersonKey>>,
     ) -> MappedRefresh {
         let mut mapped = MappedRefresh::default();
         let (primaries, duplicates) = self
@@ -421,7 +421,7 @@ impl LdapSource {
         mapped.quarantined.extend(duplicates);
         for (uuid, e) in changed {
             if !primaries.contains(&(e as *const Entry as usize)) {
-                let key = e.first(&self.mapping.key).map(str::to_string);
+                let key = e.first(&self.mapping.key).map(PersonKey::from);
                 mapped.seen.insert(uuid.clone(), (e.dn.clone(), key));
                 continue;
             }
@@ -446,7 +446,7 @@ impl LdapSource {
     async fn add_unchanged(
         &self,
         present: &HashSet<String>,
-        known: &HashMap<String, Option<String>>,
+        known: &HashMap<String, Option<PersonKey>>,
         seen: &HashMap<String, SeenEntry>,
         records: &mut Vec<PersonRecord>,
     ) -> Result<()> {
@@ -511,7 +511,7 @@ impl LdapSource {
     /// Forget entries that are gone: those a full refresh neither sent nor reported present.
     async fn forget_gone(
         &self,
-        known: &HashMap<String, Option<String>>,
+        known: &HashMap<String, Option<PersonKey>>,
         seen: &HashMap<String, SeenEntry>,
         present: &HashSet<String>,
     ) -> Result<()> {
@@ -538,7 +538,7 @@ impl LdapSource {
 }
 
 /// An entry a full refresh saw: its DN and, when known, its key.
-type SeenEntry = (String, Option<String>);
+type SeenEntry = (String, Option<PersonKey>);
 
 /// A full refresh's changed entries mapped.
 #[derive(Default)]

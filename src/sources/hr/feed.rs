@@ -184,7 +184,7 @@ impl FeedRows<'_> {
             Err(p) => feed.quarantined.push(Quarantined {
                 source: self.source.to_string(),
                 location,
-                record_key: key,
+                record_key: key.map(Into::into),
                 field: p.field,
                 reason: p.reason,
                 raw: row.iter().collect::<Vec<_>>().join(&self.delimiter),
@@ -331,7 +331,7 @@ fn build_record(
     let attrs = row_attrs(&cells, key, dates.terminates_at);
     Ok(PersonRecord {
         source: source.to_string(),
-        key: key.to_string(),
+        key: key.into(),
         location: location.to_string(),
         status,
         hire_date: dates.hire_date,

@@ -67,7 +67,7 @@ impl LdapMapping {
         Quarantined {
             source: source.to_string(),
             location: e.dn.clone(),
-            record_key: Some(key.to_string()),
+            record_key: Some(key.into()),
             field: self.key.clone(),
             reason: format!(
                 "duplicate correlation key `{key}`: {} is used for this person, this entry is ignored",

@@ -290,7 +290,7 @@ impl LdapMapping {
             Box::new(Quarantined {
                 source: source.to_string(),
                 location: e.dn.clone(),
-                record_key: key.map(str::to_string),
+                record_key: key.map(Into::into),
                 field: field.to_string(),
                 reason,
                 raw: raw_of(e),
@@ -340,7 +340,7 @@ impl LdapMapping {
         }
         Ok(PersonRecord {
             source: source.to_string(),
-            key: key.to_string(),
+            key: key.into(),
             location: e.dn.clone(),
             status: Some(if leaver {
                 RecordStatus::Terminated

@@ -24,7 +24,7 @@ pub use profile::*;
 pub use resource::*;
 
 use crate::config::CorrelateBy;
-use crate::model::{PersonRecord, RecordStatus};
+use crate::model::{PersonKey, PersonRecord, RecordStatus};
 use chrono::{DateTime, Utc};
 use scim_v2::filter::{AttrExp, AttrPath, CompValue, CompareOp, Filter, PatchPath, ValFilter};
 use scim_v2::models::others::{OperationTarget, PatchOp, PatchOperation};

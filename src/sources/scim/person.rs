@@ -93,7 +93,7 @@ pub fn person_record(
     let active = user.get("active").and_then(Value::as_bool).unwrap_or(true);
     Some(PersonRecord {
         source: source_name(tenant),
-        key,
+        key: key.into(),
         location: format!("scim:{tenant}/Users/{id}"),
         status: Some(if active {
             RecordStatus::Active

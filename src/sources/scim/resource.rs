@@ -7,7 +7,7 @@ use super::*;
 pub struct Resource {
     pub id: String,
     pub kind: Kind,
-    pub person_key: Option<String>,
+    pub person_key: Option<PersonKey>,
     /// Canonical representation with `id` and `meta` (without `meta.location`). A group's carries
     /// no `members`: they are rows of their own ([`members`]).
     pub raw: Value,

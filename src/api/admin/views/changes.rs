@@ -34,7 +34,7 @@ pub async fn held(s: &ApiState, source: Option<&str>) -> Result<Vec<Held>, Probl
         .map(|h| Held {
             id: h.id,
             source: h.source,
-            identity: h.key,
+            identity: h.key.into(),
             kind: h.kind,
             reason: h.reason,
             created_at: time(h.created_at),
@@ -108,7 +108,7 @@ impl From<store::CommandRow> for DeadLetter {
         Self {
             id: c.id,
             action: c.action.to_string(),
-            identity: c.identity_key,
+            identity: c.identity_key.into(),
             connector: c.connector,
             target: c.target,
             attempts: c.attempts,
@@ -153,7 +153,7 @@ fn key_task(t: store::KeyTaskRow, now: i64) -> KeyTask {
         overdue: t.status == "open" && t.due_at.is_some_and(|d| d <= now),
         due_at: t.due_at.map(time),
         kind: t.kind,
-        identity: t.identity_key,
+        identity: t.identity_key.into(),
         connector: t.connector,
         target: t.target,
         created_at: time(t.created_at),

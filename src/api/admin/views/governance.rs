@@ -41,7 +41,7 @@ impl From<store::access_requests::RequestRow> for AccessRequest {
         Self {
             id: r.id,
             kind: r.kind,
-            person: r.identity_key,
+            person: r.identity_key.into(),
             connector: r.connector,
             target: r.target,
             reason: r.reason,
@@ -363,7 +363,7 @@ pub async fn migrate(
             .map_err(refused)?;
         return Ok(MigrationPlan {
             id: None,
-            holders: plan.holders,
+            holders: plan.holders.into_iter().map(Into::into).collect(),
             old_out: plan.old_out,
             issues_enqueued: 0,
             revokes_enqueued: 0,
@@ -374,7 +374,7 @@ pub async fn migrate(
         .map_err(refused)?;
     Ok(MigrationPlan {
         id: Some(id),
-        holders: plan.holders,
+        holders: plan.holders.into_iter().map(Into::into).collect(),
         old_out: plan.old_out,
         issues_enqueued: applied.issues,
         revokes_enqueued: applied.revokes,

@@ -25,7 +25,7 @@ impl From<store::IdentityRow> for PersonSummary {
             name: i.attr("name").map(str::to_string),
             lifecycle: i.lifecycle.to_string(),
             since: time(i.lifecycle_since),
-            key: i.key,
+            key: i.key.into(),
         }
     }
 }
@@ -57,7 +57,7 @@ pub async fn people(
     let after = cursor.unwrap_or_default();
     let rows = store::identities_page(s.engine.store.pool(), after, limit as i64).await?;
     let next_cursor = (rows.len() == limit)
-        .then(|| rows.last().map(|r| r.key.clone()))
+        .then(|| rows.last().map(|r| r.key.to_string()))
         .flatten();
     Ok(PeoplePage {
         items: rows.into_iter().map(Into::into).collect(),
@@ -193,7 +193,7 @@ pub async fn who_has_page(
         let holders = rows
             .into_iter()
             .map(|g| Holder {
-                identity: g.identity_key,
+                identity: g.identity_key.into(),
                 connector: g.connector,
                 template: g.template,
                 desired: g.desired.to_string(),
@@ -202,7 +202,7 @@ pub async fn who_has_page(
         let cabinet_keys = store::cabinet_holders(pool, &name)
             .await?
             .into_iter()
-            .map(|k| k.identity_key)
+            .map(|k| String::from(k.identity_key))
             .collect();
         out.push((
             total,

@@ -55,7 +55,7 @@ impl From<store::reviews::ItemRow> for ReviewItem {
     fn from(i: store::reviews::ItemRow) -> Self {
         Self {
             id: i.id,
-            person: i.identity_key,
+            person: i.identity_key.into(),
             connector: i.connector,
             target: i.target,
             template: i.template,
