@@ -670,6 +670,10 @@ mod tests {
             location: "hr-0002.csv:9".into(),
             ..r.clone()
         };
-        assert_eq!(record_hash(&moved), expected, "the location is not the person");
+        assert_eq!(
+            record_hash(&moved),
+            expected,
+            "the location is not the person"
+        );
     }
 }

@@ -189,7 +189,9 @@ pub async fn source_hashes(store: &Store, source: &str) -> Result<Vec<(PersonKey
         .into_iter()
         // SQLite writes the flag as 0 / 1, PostgreSQL as false / true.
         .map(|(key, hash, gone)| {
-            let gone = gone.as_bool().unwrap_or_else(|| gone.as_i64().is_some_and(|n| n != 0));
+            let gone = gone
+                .as_bool()
+                .unwrap_or_else(|| gone.as_i64().is_some_and(|n| n != 0));
             (key, hash, gone)
         })
         .collect())
