@@ -67,6 +67,28 @@ fn uuid_like() -> String {
         .collect()
 }
 
+/// A module's own context on top of the harness: `harness_context!(Ctx);` declares a `Ctx(Harness)`
+/// that reads and writes through to the harness, for the module's own helpers to extend.
+#[macro_export]
+macro_rules! harness_context {
+    ($name:ident) => {
+        struct $name(Harness);
+
+        impl std::ops::Deref for $name {
+            type Target = Harness;
+            fn deref(&self) -> &Harness {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut Harness {
+                &mut self.0
+            }
+        }
+    };
+}
+
 /// The backend a store URL names, as the harness reports it.
 pub fn backend_of(store_url: &str) -> &'static str {
     if store_url.starts_with("postgres") {

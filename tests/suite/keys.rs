@@ -48,22 +48,9 @@ async fn receiver() -> (String, Alerts) {
     (format!("http://{addr}/alerts"), alerts)
 }
 
-/// The shared harness with a `keys` connector (manual, alerting `webhook` when a key is overdue)
-/// and templates that hand facilities staff a master key.
-struct Ctx(Harness);
-
-impl std::ops::Deref for Ctx {
-    type Target = Harness;
-    fn deref(&self) -> &Harness {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Ctx {
-    fn deref_mut(&mut self) -> &mut Harness {
-        &mut self.0
-    }
-}
+// The shared harness with a `keys` connector (manual, alerting `webhook` when a key is overdue)
+// and templates that hand facilities staff a master key.
+crate::harness_context!(Ctx);
 
 async fn setup(dir: &Path, url: &str, webhook: &str) -> Ctx {
     let h = Harness::builder(backend_of(url), url, dir)

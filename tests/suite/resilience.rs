@@ -38,22 +38,9 @@ target = "{{ site }}-annex"
 credential = "app"
 "#;
 
-/// The shared harness with a second Nuki account (`nuki2`, one worker) beside the first, and
-/// `extra` configuration.
-struct Ctx(Harness);
-
-impl std::ops::Deref for Ctx {
-    type Target = Harness;
-    fn deref(&self) -> &Harness {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Ctx {
-    fn deref_mut(&mut self) -> &mut Harness {
-        &mut self.0
-    }
-}
+// The shared harness with a second Nuki account (`nuki2`, one worker) beside the first, and
+// `extra` configuration.
+crate::harness_context!(Ctx);
 
 async fn start_sim() -> SimServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
