@@ -254,11 +254,13 @@ impl Engine {
                 continue;
             }
             let bytes = std::fs::read(&f).map_err(io)?;
+            // Hashed once here: a large file's digest is most of what looking at it again costs.
+            let digest = hex::encode(Sha256::digest(&bytes));
             // The last file applied is listed again on every tick; unchanged, it is passed over quietly.
-            if cfg.drop_dir.is_some() && self.is_checkpoint(source, &f, &bytes).await? {
+            if cfg.drop_dir.is_some() && self.is_checkpoint(source, &f, &digest).await? {
                 continue;
             }
-            if let Some(report) = self.skip_rejected(source, &f, &bytes).await? {
+            if let Some(report) = self.skip_rejected(source, &f, &digest).await? {
                 out.push(report);
                 continue;
             }

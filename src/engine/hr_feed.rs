@@ -27,14 +27,15 @@ fn file_name(path: &Path) -> String {
 }
 
 impl Engine {
-    /// Is this file, by name and content, the one the source's checkpoint names?
+    /// Is this file, by name and content (its SHA-256, `digest`), the one the source's checkpoint
+    /// names?
     pub(super) async fn is_checkpoint(
         &self,
         source: &str,
         path: &Path,
-        bytes: &[u8],
+        digest: &str,
     ) -> Result<bool, EngineError> {
-        let value = hr::checkpoint(&file_name(path), &hex::encode(Sha256::digest(bytes)));
+        let value = hr::checkpoint(&file_name(path), digest);
         Ok(store::checkpoint(self.store.pool(), source)
             .await?
             .as_deref()
@@ -47,10 +48,9 @@ impl Engine {
         &self,
         source: &str,
         path: &Path,
-        bytes: &[u8],
+        digest: &str,
     ) -> Result<Option<FeedReport>, EngineError> {
-        let digest = hex::encode(Sha256::digest(bytes));
-        if !store::file_rejected(self.store.pool(), source, &file_name(path), &digest).await? {
+        if !store::file_rejected(self.store.pool(), source, &file_name(path), digest).await? {
             return Ok(None);
         }
         Ok(Some(FeedReport {
