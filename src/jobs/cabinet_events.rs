@@ -4,16 +4,17 @@
 //!
 //! A cabinet connector is any HTTP connector whose profile says `vendor = "cabinet"`
 //! (`connectors/cabinet.toml`); its grants (key-group permissions) go through the profile engine
-//! like any vendor's. Here its `GET /events?after=<cursor>` is read with the profile's auth. Each
-//! page is recorded in one transaction — holdings, an audit record per event, and the cursor as the
-//! checkpoint of source `cabinet:<connector>` — so an event is applied exactly once.
+//! like any vendor's. Its `GET /events?after=<cursor>` is read with the profile's auth by the
+//! source adapter (`sources::cabinet`), a page at a time. Here each page is recorded in one
+//! transaction (holdings, an audit record per event, and the cursor as the checkpoint of source
+//! `cabinet:<connector>`), so an event is applied exactly once.
 
 use crate::config::{Config, ConnectorKind};
 use crate::connectors::profile::{AuthSpec, Profile};
 use crate::engine::Engine;
 use crate::model::Lifecycle;
+pub use crate::sources::cabinet::{CabinetEvent, EventPage, Feed, FeedError};
 use crate::store;
-use serde::Deserialize;
 
 /// The profile `vendor` that marks a connector as a key cabinet.
 pub const CABINET_VENDOR: &str = "cabinet";
@@ -25,33 +26,12 @@ const MAX_PAGES: usize = 20;
 pub enum CabinetError {
     #[error("cabinet `{connector}`: {message}")]
     Setup { connector: String, message: String },
-    #[error("cabinet `{connector}`: event feed: {message}")]
-    Feed { connector: String, message: String },
+    #[error(transparent)]
+    Feed(#[from] FeedError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
-}
-
-/// One event as the cabinet reports it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CabinetEvent {
-    pub id: serde_json::Value,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub user_external_id: String,
-    pub key_id: String,
-    #[serde(default)]
-    pub key_group: Option<String>,
-    #[serde(default)]
-    pub at: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct EventPage {
-    events: Vec<CabinetEvent>,
-    cursor: serde_json::Value,
 }
 
 /// What one poll of one cabinet did.
@@ -61,13 +41,6 @@ pub struct PollReport {
     pub events: usize,
     /// Keys of this cabinet held by people whose identity is terminated.
     pub leaver_keys_held: usize,
-}
-
-/// How to reach one cabinet's event feed.
-struct Feed {
-    connector: String,
-    base_url: String,
-    auth: Option<(String, String)>,
 }
 
 /// Cabinet connectors of the configuration, with their feed's URL and auth resolved.
@@ -164,63 +137,21 @@ async fn poll(
     };
     for _ in 0..MAX_PAGES {
         let cursor = store::checkpoint(engine.store.pool(), &source).await?;
-        let page = fetch(client, feed, cursor.as_deref()).await?;
+        let page = crate::sources::cabinet::fetch(client, feed, cursor.as_deref()).await?;
         if page.events.is_empty() {
             break;
-        }
-        let next = match &page.cursor {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) => n.to_string(),
-            _ => {
-                return Err(CabinetError::Feed {
-                    connector: feed.connector.clone(),
-                    message: "events came without a cursor".into(),
-                });
-            }
-        };
-        if cursor.as_deref() == Some(next.as_str()) {
-            return Err(CabinetError::Feed {
-                connector: feed.connector.clone(),
-                message: format!("cursor {next} did not advance past new events"),
-            });
         }
         let now = crate::clock::to_micros(engine.clock.now());
         let mut tx = engine.store.begin_write().await?;
         for event in &page.events {
             record(&mut tx, &feed.connector, event, now).await?;
         }
-        store::set_checkpoint(&mut tx, &source, &next, now).await?;
+        store::set_checkpoint(&mut tx, &source, &page.cursor, now).await?;
         tx.commit().await?;
         report.events += page.events.len();
     }
     report.leaver_keys_held = check_leavers(engine, &feed.connector).await?;
     Ok(report)
-}
-
-async fn fetch(
-    client: &reqwest::Client,
-    feed: &Feed,
-    cursor: Option<&str>,
-) -> Result<EventPage, CabinetError> {
-    let err = |message: String| CabinetError::Feed {
-        connector: feed.connector.clone(),
-        message,
-    };
-    let mut req = client.get(format!("{}/events", feed.base_url));
-    if let Some(c) = cursor {
-        req = req.query(&[("after", c)]);
-    }
-    if let Some((h, v)) = &feed.auth {
-        req = req.header(h.as_str(), v.as_str());
-    }
-    let resp = req.send().await.map_err(|e| err(e.to_string()))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(err(format!("HTTP {status}")));
-    }
-    resp.json::<EventPage>()
-        .await
-        .map_err(|e| err(format!("unreadable answer: {e}")))
 }
 
 /// Apply one event to the holdings and audit it.

@@ -997,15 +997,38 @@ async fn concurrent_scim_deactivations_on_postgres_never_fail() {
     let leavers: Vec<String> = (0..ROUNDS)
         .flat_map(|r| (0..CLIENTS).map(move |i| format!("R{r:02}{i}")))
         .collect();
-    wait_until(
-        "every revocation at the vendor",
-        Duration::from_secs(120),
-        || {
-            let left = leavers.iter().filter(|k| holds_any(k)).count();
-            async move { left == 0 }
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left: Vec<&String> = leavers.iter().filter(|k| holds_any(k)).collect();
+        if left.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            // Name what is left and what the outbox says of it, so a failure can be read.
+            let mut conn = app.store().pool().acquire().await.unwrap();
+            let mut told = Vec::new();
+            for key in left.iter().take(5) {
+                told.push(format!(
+                    "{key} ledger: {:?}",
+                    store::grants_of(&mut conn, key).await.unwrap()
+                ));
+                for target in ["berlin-engineering", "berlin-lab"] {
+                    for action in [Action::Issue, Action::Revoke] {
+                        let open = store::open_command_for(&mut conn, "nuki", key, target, action)
+                            .await
+                            .unwrap();
+                        told.push(format!("{key} {target} {action:?}: {open:?}"));
+                    }
+                }
+            }
+            panic!(
+                "{} leavers still hold a door: {left:?}\n{}",
+                left.len(),
+                told.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = stop.send(true);
     tokio::time::timeout(Duration::from_secs(30), running)
         .await
