@@ -143,13 +143,12 @@ pub async fn supersede_issues(
     target: &str,
     now: i64,
 ) -> Result<(u64, i64)> {
-    let attempted: i64 = sqlx::query(SUPERSEDE_COUNT_SQL)
-        .bind(connector)
-        .bind(identity_key)
-        .bind(target)
-        .fetch_one(&mut *conn)
-        .await?
-        .try_get("n")?;
+    // Supersede first, count after. Counted first, an issue the dispatcher claimed in between
+    // (on PostgreSQL, whose statements each see what was committed before they began) was
+    // neither superseded (no longer pending) nor counted (still pending when counted): it went
+    // to the vendor and no revoke followed it. Superseding first locks every issue still
+    // pending, so the dispatcher cannot claim it any more, and the count that follows sees any
+    // claim that got there first.
     let r = sqlx::query(SUPERSEDE_SQL)
         .bind(now)
         .bind(connector)
@@ -157,6 +156,13 @@ pub async fn supersede_issues(
         .bind(target)
         .execute(&mut *conn)
         .await?;
+    let attempted: i64 = sqlx::query(SUPERSEDE_COUNT_SQL)
+        .bind(connector)
+        .bind(identity_key)
+        .bind(target)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("n")?;
     Ok((r.rows_affected(), attempted))
 }
 
