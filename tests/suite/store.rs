@@ -132,36 +132,32 @@ async fn committing_a_queued_command_wakes_the_dispatcher() {
     for (name, url) in backends(tmp.path()).await {
         let s = Store::connect(&url, 4).await.unwrap();
         let wakeup = s.outbox_wakeup();
-        let woken = wakeup.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        let mut tx = s.begin_write().await.unwrap();
-        store::enqueue(&mut tx, &cmd(Action::Revoke, "E1", "berlin-lab", 1), 10)
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            woken.as_mut().now_or_never().is_none(),
-            "{name}: woken before the commit"
-        );
-        tx.commit().await.unwrap();
-        assert!(
-            woken.now_or_never().is_some(),
-            "{name}: the commit did not wake the dispatcher"
-        );
-        let woken = wakeup.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        let mut tx = s.begin_write().await.unwrap();
-        store::enqueue(&mut tx, &cmd(Action::Revoke, "E2", "berlin-lab", 1), 10)
-            .await
-            .unwrap()
-            .unwrap();
-        tx.rollback().await.unwrap();
-        assert!(
-            woken.now_or_never().is_none(),
-            "{name}: a rolled-back command woke the dispatcher"
-        );
+        // The same queued command, once committed and once rolled back.
+        for (key, commit) in [("E1", true), ("E2", false)] {
+            let woken = wakeup.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let mut tx = s.begin_write().await.unwrap();
+            store::enqueue(&mut tx, &cmd(Action::Revoke, key, "berlin-lab", 1), 10)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                woken.as_mut().now_or_never().is_none(),
+                "{name}: woken before the transaction ended"
+            );
+            if commit {
+                tx.commit().await.unwrap();
+            } else {
+                tx.rollback().await.unwrap();
+            }
+            assert_eq!(
+                woken.now_or_never().is_some(),
+                commit,
+                "{name}: woken after a {}",
+                if commit { "commit" } else { "rollback" }
+            );
+        }
     }
 }
 
