@@ -293,8 +293,21 @@ impl Engine {
         self.apply_hr_bytes(source, path, &bytes).await
     }
 
-    /// Apply one full HR snapshot read from `path`. A file cut short is refused whole.
+    /// Apply one full HR snapshot read from `path`, then give the memory its parse and compare
+    /// took (the daemon's peak) back to the system.
     async fn apply_hr_bytes(
+        &self,
+        source: &str,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<FeedReport, EngineError> {
+        let applied = self.apply_hr_snapshot(source, path, bytes).await;
+        crate::memory::release_free_memory();
+        applied
+    }
+
+    /// Apply one full HR snapshot read from `path`. A file cut short is refused whole.
+    async fn apply_hr_snapshot(
         &self,
         source: &str,
         path: &Path,

@@ -22,6 +22,7 @@ pub mod identity;
 pub mod jobs;
 pub mod leases;
 pub mod live_policy;
+pub mod memory;
 pub mod model;
 pub mod naming;
 pub mod operators;

@@ -158,7 +158,7 @@ impl Dispatcher {
             .retry("command finish", || async {
                 let mut tx = self
                     .store
-                    .begin_write_for(if urgent {
+                    .begin_grouped_for(if urgent {
                         Action::Revoke
                     } else {
                         Action::Issue

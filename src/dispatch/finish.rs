@@ -50,7 +50,7 @@ impl Dispatcher {
         outcome: Option<&Outcome>,
     ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
-        let mut tx = self.store.begin_write_for(cmd.action).await?;
+        let mut tx = self.store.begin_grouped_for(cmd.action).await?;
         let end = Finish {
             status,
             confirmed_at,

@@ -579,7 +579,7 @@ impl Dispatcher {
         let deadline = cmd
             .confirm_deadline
             .unwrap_or(now + policy.confirm_deadline.as_micros() as i64);
-        let mut tx = self.store.begin_write_for(cmd.action).await?;
+        let mut tx = self.store.begin_grouped_for(cmd.action).await?;
         if confirming && now >= deadline {
             // The vendor never showed the change: do it again (idempotent, so safe).
             store::reissue(
@@ -732,7 +732,7 @@ impl Dispatcher {
         stuck: bool,
     ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
-        let mut tx = self.store.begin_write_for(cmd.action).await?;
+        let mut tx = self.store.begin_grouped_for(cmd.action).await?;
         let moved = store::update_claimed(
             &mut tx,
             owner,

@@ -50,6 +50,7 @@ pub mod audit;
 pub mod confirm_batch;
 pub mod console;
 pub mod door_moves;
+mod group;
 pub mod ldap;
 pub mod leases;
 pub mod outbox;
@@ -84,6 +85,7 @@ pub use keys_and_drift::*;
 pub use ledger::*;
 pub use reconcile::*;
 
+pub use group::GroupCommits;
 pub use outbox::*;
 pub use retry::{MAX_ATTEMPTS, db_error, is_lost_race};
 
@@ -125,8 +127,21 @@ pub enum Backend {
 ///
 /// It knows whether it queued work for the dispatcher: committing one that enqueued, reissued or
 /// redrove a command wakes the dispatcher by itself, so no caller has to remember to.
+///
+/// It is either a transaction of its own or a member's share of a group's transaction
+/// ([`Store::begin_grouped`]); both commit and roll back the same way for the caller.
 #[derive(Debug)]
-pub struct Tx {
+pub struct Tx(TxKind);
+
+#[derive(Debug)]
+enum TxKind {
+    Own(OwnTx),
+    Member(group::Member),
+}
+
+/// A transaction of its own (see [`Tx`]).
+#[derive(Debug)]
+pub(crate) struct OwnTx {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     _gate: Option<GateTurn>,
     outbox: Arc<Notify>,
@@ -184,19 +199,43 @@ impl WriteGate {
 impl std::ops::Deref for Tx {
     type Target = sqlx::Transaction<'static, sqlx::Any>;
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        match &self.0 {
+            TxKind::Own(own) => &own.tx,
+            TxKind::Member(member) => &member.tx().tx,
+        }
     }
 }
 
 impl std::ops::DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        match &mut self.0 {
+            TxKind::Own(own) => &mut own.tx,
+            TxKind::Member(member) => &mut member.tx_mut().tx,
+        }
     }
 }
 
 impl Tx {
-    /// Commit; then, if this transaction queued a command, wake the dispatcher.
+    /// Commit (a group's member: once the group's transaction has committed); then, if this
+    /// transaction queued a command, wake the dispatcher.
     pub async fn commit(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            TxKind::Own(own) => own.commit().await,
+            TxKind::Member(member) => member.commit().await,
+        }
+    }
+
+    /// Undo this transaction's writes (a group's member: its own, the group goes on).
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self.0 {
+            TxKind::Own(own) => own.rollback().await,
+            TxKind::Member(member) => member.rollback().await,
+        }
+    }
+}
+
+impl OwnTx {
+    async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await?;
         if COMMANDS_QUEUED.load(Ordering::Relaxed) != self.queued_at_begin {
             self.outbox.notify_waiters();
@@ -204,7 +243,7 @@ impl Tx {
         Ok(())
     }
 
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+    async fn rollback(self) -> Result<(), sqlx::Error> {
         self.tx.rollback().await
     }
 }
@@ -217,6 +256,15 @@ pub struct Store {
     write_gate: WriteGate,
     /// Wakes the dispatcher when a committed transaction queued a command (see [`Tx`]).
     outbox: Arc<Notify>,
+    /// Short writers sharing transactions (see [`Store::begin_grouped`]): revocations' own
+    /// writers in one queue, everyone else in the other.
+    groups: Groups,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Groups {
+    ordinary: group::Group,
+    urgent: group::Group,
 }
 
 impl Store {
@@ -240,6 +288,7 @@ impl Store {
             backend,
             write_gate: WriteGate::default(),
             outbox: Arc::new(Notify::new()),
+            groups: Groups::default(),
         };
         match backend {
             Backend::Sqlite => sqlite::migrate(&store.pool).await?,
@@ -279,7 +328,45 @@ impl Store {
         self.begin_write_as(action == Action::Revoke).await
     }
 
+    /// A write transaction shared with the other short writers that arrive together (group
+    /// commit, see [`group`]): a SCIM request, a directory change, a command's completion. Its
+    /// `commit` returns once the shared transaction has committed; its `rollback` (or an error
+    /// that drops it) undoes only its own writes. Not for long transactions (a feed batch): the
+    /// members queued behind one wait for it.
+    pub async fn begin_grouped(&self) -> Result<Tx> {
+        self.begin_grouped_as(false).await
+    }
+
+    /// [`Store::begin_grouped`] for a command's writes: a revoke's join the revocations' group,
+    /// which goes ahead of ordinary writers at SQLite's write gate.
+    pub async fn begin_grouped_for(&self, action: Action) -> Result<Tx> {
+        self.begin_grouped_as(action == Action::Revoke).await
+    }
+
+    /// How much group commit shared (both queues together): for the benchmark and tests.
+    pub fn group_commits(&self) -> GroupCommits {
+        let (a, b) = (self.groups.ordinary.figures(), self.groups.urgent.figures());
+        GroupCommits {
+            commits: a.commits + b.commits,
+            members: a.members + b.members,
+        }
+    }
+
+    async fn begin_grouped_as(&self, urgent: bool) -> Result<Tx> {
+        let group = if urgent {
+            &self.groups.urgent
+        } else {
+            &self.groups.ordinary
+        };
+        let member = group.join(|| self.begin_own(urgent)).await?;
+        Ok(Tx(TxKind::Member(member)))
+    }
+
     async fn begin_write_as(&self, urgent: bool) -> Result<Tx> {
+        Ok(Tx(TxKind::Own(self.begin_own(urgent).await?)))
+    }
+
+    async fn begin_own(&self, urgent: bool) -> Result<OwnTx> {
         let (tx, gate) = match self.backend {
             Backend::Sqlite => {
                 let gate = self.write_gate.turn(urgent).await;
@@ -287,7 +374,7 @@ impl Store {
             }
             Backend::Postgres => (self.pool.begin().await?, None),
         };
-        Ok(Tx {
+        Ok(OwnTx {
             tx,
             _gate: gate,
             outbox: self.outbox.clone(),
@@ -355,7 +442,7 @@ impl Store {
     ) -> Result<Option<CommandRow>> {
         // The worker reserved for revokes claims ahead of the issue workers queued for the gate.
         let mut tx = self
-            .begin_write_as(max_priority <= Action::Revoke.priority())
+            .begin_grouped_as(max_priority <= Action::Revoke.priority())
             .await?;
         // The write lock of `BEGIN IMMEDIATE` makes SQLite's claim exclusive; PostgreSQL's skips
         // rows other claims hold (`FOR UPDATE SKIP LOCKED`).

@@ -271,12 +271,15 @@ async fn revoke_overtakes_issues_while_the_dispatcher_runs() {
 
         rows.pop();
         rows.push(leaver.terminated());
+        let before_feed = h.sim.requests().len();
         let r = h.feed(&rows).await;
         assert_eq!((r.leavers, r.revokes), (1, 1), "{r:?}");
         let mark = h.sim.requests().len();
 
+        // The leaver is applied in the feed's first transaction, so the revoke can reach the
+        // vendor before the rest of the feed is applied and `feed` returns.
         wait_until("the leaver's revoke", Duration::from_secs(30), || {
-            let seen = h.sim.requests()[mark..]
+            let seen = h.sim.requests()[before_feed..]
                 .iter()
                 .any(|r| is_delete_on(r, lock));
             async move { seen }
@@ -294,11 +297,14 @@ async fn revoke_overtakes_issues_while_the_dispatcher_runs() {
             "the queue had drained ({queued} issues left): nothing to overtake"
         );
         let log = h.sim.requests();
-        let delete = log[mark..]
-            .iter()
-            .position(|r| is_delete_on(r, lock))
-            .unwrap();
-        let puts_before = log[mark..mark + delete]
+        let delete = before_feed
+            + log[before_feed..]
+                .iter()
+                .position(|r| is_delete_on(r, lock))
+                .unwrap();
+        // Issues sent after the feed was applied and before the revoke; none when the revoke
+        // went out while the feed was still being applied.
+        let puts_before = log[mark.min(delete)..delete]
             .iter()
             .filter(|r| is_issue_put(r))
             .count();

@@ -227,6 +227,166 @@ async fn an_effective_dated_termination_survives_a_restart() {
     }
 }
 
+/// Concurrent short writers share transactions (group commit): each writer's `commit` returns
+/// only once its rows are durable and visible to a new connection, a writer that fails or gives
+/// up keeps none of its rows and costs the others nothing, and fewer transactions are committed
+/// than writers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_transactions_and_each_commit_is_durable() {
+    use sqlx::Connection;
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let s = Store::connect(&url, 8).await.unwrap();
+        sqlx::query("CREATE TABLE group_rows (writer BIGINT NOT NULL, part BIGINT NOT NULL)")
+            .execute(s.pool())
+            .await
+            .unwrap();
+        let before = s.group_commits();
+        let writers: Vec<_> = (0..96i64)
+            .map(|w| {
+                let (s, url) = (s.clone(), url.clone());
+                tokio::spawn(async move {
+                    let mut tx = s.begin_grouped().await.unwrap();
+                    for part in 0..3i64 {
+                        sqlx::query("INSERT INTO group_rows (writer, part) VALUES ($1, $2)")
+                            .bind(w)
+                            .bind(part)
+                            .execute(&mut **tx)
+                            .await
+                            .unwrap();
+                    }
+                    match w % 8 {
+                        // Fails half-way: its rows go back, the others' stay.
+                        3 => {
+                            let bad = sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                                .execute(&mut **tx)
+                                .await;
+                            assert!(bad.is_err());
+                            drop(tx);
+                            false
+                        }
+                        5 => {
+                            tx.rollback().await.unwrap();
+                            false
+                        }
+                        _ => {
+                            tx.commit().await.unwrap();
+                            // Committed means durable: a fresh connection sees every row.
+                            let mut other = sqlx::AnyConnection::connect(&url).await.unwrap();
+                            let seen: i64 = sqlx::query_scalar(
+                                "SELECT COUNT(*) FROM group_rows WHERE writer = $1",
+                            )
+                            .bind(w)
+                            .fetch_one(&mut other)
+                            .await
+                            .unwrap();
+                            assert_eq!(seen, 3, "writer {w}'s rows after its commit");
+                            true
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut kept = Vec::new();
+        for (w, t) in writers.into_iter().enumerate() {
+            let committed = tokio::time::timeout(std::time::Duration::from_secs(60), t)
+                .await
+                .unwrap_or_else(|_| panic!("{name}: writer {w} never finished"))
+                .unwrap();
+            if committed {
+                kept.push(w as i64);
+            }
+        }
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT writer, COUNT(*) FROM group_rows GROUP BY writer ORDER BY writer",
+        )
+        .fetch_all(s.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            rows,
+            kept.iter().map(|w| (*w, 3)).collect::<Vec<_>>(),
+            "{name}: exactly the committed writers' rows, whole"
+        );
+        let after = s.group_commits();
+        let (commits, members) = (
+            after.commits - before.commits,
+            after.members - before.members,
+        );
+        assert_eq!(members, kept.len() as u64, "{name}: every commit counted");
+        assert!(
+            commits < members,
+            "{name}: {commits} transactions for {members} writers: nothing was shared"
+        );
+    }
+}
+
+/// A writer that gives up while it waits for its turn, or half-way through its statements (a
+/// client that hangs up), never leaves the writers before it waiting for a commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_gives_up_never_strands_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let s = Store::connect(&url, 8).await.unwrap();
+        sqlx::query("CREATE TABLE group_rows (writer BIGINT NOT NULL)")
+            .execute(s.pool())
+            .await
+            .unwrap();
+        let insert = |w: i64| sqlx::query("INSERT INTO group_rows (writer) VALUES ($1)").bind(w);
+        // The first writer holds the shared transaction while a second queues behind it.
+        let mut first = s.begin_grouped().await.unwrap();
+        insert(1).execute(&mut **first).await.unwrap();
+        let queued = tokio::spawn({
+            let s = s.clone();
+            async move {
+                let mut tx = s.begin_grouped().await.unwrap();
+                insert(2).execute(&mut **tx).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The second gives up before its turn; the first, seeing a writer waiting, left the
+        // transaction open for it: someone must still commit.
+        queued.abort();
+        let done = tokio::time::timeout(std::time::Duration::from_secs(20), first.commit()).await;
+        done.unwrap_or_else(|_| panic!("{name}: the first writer was stranded"))
+            .unwrap();
+        // A third writer gives up half-way through its statements; a fourth still commits.
+        let third = tokio::spawn({
+            let s = s.clone();
+            async move {
+                let mut tx = s.begin_grouped().await.unwrap();
+                insert(3).execute(&mut **tx).await.unwrap();
+                std::future::pending::<()>().await;
+                drop(tx);
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let fourth = tokio::spawn({
+            let s = s.clone();
+            async move {
+                let mut tx = s.begin_grouped().await.unwrap();
+                insert(4).execute(&mut **tx).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        third.abort();
+        tokio::time::timeout(std::time::Duration::from_secs(20), fourth)
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the fourth writer was stranded"))
+            .unwrap();
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT writer FROM group_rows ORDER BY writer")
+            .fetch_all(s.pool())
+            .await
+            .unwrap();
+        assert!(
+            rows == vec![1, 4] || rows == vec![1, 2, 4],
+            "{name}: the first and fourth writers' rows, never the third's: {rows:?}"
+        );
+    }
+}
+
 /// Two transactions that lock the same two rows in opposite order deadlock on PostgreSQL; the
 /// database aborts one, and `Store::retry` runs it again, so both bodies succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -444,7 +444,7 @@ pub(super) async fn create(
         .engine
         .store
         .retry("scim create", || async {
-            let mut tx = s.engine.store.begin_write().await?;
+            let mut tx = s.engine.store.begin_grouped().await?;
             let mut v = v.clone();
             let members = whole_members(&mut tx, t, kind, &id, &mut v).await?;
             let r = write(&s, &mut tx, t, kind, &id, None, v, members, now).await?;
@@ -476,7 +476,7 @@ pub(super) async fn replace(
         .engine
         .store
         .retry("scim replace", || async {
-            let mut tx = s.engine.store.begin_write().await?;
+            let mut tx = s.engine.store.begin_grouped().await?;
             let before = src::get(&mut tx, &t.name, kind, &id)
                 .await?
                 .ok_or_else(|| ScimError::not_found(kind, &id))?;
@@ -515,7 +515,7 @@ pub(super) async fn patch(
         .engine
         .store
         .retry("scim patch", || async {
-            let mut tx = s.engine.store.begin_write().await?;
+            let mut tx = s.engine.store.begin_grouped().await?;
             let r = patch_tx(&s, &mut tx, t, kind, &id, &headers, &body, now).await?;
             let out = if no_body {
                 None
@@ -613,7 +613,7 @@ pub(super) async fn remove(
     s.engine
         .store
         .retry("scim delete", || async {
-            let mut tx = s.engine.store.begin_write().await?;
+            let mut tx = s.engine.store.begin_grouped().await?;
             let before = src::get(&mut tx, &t.name, kind, &id)
                 .await?
                 .ok_or_else(|| ScimError::not_found(kind, &id))?;

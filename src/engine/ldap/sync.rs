@@ -303,10 +303,11 @@ impl LdapSource {
         cookie: Option<&[u8]>,
     ) -> Result<()> {
         let now = self.engine.clock.now();
+        // Shared with the other short writers of the moment (group commit).
         let mut tx = self
             .engine
             .store
-            .begin_write()
+            .begin_grouped()
             .await
             .map_err(self.store_err())?;
         self.change_tx(&mut tx, uuid, entry, now).await?;
