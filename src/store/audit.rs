@@ -67,15 +67,16 @@ pub async fn append_pending(
     Ok(())
 }
 
-/// SQLite: take the next sequence number and the head's hash, in the caller's write transaction.
+/// SQLite: the next sequence number and the head's hash, in the caller's write transaction (its
+/// write lock keeps them until the record is written; the insert moves the head, migration 0029).
 pub async fn take_next_seq(conn: &mut AnyConnection) -> Result<(i64, String)> {
-    let head = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+    let head = sqlx::query("SELECT seq + 1 AS seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(&mut *conn)
         .await?;
     Ok((head.try_get("seq")?, head.try_get("hash")?))
 }
 
-/// SQLite: write a chained record and move the head's hash to it.
+/// SQLite: write a chained record; the head moves to it (trigger of migration 0029).
 pub async fn insert_chained(conn: &mut AnyConnection, r: &AuditRow) -> Result<()> {
     sqlx::query(
         "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash)
@@ -91,10 +92,6 @@ pub async fn insert_chained(conn: &mut AnyConnection, r: &AuditRow) -> Result<()
     .bind(&r.hash)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(&r.hash)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }
 

@@ -10,7 +10,8 @@
 //! the database's SQLSTATE, so each member's own retry runs its body again.
 //!
 //! The baton is passed without a coordinator task: the group is a slot behind a fair mutex. The
-//! first writer finds it empty and begins the transaction; a writer that finishes while others
+//! first writer finds it empty and begins the transaction (it needs no savepoint: a writer alone
+//! pays nothing for the group); a writer that finishes while others
 //! are waiting for the slot leaves the transaction open for them and waits for the outcome; the
 //! writer that finds no one waiting (or the group full) commits. Every way out (a writer
 //! cancelled while waiting, a writer dropped half-way through its statements) ends with someone
@@ -58,6 +59,15 @@ pub struct GroupCommits {
 }
 
 impl Group {
+    /// No writer holds the slot or waits for it (a hint: it may change at once).
+    pub(super) fn is_free(&self) -> bool {
+        self.waiting() == 0 && self.slot.try_lock().is_ok()
+    }
+
+    pub(super) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
     pub(super) fn figures(&self) -> GroupCommits {
         GroupCommits {
             commits: self.stats.commits.load(Ordering::Relaxed),
@@ -81,7 +91,7 @@ pub(super) struct Open {
 pub struct Member {
     slot: Option<OwnedMutexGuard<Option<Open>>>,
     group: Group,
-    /// Its savepoint is set: leaving undoes what it wrote.
+    /// Its savepoint is set (every member but the group's first): leaving undoes what it wrote.
     in_savepoint: bool,
 }
 
@@ -139,12 +149,18 @@ impl Group {
                 outcome,
             });
         }
+        // The group's first member needs no savepoint: if it fails, the whole transaction is
+        // rolled back (nothing else is in it). A writer alone pays nothing for the group.
+        let first = slot.as_ref().is_some_and(|open| open.members == 0);
         // From here a cancelled join is a member leaving: the group still gets settled.
         let mut member = Member {
             slot: Some(slot),
             group: self.clone(),
             in_savepoint: false,
         };
+        if first {
+            return Ok(member);
+        }
         let conn: &mut sqlx::AnyConnection = &mut member.tx_mut().tx;
         if let Err(e) = (&mut *conn).execute(SAVEPOINT).await {
             if let Some(slot) = member.slot.take() {
@@ -195,7 +211,8 @@ impl Member {
         // Releasing the savepoint and settling the group run on a task of their own, so a
         // member cancelled here cannot leave the group unsettled.
         let group = self.group.clone();
-        let kept = tokio::spawn(async move { keep_and_leave(slot, &group).await });
+        let release = self.in_savepoint;
+        let kept = tokio::spawn(async move { keep_and_leave(slot, &group, release).await });
         kept.await
             .map_err(|e| sqlx::Error::Protocol(format!("group member task: {e}")))??;
         // Whoever commits (this member or a later one) sends the outcome to every member.
@@ -238,7 +255,8 @@ impl Drop for Member {
     }
 }
 
-/// Undo a member's savepoint (when it set one), then end the group for the members before it. A
+/// Undo a member's savepoint (when it set one), then end the group for the members before it (a
+/// first member, without a savepoint, leaves none: the whole transaction is rolled back). A
 /// member fails mostly on a lost lock race: its retry must not meet the locks its own group's
 /// earlier members still hold, so the group commits before the retry begins.
 async fn undo_and_leave(
@@ -266,12 +284,13 @@ async fn undo_and_leave(
 async fn keep_and_leave(
     mut slot: OwnedMutexGuard<Option<Open>>,
     group: &Group,
+    release: bool,
 ) -> Result<(), sqlx::Error> {
     let Some(open) = slot.as_mut() else {
         return Err(gone());
     };
     let conn: &mut sqlx::AnyConnection = &mut open.tx.tx;
-    if let Err(e) = (&mut *conn).execute(RELEASE).await {
+    if release && let Err(e) = (&mut *conn).execute(RELEASE).await {
         fail(slot, &e);
         return Err(e);
     }

@@ -261,11 +261,40 @@ pub struct Store {
     groups: Groups,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Groups {
-    ordinary: group::Group,
+    /// One on SQLite (one writer at a time anyway); several on PostgreSQL, where transactions on
+    /// different connections run side by side: one queue would make them wait on each other.
+    ordinary: Vec<group::Group>,
     urgent: group::Group,
 }
+
+impl Groups {
+    fn for_backend(backend: Backend) -> Self {
+        let lanes = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_GROUPS,
+        };
+        Self {
+            ordinary: (0..lanes).map(|_| group::Group::default()).collect(),
+            urgent: group::Group::default(),
+        }
+    }
+
+    /// The queue an ordinary writer joins: one whose slot is free now, else the shortest.
+    fn ordinary(&self) -> &group::Group {
+        self.ordinary
+            .iter()
+            .find(|g| g.is_free())
+            .or_else(|| self.ordinary.iter().min_by_key(|g| g.waiting()))
+            // Never empty (see `for_backend`); the revocations' queue would do.
+            .unwrap_or(&self.urgent)
+    }
+}
+
+/// Shared transactions open at once on PostgreSQL for ordinary writers: enough to keep several
+/// connections busy, few enough that each carries several writers under load.
+const POSTGRES_GROUPS: usize = 4;
 
 impl Store {
     /// Connect by URL (`sqlite://path?mode=rwc`, `postgres://...`) and apply migrations.
@@ -288,7 +317,7 @@ impl Store {
             backend,
             write_gate: WriteGate::default(),
             outbox: Arc::new(Notify::new()),
-            groups: Groups::default(),
+            groups: Groups::for_backend(backend),
         };
         match backend {
             Backend::Sqlite => sqlite::migrate(&store.pool).await?,
@@ -345,18 +374,22 @@ impl Store {
 
     /// How much group commit shared (both queues together): for the benchmark and tests.
     pub fn group_commits(&self) -> GroupCommits {
-        let (a, b) = (self.groups.ordinary.figures(), self.groups.urgent.figures());
-        GroupCommits {
-            commits: a.commits + b.commits,
-            members: a.members + b.members,
-        }
+        self.groups
+            .ordinary
+            .iter()
+            .chain([&self.groups.urgent])
+            .map(|g| g.figures())
+            .fold(GroupCommits::default(), |sum, f| GroupCommits {
+                commits: sum.commits + f.commits,
+                members: sum.members + f.members,
+            })
     }
 
     async fn begin_grouped_as(&self, urgent: bool) -> Result<Tx> {
         let group = if urgent {
             &self.groups.urgent
         } else {
-            &self.groups.ordinary
+            self.groups.ordinary()
         };
         let member = group.join(|| self.begin_own(urgent)).await?;
         Ok(Tx(TxKind::Member(member)))

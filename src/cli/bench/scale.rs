@@ -150,7 +150,15 @@ pub(super) async fn memory(args: &super::BenchArgs, dir: &Path) -> anyhow::Resul
     server.shutdown().await;
     let loaded = after[0];
     let last = after[after.len() - 1];
+    // Flat across feeds: the second file is the first that is compared with a full store (the
+    // steady state); the first is a load into an empty one.
+    let steady = after.get(1).copied().unwrap_or(loaded);
+    let highest = after.iter().skip(1).copied().fold(steady, f64::max);
     println!("  (before the first file: {start:.0} MiB)");
+    println!(
+        "  files 2-10: {steady:.0} MiB after the second, {highest:.0} MiB at most, {last:.0} MiB after the tenth ({:+.0} MiB over eight more files)",
+        last - steady
+    );
     row(
         &format!("resident memory after loading {n} people"),
         format!("{loaded:.0} MiB"),
@@ -161,7 +169,7 @@ pub(super) async fn memory(args: &super::BenchArgs, dir: &Path) -> anyhow::Resul
         "resident memory after nine more files",
         format!("{last:.0} MiB"),
         "<= 200, flat",
-        (RSS_TARGET_MIB / last.max(1.0)).min(loaded / last.max(1.0)),
+        (RSS_TARGET_MIB / highest.max(1.0)).min(steady / highest.max(1.0)),
     );
     println!();
     Ok(true)

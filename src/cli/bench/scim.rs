@@ -108,6 +108,7 @@ async fn create_users(
     // Durable writes: every 201 is answered only after the user, the identity change, its commands
     // and their audit records have committed.
     let keys: Vec<String> = (0..k).map(|i| format!("S{i:06}")).collect();
+    let shared_before = scim.bed.app.store().group_commits();
     let t = Instant::now();
     let created: Vec<anyhow::Result<String>> = futures::stream::iter(keys.iter())
         .map(|key| {
@@ -138,6 +139,15 @@ async fn create_users(
     let writes_per_second = k as f64 / create_secs;
     println!(
         "  creates: {k} durable SCIM writes in {create_secs:.2} s = {writes_per_second:.0} writes/s (while the dispatcher issued their grants)"
+    );
+    let shared = scim.bed.app.store().group_commits();
+    let (commits, members) = (
+        shared.commits - shared_before.commits,
+        shared.members - shared_before.members,
+    );
+    println!(
+        "  group commit: {members} short write transactions (SCIM requests, claims, completions) in {commits} commits = {:.2} per commit",
+        members as f64 / commits.max(1) as f64
     );
     Ok((ids, writes_per_second))
 }
