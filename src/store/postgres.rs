@@ -51,12 +51,7 @@ pub(super) fn is_second_inflight(e: &sqlx::Error) -> bool {
 /// Create the database `name` on the server `conn` is connected to, unless it exists (the bench
 /// gives each run a fresh one). `name` is made of ASCII letters, digits and `_` only.
 pub async fn ensure_database(conn: &mut sqlx::AnyConnection, name: &str) -> Result<()> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(sqlx::Error::Configuration(
-            format!("`{name}` is not a plain database name").into(),
-        )
-        .into());
-    }
+    plain_name(name)?;
     let exists = sqlx::query("SELECT 1 AS x FROM pg_database WHERE datname = $1")
         .bind(name)
         .fetch_optional(&mut *conn)
@@ -66,6 +61,29 @@ pub async fn ensure_database(conn: &mut sqlx::AnyConnection, name: &str) -> Resu
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut *conn)
             .await?;
+    }
+    Ok(())
+}
+
+/// Drop the database `name` (made of ASCII letters, digits and `_` only), ending any connection
+/// still open to it: the bench's own databases at the end of a run.
+pub async fn drop_database(conn: &mut sqlx::AnyConnection, name: &str) -> Result<()> {
+    plain_name(name)?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A database name is spliced into DDL: only ASCII letters, digits and `_` are accepted.
+fn plain_name(name: &str) -> Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(sqlx::Error::Configuration(
+            format!("`{name}` is not a plain database name").into(),
+        )
+        .into());
     }
     Ok(())
 }

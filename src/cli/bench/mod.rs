@@ -101,6 +101,38 @@ pub(super) struct Bed {
 /// The PostgreSQL server given with `--store-url`, if any: each store opened gets a fresh database.
 static STORE_SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// The databases this run created on that server: dropped when it ends, unless `--keep` is given.
+static CREATED_DATABASES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Drop the databases this run created, so repeated runs do not fill the server. One that cannot
+/// be dropped is named, for the operator to drop by hand.
+async fn drop_created_databases() {
+    let names = match CREATED_DATABASES.lock() {
+        Ok(mut names) => std::mem::take(&mut *names),
+        Err(_) => return,
+    };
+    let Some(server) = STORE_SERVER.get() else {
+        return;
+    };
+    if names.is_empty() {
+        return;
+    }
+    use sqlx::Connection;
+    let mut conn = match sqlx::AnyConnection::connect(server).await {
+        Ok(c) => c,
+        Err(e) => {
+            println!("could not drop the benchmark's databases {names:?}: {e}");
+            return;
+        }
+    };
+    for name in names {
+        // Every section has closed its store; a connection a killed replica left is ended.
+        if let Err(e) = store::postgres::drop_database(&mut conn, &name).await {
+            println!("could not drop the benchmark's database {name}: {e}");
+        }
+    }
+}
+
 /// The store URL for a bench directory: a SQLite file in it, or a fresh PostgreSQL database.
 async fn store_url_for(dir: &Path) -> anyhow::Result<String> {
     let Some(server) = STORE_SERVER.get() else {
@@ -125,6 +157,11 @@ async fn store_url_for(dir: &Path) -> anyhow::Result<String> {
     );
     // Created once per directory: the drain section reopens its store under another limit.
     store::postgres::ensure_database(&mut conn, &name).await?;
+    if let Ok(mut created) = CREATED_DATABASES.lock()
+        && !created.contains(&name)
+    {
+        created.push(name.clone());
+    }
     let base = server
         .split('?')
         .next()
@@ -390,46 +427,56 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         println!("machine load (1, 5, 15 min): {load}, {} CPUs", num_cpus());
     }
     println!();
+    let ran = run_sections(&args, &root).await;
+    if args.keep.is_none() {
+        drop_created_databases().await;
+    }
+    let ok = ran?;
+    print_rows();
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// Every section asked for, in order. Returns whether each ran to the end.
+async fn run_sections(args: &BenchArgs, root: &Path) -> anyhow::Result<bool> {
     let wants = |s: &str| args.sections.iter().any(|x| x == s);
     let mut ok = true;
     if wants("drain") {
-        ok &= drain_section(&args, &root.join("drain")).await?;
+        ok &= drain_section(args, &root.join("drain")).await?;
     }
     if wants("leaver") {
-        ok &= leaver_section(&args, &root.join("leaver")).await?;
+        ok &= leaver_section(args, &root.join("leaver")).await?;
     }
     if wants("scim") {
-        ok &= scim_section(&args, &root.join("scim")).await?;
+        ok &= scim_section(args, &root.join("scim")).await?;
     }
     if wants("reconcile") {
-        ok &= reconcile_section(&args, &root.join("reconcile")).await?;
+        ok &= reconcile_section(args, &root.join("reconcile")).await?;
     }
     if wants("scim-groups") {
-        let g = scim_groups::scim_groups(&args, &root.join("scim-groups")).await?;
+        let g = scim_groups::scim_groups(args, &root.join("scim-groups")).await?;
         println!("{}", scim_groups::summary(&g));
         ok &= g.ok;
     }
     if wants("ingest") {
-        ok &= ingest::initial_load(&args, &root.join("ingest")).await?;
+        ok &= ingest::initial_load(args, &root.join("ingest")).await?;
     }
     if wants("backlog") {
-        ok &= ingest::leaver_behind_backlog(&args, &root.join("backlog")).await?;
+        ok &= ingest::leaver_behind_backlog(args, &root.join("backlog")).await?;
     }
     if wants("termination") {
-        ok &= scale::termination(&args, &root.join("termination")).await?;
+        ok &= scale::termination(args, &root.join("termination")).await?;
     }
     if wants("memory") {
-        ok &= scale::memory(&args, &root.join("memory")).await?;
+        ok &= scale::memory(args, &root.join("memory")).await?;
     }
     if wants("replicas") {
-        ok &= scale::replicas(&args, &root.join("replicas")).await?;
+        ok &= scale::replicas(args, &root.join("replicas")).await?;
     }
     if wants("console") {
         let n = args.population.unwrap_or(100_000);
         ok &= console::console_pages(n, &root.join("console")).await?;
     }
-    print_rows();
-    Ok(if ok { 0 } else { 1 })
+    Ok(ok)
 }
 
 /// The store every section opens: the PostgreSQL server of `--store-url` (remembered for
