@@ -32,23 +32,68 @@ pub async fn append(
     subject: &str,
     details: &serde_json::Value,
 ) -> Result<(), StoreError> {
-    let details = details.to_string();
-    if conn.backend_name() == "PostgreSQL" {
-        return sql::append_pending(conn, at, actor, action, subject, &details).await;
+    append_all(
+        conn,
+        vec![Entry {
+            at,
+            actor: actor.to_string(),
+            action: action.to_string(),
+            subject: subject.to_string(),
+            details: details.to_string(),
+        }],
+    )
+    .await
+}
+
+/// One record to append: what happened, before it is chained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub details: String,
+}
+
+/// Append records in the order given, in the caller's transaction, many per statement (see
+/// [`append`]): on SQLite the chain is computed here from the head read once.
+pub async fn append_all(conn: &mut AnyConnection, entries: Vec<Entry>) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
     }
-    let (seq, prev_hash) = sql::take_next_seq(conn).await?;
-    let hash = record_hash(&prev_hash, seq, at, actor, action, subject, &details);
-    let row = AuditRow {
-        seq,
-        at,
-        actor: actor.to_string(),
-        action: action.to_string(),
-        subject: subject.to_string(),
-        details,
-        prev_hash,
-        hash,
+    let postgres = conn.backend_name() == "PostgreSQL";
+    let (mut seq, mut prev_hash) = if postgres {
+        (0, String::new())
+    } else {
+        sql::take_next_seq(conn).await?
     };
-    sql::insert_chained(conn, &row).await
+    let mut rows = Vec::with_capacity(entries.len());
+    for e in entries {
+        let hash = if postgres {
+            String::new()
+        } else {
+            record_hash(
+                &prev_hash, seq, e.at, &e.actor, &e.action, &e.subject, &e.details,
+            )
+        };
+        let row = AuditRow {
+            seq,
+            at: e.at,
+            actor: e.actor,
+            action: e.action,
+            subject: e.subject,
+            details: e.details,
+            prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+            hash,
+        };
+        seq += 1;
+        rows.push(row);
+    }
+    if postgres {
+        sql::append_pending_all(conn, &rows).await
+    } else {
+        sql::insert_chained_all(conn, &rows).await
+    }
 }
 
 /// SHA-256 of the previous hash and the record's fields, each field preceded by a zero byte, as

@@ -2,6 +2,7 @@
 //! people, and advances a source's checkpoint only once everything the change caused is durable.
 
 use crate::audit;
+use crate::batch::Batch;
 use crate::clock::{SharedClock, from_micros, to_micros};
 use crate::config::Config;
 use crate::identity::{self, Derived, SourceView};
@@ -373,8 +374,6 @@ impl Engine {
     /// `apply_record_tx` for a change the source itself timestamps (a directory entry's
     /// `modifyTimestamp` / `whenChanged`): the record counts as observed then (never later than
     /// `now`), so a leaver's trigger is the change and the `detect` stage shows the source's delay.
-    // A root span: one trace per identity change, not per feed or request (see telemetry::tracing).
-    #[tracing::instrument(name = "source.change", parent = None, skip_all, fields(source = %r.source, identity = %r.key))]
     pub async fn apply_record_changed_at_tx(
         &self,
         conn: &mut AnyConnection,
@@ -382,30 +381,43 @@ impl Engine {
         now: DateTime<Utc>,
         changed_at: DateTime<Utc>,
     ) -> Result<(ChangeKind, Applied), EngineError> {
-        let existing = store::source_record(conn, &r.source, &r.key).await?;
+        let mut batch = Batch::new(now);
+        let kind = self.stage_record(conn, &mut batch, r, changed_at).await?;
+        batch.flush(conn).await?;
+        Ok((kind, batch.applied_of(&r.key)))
+    }
+
+    /// [`Engine::apply_record_changed_at_tx`] staged in `batch` (written when it is flushed): a
+    /// feed applies many people on one transaction this way.
+    // A root span: one trace per identity change, not per feed or request (see telemetry::tracing).
+    #[tracing::instrument(name = "source.change", parent = None, skip_all, fields(source = %r.source, identity = %r.key))]
+    pub async fn stage_record(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &mut Batch,
+        r: &PersonRecord,
+        changed_at: DateTime<Utc>,
+    ) -> Result<ChangeKind, EngineError> {
+        batch.person(conn, &r.key).await?;
+        let now = batch.now();
         let hash = record_hash(r);
-        if existing
-            .as_ref()
-            .is_some_and(|e| e.hash == hash && e.disappeared_at.is_none())
-        {
-            return Ok((ChangeKind::Unchanged, Applied::default()));
+        let existing = batch.source_record(&r.source, &r.key);
+        if existing.is_some_and(|e| e.hash == hash && e.disappeared_at.is_none()) {
+            return Ok(ChangeKind::Unchanged);
         }
         let seen_at = to_micros(changed_at.min(now));
-        store::put_source_record(
-            conn,
-            &SourceRecordRow {
-                source: r.source.clone(),
-                key: r.key.clone(),
-                hash,
-                record: serde_json::to_string(r).unwrap_or_default(),
-                first_seen_at: existing.map_or(seen_at, |e| e.first_seen_at),
-                seen_at,
-                disappeared_at: None,
-            },
-        )
-        .await?;
-        store::release_held_for(conn, &r.source, &r.key, to_micros(now)).await?;
-        self.reevaluate(conn, &r.key, &format!("source:{}", r.source), now)
+        let first_seen_at = existing.map_or(seen_at, |e| e.first_seen_at);
+        batch.put_source_record(SourceRecordRow {
+            source: r.source.clone(),
+            key: r.key.clone(),
+            hash,
+            record: serde_json::to_string(r).unwrap_or_default(),
+            first_seen_at,
+            seen_at,
+            disappeared_at: None,
+        });
+        batch.release_held(&r.source, &r.key);
+        self.derive_and_plan(conn, batch, &r.key, &format!("source:{}", r.source))
             .await
     }
 
@@ -422,7 +434,6 @@ impl Engine {
             .await
     }
 
-    #[tracing::instrument(name = "source.change", parent = None, skip_all, fields(source = %source, identity = %key, disappeared = true))]
     async fn apply_disappearance(
         &self,
         conn: &mut AnyConnection,
@@ -431,12 +442,30 @@ impl Engine {
         now: DateTime<Utc>,
         actor: &str,
     ) -> Result<Applied, EngineError> {
-        let Some(mut rec) = store::source_record(conn, source, key).await? else {
-            return Ok(Applied::default());
+        let mut batch = Batch::new(now);
+        self.stage_disappearance(conn, &mut batch, source, key, actor)
+            .await?;
+        batch.flush(conn).await?;
+        Ok(batch.applied_of(key))
+    }
+
+    /// The person is gone from `source`, staged in `batch`.
+    #[tracing::instrument(name = "source.change", parent = None, skip_all, fields(source = %source, identity = %key, disappeared = true))]
+    async fn stage_disappearance(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &mut Batch,
+        source: &str,
+        key: &str,
+        actor: &str,
+    ) -> Result<ChangeKind, EngineError> {
+        batch.person(conn, key).await?;
+        let Some(mut rec) = batch.source_record(source, key).cloned() else {
+            return Ok(ChangeKind::NoIdentity);
         };
-        rec.disappeared_at = Some(to_micros(now));
-        store::put_source_record(conn, &rec).await?;
-        Ok(self.reevaluate(conn, key, actor, now).await?.1)
+        rec.disappeared_at = Some(to_micros(batch.now()));
+        batch.put_source_record(rec);
+        self.derive_and_plan(conn, batch, key, actor).await
     }
 
     /// Approve (apply) or reject a held change.
@@ -481,7 +510,6 @@ impl Engine {
 
     /// Re-derive one identity from its source records and plan what follows. Returns the kind of
     /// change (joiner, mover, leaver, rehire, ...) and the commands enqueued.
-    #[tracing::instrument(name = "identity.reevaluate", skip_all, fields(identity = %key, change = tracing::field::Empty))]
     pub async fn reevaluate(
         &self,
         conn: &mut AnyConnection,
@@ -489,8 +517,25 @@ impl Engine {
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<(ChangeKind, Applied), EngineError> {
-        let rows = store::source_records_of(conn, key).await?;
-        let views: Vec<SourceView> = rows
+        let mut batch = Batch::new(now);
+        batch.person(conn, key).await?;
+        let kind = self.derive_and_plan(conn, &mut batch, key, actor).await?;
+        batch.flush(conn).await?;
+        Ok((kind, batch.applied_of(key)))
+    }
+
+    /// [`Engine::reevaluate`] staged in `batch`, whose rows for `key` are read.
+    #[tracing::instrument(name = "identity.reevaluate", skip_all, fields(identity = %key, change = tracing::field::Empty))]
+    async fn derive_and_plan(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &mut Batch,
+        key: &str,
+        actor: &str,
+    ) -> Result<ChangeKind, EngineError> {
+        let now = batch.now();
+        let views: Vec<SourceView> = batch
+            .source_records_of(key)
             .iter()
             .filter_map(|s| {
                 let record: PersonRecord = serde_json::from_str(&s.record).ok()?;
@@ -504,7 +549,7 @@ impl Engine {
         let Some(mut derived) =
             identity::derive(&views, now, self.tz_of(), &self.config.authority.attributes)
         else {
-            return Ok((ChangeKind::NoIdentity, Applied::default()));
+            return Ok(ChangeKind::NoIdentity);
         };
         for v in &views {
             if let Some(d) = v.record.contract_end {
@@ -514,14 +559,14 @@ impl Engine {
                     .or_insert_with(|| d.to_string());
             }
         }
-        let before = store::get_identity(conn, key).await?;
-        let kind = change_kind(before.as_ref(), &derived);
+        let before = batch.identity(key);
+        let kind = change_kind(before, &derived);
         tracing::Span::current().record("change", kind.as_str());
         let now_us = to_micros(now);
         let row = IdentityRow {
             key: key.into(),
             lifecycle: derived.lifecycle,
-            lifecycle_since: match &before {
+            lifecycle_since: match before {
                 Some(b) if b.lifecycle == derived.lifecycle => b.lifecycle_since,
                 _ => to_micros(derived.effective_at),
             },
@@ -534,33 +579,32 @@ impl Engine {
             next_change_at: derived.next_change_at.map(to_micros),
             updated_at: now_us,
         };
-        if before.as_ref()
-            != Some(&IdentityRow {
-                updated_at: before.as_ref().map_or(0, |b| b.updated_at),
+        let unchanged = before.is_some_and(|b| {
+            b == &IdentityRow {
+                updated_at: b.updated_at,
                 ..row.clone()
-            })
-        {
-            store::put_identity(conn, &row).await?;
-            audit::append(
-                conn,
+            }
+        });
+        if !unchanged {
+            let lifecycle_from = before.map(|b| b.lifecycle);
+            batch.put_identity(row);
+            batch.audit(
                 now_us,
                 actor,
                 "identity.changed",
                 key,
-                &serde_json::json!({
+                serde_json::json!({
                     "change": kind,
-                    "lifecycle_from": before.as_ref().map(|b| b.lifecycle),
+                    "lifecycle_from": lifecycle_from,
                     "lifecycle_to": derived.lifecycle,
                     "effective_at": derived.effective_at,
                     "next_change_at": derived.next_change_at,
                 }),
-            )
-            .await?;
+            );
         }
-        let applied = self
-            .plan_identity(conn, key, &derived, kind, actor, now)
+        self.plan_identity(conn, batch, key, &derived, kind, actor)
             .await?;
-        Ok((kind, applied))
+        Ok(kind)
     }
 
     /// Effective-dated work whose time has come: hires, terminations, contract ends, and the

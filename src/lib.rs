@@ -10,6 +10,7 @@ pub mod access_requests;
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod batch;
 pub mod cli;
 pub mod clock;
 pub mod config;

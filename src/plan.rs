@@ -1,10 +1,10 @@
 //! Plan: desired grants against the grant ledger give issue and revoke commands.
 //!
-//! [`diff`] is pure (it is what `latchkey plan` prints); [`apply`] writes the ledger rows, the
-//! commands and their audit records on the caller's transaction, so a change and everything it causes
-//! become durable together (invariants 1 and 6).
+//! [`diff`] is pure (it is what `latchkey plan` prints); [`stage`] stages the ledger rows, the
+//! commands and their audit records in the caller's [`Batch`], so a change and everything it
+//! causes become durable together (invariants 1 and 6).
 
-use crate::audit;
+use crate::batch::Batch;
 use crate::clock::to_micros;
 use crate::model::ChangeKind;
 use crate::model::GrantState;
@@ -103,17 +103,21 @@ pub struct Applied {
     pub revokes: u64,
 }
 
+/// Stage the changes for one identity in `batch` (written when it is flushed): the ledger rows,
+/// the commands and their audit records, so a change and everything it causes become durable
+/// together (invariants 1 and 6). A revoke supersedes the grant's issues still in the outbox at
+/// once, on the caller's transaction.
 #[tracing::instrument(name = "plan.apply", skip_all, fields(identity = %identity_key, change = %cause.kind, changes = changes.len()))]
-pub async fn apply(
+pub async fn stage(
     conn: &mut AnyConnection,
+    batch: &mut Batch,
     identity_key: &str,
     changes: &[Change],
-    ledger: &[GrantRow],
     cause: &Cause,
     approver: impl Fn(&str) -> Option<String>,
-    now: DateTime<Utc>,
-) -> Result<Applied, StoreError> {
-    let mut applied = Applied::default();
+) -> Result<(), StoreError> {
+    let now = batch.now();
+    let ledger = batch.grants_of(identity_key).to_vec();
     for change in changes {
         let existing = ledger
             .iter()
@@ -127,26 +131,19 @@ pub async fn apply(
         };
         let trigger_at = match change {
             Change::Issue(d) => {
-                write.want_present(conn, d, existing, &approver).await?;
+                write.want_present(batch, d, existing, &approver);
                 Some(cause.trigger_at)
             }
-            Change::Revoke(g) => write.want_absent(conn, g).await?,
+            Change::Revoke(g) => write.want_absent(conn, batch, g).await?,
         };
-        let Some(trigger_at) = trigger_at else {
-            continue;
-        };
-        if write.enqueue(conn, change, trigger_at).await? {
-            match change.action() {
-                Action::Issue => applied.issues += 1,
-                Action::Revoke => applied.revokes += 1,
-            }
+        if let Some(trigger_at) = trigger_at {
+            write.enqueue(batch, change, trigger_at);
         }
     }
-    Ok(applied)
+    Ok(())
 }
 
-/// One change's writes on the caller's transaction: whose grant, why, the generation it becomes
-/// and when.
+/// One change's writes: whose grant, why, the generation it becomes and when.
 struct GrantWrite<'a> {
     identity_key: &'a str,
     cause: &'a Cause,
@@ -157,48 +154,42 @@ struct GrantWrite<'a> {
 
 impl GrantWrite<'_> {
     /// The ledger row now wants the grant present, audited with the template and its approver.
-    async fn want_present(
+    fn want_present(
         &self,
-        conn: &mut AnyConnection,
+        batch: &mut Batch,
         d: &DesiredGrant,
         existing: Option<&GrantRow>,
         approver: &impl Fn(&str) -> Option<String>,
-    ) -> Result<(), StoreError> {
+    ) {
         let (cause, generation) = (self.cause, self.generation);
-        store::put_grant(
-            conn,
-            &GrantRow {
-                identity_key: self.identity_key.into(),
-                connector: d.connector.clone(),
-                target: d.target.clone(),
-                desired: GrantState::Present,
-                observed: existing.map_or(GrantState::Absent, |g| g.observed),
-                generation,
-                vendor_ref: existing.and_then(|g| g.vendor_ref.clone()),
-                template: d.template.clone(),
-                credential: d.credential.clone(),
-                window: d
-                    .window
-                    .as_ref()
-                    .and_then(|w| serde_json::to_string(w).ok()),
-                valid_until: d.valid_until.map(to_micros),
-                updated_at: self.now_us,
-            },
-        )
-        .await?;
-        audit::append(
-            conn,
+        batch.put_grant(GrantRow {
+            identity_key: self.identity_key.into(),
+            connector: d.connector.clone(),
+            target: d.target.clone(),
+            desired: GrantState::Present,
+            observed: existing.map_or(GrantState::Absent, |g| g.observed),
+            generation,
+            vendor_ref: existing.and_then(|g| g.vendor_ref.clone()),
+            template: d.template.clone(),
+            credential: d.credential.clone(),
+            window: d
+                .window
+                .as_ref()
+                .and_then(|w| serde_json::to_string(w).ok()),
+            valid_until: d.valid_until.map(to_micros),
+            updated_at: self.now_us,
+        });
+        batch.audit(
             self.now_us,
             &cause.actor,
             "grant.desired",
             self.identity_key,
-            &serde_json::json!({
+            serde_json::json!({
                 "connector": d.connector, "target": d.target, "credential": d.credential,
                 "template": d.template, "template_approved_by": approver(&d.template),
                 "valid_until": d.valid_until, "cause": cause.kind, "generation": generation,
             }),
-        )
-        .await
+        );
     }
 
     /// The ledger row now wants the grant absent, audited, and any issue still waiting for the
@@ -207,6 +198,7 @@ impl GrantWrite<'_> {
     async fn want_absent(
         &self,
         conn: &mut AnyConnection,
+        batch: &mut Batch,
         g: &GrantRow,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let (cause, generation, now_us) = (self.cause, self.generation, self.now_us);
@@ -222,38 +214,28 @@ impl GrantWrite<'_> {
         {
             trigger_at = crate::clock::from_micros(until).max(cause.trigger_at.min(self.now));
         }
-        store::put_grant(
-            conn,
-            &GrantRow {
-                desired: GrantState::Absent,
-                generation,
-                updated_at: now_us,
-                ..g.clone()
-            },
-        )
-        .await?;
-        audit::append(
-            conn,
+        batch.put_grant(GrantRow {
+            desired: GrantState::Absent,
+            generation,
+            updated_at: now_us,
+            ..g.clone()
+        });
+        batch.audit(
             now_us,
             &cause.actor,
             "grant.undesired",
             self.identity_key,
-            &serde_json::json!({
+            serde_json::json!({
                 "connector": g.connector, "target": g.target, "template": g.template,
                 "cause": cause.kind, "generation": generation, "vendor_contacted": must_revoke,
             }),
-        )
-        .await?;
+        );
         Ok(must_revoke.then_some(trigger_at))
     }
 
-    /// Put the change's command in the outbox, audited; `false` when the outbox already had it.
-    async fn enqueue(
-        &self,
-        conn: &mut AnyConnection,
-        change: &Change,
-        trigger_at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    /// Put the change's command in the outbox, audited (the record is dropped, and nothing
+    /// counted, when the outbox already had it).
+    fn enqueue(&self, batch: &mut Batch, change: &Change, trigger_at: DateTime<Utc>) {
         let cause = self.cause;
         let cmd = NewCommand {
             connector: change.connector().to_string(),
@@ -267,22 +249,11 @@ impl GrantWrite<'_> {
             source: cause.source_label(),
             traceparent: crate::telemetry::tracing::current_traceparent(),
         };
-        let Some(id) = store::enqueue(conn, &cmd, self.now_us).await? else {
-            return Ok(false);
-        };
-        audit::append(
-            conn,
-            self.now_us,
-            &cause.actor,
-            "command.enqueued",
-            self.identity_key,
-            &serde_json::json!({
-                "command": id, "action": cmd.action, "connector": cmd.connector, "target": cmd.target,
-                "idempotency_key": cmd.idem_key(), "cause": cmd.cause,
-            }),
-        )
-        .await?;
-        Ok(true)
+        let details = serde_json::json!({
+            "action": cmd.action, "connector": cmd.connector, "target": cmd.target,
+            "idempotency_key": cmd.idem_key(), "cause": cmd.cause,
+        });
+        batch.enqueue(cmd, &cause.actor, self.now_us, details);
     }
 }
 

@@ -13,9 +13,10 @@
 //! `latchkey status`; issues and non-entitled people's revocations (leavers) always go ahead.
 
 use crate::audit;
+use crate::batch::Batch;
 use crate::clock::{from_micros, to_micros};
-use crate::engine::{Engine, EngineError};
-use crate::model::{GrantState, PersonKey};
+use crate::engine::{Engine, EngineError, Evaluation};
+use crate::model::{ChangeKind, GrantState, PersonKey};
 use crate::plan::Change;
 use crate::store::{self, GrantRow};
 use chrono::{DateTime, Utc};
@@ -431,6 +432,9 @@ async fn execute(
     let mut report = ReconcileReport::default();
     for chunk in plan.people.chunks(BATCH) {
         let mut tx = engine.store.begin_write().await?;
+        // The chunk's people are read together, planned, and written together.
+        let keys: Vec<&str> = chunk.iter().map(|p| p.key.as_str()).collect();
+        let mut batch = Batch::load(&mut tx, &keys, now).await?;
         for p in chunk {
             if p.held {
                 store::hold_under_policy(
@@ -446,16 +450,26 @@ async fn execute(
                 .await?;
                 report.held += p.revokes().count() as u64;
             }
-            let a = engine
-                .reconcile_identity(&mut tx, &p.key, p.held || p.rejected, now)
+            let why = Evaluation {
+                kind: ChangeKind::Reconcile,
+                actor: "reconcile",
+                hold_revokes: p.held || p.rejected,
+                trigger_at: now,
+            };
+            engine
+                .stage_evaluation(&mut tx, &mut batch, &p.key, &why)
                 .await?;
             if !p.held && !p.rejected {
                 store::mark_holds_executed(&mut tx, HOLD_SOURCE, &p.key, now_us).await?;
             }
+        }
+        batch.flush(&mut tx).await?;
+        tx.commit().await?;
+        for p in chunk {
+            let a = batch.applied_of(&p.key);
             report.issues += a.issues;
             report.revokes += a.revokes;
         }
-        tx.commit().await?;
     }
     finish(engine, plan, why, report, now).await?;
     Ok(report)

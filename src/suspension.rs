@@ -7,13 +7,13 @@
 //! leaves, which ends the suspension. Every step is audited with its actor.
 
 use crate::audit;
+use crate::batch::Batch;
 use crate::clock::to_micros;
 use crate::engine::{Engine, EngineError};
 use crate::model::ChangeKind;
 use crate::model::{DesiredGrant, Lifecycle};
 use crate::plan::Applied;
 use crate::store::{self, suspensions::SuspensionRow};
-use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 use std::collections::BTreeSet;
 
@@ -54,28 +54,28 @@ impl Scope {
 /// suspension ends (there is nothing left to withhold, and a rehire starts afresh).
 pub(crate) async fn apply(
     conn: &mut AnyConnection,
+    batch: &mut Batch,
     key: &str,
     lifecycle: Lifecycle,
     mut desired: Vec<DesiredGrant>,
     actor: &str,
-    now: DateTime<Utc>,
 ) -> Result<Vec<DesiredGrant>, EngineError> {
-    let rows = store::suspensions::active_of(conn, key).await?;
-    let Some(scope) = Scope::of(&rows) else {
+    let rows = batch.suspensions_of(key);
+    let Some(scope) = Scope::of(rows) else {
         return Ok(desired);
     };
     if lifecycle == Lifecycle::Terminated {
-        let now_us = to_micros(now);
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let now_us = to_micros(batch.now());
         store::suspensions::end(conn, key, actor, "left", now_us).await?;
-        audit::append(
-            conn,
+        batch.suspensions_ended(key);
+        batch.audit(
             now_us,
             actor,
             "identity.suspension_ended",
             key,
-            &serde_json::json!({"cause": "left", "suspensions": rows.iter().map(|r| r.id).collect::<Vec<_>>()}),
-        )
-        .await?;
+            serde_json::json!({"cause": "left", "suspensions": ids}),
+        );
         return Ok(desired);
     }
     scope.withhold(&mut desired);

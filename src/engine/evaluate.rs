@@ -4,6 +4,7 @@
 //! operators' actions evaluate the stored identity.
 
 use super::{Engine, EngineError};
+use crate::batch::Batch;
 use crate::clock::to_micros;
 use crate::identity::Derived;
 use crate::model::ChangeKind;
@@ -16,27 +17,27 @@ use sqlx::AnyConnection;
 use std::collections::BTreeMap;
 
 impl Engine {
-    /// Plan one freshly derived person on the caller's transaction: what templates want, changed
-    /// by what operators decided, against the ledger, and the plan applied.
+    /// Plan one freshly derived person in `batch`: what templates want, changed by what
+    /// operators decided, against the ledger, and the plan staged.
     pub(super) async fn plan_identity(
         &self,
         conn: &mut AnyConnection,
+        batch: &mut Batch,
         key: &str,
         derived: &Derived,
         kind: ChangeKind,
         actor: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Applied, EngineError> {
+    ) -> Result<(), EngineError> {
+        let now = batch.now();
         let Some(desired) = self.desired_or_quarantine(conn, key, derived, now).await? else {
-            return Ok(Applied::default());
+            return Ok(());
         };
         let desired = self
-            .with_operator_decisions(conn, key, derived, desired, actor, now)
+            .with_operator_decisions(conn, batch, key, derived, desired, actor)
             .await?;
-        let ledger = store::grants_of(conn, key).await?;
-        let changes = plan::diff(&desired, &ledger);
+        let changes = plan::diff(&desired, batch.grants_of(key));
         if changes.is_empty() {
-            return Ok(Applied::default());
+            return Ok(());
         }
         let cause = Cause {
             kind,
@@ -45,16 +46,11 @@ impl Engine {
             actor: actor.to_string(),
         };
         let policy = self.policy();
-        Ok(plan::apply(
-            conn,
-            key,
-            &changes,
-            &ledger,
-            &cause,
-            |t| policy.approver_of(t).map(str::to_string),
-            now,
-        )
-        .await?)
+        plan::stage(conn, batch, key, &changes, &cause, |t| {
+            policy.approver_of(t).map(str::to_string)
+        })
+        .await?;
+        Ok(())
     }
 
     /// What templates want for a derived person, or `None` (and the person quarantined) when a
@@ -100,28 +96,27 @@ impl Engine {
     async fn with_operator_decisions(
         &self,
         conn: &mut AnyConnection,
+        batch: &mut Batch,
         key: &str,
         derived: &Derived,
         mut desired: Vec<DesiredGrant>,
         actor: &str,
-        now: DateTime<Utc>,
     ) -> Result<Vec<DesiredGrant>, EngineError> {
         // A door moved to another connector is wanted there instead.
-        crate::door_migration::rewrite(&store::door_moves::all_on(conn).await?, &mut desired);
+        crate::door_migration::rewrite(batch.moves(), &mut desired);
         // A door a review took away stays away while a template still gives it.
-        crate::reviews::withhold(
-            &store::reviews::withdrawn_of(conn, key).await?,
-            &mut desired,
-        );
+        crate::reviews::withhold(batch.withdrawn_of(key), &mut desired);
         // Approved temporary access in its window is wanted like a template's grant, while the
         // person is entitled to anything at all (a leaver's requests give nothing).
         if derived.lifecycle.entitled() {
-            let requests = store::access_requests::in_force_of(conn, key, to_micros(now)).await?;
-            desired.extend(crate::access_requests::desired(&self.config, &requests));
+            desired.extend(crate::access_requests::desired(
+                &self.config,
+                batch.requests_of(key),
+            ));
         }
         // An operator's suspension outlasts whatever the sources say, until resumed or the person
         // leaves (which ends it).
-        crate::suspension::apply(conn, key, derived.lifecycle, desired, actor, now).await
+        crate::suspension::apply(conn, batch, key, derived.lifecycle, desired, actor).await
     }
 
     /// What one stored identity should change now under current policy and what operators decided
@@ -210,32 +205,44 @@ impl Engine {
         why: &Evaluation<'_>,
         now: DateTime<Utc>,
     ) -> Result<Applied, EngineError> {
+        let mut batch = Batch::new(now);
+        self.stage_evaluation(conn, &mut batch, key, why).await?;
+        batch.flush(conn).await?;
+        Ok(batch.applied_of(key))
+    }
+
+    /// [`Engine::evaluate`] staged in `batch` (written when it is flushed), for evaluating many
+    /// people on one transaction.
+    pub async fn stage_evaluation(
+        &self,
+        conn: &mut AnyConnection,
+        batch: &mut Batch,
+        key: &str,
+        why: &Evaluation<'_>,
+    ) -> Result<(), EngineError> {
         let Evaluation {
             kind,
             actor,
             hold_revokes,
             trigger_at,
         } = *why;
-        let Some(ident) = store::get_identity(conn, key).await? else {
-            return Ok(Applied::default());
+        batch.person(conn, key).await?;
+        let now = batch.now();
+        let Some(ident) = batch.identity(key) else {
+            return Ok(());
         };
-        let ledger = store::grants_of(conn, key).await?;
-        let suspended =
-            crate::suspension::Scope::of(&store::suspensions::active_of(conn, key).await?);
-        let requests = store::access_requests::in_force_of(conn, key, to_micros(now)).await?;
-        let moves = store::door_moves::all_on(conn).await?;
-        let withdrawn = store::reviews::withdrawn_of(conn, key).await?;
+        let suspended = crate::suspension::Scope::of(batch.suspensions_of(key));
         let overrides = Overrides {
-            moves: &moves,
-            requests: &requests,
+            moves: batch.moves(),
+            requests: batch.requests_of(key),
             suspended: suspended.as_ref(),
-            withdrawn: &withdrawn,
+            withdrawn: batch.withdrawn_of(key),
         };
-        let changes = match self.changes_for(&ident, &ledger, &overrides, now) {
+        let changes = match self.changes_for(ident, batch.grants_of(key), &overrides, now) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(identity = key, error = %e, "policy evaluation failed; grants left unchanged");
-                return Ok(Applied::default());
+                return Ok(());
             }
         };
         let changes: Vec<plan::Change> = changes
@@ -243,7 +250,7 @@ impl Engine {
             .filter(|c| !hold_revokes || matches!(c, plan::Change::Issue(_)))
             .collect();
         if changes.is_empty() {
-            return Ok(Applied::default());
+            return Ok(());
         }
         let cause = Cause {
             kind,
@@ -252,16 +259,11 @@ impl Engine {
             actor: actor.into(),
         };
         let policy = self.policy();
-        Ok(plan::apply(
-            conn,
-            key,
-            &changes,
-            &ledger,
-            &cause,
-            |t| policy.approver_of(t).map(str::to_string),
-            now,
-        )
-        .await?)
+        plan::stage(conn, batch, key, &changes, &cause, |t| {
+            policy.approver_of(t).map(str::to_string)
+        })
+        .await?;
+        Ok(())
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::{Engine, EngineError, FeedReport, tally};
 use crate::audit;
+use crate::batch::Batch;
 use crate::clock::to_micros;
 use crate::config::AbsentGrace;
 use crate::model::Quarantined;
@@ -187,6 +188,7 @@ impl Engine {
             .map(|(_, k)| k)
             .collect();
         let now_us = to_micros(now);
+        let mut leavers: Vec<&str> = Vec::new();
         for k in vanished {
             if held.contains(*k) {
                 continue;
@@ -205,10 +207,17 @@ impl Engine {
                 }
                 store::clear_absence(conn, source, k).await?;
             }
-            let applied = self
-                .apply_disappearance(conn, source, k, now, &actor)
+            leavers.push(k.as_str());
+        }
+        // The leavers are read together, planned, and written together.
+        let mut batch = Batch::load(conn, &leavers, now).await?;
+        for k in &leavers {
+            self.stage_disappearance(conn, &mut batch, source, k, &actor)
                 .await?;
-            tally(report, ChangeKind::Leaver, applied);
+        }
+        batch.flush(conn).await?;
+        for k in leavers {
+            tally(report, ChangeKind::Leaver, batch.applied_of(k));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 use super::{BATCH, Engine, EngineError, FeedReport, leaving, record_hash, tally};
 use crate::audit;
+use crate::batch::Batch;
 use crate::clock::to_micros;
 use crate::model::{PersonKey, PersonRecord, Quarantined, Snapshot};
 use crate::store;
@@ -103,13 +104,21 @@ impl Engine {
             } else {
                 self.store.begin_write().await?
             };
+            // The chunk's people are read together, planned, and written together.
+            let keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
+            let mut batch = Batch::load(&mut tx, &keys, now).await?;
+            let mut kinds = Vec::with_capacity(chunk.len());
             for r in chunk {
-                let (kind, applied) = self
-                    .apply_record_changed_at_tx(&mut tx, r, now, landed_at.unwrap_or(now))
-                    .await?;
-                tally(report, kind, applied);
+                kinds.push(
+                    self.stage_record(&mut tx, &mut batch, r, landed_at.unwrap_or(now))
+                        .await?,
+                );
             }
+            batch.flush(&mut tx).await?;
             tx.commit().await?;
+            for (r, kind) in chunk.iter().zip(kinds) {
+                tally(report, kind, batch.applied_of(&r.key));
+            }
         }
         Ok(())
     }

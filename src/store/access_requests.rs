@@ -32,7 +32,7 @@ pub struct RequestRow {
     pub review: Option<String>,
 }
 
-fn read(r: &AnyRow) -> Result<RequestRow> {
+pub(super) fn read(r: &AnyRow) -> Result<RequestRow> {
     Ok(RequestRow {
         id: r.try_get("id")?,
         kind: r.try_get("kind")?,

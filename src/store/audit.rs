@@ -43,30 +43,6 @@ pub struct AuditFilter {
     pub until: Option<i64>,
 }
 
-/// PostgreSQL: a record goes to `audit_pending`; the deferred trigger of migration 0013 chains it
-/// at commit.
-pub async fn append_pending(
-    conn: &mut AnyConnection,
-    at: i64,
-    actor: &str,
-    action: &str,
-    subject: &str,
-    details: &str,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_pending (at, actor, action, subject, details)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(at)
-    .bind(actor)
-    .bind(action)
-    .bind(subject)
-    .bind(details)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 /// SQLite: the next sequence number and the head's hash, in the caller's write transaction (its
 /// write lock keeps them until the record is written; the insert moves the head, migration 0029).
 pub async fn take_next_seq(conn: &mut AnyConnection) -> Result<(i64, String)> {
@@ -74,25 +50,6 @@ pub async fn take_next_seq(conn: &mut AnyConnection) -> Result<(i64, String)> {
         .fetch_one(&mut *conn)
         .await?;
     Ok((head.try_get("seq")?, head.try_get("hash")?))
-}
-
-/// SQLite: write a chained record; the head moves to it (trigger of migration 0029).
-pub async fn insert_chained(conn: &mut AnyConnection, r: &AuditRow) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(r.seq)
-    .bind(r.at)
-    .bind(&r.actor)
-    .bind(&r.action)
-    .bind(&r.subject)
-    .bind(&r.details)
-    .bind(&r.prev_hash)
-    .bind(&r.hash)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// The filter's WHERE clause over only the fields given, so each filter can use its index
@@ -326,4 +283,80 @@ pub async fn last_before_seq(conn: &mut AnyConnection, seq: i64) -> Result<Optio
         .await?;
     r.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?)))
         .transpose()
+}
+
+/// SQLite: [`insert_chained`] for many records, many per statement, in the order given.
+pub async fn insert_chained_all(conn: &mut AnyConnection, rows: &[AuditRow]) -> Result<()> {
+    // Eight parameters a record: well under either database's limit per statement.
+    for chunk in rows.chunks(2_000) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let p = i * 8;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                    p + 8
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) VALUES {values}"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.seq)
+                .bind(r.at)
+                .bind(&r.actor)
+                .bind(&r.action)
+                .bind(&r.subject)
+                .bind(&r.details)
+                .bind(&r.prev_hash)
+                .bind(&r.hash);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: [`append_pending`] for many records, many per statement; the deferred trigger
+/// chains them at commit in the order given.
+pub async fn append_pending_all(conn: &mut AnyConnection, rows: &[AuditRow]) -> Result<()> {
+    for chunk in rows.chunks(4_000) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let p = i * 5;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO audit_pending (at, actor, action, subject, details) VALUES {values}"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for r in chunk {
+            q = q
+                .bind(r.at)
+                .bind(&r.actor)
+                .bind(&r.action)
+                .bind(&r.subject)
+                .bind(&r.details);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }

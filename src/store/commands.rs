@@ -106,32 +106,8 @@ pub async fn enqueue(
     c: &NewCommand,
     now: i64,
 ) -> Result<Option<CommandId>> {
-    let row = sqlx::query(
-        "INSERT INTO commands (idem_key, connector, action, identity_key, target, generation, priority, status,
-           attempts, next_attempt_at, cause, trigger_at, detected_at, enqueued_at, source, traceparent)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $9, $10, $11, $12, $13, $14)
-         ON CONFLICT (idem_key) DO NOTHING RETURNING id",
-    )
-    .bind(c.idem_key())
-    .bind(&c.connector)
-    .bind(c.action.as_str())
-    .bind(&c.identity_key)
-    .bind(&c.target)
-    .bind(c.generation)
-    .bind(c.action.priority())
-    .bind(now)
-    .bind(&c.cause)
-    .bind(c.trigger_at)
-    .bind(c.detected_at)
-    .bind(now)
-    .bind(&c.source)
-    .bind(&c.traceparent)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if row.is_some() {
-        command_queued();
-    }
-    row.map(|r| Ok(r.try_get("id")?)).transpose()
+    let ids = super::batch::enqueue_all(conn, std::slice::from_ref(c), now).await?;
+    Ok(ids.into_iter().next().flatten())
 }
 
 /// Cancel issues for a grant that policy no longer wants. Returns how many had already reached the

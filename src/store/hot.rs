@@ -39,8 +39,8 @@ pub(super) const OPEN_COMMAND_FOR_SQL: &str = "SELECT * FROM commands WHERE conn
 /// (name, SQL) of every query on the hot path (a feed's changes, planning, reconciliation, the
 /// dispatcher's claim and completion), in this backend's dialect where it differs: each must be
 /// served by an index, never by a full scan of a large table.
-pub fn hot_queries(backend: Backend) -> Vec<(&'static str, &'static str)> {
-    vec![
+pub fn hot_queries(backend: Backend) -> Vec<(&'static str, String)> {
+    let fixed: Vec<(&'static str, &'static str)> = vec![
         ("source_record", SOURCE_RECORD_SQL),
         ("source_records_of", SOURCE_RECORDS_OF_SQL),
         ("get_identity", GET_IDENTITY_SQL),
@@ -69,5 +69,23 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, &'static str)> {
                 Backend::Postgres => confirm_batch::CLAIM_POSTGRES,
             },
         ),
-    ]
+    ];
+    // A batch of people's reads and the release of their holds, here for two people.
+    let batch = [
+        (
+            "source_records_of_keys",
+            batch::source_records_of_keys_sql(2),
+        ),
+        ("identities_of_keys", batch::identities_of_keys_sql(2)),
+        ("grants_of_keys", batch::grants_of_keys_sql(2)),
+        ("withdrawn_of_keys", batch::withdrawn_of_keys_sql(2)),
+        ("requests_of_keys", batch::requests_in_force_of_keys_sql(2)),
+        ("suspensions_of_keys", batch::suspensions_of_keys_sql(2)),
+        ("release_held_of_keys", batch::release_held_of_keys_sql(2)),
+    ];
+    fixed
+        .into_iter()
+        .map(|(name, sql)| (name, sql.to_string()))
+        .chain(batch)
+        .collect()
 }

@@ -82,24 +82,7 @@ pub async fn find_identities(conn: &mut AnyConnection, needle: &str) -> Result<V
 }
 
 pub async fn put_identity(conn: &mut AnyConnection, i: &IdentityRow) -> Result<()> {
-    let attrs = serde_json::Value::Object(i.attrs.clone()).to_string();
-    sqlx::query(
-        "INSERT INTO identities (key, lifecycle, lifecycle_since, attrs, site, next_change_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (key) DO UPDATE SET lifecycle = excluded.lifecycle,
-           lifecycle_since = excluded.lifecycle_since, attrs = excluded.attrs, site = excluded.site,
-           next_change_at = excluded.next_change_at, updated_at = excluded.updated_at",
-    )
-    .bind(&i.key)
-    .bind(i.lifecycle.as_str())
-    .bind(i.lifecycle_since)
-    .bind(attrs)
-    .bind(&i.site)
-    .bind(i.next_change_at)
-    .bind(i.updated_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    super::batch::put_identities(conn, std::slice::from_ref(i)).await
 }
 
 /// Identities whose effective-dated change (hire, termination, grant expiry) has come.
@@ -198,22 +181,7 @@ pub async fn source_hashes(store: &Store, source: &str) -> Result<Vec<(PersonKey
 }
 
 pub async fn put_source_record(conn: &mut AnyConnection, s: &SourceRecordRow) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO source_records (source, key, hash, record, first_seen_at, seen_at, disappeared_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (source, key) DO UPDATE SET hash = excluded.hash, record = excluded.record,
-           seen_at = excluded.seen_at, disappeared_at = excluded.disappeared_at",
-    )
-    .bind(&s.source)
-    .bind(&s.key)
-    .bind(&s.hash)
-    .bind(&s.record)
-    .bind(s.first_seen_at)
-    .bind(s.seen_at)
-    .bind(s.disappeared_at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    super::batch::put_source_records(conn, std::slice::from_ref(s)).await
 }
 
 pub async fn checkpoint(pool: &AnyPool, source: &str) -> Result<Option<String>> {

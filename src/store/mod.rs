@@ -47,6 +47,7 @@ macro_rules! claim_candidates {
 mod absences;
 pub mod access_requests;
 pub mod audit;
+pub mod batch;
 pub mod confirm_batch;
 pub mod console;
 pub mod door_moves;

@@ -316,7 +316,7 @@ pub async fn lift(
     Ok(done.rows_affected())
 }
 
-fn withdrawal(r: &AnyRow) -> Result<WithdrawalRow> {
+pub(super) fn withdrawal(r: &AnyRow) -> Result<WithdrawalRow> {
     Ok(WithdrawalRow {
         identity_key: r.try_get("identity_key")?,
         connector: r.try_get("connector")?,

@@ -20,7 +20,7 @@ pub struct SuspensionRow {
     pub end_cause: Option<String>,
 }
 
-fn read(r: &AnyRow) -> Result<SuspensionRow> {
+pub(super) fn read(r: &AnyRow) -> Result<SuspensionRow> {
     let connectors: Option<String> = r.try_get("connectors")?;
     Ok(SuspensionRow {
         id: r.try_get("id")?,

@@ -8,6 +8,7 @@ mod common;
 mod architecture;
 mod audit;
 mod audit_forward;
+mod batch;
 mod cabinet;
 mod cli;
 mod flow;

@@ -488,6 +488,22 @@ async fn populate_for_plans(s: &Store) {
              SELECT 'hr', 'E' || i, 'disappearance', 'r', CASE WHEN i % 100 = 0 THEN 'held' ELSE 'obsolete' END, 1
              FROM n",
         ),
+        rows(
+            "INSERT INTO suspensions (identity_key, reason, suspended_by, suspended_at, ended_at)
+             SELECT 'E' || i, 'r', 'op', 1, CASE WHEN i % 100 = 0 THEN NULL ELSE 2 END FROM n",
+        ),
+        rows(
+            "INSERT INTO access_requests (identity_key, connector, target, reason, starts_at, ends_at,
+               status, requested_by, requested_at)
+             SELECT 'E' || i, 'nuki', 'door-1', 'r', 1, 2,
+               CASE WHEN i % 100 = 0 THEN 'active' ELSE 'expired' END, 'op', 1 FROM n",
+        ),
+        rows(
+            "INSERT INTO review_withdrawals (identity_key, connector, target, item_id, withdrawn_by,
+               withdrawn_at, lifted_at)
+             SELECT 'E' || i, 'nuki', 'door-1', i, 'op', 1, CASE WHEN i % 100 = 0 THEN NULL ELSE 2 END
+             FROM n",
+        ),
         "ANALYZE".to_string(),
     ];
     for sql in fill {
@@ -504,6 +520,13 @@ fn plan_args(name: &str) -> Vec<Result<i64, &'static str>> {
     match name {
         "source_record" => vec![T("hr"), T("E77")],
         "source_records_of" | "get_identity" | "grants_of" => vec![T("E77")],
+        "source_records_of_keys"
+        | "identities_of_keys"
+        | "grants_of_keys"
+        | "withdrawn_of_keys"
+        | "suspensions_of_keys" => vec![T("E77"), T("E78")],
+        "requests_of_keys" => vec![T("E77"), T("E78"), N(1_000)],
+        "release_held_of_keys" => vec![N(1), T("hr"), T("E77"), T("E78")],
         "identities_page" => vec![T("E77"), N(500)],
         "identities_due" => vec![N(1_000), N(50)],
         "grants_in_key_range" => vec![T("E77"), T("E78")],
