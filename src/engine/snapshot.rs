@@ -2,7 +2,7 @@
 //! changed people in batches (leavers first), then the people who vanished from it, and only then
 //! the source's checkpoint.
 
-use super::{BATCH, Engine, EngineError, FeedReport, leaving, record_hash, tally};
+use super::{Engine, EngineError, FeedReport, leaving, record_hash, tally};
 use crate::audit;
 use crate::batch::Batch;
 use crate::clock::to_micros;
@@ -11,6 +11,12 @@ use crate::store;
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// People per transaction of a full feed. Their reads and writes are a few statements per batch
+/// (see [`crate::batch`]), so a larger batch mostly saves commits, each of which rewrites the
+/// pages it touched; small enough that the batch holds SQLite's writer for tens of milliseconds,
+/// and the first revokes of a big feed reach the dispatcher as soon.
+const FEED_BATCH: usize = 500;
 
 /// What a source held before a snapshot, by person key: the record's hash, and whether the person
 /// had already disappeared.
@@ -96,7 +102,7 @@ impl Engine {
         // Revocation first (invariant 3) starts here: people the feed says are leaving are applied in
         // the first transactions, so their revokes reach the outbox before the joiners' issues.
         changed.sort_by_key(|r| !leaving(r));
-        for chunk in changed.chunks(BATCH) {
+        for chunk in changed.chunks(FEED_BATCH) {
             let now = self.clock.now();
             // Leavers come first; their batch goes ahead of the dispatcher's issue writes.
             let mut tx = if chunk.iter().any(leaving) {

@@ -289,23 +289,7 @@ pub async fn last_before_seq(conn: &mut AnyConnection, seq: i64) -> Result<Optio
 pub async fn insert_chained_all(conn: &mut AnyConnection, rows: &[AuditRow]) -> Result<()> {
     // Eight parameters a record: well under either database's limit per statement.
     for chunk in rows.chunks(2_000) {
-        let values = (0..chunk.len())
-            .map(|i| {
-                let p = i * 8;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7,
-                    p + 8
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = super::batch::Marks::of(conn).rows(chunk.len(), 8);
         let sql = format!(
             "INSERT INTO audit_log (seq, at, actor, action, subject, details, prev_hash, hash) VALUES {values}"
         );
@@ -330,20 +314,7 @@ pub async fn insert_chained_all(conn: &mut AnyConnection, rows: &[AuditRow]) -> 
 /// chains them at commit in the order given.
 pub async fn append_pending_all(conn: &mut AnyConnection, rows: &[AuditRow]) -> Result<()> {
     for chunk in rows.chunks(4_000) {
-        let values = (0..chunk.len())
-            .map(|i| {
-                let p = i * 5;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let values = super::batch::Marks::of(conn).rows(chunk.len(), 5);
         let sql = format!(
             "INSERT INTO audit_pending (at, actor, action, subject, details) VALUES {values}"
         );

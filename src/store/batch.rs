@@ -17,73 +17,103 @@ use std::collections::HashMap;
 /// Bind parameters per statement: under SQLite's limit (32,766) and PostgreSQL's (65,535).
 const MAX_PARAMS: usize = 30_000;
 
-/// `$from, $from+1, ...`: `n` placeholders.
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// How parameters are written: `$n` on PostgreSQL; plain `?` on SQLite, whose driver looks every
+/// numbered parameter up by name, a walk of the statement's parameter list each time, so a
+/// statement of a thousand `$n` spent most of its time binding. Either way they are bound in the
+/// order they appear.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Marks {
+    numbered: bool,
 }
 
-/// `($1, ..., $cols), ($cols+1, ...)`: `rows` rows of `cols` placeholders.
-fn value_rows(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| format!("({})", placeholders(r * cols + 1, cols)))
-        .collect::<Vec<_>>()
-        .join(", ")
+impl Marks {
+    pub(super) fn of(conn: &AnyConnection) -> Self {
+        Self::for_backend(conn.backend_name() == "PostgreSQL")
+    }
+
+    pub(super) fn for_backend(postgres: bool) -> Self {
+        Self { numbered: postgres }
+    }
+
+    /// `n` parameters, the first of them the statement's `from`th.
+    fn list(self, from: usize, n: usize) -> String {
+        (from..from + n)
+            .map(|i| {
+                if self.numbered {
+                    format!("${i}")
+                } else {
+                    "?".to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `(..), (..)`: `rows` rows of `cols` parameters.
+    pub(super) fn rows(self, rows: usize, cols: usize) -> String {
+        (0..rows)
+            .map(|r| format!("({})", self.list(r * cols + 1, cols)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
-/// `SELECT * FROM source_records WHERE key IN (...)` for `n` keys: the batch reads, by name, for
-/// the plan-shape check (with two keys).
-pub(super) fn source_records_of_keys_sql(n: usize) -> String {
+/// Keys per batch read: the parameter lists stay short, and a few thousand leavers read in a few
+/// statements.
+const KEYS_PER_READ: usize = 500;
+
+/// The batch reads of `n` keys, by name, for the plan-shape check too.
+pub(super) fn source_records_of_keys_sql(m: Marks, n: usize) -> String {
     format!(
         "SELECT * FROM source_records WHERE key IN ({}) ORDER BY key, source",
-        placeholders(1, n)
+        m.list(1, n)
     )
 }
 
-pub(super) fn identities_of_keys_sql(n: usize) -> String {
-    format!(
-        "SELECT * FROM identities WHERE key IN ({})",
-        placeholders(1, n)
-    )
+pub(super) fn identities_of_keys_sql(m: Marks, n: usize) -> String {
+    format!("SELECT * FROM identities WHERE key IN ({})", m.list(1, n))
 }
 
-pub(super) fn grants_of_keys_sql(n: usize) -> String {
+pub(super) fn grants_of_keys_sql(m: Marks, n: usize) -> String {
     format!(
         "SELECT * FROM grants WHERE identity_key IN ({}) ORDER BY identity_key, connector, target",
-        placeholders(1, n)
+        m.list(1, n)
     )
 }
 
-pub(super) fn withdrawn_of_keys_sql(n: usize) -> String {
+pub(super) fn withdrawn_of_keys_sql(m: Marks, n: usize) -> String {
     format!(
         "SELECT * FROM review_withdrawals WHERE identity_key IN ({}) AND lifted_at IS NULL ORDER BY id",
-        placeholders(1, n)
+        m.list(1, n)
     )
 }
 
-pub(super) fn requests_in_force_of_keys_sql(n: usize) -> String {
+/// The moment is bound twice, after the keys.
+pub(super) fn requests_in_force_of_keys_sql(m: Marks, n: usize) -> String {
     format!(
         "SELECT * FROM access_requests WHERE identity_key IN ({}) AND status = 'active'
-           AND starts_at <= ${at} AND ends_at > ${at} ORDER BY id",
-        placeholders(1, n),
-        at = n + 1
+           AND starts_at <= {} AND ends_at > {} ORDER BY id",
+        m.list(1, n),
+        m.list(n + 1, 1),
+        m.list(n + 2, 1)
     )
 }
 
-pub(super) fn suspensions_of_keys_sql(n: usize) -> String {
+pub(super) fn suspensions_of_keys_sql(m: Marks, n: usize) -> String {
     format!(
         "SELECT * FROM suspensions WHERE identity_key IN ({}) AND ended_at IS NULL ORDER BY id",
-        placeholders(1, n)
+        m.list(1, n)
     )
 }
 
-pub(super) fn release_held_of_keys_sql(n: usize) -> String {
+/// The moment and the source come first, then the keys.
+pub(super) fn release_held_of_keys_sql(m: Marks, n: usize) -> String {
     format!(
-        "UPDATE held_changes SET status = 'obsolete', decided_by = 'feed', decided_at = $1
-           WHERE status = 'held' AND source = $2 AND key IN ({})",
-        placeholders(3, n)
+        "UPDATE held_changes SET status = 'obsolete', decided_by = 'feed', decided_at = {}
+           WHERE status = 'held' AND source = {} AND key IN ({})",
+        m.list(1, 1),
+        m.list(2, 1),
+        m.list(3, n)
     )
 }
 
@@ -109,31 +139,32 @@ pub async fn people_rows(conn: &mut AnyConnection, keys: &[&str], now: i64) -> R
         moves: door_moves::all_on(conn).await?,
         ..PeopleRows::default()
     };
-    for keys in keys.chunks(MAX_PARAMS - 1) {
+    let m = Marks::of(conn);
+    for keys in keys.chunks(KEYS_PER_READ) {
         let n = keys.len();
-        for r in fetch_keyed(conn, &source_records_of_keys_sql(n), keys, None).await? {
+        for r in fetch_keyed(conn, &source_records_of_keys_sql(m, n), keys, None).await? {
             let r = read::<SourceRecordRow>(&r)?;
             out.source_records.entry(r.key.clone()).or_default().push(r);
         }
-        for r in fetch_keyed(conn, &identities_of_keys_sql(n), keys, None).await? {
+        for r in fetch_keyed(conn, &identities_of_keys_sql(m, n), keys, None).await? {
             let r = IdentityRow::from_row(&r)?;
             out.identities.insert(r.key.clone(), r);
         }
-        for r in fetch_keyed(conn, &grants_of_keys_sql(n), keys, None).await? {
+        for r in fetch_keyed(conn, &grants_of_keys_sql(m, n), keys, None).await? {
             let r = read::<GrantRow>(&r)?;
             out.grants
                 .entry(r.identity_key.clone())
                 .or_default()
                 .push(r);
         }
-        for r in fetch_keyed(conn, &withdrawn_of_keys_sql(n), keys, None).await? {
+        for r in fetch_keyed(conn, &withdrawn_of_keys_sql(m, n), keys, None).await? {
             let r = reviews::withdrawal(&r)?;
             out.withdrawn
                 .entry(r.identity_key.clone())
                 .or_default()
                 .push(r);
         }
-        let sql = requests_in_force_of_keys_sql(n);
+        let sql = requests_in_force_of_keys_sql(m, n);
         for r in fetch_keyed(conn, &sql, keys, Some(now)).await? {
             let r = access_requests::read(&r)?;
             out.requests
@@ -141,7 +172,7 @@ pub async fn people_rows(conn: &mut AnyConnection, keys: &[&str], now: i64) -> R
                 .or_default()
                 .push(r);
         }
-        for r in fetch_keyed(conn, &suspensions_of_keys_sql(n), keys, None).await? {
+        for r in fetch_keyed(conn, &suspensions_of_keys_sql(m, n), keys, None).await? {
             let r = suspensions::read(&r)?;
             out.suspensions
                 .entry(r.identity_key.clone())
@@ -162,8 +193,9 @@ async fn fetch_keyed(
     for k in keys {
         q = q.bind(*k);
     }
+    // The moment, where the query asks for one, is bound for both of its comparisons.
     if let Some(v) = then {
-        q = q.bind(v);
+        q = q.bind(v).bind(v);
     }
     Ok(q.fetch_all(&mut *conn).await?)
 }
@@ -181,7 +213,7 @@ pub async fn put_source_records(conn: &mut AnyConnection, rows: &[SourceRecordRo
              VALUES {}
              ON CONFLICT (source, key) DO UPDATE SET hash = excluded.hash, record = excluded.record,
                seen_at = excluded.seen_at, disappeared_at = excluded.disappeared_at",
-            value_rows(chunk.len(), 7)
+            Marks::of(conn).rows(chunk.len(), 7)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for s in chunk {
@@ -208,7 +240,7 @@ pub async fn put_identities(conn: &mut AnyConnection, rows: &[IdentityRow]) -> R
              ON CONFLICT (key) DO UPDATE SET lifecycle = excluded.lifecycle,
                lifecycle_since = excluded.lifecycle_since, attrs = excluded.attrs, site = excluded.site,
                next_change_at = excluded.next_change_at, updated_at = excluded.updated_at",
-            value_rows(chunk.len(), 7)
+            Marks::of(conn).rows(chunk.len(), 7)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for i in chunk {
@@ -239,7 +271,7 @@ pub async fn put_decided_grants(conn: &mut AnyConnection, rows: &[GrantRow]) -> 
                generation = excluded.generation, template = excluded.template,
                credential = excluded.credential, time_window = excluded.time_window,
                valid_until = excluded.valid_until, updated_at = excluded.updated_at",
-            value_rows(chunk.len(), 12)
+            Marks::of(conn).rows(chunk.len(), 12)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for g in chunk {
@@ -279,7 +311,7 @@ pub async fn enqueue_all(
                traceparent)
              VALUES {}
              ON CONFLICT (idem_key) DO NOTHING RETURNING id, idem_key",
-            value_rows(chunk.len(), 16)
+            Marks::of(conn).rows(chunk.len(), 16)
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (c, key) in chunk.iter().zip(&keys[from..]) {
@@ -318,8 +350,8 @@ pub async fn release_held_of(
     now: i64,
 ) -> Result<u64> {
     let mut released = 0;
-    for keys in keys.chunks(MAX_PARAMS - 2) {
-        let sql = release_held_of_keys_sql(keys.len());
+    for keys in keys.chunks(KEYS_PER_READ) {
+        let sql = release_held_of_keys_sql(Marks::of(conn), keys.len());
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(source);
         for k in keys {
             q = q.bind(*k);

@@ -71,17 +71,24 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, String)> {
         ),
     ];
     // A batch of people's reads and the release of their holds, here for two people.
+    let m = batch::Marks::for_backend(backend == Backend::Postgres);
     let batch = [
         (
             "source_records_of_keys",
-            batch::source_records_of_keys_sql(2),
+            batch::source_records_of_keys_sql(m, 2),
         ),
-        ("identities_of_keys", batch::identities_of_keys_sql(2)),
-        ("grants_of_keys", batch::grants_of_keys_sql(2)),
-        ("withdrawn_of_keys", batch::withdrawn_of_keys_sql(2)),
-        ("requests_of_keys", batch::requests_in_force_of_keys_sql(2)),
-        ("suspensions_of_keys", batch::suspensions_of_keys_sql(2)),
-        ("release_held_of_keys", batch::release_held_of_keys_sql(2)),
+        ("identities_of_keys", batch::identities_of_keys_sql(m, 2)),
+        ("grants_of_keys", batch::grants_of_keys_sql(m, 2)),
+        ("withdrawn_of_keys", batch::withdrawn_of_keys_sql(m, 2)),
+        (
+            "requests_of_keys",
+            batch::requests_in_force_of_keys_sql(m, 2),
+        ),
+        ("suspensions_of_keys", batch::suspensions_of_keys_sql(m, 2)),
+        (
+            "release_held_of_keys",
+            batch::release_held_of_keys_sql(m, 2),
+        ),
     ];
     fixed
         .into_iter()

@@ -256,6 +256,12 @@ fn forbidden() -> BTreeMap<&'static str, Vec<&'static str>> {
             "plan",
             with(&["engine", "dispatch", "connectors", "sources"]),
         ),
+        // Below the engine and beside the plan: reads and stages rows, writes them through the
+        // store and the audit log.
+        (
+            "batch",
+            with(&["engine", "dispatch", "connectors", "sources", "policy"]),
+        ),
         (
             "store",
             with(&[
@@ -266,6 +272,7 @@ fn forbidden() -> BTreeMap<&'static str, Vec<&'static str>> {
                 "telemetry",
                 "plan",
                 "policy",
+                "batch",
             ]),
         ),
         ("dispatch", with(&["engine", "sources", "plan", "policy"])),
@@ -274,7 +281,7 @@ fn forbidden() -> BTreeMap<&'static str, Vec<&'static str>> {
             with(&["dispatch", "engine", "sources", "plan"]),
         ),
         ("telemetry", with(&["engine", "sources", "dispatch"])),
-        ("audit", with(&["sources", "dispatch"])),
+        ("audit", with(&["sources", "dispatch", "batch"])),
         ("engine", with(&["dispatch"])),
         ("api", vec!["cli", "app", "jobs"]),
         ("jobs", vec!["api", "cli", "app"]),

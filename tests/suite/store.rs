@@ -525,7 +525,7 @@ fn plan_args(name: &str) -> Vec<Result<i64, &'static str>> {
         | "grants_of_keys"
         | "withdrawn_of_keys"
         | "suspensions_of_keys" => vec![T("E77"), T("E78")],
-        "requests_of_keys" => vec![T("E77"), T("E78"), N(1_000)],
+        "requests_of_keys" => vec![T("E77"), T("E78"), N(1_000), N(1_000)],
         "release_held_of_keys" => vec![N(1), T("hr"), T("E77"), T("E78")],
         "identities_page" => vec![T("E77"), N(500)],
         "identities_due" => vec![N(1_000), N(50)],
