@@ -70,8 +70,13 @@ pub(super) fn source_records_of_keys_sql(m: Marks, n: usize) -> String {
     )
 }
 
+/// On PostgreSQL the rows are locked, in key order (see [`people_rows`]).
 pub(super) fn identities_of_keys_sql(m: Marks, n: usize) -> String {
-    format!("SELECT * FROM identities WHERE key IN ({})", m.list(1, n))
+    format!(
+        "SELECT * FROM identities WHERE key IN ({}) ORDER BY key{}",
+        m.list(1, n),
+        if m.numbered { " FOR UPDATE" } else { "" }
+    )
 }
 
 pub(super) fn grants_of_keys_sql(m: Marks, n: usize) -> String {
@@ -134,7 +139,16 @@ pub struct PeopleRows {
 
 /// Read what planning needs for `keys` (temporary access in force at `now`), one statement per
 /// table for each slice of keys that fits a statement.
+///
+/// On PostgreSQL the people's identity rows are locked first, in key order, and everything else
+/// is read after: a change for one of them on another transaction (a SCIM request while a feed's
+/// batch plans) waits for this one to commit and then reads what it wrote, instead of both
+/// planning from the same rows and the later commit undoing the earlier. SQLite's writer holds
+/// the whole database from `BEGIN IMMEDIATE`.
 pub async fn people_rows(conn: &mut AnyConnection, keys: &[&str], now: i64) -> Result<PeopleRows> {
+    let mut keys = keys.to_vec();
+    keys.sort_unstable();
+    keys.dedup();
     let mut out = PeopleRows {
         moves: door_moves::all_on(conn).await?,
         ..PeopleRows::default()
@@ -142,13 +156,13 @@ pub async fn people_rows(conn: &mut AnyConnection, keys: &[&str], now: i64) -> R
     let m = Marks::of(conn);
     for keys in keys.chunks(KEYS_PER_READ) {
         let n = keys.len();
-        for r in fetch_keyed(conn, &source_records_of_keys_sql(m, n), keys, None).await? {
-            let r = read::<SourceRecordRow>(&r)?;
-            out.source_records.entry(r.key.clone()).or_default().push(r);
-        }
         for r in fetch_keyed(conn, &identities_of_keys_sql(m, n), keys, None).await? {
             let r = IdentityRow::from_row(&r)?;
             out.identities.insert(r.key.clone(), r);
+        }
+        for r in fetch_keyed(conn, &source_records_of_keys_sql(m, n), keys, None).await? {
+            let r = read::<SourceRecordRow>(&r)?;
+            out.source_records.entry(r.key.clone()).or_default().push(r);
         }
         for r in fetch_keyed(conn, &grants_of_keys_sql(m, n), keys, None).await? {
             let r = read::<GrantRow>(&r)?;

@@ -341,3 +341,72 @@ async fn a_policy_write_keeps_what_the_vendor_was_seen_to_hold() {
         );
     }
 }
+
+/// A change for a person on another transaction while a batch holding them plans (a SCIM
+/// deactivation while a feed's batch is open) waits for the batch to commit, then plans from what
+/// the batch wrote: the later commit never undoes the earlier one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_beside_an_open_batch_waits_for_it_and_builds_on_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let mut h =
+            Harness::new(&name, &url, &tmp.path().join(&name), NukiOptions::default()).await;
+        h.feed(&[employee("E1", "sales", "london")]).await;
+        h.drain().await;
+        let now = h.app.engine.clock.now();
+        let mut moves = stored_record(&h, "E1").await;
+        moves.attrs.insert("department".into(), "finance".into());
+        let mut leaves = stored_record(&h, "E1").await;
+        leaves.status = Some(latchkey::model::RecordStatus::Terminated);
+        leaves.termination_date = Some(chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap());
+
+        // The batch holds E1 from its reads on.
+        let mut tx = h.app.store().begin_write().await.unwrap();
+        let mut batch = Batch::load(&mut tx, &["E1"], now).await.unwrap();
+        let beside = {
+            let engine = h.app.engine.clone();
+            tokio::spawn(async move {
+                let mut tx = engine.store.begin_write().await.unwrap();
+                let applied = engine.apply_record_tx(&mut tx, &leaves, now).await.unwrap();
+                tx.commit().await.unwrap();
+                applied
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(
+            !beside.is_finished(),
+            "{name}: the change beside the batch waits for it"
+        );
+        h.app
+            .engine
+            .stage_record(&mut tx, &mut batch, &moves, now)
+            .await
+            .unwrap();
+        batch.flush(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+        // The batch moved E1 (its sales door revoked, a finance door queued); the leave then found
+        // the finance door never sent, so it supersedes the issue and revokes nothing more.
+        let (kind, applied) = beside.await.unwrap();
+        assert_eq!(kind, latchkey::model::ChangeKind::Leaver, "{name}");
+        assert_eq!(applied.revokes, 0, "{name}");
+
+        let ledger = store::all_grants(h.app.store().pool()).await.unwrap();
+        assert!(
+            ledger.iter().all(|g| g.desired == GrantState::Absent),
+            "{name}: the leaver is wanted nowhere, the mover's door included: {ledger:?}"
+        );
+        let commands = all_commands(h.app.store()).await;
+        assert!(
+            commands.iter().any(|c| c.target == "london-finance"
+                && c.action == Action::Issue
+                && c.status == CommandStatus::Superseded),
+            "{name}: the mover's issue is superseded by the leave: {commands:?}"
+        );
+        let revokes: Vec<_> = commands
+            .iter()
+            .filter(|c| c.action == Action::Revoke)
+            .collect();
+        assert_eq!(revokes.len(), 1, "{name}: {revokes:?}");
+        assert_eq!(revokes[0].target, "london-sales", "{name}");
+    }
+}
