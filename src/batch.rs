@@ -195,7 +195,6 @@ impl Batch {
             self.staged_people.insert(key.into());
         }
     }
-
     pub fn put_source_record(&mut self, row: SourceRecordRow) {
         self.staging(&row.key);
         let records = self.rows.source_records.entry(row.key.clone()).or_default();

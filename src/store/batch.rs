@@ -289,19 +289,7 @@ pub async fn put_decided_grants(conn: &mut AnyConnection, rows: &[GrantRow]) -> 
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for g in chunk {
-            q = q
-                .bind(&g.identity_key)
-                .bind(&g.connector)
-                .bind(&g.target)
-                .bind(g.desired.as_str())
-                .bind(g.observed.as_str())
-                .bind(g.generation)
-                .bind(&g.vendor_ref)
-                .bind(&g.template)
-                .bind(&g.credential)
-                .bind(&g.window)
-                .bind(g.valid_until)
-                .bind(g.updated_at);
+            q = super::ledger::bind_grant(q, g);
         }
         q.execute(&mut *conn).await?;
     }

@@ -109,7 +109,7 @@ pub async fn all_grants(pool: &AnyPool) -> Result<Vec<GrantRow>> {
 }
 
 pub async fn put_grant(conn: &mut AnyConnection, g: &GrantRow) -> Result<()> {
-    sqlx::query(
+    let q = sqlx::query(
         "INSERT INTO grants (identity_key, connector, target, desired, observed, generation, vendor_ref,
            template, credential, time_window, valid_until, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -117,22 +117,29 @@ pub async fn put_grant(conn: &mut AnyConnection, g: &GrantRow) -> Result<()> {
            observed = excluded.observed, generation = excluded.generation, vendor_ref = excluded.vendor_ref,
            template = excluded.template, credential = excluded.credential, time_window = excluded.time_window,
            valid_until = excluded.valid_until, updated_at = excluded.updated_at",
-    )
-    .bind(&g.identity_key)
-    .bind(&g.connector)
-    .bind(&g.target)
-    .bind(g.desired.as_str())
-    .bind(g.observed.as_str())
-    .bind(g.generation)
-    .bind(&g.vendor_ref)
-    .bind(&g.template)
-    .bind(&g.credential)
-    .bind(&g.window)
-    .bind(g.valid_until)
-    .bind(g.updated_at)
-    .execute(&mut *conn)
-    .await?;
+    );
+    bind_grant(q, g).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// A ledger row's twelve columns, bound in the order of the `grants` INSERTs here and in
+/// [`super::batch::put_decided_grants`].
+pub(super) fn bind_grant<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    g: &'q GrantRow,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    q.bind(&g.identity_key)
+        .bind(&g.connector)
+        .bind(&g.target)
+        .bind(g.desired.as_str())
+        .bind(g.observed.as_str())
+        .bind(g.generation)
+        .bind(&g.vendor_ref)
+        .bind(&g.template)
+        .bind(&g.credential)
+        .bind(&g.window)
+        .bind(g.valid_until)
+        .bind(g.updated_at)
 }
 
 /// Record what the vendor confirmed. This is a fact about the vendor, kept even if policy has moved
