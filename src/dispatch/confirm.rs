@@ -6,13 +6,25 @@
 //! nothing queued behind, is read back at once as before.
 
 use super::Dispatcher;
+use crate::audit;
 use crate::clock::to_micros;
 use crate::connectors::{Connector, GrantRequest, Outcome, call};
-use crate::model::{Action, CommandStatus};
+use crate::model::{Action, CommandStatus, GrantState};
+use crate::store::confirm_batch::{Shown, finish_shown};
 use crate::store::{self, CommandRow, StoreError};
+use std::time::Duration;
 
 /// Most changes one listing confirms: bounds the claim and the work of one worker.
 const MAX_PER_LISTING: i64 = 500;
+
+/// How long a change just written waits before it is read back, given what else is on its target:
+/// up to the gather bound while more writes to it are queued, else not at all.
+pub(super) fn read_back_wait(
+    on_target: &store::confirm_batch::OnTarget,
+    gather: Duration,
+) -> Option<Duration> {
+    on_target.more_due.then_some(gather)
+}
 
 impl Dispatcher {
     /// A change the vendor accepted (`written`, not yet shown): read it back now, with every
@@ -29,20 +41,14 @@ impl Dispatcher {
     ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
         let on_target = self.on_target(&cmd, now).await?;
-        if on_target.more_due {
-            let gather = connector.confirm_gather();
+        if let Some(wait) = read_back_wait(&on_target, connector.confirm_gather()) {
             return self
-                .settle(connector, owner, &cmd, Ok(written), probe, Some(gather))
+                .settle(connector, owner, &cmd, Ok(written), probe, Some(wait))
                 .await;
         }
         cmd.dispatched_at = Some(now);
-        let (person_ref, grant_ref) = written.refs();
-        let req = GrantRequest {
-            person_ref: person_ref.map(str::to_string).or(req.person_ref),
-            grant_ref: grant_ref.map(str::to_string).or(req.grant_ref),
-            ..req
-        };
-        self.confirm_with_waiting(connector, owner, cmd, req, probe, on_target.waiting)
+        let req = super::backlog::with_refs(req, &written);
+        self.confirm_with_waiting(connector, owner, vec![(cmd, req)], probe, on_target.waiting)
             .await
     }
 
@@ -58,43 +64,42 @@ impl Dispatcher {
     ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
         let waiting = self.on_target(&cmd, now).await?.waiting;
-        self.confirm_with_waiting(connector, owner, cmd, req, probe, waiting)
+        self.confirm_with_waiting(connector, owner, vec![(cmd, req)], probe, waiting)
             .await
     }
 
-    /// [`Dispatcher::confirm_on_target`], knowing whether other changes wait on the target: a
-    /// single leaver's read-back adds no write when nothing else waits.
-    async fn confirm_with_waiting(
+    /// [`Dispatcher::confirm_on_target`] for changes claimed on one target (`batch`, not empty),
+    /// knowing whether other changes wait on the target: a single leaver's read-back adds no
+    /// write when nothing else waits.
+    pub(super) async fn confirm_with_waiting(
         &self,
         connector: &dyn Connector,
         owner: &str,
-        cmd: CommandRow,
-        req: GrantRequest,
+        mut batch: Vec<(CommandRow, GrantRequest)>,
         probe: bool,
         waiting: bool,
     ) -> Result<(), StoreError> {
+        let Some((cmd, _)) = batch.first() else {
+            return Ok(());
+        };
+        let (on, target, except) = (cmd.connector.clone(), cmd.target.clone(), cmd.id);
         let now = to_micros(self.clock.now());
         let lease = super::timing::secs_micros(self.config.engine.lease_seconds);
         let others = if waiting {
             self.store
                 .claim_confirming_on(
-                    &cmd.connector,
-                    &cmd.target,
+                    &on,
+                    &target,
                     owner,
                     now.saturating_add(lease),
-                    cmd.id,
+                    except,
                     MAX_PER_LISTING,
                 )
                 .await?
         } else {
             Vec::new()
         };
-        let mut batch = vec![(cmd, req)];
-        for other in others {
-            if let Some(req) = self.request_for(connector, owner, &other, false).await? {
-                batch.push((other, req));
-            }
-        }
+        batch.extend(self.requests_for(connector, owner, others, false).await?);
         let changes: Vec<(GrantRequest, Action)> =
             batch.iter().map(|(c, r)| (r.clone(), c.action)).collect();
         let urgent = batch.iter().any(|(c, _)| c.action == Action::Revoke);
@@ -125,24 +130,16 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn on_target(
+    pub(super) async fn on_target(
         &self,
         cmd: &CommandRow,
         now: i64,
     ) -> Result<store::confirm_batch::OnTarget, StoreError> {
-        store::confirm_batch::on_target(
-            self.store.pool(),
-            &cmd.connector,
-            &cmd.target,
-            cmd.action.priority(),
-            now,
-            cmd.id,
-        )
-        .await
+        store::confirm_batch::on_target(self.store.pool(), cmd, now).await
     }
 
-    /// Every change one listing confirmed, finished in one transaction: a mass drain writes one
-    /// commit per listing, not one per revocation.
+    /// Every change one listing confirmed, finished in one transaction of a few statements: a
+    /// mass drain writes one commit per listing, not one per revocation.
     async fn finish_confirmed(
         &self,
         owner: &str,
@@ -153,34 +150,48 @@ impl Dispatcher {
         }
         let now = to_micros(self.clock.now());
         let urgent = confirmed.iter().any(|(c, _)| c.action == Action::Revoke);
+        let shown: Vec<Shown> = confirmed
+            .iter()
+            .map(|(cmd, outcome)| Shown {
+                cmd,
+                observed: match cmd.action {
+                    Action::Issue => GrantState::Present,
+                    Action::Revoke => GrantState::Absent,
+                },
+                grant_ref: match cmd.action {
+                    Action::Issue => outcome.refs().1,
+                    Action::Revoke => None,
+                },
+            })
+            .collect();
         let finished = self
             .store
             .retry("command finish", || async {
-                let mut tx = self
-                    .store
-                    .begin_grouped_for(if urgent {
-                        Action::Revoke
-                    } else {
-                        Action::Issue
-                    })
-                    .await?;
-                let mut finished = Vec::with_capacity(confirmed.len());
-                for (cmd, outcome) in confirmed {
-                    let end = super::finish::Finish {
-                        status: CommandStatus::Done,
-                        confirmed_at: Some(now),
-                        error: None,
-                        outcome: Some(outcome),
-                    };
-                    if self.record_finish(&mut tx, owner, cmd, &end, now).await? {
-                        finished.push(cmd);
+                let action = if urgent {
+                    Action::Revoke
+                } else {
+                    Action::Issue
+                };
+                let mut tx = self.store.begin_grouped_for(action).await?;
+                let finished = finish_shown(&mut tx, owner, &shown, now).await?;
+                let mut entries = Vec::with_capacity(finished.len());
+                let mut person_refs = Vec::new();
+                for (cmd, outcome) in confirmed.iter().filter(|(c, _)| finished.contains(&c.id)) {
+                    if let Some(person_ref) = outcome.refs().0 {
+                        person_refs.push((cmd.identity_key.as_str(), person_ref));
                     }
+                    entries.push(super::finish::done_entry(cmd, now));
                 }
+                if let Some((cmd, _)) = confirmed.first() {
+                    store::confirm_batch::put_person_refs(&mut tx, &cmd.connector, &person_refs)
+                        .await?;
+                }
+                audit::append_all(&mut tx, entries).await?;
                 tx.commit().await?;
                 Ok::<_, StoreError>(finished)
             })
             .await?;
-        for cmd in finished {
+        for (cmd, _) in confirmed.iter().filter(|(c, _)| finished.contains(&c.id)) {
             self.finished(cmd, CommandStatus::Done, Some(now));
         }
         Ok(())

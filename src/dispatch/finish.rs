@@ -108,21 +108,7 @@ impl Dispatcher {
             };
             store::observe_grant(tx, cmd, observed, grant_ref, now).await?;
         }
-        let end_to_end_ms = end
-            .confirmed_at
-            .map(|c| (c - cmd.trigger_at) as f64 / 1000.0);
-        audit::append(
-            tx,
-            now,
-            "dispatcher",
-            &format!("command.{}", end.status),
-            &cmd.identity_key,
-            &serde_json::json!({
-                "command": cmd.id, "action": cmd.action, "connector": cmd.connector, "target": cmd.target,
-                "attempts": cmd.attempts, "error": end.error, "end_to_end_ms": end_to_end_ms,
-            }),
-        )
-        .await?;
+        audit::append_all(tx, vec![end_entry(cmd, end, now)]).await?;
         Ok(true)
     }
 
@@ -151,6 +137,35 @@ impl Dispatcher {
             );
         }
     }
+}
+
+/// The audit record of a command's end.
+fn end_entry(cmd: &CommandRow, end: &Finish<'_>, now: i64) -> audit::Entry {
+    let end_to_end_ms = end
+        .confirmed_at
+        .map(|c| (c - cmd.trigger_at) as f64 / 1000.0);
+    audit::Entry {
+        at: now,
+        actor: "dispatcher".into(),
+        action: format!("command.{}", end.status),
+        subject: cmd.identity_key.to_string(),
+        details: serde_json::json!({
+            "command": cmd.id, "action": cmd.action, "connector": cmd.connector, "target": cmd.target,
+            "attempts": cmd.attempts, "error": end.error, "end_to_end_ms": end_to_end_ms,
+        })
+        .to_string(),
+    }
+}
+
+/// The audit record of a command the vendor confirmed at `now`.
+pub(super) fn done_entry(cmd: &CommandRow, now: i64) -> audit::Entry {
+    let end = Finish {
+        status: CommandStatus::Done,
+        confirmed_at: Some(now),
+        error: None,
+        outcome: None,
+    };
+    end_entry(cmd, &end, now)
 }
 
 /// How a command ended, as [`Dispatcher::record_finish`] writes it.

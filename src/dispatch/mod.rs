@@ -10,21 +10,21 @@
 //! the top of `latchkey status`), and a connector's recovery re-drives dead-lettered revokes left by
 //! older versions. A worker that panics is restarted and its command released at once.
 
+mod backlog;
 pub mod breaker;
 mod confirm;
 mod finish;
 pub mod lanes;
 pub mod recovery;
+mod request;
 mod supervise;
 pub mod timing;
 
 use crate::audit;
-use crate::clock::{SharedClock, from_micros, to_micros};
+use crate::clock::{SharedClock, to_micros};
 use crate::config::Config;
-use crate::connectors::{
-    Connector, ConnectorError, Connectors, GrantRequest, Outcome, RetryPolicy, call,
-};
-use crate::model::{Action, CommandStatus, PersonRef, Window};
+use crate::connectors::{Connector, ConnectorError, Connectors, Outcome, RetryPolicy, call};
+use crate::model::{Action, CommandStatus};
 use crate::store::{self, CommandRow, CommandUpdate, Store, StoreError};
 use crate::telemetry::metrics::{Metrics, Retry};
 use breaker::{Admit, Breaker};
@@ -166,6 +166,8 @@ impl Dispatcher {
         // for a worker busy with an issue, however many issues are queued.
         let revokes_only = worker == self.lane_concurrency(connector.name());
         let lane = crate::leases::lane(connector.name());
+        let max_claim = self.max_claim(connector.as_ref());
+        let mut claim = 1;
         loop {
             if *shutdown.borrow() {
                 return;
@@ -182,10 +184,17 @@ impl Dispatcher {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.step_of(&connector, &owner, revokes_only).await {
-                Ok(true) => continue,
-                Ok(false) => {}
+            match self
+                .step_up_to(&connector, &owner, revokes_only, claim)
+                .await
+            {
+                Ok(0) => claim = 1,
+                Ok(claimed) => {
+                    claim = backlog::next_claim(claim, claimed, max_claim);
+                    continue;
+                }
                 Err(e) => {
+                    claim = 1;
                     tracing::error!(connector = connector.name(), error = %e, "outbox unavailable; retrying")
                 }
             }
@@ -237,27 +246,23 @@ impl Dispatcher {
         owner: &str,
         revokes_only: bool,
     ) -> Result<bool, StoreError> {
+        Ok(self.step_up_to(connector, owner, revokes_only, 1).await? > 0)
+    }
+
+    /// Carry out one claimed command: unless the lane's lease was lost or the breaker holds it
+    /// back (then it goes back untried), send it, as the half-open probe when the breaker asks.
+    async fn carry(
+        &self,
+        connector: &Arc<dyn Connector>,
+        owner: &str,
+        cmd: CommandRow,
+    ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
-        let lease = timing::secs_micros(self.config.engine.lease_seconds);
-        let Some(cmd) = self
-            .store
-            .claim_next_of(
-                connector.name(),
-                owner,
-                now,
-                now.saturating_add(lease),
-                revokes_only,
-            )
-            .await?
-        else {
-            return Ok(false);
-        };
         // The lane's lease ran out while claiming (a late renewal): give the command back untried.
         if let Some(leases) = &self.leases
             && !leases.holds(&crate::leases::lane(connector.name()))
         {
-            self.defer(owner, &cmd, now).await?;
-            return Ok(true);
+            return self.defer(owner, &cmd, now).await;
         }
         let probe = match self.breakers.get(connector.name()).map(|b| b.admit(now)) {
             None | Some(Admit::Go) => false,
@@ -268,16 +273,12 @@ impl Dispatcher {
                 }
                 true
             }
-            Some(Admit::WaitUntil(until)) => {
-                self.defer(owner, &cmd, until).await?;
-                return Ok(true);
-            }
+            Some(Admit::WaitUntil(until)) => return self.defer(owner, &cmd, until).await,
         };
         // The delivery joins the trace of the change that enqueued the command.
         let span = crate::telemetry::tracing::command_span(&cmd);
         tracing::Instrument::instrument(self.process(connector.as_ref(), owner, cmd, probe), span)
-            .await?;
-        Ok(true)
+            .await
     }
 
     /// Put a claimed command back untried while the connector's breaker is open: the attempt the
@@ -462,75 +463,6 @@ impl Dispatcher {
         }
     }
 
-    /// The request for a claimed command, from the grant and the person as stored; `None` when a
-    /// newer decision about the grant overtook the command (then finished as superseded).
-    async fn request_for(
-        &self,
-        connector: &dyn Connector,
-        owner: &str,
-        cmd: &CommandRow,
-        probe: bool,
-    ) -> Result<Option<GrantRequest>, StoreError> {
-        let mut conn = self.store.pool().acquire().await?;
-        let grant = store::grant(&mut conn, &cmd.identity_key, &cmd.connector, &cmd.target).await?;
-        // Only the latest decision about a grant is carried out: an older command was overtaken by a
-        // newer one (a rehire after a leave, a leave after a join) and must not undo it.
-        let Some(grant) = grant.filter(|g| g.generation == cmd.generation) else {
-            drop(conn);
-            if probe && let Some(b) = self.breakers.get(connector.name()) {
-                // No vendor call, no verdict: the next command probes instead.
-                b.release_probe();
-            }
-            self.finish(
-                owner,
-                cmd,
-                CommandStatus::Superseded,
-                None,
-                Some("overtaken by a newer decision".into()),
-                None,
-            )
-            .await?;
-            return Ok(None);
-        };
-        let identity = store::get_identity(&mut conn, &cmd.identity_key).await?;
-        let person_ref = store::vendor_person(&mut conn, &cmd.connector, &cmd.identity_key).await?;
-        drop(conn);
-        let attrs = identity
-            .as_ref()
-            .map(|i| i.attrs.clone())
-            .unwrap_or_default();
-        let text = |k: &str| {
-            attrs
-                .get(k)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        Ok(Some(GrantRequest {
-            person: PersonRef {
-                key: cmd.identity_key.clone(),
-                name: text("name"),
-                email: text("email"),
-                attrs: attrs
-                    .iter()
-                    .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
-                    .collect(),
-            },
-            person_ref,
-            target: cmd.target.clone(),
-            grant_ref: grant.vendor_ref.clone(),
-            credential: grant.credential.clone(),
-            window: grant
-                .window
-                .as_deref()
-                .and_then(|w| serde_json::from_str::<Window>(w).ok()),
-            valid_until: grant.valid_until.map(from_micros),
-            timezone: self
-                .config
-                .timezone_of(identity.as_ref().and_then(|i| i.site.as_deref())),
-        }))
-    }
-
     /// Record what the vendor call came to: done, waiting for the vendor to show it (read back
     /// after `recheck`, or the profile's recheck interval, doubling), or failed (retried).
     async fn settle(
@@ -627,7 +559,10 @@ impl Dispatcher {
     }
 
     /// How long until a pending command is read back: `recheck` when the connector names it, else
-    /// the profile's recheck interval doubled for every read-back so far, within the caps.
+    /// as long again as the change has waited since it was written, at least the profile's
+    /// recheck interval, within the caps. Read-backs at the interval double their spacing; a
+    /// change whose first read-back came late (it waited for the writes behind it on its
+    /// target, or in the queue) is not pushed back exponentially in that wait.
     fn recheck_delay(
         &self,
         cmd: &CommandRow,
@@ -635,17 +570,13 @@ impl Dispatcher {
         recheck: Option<Duration>,
         now: i64,
     ) -> Duration {
-        let checks = match cmd.dispatched_at {
-            Some(dispatched_at) => {
-                (now - dispatched_at) / policy.confirm_recheck.as_micros().max(1) as i64
-            }
-            None => 0,
-        };
+        let waited = cmd
+            .dispatched_at
+            .map_or(0, |dispatched_at| (now - dispatched_at).max(0));
         recheck
             .unwrap_or_else(|| {
-                policy
-                    .confirm_recheck
-                    .saturating_mul(1 << checks.clamp(0, 6))
+                Duration::from_micros(waited as u64)
+                    .max(policy.confirm_recheck)
                     .min(policy.max)
             })
             .min(self.cap())

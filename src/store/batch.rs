@@ -36,7 +36,7 @@ impl Marks {
     }
 
     /// `n` parameters, the first of them the statement's `from`th.
-    fn list(self, from: usize, n: usize) -> String {
+    pub(super) fn list(self, from: usize, n: usize) -> String {
         (from..from + n)
             .map(|i| {
                 if self.numbered {
@@ -51,8 +51,13 @@ impl Marks {
 
     /// `(..), (..)`: `rows` rows of `cols` parameters.
     pub(super) fn rows(self, rows: usize, cols: usize) -> String {
+        self.rows_from(1, rows, cols)
+    }
+
+    /// [`Marks::rows`], the first parameter the statement's `from`th.
+    pub(super) fn rows_from(self, from: usize, rows: usize, cols: usize) -> String {
         (0..rows)
-            .map(|r| format!("({})", self.list(r * cols + 1, cols)))
+            .map(|r| format!("({})", self.list(from + r * cols, cols)))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -60,7 +65,7 @@ impl Marks {
 
 /// Keys per batch read: the parameter lists stay short, and a few thousand leavers read in a few
 /// statements.
-const KEYS_PER_READ: usize = 500;
+pub(super) const KEYS_PER_READ: usize = 500;
 
 /// The batch reads of `n` keys, by name, for the plan-shape check too.
 pub(super) fn source_records_of_keys_sql(m: Marks, n: usize) -> String {

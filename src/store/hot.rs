@@ -61,6 +61,13 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, String)> {
                 Backend::Postgres => postgres::CLAIM_SQL,
             },
         ),
+        (
+            "claim_many",
+            match backend {
+                Backend::Sqlite => sqlite::CLAIM_MANY_SQL,
+                Backend::Postgres => postgres::CLAIM_MANY_SQL,
+            },
+        ),
         ("on_target", confirm_batch::ON_TARGET_SQL),
         (
             "claim_confirming_on",
@@ -89,6 +96,18 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, String)> {
             "release_held_of_keys",
             batch::release_held_of_keys_sql(m, 2),
         ),
+        (
+            "connector_grants_of_keys",
+            confirm_batch::connector_grants_of_keys_sql(m, 2),
+        ),
+        ("await_read_back", confirm_batch::await_read_back_sql(m, 2)),
+        ("people_of_keys", confirm_batch::people_of_keys_sql(m, 2)),
+        (
+            "person_refs_of_keys",
+            confirm_batch::person_refs_of_keys_sql(m, 2),
+        ),
+        ("finish_done", confirm_batch::finish_done_sql(m, 2)),
+        ("observe_shown", confirm_batch::observe_shown_sql(m, 2)),
     ];
     fixed
         .into_iter()

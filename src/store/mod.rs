@@ -439,17 +439,24 @@ impl Store {
         lease_until: i64,
         revokes_only: bool,
     ) -> Result<Option<CommandRow>> {
-        let max_priority = if revokes_only {
-            Action::Revoke.priority()
-        } else {
-            i64::MAX
+        let claim = Claim {
+            connector,
+            owner,
+            now,
+            lease_until,
+            revokes_only,
         };
+        Ok(self.claim_up_to(&claim, 1).await?.into_iter().next())
+    }
+
+    /// Claim up to `limit` due commands of a lane at once, in the order [`Store::claim_next`]
+    /// would take them one by one, never two of one grant: a worker with a backlog before it
+    /// claims in one statement what it would otherwise claim in `limit`.
+    pub async fn claim_up_to(&self, claim: &Claim<'_>, limit: i64) -> Result<Vec<CommandRow>> {
         let mut attempt = 1;
         loop {
             let claimed = self
-                .retry("command claim", || {
-                    self.claim_next_once(connector, owner, now, lease_until, max_priority)
-                })
+                .retry("command claim", || self.claim_once(claim, limit))
                 .await;
             match claimed {
                 // Another claim took a command of the same grant first (PostgreSQL's unique index
@@ -466,36 +473,52 @@ impl Store {
         }
     }
 
-    async fn claim_next_once(
-        &self,
-        connector: &str,
-        owner: &str,
-        now: i64,
-        lease_until: i64,
-        max_priority: i64,
-    ) -> Result<Option<CommandRow>> {
+    async fn claim_once(&self, claim: &Claim<'_>, limit: i64) -> Result<Vec<CommandRow>> {
+        let max_priority = if claim.revokes_only {
+            Action::Revoke.priority()
+        } else {
+            i64::MAX
+        };
         // The worker reserved for revokes claims ahead of the issue workers queued for the gate.
-        let mut tx = self
-            .begin_grouped_as(max_priority <= Action::Revoke.priority())
-            .await?;
+        let mut tx = self.begin_grouped_as(claim.revokes_only).await?;
         // The write lock of `BEGIN IMMEDIATE` makes SQLite's claim exclusive; PostgreSQL's skips
         // rows other claims hold (`FOR UPDATE SKIP LOCKED`).
-        let sql = match self.backend {
-            Backend::Sqlite => sqlite::CLAIM_SQL,
-            Backend::Postgres => postgres::CLAIM_SQL,
+        let sql = match (self.backend, limit > 1) {
+            (Backend::Sqlite, false) => sqlite::CLAIM_SQL,
+            (Backend::Sqlite, true) => sqlite::CLAIM_MANY_SQL,
+            (Backend::Postgres, false) => postgres::CLAIM_SQL,
+            (Backend::Postgres, true) => postgres::CLAIM_MANY_SQL,
         };
-        let row = sqlx::query(sql)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(now)
-            .bind(connector)
-            .bind(max_priority)
-            .fetch_optional(&mut **tx)
-            .await?;
-        let cmd = row.map(|r| CommandRow::from_row(&r)).transpose()?;
+        let mut q = sqlx::query(sql)
+            .bind(claim.owner)
+            .bind(claim.lease_until)
+            .bind(claim.now)
+            .bind(claim.connector)
+            .bind(max_priority);
+        if limit > 1 {
+            q = q.bind(limit);
+        }
+        let rows = q.fetch_all(&mut **tx).await?;
+        let mut cmds = rows
+            .iter()
+            .map(CommandRow::from_row)
+            .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
-        Ok(cmd)
+        // `RETURNING` keeps no order: revokes first, then oldest first, as claimed.
+        cmds.sort_by_key(|c| (c.priority, c.id));
+        Ok(cmds)
     }
+}
+
+/// Who claims which lane's commands, when, and for how long (see [`Store::claim_up_to`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub connector: &'a str,
+    pub owner: &'a str,
+    pub now: i64,
+    pub lease_until: i64,
+    /// Only revokes (the lane's worker reserved for them).
+    pub revokes_only: bool,
 }
 
 /// Hide the password of a database URL in messages.

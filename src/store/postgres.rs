@@ -36,6 +36,26 @@ pub(super) const CLAIM_SQL: &str = "UPDATE commands SET status = 'inflight', lea
            FOR UPDATE SKIP LOCKED)
          RETURNING *";
 
+/// [`CLAIM_SQL`] for up to `$6` commands, the best one of each grant among the candidates (twice
+/// as many, locked; the window over them outside the locking select).
+pub(super) const CLAIM_MANY_SQL: &str = "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
+           attempts = attempts + CASE WHEN dispatched_at IS NULL THEN 1 ELSE 0 END
+         WHERE id IN (SELECT r.id FROM (
+           SELECT l.id, l.priority, ROW_NUMBER() OVER (
+               PARTITION BY l.identity_key, l.target ORDER BY l.priority, l.id) AS nth
+           FROM (SELECT c.id, c.priority, c.identity_key, c.target FROM commands c
+             WHERE c.connector = $4 AND c.priority <= $5
+               AND c.status IN ('pending', 'confirming', 'inflight')
+               AND ((c.status <> 'inflight' AND c.next_attempt_at <= $3)
+                    OR (c.status = 'inflight' AND c.lease_expires_at < $3))
+               AND NOT EXISTS (SELECT 1 FROM commands o
+                   WHERE o.connector = c.connector AND o.identity_key = c.identity_key AND o.target = c.target
+                     AND o.status = 'inflight' AND o.id <> c.id)
+             ORDER BY c.priority, c.id LIMIT 2 * $6
+             FOR UPDATE SKIP LOCKED) l) r
+           WHERE r.nth = 1 ORDER BY r.priority, r.id LIMIT $6)
+         RETURNING *";
+
 /// The claim lost to a concurrent claim of another command of the same grant: the unique index on
 /// in-flight commands refused the second (SQLSTATE 23505 on `commands_one_inflight_per_grant`).
 pub(super) fn is_second_inflight(e: &sqlx::Error) -> bool {

@@ -77,3 +77,17 @@ pub(super) const CLAIM_SQL: &str = concat!(
     ") ORDER BY priority, id LIMIT 1)
          RETURNING *"
 );
+
+/// [`CLAIM_SQL`] for up to `$6` commands, the best one of each grant among the candidates (twice
+/// as many, so that a grant with two open commands rarely leaves the claim short).
+pub(super) const CLAIM_MANY_SQL: &str = concat!(
+    "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
+           attempts = attempts + CASE WHEN dispatched_at IS NULL THEN 1 ELSE 0 END
+         WHERE id IN (SELECT id FROM (
+           SELECT b.id, b.priority, ROW_NUMBER() OVER (
+               PARTITION BY g.identity_key, g.target ORDER BY b.priority, b.id) AS nth
+           FROM (",
+    claim_candidates!("2 * $6"),
+    ") b JOIN commands g ON g.id = b.id) WHERE nth = 1 ORDER BY priority, id LIMIT $6)
+         RETURNING *"
+);

@@ -536,6 +536,116 @@ async fn a_mass_termination_on_one_lock_is_confirmed_by_a_few_listings() {
     });
 }
 
+/// A backlog through the lane's own workers (issue 12): each claim takes several commands, their
+/// requests are read together and the writes to a lock are read back together. Three hundred
+/// leavers over fifteen locks: each authorisation is deleted exactly once, every grant is observed
+/// absent, the locks are listed far fewer times than there are revocations, and the audit trail
+/// records every revocation's end, its chain intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_over_many_locks_is_revoked_once_each_by_the_lanes_workers() {
+    each_backend!((1000, 50), |h| {
+        let people = staff("B", 300);
+        let rows: Vec<String> = people.iter().map(Person::row).collect();
+        let r = h.feed(&rows).await;
+        let issues = r.issues as i64;
+        run_until_done(&h, Action::Issue, issues).await;
+        // The vendor's id for each person, learnt on the way, is kept (drift and later revokes
+        // find the person's authorisations by it).
+        let mut conn = h.app.store().pool().acquire().await.unwrap();
+        for p in &people {
+            let known = store::vendor_person(&mut conn, "nuki", &p.key)
+                .await
+                .unwrap();
+            assert!(known.is_some(), "{}: no vendor id for {}", h.backend, p.key);
+        }
+        drop(conn);
+        let before = h.sim.requests().len();
+        let rows: Vec<String> = people.iter().map(Person::terminated).collect();
+        let r = h.feed(&rows).await;
+        // Some departments open more than one door.
+        assert_eq!(r.leavers, 300, "{r:?}");
+        let revokes = r.revokes as i64;
+        assert!(revokes >= 300, "{r:?}");
+
+        run_until_done(&h, Action::Revoke, revokes).await;
+
+        let log: Vec<LoggedRequest> = h.sim.requests().into_iter().skip(before).collect();
+        let mut deleted: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in log
+            .iter()
+            .filter(|r| r.method == "DELETE" && r.status == 204)
+        {
+            *deleted.entry(r.path.as_str()).or_default() += 1;
+        }
+        assert_eq!(
+            deleted.len() as i64,
+            revokes,
+            "{}: one authorisation per revocation",
+            h.backend
+        );
+        assert!(
+            deleted.values().all(|n| *n == 1),
+            "{}: an authorisation deleted twice: {deleted:?}",
+            h.backend
+        );
+        let listings = log
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/auth"))
+            .count();
+        assert!(
+            listings as i64 <= revokes / 3,
+            "{}: {listings} listings for {revokes} revocations on 15 locks",
+            h.backend
+        );
+        let mut conn = h.app.store().pool().acquire().await.unwrap();
+        for p in &people {
+            for g in store::grants_of(&mut conn, &p.key).await.unwrap() {
+                assert_eq!(g.observed, GrantState::Absent, "{}: {g:?}", h.backend);
+            }
+        }
+        drop(conn);
+        let filter = store::audit::AuditFilter {
+            action: Some("command.done".into()),
+            ..Default::default()
+        };
+        let ends = latchkey::audit::query(h.app.store(), &filter, 10_000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.details.contains("\"action\":\"revoke\""))
+            .count();
+        assert_eq!(
+            ends as i64, revokes,
+            "{}: audited revocation ends",
+            h.backend
+        );
+        let verdict = latchkey::audit::verify(h.app.store()).await.unwrap();
+        assert!(
+            matches!(verdict, latchkey::audit::Verdict::Intact { .. }),
+            "{}: {verdict:?}",
+            h.backend
+        );
+    });
+}
+
+/// Run the lane's workers until `n` commands of `action` are done; read-backs that wait for more
+/// writes to their lock come due as the clock moves.
+async fn run_until_done(h: &Harness, action: Action, n: i64) {
+    let (stop, rx) = watch::channel(false);
+    let running = tokio::spawn(h.dispatcher().run(rx));
+    wait_until("every command confirmed", Duration::from_secs(120), || {
+        h.clock.advance(chrono::Duration::milliseconds(500));
+        let store = h.app.store().clone();
+        async move { count(&store, "done", action).await == n }
+    })
+    .await;
+    let _ = stop.send(true);
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the dispatcher did not stop")
+        .unwrap();
+}
+
 /// The first attempt is stamped when the request leaves (invariant 13), not when a worker claims
 /// the command: time spent waiting for the rate budget is queueing, and shows as such.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

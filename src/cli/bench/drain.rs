@@ -26,6 +26,26 @@ pub(super) fn max_in_any_second(log: &[LoggedRequest]) -> usize {
     best
 }
 
+/// Requests in each whole second from the first: where a drain falls behind its rate.
+fn per_second(log: &[LoggedRequest]) -> String {
+    let Some(first) = log.first() else {
+        return String::new();
+    };
+    let mut counts: Vec<usize> = Vec::new();
+    for r in log {
+        let second = r.at.saturating_sub(first.at).as_secs() as usize;
+        if counts.len() <= second {
+            counts.resize(second + 1, 0);
+        }
+        counts[second] += 1;
+    }
+    counts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn by_method(log: &[LoggedRequest]) -> String {
     let mut m: BTreeMap<&str, usize> = BTreeMap::new();
     for r in log {
@@ -199,6 +219,7 @@ impl Drained {
             "  most requests in any second {peak} (limit R + burst = {})",
             u64::from(rate) + u64::from(burst)
         );
+        println!("  requests in each second     {}", per_second(log));
         DrainFigures {
             wall,
             command_ratio: wall / floor,

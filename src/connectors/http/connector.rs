@@ -137,24 +137,37 @@ impl HttpConnector {
         items: &[Value],
         ctx: &Value,
     ) -> Result<Vec<Value>, ConnectorError> {
+        self.matching_in(name, &Listing::of(items), ctx)
+    }
+
+    /// The items of a listing that the operation's `matches` template accepts for `ctx` (every
+    /// item when it has none). The template, the context and each item are prepared once; each
+    /// (item, context) pair only renders, so judging many changes against one listing of many
+    /// items stays cheap.
+    fn matching_in(
+        &self,
+        name: &'static str,
+        listing: &Listing<'_>,
+        ctx: &Value,
+    ) -> Result<Vec<Value>, ConnectorError> {
         let has_match = op(&self.profile, name).is_some_and(|o| o.matches.is_some());
+        if !has_match {
+            return Ok(listing.items.to_vec());
+        }
+        let bad = |e: minijinja::Error| self.permanent(format!("operations.{name}.matches: {e}"));
+        let template = self
+            .env
+            .get_template(&format!("{name}.matches"))
+            .map_err(bad)?;
+        let base = minijinja::Value::from(minijinja::value::Serde(ctx));
         let mut out = Vec::new();
-        for item in items {
-            if has_match {
-                let mut c = ctx.clone();
-                if let Value::Object(m) = &mut c {
-                    m.insert("item".into(), item.clone());
-                }
-                let hit = self
-                    .env
-                    .get_template(&format!("{name}.matches"))
-                    .and_then(|t| t.render(minijinja::value::Serde(&c)))
-                    .map_err(|e| self.permanent(format!("operations.{name}.matches: {e}")))?;
-                if hit != "1" {
-                    continue;
-                }
+        for (item, value) in listing.items.iter().zip(listing.values()) {
+            let hit = template
+                .render(minijinja::context! { item => value, ..base.clone() })
+                .map_err(bad)?;
+            if hit == "1" {
+                out.push(item.clone());
             }
-            out.push(item.clone());
         }
         Ok(out)
     }
@@ -475,6 +488,7 @@ impl Connector for HttpConnector {
         let all = self
             .list("find_grant", &self.context(first, Some(""), None))
             .await?;
+        let listing = Listing::of(&all);
         let mut out = Vec::with_capacity(changes.len());
         for (req, action) in changes {
             let Some(person_ref) = self.person_ref(req, false).await? else {
@@ -483,13 +497,37 @@ impl Connector for HttpConnector {
             };
             let ctx = self.context(req, Some(&person_ref), None);
             let listed: Vec<String> = self
-                .matching_items("find_grant", &all, &ctx)?
+                .matching_in("find_grant", &listing, &ctx)?
                 .iter()
                 .filter_map(|i| self.extract_id("find_grant", i))
                 .collect();
             out.push(verdict(*action, person_ref, listed.first(), req));
         }
         Ok(out)
+    }
+}
+
+/// A vendor listing's items, with each item as a template sees it made once, on first use.
+struct Listing<'a> {
+    items: &'a [Value],
+    values: std::sync::OnceLock<Vec<minijinja::Value>>,
+}
+
+impl<'a> Listing<'a> {
+    fn of(items: &'a [Value]) -> Self {
+        Self {
+            items,
+            values: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn values(&self) -> &[minijinja::Value] {
+        self.values.get_or_init(|| {
+            self.items
+                .iter()
+                .map(|i| minijinja::Value::from(minijinja::value::Serde(i)))
+                .collect()
+        })
     }
 }
 

@@ -1,0 +1,316 @@
+//! A worker before a backlog claims several commands at once, on a vendor that confirms by
+//! listing a target (Nuki): one claim statement takes what it would otherwise take in many, the
+//! claim's requests are read in three statements, its writes are sent one after the other (the
+//! lane's concurrency and rate limit are unchanged), and the writes to one target are read back
+//! together by one listing, finished in one transaction. A worker's claim grows while every claim
+//! comes back full and falls back to one command when the lane runs dry, so a lone leaver is
+//! still claimed, sent and read back at once, by whichever worker is free.
+
+use super::Dispatcher;
+use crate::clock::to_micros;
+use crate::connectors::{Connector, GrantRequest, Outcome, call};
+use crate::model::Action;
+use crate::store::{self, CommandRow, StoreError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most commands one claim takes.
+const MAX_CLAIM: usize = 32;
+
+/// The next claim's size after a claim of `limit` brought `claimed`: doubled while claims come
+/// back full, else what the last one found (one when the lane ran dry).
+pub(super) fn next_claim(limit: usize, claimed: usize, max: usize) -> usize {
+    if claimed >= limit {
+        (limit * 2).min(max).max(1)
+    } else {
+        claimed.clamp(1, max.max(1))
+    }
+}
+
+impl Dispatcher {
+    /// Most commands a worker of `connector`'s lane claims at once: a claim must be carried out
+    /// well inside its lease at the lane's rate limit, shared by the lane's workers.
+    pub(super) fn max_claim(&self, connector: &dyn Connector) -> usize {
+        // Elsewhere a command is its own write and read-back: claiming several saves little.
+        if !connector.confirms_by_target_listing() {
+            return 1;
+        }
+        let (per_second, _) = connector.rate_limit();
+        let workers = self.lane_concurrency(connector.name()) + 1;
+        let lease = self.config.engine.lease_seconds.max(1);
+        let within_lease =
+            u64::from(per_second.max(1)).saturating_mul(lease) / (4 * workers as u64);
+        (within_lease as usize).clamp(1, MAX_CLAIM)
+    }
+
+    /// Claim up to `limit` commands of the lane and carry them out. Returns how many were claimed.
+    pub(super) async fn step_up_to(
+        &self,
+        connector: &Arc<dyn Connector>,
+        owner: &str,
+        revokes_only: bool,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let now = to_micros(self.clock.now());
+        let lease = super::timing::secs_micros(self.config.engine.lease_seconds);
+        let claim = store::Claim {
+            connector: connector.name(),
+            owner,
+            now,
+            lease_until: now.saturating_add(lease),
+            revokes_only,
+        };
+        let cmds = self.store.claim_up_to(&claim, limit as i64).await?;
+        let claimed = cmds.len();
+        if claimed > 1 && connector.confirms_by_target_listing() {
+            self.carry_listed(connector, owner, cmds).await?;
+        } else {
+            for cmd in cmds {
+                self.carry(connector, owner, cmd).await?;
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Whether commands may go to the vendor without the one-at-a-time checks: the breaker is
+    /// closed and, with leases, this replica holds the lane.
+    fn lane_open(&self, connector: &dyn Connector) -> bool {
+        let held = self
+            .leases
+            .as_ref()
+            .is_none_or(|l| l.holds(&crate::leases::lane(connector.name())));
+        let closed = self
+            .breakers
+            .get(connector.name())
+            .is_none_or(|b| b.state() == super::breaker::State::Closed);
+        held && closed
+    }
+
+    /// Carry out claimed commands of a vendor that confirms by listing: their requests read
+    /// together, the writes sent in order, then one read-back per target for the changes written
+    /// (unless more writes to the target are due: then they wait for those, as one change does).
+    /// Once the breaker opens or the lane's lease is lost, the rest goes the one-at-a-time way,
+    /// which defers or probes. Once a write fails, or half the lease has gone (a slow vendor),
+    /// the rest goes back to the outbox untried, for any worker to take, well before another
+    /// could take it over from this one.
+    async fn carry_listed(
+        &self,
+        connector: &Arc<dyn Connector>,
+        owner: &str,
+        cmds: Vec<CommandRow>,
+    ) -> Result<(), StoreError> {
+        let started = tokio::time::Instant::now();
+        let budget = Duration::from_secs(self.config.engine.lease_seconds) / 2;
+        let mut held_back = Vec::new();
+        let mut untried = Vec::new();
+        let mut failed = false;
+        let requests = if self.lane_open(connector.as_ref()) {
+            self.requests_for(connector.as_ref(), owner, cmds, false)
+                .await?
+        } else {
+            held_back = cmds;
+            Vec::new()
+        };
+        let mut written = Vec::new();
+        for (cmd, req) in requests {
+            if failed || started.elapsed() >= budget {
+                untried.push(cmd);
+            } else if !held_back.is_empty() || !self.lane_open(connector.as_ref()) {
+                held_back.push(cmd);
+            } else if cmd.dispatched_at.is_some() {
+                // Written before, claimed for its read-back.
+                written.push((cmd, req, None));
+            } else {
+                let span = crate::telemetry::tracing::command_span(&cmd);
+                let write = self.write_one(connector.as_ref(), owner, cmd, req);
+                match tracing::Instrument::instrument(write, span).await? {
+                    Sent::Written(w) => written.push(*w),
+                    Sent::Settled => {}
+                    // Settled for a retry; the rest is not held up behind a failing vendor.
+                    Sent::Failed => failed = true,
+                }
+            }
+        }
+        self.read_back_written(connector.as_ref(), owner, written)
+            .await?;
+        let now = to_micros(self.clock.now());
+        for cmd in &untried {
+            self.defer(owner, cmd, now).await?;
+        }
+        for cmd in held_back {
+            self.carry(connector, owner, cmd).await?;
+        }
+        Ok(())
+    }
+
+    /// Send one claimed change's write. A change the vendor accepted comes back to be read back
+    /// with the others on its target; any other outcome is settled here.
+    async fn write_one(
+        &self,
+        connector: &dyn Connector,
+        owner: &str,
+        mut cmd: CommandRow,
+        req: GrantRequest,
+    ) -> Result<Sent, StoreError> {
+        let started = (self.clock.now(), tokio::time::Instant::now());
+        let (result, sent) = call::scope(
+            cmd.action == Action::Revoke,
+            connector.write(&req, cmd.action),
+        )
+        .await;
+        let sent_at = to_micros(started.0).saturating_add(sent.map_or(0, |s| {
+            s.saturating_duration_since(started.1).as_micros() as i64
+        }));
+        cmd.first_attempt_at = cmd.first_attempt_at.or(Some(sent_at));
+        let now = to_micros(self.clock.now());
+        self.breaker_verdict(connector.name(), &result, now).await?;
+        match result {
+            Ok(written @ Outcome::Pending { .. }) => {
+                let written = super::request::new_refs_only(written, &req);
+                let req = with_refs(req, &written);
+                Ok(Sent::Written(Box::new((cmd, req, Some(written)))))
+            }
+            result => {
+                let failed = result.is_err();
+                self.settle(connector, owner, &cmd, result, false, None)
+                    .await?;
+                Ok(if failed { Sent::Failed } else { Sent::Settled })
+            }
+        }
+    }
+
+    /// Read back the changes written to each target together, with every other change waiting
+    /// on it; or, when all were just written and more writes to the target are due, let them
+    /// wait for those (at most the connector's gather bound), as one change written alone does.
+    async fn read_back_written(
+        &self,
+        connector: &dyn Connector,
+        owner: &str,
+        written: Vec<Written>,
+    ) -> Result<(), StoreError> {
+        let mut by_target: BTreeMap<String, Vec<Written>> = BTreeMap::new();
+        for w in written {
+            by_target.entry(w.0.target.clone()).or_default().push(w);
+        }
+        // Every target is looked at first and the waits recorded at once, before any read-back
+        // (a vendor request): a worker that writes to one of these targets meanwhile finds the
+        // waiting changes and reads them back with its own.
+        let mut waiting: BTreeMap<Duration, Vec<Written>> = BTreeMap::new();
+        let mut read_now = Vec::new();
+        for (_, written) in by_target {
+            let Some((first, _, _)) = written.first() else {
+                continue;
+            };
+            let now = to_micros(self.clock.now());
+            let on_target = self.on_target(first, now).await?;
+            // A change claimed for its read-back already waited for the writes behind it: it is
+            // read back now, and the fresh writes with it.
+            let all_fresh = written.iter().all(|(_, _, outcome)| outcome.is_some());
+            let wait = super::confirm::read_back_wait(&on_target, connector.confirm_gather());
+            match wait.filter(|_| all_fresh) {
+                Some(wait) => waiting.entry(wait).or_default().extend(written),
+                None => read_now.push((written, on_target.waiting)),
+            }
+        }
+        for (wait, written) in waiting {
+            self.await_read_back(connector, owner, &written, wait)
+                .await?;
+        }
+        for (written, others_waiting) in read_now {
+            let now = to_micros(self.clock.now());
+            let batch = written
+                .into_iter()
+                .map(|(mut cmd, req, _)| {
+                    cmd.dispatched_at = cmd.dispatched_at.or(Some(now));
+                    (cmd, req)
+                })
+                .collect();
+            self.confirm_with_waiting(connector, owner, batch, false, others_waiting)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Changes just written that wait for the writes behind them on their targets, to be read
+    /// back with those: one transaction for all, their vendor ids stored.
+    async fn await_read_back(
+        &self,
+        connector: &dyn Connector,
+        owner: &str,
+        waiting: &[Written],
+        wait: Duration,
+    ) -> Result<(), StoreError> {
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let now = to_micros(self.clock.now());
+        let policy = connector.retry_policy();
+        let wait = store::confirm_batch::AwaitReadBack {
+            now,
+            next_at: super::timing::after(now, wait, self.cap()),
+            deadline: now.saturating_add(policy.confirm_deadline.as_micros() as i64),
+            note: "accepted by the vendor, not visible yet",
+        };
+        let urgent = waiting.iter().any(|(c, _, _)| c.action == Action::Revoke);
+        let cmds: Vec<&CommandRow> = waiting.iter().map(|(c, _, _)| c).collect();
+        self.store
+            .retry("read-back wait", || async {
+                let action = if urgent {
+                    Action::Revoke
+                } else {
+                    Action::Issue
+                };
+                let mut tx = self.store.begin_grouped_for(action).await?;
+                for (cmd, _, outcome) in waiting {
+                    if let Some(outcome) = outcome {
+                        self.record_refs(&mut tx, cmd, outcome).await?;
+                    }
+                }
+                store::confirm_batch::await_read_back(&mut tx, owner, &cmds, &wait).await?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(())
+            })
+            .await
+    }
+}
+
+/// What sending one change's write came to.
+enum Sent {
+    /// Accepted by the vendor: to be read back.
+    Written(Box<Written>),
+    /// Finished (the vendor confirmed at once).
+    Settled,
+    /// Failed, put back for a retry.
+    Failed,
+}
+
+/// A change written (or claimed for its read-back), with the request to read it back with and,
+/// when just written, what the write returned.
+type Written = (CommandRow, GrantRequest, Option<Outcome>);
+
+/// The request to read a written change back with: the vendor ids the write returned.
+pub(super) fn with_refs(req: GrantRequest, written: &Outcome) -> GrantRequest {
+    let (person_ref, grant_ref) = written.refs();
+    GrantRequest {
+        person_ref: person_ref.map(str::to_string).or(req.person_ref),
+        grant_ref: grant_ref.map(str::to_string).or(req.grant_ref),
+        ..req
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_claim;
+
+    #[test]
+    fn a_claim_grows_while_full_and_shrinks_to_what_was_there() {
+        assert_eq!(next_claim(1, 1, 32), 2);
+        assert_eq!(next_claim(16, 16, 32), 32);
+        assert_eq!(next_claim(32, 32, 32), 32);
+        assert_eq!(next_claim(32, 5, 32), 5);
+        assert_eq!(next_claim(8, 0, 32), 1);
+        // A lane whose rate allows one at a time stays at one.
+        assert_eq!(next_claim(1, 1, 1), 1);
+    }
+}
