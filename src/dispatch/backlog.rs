@@ -256,12 +256,7 @@ impl Dispatcher {
         let cmds: Vec<&CommandRow> = waiting.iter().map(|(c, _, _)| c).collect();
         self.store
             .retry("read-back wait", || async {
-                let action = if urgent {
-                    Action::Revoke
-                } else {
-                    Action::Issue
-                };
-                let mut tx = self.store.begin_grouped_for(action).await?;
+                let mut tx = self.store.begin_grouped_for(group_of(urgent)).await?;
                 for (cmd, _, outcome) in waiting {
                     if let Some(outcome) = outcome {
                         self.record_refs(&mut tx, cmd, outcome).await?;
@@ -288,6 +283,15 @@ enum Sent {
 /// A change written (or claimed for its read-back), with the request to read it back with and,
 /// when just written, what the write returned.
 type Written = (CommandRow, GrantRequest, Option<Outcome>);
+
+/// Whose group commit writes about several commands join: the revocations' when any is a revoke.
+pub(super) fn group_of(urgent: bool) -> Action {
+    if urgent {
+        Action::Revoke
+    } else {
+        Action::Issue
+    }
+}
 
 /// The request to read a written change back with: the vendor ids the write returned.
 pub(super) fn with_refs(req: GrantRequest, written: &Outcome) -> GrantRequest {

@@ -167,11 +167,7 @@ impl Dispatcher {
         let finished = self
             .store
             .retry("command finish", || async {
-                let action = if urgent {
-                    Action::Revoke
-                } else {
-                    Action::Issue
-                };
+                let action = super::backlog::group_of(urgent);
                 let mut tx = self.store.begin_grouped_for(action).await?;
                 let finished = finish_shown(&mut tx, owner, &shown, now).await?;
                 let mut entries = Vec::with_capacity(finished.len());

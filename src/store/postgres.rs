@@ -19,12 +19,15 @@ pub(super) async fn migrate(pool: &AnyPool) -> Result<()> {
     Ok(())
 }
 
-/// One walk of the open commands in claim order; concurrent claims skip each other's rows
-/// (`FOR UPDATE SKIP LOCKED`).
-pub(super) const CLAIM_SQL: &str = "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
-           attempts = attempts + CASE WHEN dispatched_at IS NULL THEN 1 ELSE 0 END
-         WHERE id = (
-           SELECT c.id FROM commands c
+/// The open commands of lane `$4` at priority `$5` or more urgent that are due at `$3` (or whose
+/// lease ran out), of grants no other worker has in hand, in claim order, locked; concurrent
+/// claims skip each other's rows (`FOR UPDATE SKIP LOCKED`).
+macro_rules! claim_candidates_pg {
+    ($columns:literal, $limit:literal) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM commands c
            WHERE c.connector = $4 AND c.priority <= $5
              AND c.status IN ('pending', 'confirming', 'inflight')
              AND ((c.status <> 'inflight' AND c.next_attempt_at <= $3)
@@ -32,29 +35,38 @@ pub(super) const CLAIM_SQL: &str = "UPDATE commands SET status = 'inflight', lea
              AND NOT EXISTS (SELECT 1 FROM commands o
                  WHERE o.connector = c.connector AND o.identity_key = c.identity_key AND o.target = c.target
                    AND o.status = 'inflight' AND o.id <> c.id)
-           ORDER BY c.priority, c.id LIMIT 1
-           FOR UPDATE SKIP LOCKED)
-         RETURNING *";
+           ORDER BY c.priority, c.id LIMIT ",
+            $limit,
+            "
+           FOR UPDATE SKIP LOCKED"
+        )
+    };
+}
+
+/// One walk of the open commands in claim order.
+pub(super) const CLAIM_SQL: &str = concat!(
+    "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
+           attempts = attempts + CASE WHEN dispatched_at IS NULL THEN 1 ELSE 0 END
+         WHERE id = (",
+    claim_candidates_pg!("c.id", "1"),
+    ")
+         RETURNING *"
+);
 
 /// [`CLAIM_SQL`] for up to `$6` commands, the best one of each grant among the candidates (twice
 /// as many, locked; the window over them outside the locking select).
-pub(super) const CLAIM_MANY_SQL: &str = "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
+pub(super) const CLAIM_MANY_SQL: &str = concat!(
+    "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2,
            attempts = attempts + CASE WHEN dispatched_at IS NULL THEN 1 ELSE 0 END
          WHERE id IN (SELECT r.id FROM (
            SELECT l.id, l.priority, ROW_NUMBER() OVER (
                PARTITION BY l.identity_key, l.target ORDER BY l.priority, l.id) AS nth
-           FROM (SELECT c.id, c.priority, c.identity_key, c.target FROM commands c
-             WHERE c.connector = $4 AND c.priority <= $5
-               AND c.status IN ('pending', 'confirming', 'inflight')
-               AND ((c.status <> 'inflight' AND c.next_attempt_at <= $3)
-                    OR (c.status = 'inflight' AND c.lease_expires_at < $3))
-               AND NOT EXISTS (SELECT 1 FROM commands o
-                   WHERE o.connector = c.connector AND o.identity_key = c.identity_key AND o.target = c.target
-                     AND o.status = 'inflight' AND o.id <> c.id)
-             ORDER BY c.priority, c.id LIMIT 2 * $6
-             FOR UPDATE SKIP LOCKED) l) r
+           FROM (",
+    claim_candidates_pg!("c.id, c.priority, c.identity_key, c.target", "2 * $6"),
+    ") l) r
            WHERE r.nth = 1 ORDER BY r.priority, r.id LIMIT $6)
-         RETURNING *";
+         RETURNING *"
+);
 
 /// The claim lost to a concurrent claim of another command of the same grant: the unique index on
 /// in-flight commands refused the second (SQLSTATE 23505 on `commands_one_inflight_per_grant`).
