@@ -8,7 +8,7 @@
 
 use super::Dispatcher;
 use crate::clock::to_micros;
-use crate::connectors::{Connector, GrantRequest, Outcome, call};
+use crate::connectors::{Connector, GrantRequest, Outcome};
 use crate::model::Action;
 use crate::store::{self, CommandRow, StoreError};
 use std::collections::BTreeMap;
@@ -153,15 +153,12 @@ impl Dispatcher {
         mut cmd: CommandRow,
         req: GrantRequest,
     ) -> Result<Sent, StoreError> {
-        let started = (self.clock.now(), tokio::time::Instant::now());
-        let (result, sent) = call::scope(
-            cmd.action == Action::Revoke,
-            connector.write(&req, cmd.action),
-        )
-        .await;
-        let sent_at = to_micros(started.0).saturating_add(sent.map_or(0, |s| {
-            s.saturating_duration_since(started.1).as_micros() as i64
-        }));
+        let (result, sent_at) = self
+            .stamped(
+                cmd.action == Action::Revoke,
+                connector.write(&req, cmd.action),
+            )
+            .await;
         cmd.first_attempt_at = cmd.first_attempt_at.or(Some(sent_at));
         let now = to_micros(self.clock.now());
         self.breaker_verdict(connector.name(), &result, now).await?;

@@ -432,21 +432,16 @@ impl Dispatcher {
                 .confirm_on_target(connector, owner, cmd, req, probe)
                 .await;
         }
-        let started = (self.clock.now(), tokio::time::Instant::now());
-        let (result, sent) = call::scope(cmd.action == Action::Revoke, async {
-            match (confirming, cmd.action) {
-                (true, action) => connector.confirm(&req, action).await,
-                (false, action) if by_listing => connector.write(&req, action).await,
-                (false, Action::Issue) => connector.issue(&req).await,
-                (false, Action::Revoke) => connector.revoke(&req).await,
-            }
-        })
-        .await;
-        // The first attempt is when the first request left (after any wait for the rate budget),
-        // on this dispatcher's clock; a connector without HTTP requests acts at the call.
-        let sent_at = to_micros(started.0).saturating_add(sent.map_or(0, |s| {
-            s.saturating_duration_since(started.1).as_micros() as i64
-        }));
+        let (result, sent_at) = self
+            .stamped(cmd.action == Action::Revoke, async {
+                match (confirming, cmd.action) {
+                    (true, action) => connector.confirm(&req, action).await,
+                    (false, action) if by_listing => connector.write(&req, action).await,
+                    (false, Action::Issue) => connector.issue(&req).await,
+                    (false, Action::Revoke) => connector.revoke(&req).await,
+                }
+            })
+            .await;
         let mut cmd = cmd;
         cmd.first_attempt_at = cmd.first_attempt_at.or(Some(sent_at));
         let now = to_micros(self.clock.now());
@@ -461,6 +456,22 @@ impl Dispatcher {
                     .await
             }
         }
+    }
+
+    /// Make a vendor call (a revoke's goes first for rate-limit tokens) and say when its first
+    /// request left, after any wait for the rate budget, on this dispatcher's clock; a connector
+    /// without HTTP requests acts at the call.
+    pub(super) async fn stamped<F: std::future::Future>(
+        &self,
+        revoke: bool,
+        vendor_call: F,
+    ) -> (F::Output, i64) {
+        let started = (self.clock.now(), tokio::time::Instant::now());
+        let (out, sent) = call::scope(revoke, vendor_call).await;
+        let sent_at = to_micros(started.0).saturating_add(sent.map_or(0, |s| {
+            s.saturating_duration_since(started.1).as_micros() as i64
+        }));
+        (out, sent_at)
     }
 
     /// Record what the vendor call came to: done, waiting for the vendor to show it (read back

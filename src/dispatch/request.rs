@@ -1,5 +1,5 @@
 //! The request a claimed command is carried out with, built from the grant and the person as
-//! stored, read for all the commands on one target together.
+//! stored: for all the commands of one claim or one listing, read in three statements.
 
 use super::Dispatcher;
 use crate::clock::from_micros;
