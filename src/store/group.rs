@@ -39,6 +39,9 @@ pub(super) struct Group {
     /// Writers waiting for the slot: while there are any, a finishing member leaves the
     /// transaction open for them.
     waiting: Arc<AtomicUsize>,
+    /// Urgent writers waiting for SQLite's write gate that this (ordinary) queue holds: while
+    /// there are any, a finishing member commits instead of passing the transaction on.
+    yields_to: Option<Arc<AtomicUsize>>,
     stats: Arc<Counters>,
 }
 
@@ -59,6 +62,21 @@ pub struct GroupCommits {
 }
 
 impl Group {
+    /// A queue that ends its transaction early for the urgent writers counted in `urgent`.
+    pub(super) fn yielding_to(urgent: Arc<AtomicUsize>) -> Self {
+        Self {
+            yields_to: Some(urgent),
+            ..Self::default()
+        }
+    }
+
+    /// Urgent writers are waiting for the write gate this queue's transaction holds.
+    fn must_yield(&self) -> bool {
+        self.yields_to
+            .as_ref()
+            .is_some_and(|u| u.load(Ordering::Acquire) > 0)
+    }
+
     /// No writer holds the slot or waits for it (a hint: it may change at once).
     pub(super) fn is_free(&self) -> bool {
         self.waiting() == 0 && self.slot.try_lock().is_ok()
@@ -305,7 +323,10 @@ async fn settle(slot: OwnedMutexGuard<Option<Open>>, group: &Group) {
     let Some(open) = slot.as_ref() else {
         return;
     };
-    if group.waiting.load(Ordering::Acquire) > 0 && open.members < MAX_MEMBERS {
+    if group.waiting.load(Ordering::Acquire) > 0
+        && open.members < MAX_MEMBERS
+        && !group.must_yield()
+    {
         return;
     }
     end(slot, group).await

@@ -97,7 +97,7 @@ use sqlx::AnyConnection;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 #[derive(Debug, thiserror::Error)]
@@ -181,17 +181,34 @@ struct GateTurn {
 struct WriteGate {
     lobby: std::sync::Arc<tokio::sync::Mutex<()>>,
     gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Urgent writers waiting at the gate: an ordinary shared transaction that holds it stops
+    /// taking members and commits (see [`group`]), so a revoke waits for the member in progress,
+    /// not for a whole group of issues' completions.
+    urgent_waiting: Arc<AtomicUsize>,
+}
+
+/// An urgent writer counted in [`WriteGate::urgent_waiting`] until it has the gate, or is
+/// cancelled while it waits.
+struct UrgentWait(Arc<AtomicUsize>);
+
+impl Drop for UrgentWait {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl WriteGate {
     async fn turn(&self, urgent: bool) -> GateTurn {
-        let lobby = if urgent {
-            None
+        let (lobby, counted) = if urgent {
+            self.urgent_waiting.fetch_add(1, Ordering::AcqRel);
+            (None, Some(UrgentWait(self.urgent_waiting.clone())))
         } else {
-            Some(self.lobby.clone().lock_owned().await)
+            (Some(self.lobby.clone().lock_owned().await), None)
         };
+        let gate = self.gate.clone().lock_owned().await;
+        drop(counted);
         GateTurn {
-            _gate: self.gate.clone().lock_owned().await,
+            _gate: gate,
             _lobby: lobby,
         }
     }
@@ -271,13 +288,16 @@ struct Groups {
 }
 
 impl Groups {
-    fn for_backend(backend: Backend) -> Self {
-        let lanes = match backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => POSTGRES_GROUPS,
+    fn for_backend(backend: Backend, gate: &WriteGate) -> Self {
+        let ordinary = match backend {
+            // The one ordinary queue makes way for urgent writers at the gate.
+            Backend::Sqlite => vec![group::Group::yielding_to(gate.urgent_waiting.clone())],
+            Backend::Postgres => (0..POSTGRES_GROUPS)
+                .map(|_| group::Group::default())
+                .collect(),
         };
         Self {
-            ordinary: (0..lanes).map(|_| group::Group::default()).collect(),
+            ordinary,
             urgent: group::Group::default(),
         }
     }
@@ -313,12 +333,13 @@ impl Store {
             Backend::Sqlite => sqlite::connect(options, url).await?,
             Backend::Postgres => postgres::connect(options, url).await?,
         };
+        let write_gate = WriteGate::default();
         let store = Self {
             pool,
             backend,
-            write_gate: WriteGate::default(),
             outbox: Arc::new(Notify::new()),
-            groups: Groups::for_backend(backend),
+            groups: Groups::for_backend(backend, &write_gate),
+            write_gate,
         };
         match backend {
             Backend::Sqlite => sqlite::migrate(&store.pool).await?,

@@ -235,6 +235,74 @@ async fn revoke_overtakes_a_full_queue_of_issues() {
     });
 }
 
+/// A worker before a backlog claims several commands at once; a revoke in that claim is written,
+/// read back and confirmed before the first issue of the claim is written, so a leaver claimed
+/// with a run of joiners does not wait for their writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_claimed_with_issues_is_confirmed_before_they_are_written() {
+    each_backend!((1000, 50), |h| {
+        let leaver = Person {
+            key: "L0001".into(),
+            dept: "finance",
+            site: "berlin",
+        };
+        h.feed(&[leaver.row()]).await;
+        h.drain().await;
+        let joiners: Vec<Person> = (0..20)
+            .map(|i| Person {
+                key: format!("J{i:05}"),
+                dept: "finance",
+                site: "berlin",
+            })
+            .collect();
+        let mut rows: Vec<String> = joiners.iter().map(Person::row).collect();
+        rows.push(leaver.terminated());
+        let r = h.feed(&rows).await;
+        assert_eq!((r.joiners, r.revokes), (20, 1), "{} {r:?}", h.backend);
+
+        let mark = h.sim.requests().len();
+        let connector = h.app.connectors.get("nuki").unwrap().clone();
+        let claimed = h
+            .dispatcher()
+            .step_up_to(&connector, "test-worker", false, 32)
+            .await
+            .unwrap();
+        assert!(claimed > 1, "{}: one claim took {claimed}", h.backend);
+        let log = h.sim.requests();
+        let after = &log[mark..];
+        let lock = h.lock("berlin-finance");
+        let delete = after
+            .iter()
+            .position(|r| is_delete_on(r, lock))
+            .expect("the leaver's authorisation was never deleted");
+        // An issue's write begins by looking its person up; the revoke's read-back is the
+        // listing of the lock that comes before any of that.
+        let first_issue = after
+            .iter()
+            .position(|r| r.path.starts_with("/account/user") || is_issue_put(r))
+            .expect("no issue of the claim reached the vendor");
+        let read_back = after[delete..first_issue]
+            .iter()
+            .any(|r| r.method == "GET" && r.path == format!("/smartlock/{lock}/auth"));
+        assert!(
+            delete < first_issue && read_back,
+            "{}: an issue's write (request {}) went before the revoke was read back: {:?}",
+            h.backend,
+            after[first_issue].seq,
+            after
+                .iter()
+                .map(|r| (&r.method, &r.path))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            observed(&h, &leaver.key, "berlin-finance").await.as_deref(),
+            Some("absent"),
+            "{}",
+            h.backend
+        );
+    });
+}
+
 /// With the dispatcher running and draining issues at the vendor's pace, a termination waits only
 /// for the commands already in the workers' hands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

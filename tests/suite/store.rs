@@ -321,6 +321,67 @@ async fn concurrent_writers_share_transactions_and_each_commit_is_durable() {
     }
 }
 
+/// On SQLite a revocation's writer that arrives while issues' completions share a transaction
+/// waits for the member in progress only: the shared transaction commits early and the writers
+/// still queued for it begin the next one after the revocation's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocations_writer_does_not_wait_for_a_whole_group_of_ordinary_writers() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/yield.db", tmp.path().display());
+    let s = Store::connect(&url, 8).await.unwrap();
+    sqlx::query("CREATE TABLE group_rows (writer TEXT NOT NULL)")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut first = s.begin_grouped().await.unwrap();
+    sqlx::query("INSERT INTO group_rows (writer) VALUES ('issue-1')")
+        .execute(&mut **first)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for name in ["issue-2", "issue-3", "issue-4", "revoke"] {
+        let (s, order) = (s.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tx = if name == "revoke" {
+                s.begin_write_urgent().await.unwrap()
+            } else {
+                s.begin_grouped().await.unwrap()
+            };
+            order.lock().unwrap().push(name);
+            sqlx::query("INSERT INTO group_rows (writer) VALUES ($1)")
+                .bind(name)
+                .execute(&mut **tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }));
+        // Each is queued before the next arrives: the issues in the group's queue, the revoke
+        // at the write gate the group holds.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.commit().await.unwrap();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("a writer was stranded")
+            .unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(
+        order.first(),
+        Some(&"revoke"),
+        "the revocation's writer went after the queued issues: {order:?}"
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM group_rows")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 5, "every writer's row is kept");
+}
+
 /// A writer that gives up while it waits for its turn, or half-way through its statements (a
 /// client that hangs up), never leaves the writers before it waiting for a commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

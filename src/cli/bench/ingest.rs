@@ -114,16 +114,35 @@ async fn leavers_one_by_one(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    let mut out = Vec::new();
-    for c in store::completed_commands(&pool).await? {
-        if c.action == Action::Revoke
-            && keys.iter().any(|k| c.identity_key == *k)
-            && let Some(confirmed) = c.confirmed_at
-        {
-            out.push((confirmed - c.detected_at).max(0) as f64 / 1e6);
-        }
+    let mut done: Vec<store::CommandRow> = store::completed_commands(&pool)
+        .await?
+        .into_iter()
+        .filter(|c| c.action == Action::Revoke && keys.iter().any(|k| c.identity_key == *k))
+        .filter(|c| c.confirmed_at.is_some())
+        .collect();
+    done.sort_by_key(|c| std::cmp::Reverse(c.confirmed_at.unwrap_or(0) - c.detected_at));
+    print_slowest(&done[..done.len().min(3)]);
+    Ok(done
+        .iter()
+        .map(|c| (c.confirmed_at.unwrap_or(0) - c.detected_at).max(0) as f64 / 1e6)
+        .collect())
+}
+
+/// Where the slowest revokes spent their time: in the outbox (detected -> first request sent),
+/// or between the vendor request and its confirmation.
+fn print_slowest(slowest: &[store::CommandRow]) {
+    let at = |t: Option<i64>, from: i64| t.map_or("-".to_string(), |t| ms((t - from) as f64 / 1e6));
+    for c in slowest {
+        println!(
+            "    slowest {} (detected {}): first request sent after {}, vendor write answered after {}, confirmed after {} ({} attempts)",
+            c.identity_key,
+            crate::clock::from_micros(c.detected_at).format("%H:%M:%S%.3f"),
+            at(c.first_attempt_at, c.detected_at),
+            at(c.dispatched_at, c.detected_at),
+            at(c.confirmed_at, c.detected_at),
+            c.attempts
+        );
     }
-    Ok(out)
 }
 
 /// Section `backlog`. Returns whether it ran to the end.
