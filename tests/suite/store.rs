@@ -382,6 +382,48 @@ async fn a_revocations_writer_does_not_wait_for_a_whole_group_of_ordinary_writer
     assert_eq!(rows, 5, "every writer's row is kept");
 }
 
+/// SQLite's WAL is copied back into the database file by the store's own checkpoints, not by
+/// whichever commit finds it long (a revoke's commit would pay for it): the file takes in what
+/// was committed while the store is open, and no commit ran a checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_beside_the_writers() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("wal.db");
+    let s = Store::connect(&format!("sqlite://{}", path.display()), 4)
+        .await
+        .unwrap();
+    let auto: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+        .fetch_one(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(auto, 0, "commits must not checkpoint");
+    sqlx::query("CREATE TABLE filler (v TEXT NOT NULL)")
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    // About 2 MB: half what SQLite's own bound would checkpoint at.
+    let mut tx = s.begin_write().await.unwrap();
+    for i in 0..2000 {
+        sqlx::query("INSERT INTO filler (v) VALUES ($1)")
+            .bind(format!("{i:01000}"))
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&path).unwrap().len() < before + 2_000_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the database file never took in the WAL: {} bytes",
+            std::fs::metadata(&path).unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A writer that gives up while it waits for its turn, or half-way through its statements (a
 /// client that hangs up), never leaves the writers before it waiting for a commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
