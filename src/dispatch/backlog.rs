@@ -9,7 +9,7 @@
 use super::Dispatcher;
 use crate::clock::to_micros;
 use crate::connectors::{Connector, GrantRequest, Outcome};
-use crate::model::Action;
+use crate::model::{Action, CommandId};
 use crate::store::{self, CommandRow, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -63,10 +63,29 @@ impl Dispatcher {
         };
         let cmds = self.store.claim_up_to(&claim, limit as i64).await?;
         let claimed = cmds.len();
+        if claimed == 0 {
+            return Ok(0);
+        }
+        let ids: Vec<CommandId> = cmds.iter().map(|c| c.id).collect();
+        // The claim's leases are renewed while it is carried out: however long the vendor keeps
+        // it (rate limits, 429s), no other worker takes a command over and writes it again.
+        tokio::select! {
+            carried = self.carry_claim(connector, owner, cmds) => carried?,
+            () = self.keep_leases(owner, &ids) => {}
+        }
+        Ok(claimed)
+    }
+
+    /// Carry out a claim. Revocation first within a claim too: its revokes are written, read back
+    /// and finished before the first issue's write, so a leaver claimed with a run of joiners
+    /// does not wait for their writes (hundreds of milliseconds at the rate limit).
+    async fn carry_claim(
+        &self,
+        connector: &Arc<dyn Connector>,
+        owner: &str,
+        cmds: Vec<CommandRow>,
+    ) -> Result<(), StoreError> {
         let started = tokio::time::Instant::now();
-        // Revocation first within a claim too: its revokes are written, read back and finished
-        // before the first issue's write, so a leaver claimed with a run of joiners does not wait
-        // for their writes (hundreds of milliseconds at the rate limit) to be confirmed.
         let (revokes, issues): (Vec<_>, Vec<_>) =
             cmds.into_iter().partition(|c| c.action == Action::Revoke);
         for part in [revokes, issues] {
@@ -78,7 +97,22 @@ impl Dispatcher {
                 }
             }
         }
-        Ok(claimed)
+        Ok(())
+    }
+
+    /// Renew the lease on `ids` every third of a lease, for as long as the claim is carried out
+    /// (the caller drops this when it is done). A renewal that fails is logged and tried again at
+    /// the next turn, with two thirds of the lease still left.
+    async fn keep_leases(&self, owner: &str, ids: &[CommandId]) {
+        let lease_seconds = self.config.engine.lease_seconds.max(1);
+        loop {
+            tokio::time::sleep(Duration::from_secs(lease_seconds) / 3).await;
+            let until = to_micros(self.clock.now())
+                .saturating_add(super::timing::secs_micros(lease_seconds));
+            if let Err(e) = self.store.renew_command_leases(owner, ids, until).await {
+                tracing::warn!(owner, error = %e, "renewing the leases of claimed commands failed");
+            }
+        }
     }
 
     /// Whether commands may go to the vendor without the one-at-a-time checks: the breaker is

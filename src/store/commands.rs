@@ -277,3 +277,42 @@ pub async fn open_commands(pool: &AnyPool) -> Result<i64> {
     .await?;
     Ok(row.try_get("n")?)
 }
+
+impl Store {
+    /// Move the lease on `ids` to `until` where `owner` still holds them in flight: a worker whose
+    /// claim takes longer than a lease (a rate-limited vendor, a run of 429s) keeps its commands,
+    /// so no other worker takes one over and writes it a second time. Returns how many it kept.
+    pub async fn renew_command_leases(
+        &self,
+        owner: &str,
+        ids: &[CommandId],
+        until: i64,
+    ) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        // Every parameter by the backend's marks: SQLite numbers a bare `?` after `$2` as the
+        // driver's first argument, not the third.
+        let m = batch::Marks::for_backend(self.backend == Backend::Postgres);
+        let sql = format!(
+            "UPDATE commands SET lease_expires_at = {}
+             WHERE lease_owner = {} AND status = 'inflight' AND id IN ({})",
+            m.list(1, 1),
+            m.list(2, 1),
+            m.list(3, ids.len())
+        );
+        self.retry("command lease renewal", || async {
+            let mut tx = self.begin_grouped().await?;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(until)
+                .bind(owner);
+            for id in ids {
+                q = q.bind(id.0);
+            }
+            let kept = q.execute(&mut **tx).await?.rows_affected();
+            tx.commit().await?;
+            Ok(kept)
+        })
+        .await
+    }
+}

@@ -342,7 +342,10 @@ impl Store {
             write_gate,
         };
         match backend {
-            Backend::Sqlite => sqlite::migrate(&store.pool).await?,
+            Backend::Sqlite => {
+                sqlite::migrate(&store.pool).await?;
+                sqlite::spawn_checkpointer(&store.pool);
+            }
             Backend::Postgres => postgres::migrate(&store.pool).await?,
         }
         Ok(store)

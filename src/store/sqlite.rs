@@ -37,7 +37,6 @@ pub(super) async fn connect(options: AnyPoolOptions, url: &str) -> Result<AnyPoo
         })
         .connect(&url)
         .await?;
-    spawn_checkpointer(&pool);
     Ok(pool)
 }
 
@@ -49,8 +48,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// commit returns, 5-10 ms on a busy store. Here a task of the store's own checkpoints every
 /// quarter second instead, beside the writers and off their path (a passive checkpoint waits for
 /// no reader or writer). It ends when the pool is closed; the last connection to close
-/// checkpoints what is left, as SQLite always does.
-fn spawn_checkpointer(pool: &AnyPool) {
+/// checkpoints what is left, as SQLite always does. Started once the migrations have run: a
+/// connection opened before them would keep the old schema for the statements it prepares next.
+pub(super) fn spawn_checkpointer(pool: &AnyPool) {
     let pool = pool.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);

@@ -114,6 +114,13 @@ fn is_delete_on(r: &LoggedRequest, lock: i64) -> bool {
     r.method == "DELETE" && r.path.starts_with(&format!("/smartlock/{lock}/auth/"))
 }
 
+/// Where in `log` the leaver's authorisation on `lock` was deleted.
+fn leavers_delete(log: &[LoggedRequest], lock: i64) -> usize {
+    log.iter()
+        .position(|r| is_delete_on(r, lock))
+        .expect("the leaver's authorisation was never deleted")
+}
+
 /// Commands of one action in one status, over the whole outbox.
 async fn count(store: &Store, status: &str, action: Action) -> i64 {
     store::command_counts(store.pool())
@@ -211,10 +218,7 @@ async fn revoke_overtakes_a_full_queue_of_issues() {
         let log = h.sim.requests();
         let after = &log[mark..];
         let lock = h.lock("berlin-finance");
-        let delete = after
-            .iter()
-            .position(|r| is_delete_on(r, lock))
-            .expect("the leaver's authorisation was never deleted");
+        let delete = leavers_delete(after, lock);
         let first_put = after
             .iter()
             .position(is_issue_put)
@@ -271,10 +275,7 @@ async fn a_revoke_claimed_with_issues_is_confirmed_before_they_are_written() {
         let log = h.sim.requests();
         let after = &log[mark..];
         let lock = h.lock("berlin-finance");
-        let delete = after
-            .iter()
-            .position(|r| is_delete_on(r, lock))
-            .expect("the leaver's authorisation was never deleted");
+        let delete = leavers_delete(after, lock);
         // An issue's write begins by looking its person up; the revoke's read-back is the
         // listing of the lock that comes before any of that.
         let first_issue = after
@@ -301,6 +302,69 @@ async fn a_revoke_claimed_with_issues_is_confirmed_before_they_are_written() {
             h.backend
         );
     });
+}
+
+/// A worker whose claim outlasts the command lease (a slow vendor) keeps its commands: their
+/// leases are renewed while it works, so a second worker finds nothing to take over and no
+/// authorisation is created twice (the simulator here accepts a second one and counts it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_outlasts_its_lease_is_not_taken_over_while_it_is_carried_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let dir = tmp.path().join(&name);
+        let mut h = Harness::builder(backend_of(&url), &url, &dir)
+            .nuki(NukiOptions {
+                allow_duplicates: true,
+                ..NukiOptions::default()
+            })
+            .secret("LATCHKEY_ENGINE__LEASE_SECONDS", "1")
+            .build()
+            .await;
+        let joiner = Person {
+            key: "J0001".into(),
+            dept: "finance",
+            site: "berlin",
+        };
+        let issues = h.feed(&[joiner.row()]).await.issues;
+        assert!(issues >= 1, "{name}");
+        // Every request takes 0.6 s: the issue's four requests take well over its 1 s lease.
+        h.sim.set_faults(latchkey_sim::Faults {
+            latency_ms: (600, 600),
+            ..Default::default()
+        });
+        let connector = h.app.connectors.get("nuki").unwrap().clone();
+        let first = tokio::spawn({
+            let (d, connector) = (h.dispatcher(), connector.clone());
+            async move {
+                d.step_up_to(&connector, "worker-a", false, 32)
+                    .await
+                    .unwrap()
+            }
+        });
+        // Past the lease the claim was made with, by the dispatcher's clock, while the first
+        // worker is still at the vendor.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        h.clock.advance(chrono::Duration::milliseconds(1500));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let second = h.dispatcher().step(&connector, "worker-b").await.unwrap();
+        assert!(
+            !second,
+            "{name}: a second worker took over a command still being carried out"
+        );
+        assert_eq!(
+            first.await.unwrap() as u64,
+            issues,
+            "{name}: the first worker's claim"
+        );
+        h.sim.set_faults(latchkey_sim::Faults::none());
+        h.drain().await;
+        assert_eq!(
+            h.sim.stats().duplicates_created,
+            0,
+            "{name}: an authorisation was created twice"
+        );
+        assert!(h.holds(&joiner.key, "berlin-finance"), "{name}");
+    }
 }
 
 /// With the dispatcher running and draining issues at the vendor's pace, a termination waits only
