@@ -51,6 +51,15 @@ struct Person {
 }
 
 impl Person {
+    /// Someone in Berlin's finance department: one door, `berlin-finance`.
+    fn berlin_finance(key: impl Into<String>) -> Self {
+        Person {
+            key: key.into(),
+            dept: "finance",
+            site: "berlin",
+        }
+    }
+
     fn row(&self) -> String {
         employee(&self.key, self.dept, self.site)
     }
@@ -158,11 +167,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_overtakes_a_full_queue_of_issues() {
     each_backend!((50, 1), |h| {
-        let leaver = Person {
-            key: "L0001".into(),
-            dept: "finance",
-            site: "berlin",
-        };
+        let leaver = Person::berlin_finance("L0001");
         h.feed(&[leaver.row()]).await;
         h.drain().await;
         assert!(h.holds(&leaver.key, "berlin-finance"));
@@ -245,19 +250,11 @@ async fn revoke_overtakes_a_full_queue_of_issues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_claimed_with_issues_is_confirmed_before_they_are_written() {
     each_backend!((1000, 50), |h| {
-        let leaver = Person {
-            key: "L0001".into(),
-            dept: "finance",
-            site: "berlin",
-        };
+        let leaver = Person::berlin_finance("L0001");
         h.feed(&[leaver.row()]).await;
         h.drain().await;
         let joiners: Vec<Person> = (0..20)
-            .map(|i| Person {
-                key: format!("J{i:05}"),
-                dept: "finance",
-                site: "berlin",
-            })
+            .map(|i| Person::berlin_finance(format!("J{i:05}")))
             .collect();
         let mut rows: Vec<String> = joiners.iter().map(Person::row).collect();
         rows.push(leaver.terminated());
@@ -320,11 +317,7 @@ async fn a_claim_that_outlasts_its_lease_is_not_taken_over_while_it_is_carried_o
             .secret("LATCHKEY_ENGINE__LEASE_SECONDS", "1")
             .build()
             .await;
-        let joiner = Person {
-            key: "J0001".into(),
-            dept: "finance",
-            site: "berlin",
-        };
+        let joiner = Person::berlin_finance("J0001");
         let issues = h.feed(&[joiner.row()]).await.issues;
         assert!(issues >= 1, "{name}");
         // Every request takes 0.6 s: the issue's four requests take well over its 1 s lease.
@@ -372,11 +365,7 @@ async fn a_claim_that_outlasts_its_lease_is_not_taken_over_while_it_is_carried_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoke_overtakes_issues_while_the_dispatcher_runs() {
     each_backend!((50, 1), |h| {
-        let leaver = Person {
-            key: "L0001".into(),
-            dept: "finance",
-            site: "berlin",
-        };
+        let leaver = Person::berlin_finance("L0001");
         h.feed(&[leaver.row()]).await;
         h.drain().await;
         assert!(h.holds(&leaver.key, "berlin-finance"));
@@ -523,11 +512,7 @@ async fn a_revoke_is_sent_within_two_tokens_behind_thousands_of_queued_issues() 
     // One token every 100 ms: every request an issue sends before the revoke is plain to see.
     const RATE: (u32, u32) = (10, 1);
     each_backend!(RATE, |h| {
-        let leaver = Person {
-            key: "L0001".into(),
-            dept: "finance",
-            site: "berlin",
-        };
+        let leaver = Person::berlin_finance("L0001");
         h.feed(&[leaver.row()]).await;
         h.drain().await;
         assert!(h.holds(&leaver.key, "berlin-finance"));
@@ -786,11 +771,7 @@ async fn first_attempt_is_stamped_when_the_request_leaves() {
     // a command's claim and its first-attempt stamp is the real time its request waited.
     each_backend!((1, 1), |h| {
         // One door each.
-        let people = ["J00001", "J00002"].map(|key| Person {
-            key: key.into(),
-            dept: "finance",
-            site: "berlin",
-        });
+        let people = ["J00001", "J00002"].map(Person::berlin_finance);
         let rows: Vec<String> = people.iter().map(Person::row).collect();
         h.feed(&rows).await;
         let started = std::time::Instant::now();
@@ -831,11 +812,7 @@ async fn first_attempt_is_stamped_when_the_request_leaves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hr_termination_is_triggered_when_its_file_landed() {
     each_backend!((1000, 50), |h| {
-        let leaver = Person {
-            key: "L0001".into(),
-            dept: "finance",
-            site: "berlin",
-        };
+        let leaver = Person::berlin_finance("L0001");
         h.feed(&[leaver.row()]).await;
         h.drain().await;
         // The termination file landed 90 s before it is applied.
