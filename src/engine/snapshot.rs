@@ -6,9 +6,12 @@ use super::{Engine, EngineError, FeedReport, leaving, record_hash, tally};
 use crate::audit;
 use crate::batch::Batch;
 use crate::clock::to_micros;
-use crate::model::{PersonKey, PersonRecord, Quarantined, Snapshot};
+use crate::model::{ChangeKind, PersonKey, PersonRecord, Quarantined, Snapshot};
+use crate::plan::Applied;
 use crate::store;
 use chrono::{DateTime, Utc};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, TryStreamExt};
 use sqlx::AnyConnection;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,41 +95,81 @@ impl Engine {
         Ok(())
     }
 
-    /// The changed people, one transaction per batch, each committed before the next begins.
+    /// The changed people, one transaction per batch. Leavers' batches all commit before the
+    /// first batch of anyone else begins, so no issue of this feed reaches the outbox ahead of
+    /// its revokes (invariant 3).
     async fn apply_changed(
         &self,
-        mut changed: Vec<PersonRecord>,
+        changed: Vec<PersonRecord>,
         landed_at: Option<DateTime<Utc>>,
         report: &mut FeedReport,
     ) -> Result<(), EngineError> {
-        // Revocation first (invariant 3) starts here: people the feed says are leaving are applied in
-        // the first transactions, so their revokes reach the outbox before the joiners' issues.
-        changed.sort_by_key(|r| !leaving(r));
-        for chunk in changed.chunks(FEED_BATCH) {
-            let now = self.clock.now();
-            // Leavers come first; their batch goes ahead of the dispatcher's issue writes.
-            let mut tx = if chunk.iter().any(leaving) {
-                self.store.begin_write_urgent().await?
-            } else {
-                self.store.begin_write().await?
-            };
-            // The chunk's people are read together, planned, and written together.
-            let keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
-            let mut batch = Batch::load(&mut tx, &keys, now).await?;
-            let mut kinds = Vec::with_capacity(chunk.len());
-            for r in chunk {
-                kinds.push(
-                    self.stage_record(&mut tx, &mut batch, r, landed_at.unwrap_or(now))
-                        .await?,
-                );
+        let (leavers, others): (Vec<_>, Vec<_>) = changed.into_iter().partition(leaving);
+        self.apply_batches(&leavers, landed_at, report).await?;
+        self.apply_batches(&others, landed_at, report).await
+    }
+
+    /// `records` in batches of [`FEED_BATCH`]. On PostgreSQL the next batch is read and planned
+    /// while the server writes and commits the one before, on a connection of its own: the
+    /// batches hold distinct people and no shared row (the audit chain is sealed after commit),
+    /// so the two never wait for each other. SQLite has one writer; a second batch would only
+    /// wait at its gate.
+    async fn apply_batches(
+        &self,
+        records: &[PersonRecord],
+        landed_at: Option<DateTime<Utc>>,
+        report: &mut FeedReport,
+    ) -> Result<(), EngineError> {
+        let in_flight = match self.store.backend() {
+            store::Backend::Postgres => 2,
+            store::Backend::Sqlite => 1,
+        };
+        let mut batches = records.chunks(FEED_BATCH);
+        let mut applying = FuturesOrdered::new();
+        loop {
+            while applying.len() < in_flight {
+                let Some(chunk) = batches.next() else { break };
+                applying.push_back(self.apply_batch(chunk, landed_at).boxed());
             }
-            batch.flush(&mut tx).await?;
-            tx.commit().await?;
-            for (r, kind) in chunk.iter().zip(kinds) {
-                tally(report, kind, batch.applied_of(&r.key));
+            let Some(changes) = applying.try_next().await? else {
+                break;
+            };
+            for (kind, a) in changes {
+                tally(report, kind, a);
             }
         }
         Ok(())
+    }
+
+    /// One batch of people in one transaction: read together, planned, written together.
+    async fn apply_batch(
+        &self,
+        chunk: &[PersonRecord],
+        landed_at: Option<DateTime<Utc>>,
+    ) -> Result<Vec<(ChangeKind, Applied)>, EngineError> {
+        let now = self.clock.now();
+        // A leavers' batch goes ahead of the dispatcher's issue writes.
+        let mut tx = if chunk.iter().any(leaving) {
+            self.store.begin_write_urgent().await?
+        } else {
+            self.store.begin_write().await?
+        };
+        let keys: Vec<&str> = chunk.iter().map(|r| r.key.as_str()).collect();
+        let mut batch = Batch::load(&mut tx, &keys, now).await?;
+        let mut kinds = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            kinds.push(
+                self.stage_record(&mut tx, &mut batch, r, landed_at.unwrap_or(now))
+                    .await?,
+            );
+        }
+        batch.flush(&mut tx).await?;
+        tx.commit().await?;
+        Ok(chunk
+            .iter()
+            .zip(kinds)
+            .map(|(r, kind)| (kind, batch.applied_of(&r.key)))
+            .collect())
     }
 
     /// People who vanished from a full feed: leavers, unless so many vanish at once that the file

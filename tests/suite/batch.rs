@@ -410,3 +410,74 @@ async fn a_change_beside_an_open_batch_waits_for_it_and_builds_on_it() {
         assert_eq!(revokes[0].target, "london-sales", "{name}");
     }
 }
+
+/// A feed with more leavers than one batch holds, and joiners: on PostgreSQL two batches are
+/// written at once, yet every leaver's batch commits before any joiner's batch begins, so the
+/// audit chain (extended at each commit) shows every revoke enqueued before the feed's first
+/// issue, and no issue of the feed can reach the dispatcher ahead of a revoke (invariant 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feeds_leavers_all_commit_before_its_joiners_on_every_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let dir = tmp.path().join(&name);
+        let mut h = Harness::new(&name, &url, &dir, NukiOptions::default()).await;
+        // 520 people at the vendor; the next feed ends all of them (two leavers' batches) and
+        // brings 300 new people.
+        let staff = people(520, |_| "engineering");
+        assert_eq!(h.feed(&staff).await.joiners, 520, "{name}");
+        h.drain().await;
+        let seen = store::audit::head(h.app.store().pool()).await.unwrap().0;
+        let mut next: Vec<String> = (0..520)
+            .map(|i| {
+                let site = if i % 3 == 0 { "london" } else { "berlin" };
+                let id = format!("E{i:03}");
+                row(
+                    &id,
+                    "engineering",
+                    "analyst",
+                    "employee",
+                    site,
+                    "Terminated",
+                    "2020-01-01",
+                    "2026-11-20",
+                    "",
+                )
+            })
+            .collect();
+        next.extend((0..300).map(|i| employee(&format!("N{i:03}"), "sales", "berlin")));
+        let r = h.feed(&next).await;
+        assert_eq!((r.leavers, r.joiners), (520, 300), "{name}: {r:?}");
+
+        let filter = store::audit::AuditFilter {
+            action: Some("command.enqueued".into()),
+            ..Default::default()
+        };
+        let enqueued = store::audit::find(h.app.store(), &filter, 100_000)
+            .await
+            .unwrap();
+        let of_feed = |action: &str| -> Vec<i64> {
+            enqueued
+                .iter()
+                .filter(|a| a.seq > seen && a.details.contains(&format!("\"action\":\"{action}\"")))
+                .map(|a| a.seq)
+                .collect()
+        };
+        let (revokes, issues) = (of_feed("revoke"), of_feed("issue"));
+        assert!(
+            revokes.len() >= 520,
+            "{name}: {} revokes enqueued",
+            revokes.len()
+        );
+        assert!(
+            issues.len() >= 300,
+            "{name}: {} issues enqueued",
+            issues.len()
+        );
+        let last_revoke = revokes.iter().max().unwrap();
+        let first_issue = issues.iter().min().unwrap();
+        assert!(
+            last_revoke < first_issue,
+            "{name}: an issue (audit {first_issue}) was committed before a revoke (audit {last_revoke})"
+        );
+    }
+}
