@@ -15,7 +15,7 @@ use super::*;
 use std::collections::HashMap;
 
 /// Bind parameters per statement: under SQLite's limit (32,766) and PostgreSQL's (65,535).
-const MAX_PARAMS: usize = 30_000;
+pub(super) const MAX_PARAMS: usize = 30_000;
 
 /// How parameters are written: `$n` on PostgreSQL; plain `?` on SQLite, whose driver looks every
 /// numbered parameter up by name, a walk of the statement's parameter list each time, so a

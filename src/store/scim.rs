@@ -2,6 +2,7 @@
 //! per searchable value (`scim_values`, what filters run against), and one row per group member
 //! (`scim_members`), so a membership change writes the member's rows and not the group's.
 
+use super::batch::{MAX_PARAMS, Marks};
 use super::{Result, StoreError};
 use crate::model::PersonKey;
 use scim_v2::schema_urns;
@@ -193,26 +194,46 @@ pub async fn put(
     Ok(true)
 }
 
+/// Values a row takes in `scim_values`: tenant, resource, attr, elem, val, num.
+const VALUE_COLUMNS: usize = 6;
+
+/// `rows` values written with one statement per [`MAX_PARAMS`] parameters: a user's dozen or so
+/// values are one statement inside the request's turn at the writer, not a dozen.
 async fn insert_values(
     conn: &mut AnyConnection,
     tenant: &str,
     id: &str,
     rows: Vec<Flat>,
 ) -> Result<()> {
-    for f in rows {
-        sqlx::query(
-            "INSERT INTO scim_values (tenant, resource_id, attr, elem, val, num)
-             VALUES ($1, $2, $3, $4, $5, CAST($6 AS DOUBLE PRECISION))",
-        )
-        .bind(tenant)
-        .bind(id)
-        .bind(f.attr)
-        .bind(f.elem)
-        .bind(f.val)
-        // As text: sqlx's Any driver sends an f64 in a binary form PostgreSQL refuses here.
-        .bind(f.num.map(|n| n.to_string()))
-        .execute(&mut *conn)
-        .await?;
+    let m = Marks::of(conn);
+    for rows in rows.chunks(MAX_PARAMS / VALUE_COLUMNS) {
+        let values: Vec<String> = (0..rows.len())
+            .map(|i| {
+                let from = 1 + i * VALUE_COLUMNS;
+                // As text: sqlx's Any driver sends an f64 in a binary form PostgreSQL refuses here.
+                format!(
+                    "({}, CAST({} AS DOUBLE PRECISION))",
+                    m.list(from, VALUE_COLUMNS - 1),
+                    m.list(from + VALUE_COLUMNS - 1, 1)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO scim_values (tenant, resource_id, attr, elem, val, num) VALUES {}",
+            values.join(", ")
+        );
+        // Only parameter marks are formatted in; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for f in rows {
+            q = q
+                .bind(tenant)
+                .bind(id)
+                .bind(f.attr.clone())
+                .bind(f.elem)
+                .bind(f.val.clone())
+                .bind(f.num.map(|n| n.to_string()));
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
