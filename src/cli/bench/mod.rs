@@ -426,6 +426,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if let Some(load) = machine_load() {
         println!("machine load (1, 5, 15 min): {load}, {} CPUs", num_cpus());
     }
+    if let Some(us) = wake_round_trip_us() {
+        println!(
+            "machine: waking another thread and being woken back takes {us:.1} us (median); \
+             every SQLite statement pays it once (the driver's own thread), so latency-bound \
+             figures scale with it across machines"
+        );
+    }
     println!();
     let ran = run_sections(&args, &root).await;
     if args.keep.is_none() {
@@ -611,6 +618,34 @@ fn machine_load() -> Option<String> {
             .collect::<Vec<_>>()
             .join(", "),
     )
+}
+
+/// The median time for a message to reach a blocked thread and its answer to come back: the
+/// floor under each database statement's round trip (SQLite runs on a thread of its own), and on
+/// virtual machines several times what it is on bare metal.
+fn wake_round_trip_us() -> Option<f64> {
+    use std::sync::mpsc;
+    let (to_echo, echo_in) = mpsc::channel::<Instant>();
+    let (echo_out, back) = mpsc::channel::<Instant>();
+    let echo = std::thread::spawn(move || {
+        while let Ok(t) = echo_in.recv() {
+            if echo_out.send(t).is_err() {
+                break;
+            }
+        }
+    });
+    let mut trips: Vec<f64> = Vec::with_capacity(1_000);
+    for _ in 0..1_000 {
+        to_echo.send(Instant::now()).ok()?;
+        let sent = back.recv().ok()?;
+        trips.push(sent.elapsed().as_secs_f64() * 1e6);
+        // Let the echo thread block again, as a statement's driver thread does between statements.
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    drop(to_echo);
+    echo.join().ok()?;
+    trips.sort_by(f64::total_cmp);
+    trips.get(trips.len() / 2).copied()
 }
 
 /// A memory figure of this process's `/proc/self/status` (`VmRSS`, `VmHWM`) in MiB (Linux).
