@@ -110,10 +110,10 @@ impl Engine {
     }
 
     /// `records` in batches of [`FEED_BATCH`]. On PostgreSQL the next batch is read and planned
-    /// while the server writes and commits the one before, on a connection of its own: the
-    /// batches hold distinct people and no shared row (the audit chain is sealed after commit),
-    /// so the two never wait for each other. SQLite has one writer; a second batch would only
-    /// wait at its gate.
+    /// while the server writes and commits the one before, on a connection of its own. The
+    /// batches hold distinct people (a feed has one record per key) and share no row until
+    /// commit, where the audit chain's head is the last lock each takes (migration 0013), so they
+    /// cannot deadlock. SQLite has one writer; a second batch would only wait at its gate.
     async fn apply_batches(
         &self,
         records: &[PersonRecord],
