@@ -81,6 +81,8 @@ pub struct Batch {
     commands: Vec<NewCommand>,
     audit: Vec<StagedAudit>,
     released: Vec<(String, PersonKey)>,
+    /// Grants (connector, person, target) whose waiting issues a revoke supersedes.
+    superseded: Vec<(String, PersonKey, String)>,
     applied: HashMap<PersonKey, Applied>,
 }
 
@@ -99,6 +101,7 @@ impl Batch {
             commands: Vec::new(),
             audit: Vec::new(),
             released: Vec::new(),
+            superseded: Vec::new(),
             applied: HashMap::new(),
         }
     }
@@ -286,6 +289,14 @@ impl Batch {
         self.released.push((source.to_string(), key.into()));
     }
 
+    /// A revoke of the grant (`connector`, `key`, `target`) supersedes the grant's issues still
+    /// waiting in the outbox: written with the batch's other writes, before its commands.
+    pub fn supersede_issues(&mut self, connector: &str, key: &str, target: &str) {
+        self.staging(key);
+        self.superseded
+            .push((connector.to_string(), key.into(), target.to_string()));
+    }
+
     /// The person's suspensions ended (written by the caller).
     pub fn suspensions_ended(&mut self, key: &str) {
         self.rows.suspensions.remove(key);
@@ -313,6 +324,10 @@ impl Batch {
                 .map(|(_, k)| k.as_str())
                 .collect();
             sql::release_held_of(conn, source, &keys, to_micros(self.now)).await?;
+        }
+        let superseded = std::mem::take(&mut self.superseded);
+        if !superseded.is_empty() {
+            sql::supersede_issues_of(conn, &superseded, to_micros(self.now)).await?;
         }
         let commands = std::mem::take(&mut self.commands);
         let ids = if commands.is_empty() {

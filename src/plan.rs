@@ -202,11 +202,20 @@ impl GrantWrite<'_> {
         g: &GrantRow,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let (cause, generation, now_us) = (self.cause, self.generation, self.now_us);
-        let (_, attempted) =
-            store::supersede_issues(conn, &g.connector, self.identity_key, &g.target, now_us)
-                .await?;
-        // An issue that never left the outbox left nothing at the vendor to take back.
-        let must_revoke = attempted > 0 || g.observed != GrantState::Absent;
+        let must_revoke = if g.observed != GrantState::Absent {
+            // The vendor may hold the grant, so it is revoked whatever the outbox holds; the
+            // issues still waiting are superseded with the batch's writes, one statement for
+            // all of its revokes (a mass termination's feed batch had two per grant).
+            batch.supersede_issues(&g.connector, self.identity_key, &g.target);
+            true
+        } else {
+            // Only an issue that reached the vendor can have left something to take back, so
+            // the outbox is asked now (superseded first, counted after: see the store).
+            let (_, attempted) =
+                store::supersede_issues(conn, &g.connector, self.identity_key, &g.target, now_us)
+                    .await?;
+            attempted > 0
+        };
         let mut trigger_at = cause.trigger_at;
         if let Some(until) = g.valid_until
             && until <= now_us

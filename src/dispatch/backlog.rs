@@ -18,11 +18,13 @@ use std::time::Duration;
 /// Most commands one claim takes.
 const MAX_CLAIM: usize = 32;
 
-/// The next claim's size after a claim of `limit` brought `claimed`: doubled while claims come
-/// back full, else what the last one found (one when the lane ran dry).
+/// The next claim's size after a claim of `limit` brought `claimed`: four times as many while
+/// claims come back full, else what the last one found (one when the lane ran dry). Doubling took
+/// five claims to reach 32; while a mass termination's feed held SQLite's writer, each claim
+/// waited for a feed batch, and the drain's first seconds sent a fraction of the rate limit.
 pub(super) fn next_claim(limit: usize, claimed: usize, max: usize) -> usize {
     if claimed >= limit {
-        (limit * 2).min(max).max(1)
+        (limit * 4).min(max).max(1)
     } else {
         claimed.clamp(1, max.max(1))
     }
@@ -348,7 +350,8 @@ mod tests {
 
     #[test]
     fn a_claim_grows_while_full_and_shrinks_to_what_was_there() {
-        assert_eq!(next_claim(1, 1, 32), 2);
+        assert_eq!(next_claim(1, 1, 32), 4);
+        assert_eq!(next_claim(4, 4, 32), 16);
         assert_eq!(next_claim(16, 16, 32), 32);
         assert_eq!(next_claim(32, 32, 32), 32);
         assert_eq!(next_claim(32, 5, 32), 5);

@@ -75,7 +75,7 @@ impl Dispatcher {
     }
 
     /// The request for `cmd` from its grant, the person and the vendor's id for the person.
-    fn request_of(
+    pub(super) fn request_of(
         &self,
         cmd: &CommandRow,
         grant: store::GrantRow,

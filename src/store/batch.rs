@@ -142,6 +142,22 @@ pub(super) fn release_held_of_keys_sql(m: Marks, n: usize) -> String {
     )
 }
 
+/// A revoke's supersession of its grant's issues still waiting in the outbox, for `n` grants of
+/// one connector: the moment, the (person, target) pairs, then the connector, in the order they
+/// appear. The pairs are joined to the outbox through its index on the grant, one probe each (a
+/// row-value `IN` over the same pairs took SQLite 70-90 ms for 500 grants).
+pub(super) fn supersede_of_grants_sql(m: Marks, n: usize) -> String {
+    format!(
+        "UPDATE commands SET status = 'superseded', last_error = 'superseded by a revoke', next_attempt_at = {}
+           WHERE id IN (SELECT c.id FROM (VALUES {}) AS g
+             JOIN commands c ON c.identity_key = g.column1 AND c.target = g.column2
+             WHERE c.connector = {} AND c.action = 'issue' AND c.status IN ('pending', 'confirming'))",
+        m.list(1, 1),
+        m.rows_from(2, n, 2),
+        m.list(2 + 2 * n, 1),
+    )
+}
+
 /// Everything the planning of a set of people reads, by person.
 #[derive(Debug, Clone, Default)]
 pub struct PeopleRows {
@@ -381,6 +397,36 @@ pub async fn release_held_of(
         released += q.execute(&mut *conn).await?.rows_affected();
     }
     Ok(released)
+}
+
+/// Supersede the issues still waiting in the outbox for each of `grants` ((connector, person,
+/// target), a revoke's grants): one statement per connector and slice of grants. Returns how
+/// many were superseded.
+pub async fn supersede_issues_of(
+    conn: &mut AnyConnection,
+    grants: &[(String, PersonKey, String)],
+    now: i64,
+) -> Result<u64> {
+    let mut connectors: Vec<&str> = grants.iter().map(|(c, _, _)| c.as_str()).collect();
+    connectors.sort_unstable();
+    connectors.dedup();
+    let mut superseded = 0;
+    for connector in connectors {
+        let of: Vec<(&str, &str)> = grants
+            .iter()
+            .filter(|(c, _, _)| c == connector)
+            .map(|(_, k, t)| (k.as_str(), t.as_str()))
+            .collect();
+        for chunk in of.chunks(KEYS_PER_READ) {
+            let sql = supersede_of_grants_sql(Marks::of(conn), chunk.len());
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for (key, target) in chunk {
+                q = q.bind(*key).bind(*target);
+            }
+            superseded += q.bind(connector).execute(&mut *conn).await?.rows_affected();
+        }
+    }
+    Ok(superseded)
 }
 
 #[cfg(test)]

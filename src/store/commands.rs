@@ -278,6 +278,18 @@ pub async fn open_commands(pool: &AnyPool) -> Result<i64> {
     Ok(row.try_get("n")?)
 }
 
+/// Whether any command is still open: stops at the first one (through the index on open
+/// commands), where [`open_commands`] counts them all.
+pub async fn any_open_command(pool: &AnyPool) -> Result<bool> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM (SELECT 1 FROM commands
+           WHERE status IN ('pending', 'inflight', 'confirming') LIMIT 1) o",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(row.try_get::<i64, _>("n")? > 0)
+}
+
 impl Store {
     /// Move the lease on `ids` to `until` where `owner` still holds them in flight: a worker whose
     /// claim takes longer than a lease (a rate-limited vendor, a run of 429s) keeps its commands,

@@ -69,13 +69,7 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, String)> {
             },
         ),
         ("on_target", confirm_batch::ON_TARGET_SQL),
-        (
-            "claim_confirming_on",
-            match backend {
-                Backend::Sqlite => confirm_batch::CLAIM_SQLITE,
-                Backend::Postgres => confirm_batch::CLAIM_POSTGRES,
-            },
-        ),
+        ("waiting_on", confirm_batch::WAITING_ON_SQL),
     ];
     // A batch of people's reads and the release of their holds, here for two people.
     let m = batch::Marks::for_backend(backend == Backend::Postgres);
@@ -96,6 +90,7 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, String)> {
             "release_held_of_keys",
             batch::release_held_of_keys_sql(m, 2),
         ),
+        ("supersede_of_grants", batch::supersede_of_grants_sql(m, 2)),
         (
             "connector_grants_of_keys",
             confirm_batch::connector_grants_of_keys_sql(m, 2),

@@ -481,3 +481,124 @@ async fn a_feeds_leavers_all_commit_before_its_joiners_on_every_store() {
         );
     }
 }
+
+/// Leavers whose doors the vendor holds, each with a re-issue of the door still waiting in the
+/// outbox: their feed supersedes every waiting issue (one statement for the batch) and revokes
+/// every door, and no other person's waiting issue is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leavers_supersede_their_waiting_issues_and_revoke_doors_the_vendor_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, url) in backends(tmp.path()).await {
+        let mut h =
+            Harness::new(&name, &url, &tmp.path().join(&name), NukiOptions::default()).await;
+        let people = ["E1", "E2", "E3", "E4"];
+        let rows: Vec<String> = people
+            .iter()
+            .map(|k| employee(k, "sales", "london"))
+            .collect();
+        h.feed(&rows).await;
+        h.drain().await;
+        let ledger = store::all_grants(h.app.store().pool()).await.unwrap();
+        assert!(
+            !ledger.is_empty() && ledger.iter().all(|g| g.observed == GrantState::Present),
+            "{name}: everyone holds their doors: {ledger:?}"
+        );
+        // A re-issue of every door waits in the outbox (the vendor is not called meanwhile).
+        let mut tx = h.app.store().begin_write().await.unwrap();
+        for g in &ledger {
+            let reissue = store::NewCommand {
+                connector: g.connector.clone(),
+                action: Action::Issue,
+                identity_key: g.identity_key.clone(),
+                target: g.target.clone(),
+                generation: g.generation + 100,
+                cause: "drift".into(),
+                trigger_at: 1,
+                detected_at: 1,
+                source: "test".into(),
+                traceparent: None,
+            };
+            store::enqueue(&mut tx, &reissue, 1).await.unwrap();
+        }
+        tx.commit().await.unwrap();
+
+        // E1 and E3 leave; E2 and E4 stay.
+        let rows: Vec<String> = people
+            .iter()
+            .map(|k| {
+                let status = if *k == "E1" || *k == "E3" {
+                    "Terminated"
+                } else {
+                    "Active"
+                };
+                let term = if status == "Terminated" {
+                    "2026-11-20"
+                } else {
+                    ""
+                };
+                row(
+                    k,
+                    "sales",
+                    "analyst",
+                    "employee",
+                    "london",
+                    status,
+                    "2020-01-01",
+                    term,
+                    "",
+                )
+            })
+            .collect();
+        h.feed(&rows).await;
+
+        let commands = all_commands(h.app.store()).await;
+        for g in &ledger {
+            let of_grant: Vec<_> = commands
+                .iter()
+                .filter(|c| c.identity_key == g.identity_key && c.target == g.target)
+                .collect();
+            let reissue = of_grant
+                .iter()
+                .find(|c| c.action == Action::Issue && c.generation == g.generation + 100)
+                .unwrap();
+            let revokes = of_grant
+                .iter()
+                .filter(|c| c.action == Action::Revoke && c.status == CommandStatus::Pending)
+                .count();
+            if g.identity_key.as_str() == "E1" || g.identity_key.as_str() == "E3" {
+                assert_eq!(
+                    reissue.status,
+                    CommandStatus::Superseded,
+                    "{name}: {}'s waiting re-issue of {} is superseded by the leave",
+                    g.identity_key,
+                    g.target
+                );
+                assert_eq!(
+                    revokes, 1,
+                    "{name}: {} at {} is revoked",
+                    g.identity_key, g.target
+                );
+            } else {
+                assert_eq!(
+                    reissue.status,
+                    CommandStatus::Pending,
+                    "{name}: {}'s re-issue is not touched by others' leaves",
+                    g.identity_key
+                );
+                assert_eq!(revokes, 0, "{name}: {} keeps {}", g.identity_key, g.target);
+            }
+        }
+        // Drained: the leavers hold nothing at the vendor, the others everything.
+        h.drain().await;
+        for g in &ledger {
+            let leaver = g.identity_key.as_str() == "E1" || g.identity_key.as_str() == "E3";
+            assert_eq!(
+                h.holds(g.identity_key.as_str(), &g.target),
+                !leaver,
+                "{name}: {} at {} after the drain",
+                g.identity_key,
+                g.target
+            );
+        }
+    }
+}

@@ -91,6 +91,9 @@ pub(super) const SETUP_RATE: (u32, u32) = (5_000, 500);
 /// An outbox whose open count does not move for this long is stuck, not slow.
 const STALL: Duration = Duration::from_secs(120);
 
+/// How often a drain counts the open commands (it asks only whether any is left in between).
+const COUNT_EVERY: Duration = Duration::from_millis(500);
+
 /// One store with its app and running dispatcher (none while the vendor is held back).
 pub(super) struct Bed {
     pub(super) app: App,
@@ -259,22 +262,33 @@ impl Bed {
     ) -> anyhow::Result<()> {
         let pool = self.app.store().pool();
         let mut last = (i64::MAX, Instant::now());
+        let mut counted_at: Option<Instant> = None;
         loop {
-            let open = store::open_commands(pool).await?;
-            if let Some(b) = bar {
-                let total = b.length().unwrap_or(0);
-                b.set_position(total.saturating_sub(open as u64));
-            }
-            if open == 0 {
+            // Counting every open command each poll cost a tenth of a core during a 10,000
+            // revocation drain on 2 cores, taken from the system under measurement: the poll
+            // only asks whether any is left, and counts (for the bar and the stall check) twice
+            // a second.
+            if !store::any_open_command(pool).await? {
+                if let Some(b) = bar {
+                    b.set_position(b.length().unwrap_or(0));
+                }
                 return Ok(());
             }
-            if open != last.0 {
-                last = (open, Instant::now());
-            } else if last.1.elapsed() > STALL {
-                bail!(
-                    "outbox stuck at {open} open commands for {} s",
-                    STALL.as_secs()
-                );
+            if counted_at.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
+                counted_at = Some(Instant::now());
+                let open = store::open_commands(pool).await?;
+                if let Some(b) = bar {
+                    let total = b.length().unwrap_or(0);
+                    b.set_position(total.saturating_sub(open as u64));
+                }
+                if open != last.0 {
+                    last = (open, Instant::now());
+                } else if last.1.elapsed() > STALL {
+                    bail!(
+                        "outbox stuck at {open} open commands for {} s",
+                        STALL.as_secs()
+                    );
+                }
             }
             tokio::time::sleep(poll).await;
         }
