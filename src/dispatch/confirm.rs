@@ -132,14 +132,7 @@ impl Dispatcher {
         &self,
         waiting: Vec<CommandRow>,
     ) -> Result<Vec<(CommandRow, GrantRequest)>, StoreError> {
-        let Some(first) = waiting.first() else {
-            return Ok(Vec::new());
-        };
-        let keys: Vec<&str> = waiting.iter().map(|c| c.identity_key.as_str()).collect();
-        let mut rows = {
-            let mut conn = self.store.pool().acquire().await?;
-            store::confirm_batch::request_rows(&mut conn, &first.connector, &keys).await?
-        };
+        let mut rows = self.request_rows(&waiting).await?;
         Ok(waiting
             .into_iter()
             .filter_map(|cmd| {
