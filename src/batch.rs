@@ -307,9 +307,16 @@ impl Batch {
         self.applied.get(key).copied().unwrap_or_default()
     }
 
-    /// Write everything staged, on the caller's transaction: rows first, then commands, then the
-    /// audit records in the order they were staged.
+    /// Write everything staged, on the caller's transaction: the supersession of waiting issues,
+    /// rows, then commands, then the audit records in the order they were staged.
     pub async fn flush(&mut self, conn: &mut AnyConnection) -> Result<(), StoreError> {
+        // The outbox before the ledger, as every writer takes them (a listing's finish: its
+        // commands, then their grants), so that on PostgreSQL a batch and a finish never hold
+        // one each and wait for the other.
+        let superseded = std::mem::take(&mut self.superseded);
+        if !superseded.is_empty() {
+            sql::supersede_issues_of(conn, &superseded, to_micros(self.now)).await?;
+        }
         sql::put_source_records(conn, &self.source_records.take()).await?;
         sql::put_identities(conn, &self.identities.take()).await?;
         sql::put_decided_grants(conn, &self.grants.take()).await?;
@@ -324,10 +331,6 @@ impl Batch {
                 .map(|(_, k)| k.as_str())
                 .collect();
             sql::release_held_of(conn, source, &keys, to_micros(self.now)).await?;
-        }
-        let superseded = std::mem::take(&mut self.superseded);
-        if !superseded.is_empty() {
-            sql::supersede_issues_of(conn, &superseded, to_micros(self.now)).await?;
         }
         let commands = std::mem::take(&mut self.commands);
         let ids = if commands.is_empty() {

@@ -53,7 +53,7 @@ impl Dispatcher {
     }
 
     /// Read back `cmd` (claimed, written) together with every other change on its target that
-    /// waits for a read-back: one listing for all.
+    /// waits for a read-back, claimed here under this worker's lease: one listing for all.
     pub(super) async fn confirm_on_target(
         &self,
         connector: &dyn Connector,
@@ -83,17 +83,23 @@ impl Dispatcher {
             return Ok(());
         };
         let (on, target, except) = (cmd.connector.clone(), cmd.target.clone(), cmd.id);
-        // The changes claimed here come first; the others waiting on the target follow, read
-        // (not claimed): only the claimed ones are settled when the listing does not show them.
-        let claimed = batch.len();
+        let now = to_micros(self.clock.now());
+        let lease = super::timing::secs_micros(self.config.engine.lease_seconds);
         let others = if waiting {
             self.store
-                .waiting_on(&on, &target, except, MAX_PER_LISTING)
+                .claim_confirming_on(
+                    &on,
+                    &target,
+                    owner,
+                    now.saturating_add(lease),
+                    except,
+                    MAX_PER_LISTING,
+                )
                 .await?
         } else {
             Vec::new()
         };
-        batch.extend(self.requests_of_waiting(others).await?);
+        batch.extend(self.requests_for(connector, owner, others, false).await?);
         let changes: Vec<(GrantRequest, Action)> =
             batch.iter().map(|(c, r)| (r.clone(), c.action)).collect();
         let urgent = batch.iter().any(|(c, _)| c.action == Action::Revoke);
@@ -103,49 +109,25 @@ impl Dispatcher {
         match result {
             Ok(outcomes) => {
                 let mut confirmed = Vec::new();
-                for (i, ((cmd, _), outcome)) in batch.into_iter().zip(outcomes).enumerate() {
+                for ((cmd, _), outcome) in batch.into_iter().zip(outcomes) {
                     match outcome {
                         Outcome::Confirmed { .. } => confirmed.push((cmd, outcome)),
-                        pending if i < claimed => {
+                        pending => {
                             self.settle(connector, owner, &cmd, Ok(pending), probe, None)
                                 .await?
                         }
-                        // Not shown yet: a waiting change keeps its own next look.
-                        _ => {}
                     }
                 }
                 self.finish_confirmed(owner, &confirmed).await?;
             }
             Err(e) => {
-                for (cmd, _) in batch.iter().take(claimed) {
+                for (cmd, _) in &batch {
                     self.settle(connector, owner, cmd, Err(e.clone()), probe, None)
                         .await?;
                 }
             }
         }
         Ok(())
-    }
-
-    /// The read-back requests of changes waiting on a target (not claimed): one overtaken by a
-    /// newer decision about its grant is left out, for its own look to finish.
-    async fn requests_of_waiting(
-        &self,
-        waiting: Vec<CommandRow>,
-    ) -> Result<Vec<(CommandRow, GrantRequest)>, StoreError> {
-        let mut rows = self.request_rows(&waiting).await?;
-        Ok(waiting
-            .into_iter()
-            .filter_map(|cmd| {
-                let grant = rows
-                    .grants
-                    .remove(&(cmd.identity_key.clone(), cmd.target.clone()))
-                    .filter(|g| g.generation == cmd.generation)?;
-                let identity = rows.identities.get(&cmd.identity_key);
-                let person_ref = rows.person_refs.get(&cmd.identity_key).cloned();
-                let req = self.request_of(&cmd, grant, identity, person_ref);
-                Some((cmd, req))
-            })
-            .collect())
     }
 
     pub(super) async fn on_target(

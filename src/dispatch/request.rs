@@ -81,7 +81,7 @@ impl Dispatcher {
     }
 
     /// The request for `cmd` from its grant, the person and the vendor's id for the person.
-    pub(super) fn request_of(
+    fn request_of(
         &self,
         cmd: &CommandRow,
         grant: store::GrantRow,

@@ -3,7 +3,10 @@
 //! read-back, so one listing confirms them all.
 
 use super::batch::{KEYS_PER_READ, Marks};
-use super::{CommandId, CommandRow, GrantRow, IdentityRow, PersonKey, Result, Store, read};
+use super::{
+    Backend, CommandId, CommandRow, GrantRow, IdentityRow, PersonKey, Result, Store, StoreError,
+    postgres, read,
+};
 use crate::model::GrantState;
 use sqlx::{AnyConnection, AnyPool, Row};
 use std::collections::{HashMap, HashSet};
@@ -41,40 +44,72 @@ pub(super) const ON_TARGET_SQL: &str = "SELECT
      (SELECT COUNT(*) FROM (SELECT 1 FROM commands
         WHERE connector = $1 AND target = $2 AND status = 'confirming' AND id <> $5 LIMIT 1) w) AS waiting";
 
-/// Changes waiting for a read-back on one target, besides `$3` (the change being read back), the
-/// oldest first: those of a grant with another command in hand are left for their own look.
-pub(super) const WAITING_ON_SQL: &str = "SELECT c.* FROM commands c
-     WHERE c.connector = $1 AND c.target = $2 AND c.status = 'confirming' AND c.id <> $3
-       AND NOT EXISTS (SELECT 1 FROM commands o
-           WHERE o.connector = c.connector AND o.identity_key = c.identity_key
-             AND o.target = c.target AND o.status = 'inflight')
-     ORDER BY c.id LIMIT $4";
+/// The claim of changes waiting for a read-back on one target; PostgreSQL adds its row locking.
+macro_rules! claim_confirming_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE commands SET status = 'inflight', lease_owner = $1, lease_expires_at = $2
+     WHERE id IN (
+       SELECT c.id FROM commands c
+       WHERE c.connector = $3 AND c.target = $4 AND c.status = 'confirming' AND c.id <> $5
+         AND NOT EXISTS (SELECT 1 FROM commands o
+             WHERE o.connector = c.connector AND o.identity_key = c.identity_key
+               AND o.target = c.target AND o.status = 'inflight')
+       ORDER BY c.id LIMIT $6",
+            $lock,
+            ")
+     RETURNING *"
+        )
+    };
+}
+
+pub(super) const CLAIM_SQLITE: &str = claim_confirming_sql!("");
+pub(super) const CLAIM_POSTGRES: &str = claim_confirming_sql!("\n       FOR UPDATE SKIP LOCKED");
 
 impl Store {
-    /// Up to `limit` changes on `target` that wait for their read-back, whenever their next look
-    /// is due: one listing about to confirm `except` (a change already claimed) confirms them
-    /// too. They are read, not claimed: a listing only moves their confirmation earlier, and
-    /// [`finish_shown`] finishes those it showed that are still waiting, so the read-back of a
-    /// mass drain writes each change once instead of twice (a claim of the changes waiting on a
-    /// lock took SQLite about 9 ms, every index on the outbox touched for each of them). A
-    /// change another worker claims meanwhile is left to it.
-    pub async fn waiting_on(
+    /// Claim, under `owner`'s lease, up to `limit` commands on `target` that wait for their
+    /// read-back, whenever their next look was due: one listing is about to confirm them with
+    /// `except` (the command already claimed). Changes already written are never sent again here;
+    /// only their read-back moves earlier.
+    pub async fn claim_confirming_on(
         &self,
         connector: &str,
         target: &str,
+        owner: &str,
+        lease_until: i64,
         except: CommandId,
         limit: i64,
     ) -> Result<Vec<CommandRow>> {
-        sqlx::query(WAITING_ON_SQL)
-            .bind(connector)
-            .bind(target)
-            .bind(except)
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(CommandRow::from_row)
-            .collect()
+        let sql = match self.backend() {
+            Backend::Sqlite => CLAIM_SQLITE,
+            Backend::Postgres => CLAIM_POSTGRES,
+        };
+        let claimed = self
+            .retry("read-back claim", || async {
+                let mut tx = self.begin_write_for(crate::model::Action::Revoke).await?;
+                let rows = sqlx::query(sql)
+                    .bind(owner)
+                    .bind(lease_until)
+                    .bind(connector)
+                    .bind(target)
+                    .bind(except)
+                    .bind(limit)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                let cmds = rows
+                    .iter()
+                    .map(CommandRow::from_row)
+                    .collect::<Result<Vec<_>>>()?;
+                tx.commit().await?;
+                Ok::<_, StoreError>(cmds)
+            })
+            .await;
+        match claimed {
+            // Another replica claimed a command of one of these grants at the same moment
+            // (PostgreSQL's unique index on in-flight commands): those wait for their own look.
+            Err(StoreError::Db(e)) if postgres::is_second_inflight(&e) => Ok(Vec::new()),
+            other => other,
+        }
     }
 }
 
@@ -164,10 +199,8 @@ pub struct Shown<'a> {
 }
 
 /// Finish every change one listing showed, in two statements: the commands done (those `owner`
-/// still holds, and those still waiting for a read-back: a listing that shows a grant as the
-/// change wanted it confirms the change whoever wrote it; a command whose lease ran out belongs to
-/// whoever took it), then their grants observed as the vendor showed them. Returns the commands
-/// finished here.
+/// still holds; a command whose lease ran out belongs to whoever took it), then their grants
+/// observed as the vendor showed them. Returns the commands finished here.
 pub async fn finish_shown(
     conn: &mut AnyConnection,
     owner: &str,
@@ -218,8 +251,7 @@ pub(super) fn finish_done_sql(m: Marks, n: usize) -> String {
            confirmed_at = {}, last_error = NULL, lease_owner = NULL, lease_expires_at = NULL,
            first_attempt_at = COALESCE(commands.first_attempt_at, v.column2)
          FROM (VALUES {}) AS v
-         WHERE commands.id = v.column1
-           AND ((commands.lease_owner = {} AND commands.status = 'inflight') OR commands.status = 'confirming')
+         WHERE commands.id = v.column1 AND commands.lease_owner = {} AND commands.status = 'inflight'
          RETURNING commands.id",
         m.list(1, 1),
         m.list(2, 1),

@@ -69,7 +69,13 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, String)> {
             },
         ),
         ("on_target", confirm_batch::ON_TARGET_SQL),
-        ("waiting_on", confirm_batch::WAITING_ON_SQL),
+        (
+            "claim_confirming_on",
+            match backend {
+                Backend::Sqlite => confirm_batch::CLAIM_SQLITE,
+                Backend::Postgres => confirm_batch::CLAIM_POSTGRES,
+            },
+        ),
     ];
     // A batch of people's reads and the release of their holds, here for two people.
     let m = batch::Marks::for_backend(backend == Backend::Postgres);
