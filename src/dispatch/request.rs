@@ -33,7 +33,14 @@ impl Dispatcher {
         cmds: Vec<CommandRow>,
         probe: bool,
     ) -> Result<Vec<(CommandRow, GrantRequest)>, StoreError> {
-        let mut rows = self.request_rows(&cmds).await?;
+        let Some(first) = cmds.first() else {
+            return Ok(Vec::new());
+        };
+        let keys: Vec<&str> = cmds.iter().map(|c| c.identity_key.as_str()).collect();
+        let mut rows = {
+            let mut conn = self.store.pool().acquire().await?;
+            store::confirm_batch::request_rows(&mut conn, &first.connector, &keys).await?
+        };
         let mut out = Vec::with_capacity(cmds.len());
         for cmd in cmds {
             // Only the latest decision about a grant is carried out: an older command was
@@ -65,19 +72,6 @@ impl Dispatcher {
             out.push((cmd, req));
         }
         Ok(out)
-    }
-
-    /// What the requests for `cmds` (of one connector) are made from, read in three statements.
-    pub(super) async fn request_rows(
-        &self,
-        cmds: &[CommandRow],
-    ) -> Result<store::confirm_batch::RequestRows, StoreError> {
-        let Some(first) = cmds.first() else {
-            return Ok(Default::default());
-        };
-        let keys: Vec<&str> = cmds.iter().map(|c| c.identity_key.as_str()).collect();
-        let mut conn = self.store.pool().acquire().await?;
-        store::confirm_batch::request_rows(&mut conn, &first.connector, &keys).await
     }
 
     /// The request for `cmd` from its grant, the person and the vendor's id for the person.
