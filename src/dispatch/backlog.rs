@@ -237,7 +237,8 @@ impl Dispatcher {
         // Every target is looked at first and the waits recorded at once, before any read-back
         // (a vendor request): a worker that writes to one of these targets meanwhile finds the
         // waiting changes and reads them back with its own.
-        let mut waiting: BTreeMap<Duration, Vec<Written>> = BTreeMap::new();
+        let mut waiting: Vec<(Written, Duration)> = Vec::new();
+        let mut waited_on: Vec<CommandRow> = Vec::new();
         let mut read_now = Vec::new();
         for (_, written) in by_target {
             let Some((first, _, _)) = written.first() else {
@@ -248,16 +249,20 @@ impl Dispatcher {
             // A change claimed for its read-back already waited for the writes behind it: it is
             // read back now, and the fresh writes with it.
             let all_fresh = written.iter().all(|(_, _, outcome)| outcome.is_some());
-            let wait = super::confirm::read_back_wait(&on_target, connector.confirm_gather());
+            let wait = super::confirm::read_back_wait(
+                &on_target,
+                connector.confirm_gather(),
+                &first.target,
+            );
             match wait.filter(|_| all_fresh) {
-                Some(wait) => waiting.entry(wait).or_default().extend(written),
+                Some(wait) => {
+                    waited_on.push(first.clone());
+                    waiting.extend(written.into_iter().map(|w| (w, wait)));
+                }
                 None => read_now.push((written, on_target.waiting)),
             }
         }
-        for (wait, written) in waiting {
-            self.await_read_back(connector, owner, &written, wait)
-                .await?;
-        }
+        self.await_read_back(connector, owner, &waiting).await?;
         for (written, others_waiting) in read_now {
             let now = to_micros(self.clock.now());
             let batch = written
@@ -270,17 +275,17 @@ impl Dispatcher {
             self.confirm_with_waiting(connector, owner, batch, false, others_waiting)
                 .await?;
         }
-        Ok(())
+        self.read_back_if_none_due(connector, owner, &waited_on)
+            .await
     }
 
-    /// Changes just written that wait for the writes behind them on their targets, to be read
-    /// back with those: one transaction for all, their vendor ids stored.
+    /// Changes just written that wait for the writes behind them on their targets (each with how
+    /// long), to be read back with those: one transaction for all, their vendor ids stored.
     async fn await_read_back(
         &self,
         connector: &dyn Connector,
         owner: &str,
-        waiting: &[Written],
-        wait: Duration,
+        waiting: &[(Written, Duration)],
     ) -> Result<(), StoreError> {
         if waiting.is_empty() {
             return Ok(());
@@ -289,16 +294,20 @@ impl Dispatcher {
         let policy = connector.retry_policy();
         let wait = store::confirm_batch::AwaitReadBack {
             now,
-            next_at: super::timing::after(now, wait, self.cap()),
             deadline: now.saturating_add(policy.confirm_deadline.as_micros() as i64),
             note: "accepted by the vendor, not visible yet",
         };
-        let urgent = waiting.iter().any(|(c, _, _)| c.action == Action::Revoke);
-        let cmds: Vec<&CommandRow> = waiting.iter().map(|(c, _, _)| c).collect();
+        let urgent = waiting
+            .iter()
+            .any(|((c, _, _), _)| c.action == Action::Revoke);
+        let cmds: Vec<(&CommandRow, i64)> = waiting
+            .iter()
+            .map(|((c, _, _), wait)| (c, super::timing::after(now, *wait, self.cap())))
+            .collect();
         self.store
             .retry("read-back wait", || async {
                 let mut tx = self.store.begin_grouped_for(group_of(urgent)).await?;
-                for (cmd, _, outcome) in waiting {
+                for ((cmd, _, outcome), _) in waiting {
                     if let Some(outcome) = outcome {
                         self.record_refs(&mut tx, cmd, outcome).await?;
                     }

@@ -9,7 +9,7 @@ use super::Dispatcher;
 use crate::audit;
 use crate::clock::to_micros;
 use crate::connectors::{Connector, GrantRequest, Outcome, call};
-use crate::model::{Action, CommandStatus, GrantState};
+use crate::model::{Action, CommandId, CommandStatus, GrantState};
 use crate::store::confirm_batch::{Shown, finish_shown};
 use crate::store::{self, CommandRow, StoreError};
 use std::time::Duration;
@@ -19,11 +19,27 @@ const MAX_PER_LISTING: i64 = 500;
 
 /// How long a change just written waits before it is read back, given what else is on its target:
 /// up to the gather bound while more writes to it are queued, else not at all.
+///
+/// The bound is staggered by target, between half of it and all of it. A mass drain writes its
+/// first change to every target within a moment; with one bound for all, every target's listing
+/// came due in the same second, and the lane's workers spent that second (thousands of changes
+/// finished) on read-backs instead of writes.
 pub(super) fn read_back_wait(
     on_target: &store::confirm_batch::OnTarget,
     gather: Duration,
+    target: &str,
 ) -> Option<Duration> {
-    on_target.more_due.then_some(gather)
+    on_target.more_due.then(|| staggered(gather, target))
+}
+
+/// `gather` scaled by a fraction in [1/2, 1) that depends only on `target`: the same target always
+/// waits as long, so its changes are still read back together.
+fn staggered(gather: Duration, target: &str) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    target.hash(&mut h);
+    let step = (h.finish() % 1024) as u32;
+    gather / 2 + (gather / 2) * step / 1024
 }
 
 impl Dispatcher {
@@ -41,9 +57,11 @@ impl Dispatcher {
     ) -> Result<(), StoreError> {
         let now = to_micros(self.clock.now());
         let on_target = self.on_target(&cmd, now).await?;
-        if let Some(wait) = read_back_wait(&on_target, connector.confirm_gather()) {
+        if let Some(wait) = read_back_wait(&on_target, connector.confirm_gather(), &cmd.target) {
+            self.settle(connector, owner, &cmd, Ok(written), probe, Some(wait))
+                .await?;
             return self
-                .settle(connector, owner, &cmd, Ok(written), probe, Some(wait))
+                .read_back_if_none_due(connector, owner, std::slice::from_ref(&cmd))
                 .await;
         }
         cmd.dispatched_at = Some(now);
@@ -130,6 +148,55 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Changes recorded as waiting on their targets (`waited_on`: one command of each, all of
+    /// one connector) for the writes queued behind them: each target whose writes were all taken
+    /// meanwhile is read back now. The worker that wrote the last of them may have listed the
+    /// target between this worker's look and its waits' commit, and found nothing waiting; no one
+    /// else would list the target for them, and they waited out the whole gather bound. Looked at
+    /// after the commit, one of the two always finds the other's changes.
+    pub(super) async fn read_back_if_none_due(
+        &self,
+        connector: &dyn Connector,
+        owner: &str,
+        waited_on: &[CommandRow],
+    ) -> Result<(), StoreError> {
+        let Some(first) = waited_on.first() else {
+            return Ok(());
+        };
+        let now = to_micros(self.clock.now());
+        let targets: Vec<&str> = waited_on.iter().map(|c| c.target.as_str()).collect();
+        let due = store::confirm_batch::targets_with_more_due(
+            self.store.pool(),
+            &first.connector,
+            &targets,
+            first.action.priority(),
+            now,
+        )
+        .await?;
+        let lease = super::timing::secs_micros(self.config.engine.lease_seconds);
+        for cmd in waited_on.iter().filter(|c| !due.contains(&c.target)) {
+            // Every waiting change on the target, this worker's own included (no id is 0).
+            let waiting = self
+                .store
+                .claim_confirming_on(
+                    &cmd.connector,
+                    &cmd.target,
+                    owner,
+                    now.saturating_add(lease),
+                    CommandId(0),
+                    MAX_PER_LISTING,
+                )
+                .await?;
+            if waiting.is_empty() {
+                continue;
+            }
+            let batch = self.requests_for(connector, owner, waiting, false).await?;
+            self.confirm_with_waiting(connector, owner, batch, false, false)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub(super) async fn on_target(
         &self,
         cmd: &CommandRow,
@@ -191,5 +258,39 @@ impl Dispatcher {
             self.finished(cmd, CommandStatus::Done, Some(now));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_back_wait;
+    use crate::store::confirm_batch::OnTarget;
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    #[test]
+    fn the_gather_bound_is_staggered_by_target_and_the_same_for_one_target() {
+        let gather = Duration::from_secs(10);
+        let queued = OnTarget {
+            more_due: true,
+            waiting: false,
+        };
+        let waits: Vec<Duration> = (0..100)
+            .map(|i| read_back_wait(&queued, gather, &format!("lock-{i}")).unwrap())
+            .collect();
+        assert!(waits.iter().all(|w| *w >= gather / 2 && *w <= gather));
+        // Spread over the half of the bound, not bunched into the same second.
+        let seconds: BTreeSet<u64> = waits.iter().map(Duration::as_secs).collect();
+        assert!(seconds.len() >= 4, "{seconds:?}");
+        assert_eq!(
+            read_back_wait(&queued, gather, "lock-7"),
+            read_back_wait(&queued, gather, "lock-7")
+        );
+        // Nothing queued behind: read back at once.
+        let alone = OnTarget {
+            more_due: false,
+            waiting: true,
+        };
+        assert_eq!(read_back_wait(&alone, gather, "lock-7"), None);
     }
 }

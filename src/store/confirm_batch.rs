@@ -44,6 +44,46 @@ pub(super) const ON_TARGET_SQL: &str = "SELECT
      (SELECT COUNT(*) FROM (SELECT 1 FROM commands
         WHERE connector = $1 AND target = $2 AND status = 'confirming' AND id <> $5 LIMIT 1) w) AS waiting";
 
+/// Which of `targets` (of one connector) still have writes at `max_priority` or more urgent
+/// queued and due at `now`: [`on_target`]'s `more_due` for many targets in one statement.
+pub async fn targets_with_more_due(
+    pool: &AnyPool,
+    connector: &str,
+    targets: &[&str],
+    max_priority: i64,
+    now: i64,
+) -> Result<HashSet<String>> {
+    let mut conn = pool.acquire().await?;
+    let m = Marks::of(&conn);
+    let mut due = HashSet::new();
+    for chunk in targets.chunks(KEYS_PER_READ) {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(more_due_of_targets_sql(m, chunk.len())));
+        for t in chunk {
+            q = q.bind(*t);
+        }
+        q = q.bind(connector).bind(max_priority).bind(now);
+        for r in q.fetch_all(&mut *conn).await? {
+            due.insert(r.try_get::<String, _>("target")?);
+        }
+    }
+    Ok(due)
+}
+
+/// [`targets_with_more_due`] for `n` targets, its parameters in the order they appear: the
+/// targets, the connector, the priority, now. Each target is one lookup in `commands_on_target`.
+pub(super) fn more_due_of_targets_sql(m: Marks, n: usize) -> String {
+    format!(
+        "SELECT v.column1 AS target FROM (VALUES {}) AS v
+         WHERE EXISTS (SELECT 1 FROM commands
+           WHERE connector = {} AND target = v.column1 AND status = 'pending'
+             AND priority <= {} AND next_attempt_at <= {})",
+        m.rows_from(1, n, 1),
+        m.list(n + 1, 1),
+        m.list(n + 2, 1),
+        m.list(n + 3, 1),
+    )
+}
+
 /// The claim of changes waiting for a read-back on one target; PostgreSQL adds its row locking.
 macro_rules! claim_confirming_sql {
     ($lock:literal) => {
@@ -277,26 +317,26 @@ pub(super) fn observe_shown_sql(m: Marks, n: usize) -> String {
 }
 
 /// Changes the vendor accepted that wait for their read-back, in one statement: the commands
-/// `owner` still holds go back to waiting (`confirming`) until `next_at`, each with its first
-/// request's time. Returns the commands moved.
+/// `owner` still holds go back to waiting (`confirming`), each until its own next look (`cmds`:
+/// the command and when to look), each with its first request's time. Returns the commands moved.
 pub async fn await_read_back(
     conn: &mut AnyConnection,
     owner: &str,
-    cmds: &[&CommandRow],
+    cmds: &[(&CommandRow, i64)],
     wait: &AwaitReadBack<'_>,
 ) -> Result<HashSet<CommandId>> {
     let m = Marks::of(conn);
     let mut moved = HashSet::new();
     for chunk in cmds.chunks(KEYS_PER_READ) {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(await_read_back_sql(m, chunk.len())))
-            .bind(wait.next_at)
-            .bind(wait.now)
-            .bind(wait.deadline)
-            .bind(wait.note);
-        for c in chunk {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(await_read_back_sql(m, chunk.len())));
+        for (c, next_at) in chunk {
+            q = q.bind(c.id).bind(*next_at);
+        }
+        q = q.bind(wait.now).bind(wait.deadline).bind(wait.note);
+        for (c, _) in chunk {
             q = q.bind(c.id).bind(c.first_attempt_at);
         }
-        for c in chunk {
+        for (c, _) in chunk {
             q = q.bind(c.id);
         }
         for r in q.bind(owner).fetch_all(&mut *conn).await? {
@@ -306,42 +346,48 @@ pub async fn await_read_back(
     Ok(moved)
 }
 
-/// When changes written together are read back (see [`await_read_back`]).
+/// What changes written together share when they wait for their read-back (see
+/// [`await_read_back`]).
 #[derive(Debug, Clone, Copy)]
 pub struct AwaitReadBack<'a> {
     pub now: i64,
-    pub next_at: i64,
     /// Written again if not shown by then (kept where a command has one).
     pub deadline: i64,
     pub note: &'a str,
 }
 
 /// As `update_claimed` to confirming, for `n` commands, its parameters in the order they appear:
-/// next look, written at, deadline, note, (id, first request sent at) per command, the ids again,
-/// the owner. The commands are found by their ids (`IN`), so the plan starts from the primary key.
+/// (id, next look) per command, written at, deadline, note, (id, first request sent at) per
+/// command, the ids again, the owner. The commands are found by their ids (`IN`), so the plan
+/// starts from the primary key.
 pub(super) fn await_read_back_sql(m: Marks, n: usize) -> String {
-    let cases: String = (0..n)
-        .map(|i| {
-            format!(
-                " WHEN {} THEN {}",
-                m.list(5 + 2 * i, 1),
-                m.list(6 + 2 * i, 1)
-            )
-        })
-        .collect();
+    let cases = |from: usize| -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    " WHEN {} THEN {}",
+                    m.list(from + 2 * i, 1),
+                    m.list(from + 1 + 2 * i, 1)
+                )
+            })
+            .collect()
+    };
+    let after_next = 1 + 2 * n;
     format!(
-        "UPDATE commands SET status = 'confirming', next_attempt_at = {}, dispatched_at = COALESCE(dispatched_at, {}),
+        "UPDATE commands SET status = 'confirming', next_attempt_at = CASE id{} END,
+           dispatched_at = COALESCE(dispatched_at, {}),
            confirmed_at = NULL, confirm_deadline = COALESCE(confirm_deadline, {}), last_error = {},
            lease_owner = NULL, lease_expires_at = NULL,
-           first_attempt_at = COALESCE(first_attempt_at, CASE id{cases} END)
+           first_attempt_at = COALESCE(first_attempt_at, CASE id{} END)
          WHERE id IN ({}) AND lease_owner = {} AND status = 'inflight'
          RETURNING id",
-        m.list(1, 1),
-        m.list(2, 1),
-        m.list(3, 1),
-        m.list(4, 1),
-        m.list(5 + 2 * n, n),
-        m.list(5 + 3 * n, 1),
+        cases(1),
+        m.list(after_next, 1),
+        m.list(after_next + 1, 1),
+        m.list(after_next + 2, 1),
+        cases(after_next + 3),
+        m.list(after_next + 3 + 2 * n, n),
+        m.list(after_next + 3 + 3 * n, 1),
     )
 }
 

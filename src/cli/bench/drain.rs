@@ -27,12 +27,13 @@ pub(super) fn max_in_any_second(log: &[LoggedRequest]) -> usize {
 }
 
 /// Requests in each whole second from the first: where a drain falls behind its rate.
-fn per_second(log: &[LoggedRequest]) -> String {
+/// Requests in each second of the drain; with `method`, only those (the read-backs are GETs).
+fn per_second(log: &[LoggedRequest], method: Option<&str>) -> String {
     let Some(first) = log.first() else {
         return String::new();
     };
     let mut counts: Vec<usize> = Vec::new();
-    for r in log {
+    for r in log.iter().filter(|r| method.is_none_or(|m| r.method == m)) {
         let second = r.at.saturating_sub(first.at).as_secs() as usize;
         if counts.len() <= second {
             counts.resize(second + 1, 0);
@@ -219,7 +220,11 @@ impl Drained {
             "  most requests in any second {peak} (limit R + burst = {})",
             u64::from(rate) + u64::from(burst)
         );
-        println!("  requests in each second     {}", per_second(log));
+        println!("  requests in each second     {}", per_second(log, None));
+        println!(
+            "  read-backs (GET) in each    {}",
+            per_second(log, Some("GET"))
+        );
         DrainFigures {
             wall,
             command_ratio: wall / floor,
