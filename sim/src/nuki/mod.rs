@@ -196,6 +196,10 @@ impl Auth {
 #[derive(Debug, Default)]
 struct NukiState {
     users: BTreeMap<i64, UserSnapshot>,
+    /// Account users by lower-cased email: Nuki finds one by email at once, and a scan of every
+    /// user per lookup (a lower-cased copy of each email) cost the simulator a millisecond a
+    /// request at 20,000 users, under the lock every other request waits for.
+    by_email: HashMap<String, i64>,
     next_user_id: i64,
     /// Known locks and until when a change on each is still syncing.
     locks: BTreeMap<i64, Option<Moment>>,
@@ -452,14 +456,16 @@ impl NukiSim {
             .filter(|e| !e.is_empty())
             .map(|e| e.to_lowercase());
         let st = self.state(self.clock.now());
-        let users: Vec<Value> = st
-            .users
-            .values()
-            .filter(|u| email.as_ref().is_none_or(|e| u.email.to_lowercase() == *e))
-            .skip(offset)
-            .take(limit)
-            .map(user_json)
-            .collect();
+        let found: Box<dyn Iterator<Item = &UserSnapshot>> = match &email {
+            Some(e) => Box::new(
+                st.by_email
+                    .get(e)
+                    .and_then(|id| st.users.get(id))
+                    .into_iter(),
+            ),
+            None => Box::new(st.users.values()),
+        };
+        let users: Vec<Value> = found.skip(offset).take(limit).map(user_json).collect();
         Ok(Json(users).into_response())
     }
 
@@ -471,7 +477,7 @@ impl NukiSim {
         }
         let mut st = self.state(self.clock.now());
         let lower = email.to_lowercase();
-        if st.users.values().any(|u| u.email.to_lowercase() == lower) {
+        if st.by_email.contains_key(&lower) {
             return Err(Reject::new(
                 StatusCode::CONFLICT,
                 "an account user with this email already exists",
@@ -487,6 +493,7 @@ impl NukiSim {
         };
         let out = user_json(&user);
         st.users.insert(id, user);
+        st.by_email.insert(lower, id);
         Ok(Json(out).into_response())
     }
 
@@ -508,7 +515,9 @@ impl NukiSim {
             let pending = st.locks.get(&st.auths[i].smartlock_id).copied().flatten();
             self.check_not_busy(pending, now)?;
         }
-        st.users.remove(&id);
+        if let Some(gone) = st.users.remove(&id) {
+            st.by_email.remove(&gone.email.to_lowercase());
+        }
         for i in doomed {
             self.mark_deleted(&mut st, i, now);
         }

@@ -152,6 +152,17 @@ async fn users_create_list_filter_paginate_delete() {
     assert_eq!(status, 404);
     assert!(!t.sim().holds(7, 1002));
     assert_eq!(t.sim().users().len(), 2);
+    // A deleted user's email is free again: no longer found, and taken by a new user.
+    let (_, body) = t
+        .send(
+            reqwest::Method::GET,
+            "/account/user?email=b%40example.com",
+            None,
+        )
+        .await;
+    let v: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(t.user("B@example.com").await, 1004);
 }
 
 #[tokio::test]
