@@ -57,7 +57,7 @@ pub async fn targets_with_more_due(
     let m = Marks::of(&conn);
     let mut due = HashSet::new();
     for chunk in targets.chunks(KEYS_PER_READ) {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(more_due_of_targets_sql(m, chunk.len())));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(more_due_sql(m, chunk.len())));
         for t in chunk {
             q = q.bind(*t);
         }
@@ -71,7 +71,7 @@ pub async fn targets_with_more_due(
 
 /// [`targets_with_more_due`] for `n` targets, its parameters in the order they appear: the
 /// targets, the connector, the priority, now. Each target is one lookup in `commands_on_target`.
-pub(super) fn more_due_of_targets_sql(m: Marks, n: usize) -> String {
+pub(super) fn more_due_sql(m: Marks, n: usize) -> String {
     format!(
         "SELECT v.column1 AS target FROM (VALUES {}) AS v
          WHERE EXISTS (SELECT 1 FROM commands
