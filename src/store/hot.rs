@@ -102,7 +102,7 @@ pub fn hot_queries(backend: Backend) -> Vec<(&'static str, String)> {
             confirm_batch::connector_grants_of_keys_sql(m, 2),
         ),
         ("await_read_back", confirm_batch::await_read_back_sql(m, 2)),
-        ("more_due_of_targets", confirm_batch::more_due_sql(m, 2)),
+        ("targets_with_more_due", confirm_batch::more_due_sql(m, 2)),
         ("people_of_keys", confirm_batch::people_of_keys_sql(m, 2)),
         (
             "person_refs_of_keys",

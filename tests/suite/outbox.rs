@@ -763,19 +763,8 @@ async fn a_drain_reads_every_lock_back_without_waiting_out_the_gather_bound() {
         let revokes = r.revokes as i64;
         assert!(revokes >= 240, "{r:?}");
 
-        let (stop, rx) = watch::channel(false);
-        let running = tokio::spawn(h.dispatcher().run(rx));
-        wait_until(
-            "every revocation confirmed",
-            Duration::from_secs(60),
-            || {
-                let store = h.app.store().clone();
-                async move { count(&store, "done", Action::Revoke).await == revokes }
-            },
-        )
-        .await;
-        let _ = stop.send(true);
-        running.await.unwrap();
+        // The clock stands still while the workers run.
+        run_until_done_stepping(&h, Action::Revoke, revokes, chrono::Duration::zero()).await;
 
         let log: Vec<LoggedRequest> = h.sim.requests().into_iter().skip(before).collect();
         let deletes = log.iter().filter(|r| r.method == "DELETE").count() as i64;
@@ -792,10 +781,15 @@ async fn a_drain_reads_every_lock_back_without_waiting_out_the_gather_bound() {
 /// Run the lane's workers until `n` commands of `action` are done; read-backs that wait for more
 /// writes to their lock come due as the clock moves.
 async fn run_until_done(h: &Harness, action: Action, n: i64) {
+    run_until_done_stepping(h, action, n, chrono::Duration::milliseconds(500)).await
+}
+
+/// [`run_until_done`], the test's clock moved by `step` at each look.
+async fn run_until_done_stepping(h: &Harness, action: Action, n: i64, step: chrono::Duration) {
     let (stop, rx) = watch::channel(false);
     let running = tokio::spawn(h.dispatcher().run(rx));
     wait_until("every command confirmed", Duration::from_secs(120), || {
-        h.clock.advance(chrono::Duration::milliseconds(500));
+        h.clock.advance(step);
         let store = h.app.store().clone();
         async move { count(&store, "done", action).await == n }
     })

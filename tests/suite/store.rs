@@ -690,7 +690,7 @@ fn plan_args(name: &str) -> Vec<Result<i64, &'static str>> {
             T("door-27"),
         ],
         "on_target" => vec![T("nuki"), T("door-27"), N(0), N(1), N(77)],
-        "more_due_of_targets" => vec![T("door-27"), T("door-28"), T("nuki"), N(0), N(1)],
+        "targets_with_more_due" => vec![T("door-27"), T("door-28"), T("nuki"), N(0), N(1)],
         "claim_confirming_on" => vec![T("w"), N(2), T("nuki"), T("door-27"), N(77), N(500)],
         "supersede_of_grants" => vec![
             N(1),
